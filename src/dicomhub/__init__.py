@@ -1,0 +1,3 @@
+"""dicomhub: an open-source DICOMweb server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The archive: every use case over one index and one blob store."""
+
+from __future__ import annotations
+
+from dicomhub.archive.changefeed import ChangeFeedService
+from dicomhub.archive.cleanup import Cleanup
+from dicomhub.archive.delete import DeleteService
+from dicomhub.archive.retrieve import RetrieveService
+from dicomhub.archive.spool import clear_spool
+from dicomhub.archive.store import StoreService
+from dicomhub.errors import Unavailable
+from dicomhub.settings import Settings
+from dicomhub.storage.protocols import BlobStore, IndexStore
+
+
+class Archive:
+    def __init__(self, settings: Settings, index: IndexStore, blobs: BlobStore):
+        self.settings = settings
+        self.index = index
+        self.blobs = blobs
+        self.store = StoreService(settings, index, blobs)
+        self.retrieve = RetrieveService(index, blobs)
+        self.delete = DeleteService(index, settings.delete_delay)
+        self.changefeed = ChangeFeedService(index)
+        self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size)
+
+    async def start(self) -> None:
+        await self.index.start()
+        await self.blobs.start()
+        clear_spool(self.settings.spool_dir)
+        await self.cleanup.remove_abandoned_claims()
+
+    async def close(self) -> None:
+        await self.index.close()
+        await self.blobs.close()
+
+    async def health(self) -> list[tuple[str, str | None]]:
+        """(dependency, error or None) for each dependency."""
+        results = []
+        for name, check in (("index", self.index.check), ("blob store", self.blobs.check)):
+            try:
+                await check()
+                results.append((name, None))
+            except Unavailable as exc:
+                results.append((name, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - health reports, never raises
+                results.append((name, f"{exc.__class__.__name__}: {exc}"))
+        return results

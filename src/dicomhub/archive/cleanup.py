@@ -1,0 +1,63 @@
+"""Background cleanup: blobs of deleted instances, and claims left by interrupted stores.
+
+The queue lives in the index, so it survives restarts; a blob whose deletion fails is retried
+later. Runs inside ``dicomhub serve`` in the embedded mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from dicomhub.model import blob_key
+from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+RETRY_AFTER = timedelta(hours=1)
+
+
+class Cleanup:
+    def __init__(self, index: IndexStore, blobs: BlobStore, batch_size: int):
+        self.index = index
+        self.blobs = blobs
+        self.batch_size = batch_size
+
+    async def remove_abandoned_claims(self) -> int:
+        """Undo stores cut off by a crash: their blob (if any) and their invisible claim."""
+        claims = await self.index.abandoned_claims()
+        for version, partition in claims:
+            await self.blobs.delete(blob_key(partition, version))
+            await self.index.abandon(version)
+        if claims:
+            log.info("removed %d claim(s) left by interrupted stores", len(claims))
+        return len(claims)
+
+    async def delete_due_blobs(self) -> int:
+        """One pass over the due part of the deletion queue; returns how many were removed."""
+        removed = 0
+        while True:
+            due = await self.index.due_blob_deletions(utcnow(), self.batch_size)
+            if not due:
+                return removed
+            done = []
+            for id_, key in due:
+                try:
+                    await self.blobs.delete(key)
+                    done.append(id_)
+                except Exception as exc:  # noqa: BLE001 - retried later, never lost
+                    log.warning("deleting blob %s failed (%s); retrying later", key, exc)
+                    await self.index.retry_blob_deletion(id_, utcnow() + RETRY_AFTER)
+            await self.index.finish_blob_deletions(done)
+            removed += len(done)
+            if len(due) < self.batch_size:
+                return removed
+
+    async def run_forever(self, interval: float) -> None:
+        while True:
+            try:
+                await self.delete_due_blobs()
+            except Exception:  # a failing pass must not stop the worker
+                log.exception("cleanup pass failed")
+            await asyncio.sleep(interval)

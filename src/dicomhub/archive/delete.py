@@ -1,0 +1,23 @@
+"""Delete (non-standard, as Microsoft's server): gone from the index at once, blobs later."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from dicomhub.errors import NotFound
+from dicomhub.model import Scope
+from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.timeutil import utcnow
+
+
+class DeleteService:
+    def __init__(self, index: IndexStore, delete_delay: int):
+        self.index = index
+        self.delay = timedelta(seconds=delete_delay)
+
+    async def delete(self, scope: Scope) -> int:
+        removed = await self.index.delete(scope, utcnow() + self.delay)
+        if removed == 0:
+            what = scope.sop or scope.series or scope.study
+            raise NotFound(f"{what} not found")
+        return removed

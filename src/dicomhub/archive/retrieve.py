@@ -1,0 +1,108 @@
+"""WADO-RS use cases (PS3.18 section 10.4): instances, metadata, frames, bulk data.
+
+Everything is served from what ingest recorded: metadata from the index, frames and bulk data as
+ranged reads of the stored file. Only deflated data sets (no usable offsets) are parsed on read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from dicomhub.dicom import bulkdata
+from dicomhub.dicom.frames import FrameIndex, extract_bits
+from dicomhub.dicom.json_model import with_base_url
+from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.model import Scope, StoredInstance
+from dicomhub.storage.protocols import BlobStore, IndexStore
+
+
+@dataclass(frozen=True)
+class Metadata:
+    body: bytes  # a DICOM JSON array
+    etag: str
+
+
+class RetrieveService:
+    def __init__(self, index: IndexStore, blobs: BlobStore):
+        self.index = index
+        self.blobs = blobs
+
+    async def instances(self, scope: Scope) -> list[StoredInstance]:
+        found = await self.index.instances(scope)
+        if not found:
+            raise NotFound(_describe(scope) + " not found")
+        return found
+
+    def content(self, instance: StoredInstance) -> AsyncIterator[bytes]:
+        return self.blobs.stream(instance.blob_key)
+
+    async def metadata(self, scope: Scope, base_url: str) -> Metadata:
+        items, etag = await self.index.metadata(scope)
+        if not items:
+            raise NotFound(_describe(scope) + " not found")
+        body = b"[" + b",".join(items) + b"]"
+        return Metadata(with_base_url(body, base_url), f'"{etag}"')
+
+    async def frames(self, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
+        """The bytes of each requested frame (1-based), as stored."""
+        if instance.frames is None and not instance.parse_on_read:
+            raise NotFound(f"SOP instance {instance.id.sop} has no pixel data")
+        if instance.parse_on_read:
+            data = await self.blobs.read(instance.blob_key)
+            return await asyncio.to_thread(bulkdata.frames_by_parsing, data, numbers)
+        index = FrameIndex.from_json(json.loads(instance.frames))
+        missing = [n for n in numbers if not 1 <= n <= index.count]
+        if missing:
+            raise NotFound(
+                f"frame {missing[0]} does not exist; the instance has {index.count} frame(s)"
+            )
+        out = []
+        for number in numbers:
+            frame = index.frame(number)
+            pieces = [await self.blobs.read(instance.blob_key, o, n) for o, n in frame.ranges]
+            data = b"".join(pieces)
+            if frame.bit_length is not None:
+                data = extract_bits(data, frame.bit_offset, frame.bit_length)
+            out.append(data)
+        return out
+
+    async def bulkdata_location(self, instance: StoredInstance, path: str) -> tuple[int, int]:
+        """(offset, length) of a bulk data value in the stored file."""
+        locations = json.loads(instance.bulk or "{}")
+        key = path.strip("/").upper()
+        if key not in locations:
+            raise NotFound(f"no bulk data at {path!r} in SOP instance {instance.id.sop}")
+        return tuple(locations[key])
+
+    async def bulkdata_by_parsing(self, instance: StoredInstance, path: str) -> bytes:
+        data = await self.blobs.read(instance.blob_key)
+        try:
+            return await asyncio.to_thread(bulkdata.value_by_parsing, io.BytesIO(data), path)
+        except KeyError as exc:
+            raise NotFound(f"no bulk data at {path!r} in SOP instance {instance.id.sop}") from exc
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5] (PS3.18 section 8.3.5): positive integers, comma-separated."""
+    numbers = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece.isdigit() or int(piece) < 1:
+            raise InvalidRequest(
+                f"frame list {text[:100]!r} is invalid: frames are positive integers separated "
+                "by commas"
+            )
+        numbers.append(int(piece))
+    return numbers
+
+
+def _describe(scope: Scope) -> str:
+    if scope.sop:
+        return f"SOP instance {scope.sop}"
+    if scope.series:
+        return f"series {scope.series}"
+    return f"study {scope.study}"

@@ -1,0 +1,206 @@
+"""STOW-RS use case (PS3.18 section 10.5): spool, parse once, validate, store, index.
+
+An instance becomes visible only when both its blob and its index rows are durable: the index
+claims the instance (invisible) first, the blob is written, then one transaction makes the row
+visible and writes the change-feed entry. A crash in between leaves a claim that start-up removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dicomhub.archive.spool import SpoolFile
+from dicomhub.dicom import stow
+from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
+from dicomhub.dicom.mediatype import parse_media_type
+from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
+from dicomhub.dicom.parse import read_part10
+from dicomhub.errors import (
+    AlreadyExists,
+    InvalidDicom,
+    InvalidRequest,
+    PayloadTooLarge,
+    Pending,
+    UnsupportedMediaType,
+)
+from dicomhub.model import InstanceId, NewInstance, blob_key
+from dicomhub.settings import Settings
+from dicomhub.storage.protocols import BlobStore, IndexStore
+
+log = logging.getLogger(__name__)
+DICOM = "application/dicom"
+
+
+class StoreService:
+    def __init__(self, settings: Settings, index: IndexStore, blobs: BlobStore):
+        self.settings = settings
+        self.index = index
+        self.blobs = blobs
+
+    async def store_body(
+        self,
+        chunks: AsyncIterator[bytes],
+        content_type: str | None,
+        study: str | None,
+        strict: bool,
+    ) -> list[stow.PartOutcome]:
+        """Store every DICOM part of a request body; one outcome per part."""
+        media = parse_media_type(content_type or "")
+        if media.type == DICOM:
+            spool = await self._spool(chunks)
+            if spool.too_large:
+                spool.discard()
+                raise PayloadTooLarge(
+                    f"the DICOM file exceeds the limit of {self.settings.max_part_size} bytes"
+                )
+            return [await self._store_spooled(spool, study, strict)]
+        if media.type != "multipart/related":
+            raise UnsupportedMediaType(
+                f'STOW-RS takes multipart/related; type="application/dicom" or '
+                f"application/dicom, not {media.type}"
+            )
+        root_type = media.params.get("type", DICOM).lower()
+        if root_type != DICOM:
+            raise UnsupportedMediaType(
+                f'multipart type {root_type!r} is not supported; use type="application/dicom"'
+            )
+        boundary = media.params.get("boundary")
+        if not boundary:
+            raise InvalidRequest("multipart/related needs a boundary parameter")
+        return await self._store_multipart(chunks, boundary, root_type, study, strict)
+
+    async def _store_multipart(self, chunks, boundary, root_type, study, strict):
+        parser = MultipartParser(boundary)
+        outcomes: list[stow.PartOutcome] = []
+        spool: SpoolFile | None = None
+        part_type = root_type
+        try:
+            async for chunk in chunks:
+                for event in parser.feed(chunk):
+                    if isinstance(event, PartStart):
+                        part_type = event.headers.get("content-type", root_type)
+                        spool = SpoolFile(self._spool_dir(), self.settings.max_part_size)
+                    elif isinstance(event, PartData):
+                        await spool.write(event.data)
+                    elif isinstance(event, PartEnd):
+                        spool.close()
+                        outcomes.append(await self._finish_part(spool, part_type, study, strict))
+                        spool = None
+                if parser.finished:
+                    break
+            parser.close()
+        finally:
+            if spool is not None:
+                spool.discard()
+        return outcomes
+
+    async def _finish_part(self, spool, part_type, study, strict) -> stow.PartOutcome:
+        try:
+            media = parse_media_type(part_type).type
+        except InvalidRequest as exc:
+            spool.discard()
+            return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
+        if media != DICOM:
+            spool.discard()
+            return stow.PartOutcome(
+                failure=stow.PROCESSING_FAILURE,
+                message=f"part media type {media} is not supported; parts must be {DICOM}",
+            )
+        if spool.too_large:
+            spool.discard()
+            return stow.PartOutcome(
+                failure=stow.PROCESSING_FAILURE,
+                message=f"part exceeds the limit of {self.settings.max_part_size} bytes",
+            )
+        return await self._store_spooled(spool, study, strict)
+
+    def _spool_dir(self) -> Path:
+        folder = self.settings.spool_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def _spool(self, chunks: AsyncIterator[bytes]) -> SpoolFile:
+        spool = SpoolFile(self._spool_dir(), self.settings.max_part_size)
+        try:
+            async for chunk in chunks:
+                await spool.write(chunk)
+        except BaseException:
+            spool.discard()
+            raise
+        spool.close()
+        return spool
+
+    async def _store_spooled(self, spool: SpoolFile, study: str | None, strict: bool):
+        try:
+            return await self.store_file(spool.path, spool.size, study, strict)
+        finally:
+            spool.path.unlink(missing_ok=True)
+
+    async def store_file(
+        self, path: Path, size: int, study: str | None, strict: bool
+    ) -> stow.PartOutcome:
+        """Store one PS3.10 file (the file may be moved into the blob store)."""
+        if size == 0:
+            return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
+        try:
+            instance = await asyncio.to_thread(self._describe, path, size, study, strict)
+        except InvalidInstance as exc:
+            return stow.PartOutcome(
+                exc.sop_class, exc.sop_instance, failure=stow.VALIDATION_FAILURE, message=str(exc)
+            )
+        except InvalidDicom as exc:
+            return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
+        ident = InstanceId(instance.study, instance.series, instance.sop)
+        outcome = stow.PartOutcome(instance.sop_class, instance.sop)
+        try:
+            version = await self.index.reserve(ident)
+        except AlreadyExists as exc:
+            outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
+            return outcome
+        except Pending as exc:
+            outcome.failure, outcome.message = stow.PENDING_SOP_INSTANCE, str(exc)
+            return outcome
+        key = blob_key(ident.partition, version)
+        try:
+            await self.blobs.put_file(key, path)
+            await self.index.commit(version, _new_instance(ident, instance, size))
+        except BaseException:
+            await asyncio.shield(self._release(version, key))
+            raise
+        outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
+        outcome.warnings = instance.warnings
+        return outcome
+
+    def _describe(self, path: Path, size: int, study: str | None, strict: bool):
+        with open(path, "rb") as fp:
+            parsed = read_part10(fp, size, self.settings.bulkdata_threshold)
+
+            def read_at(offset: int, length: int) -> bytes:
+                fp.seek(offset)
+                return fp.read(length)
+
+            return ingest(parsed, read_at, self.settings.bulkdata_threshold, strict, study)
+
+    async def _release(self, version: int, key: str) -> None:
+        try:
+            await self.blobs.delete(key)
+            await self.index.abandon(version)
+        except Exception:  # start-up cleanup removes whatever is left
+            log.exception("could not release claim %s", version)
+
+
+def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:
+    return NewInstance(
+        id=ident,
+        sop_class=instance.sop_class,
+        transfer_syntax=instance.transfer_syntax,
+        size=size,
+        metadata=instance.metadata,
+        frames=instance.frames,
+        bulk=instance.bulk,
+        parse_on_read=instance.parse_on_read,
+        attributes=instance.attributes,
+    )

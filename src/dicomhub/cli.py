@@ -1,0 +1,74 @@
+"""Composition root: settings -> stores -> archive -> servers."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import sys
+from pathlib import Path
+
+from dicomhub import __version__
+from dicomhub.archive.archive import Archive
+from dicomhub.settings import Settings
+from dicomhub.storage.urls import open_blobs, open_index
+
+
+def build_archive(settings: Settings) -> Archive:
+    return Archive(
+        settings, open_index(settings.resolved_index_url), open_blobs(settings.resolved_blob_url)
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomhub", description="DICOMweb server")
+    parser.add_argument("--version", action="version", version=f"dicomhub {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the DICOMweb server")
+    for f in Settings.fields():
+        flag = "--" + f.name.replace("_", "-")
+        env = "DICOMHUB_" + f.name.upper()
+        serve.add_argument(
+            flag,
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            help=f"{f.metadata['help']} [env {env}; default {f.default!r}]",
+        )
+    return parser
+
+
+def _lock_data_dir(settings: Settings):
+    """The embedded mode has one server process per data folder (it cleans up at start-up)."""
+    folder = Path(settings.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(f"dicomhub: another dicomhub serve is using {folder.resolve()}")
+    return handle
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    settings = Settings.load(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if command == "serve":
+        import uvicorn
+
+        from dicomhub.web.app import create_app
+
+        lock = _lock_data_dir(settings)
+        app = create_app(settings, build_archive(settings))
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+        )
+        lock.close()

@@ -1,0 +1,177 @@
+"""From a parsed PS3.10 file to what the index records: identity, metadata, frames, bulk data.
+
+Pure: the file's bytes arrive through a ``read_at(offset, length)`` callable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from dicomhub.dicom import frames as frame_index
+from dicomhub.dicom.json_model import dumps, encode_dataset
+from dicomhub.dicom.parse import ParsedFile
+from dicomhub.dicom.uids import clean_uid, is_valid_uid
+from dicomhub.errors import InvalidRequest
+
+CORE_UIDS = {
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "SOPInstanceUID": 0x00080018,
+    "SOPClassUID": 0x00080016,
+}
+# Attributes the index searches on; v1 rejects an instance when one of them is invalid.
+INDEXED = {
+    "PatientID": 0x00100020,
+    "PatientName": 0x00100010,
+    "PatientBirthDate": 0x00100030,
+    "StudyDate": 0x00080020,
+    "StudyDescription": 0x00081030,
+    "AccessionNumber": 0x00080050,
+    "ReferringPhysicianName": 0x00080090,
+    "Modality": 0x00080060,
+    "PerformedProcedureStepStartDate": 0x00400244,
+    "ManufacturerModelName": 0x00081090,
+}
+
+
+class InvalidInstance(InvalidRequest):
+    """The file is DICOM, but an attribute rules out storing it."""
+
+    def __init__(self, message: str, sop_class: str = "", sop_instance: str = ""):
+        super().__init__(message)
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+
+
+@dataclass
+class IngestedInstance:
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    transfer_syntax: str
+    metadata: bytes
+    frames: str | None
+    bulk: str
+    parse_on_read: bool
+    attributes: dict[str, str | None]
+    warnings: list[str]  # ErrorComment of every attribute left out of metadata and index
+
+
+def bulk_path(study: str, series: str, sop: str) -> str:
+    return f"studies/{study}/series/{series}/instances/{sop}"
+
+
+def ingest(
+    parsed: ParsedFile, read_at, bulk_threshold: int, strict: bool, expected_study: str | None
+) -> IngestedInstance:
+    """Validate and describe one instance. ``strict`` is v1: indexed attributes must be valid."""
+    ds = parsed.dataset
+    uids = {name: clean_uid(_raw_text(ds, tag)) for name, tag in CORE_UIDS.items()}
+    sop_class, sop = uids["SOPClassUID"], uids["SOPInstanceUID"]
+    for name, value in uids.items():
+        if not value:
+            raise InvalidInstance(f"DICOM100: {name} is missing or empty", sop_class, sop)
+        if not is_valid_uid(value):
+            raise InvalidInstance(
+                f"DICOM100: {name} {value[:80]!r} is not a valid UID", sop_class, sop
+            )
+    if expected_study and uids["StudyInstanceUID"] != expected_study:
+        raise InvalidInstance(
+            f"DICOM100: StudyInstanceUID {uids['StudyInstanceUID']} does not match the study "
+            f"{expected_study} of the request URL",
+            sop_class,
+            sop,
+        )
+    if strict and not _raw_text(ds, INDEXED["PatientID"]).strip("\x00 "):
+        raise InvalidInstance(
+            "DICOM100: PatientID is missing or empty (required by v1)", sop_class, sop
+        )
+
+    base = bulk_path(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop) + "/bulkdata/"
+    encoded = encode_dataset(ds, bulk_threshold, lambda path: base + path)
+    indexed_keys = {f"{tag:08X}": name for name, tag in INDEXED.items()}
+    warnings = []
+    for path, message in encoded.errors:
+        keyword = indexed_keys.get(path)
+        comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
+        if strict and keyword:
+            raise InvalidInstance(comment, sop_class, sop)
+        warnings.append(comment)
+    frames = None
+    if parsed.pixel is not None and not parsed.deflated:
+        frames = json.dumps(_frames(ds, parsed, read_at).to_json(), separators=(",", ":"))
+    return IngestedInstance(
+        study=uids["StudyInstanceUID"],
+        series=uids["SeriesInstanceUID"],
+        sop=sop,
+        sop_class=sop_class,
+        transfer_syntax=parsed.transfer_syntax,
+        metadata=dumps(encoded.json),
+        frames=frames,
+        bulk=json.dumps(encoded.bulk, separators=(",", ":")),
+        parse_on_read=parsed.deflated,
+        attributes=_attributes(encoded.json),
+        warnings=warnings,
+    )
+
+
+def _frames(ds: Dataset, parsed: ParsedFile, read_at) -> frame_index.FrameIndex:
+    pixel = parsed.pixel
+    bits = _int(ds, 0x00280100, 8)
+    if pixel.tag == 0x7FE00008:
+        bits = 32
+    elif pixel.tag == 0x7FE00009:
+        bits = 64
+    frame_bits = frame_index.native_frame_bits(
+        _int(ds, 0x00280010, 0),
+        _int(ds, 0x00280011, 0),
+        _int(ds, 0x00280002, 1),
+        bits,
+        _raw_text(ds, 0x00280004).strip("\x00 "),
+    )
+    extended = None
+    if 0x7FE00001 in ds._dict and 0x7FE00002 in ds._dict:
+        extended = (list(_uint64s(ds[0x7FE00001].value)), list(_uint64s(ds[0x7FE00002].value)))
+    return frame_index.index_frames(pixel, _int(ds, 0x00280008, 1), frame_bits, read_at, extended)
+
+
+def _uint64s(data: bytes):
+    for i in range(0, len(data) - 7, 8):
+        yield int.from_bytes(data[i : i + 8], "little")
+
+
+def _raw_text(ds: Dataset, tag: int) -> str:
+    if tag not in ds._dict:
+        return ""
+    try:
+        value = ds[tag].value
+    except Exception:
+        return ""
+    return "" if value is None else str(value)
+
+
+def _int(ds: Dataset, tag: int, default: int) -> int:
+    try:
+        value = ds[tag].value if tag in ds._dict else None
+        return int(value) if value not in (None, "") else default
+    except Exception:
+        return default
+
+
+def _attributes(js: dict) -> dict[str, str | None]:
+    """First value of each indexed attribute, as it stands in the (validated) metadata."""
+    out: dict[str, str | None] = {}
+    for name, tag in INDEXED.items():
+        element = js.get(f"{tag:08X}")
+        value = (element or {}).get("Value")
+        if not value:
+            out[name] = None
+        elif isinstance(value[0], dict):
+            out[name] = value[0].get("Alphabetic")
+        else:
+            out[name] = str(value[0])
+    return out

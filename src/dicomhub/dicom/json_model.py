@@ -1,0 +1,156 @@
+"""DICOM JSON model (PS3.18 annex F.2) computed once at ingest.
+
+Large binary values are not read: they become BulkDataURIs whose location in the stored file
+(offset, length) is recorded, so ``/bulkdata`` is a ranged read. The URI is written with a
+placeholder prefix that cannot occur in valid JSON (a raw control character) and is replaced by the
+request's base URL when served, so stored metadata does not depend on the host name.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+from dicomhub.dicom.validate import validate_string
+
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+STRING_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
+BASE_PLACEHOLDER = "\x01"  # replaced by the request's base URL when metadata is served
+_PLACEHOLDER_BYTES = json.dumps(BASE_PLACEHOLDER).encode()[1:-1]  # how json.dumps writes it
+
+
+@dataclass
+class EncodedDataset:
+    json: dict[str, Any]
+    bulk: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (offset, length)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (tag path, message)
+
+
+def tag_key(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+def encode_dataset(
+    ds: Dataset,
+    bulk_threshold: int,
+    bulk_uri: Callable[[str], str],
+) -> EncodedDataset:
+    """Encode ``ds``; invalid or undecodable elements are left out and reported in ``errors``."""
+    out = EncodedDataset({})
+    out.json = _encode(ds, "", bulk_threshold, bulk_uri, out)
+    return out
+
+
+def _encode(ds, prefix, threshold, bulk_uri, out: EncodedDataset) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    bits_allocated = _int_or_none(ds, 0x00280100)
+    for tag in sorted(ds._dict):
+        if tag & 0xFFFF == 0:  # group lengths are not part of the JSON model
+            continue
+        key = tag_key(tag)
+        path = prefix + key
+        raw = ds._dict[tag]
+        if isinstance(raw, RawDataElement):
+            vr = _raw_vr(raw, ds, bits_allocated)
+            if vr in BULK_VRS and raw.length > threshold:
+                out.bulk[path] = (raw.value_tell, raw.length)
+                result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
+                continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                elem = ds[tag]
+                error = _validate(elem)
+                if error is None and elem.VR != "SQ":
+                    encoded = elem.to_json_dict(None, 0)
+                    json.dumps(encoded, allow_nan=False)
+        except Exception as exc:  # undecodable value: reported like an invalid one
+            error = f"cannot be decoded ({exc.__class__.__name__})"
+        if error is not None:
+            out.errors.append((path, error))
+            continue
+        if elem.VR == "SQ":
+            items = [
+                _encode(item, f"{path}/{i}/", threshold, bulk_uri, out)
+                for i, item in enumerate(elem.value)
+            ]
+            encoded = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        result[key] = encoded
+    return result
+
+
+def _raw_vr(raw: RawDataElement, ds: Dataset, bits_allocated: int | None) -> str:
+    vr = raw.VR
+    if vr is None or vr == "UN":
+        try:
+            vr = dictionary_VR(raw.tag) if not Tag(raw.tag).is_private else "UN"
+        except KeyError:
+            vr = "UN"
+    if " or " in vr:  # ambiguous VR (PS3.5 annex A.1): implicit VR pixel data is OW
+        if raw.tag == 0x7FE00010 and not raw.is_implicit_VR and (bits_allocated or 16) <= 8:
+            return "OB"
+        return "OW" if "OW" in vr else vr.split(" or ")[0]
+    return vr
+
+
+def _validate(elem: DataElement) -> str | None:
+    if elem.VR not in STRING_VRS or elem.value is None:
+        return None
+    values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+    for value in values:
+        text = getattr(value, "original_string", None)
+        if text is None:
+            text = str(value)
+        message = validate_string(elem.VR, text)
+        if message:
+            return f"{elem.VR} value {text[:64]!r} {message}"
+    return None
+
+
+def _int_or_none(ds: Dataset, tag: int) -> int | None:
+    raw = ds._dict.get(tag)
+    if raw is None:
+        return None
+    try:
+        return int(ds[tag].value)
+    except Exception:
+        return None
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON bytes, as stored and served."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def with_base_url(stored: bytes, base_url: str) -> bytes:
+    """Resolve the BulkDataURI placeholders of stored metadata against ``base_url``."""
+    return stored.replace(b'"' + _PLACEHOLDER_BYTES, b'"' + base_url.encode())

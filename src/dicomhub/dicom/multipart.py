@@ -1,0 +1,145 @@
+"""multipart/related codec (RFC 2046, RFC 2387) as used by STOW-RS and WADO-RS (PS3.18 8.6).
+
+The parser is push-based and streaming: feed it chunks, it yields events, and never holds more
+than one chunk plus a boundary's length of body data, so a part of any size streams through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dicomhub.errors import InvalidRequest
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@dataclass
+class PartStart:
+    headers: dict[str, str]  # lower-case names
+
+
+@dataclass
+class PartData:
+    data: bytes
+
+
+@dataclass
+class PartEnd:
+    pass
+
+
+class MultipartParser:
+    def __init__(self, boundary: str):
+        if not boundary or len(boundary) > 70:
+            raise InvalidRequest("multipart boundary must be 1 to 70 characters (RFC 2046)")
+        self._dash = b"--" + boundary.encode("latin-1")
+        self._delimiter = b"\r\n" + self._dash
+        self._buffer = b""
+        self._state = "preamble"  # preamble, after_boundary, headers, body, epilogue
+
+    @property
+    def finished(self) -> bool:
+        return self._state == "epilogue"
+
+    def feed(self, chunk: bytes) -> Iterator[PartStart | PartData | PartEnd]:
+        self._buffer += chunk
+        while True:
+            progressed = yield from self._step()
+            if not progressed:
+                return
+
+    def close(self) -> None:
+        if self._state != "epilogue":
+            raise InvalidRequest(
+                "malformed multipart body: it ends before the closing boundary "
+                f"'{self._dash.decode('latin-1')}--'"
+            )
+
+    def _step(self):
+        buf = self._buffer
+        if self._state == "preamble":
+            if buf.startswith(self._dash):
+                self._buffer = buf[len(self._dash) :]
+                self._state = "after_boundary"
+                return True
+            at = buf.find(self._delimiter)
+            if at < 0:
+                self._buffer = buf[-len(self._delimiter) :]
+                return False
+            self._buffer = buf[at + len(self._delimiter) :]
+            self._state = "after_boundary"
+            return True
+        if self._state == "after_boundary":
+            stripped = buf.lstrip(b" \t")
+            if len(stripped) < 2:
+                return False
+            if stripped.startswith(b"--"):
+                self._state = "epilogue"
+                self._buffer = b""
+                return True
+            if not stripped.startswith(b"\r\n"):
+                raise InvalidRequest("malformed multipart body: boundary not followed by CRLF")
+            self._buffer = stripped[2:]
+            self._state = "headers"
+            return True
+        if self._state == "headers":
+            if buf.startswith(b"\r\n"):  # a part without headers
+                end, skip = 0, 2
+            else:
+                end, skip = buf.find(b"\r\n\r\n"), 4
+            if end < 0:
+                if len(buf) > MAX_HEADER_BYTES:
+                    raise InvalidRequest("malformed multipart body: part headers too large")
+                return False
+            headers = _parse_headers(buf[:end])
+            self._buffer = buf[end + skip :]
+            self._state = "body"
+            yield PartStart(headers)
+            return True
+        if self._state == "body":
+            at = buf.find(self._delimiter)
+            if at < 0:
+                keep = len(self._delimiter) - 1
+                if len(buf) > keep:
+                    yield PartData(buf[:-keep])
+                    self._buffer = buf[-keep:]
+                return False
+            if at:
+                yield PartData(buf[:at])
+            yield PartEnd()
+            self._buffer = buf[at + len(self._delimiter) :]
+            self._state = "after_boundary"
+            return True
+        self._buffer = b""  # epilogue is ignored
+        return False
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in block.decode("latin-1").split("\r\n"):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise InvalidRequest(f"malformed multipart part header: {line[:100]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def new_boundary() -> str:
+    return "dicomhub-" + os.urandom(12).hex()
+
+
+def part_header(boundary: str, content_type: str, extra: dict[str, str] | None = None) -> bytes:
+    lines = [f"--{boundary}", f"Content-Type: {content_type}"]
+    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("latin-1")
+
+
+PART_END = b"\r\n"  # follows every part body, before the next boundary line

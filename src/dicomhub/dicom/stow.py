@@ -1,0 +1,85 @@
+"""The STOW-RS response (PS3.18 section 10.5.3) and its failure and warning codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# FailureReason (0008,1197) values, as Microsoft's server sends them (PS3.4 annex GG.4.1).
+PROCESSING_FAILURE = 272  # 0x0110: not a readable DICOM file, or it could not be stored
+MISSING_ATTRIBUTE = 288
+VALIDATION_FAILURE = 43264  # 0xA900: invalid or missing required attribute, study mismatch
+SOP_INSTANCE_ALREADY_EXISTS = 45070  # 0xB00E
+PENDING_SOP_INSTANCE = 45071  # 0xB00F: another request is storing the same instance
+
+# WarningReason (0008,1196) values.
+ATTRIBUTES_DROPPED = 1  # v2: invalid attributes left out of the index and metadata
+
+STATUS_OK, STATUS_ACCEPTED, STATUS_NO_CONTENT, STATUS_CONFLICT = 200, 202, 204, 409
+
+
+@dataclass
+class PartOutcome:
+    """What became of one part of a STOW request."""
+
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    retrieve_path: str | None = None  # relative to the base URL, for a stored instance
+    failure: int | None = None
+    message: str | None = None
+    warnings: list[str] = field(default_factory=list)  # one ErrorComment per dropped attribute
+
+
+def _ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _us(value: int) -> dict[str, Any]:
+    return {"vr": "US", "Value": [value]}
+
+
+def _comments(texts: list[str]) -> dict[str, Any]:
+    return {"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [t]}} for t in texts]}
+
+
+def build_response(
+    outcomes: list[PartOutcome], base_url: str, study_path: str | None
+) -> tuple[int, dict[str, Any] | None]:
+    """HTTP status and response dataset, as Microsoft's server decides them (reference 5.6)."""
+    if not outcomes:
+        return STATUS_NO_CONTENT, None
+    stored = [o for o in outcomes if o.failure is None]
+    failed = [o for o in outcomes if o.failure is not None]
+    body: dict[str, Any] = {}
+    if study_path and stored:
+        body["00081190"] = {"vr": "UR", "Value": [base_url + study_path]}
+    if failed:
+        items = []
+        for o in failed:
+            item = {
+                "00081150": _ui(o.sop_class or ""),
+                "00081155": _ui(o.sop_instance or ""),
+                "00081197": _us(o.failure),
+            }
+            if o.message:
+                item["00000902"] = {"vr": "LO", "Value": [o.message]}
+            items.append(item)
+        body["00081198"] = {"vr": "SQ", "Value": items}
+    if stored:
+        items = []
+        for o in stored:
+            item = {
+                "00081150": _ui(o.sop_class or ""),
+                "00081155": _ui(o.sop_instance or ""),
+                "00081190": {"vr": "UR", "Value": [base_url + o.retrieve_path]},
+            }
+            if o.warnings:
+                item["00081196"] = _us(ATTRIBUTES_DROPPED)
+                item["00741048"] = _comments(o.warnings)
+            items.append(item)
+        body["00081199"] = {"vr": "SQ", "Value": items}
+    if not stored:
+        return STATUS_CONFLICT, body
+    if failed or any(o.warnings for o in stored):
+        return STATUS_ACCEPTED, body
+    return STATUS_OK, body

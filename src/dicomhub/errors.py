@@ -1,0 +1,57 @@
+"""The one exception tree. Domain words only; each border maps it (web/errors.py)."""
+
+
+class DicomhubError(Exception):
+    """Base of every error dicomhub raises on purpose."""
+
+
+class InvalidRequest(DicomhubError):
+    """The request is malformed: a bad parameter, UID, header or body."""
+
+
+class InvalidDicom(InvalidRequest):
+    """A part is not a readable DICOM PS3.10 file."""
+
+
+class NotFound(DicomhubError):
+    """The resource does not exist (or no longer exists)."""
+
+
+class NotAcceptable(DicomhubError):
+    """No representation matches what the client accepts."""
+
+
+class UnsupportedMediaType(DicomhubError):
+    """The request body is of a media type the resource does not take."""
+
+
+class PayloadTooLarge(DicomhubError):
+    """The request body (or one part of it) exceeds the configured limit."""
+
+
+class Conflict(DicomhubError):
+    """The request conflicts with the current state (e.g. the instance exists)."""
+
+
+class RangeNotSatisfiable(DicomhubError):
+    """A byte range lies outside the resource."""
+
+    def __init__(self, message: str, size: int):
+        super().__init__(message)
+        self.size = size
+
+
+class Unavailable(DicomhubError):
+    """A dependency (index, blob store) failed; the request may be retried."""
+
+    def __init__(self, dependency: str, message: str):
+        super().__init__(f"{dependency}: {message}")
+        self.dependency = dependency
+
+
+class AlreadyExists(Conflict):
+    """The SOP instance is already stored."""
+
+
+class Pending(Conflict):
+    """Another request is storing the same SOP instance right now."""

@@ -1,0 +1,82 @@
+"""Value objects shared by the archive and its storage seams."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+
+DEFAULT_PARTITION = "Microsoft.Default"
+
+
+@dataclass(frozen=True)
+class InstanceId:
+    study: str
+    series: str
+    sop: str
+    partition: str = DEFAULT_PARTITION
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A study, a series of it, or one instance: what a retrieve or delete addresses."""
+
+    study: str
+    series: str | None = None
+    sop: str | None = None
+    partition: str = DEFAULT_PARTITION
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """Everything the index records for an instance, computed once at ingest."""
+
+    id: InstanceId
+    sop_class: str
+    transfer_syntax: str
+    size: int
+    metadata: bytes  # DICOM JSON object, BulkDataURIs with a base-URL placeholder
+    frames: str | None  # FrameIndex JSON; None without pixel data
+    bulk: str  # JSON {tag path: [offset, length]}
+    parse_on_read: bool  # offsets unusable (deflated data set): parse the file instead
+    attributes: dict[str, str | None]  # searchable attributes (patient, study, series)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    id: InstanceId
+    version: int
+    sop_class: str
+    transfer_syntax: str
+    size: int
+    created: datetime
+    frames: str | None
+    bulk: str
+    parse_on_read: bool
+
+    @property
+    def blob_key(self) -> str:
+        return blob_key(self.id.partition, self.version)
+
+
+class Action(IntEnum):
+    CREATE = 0
+    DELETE = 1
+    UPDATE = 2
+
+
+@dataclass(frozen=True)
+class ChangeFeedEntry:
+    sequence: int
+    timestamp: datetime
+    action: Action
+    id: InstanceId
+    state: str  # current, replaced, deleted
+    metadata: bytes | None
+
+
+def blob_key(partition: str, version: int) -> str:
+    """Blob keys come from the internal version, never from UIDs (UIDs can carry PHI)."""
+    digest = hashlib.sha256(f"{partition}/{version}".encode()).hexdigest()
+    return f"{digest[:2]}/{digest[2:12]}_{version}.dcm"

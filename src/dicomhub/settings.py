@@ -1,0 +1,96 @@
+"""The one settings object: read once at start-up, immutable afterwards.
+
+Every field has a default and help text. Values come from (lowest to highest precedence) the
+defaults, ``DICOMHUB_<NAME>`` environment variables, and command-line flags ``--<name>``.
+The README's configuration table lists every field; a test checks that it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address the HTTP server binds to.")
+    port: int = _setting(8080, "Port the HTTP server listens on.")
+    data_dir: str = _setting(
+        "./dicomhub-data", "Folder for the embedded index, blobs and temporary spool files."
+    )
+    index_url: str = _setting(
+        "", "Index database URL, e.g. sqlite:///path/index.sqlite. Empty: sqlite in data_dir."
+    )
+    blob_url: str = _setting(
+        "", "Blob store URL, e.g. file:///path/blobs or memory://. Empty: blobs/ in data_dir."
+    )
+    max_part_size: int = _setting(
+        2 * 1024**3, "Largest accepted DICOM file (one STOW part), in bytes; larger gives 413."
+    )
+    bulkdata_threshold: int = _setting(
+        1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
+    )
+    delete_delay: int = _setting(
+        3 * 24 * 3600,
+        "Seconds a deleted instance's blob is kept before the cleanup job removes it.",
+    )
+    cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
+    cleanup_batch_size: int = _setting(100, "Deleted blobs removed per cleanup run.")
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+
+    @property
+    def resolved_index_url(self) -> str:
+        if self.index_url:
+            return self.index_url
+        return "sqlite://" + str(Path(self.data_dir).resolve() / "index.sqlite")
+
+    @property
+    def resolved_blob_url(self) -> str:
+        if self.blob_url:
+            return self.blob_url
+        return "file://" + str(Path(self.data_dir).resolve() / "blobs")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where request bodies are spooled before they are parsed and stored."""
+        return Path(self.data_dir).resolve() / "spool"
+
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then ``DICOMHUB_*`` variables, then ``overrides`` (e.g. parsed flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in cls.fields():
+            raw = environ.get("DICOMHUB_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return kind(raw)
+    except ValueError as exc:
+        raise SystemExit(
+            f"DICOMHUB_{f.name.upper()}: {raw!r} is not a valid {kind.__name__}"
+        ) from exc

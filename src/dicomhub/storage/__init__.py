@@ -1,0 +1,1 @@
+"""Storage seams (protocols.py) and their backends, chosen from URLs in urls.py."""

@@ -1,0 +1,104 @@
+"""BlobStore on a local folder. A put is a rename of a flushed file: all or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dicomhub.errors import NotFound, Unavailable
+
+
+class FileBlobStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+
+        def move() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            try:
+                os.replace(path, target)  # same file system: atomic rename
+            except OSError:
+                partial = target.with_suffix(".partial")
+                shutil.copyfile(path, partial)
+                with open(partial, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(partial, target)
+                os.unlink(path)
+            _fsync_dir(target.parent)
+
+        try:
+            await asyncio.to_thread(move)
+        except OSError as exc:
+            raise Unavailable("blob store", str(exc)) from exc
+
+    async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        def read() -> bytes:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                return f.read() if length is None else f.read(length)
+
+        return await self._io(key, read)
+
+    async def stream(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        f = await self._io(key, lambda: open(self._path(key), "rb"))  # noqa: SIM115
+        try:
+            await asyncio.to_thread(f.seek, offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = await asyncio.to_thread(f.read, size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            f.close()
+
+    async def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        except OSError as exc:
+            raise Unavailable("blob store", str(exc)) from exc
+
+    async def check(self) -> None:
+        ok = await asyncio.to_thread(lambda: self.root.is_dir() and os.access(self.root, os.W_OK))
+        if not ok:
+            raise Unavailable("blob store", f"{self.root} is not a writable folder")
+
+    async def close(self) -> None:
+        return None
+
+    async def _io(self, key: str, fn):
+        try:
+            return await asyncio.to_thread(fn)
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {key} is missing") from exc
+        except OSError as exc:
+            raise Unavailable("blob store", str(exc)) from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,104 @@
+"""The two storage seams the archive sees. Backends are picked from URLs in ``urls.py``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from dicomhub.model import (
+    ChangeFeedEntry,
+    InstanceId,
+    NewInstance,
+    Scope,
+    StoredInstance,
+)
+
+
+class BlobStore(Protocol):
+    """Immutable objects addressed by key. A put is all-or-nothing: never a half object."""
+
+    async def start(self) -> None: ...
+
+    async def put_file(self, key: str, path: Path) -> None:
+        """Store the local file ``path`` under ``key`` durably; may consume (move) the file."""
+
+    async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``offset`` .. ``offset+length`` of the object (to its end when length is None)."""
+
+    def stream(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """The same range, as chunks, without holding the object in memory."""
+
+    async def local_path(self, key: str) -> Path | None:
+        """A local file holding the object, if the backend has one (file store), else None."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+
+    async def check(self) -> None:
+        """Raise Unavailable when the store cannot be reached (health check)."""
+
+    async def close(self) -> None: ...
+
+
+class IndexStore(Protocol):
+    """The SQL index: instances, their metadata, the change feed and cleanup queues.
+
+    Every change writes its change-feed rows in the same transaction as the index rows.
+    """
+
+    async def start(self) -> None:
+        """Create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Raise Unavailable when the database cannot be reached (health check)."""
+
+    async def reserve(self, instance_id: InstanceId) -> int:
+        """Claim ``instance_id`` for a store in progress and allocate its version.
+
+        Raises AlreadyExists when it is stored, Pending when another store holds the claim.
+        """
+
+    async def commit(self, version: int, instance: NewInstance) -> None:
+        """Make a reserved instance visible and add its ``create`` change-feed entry."""
+
+    async def abandon(self, version: int) -> None:
+        """Release a claim whose store failed before it was committed."""
+
+    async def abandoned_claims(self) -> list[tuple[int, str]]:
+        """(version, partition) of every claim left by a store that never finished."""
+
+    async def instances(self, scope: Scope) -> list[StoredInstance]:
+        """Visible instances in ``scope``, in storage order; empty when none."""
+
+    async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
+        """Stored DICOM JSON of every visible instance in ``scope``, and an ETag for it."""
+
+    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
+        """Remove the instances of ``scope``; queue their blobs; return how many were removed."""
+
+    async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+        """(id, blob key) of queued blob deletions whose time has come."""
+
+    async def finish_blob_deletions(self, ids: list[int]) -> None: ...
+
+    async def retry_blob_deletion(self, id: int, not_before: datetime) -> None: ...
+
+    async def changefeed(
+        self,
+        offset: int,
+        limit: int,
+        by_sequence: bool,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_metadata: bool = True,
+    ) -> list[ChangeFeedEntry]:
+        """By sequence: entries with sequence > offset and <= offset + limit.
+        By time: entries in [start, end), skipping ``offset`` of them, at most ``limit``."""
+
+    async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...

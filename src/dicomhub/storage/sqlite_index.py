@@ -1,0 +1,391 @@
+"""IndexStore on SQLite (WAL): the embedded default, and ``sqlite://:memory:`` for tests.
+
+All writes go through one writer thread with group commit: concurrent write operations are run
+in one transaction, each inside its own savepoint, so one failing operation does not fail the
+others and a burst of stores costs one fsync. Reads use their own connections (WAL readers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from dicomhub.errors import AlreadyExists, Pending, Unavailable
+from dicomhub.model import (
+    Action,
+    ChangeFeedEntry,
+    InstanceId,
+    NewInstance,
+    Scope,
+    StoredInstance,
+    blob_key,
+)
+from dicomhub.storage import sqlite_queries as q
+from dicomhub.storage.timeutil import from_micros, to_micros, utcnow
+
+MAX_BATCH = 256
+
+
+class SqliteIndex:
+    def __init__(self, path: str):
+        self._memory = path == ":memory:"
+        self._uri = (
+            f"file:dicomhub-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            if self._memory
+            else "file:" + quote(str(Path(path).resolve()))
+        )
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._keepalive: sqlite3.Connection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
+        self._readers = (
+            self._writer
+            if self._memory
+            else ThreadPoolExecutor(4, thread_name_prefix="index-reader")
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._migrate)
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._write_loop(), name="index-writer")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for pool in {self._writer, self._readers} - {None}:
+            pool.submit(self._close_local).result()
+            pool.shutdown(wait=True)
+        if self._keepalive:
+            self._keepalive.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not self._memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _close_local(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _migrate(self) -> None:
+        if self._memory:  # keeps the shared in-memory database alive between connections
+            self._keepalive = self._connect()
+        conn = self._conn()
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for number, script in migrations():
+            if number > current:
+                conn.executescript(f"BEGIN; {script}; COMMIT;")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+    async def check(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, lambda: fn(self._conn()))
+        except sqlite3.Error as exc:
+            raise Unavailable("index", str(exc)) from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < MAX_BATCH:
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await loop.run_in_executor(self._writer, self._run_batch, batch)
+            except sqlite3.Error as exc:
+                results = [Unavailable("index", str(exc))] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _run_batch(self, batch) -> list[Any]:
+        conn = self._conn()
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(fn(conn))
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = Unavailable("index", str(exc))
+                    results.append(exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    # -- store ---------------------------------------------------------------------------------
+
+    async def reserve(self, instance_id: InstanceId) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            row = c.execute(q.FIND_INSTANCE_STATUS, _uids(instance_id)).fetchone()
+            if row is not None:
+                if row["status"] == 1:
+                    raise AlreadyExists(f"SOP instance {instance_id.sop} is already stored")
+                raise Pending(f"SOP instance {instance_id.sop} is being stored by another request")
+            series_key = _ensure_series(c, instance_id)
+            cur = c.execute(q.INSERT_CLAIM, (series_key, instance_id.sop, to_micros(utcnow())))
+            return cur.lastrowid
+
+        return await self._write(op)
+
+    async def commit(self, version: int, instance: NewInstance) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            now = to_micros(utcnow())
+            c.execute(
+                q.COMMIT_INSTANCE,
+                (
+                    instance.sop_class,
+                    instance.transfer_syntax,
+                    instance.size,
+                    now,
+                    int(instance.parse_on_read),
+                    instance.metadata,
+                    instance.frames,
+                    instance.bulk,
+                    version,
+                ),
+            )
+            sequence = _log_change(c, now, Action.CREATE, instance.id, version)
+            attrs = instance.attributes
+            c.execute(
+                q.UPDATE_STUDY_ON_STORE,
+                (
+                    attrs.get("PatientID"),
+                    attrs.get("PatientName"),
+                    attrs.get("StudyDate"),
+                    attrs.get("AccessionNumber"),
+                    sequence,
+                    instance.id.partition,
+                    instance.id.study,
+                ),
+            )
+            c.execute(
+                q.UPDATE_SERIES_ON_STORE,
+                (
+                    attrs.get("Modality"),
+                    sequence,
+                    instance.id.partition,
+                    instance.id.study,
+                    instance.id.series,
+                ),
+            )
+
+        await self._write(op)
+
+    async def abandon(self, version: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            row = c.execute(q.CLAIM_SERIES, (version,)).fetchone()
+            c.execute(q.DELETE_CLAIM, (version,))
+            if row is not None:
+                _prune(c, row["series_key"])
+
+        await self._write(op)
+
+    async def abandoned_claims(self) -> list[tuple[int, str]]:
+        rows = await self._read(lambda c: c.execute(q.ABANDONED_CLAIMS).fetchall())
+        return [(r["version"], r["partition_name"]) for r in rows]
+
+    # -- read ----------------------------------------------------------------------------------
+
+    async def instances(self, scope: Scope) -> list[StoredInstance]:
+        sql, params = q.scoped(q.SELECT_INSTANCES, scope)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [_stored(r) for r in rows]
+
+    async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
+        sql, params = q.scoped(q.SELECT_METADATA, scope)
+        tag_sql, tag_params = q.etag_query(scope)
+
+        def fn(c: sqlite3.Connection):
+            c.execute("BEGIN")  # one snapshot for both reads
+            try:
+                rows = c.execute(sql, params).fetchall()
+                tag = c.execute(tag_sql, tag_params).fetchone()
+            finally:
+                c.execute("COMMIT")
+            return [r[0] for r in rows], (tag[0] if tag else "")
+
+        items, tag = await self._read(fn)
+        return items, str(tag)
+
+    # -- delete --------------------------------------------------------------------------------
+
+    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
+        sql, params = q.scoped(q.SELECT_FOR_DELETE, scope)
+        due = to_micros(cleanup_after)
+
+        def op(c: sqlite3.Connection) -> int:
+            rows = c.execute(sql, params).fetchall()
+            now = to_micros(utcnow())
+            series_keys = set()
+            for r in rows:
+                iid = InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"])
+                c.execute(q.DELETE_INSTANCE, (r["version"],))
+                c.execute(q.QUEUE_BLOB_DELETION, (blob_key(r["partition_name"], r["version"]), due))
+                sequence = _log_change(c, now, Action.DELETE, iid, r["version"])
+                series_keys.add((r["series_key"], sequence))
+            for series_key, sequence in series_keys:
+                c.execute(q.TOUCH_SERIES, (sequence, series_key))
+                c.execute(q.TOUCH_STUDY_OF_SERIES, (sequence, series_key))
+                _prune(c, series_key)
+            return len(rows)
+
+        return await self._write(op)
+
+    async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+        rows = await self._read(
+            lambda c: c.execute(q.DUE_BLOB_DELETIONS, (to_micros(now), limit)).fetchall()
+        )
+        return [(r["id"], r["blob_key"]) for r in rows]
+
+    async def finish_blob_deletions(self, ids: list[int]) -> None:
+        await self._write(lambda c: c.executemany(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
+
+    async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
+        await self._write(lambda c: c.execute(q.RETRY_BLOB_DELETION, (to_micros(not_before), id)))
+
+    # -- change feed ---------------------------------------------------------------------------
+
+    async def changefeed(
+        self,
+        offset: int,
+        limit: int,
+        by_sequence: bool,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_metadata: bool = True,
+    ) -> list[ChangeFeedEntry]:
+        if by_sequence:
+            sql, params = q.CHANGEFEED_BY_SEQUENCE, (offset, offset + limit)
+        else:
+            lo = to_micros(start) if start else -(2**62)
+            hi = to_micros(end) if end else 2**62
+            sql, params = q.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
+        sql = sql.format(metadata="i.metadata" if include_metadata else "NULL")
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [_entry(r) for r in rows]
+
+    async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None:
+        sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
+        row = await self._read(lambda c: c.execute(sql).fetchone())
+        return _entry(row) if row else None
+
+
+def migrations() -> list[tuple[int, str]]:
+    folder = resources.files("dicomhub.storage") / "sql" / "sqlite"
+    scripts = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(int(name.split("_", 1)[0]), text) for name, text in scripts]
+
+
+def _uids(i: InstanceId) -> tuple[str, str, str, str]:
+    return (i.partition, i.study, i.series, i.sop)
+
+
+def _ensure_series(c: sqlite3.Connection, i: InstanceId) -> int:
+    c.execute(q.INSERT_STUDY, (i.partition, i.study))
+    study_key = c.execute(q.STUDY_KEY, (i.partition, i.study)).fetchone()[0]
+    c.execute(q.INSERT_SERIES, (study_key, i.series))
+    return c.execute(q.SERIES_KEY, (study_key, i.series)).fetchone()[0]
+
+
+def _prune(c: sqlite3.Connection, series_key: int) -> None:
+    """Remove a series (and its study) left without instances."""
+    row = c.execute(q.SERIES_STUDY, (series_key,)).fetchone()
+    if row is None:
+        return
+    c.execute(q.DELETE_EMPTY_SERIES, (series_key, series_key))
+    c.execute(q.DELETE_EMPTY_STUDY, (row[0], row[0]))
+
+
+def _log_change(
+    c: sqlite3.Connection, now: int, action: Action, i: InstanceId, version: int
+) -> int:
+    cur = c.execute(q.INSERT_CHANGE, (now, int(action), *_uids(i), version))
+    return cur.lastrowid
+
+
+def _stored(r: sqlite3.Row) -> StoredInstance:
+    return StoredInstance(
+        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+        version=r["version"],
+        sop_class=r["sop_class_uid"],
+        transfer_syntax=r["transfer_syntax"],
+        size=r["size"],
+        created=from_micros(r["created"]),
+        frames=r["frames"],
+        bulk=r["bulk"],
+        parse_on_read=bool(r["parse_on_read"]),
+    )
+
+
+def _entry(r: sqlite3.Row) -> ChangeFeedEntry:
+    current = r["current_version"]
+    if current is None:
+        state = "deleted"
+    elif current == r["version"] and r["action"] == Action.CREATE:
+        state = "current"
+    else:
+        state = "replaced"
+    return ChangeFeedEntry(
+        sequence=r["sequence"],
+        timestamp=from_micros(r["timestamp"]),
+        action=Action(r["action"]),
+        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+        state=state,
+        metadata=r["metadata"] if current is not None else None,
+    )

@@ -1,0 +1,121 @@
+"""SQL of the SQLite index, kept as data."""
+
+from dicomhub.model import Scope
+
+INSERT_STUDY = "INSERT OR IGNORE INTO study (partition_name, study_uid) VALUES (?, ?)"
+STUDY_KEY = "SELECT study_key FROM study WHERE partition_name = ? AND study_uid = ?"
+INSERT_SERIES = "INSERT OR IGNORE INTO series (study_key, series_uid) VALUES (?, ?)"
+SERIES_KEY = "SELECT series_key FROM series WHERE study_key = ? AND series_uid = ?"
+SERIES_STUDY = "SELECT study_key FROM series WHERE series_key = ?"
+
+_JOIN = """
+FROM instance i
+JOIN series se ON se.series_key = i.series_key
+JOIN study st ON st.study_key = se.study_key
+"""
+
+FIND_INSTANCE_STATUS = (
+    "SELECT i.status"
+    + _JOIN
+    + "WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ? AND i.sop_uid = ?"
+)
+
+INSERT_CLAIM = "INSERT INTO instance (series_key, sop_uid, status, created) VALUES (?, ?, 0, ?)"
+CLAIM_SERIES = "SELECT series_key FROM instance WHERE version = ? AND status = 0"
+DELETE_CLAIM = "DELETE FROM instance WHERE version = ? AND status = 0"
+ABANDONED_CLAIMS = "SELECT i.version, st.partition_name" + _JOIN + "WHERE i.status = 0"
+
+COMMIT_INSTANCE = """
+UPDATE instance SET status = 1, sop_class_uid = ?, transfer_syntax = ?, size = ?, created = ?,
+    parse_on_read = ?, metadata = ?, frames = ?, bulk = ?
+WHERE version = ? AND status = 0
+"""
+
+UPDATE_STUDY_ON_STORE = """
+UPDATE study SET patient_id = coalesce(?, patient_id), patient_name = coalesce(?, patient_name),
+    study_date = coalesce(?, study_date), accession_number = coalesce(?, accession_number),
+    last_sequence = ?
+WHERE partition_name = ? AND study_uid = ?
+"""
+UPDATE_SERIES_ON_STORE = """
+UPDATE series SET modality = coalesce(?, modality), last_sequence = ?
+WHERE series_key = (SELECT se.series_key FROM series se JOIN study st USING (study_key)
+                    WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ?)
+"""
+TOUCH_SERIES = "UPDATE series SET last_sequence = ? WHERE series_key = ?"
+TOUCH_STUDY_OF_SERIES = (
+    "UPDATE study SET last_sequence = ? "
+    "WHERE study_key = (SELECT study_key FROM series WHERE series_key = ?)"
+)
+DELETE_EMPTY_SERIES = (
+    "DELETE FROM series WHERE series_key = ? "
+    "AND NOT EXISTS (SELECT 1 FROM instance WHERE series_key = ?)"
+)
+DELETE_EMPTY_STUDY = (
+    "DELETE FROM study WHERE study_key = ? "
+    "AND NOT EXISTS (SELECT 1 FROM series WHERE study_key = ?)"
+)
+
+_INSTANCE_COLUMNS = """
+SELECT st.partition_name, st.study_uid, se.series_uid, i.sop_uid, i.version, i.sop_class_uid,
+    i.transfer_syntax, i.size, i.created, i.frames, i.bulk, i.parse_on_read, i.series_key
+"""
+SELECT_INSTANCES = _INSTANCE_COLUMNS + _JOIN + "WHERE i.status = 1 AND {where} ORDER BY i.version"
+SELECT_FOR_DELETE = SELECT_INSTANCES
+SELECT_METADATA = "SELECT i.metadata" + _JOIN + "WHERE i.status = 1 AND {where} ORDER BY i.version"
+
+DELETE_INSTANCE = "DELETE FROM instance WHERE version = ?"
+QUEUE_BLOB_DELETION = "INSERT INTO blob_deletion (blob_key, cleanup_after) VALUES (?, ?)"
+DUE_BLOB_DELETIONS = (
+    "SELECT id, blob_key FROM blob_deletion WHERE cleanup_after <= ? ORDER BY cleanup_after LIMIT ?"
+)
+FINISH_BLOB_DELETION = "DELETE FROM blob_deletion WHERE id = ?"
+RETRY_BLOB_DELETION = (
+    "UPDATE blob_deletion SET cleanup_after = ?, retries = retries + 1 WHERE id = ?"
+)
+
+INSERT_CHANGE = """
+INSERT INTO changefeed (timestamp, action, partition_name, study_uid, series_uid, sop_uid, version)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_CHANGE_COLUMNS = """
+SELECT c.sequence, c.timestamp, c.action, c.partition_name, c.study_uid, c.series_uid, c.sop_uid,
+    c.version, i.version AS current_version, {metadata} AS metadata
+FROM changefeed c
+LEFT JOIN study st ON st.partition_name = c.partition_name AND st.study_uid = c.study_uid
+LEFT JOIN series se ON se.study_key = st.study_key AND se.series_uid = c.series_uid
+LEFT JOIN instance i ON i.series_key = se.series_key AND i.sop_uid = c.sop_uid AND i.status = 1
+"""
+CHANGEFEED_BY_SEQUENCE = (
+    _CHANGE_COLUMNS + "WHERE c.sequence > ? AND c.sequence <= ? ORDER BY c.sequence"
+)
+CHANGEFEED_BY_TIME = (
+    _CHANGE_COLUMNS
+    + "WHERE c.timestamp >= ? AND c.timestamp < ? ORDER BY c.timestamp, c.sequence LIMIT ? OFFSET ?"
+)
+CHANGEFEED_LATEST = _CHANGE_COLUMNS + "ORDER BY c.sequence DESC LIMIT 1"
+
+
+def scoped(sql: str, scope: Scope) -> tuple[str, tuple]:
+    where = ["st.partition_name = ?", "st.study_uid = ?"]
+    params: list = [scope.partition, scope.study]
+    if scope.series is not None:
+        where.append("se.series_uid = ?")
+        params.append(scope.series)
+    if scope.sop is not None:
+        where.append("i.sop_uid = ?")
+        params.append(scope.sop)
+    return sql.replace("{where}", " AND ".join(where)), tuple(params)
+
+
+def etag_query(scope: Scope) -> tuple[str, tuple]:
+    """The ETag of a study or series is the sequence of its last change; of an instance, its
+    version (immutable)."""
+    if scope.sop is not None:
+        return scoped("SELECT i.version" + _JOIN + "WHERE i.status = 1 AND {where}", scope)
+    if scope.series is not None:
+        return scoped(
+            "SELECT se.last_sequence FROM series se JOIN study st USING (study_key) WHERE {where}",
+            scope,
+        )
+    return scoped("SELECT st.last_sequence FROM study st WHERE {where}", scope)

@@ -1,0 +1,15 @@
+"""Times in the index: integer microseconds since the Unix epoch, UTC."""
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_micros(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)

@@ -1,0 +1,34 @@
+"""The one place where concrete backends are chosen, from URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dicomhub.errors import InvalidRequest
+from dicomhub.storage.file_blobs import FileBlobStore
+from dicomhub.storage.memory_blobs import MemoryBlobStore
+from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.sqlite_index import SqliteIndex
+
+
+def open_index(url: str) -> IndexStore:
+    """``sqlite:///abs/path.sqlite``, ``sqlite:///:memory:`` or ``sqlite://:memory:``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
+        if path in (":memory:", "/:memory:"):
+            return SqliteIndex(":memory:")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteIndex(path)
+    raise InvalidRequest(f"unsupported index URL {url!r} (supported: sqlite:///...)")
+
+
+def open_blobs(url: str) -> BlobStore:
+    """``file:///abs/folder`` or ``memory://``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return FileBlobStore(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "memory":
+        return MemoryBlobStore()
+    raise InvalidRequest(f"unsupported blob URL {url!r} (supported: file:///..., memory://)")

@@ -1,0 +1,1 @@
+"""HTTP adapter (ASGI, Starlette): DICOMweb and Microsoft-compatible routes."""

@@ -1,0 +1,88 @@
+"""The ASGI application: routes of every API version over one archive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Route
+
+from dicomhub.archive.archive import Archive
+from dicomhub.errors import DicomhubError
+from dicomhub.settings import Settings
+from dicomhub.web import changefeed, delete, errors, health, openapi, stow, wado
+
+VERSIONS = (1, 2)
+STUDY = "/studies/{study}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{sop}"
+
+
+def _versioned(path: str, endpoint, methods: list[str], name: str) -> list[Route]:
+    routes = []
+    for number in VERSIONS:
+
+        async def bound(request, _endpoint=endpoint, _number=number):
+            request.scope["route_version"] = _number
+            return await _endpoint(request)
+
+        routes.append(Route(f"/v{number}{path}", bound, methods=methods, name=f"v{number}-{name}"))
+    return routes
+
+
+def routes() -> list[BaseRoute]:
+    table = [
+        ("/studies", stow.store, ["POST"], "stow"),
+        (STUDY, stow.store, ["POST"], "stow-study"),
+        (STUDY, wado.retrieve, ["GET"], "study"),
+        (SERIES, wado.retrieve, ["GET"], "series"),
+        (INSTANCE, wado.retrieve, ["GET"], "instance"),
+        (STUDY + "/metadata", wado.metadata, ["GET"], "study-metadata"),
+        (SERIES + "/metadata", wado.metadata, ["GET"], "series-metadata"),
+        (INSTANCE + "/metadata", wado.metadata, ["GET"], "instance-metadata"),
+        (INSTANCE + "/frames/{frames}", wado.frames, ["GET"], "frames"),
+        (INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, ["GET"], "bulkdata"),
+        (STUDY, delete.delete, ["DELETE"], "delete-study"),
+        (SERIES, delete.delete, ["DELETE"], "delete-series"),
+        (INSTANCE, delete.delete, ["DELETE"], "delete-instance"),
+        ("/changefeed", changefeed.changefeed, ["GET"], "changefeed"),
+        ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest"),
+        ("/api.json", openapi.api_json, ["GET"], "openapi-json"),
+        ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml"),
+    ]
+    out: list[BaseRoute] = [Route("/health/check", health.health, methods=["GET"])]
+    for path, endpoint, methods, name in table:
+        out += _versioned(path, endpoint, methods, name)
+    return out
+
+
+def create_app(settings: Settings, archive: Archive, run_workers: bool = True) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await archive.start()
+        worker = None
+        if run_workers:
+            worker = asyncio.create_task(archive.cleanup.run_forever(settings.cleanup_interval))
+        try:
+            yield
+        finally:
+            if worker:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            await archive.close()
+
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            DicomhubError: errors.on_dicomhub_error,
+            HTTPException: errors.on_http_exception,
+            Exception: errors.on_unexpected,
+        },
+    )
+    app.state.archive = archive
+    app.state.settings = settings
+    return app

@@ -1,0 +1,120 @@
+"""Change feed routes (Microsoft's API): /v1 pages by sequence, /v2 by time window."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomhub.errors import InvalidRequest
+from dicomhub.model import ChangeFeedEntry
+from dicomhub.web.common import archive, version
+
+LIMITS = {1: (10, 100), 2: (100, 200)}  # (default, maximum) per API version
+
+
+async def changefeed(request: Request) -> Response:
+    q = request.query_params
+    default, maximum = LIMITS[version(request)]
+    limit = _int(q, "limit", default)
+    if not 1 <= limit <= maximum:
+        raise InvalidRequest(f"limit must be between 1 and {maximum}")
+    offset = _int(q, "offset", 0)
+    if offset < 0:
+        raise InvalidRequest("offset must not be negative")
+    metadata = _bool(q, "includeMetadata")
+    feed = archive(request).changefeed
+    if version(request) == 1:
+        entries = await feed.by_sequence(offset, limit, metadata)
+    else:
+        start, end = _time(q, "startTime"), _time(q, "endTime")
+        if start and end and end <= start:
+            raise InvalidRequest("endTime must be after startTime")
+        entries = await feed.by_time(start, end, offset, limit, metadata)
+    return _json([_entry(e, metadata) for e in entries])
+
+
+async def latest(request: Request) -> Response:
+    metadata = _bool(request.query_params, "includeMetadata")
+    entry = await archive(request).changefeed.latest(metadata)
+    return _json(_entry(entry, metadata) if entry else None)
+
+
+def _entry(e: ChangeFeedEntry, metadata: bool) -> dict:
+    out = {
+        "sequence": e.sequence,
+        "partitionName": e.id.partition,
+        "studyInstanceUid": e.id.study,
+        "seriesInstanceUid": e.id.series,
+        "sopInstanceUid": e.id.sop,
+        "action": e.action.name.lower(),
+        "timestamp": e.timestamp.isoformat().replace("+00:00", "Z"),
+        "state": e.state,
+    }
+    if metadata:
+        out["metadata"] = _metadata_json(e.metadata)
+    return out
+
+
+def _metadata_json(stored: bytes | None):
+    if stored is None:
+        return None
+    # Change-feed metadata carries no BulkDataURIs: they need a request's base URL.
+    data = json.loads(stored)
+    for element in _elements(data):
+        element.pop("BulkDataURI", None)
+    return data
+
+
+def _elements(dataset: dict):
+    for element in dataset.values():
+        yield element
+        if element.get("vr") == "SQ":
+            for item in element.get("Value", []):
+                yield from _elements(item)
+
+
+def _json(data) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")).encode(), media_type="application/json")
+
+
+def _int(q, name: str, default: int) -> int:
+    raw = _param(q, name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
+
+
+def _bool(q, name: str) -> bool:
+    raw = _param(q, name)
+    if raw is None:
+        return True
+    if raw.lower() not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false")
+    return raw.lower() == "true"
+
+
+def _time(q, name: str) -> datetime | None:
+    raw = _param(q, name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} {raw[:60]!r} is not an ISO 8601 date-time") from exc
+    if value.tzinfo is None:
+        raise InvalidRequest(f"{name} must carry a UTC offset or Z, e.g. 2024-05-03T10:58:00Z")
+    return value
+
+
+def _param(q, name: str) -> str | None:
+    """Query parameter names are case-insensitive (includeMetadata, includemetadata)."""
+    for key, value in q.items():
+        if key.lower() == name.lower():
+            return value
+    return None

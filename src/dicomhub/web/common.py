@@ -1,0 +1,90 @@
+"""Small helpers shared by the route modules."""
+
+from __future__ import annotations
+
+import re
+from email.utils import format_datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomhub.archive.archive import Archive
+from dicomhub.dicom.uids import require_uid
+from dicomhub.errors import InvalidRequest, NotAcceptable, RangeNotSatisfiable
+from dicomhub.model import Scope, StoredInstance
+
+DICOM_JSON = "application/dicom+json"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def archive(request: Request) -> Archive:
+    return request.app.state.archive
+
+
+def version(request: Request) -> int:
+    return int(request.scope["route_version"])
+
+
+def base_url(request: Request) -> str:
+    """The DICOMweb root of this request's API version, ending in a slash."""
+    return f"{str(request.base_url).rstrip('/')}/v{version(request)}/"
+
+
+def scope_of(request: Request) -> Scope:
+    p = request.path_params
+    return Scope(
+        study=require_uid(p["study"], "StudyInstanceUID"),
+        series=require_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
+        sop=require_uid(p["sop"], "SOPInstanceUID") if "sop" in p else None,
+    )
+
+
+def require_json_accept(request: Request) -> str:
+    """Metadata and other JSON resources: application/dicom+json (or application/json)."""
+    from dicomhub.dicom.mediatype import parse_accept
+
+    for media in parse_accept(request.headers.get("accept")) or []:
+        if media.matches(DICOM_JSON):
+            return DICOM_JSON
+        if media.matches("application/json"):
+            return "application/json"
+    if not request.headers.get("accept"):
+        return DICOM_JSON
+    raise NotAcceptable(f"this resource is served as {DICOM_JSON} (or application/json)")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single ``bytes=a-b`` range as (offset, length); None when absent (RFC 9110 14.2)."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip().replace(" ", ""))
+    if not m or m.groups() == ("", ""):
+        raise InvalidRequest(f"unsupported Range {header[:100]!r}: use one bytes=first-last range")
+    first, last = m.groups()
+    if first == "":  # suffix: the last N bytes
+        length = min(int(last), size)
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(f"range {header!r} lies outside the {size} bytes", size)
+    return start, end - start + 1
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    wanted = request.headers.get("if-none-match")
+    if not wanted:
+        return False
+    return wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]
+
+
+def cache_headers(instance: StoredInstance) -> dict[str, str]:
+    """Stored instances never change: their version is a strong validator."""
+    return {
+        "ETag": f'"{instance.version}"',
+        "Last-Modified": format_datetime(instance.created, usegmt=True),
+    }
+
+
+def not_modified_response(etag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": etag})

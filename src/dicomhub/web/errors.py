@@ -1,0 +1,68 @@
+"""The one table from the exception tree to HTTP: status and an RFC 9457 problem body."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dicomhub import errors
+
+log = logging.getLogger(__name__)
+
+STATUS = [  # most specific first
+    (errors.RangeNotSatisfiable, 416, "Range Not Satisfiable"),
+    (errors.InvalidRequest, 400, "Bad Request"),
+    (errors.NotFound, 404, "Not Found"),
+    (errors.NotAcceptable, 406, "Not Acceptable"),
+    (errors.Conflict, 409, "Conflict"),
+    (errors.PayloadTooLarge, 413, "Payload Too Large"),
+    (errors.UnsupportedMediaType, 415, "Unsupported Media Type"),
+    (errors.Unavailable, 503, "Service Unavailable"),
+]
+
+
+def problem(status: int, title: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+async def on_dicomhub_error(request: Request, exc: errors.DicomhubError) -> JSONResponse:
+    for kind, status, title in STATUS:
+        if isinstance(exc, kind):
+            headers = {}
+            if status == 503:
+                headers["Retry-After"] = "5"
+            if isinstance(exc, errors.RangeNotSatisfiable):
+                headers["Content-Range"] = f"bytes */{exc.size}"
+            return problem(status, title, str(exc), headers)
+    return await on_unexpected(request, exc)
+
+
+async def on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no resource at {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem(exc.status_code, _title(exc.status_code), str(detail), exc.headers)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal Server Error", "the server failed; see its log")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

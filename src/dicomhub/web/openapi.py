@@ -1,0 +1,55 @@
+"""GET /v{n}/api.json and /v{n}/api.yaml: the OpenAPI document of the routes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from importlib import resources
+
+import yaml
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomhub import __version__
+from dicomhub.web.common import version
+
+
+@cache
+def document() -> dict:
+    text = (resources.files("dicomhub.web") / "openapi.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def for_version(number: int) -> dict:
+    doc = copy.deepcopy(document())
+    doc["info"]["version"] = __version__
+    doc["servers"] = [{"url": f"/v{number}"}]
+    # Shared response tables are written once in the YAML and expanded here: OpenAPI 3.0
+    # has no $ref for a whole responses object.
+    shared = {k: doc["components"].pop(k) for k in list(doc["components"]) if k.startswith("x-")}
+    for item in doc["paths"].values():
+        for operation in item.values():
+            ref = (
+                operation.get("responses", {}).get("$ref", "")
+                if isinstance(operation, dict)
+                else ""
+            )
+            if ref:
+                operation["responses"] = copy.deepcopy(shared[ref.rsplit("/", 1)[1]])
+    if number == 1:  # the time-window change feed parameters exist in v2 only
+        params = doc["paths"]["/changefeed"]["get"]["parameters"]
+        doc["paths"]["/changefeed"]["get"]["parameters"] = [
+            p for p in params if p.get("$ref", "").split("/")[-1] not in ("startTime", "endTime")
+        ]
+    return doc
+
+
+async def api_json(request: Request) -> Response:
+    body = json.dumps(for_version(version(request)), indent=1)
+    return Response(body, media_type="application/json")
+
+
+async def api_yaml(request: Request) -> Response:
+    body = yaml.safe_dump(for_version(version(request)), sort_keys=False)
+    return Response(body, media_type="application/yaml")

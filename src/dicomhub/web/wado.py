@@ -1,0 +1,191 @@
+"""WADO-RS routes: instances, metadata, frames, bulk data (PS3.18 section 10.4)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomhub.archive.retrieve import parse_frame_list
+from dicomhub.dicom.mediatype import (
+    EXPLICIT_VR_LE,
+    PIXEL_MEDIA_TYPES,
+    MediaType,
+    Offer,
+    negotiate,
+    parse_accept,
+)
+from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
+from dicomhub.model import StoredInstance
+from dicomhub.web.common import (
+    archive,
+    base_url,
+    cache_headers,
+    not_modified,
+    not_modified_response,
+    parse_range,
+    require_json_accept,
+    scope_of,
+)
+
+DICOM = "application/dicom"
+OCTETS = "application/octet-stream"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_LITTLE_ENDIAN_NATIVE = {"1.2.840.10008.1.2", EXPLICIT_VR_LE, "1.2.840.10008.1.2.1.99"}
+
+
+async def retrieve(request: Request) -> Response:
+    scope = scope_of(request)
+    instances = await archive(request).retrieve.instances(scope)
+    choice = negotiate(
+        parse_accept(request.headers.get("accept")),
+        [[(DICOM, i.transfer_syntax)] for i in instances],
+        single_allowed=scope.sop is not None,
+    )
+    content = archive(request).retrieve.content
+    if not choice.multipart:
+        instance = instances[0]
+        headers = cache_headers(instance)
+        if not_modified(request, headers["ETag"]):
+            return not_modified_response(headers["ETag"])
+        headers["Content-Length"] = str(instance.size)
+        media = f"{DICOM}; transfer-syntax={instance.transfer_syntax}"
+        return StreamingResponse(content(instance), media_type=media, headers=headers)
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        for instance, (media, syntax) in zip(instances, choice.served, strict=True):
+            yield part_header(boundary, f"{media}; transfer-syntax={syntax}")
+            async for chunk in content(instance):
+                yield chunk
+            yield PART_END
+        yield closing(boundary)
+
+    headers = cache_headers(instances[0]) if scope.sop else {}
+    return StreamingResponse(body(), media_type=_multipart(DICOM, boundary), headers=headers)
+
+
+async def metadata(request: Request) -> Response:
+    media_type = require_json_accept(request)
+    result = await archive(request).retrieve.metadata(scope_of(request), base_url(request))
+    if not_modified(request, result.etag):
+        return not_modified_response(result.etag)
+    return Response(result.body, media_type=media_type, headers={"ETag": result.etag})
+
+
+async def frames(request: Request) -> Response:
+    scope = scope_of(request)
+    numbers = parse_frame_list(request.path_params["frames"])
+    retrieve = archive(request).retrieve
+    instance = (await retrieve.instances(scope))[0]
+    choice = negotiate(
+        parse_accept(request.headers.get("accept")),
+        [frame_offers(instance.transfer_syntax)],
+        single_allowed=len(numbers) == 1,
+    )
+    media, syntax = choice.served[0]
+    data = await retrieve.frames(instance, numbers)
+    headers = cache_headers(instance)
+    if not_modified(request, headers["ETag"]):
+        return not_modified_response(headers["ETag"])
+    if not choice.multipart:
+        return Response(data[0], media_type=f"{media}; transfer-syntax={syntax}", headers=headers)
+    return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
+
+
+async def bulkdata(request: Request) -> Response:
+    scope = scope_of(request)
+    retrieve = archive(request).retrieve
+    instance = (await retrieve.instances(scope))[0]
+    path = request.path_params["path"]
+    accept = parse_accept(request.headers.get("accept"))
+    headers = cache_headers(instance)
+    if not_modified(request, headers["ETag"]):
+        return not_modified_response(headers["ETag"])
+    if instance.parse_on_read:
+        data = await retrieve.bulkdata_by_parsing(instance, path)
+        return _bulk_response(request, accept, len(data), headers, data=data)
+    offset, length = await retrieve.bulkdata_location(instance, path)
+    if length == UNDEFINED_LENGTH:  # encapsulated pixel data: its frames, one part each
+        choice = negotiate(accept, [frame_offers(instance.transfer_syntax)], single_allowed=False)
+        count = _frame_count(instance)
+        data = await retrieve.frames(instance, list(range(1, count + 1)))
+        media, syntax = choice.served[0]
+        return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
+    stream = retrieve.blobs.stream
+    return _bulk_response(
+        request,
+        accept,
+        length,
+        headers,
+        stream=lambda start, size: stream(instance.blob_key, offset + start, size),
+    )
+
+
+def _bulk_response(request, accept, size, headers, data=None, stream=None) -> Response:
+    # Bulk data other than pixel data has no transfer syntax: ignore the parameter.
+    accept = [MediaType(m.type, {"type": m.params.get("type", "*/*")}, m.q) for m in accept]
+    choice = negotiate(accept, [[(OCTETS, "*")]], single_allowed=True)
+    ranged = parse_range(request.headers.get("range"), size)
+    start, length = ranged or (0, size)
+    status = 206 if ranged else 200
+    if data is not None:
+        chunk = data[start : start + length]
+
+        async def content() -> AsyncIterator[bytes]:
+            yield chunk
+    else:
+
+        def content() -> AsyncIterator[bytes]:
+            return stream(start, length)
+
+    if ranged:
+        headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
+    headers["Accept-Ranges"] = "bytes"
+    if not choice.multipart:
+        headers["Content-Length"] = str(length)
+        return StreamingResponse(content(), status_code=status, media_type=OCTETS, headers=headers)
+    boundary = new_boundary()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield part_header(boundary, OCTETS)
+        async for piece in content():
+            yield piece
+        yield PART_END
+        yield closing(boundary)
+
+    return StreamingResponse(
+        body(), status_code=status, media_type=_multipart(OCTETS, boundary), headers=headers
+    )
+
+
+def frame_offers(transfer_syntax: str) -> list[Offer]:
+    """How stored frames can be served without transcoding (PS3.18 table 8.7.3-2)."""
+    offers: list[Offer] = []
+    if transfer_syntax in PIXEL_MEDIA_TYPES:
+        offers.append((PIXEL_MEDIA_TYPES[transfer_syntax], transfer_syntax))
+    if transfer_syntax in _LITTLE_ENDIAN_NATIVE:  # identical pixel bytes
+        offers.append((OCTETS, EXPLICIT_VR_LE))
+    offers.append((OCTETS, transfer_syntax))
+    return offers
+
+
+def _frame_count(instance: StoredInstance) -> int:
+    import json
+
+    return json.loads(instance.frames)["count"] if instance.frames else 0
+
+
+def _parts(data: list[bytes], part_type: str, headers: dict[str, str]) -> Response:
+    boundary = new_boundary()
+    chunks = []
+    for frame in data:
+        chunks += [part_header(boundary, part_type), frame, PART_END]
+    chunks.append(closing(boundary))
+    media = part_type.split(";")[0]
+    return Response(b"".join(chunks), media_type=_multipart(media, boundary), headers=headers)
+
+
+def _multipart(part_type: str, boundary: str) -> str:
+    return f'multipart/related; type="{part_type}"; boundary={boundary}'
