@@ -32,6 +32,11 @@ class Settings:
     blob_url: str = _setting(
         "", "Blob store URL, e.g. file:///path/blobs or memory://. Empty: blobs/ in data_dir."
     )
+    public_url: str = _setting(
+        "",
+        "Base URL clients reach the server at, used in RetrieveURL and BulkDataURI "
+        "(e.g. https://pacs.example.org). Empty: taken from each request.",
+    )
     max_part_size: int = _setting(
         2 * 1024**3, "Largest accepted DICOM file (one STOW part), in bytes; larger gives 413."
     )

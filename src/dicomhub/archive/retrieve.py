@@ -70,13 +70,13 @@ class RetrieveService:
             out.append(data)
         return out
 
-    async def bulkdata_location(self, instance: StoredInstance, path: str) -> tuple[int, int]:
-        """(offset, length) of a bulk data value in the stored file."""
-        locations = json.loads(instance.bulk or "{}")
-        key = path.strip("/").upper()
-        if key not in locations:
-            raise NotFound(f"no bulk data at {path!r} in SOP instance {instance.id.sop}")
-        return tuple(locations[key])
+    def bulkdata_location(self, instance: StoredInstance, path: str) -> tuple[int, int] | None:
+        """(offset, length) of a bulk data value in the stored file; None when not recorded
+        (deflated data sets, or values whose place ingest could not vouch for)."""
+        if instance.parse_on_read:
+            return None
+        location = json.loads(instance.bulk or "{}").get(path.strip("/").upper())
+        return tuple(location) if location else None
 
     async def bulkdata_by_parsing(self, instance: StoredInstance, path: str) -> bytes:
         data = await self.blobs.read(instance.blob_key)

@@ -92,7 +92,9 @@ def ingest(
         )
 
     base = bulk_path(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop) + "/bulkdata/"
-    encoded = encode_dataset(ds, bulk_threshold, lambda path: base + path)
+    encoded = encode_dataset(
+        ds, bulk_threshold, lambda path: base + path, None if parsed.deflated else read_at
+    )
     indexed_keys = {f"{tag:08X}": name for name, tag in INDEXED.items()}
     warnings = []
     for path, message in encoded.errors:

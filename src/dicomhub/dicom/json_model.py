@@ -63,14 +63,20 @@ def encode_dataset(
     ds: Dataset,
     bulk_threshold: int,
     bulk_uri: Callable[[str], str],
+    read_at: Callable[[int, int], bytes] | None = None,
 ) -> EncodedDataset:
-    """Encode ``ds``; invalid or undecodable elements are left out and reported in ``errors``."""
+    """Encode ``ds``; invalid or undecodable elements are left out and reported in ``errors``.
+
+    With ``read_at``, the recorded location of a bulk value that pydicom did read anyway is
+    checked against the file; a location that does not check out is not recorded (the value
+    is then found by parsing when asked for).
+    """
     out = EncodedDataset({})
-    out.json = _encode(ds, "", bulk_threshold, bulk_uri, out)
+    out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out)
     return out
 
 
-def _encode(ds, prefix, threshold, bulk_uri, out: EncodedDataset) -> dict[str, Any]:
+def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset) -> dict:
     result: dict[str, Any] = {}
     bits_allocated = _int_or_none(ds, 0x00280100)
     for tag in sorted(ds._dict):
@@ -82,7 +88,10 @@ def _encode(ds, prefix, threshold, bulk_uri, out: EncodedDataset) -> dict[str, A
         if isinstance(raw, RawDataElement):
             vr = _raw_vr(raw, ds, bits_allocated)
             if vr in BULK_VRS and raw.length > threshold:
-                out.bulk[path] = (raw.value_tell, raw.length)
+                offset = base + raw.value_tell
+                check = raw.value[:16] if raw.value else None
+                if check is None or read_at is None or read_at(offset, len(check)) == check:
+                    out.bulk[path] = (offset, raw.length)
                 result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
                 continue
         try:
@@ -99,8 +108,13 @@ def _encode(ds, prefix, threshold, bulk_uri, out: EncodedDataset) -> dict[str, A
             out.errors.append((path, error))
             continue
         if elem.VR == "SQ":
+            # pydicom parses a defined-length sequence from its own buffer: offsets inside it
+            # count from the sequence's value.
+            inner = base
+            if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+                inner = base + raw.value_tell
             items = [
-                _encode(item, f"{path}/{i}/", threshold, bulk_uri, out)
+                _encode(item, f"{path}/{i}/", inner, threshold, bulk_uri, read_at, out)
                 for i, item in enumerate(elem.value)
             ]
             encoded = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
@@ -116,8 +130,11 @@ def _raw_vr(raw: RawDataElement, ds: Dataset, bits_allocated: int | None) -> str
         except KeyError:
             vr = "UN"
     if " or " in vr:  # ambiguous VR (PS3.5 annex A.1): implicit VR pixel data is OW
-        if raw.tag == 0x7FE00010 and not raw.is_implicit_VR and (bits_allocated or 16) <= 8:
-            return "OB"
+        if raw.tag == 0x7FE00010:  # encapsulated is OB; native OB only for <= 8 bits explicit
+            if raw.length == 0xFFFFFFFF:
+                return "OB"
+            if not raw.is_implicit_VR and (bits_allocated or 16) <= 8:
+                return "OB"
         return "OW" if "OW" in vr else vr.split(" or ")[0]
     return vr
 

@@ -27,7 +27,22 @@ def version(request: Request) -> int:
 
 def base_url(request: Request) -> str:
     """The DICOMweb root of this request's API version, ending in a slash."""
-    return f"{str(request.base_url).rstrip('/')}/v{version(request)}/"
+    root = request.app.state.settings.public_url or _request_root(request)
+    return f"{root.rstrip('/')}/v{version(request)}/"
+
+
+def _request_root(request: Request) -> str:
+    url = request.base_url
+    server = request.scope.get("server")
+    host = request.headers.get("host", "")
+    # Some clients (dicomweb-client) send a Host header without the port; when nothing says
+    # a proxy is in between, the port the connection came in on is the one to give back.
+    proxied = "x-forwarded-host" in request.headers or "x-forwarded-proto" in request.headers
+    if server and ":" not in host and url.port is None and not proxied:
+        default = 443 if url.scheme == "https" else 80
+        if server[1] != default:
+            url = url.replace(port=server[1])
+    return str(url)
 
 
 def scope_of(request: Request) -> Scope:

@@ -103,10 +103,11 @@ async def bulkdata(request: Request) -> Response:
     headers = cache_headers(instance)
     if not_modified(request, headers["ETag"]):
         return not_modified_response(headers["ETag"])
-    if instance.parse_on_read:
+    location = retrieve.bulkdata_location(instance, path)
+    if location is None:
         data = await retrieve.bulkdata_by_parsing(instance, path)
         return _bulk_response(request, accept, len(data), headers, data=data)
-    offset, length = await retrieve.bulkdata_location(instance, path)
+    offset, length = location
     if length == UNDEFINED_LENGTH:  # encapsulated pixel data: its frames, one part each
         choice = negotiate(accept, [frame_offers(instance.transfer_syntax)], single_allowed=False)
         count = _frame_count(instance)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from dicomhub.cli import build_archive
+from dicomhub.settings import Settings
+from dicomhub.web.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(
+        data_dir=str(tmp_path / "data"),
+        index_url="sqlite://:memory:",
+        blob_url="memory://",
+        delete_delay=0,
+    )
+
+
+@pytest.fixture
+def client(settings):
+    """The real app in-process, on the in-memory index and blob store."""
+    app = create_app(settings, build_archive(settings), run_workers=False)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def file_client(tmp_path):
+    """The real app in-process on the embedded default: SQLite file + blob folder."""
+
+    def make(**overrides):
+        s = Settings(data_dir=str(tmp_path / "data"), **overrides)
+        app = create_app(s, build_archive(s), run_workers=False)
+        return TestClient(app)
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """`dicomhub serve` as a process on a free port, talked to over a real socket."""
+    data = tmp_path_factory.mktemp("served")
+    port = free_port()
+    env = dict(os.environ, DICOMHUB_DELETE_DELAY="0", DICOMHUB_CLEANUP_INTERVAL="0.2")
+    log = open(data / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomhub", "serve", "--port", str(port), "--data-dir", str(data)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/health/check").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError((data / "server.log").read_text())
+        time.sleep(0.1)
+    yield {"url": url, "data": data}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
