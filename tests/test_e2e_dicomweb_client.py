@@ -43,6 +43,8 @@ def stored(dw, server):
         item = r.json()["00081199"]["Value"][0]
         assert item["00081155"]["Value"] == [f.sop]
         dropped = [c["00000902"]["Value"][0] for c in item.get("00741048", {}).get("Value", [])]
+        # Values are dropped for being invalid, never because the encoder tripped on them.
+        assert not [d for d in dropped if "Error)" in d], (f.name, dropped)
         out[f.sop] = (f, dropped)
     return out
 

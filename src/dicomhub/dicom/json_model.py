@@ -145,7 +145,7 @@ def _validate(elem: DataElement) -> str | None:
     values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
     for value in values:
         text = getattr(value, "original_string", None)
-        if text is None:
+        if not isinstance(text, str):  # PersonName keeps its original bytes
             text = str(value)
         message = validate_string(elem.VR, text)
         if message:

@@ -78,7 +78,9 @@ class SqliteIndex:
             self._keepalive.close()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(
+            self._uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         if not self._memory:

@@ -1,0 +1,242 @@
+"""STOW-RS against the real app in-process: status codes, failure codes, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dicomfiles import load, read, with_new_uids
+from tests.helpers import BOUNDARY, failures, multipart, stored_uids, stow
+
+CT = load("CT_small.dcm")
+MR = load("MR_small.dcm")
+
+
+def uids(data: bytes):
+    ds = read(data)
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def test_store_one_instance(client):
+    r = stow(client, CT)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom+json"
+    study, series, sop = uids(CT)
+    item = r.json()["00081199"]["Value"][0]
+    assert item["00081155"]["Value"] == [sop]
+    assert item["00081190"]["Value"][0].endswith(
+        f"/v2/studies/{study}/series/{series}/instances/{sop}"
+    )
+    assert "00081198" not in r.json()
+
+
+def test_single_part_application_dicom(client):
+    r = client.post("/v2/studies", content=CT, headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 200
+    assert stored_uids(r) == [uids(CT)[2]]
+
+
+def test_stored_bytes_are_what_was_sent(client):
+    stow(client, CT)
+    study, series, sop = uids(CT)
+    r = client.get(
+        f"/v2/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": "application/dicom"},
+    )
+    assert r.content == CT
+
+
+def test_empty_requests(client):
+    r = client.post("/v2/studies", content=b"", headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 409  # an empty file: nothing stored
+    assert failures(r) == [272]
+    r = client.post("/v2/studies", content=b"", headers={"Content-Type": stow_type()})
+    assert r.status_code == 400  # not even a closing boundary
+    r = client.post(
+        "/v2/studies", content=f"--{BOUNDARY}--\r\n".encode(), headers={"Content-Type": stow_type()}
+    )
+    assert r.status_code == 204  # multipart without parts
+
+
+def stow_type():
+    return f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def test_empty_part_among_valid_parts(client):
+    r = stow(client, CT, b"")
+    assert r.status_code == 202
+    assert failures(r) == [272]
+    assert stored_uids(r) == [uids(CT)[2]]
+
+
+def test_part_without_content_type_uses_root_type(client):
+    r = stow(client, (None, CT))
+    assert r.status_code == 200
+
+
+def test_accept_application_dicom_is_not_acceptable(client):
+    r = stow(client, CT, headers={"Accept": "application/dicom"})
+    assert r.status_code == 406
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == 406
+
+
+def test_missing_accept_means_dicom_json(client):
+    r = client.post(
+        "/v2/studies",
+        content=multipart(CT),
+        headers={"Content-Type": stow_type(), "Accept": ""},
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/dicom+json"
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/json", "multipart/form-data; b=x"])
+def test_wrong_media_type(client, ctype):
+    r = client.post("/v2/studies", content=CT, headers={"Content-Type": ctype})
+    assert r.status_code == 415
+    assert client.get("/v2/changefeed/latest").json() is None
+
+
+@pytest.mark.parametrize("study", ["1" * 65, "1.2.abc", "1.2..3", ".1.2"])
+def test_invalid_study_uid_in_url(client, study):
+    r = stow(client, CT, study=study)
+    assert r.status_code == 400
+    assert "StudyInstanceUID" in r.json()["detail"]
+
+
+def test_already_stored(client):
+    assert stow(client, CT).status_code == 200
+    r = stow(client, CT)
+    assert r.status_code == 409
+    assert failures(r) == [45070]
+
+
+def test_same_instance_twice_in_one_request(client):
+    r = stow(client, CT, CT)
+    assert r.status_code == 202
+    assert failures(r) == [45070]
+    assert len(stored_uids(r)) == 1
+
+
+def test_wrong_study(client):
+    r = stow(client, CT, study="1.2.3.4")
+    assert r.status_code == 409
+    assert failures(r) == [43264]
+    assert "does not match" in r.json()["00081198"]["Value"][0]["00000902"]["Value"][0]
+
+
+def test_some_in_the_wrong_study(client):
+    study = uids(CT)[0]
+    r = stow(client, CT, MR, study=study)
+    assert r.status_code == 202
+    body = r.json()
+    assert body["00081190"]["Value"][0].endswith(f"/v2/studies/{study}")
+    assert failures(r) == [43264]
+    assert stored_uids(r) == [uids(CT)[2]]
+
+
+def test_non_dicom_and_truncated_parts_fail_alone(client):
+    r = stow(client, b"this is not DICOM", CT[: len(CT) // 2], MR)
+    assert r.status_code == 202
+    assert failures(r) == [272, 272]
+    assert stored_uids(r) == [uids(MR)[2]]
+    study, series, sop = uids(CT)
+    assert client.get(f"/v2/studies/{study}/metadata").status_code == 404
+
+
+def test_part_of_another_media_type_fails_alone(client):
+    r = stow(client, ("application/dicom+json", b"[]"), CT)
+    assert r.status_code == 202
+    assert failures(r) == [272]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + b"x" * 100,
+        b"no boundary at all",
+        f"--{BOUNDARY}\r\nbroken header line\r\n\r\nabc\r\n--{BOUNDARY}--".encode(),
+    ],
+)
+def test_malformed_multipart(client, body):
+    r = client.post("/v2/studies", content=body, headers={"Content-Type": stow_type()})
+    assert r.status_code == 400
+    assert r.json()["title"] == "Bad Request"
+    assert client.get("/v2/changefeed/latest").json() is None
+
+
+def test_malformed_multipart_keeps_parts_before_the_damage(client):
+    body = multipart(CT)[: -len(f"--{BOUNDARY}--\r\n")] + f"--{BOUNDARY}\r\nX".encode()
+    r = client.post("/v2/studies", content=body, headers={"Content-Type": stow_type()})
+    assert r.status_code == 400
+    study, series, sop = uids(CT)
+    assert client.get(f"/v2/studies/{study}/metadata").status_code == 200
+
+
+def test_missing_boundary(client):
+    r = client.post(
+        "/v2/studies",
+        content=CT,
+        headers={"Content-Type": "multipart/related; type=application/dicom"},
+    )
+    assert r.status_code == 400
+
+
+def test_oversize_part(file_client):
+    with file_client(max_part_size=len(CT) - 1) as client:
+        r = stow(client, CT, MR[: len(CT) - 1] if len(MR) >= len(CT) else MR)
+        assert failures(r)[0] == 272
+        r = client.post("/v2/studies", content=CT, headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 413
+
+
+def test_v2_lenient_drops_invalid_attribute_and_warns(client):
+    ds = read(with_new_uids(CT))
+    ds.StudyDate = "NotADate"
+    data = _save(ds)
+    r = stow(client, data)
+    assert r.status_code == 202
+    item = r.json()["00081199"]["Value"][0]
+    assert item["00081196"]["Value"] == [1]
+    comment = item["00741048"]["Value"][0]["00000902"]["Value"][0]
+    assert "(0008,0020)" in comment and "NotADate" in comment
+    meta = client.get(f"/v2/studies/{ds.StudyInstanceUID}/metadata").json()[0]
+    assert "00080020" not in meta
+    stored = client.get(
+        f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": "application/dicom"},
+    )
+    assert stored.content == data  # kept in the stored file
+
+
+def test_v1_strict_rejects_invalid_indexed_attribute(client):
+    ds = read(with_new_uids(CT))
+    ds.StudyDate = "NotADate"
+    r = stow(client, _save(ds), version=1)
+    assert r.status_code == 409
+    assert failures(r) == [43264]
+
+
+def test_v1_requires_patient_id_v2_does_not(client):
+    ds = read(with_new_uids(CT))
+    ds.PatientID = ""
+    data = _save(ds)
+    assert failures(stow(client, data, version=1)) == [43264]
+    assert stow(client, data, version=2).status_code == 200
+
+
+def test_missing_sop_instance_uid(client):
+    ds = read(with_new_uids(CT))
+    del ds.SOPInstanceUID
+    r = stow(client, _save(ds))
+    assert r.status_code == 409
+    assert failures(r) == [43264]
+
+
+def _save(ds) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False)
+    return out.getvalue()
