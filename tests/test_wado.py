@@ -62,7 +62,8 @@ def test_explicit_syntax_that_needs_transcoding_is_406(loaded):
     r = client.get(
         url(JPEG),
         headers={
-            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+            "Accept": 'multipart/related; type="application/dicom"; '
+            "transfer-syntax=1.2.840.10008.1.2.1"
         },
     )
     assert r.status_code == 406

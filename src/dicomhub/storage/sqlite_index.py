@@ -389,5 +389,5 @@ def _entry(r: sqlite3.Row) -> ChangeFeedEntry:
         action=Action(r["action"]),
         id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
         state=state,
-        metadata=r["metadata"] if current is not None else None,
+        metadata=r["metadata"] if current is not None and r["action"] != Action.DELETE else None,
     )
