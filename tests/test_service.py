@@ -1,0 +1,55 @@
+"""Health, OpenAPI, settings and the documentation that must list them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import yaml
+
+from dicomhub.settings import Settings
+from tests.conftest import ROOT
+
+
+def test_health_names_the_failing_dependency(file_client, tmp_path):
+    with file_client() as client:
+        r = client.get("/health/check")
+        assert r.status_code == 200 and r.json()["overallStatus"] == "Healthy"
+        shutil.rmtree(tmp_path / "data" / "blobs")
+        r = client.get("/health/check")
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
+        failing = [d["name"] for d in r.json()["details"] if d["status"] == "Unhealthy"]
+        assert failing == ["blob store"]
+
+
+def test_openapi_documents_every_route(client):
+    doc = client.get("/v2/api.json").json()
+    assert doc["openapi"].startswith("3.")
+    paths = set(doc["paths"])
+    app_paths = {r.path[len("/v2") :] for r in client.app.routes if r.path.startswith("/v2/")}
+    normalise = lambda p: re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", p)  # noqa: E731
+    assert {normalise(p) for p in app_paths} == paths
+    v1 = yaml.safe_load(client.get("/v1/api.yaml").text)
+    names = [
+        p.get("$ref", "").rsplit("/", 1)[-1]
+        for p in v1["paths"]["/changefeed"]["get"]["parameters"]
+    ]
+    assert "startTime" not in names and "offset" in names
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                assert "$ref" not in operation["responses"]
+
+
+def test_readme_lists_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    for f in Settings.fields():
+        assert f"`DICOMHUB_{f.name.upper()}`" in readme, f.name
+        assert f"`--{f.name.replace('_', '-')}`" in readme, f.name
+
+
+def test_settings_from_environment_and_flags():
+    s = Settings.load({"port": 9000}, {"DICOMHUB_PORT": "1234", "DICOMHUB_DELETE_DELAY": "5"})
+    assert s.port == 9000 and s.delete_delay == 5
+    assert Settings.load(None, {}).resolved_index_url.startswith("sqlite:///")
