@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -54,12 +55,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """`dicomhub serve` as a process on a free port, talked to over a real socket."""
-    data = tmp_path_factory.mktemp("served")
+@contextlib.contextmanager
+def running_server(data: Path, **env_settings: str):
+    """`dicomhub serve` as a process on a free port; yields (base URL, process)."""
     port = free_port()
-    env = dict(os.environ, DICOMHUB_DELETE_DELAY="0", DICOMHUB_CLEANUP_INTERVAL="0.2")
+    env = dict(os.environ, **{f"DICOMHUB_{k.upper()}": v for k, v in env_settings.items()})
     log = open(data / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicomhub", "serve", "--port", str(port), "--data-dir", str(data)],
@@ -70,20 +70,29 @@ def server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health/check").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((data / "server.log").read_text())
-        time.sleep(0.1)
-    yield {"url": url, "data": data}
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        while True:
+            try:
+                if httpx.get(url + "/health/check").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((data / "server.log").read_text())
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One served archive for the end-to-end tests, talked to over a real socket."""
+    data = tmp_path_factory.mktemp("served")
+    with running_server(data, delete_delay="0", cleanup_interval="0.2") as (url, _):
+        yield {"url": url, "data": data}

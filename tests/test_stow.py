@@ -104,6 +104,21 @@ def test_invalid_study_uid_in_url(client, study):
     assert "StudyInstanceUID" in r.json()["detail"]
 
 
+def test_missing_content_type(client):
+    r = client.post("/v2/studies", content=CT)
+    assert r.status_code == 415
+
+
+def test_instance_being_stored_elsewhere_is_pending(client):
+    from dicomhub.model import InstanceId
+
+    archive = client.app.state.archive
+    client.portal.call(archive.index.reserve, InstanceId(*uids(CT)))
+    r = stow(client, CT)
+    assert r.status_code == 409
+    assert failures(r) == [45071]
+
+
 def test_already_stored(client):
     assert stow(client, CT).status_code == 200
     r = stow(client, CT)

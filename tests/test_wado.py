@@ -165,9 +165,12 @@ def test_bulkdata_with_range(loaded):
     assert r.status_code == 416
 
 
-def test_unknown_bulkdata_path(loaded):
+@pytest.mark.parametrize("path", ["00100010", "zz", "7FE00010/x/1", "..%2F..%2Fetc", "7FE0001"])
+def test_unknown_bulkdata_path(loaded, path):
     client, _ = loaded
-    assert client.get(url(CT, "/bulkdata/00100010")).status_code == 404
+    r = client.get(url(CT, f"/bulkdata/{path}"))
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
 
 
 @pytest.mark.parametrize(

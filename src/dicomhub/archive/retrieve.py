@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from dicomhub.dicom.json_model import with_base_url
 from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.model import Scope, StoredInstance
 from dicomhub.storage.protocols import BlobStore, IndexStore
+
+_TAG_PATH = re.compile(r"^[0-9A-Fa-f]{8}(/\d{1,9}/[0-9A-Fa-f]{8})*$")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class RetrieveService:
     def bulkdata_location(self, instance: StoredInstance, path: str) -> tuple[int, int] | None:
         """(offset, length) of a bulk data value in the stored file; None when not recorded
         (deflated data sets, or values whose place ingest could not vouch for)."""
+        if not _TAG_PATH.match(path.strip("/")):
+            raise NotFound(
+                f"bulk data path {path[:80]!r} is not a tag path "
+                "like 7FE00010 or 54000100/0/54001010"
+            )
         if instance.parse_on_read:
             return None
         location = json.loads(instance.bulk or "{}").get(path.strip("/").upper())

@@ -48,7 +48,9 @@ class StoreService:
         strict: bool,
     ) -> list[stow.PartOutcome]:
         """Store every DICOM part of a request body; one outcome per part."""
-        media = parse_media_type(content_type or "")
+        if not content_type:
+            raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
+        media = parse_media_type(content_type)
         if media.type == DICOM:
             spool = await self._spool(chunks)
             if spool.too_large:
