@@ -174,6 +174,9 @@ def test_delete_and_change_feed(dw, server, stored):
         v1 += page
         offset = page[-1]["sequence"]
     assert [e["sequence"] for e in v1] == list(range(1, len(v1) + 1))
+    created = {e["sopInstanceUid"] for e in v1 if e["action"] == "create"}
+    assert {f.sop for f in FILES} <= created  # every store left its entry
+    assert len([e for e in v1 if e["action"] == "create"]) == len(FILES) + 1
     creates = [e for e in v1 if e["sopInstanceUid"] == f.sop and e["action"] == "create"]
     assert creates and all(e["state"] == "deleted" for e in creates)
     # stored again: the old entries become replaced, the new one current

@@ -7,6 +7,7 @@ import contextlib
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.archive.archive import Archive
@@ -80,6 +81,7 @@ def create_app(settings: Settings, archive: Archive, run_workers: bool = True) -
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,
+            ClientDisconnect: errors.on_disconnect,
             Exception: errors.on_unexpected,
         },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from dicomhub import errors
@@ -52,6 +52,11 @@ async def on_http_exception(request: Request, exc: HTTPException) -> JSONRespons
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
     return problem(exc.status_code, _title(exc.status_code), str(detail), exc.headers)
+
+
+async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client went away mid-request: not a server failure (nobody reads this answer)."""
+    return problem(400, "Bad Request", "the client closed the connection mid-request")
 
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
