@@ -7,7 +7,6 @@ from typing import Any
 
 # FailureReason (0008,1197) values, as Microsoft's server sends them (PS3.4 annex GG.4.1).
 PROCESSING_FAILURE = 272  # 0x0110: not a readable DICOM file, or it could not be stored
-MISSING_ATTRIBUTE = 288
 VALIDATION_FAILURE = 43264  # 0xA900: invalid or missing required attribute, study mismatch
 SOP_INSTANCE_ALREADY_EXISTS = 45070  # 0xB00E
 PENDING_SOP_INSTANCE = 45071  # 0xB00F: another request is storing the same instance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -173,8 +174,6 @@ def frame_offers(transfer_syntax: str) -> list[Offer]:
 
 
 def _frame_count(instance: StoredInstance) -> int:
-    import json
-
     return json.loads(instance.frames)["count"] if instance.frames else 0
 
 
