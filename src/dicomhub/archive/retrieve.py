@@ -40,8 +40,11 @@ class RetrieveService:
             raise NotFound(_describe(scope) + " not found")
         return found
 
-    def content(self, instance: StoredInstance) -> AsyncIterator[bytes]:
-        return self.blobs.stream(instance.blob_key)
+    def content(
+        self, instance: StoredInstance, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The stored file (or a byte range of it), streamed."""
+        return self.blobs.stream(instance.blob_key, offset, length)
 
     async def metadata(self, scope: Scope, base_url: str) -> Metadata:
         items, etag = await self.index.metadata(scope)
@@ -50,14 +53,16 @@ class RetrieveService:
         body = b"[" + b",".join(items) + b"]"
         return Metadata(with_base_url(body, base_url), f'"{etag}"')
 
-    async def frames(self, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
-        """The bytes of each requested frame (1-based), as stored."""
+    async def frames(self, instance: StoredInstance, numbers: list[int] | None) -> list[bytes]:
+        """The bytes of each requested frame (1-based; None: every frame), as stored."""
         if instance.frames is None and not instance.parse_on_read:
             raise NotFound(f"SOP instance {instance.id.sop} has no pixel data")
         if instance.parse_on_read:
             data = await self.blobs.read(instance.blob_key)
             return await asyncio.to_thread(bulkdata.frames_by_parsing, data, numbers)
         index = FrameIndex.from_json(json.loads(instance.frames))
+        if numbers is None:
+            numbers = list(range(1, index.count + 1))
         missing = [n for n in numbers if not 1 <= n <= index.count]
         if missing:
             raise NotFound(

@@ -84,7 +84,7 @@ class StoreService:
                 for event in parser.feed(chunk):
                     if isinstance(event, PartStart):
                         part_type = event.headers.get("content-type", root_type)
-                        spool = SpoolFile(self._spool_dir(), self.settings.max_part_size)
+                        spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)
                     elif isinstance(event, PartData):
                         await spool.write(event.data)
                     elif isinstance(event, PartEnd):
@@ -119,13 +119,8 @@ class StoreService:
             )
         return await self._store_spooled(spool, study, strict)
 
-    def _spool_dir(self) -> Path:
-        folder = self.settings.spool_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
     async def _spool(self, chunks: AsyncIterator[bytes]) -> SpoolFile:
-        spool = SpoolFile(self._spool_dir(), self.settings.max_part_size)
+        spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)  # made at start
         try:
             async for chunk in chunks:
                 await spool.write(chunk)

@@ -19,11 +19,14 @@ def _read(fp: BinaryIO) -> pydicom.Dataset:
         return pydicom.dcmread(fp)
 
 
-def frames_by_parsing(data: bytes, numbers: list[int]) -> list[bytes]:
+def frames_by_parsing(data: bytes, numbers: list[int] | None) -> list[bytes]:
+    """The requested frames (1-based; None: every frame) of a whole PS3.10 file."""
     ds = _read(io.BytesIO(data))
     if "PixelData" not in ds:
         raise NotFound("the instance has no pixel data")
     count = int(ds.get("NumberOfFrames") or 1)
+    if numbers is None:
+        numbers = list(range(1, count + 1))
     missing = [n for n in numbers if not 1 <= n <= count]
     if missing:
         raise NotFound(f"frame {missing[0]} does not exist; the instance has {count} frame(s)")

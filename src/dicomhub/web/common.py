@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomhub.archive.archive import Archive
+from dicomhub.dicom.mediatype import parse_accept
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest, NotAcceptable, RangeNotSatisfiable
 from dicomhub.model import Scope, StoredInstance
@@ -55,15 +56,15 @@ def scope_of(request: Request) -> Scope:
 
 
 def require_json_accept(request: Request) -> str:
-    """Metadata and other JSON resources: application/dicom+json (or application/json)."""
-    from dicomhub.dicom.mediatype import parse_accept
-
-    for media in parse_accept(request.headers.get("accept")) or []:
+    """JSON responses (metadata, STOW): application/dicom+json, or application/json when
+    only that is accepted; no Accept means application/dicom+json."""
+    ranges = parse_accept(request.headers.get("accept"))
+    for media in ranges:
         if media.matches(DICOM_JSON):
             return DICOM_JSON
         if media.matches("application/json"):
             return "application/json"
-    if not request.headers.get("accept"):
+    if not ranges:
         return DICOM_JSON
     raise NotAcceptable(f"this resource is served as {DICOM_JSON} (or application/json)")
 

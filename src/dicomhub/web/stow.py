@@ -6,27 +6,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomhub.dicom import stow
-from dicomhub.dicom.mediatype import parse_accept
 from dicomhub.dicom.uids import require_uid
-from dicomhub.errors import NotAcceptable
-from dicomhub.web.common import DICOM_JSON, archive, base_url, version
-
-
-def _response_type(request: Request) -> str:
-    """A missing Accept means application/dicom+json (Microsoft's server answered 406)."""
-    ranges = parse_accept(request.headers.get("accept"))
-    if not ranges:
-        return DICOM_JSON
-    for media in ranges:
-        if media.matches(DICOM_JSON):
-            return DICOM_JSON
-        if media.matches("application/json"):
-            return "application/json"
-    raise NotAcceptable(f"STOW-RS responses are {DICOM_JSON}")
+from dicomhub.web.common import archive, base_url, require_json_accept, version
 
 
 async def store(request: Request) -> Response:
-    media_type = _response_type(request)
+    # A missing Accept means application/dicom+json (Microsoft's server answered 406).
+    media_type = require_json_accept(request)
     study = request.path_params.get("study")
     if study is not None:
         require_uid(study, "StudyInstanceUID")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -18,7 +17,6 @@ from dicomhub.dicom.mediatype import (
     parse_accept,
 )
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
-from dicomhub.model import StoredInstance
 from dicomhub.web.common import (
     archive,
     base_url,
@@ -86,10 +84,10 @@ async def frames(request: Request) -> Response:
         single_allowed=len(numbers) == 1,
     )
     media, syntax = choice.served[0]
-    data = await retrieve.frames(instance, numbers)
     headers = cache_headers(instance)
     if not_modified(request, headers["ETag"]):
         return not_modified_response(headers["ETag"])
+    data = await retrieve.frames(instance, numbers)
     if not choice.multipart:
         return Response(data[0], media_type=f"{media}; transfer-syntax={syntax}", headers=headers)
     return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
@@ -107,52 +105,47 @@ async def bulkdata(request: Request) -> Response:
     location = retrieve.bulkdata_location(instance, path)
     if location is None:
         data = await retrieve.bulkdata_by_parsing(instance, path)
-        return _bulk_response(request, accept, len(data), headers, data=data)
+
+        async def content(start: int, size: int) -> AsyncIterator[bytes]:
+            yield data[start : start + size]
+
+        return _bulk_response(request, accept, len(data), headers, content)
     offset, length = location
     if length == UNDEFINED_LENGTH:  # encapsulated pixel data: its frames, one part each
         choice = negotiate(accept, [frame_offers(instance.transfer_syntax)], single_allowed=False)
-        count = _frame_count(instance)
-        data = await retrieve.frames(instance, list(range(1, count + 1)))
         media, syntax = choice.served[0]
+        data = await retrieve.frames(instance, None)
         return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
-    stream = retrieve.blobs.stream
     return _bulk_response(
         request,
         accept,
         length,
         headers,
-        stream=lambda start, size: stream(instance.blob_key, offset + start, size),
+        lambda start, size: retrieve.content(instance, offset + start, size),
     )
 
 
-def _bulk_response(request, accept, size, headers, data=None, stream=None) -> Response:
+def _bulk_response(request, accept, size, headers, content) -> Response:
+    """``content(start, length)`` streams that range of the value."""
     # Bulk data other than pixel data has no transfer syntax: ignore the parameter.
     accept = [MediaType(m.type, {"type": m.params.get("type", "*/*")}, m.q) for m in accept]
     choice = negotiate(accept, [[(OCTETS, "*")]], single_allowed=True)
     ranged = parse_range(request.headers.get("range"), size)
     start, length = ranged or (0, size)
     status = 206 if ranged else 200
-    if data is not None:
-        chunk = data[start : start + length]
-
-        async def content() -> AsyncIterator[bytes]:
-            yield chunk
-    else:
-
-        def content() -> AsyncIterator[bytes]:
-            return stream(start, length)
-
     if ranged:
         headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
     headers["Accept-Ranges"] = "bytes"
     if not choice.multipart:
         headers["Content-Length"] = str(length)
-        return StreamingResponse(content(), status_code=status, media_type=OCTETS, headers=headers)
+        return StreamingResponse(
+            content(start, length), status_code=status, media_type=OCTETS, headers=headers
+        )
     boundary = new_boundary()
 
     async def body() -> AsyncIterator[bytes]:
         yield part_header(boundary, OCTETS)
-        async for piece in content():
+        async for piece in content(start, length):
             yield piece
         yield PART_END
         yield closing(boundary)
@@ -171,10 +164,6 @@ def frame_offers(transfer_syntax: str) -> list[Offer]:
         offers.append((OCTETS, EXPLICIT_VR_LE))
     offers.append((OCTETS, transfer_syntax))
     return offers
-
-
-def _frame_count(instance: StoredInstance) -> int:
-    return json.loads(instance.frames)["count"] if instance.frames else 0
 
 
 def _parts(data: list[bytes], part_type: str, headers: dict[str, str]) -> Response:
