@@ -10,9 +10,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from dicomhub.clock import utcnow
 from dicomhub.model import blob_key
 from dicomhub.storage.protocols import BlobStore, IndexStore
-from dicomhub.storage.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = timedelta(hours=1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from dicomhub.clock import utcnow
 from dicomhub.errors import NotFound
 from dicomhub.model import Scope
 from dicomhub.storage.protocols import IndexStore
-from dicomhub.storage.timeutil import utcnow
 
 
 class DeleteService:

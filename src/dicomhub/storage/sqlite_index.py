@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from dicomhub.clock import from_micros, to_micros, utcnow
 from dicomhub.errors import AlreadyExists, Pending, Unavailable
 from dicomhub.model import (
     Action,
@@ -30,7 +31,6 @@ from dicomhub.model import (
     blob_key,
 )
 from dicomhub.storage import sqlite_queries as q
-from dicomhub.storage.timeutil import from_micros, to_micros, utcnow
 
 MAX_BATCH = 256
 

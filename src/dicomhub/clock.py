@@ -1,4 +1,4 @@
-"""Times in the index: integer microseconds since the Unix epoch, UTC."""
+"""The clock, and times as stored in the index: integer microseconds since the Unix epoch, UTC."""
 
 from datetime import UTC, datetime
 
