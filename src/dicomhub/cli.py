@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dicomhub import __version__
 from dicomhub.archive.archive import Archive
-from dicomhub.settings import Settings
+from dicomhub.settings import Settings, convert
 from dicomhub.storage.urls import open_blobs, open_index
 
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(
             flag,
             dest=f.name,
-            type=type(f.default),
+            type=lambda raw, f=f: convert(f, raw),
             default=None,
             help=f"{f.metadata['help']} [env {env}; default {f.default!r}]",
         )

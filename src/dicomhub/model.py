@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
+from typing import Any
 
 DEFAULT_PARTITION = "Microsoft.Default"
 
@@ -40,7 +41,19 @@ class NewInstance:
     frames: str | None  # FrameIndex JSON; None without pixel data
     bulk: str  # JSON {tag path: [offset, length]}
     parse_on_read: bool  # offsets unusable (deflated data set): parse the file instead
-    attributes: dict[str, str | None]  # searchable attributes (patient, study, series)
+    search: SearchRecord
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """What the search index records for an instance: its normalised matching values
+    (column -> value) and the DICOM JSON documents QIDO-RS returns for its study, series and
+    itself. Study and series matching values are derived from their (merged) documents."""
+
+    instance: dict[str, Any]
+    study_doc: str
+    series_doc: str
+    instance_doc: str
 
 
 @dataclass(frozen=True)

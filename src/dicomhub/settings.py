@@ -49,6 +49,12 @@ class Settings:
     )
     cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
     cleanup_batch_size: int = _setting(100, "Deleted blobs removed per cleanup run.")
+    qido_max_limit: int = _setting(
+        1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
+    )
+    qido_strict: bool = _setting(
+        False, "Reject searches with unknown or unsupported query keys (400), not ignore them."
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
 
     @property
@@ -82,14 +88,15 @@ class Settings:
         for f in cls.fields():
             raw = environ.get("DICOMHUB_" + f.name.upper())
             if raw is not None:
-                values[f.name] = _convert(f, raw)
+                values[f.name] = convert(f, raw)
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = value
         return cls(**values)
 
 
-def _convert(f: dataclasses.Field, raw: str) -> Any:
+def convert(f: dataclasses.Field, raw: str) -> Any:
+    """A setting's value from text (environment variable or flag)."""
     kind = type(f.default)
     try:
         if kind is bool:

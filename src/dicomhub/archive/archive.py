@@ -6,6 +6,7 @@ from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.retrieve import RetrieveService
+from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
 from dicomhub.errors import Unavailable
@@ -20,6 +21,7 @@ class Archive:
         self.blobs = blobs
         self.store = StoreService(settings, index, blobs)
         self.retrieve = RetrieveService(index, blobs)
+        self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size)

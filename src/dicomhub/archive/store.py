@@ -199,5 +199,5 @@ def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:
         frames=instance.frames,
         bulk=instance.bulk,
         parse_on_read=instance.parse_on_read,
-        attributes=instance.attributes,
+        search=instance.search,
     )

@@ -13,8 +13,10 @@ from pydicom.dataset import Dataset
 from dicomhub.dicom import frames as frame_index
 from dicomhub.dicom.json_model import dumps, encode_dataset
 from dicomhub.dicom.parse import ParsedFile
+from dicomhub.dicom.search_keys import describe
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
 from dicomhub.errors import InvalidRequest
+from dicomhub.model import SearchRecord
 
 CORE_UIDS = {
     "StudyInstanceUID": 0x0020000D,
@@ -22,7 +24,7 @@ CORE_UIDS = {
     "SOPInstanceUID": 0x00080018,
     "SOPClassUID": 0x00080016,
 }
-# Attributes the index searches on; v1 rejects an instance when one of them is invalid.
+# Microsoft's v1 searchable attributes: v1 rejects an instance when one of them is invalid.
 INDEXED = {
     "PatientID": 0x00100020,
     "PatientName": 0x00100010,
@@ -57,7 +59,7 @@ class IngestedInstance:
     frames: str | None
     bulk: str
     parse_on_read: bool
-    attributes: dict[str, str | None]
+    search: SearchRecord
     warnings: list[str]  # ErrorComment of every attribute left out of metadata and index
 
 
@@ -116,7 +118,7 @@ def ingest(
         frames=frames,
         bulk=json.dumps(encoded.bulk, separators=(",", ":")),
         parse_on_read=parsed.deflated,
-        attributes=_attributes(encoded.json),
+        search=describe(encoded.json),
         warnings=warnings,
     )
 
@@ -162,18 +164,3 @@ def _int(ds: Dataset, tag: int, default: int) -> int:
         return int(value) if value not in (None, "") else default
     except Exception:
         return default
-
-
-def _attributes(js: dict) -> dict[str, str | None]:
-    """First value of each indexed attribute, as it stands in the (validated) metadata."""
-    out: dict[str, str | None] = {}
-    for name, tag in INDEXED.items():
-        element = js.get(f"{tag:08X}")
-        value = (element or {}).get("Value")
-        if not value:
-            out[name] = None
-        elif isinstance(value[0], dict):
-            out[name] = value[0].get("Alphabetic")
-        else:
-            out[name] = str(value[0])
-    return out

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from dicomhub.dicom.query import Query
 from dicomhub.model import (
     ChangeFeedEntry,
     InstanceId,
@@ -78,6 +79,14 @@ class IndexStore(Protocol):
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
         """Stored DICOM JSON of every visible instance in ``scope``, and an ETag for it."""
+
+    async def search(self, query: Query, needs: set[str]) -> list[dict]:
+        """One page of matches, plus one more row when more follow. Each row has the UIDs, level
+        documents and counters of its level and above, and the optional parts named in ``needs``
+        (see ``dicom.qido_results.needs``)."""
+
+    async def count(self, query: Query) -> int:
+        """How many matches ``query`` has, ignoring its limit and offset."""
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
         """Remove the instances of ``scope``; queue their blobs; return how many were removed."""

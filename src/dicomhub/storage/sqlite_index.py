@@ -8,6 +8,7 @@ others and a burst of stores costs one fsync. Reads use their own connections (W
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import uuid
@@ -20,6 +21,9 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomhub.clock import from_micros, to_micros, utcnow
+from dicomhub.dicom.query import Query
+from dicomhub.dicom import search_keys as sk
+from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, Pending, Unavailable
 from dicomhub.model import (
     Action,
@@ -31,6 +35,7 @@ from dicomhub.model import (
     blob_key,
 )
 from dicomhub.storage import sqlite_queries as q
+from dicomhub.storage.sql_search import count_sql, search_sql
 
 MAX_BATCH = 256
 
@@ -109,8 +114,15 @@ class SqliteIndex:
         current = row[0] or 0
         for number, script in migrations():
             if number > current:
-                conn.executescript(f"BEGIN; {script}; COMMIT;")
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+                conn.executescript(f"BEGIN; {script};")
+                try:
+                    if number in BACKFILLS:
+                        BACKFILLS[number](conn)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
 
     async def check(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
@@ -188,6 +200,11 @@ class SqliteIndex:
     async def commit(self, version: int, instance: NewInstance) -> None:
         def op(c: sqlite3.Connection) -> None:
             now = to_micros(utcnow())
+            claim = c.execute(q.CLAIM_SERIES, (version,)).fetchone()
+            if claim is None:
+                raise Pending(f"the claim on SOP instance {instance.id.sop} was released")
+            sequence = _log_change(c, now, Action.CREATE, instance.id, version)
+            record = instance.search
             c.execute(
                 q.COMMIT_INSTANCE,
                 (
@@ -199,33 +216,14 @@ class SqliteIndex:
                     instance.metadata,
                     instance.frames,
                     instance.bulk,
+                    record.instance.get("instance_number"),
+                    record.instance.get("acquisition_datetime"),
+                    record.instance_doc,
+                    sequence,
                     version,
                 ),
             )
-            sequence = _log_change(c, now, Action.CREATE, instance.id, version)
-            attrs = instance.attributes
-            c.execute(
-                q.UPDATE_STUDY_ON_STORE,
-                (
-                    attrs.get("PatientID"),
-                    attrs.get("PatientName"),
-                    attrs.get("StudyDate"),
-                    attrs.get("AccessionNumber"),
-                    sequence,
-                    instance.id.partition,
-                    instance.id.study,
-                ),
-            )
-            c.execute(
-                q.UPDATE_SERIES_ON_STORE,
-                (
-                    attrs.get("Modality"),
-                    sequence,
-                    instance.id.partition,
-                    instance.id.study,
-                    instance.id.series,
-                ),
-            )
+            _count_store(c, claim["series_key"], sequence, record)
 
         await self._write(op)
 
@@ -265,6 +263,17 @@ class SqliteIndex:
         items, tag = await self._read(fn)
         return items, str(tag)
 
+    # -- search --------------------------------------------------------------------------------
+
+    async def search(self, query: Query, needs: set[str]) -> list[dict]:
+        sql, params = search_sql(query, needs)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [dict(r) for r in rows]
+
+    async def count(self, query: Query) -> int:
+        sql, params = count_sql(query)
+        return (await self._read(lambda c: c.execute(sql, params).fetchone()))[0]
+
     # -- delete --------------------------------------------------------------------------------
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
@@ -274,16 +283,18 @@ class SqliteIndex:
         def op(c: sqlite3.Connection) -> int:
             rows = c.execute(sql, params).fetchall()
             now = to_micros(utcnow())
-            series_keys = set()
+            removed: dict[int, list[int]] = {}  # series key -> change sequences
             for r in rows:
                 iid = InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"])
                 c.execute(q.DELETE_INSTANCE, (r["version"],))
                 c.execute(q.QUEUE_BLOB_DELETION, (blob_key(r["partition_name"], r["version"]), due))
                 sequence = _log_change(c, now, Action.DELETE, iid, r["version"])
-                series_keys.add((r["series_key"], sequence))
-            for series_key, sequence in series_keys:
-                c.execute(q.TOUCH_SERIES, (sequence, series_key))
-                c.execute(q.TOUCH_STUDY_OF_SERIES, (sequence, series_key))
+                removed.setdefault(r["series_key"], []).append(sequence)
+            for series_key, sequences in removed.items():
+                study_key, emptied = c.execute(
+                    q.COUNT_SERIES_DELETE, (len(sequences), sequences[-1], series_key)
+                ).fetchone()
+                c.execute(q.COUNT_STUDY_DELETE, (len(sequences), emptied, sequences[-1], study_key))
                 _prune(c, series_key)
             return len(rows)
 
@@ -328,6 +339,29 @@ class SqliteIndex:
         return _entry(row) if row else None
 
 
+def _backfill_search(c: sqlite3.Connection) -> None:
+    """Migration 2: derive the search columns of instances stored before it from their metadata."""
+    rows = c.execute(q.BACKFILL_INSTANCES).fetchall()
+    for r in rows:
+        (metadata,) = c.execute(q.INSTANCE_METADATA, (r["version"],)).fetchone()
+        record = sk.describe(json.loads(metadata))
+        sequence = r["sequence"] or 0
+        c.execute(
+            q.BACKFILL_INSTANCE,
+            (
+                record.instance.get("instance_number"),
+                record.instance.get("acquisition_datetime"),
+                record.instance_doc,
+                sequence,
+                r["version"],
+            ),
+        )
+        _count_store(c, r["series_key"], sequence, record)
+
+
+BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _backfill_search}
+
+
 def migrations() -> list[tuple[int, str]]:
     folder = resources.files("dicomhub.storage") / "sql" / "sqlite"
     scripts = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
@@ -352,6 +386,30 @@ def _prune(c: sqlite3.Connection, series_key: int) -> None:
         return
     c.execute(q.DELETE_EMPTY_SERIES, (series_key, series_key))
     c.execute(q.DELETE_EMPTY_STUDY, (row[0], row[0]))
+
+
+def _count_store(c: sqlite3.Connection, series_key: int, sequence: int, record) -> None:
+    """Counters, change sequences and attributes of an instance's series and study."""
+    study_key, first, series_doc = c.execute(
+        q.COUNT_SERIES_STORE, (sequence, sequence, series_key)
+    ).fetchone()
+    (study_doc,) = c.execute(
+        q.COUNT_STUDY_STORE, (int(first), sequence, sequence, study_key)
+    ).fetchone()
+    merged = sk.merge_docs(series_doc, record.series_doc)
+    if merged != series_doc:
+        js = json.loads(merged)
+        values = [sk.columns(Level.SERIES, js).get(name) for name in q.SERIES_COLUMNS]
+        c.execute(q.UPDATE_SERIES_ATTRIBUTES, (*values, merged, series_key))
+        c.execute(q.CLEAR_REQUESTS, (series_key,))
+        c.executemany(q.INSERT_REQUEST, [(series_key, *i) for i in sk.request_items(js)])
+    merged = sk.merge_docs(study_doc, record.study_doc)
+    if merged != study_doc:
+        js = json.loads(merged)
+        values = [sk.columns(Level.STUDY, js).get(name) for name in q.STUDY_COLUMNS]
+        c.execute(q.UPDATE_STUDY_ATTRIBUTES, (*values, merged, study_key))
+        c.execute(q.CLEAR_NAME_WORDS, (study_key,))
+        c.executemany(q.INSERT_NAME_WORD, [(study_key, *w) for w in sk.words(js)])
 
 
 def _log_change(

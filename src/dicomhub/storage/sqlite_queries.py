@@ -27,26 +27,74 @@ ABANDONED_CLAIMS = "SELECT i.version, st.partition_name" + _JOIN + "WHERE i.stat
 
 COMMIT_INSTANCE = """
 UPDATE instance SET status = 1, sop_class_uid = ?, transfer_syntax = ?, size = ?, created = ?,
-    parse_on_read = ?, metadata = ?, frames = ?, bulk = ?
+    parse_on_read = ?, metadata = ?, frames = ?, bulk = ?, instance_number = ?,
+    acquisition_datetime = ?, doc = ?, created_sequence = ?
 WHERE version = ? AND status = 0
 """
 
-UPDATE_STUDY_ON_STORE = """
-UPDATE study SET patient_id = coalesce(?, patient_id), patient_name = coalesce(?, patient_name),
-    study_date = coalesce(?, study_date), accession_number = coalesce(?, accession_number),
-    last_sequence = ?
-WHERE partition_name = ? AND study_uid = ?
+# Counters and change sequence on store; "first" is 1 when the series had no visible instance.
+COUNT_SERIES_STORE = """
+UPDATE series SET instance_count = instance_count + 1, last_sequence = max(last_sequence, ?),
+    created_sequence = coalesce(created_sequence, ?)
+WHERE series_key = ?
+RETURNING study_key, instance_count = 1 AS first, doc
 """
-UPDATE_SERIES_ON_STORE = """
-UPDATE series SET modality = coalesce(?, modality), last_sequence = ?
-WHERE series_key = (SELECT se.series_key FROM series se JOIN study st USING (study_key)
-                    WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ?)
+COUNT_STUDY_STORE = """
+UPDATE study SET instance_count = instance_count + 1, series_count = series_count + ?,
+    last_sequence = max(last_sequence, ?), created_sequence = coalesce(created_sequence, ?)
+WHERE study_key = ?
+RETURNING doc
 """
-TOUCH_SERIES = "UPDATE series SET last_sequence = ? WHERE series_key = ?"
-TOUCH_STUDY_OF_SERIES = (
-    "UPDATE study SET last_sequence = ? "
-    "WHERE study_key = (SELECT study_key FROM series WHERE series_key = ?)"
+# Study and series attributes are those of the most recently stored instance.
+UPDATE_STUDY_ATTRIBUTES = """
+UPDATE study SET patient_name = ?, patient_id = ?, patient_birth_date = ?, study_date = ?,
+    study_time = ?, accession_number = ?, referring_physician = ?, study_description = ?,
+    study_id = ?, doc = ?
+WHERE study_key = ?
+"""
+STUDY_COLUMNS = (
+    "patient_name", "patient_id", "patient_birth_date", "study_date", "study_time",
+    "accession_number", "referring_physician", "study_description", "study_id",
+)  # fmt: skip
+UPDATE_SERIES_ATTRIBUTES = """
+UPDATE series SET modality = ?, series_number = ?, pps_start_date = ?, pps_start_time = ?,
+    manufacturer_model_name = ?, doc = ?
+WHERE series_key = ?
+"""
+SERIES_COLUMNS = (
+    "modality",
+    "series_number",
+    "pps_start_date",
+    "pps_start_time",
+    "manufacturer_model_name",
 )
+BACKFILL_INSTANCES = """
+SELECT i.version, i.series_key, c.sequence
+FROM instance i
+LEFT JOIN (SELECT version, max(sequence) AS sequence FROM changefeed WHERE action = 0
+           GROUP BY version) c ON c.version = i.version
+WHERE i.status = 1 ORDER BY i.version
+"""
+INSTANCE_METADATA = "SELECT metadata FROM instance WHERE version = ?"
+BACKFILL_INSTANCE = """
+UPDATE instance SET instance_number = ?, acquisition_datetime = ?, doc = ?, created_sequence = ?
+WHERE version = ?
+"""
+CLEAR_NAME_WORDS = "DELETE FROM person_name_word WHERE study_key = ?"
+INSERT_NAME_WORD = "INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)"
+CLEAR_REQUESTS = "DELETE FROM series_request WHERE series_key = ?"
+INSERT_REQUEST = """
+INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id) VALUES (?, ?, ?)
+"""
+COUNT_SERIES_DELETE = """
+UPDATE series SET instance_count = instance_count - ?, last_sequence = ? WHERE series_key = ?
+RETURNING study_key, instance_count = 0 AS emptied
+"""
+COUNT_STUDY_DELETE = """
+UPDATE study SET instance_count = instance_count - ?, series_count = series_count - ?,
+    last_sequence = ?
+WHERE study_key = ?
+"""
 DELETE_EMPTY_SERIES = (
     "DELETE FROM series WHERE series_key = ? "
     "AND NOT EXISTS (SELECT 1 FROM instance WHERE series_key = ?)"

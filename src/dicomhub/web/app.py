@@ -11,9 +11,10 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.archive.archive import Archive
+from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings
-from dicomhub.web import changefeed, delete, errors, health, openapi, stow, wado
+from dicomhub.web import changefeed, delete, errors, health, openapi, qido, stow, wado
 
 VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
@@ -33,8 +34,26 @@ def _versioned(path: str, endpoint, methods: list[str], name: str) -> list[Route
     return routes
 
 
+def _search_routes() -> list[tuple]:
+    """QIDO-RS resources and their ``/count`` variants (before the WADO routes they shadow)."""
+    out = []
+    for path, level in (
+        ("/studies", Level.STUDY),
+        ("/series", Level.SERIES),
+        ("/instances", Level.INSTANCE),
+        (STUDY + "/series", Level.SERIES),
+        (STUDY + "/instances", Level.INSTANCE),
+        (SERIES + "/instances", Level.INSTANCE),
+    ):
+        name = "search" + path.replace("/", "-").replace("{", "").replace("}", "")
+        out.append((path + "/count", qido.count(level), ["GET"], name + "-count"))
+        out.append((path, qido.search(level), ["GET"], name))
+    return out
+
+
 def routes() -> list[BaseRoute]:
     table = [
+        *_search_routes(),
         ("/studies", stow.store, ["POST"], "stow"),
         (STUDY, stow.store, ["POST"], "stow-study"),
         (STUDY, wado.retrieve, ["GET"], "study"),

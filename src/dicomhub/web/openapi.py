@@ -37,6 +37,9 @@ def for_version(number: int) -> dict:
             )
             if ref:
                 operation["responses"] = copy.deepcopy(shared[ref.rsplit("/", 1)[1]])
+            ref = operation.get("parameters", {}) if isinstance(operation, dict) else {}
+            if isinstance(ref, dict) and "$ref" in ref:
+                operation["parameters"] = copy.deepcopy(shared[ref["$ref"].rsplit("/", 1)[1]])
     if number == 1:  # the time-window change feed parameters exist in v2 only
         params = doc["paths"]["/changefeed"]["get"]["parameters"]
         doc["paths"]["/changefeed"]["get"]["parameters"] = [

@@ -1,0 +1,172 @@
+"""A parsed QIDO-RS query as one SQL statement over the index (SQLite dialect).
+
+Every matching key is a column of its level's table (or of ``series_request`` and
+``person_name_word``), so a search reads index rows only; metadata is read only when the caller
+needs an attribute the level documents do not hold.
+"""
+
+from __future__ import annotations
+
+from dicomhub.dicom.levels import Level
+from dicomhub.dicom.query import Condition, Match, Query
+from dicomhub.dicom.search_keys import Kind
+
+ALIAS = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
+_FROM = {
+    Level.STUDY: "FROM study st",
+    Level.SERIES: "FROM series se JOIN study st ON st.study_key = se.study_key",
+    Level.INSTANCE: (
+        "FROM instance i JOIN series se ON se.series_key = i.series_key "
+        "JOIN study st ON st.study_key = se.study_key"
+    ),
+}
+_VISIBLE = {
+    Level.STUDY: "st.instance_count > 0",
+    Level.SERIES: "se.instance_count > 0",
+    Level.INSTANCE: "i.status = 1",
+}
+_ORDER = {
+    Level.STUDY: "st.created_sequence, st.study_key",
+    Level.SERIES: "se.created_sequence, se.series_key",
+    Level.INSTANCE: "i.created_sequence, i.version",
+}
+_COLUMNS = {
+    Level.STUDY: (
+        "st.study_uid, st.doc AS study_doc, st.instance_count AS study_instances, "
+        "st.series_count AS study_series"
+    ),
+    Level.SERIES: (", se.series_uid, se.doc AS series_doc, se.instance_count AS series_instances"),
+    Level.INSTANCE: ", i.sop_uid, i.doc AS instance_doc",
+}
+_OPTIONAL = {
+    "modalities": (
+        "(SELECT group_concat(DISTINCT m.modality) FROM series m "
+        "WHERE m.study_key = st.study_key AND m.instance_count > 0) AS modalities"
+    ),
+    "sop_classes": (
+        "(SELECT group_concat(DISTINCT c.sop_class_uid) FROM instance c "
+        "JOIN series cs ON cs.series_key = c.series_key "
+        "WHERE cs.study_key = st.study_key AND c.status = 1) AS sop_classes"
+    ),
+    "series_doc": (
+        "(SELECT r.doc FROM series r WHERE r.study_key = st.study_key AND r.instance_count > 0 "
+        "ORDER BY r.last_sequence DESC LIMIT 1) AS series_doc"
+    ),
+}
+_LATEST_METADATA = {
+    Level.STUDY: (
+        "(SELECT r.metadata FROM instance r JOIN series rs ON rs.series_key = r.series_key "
+        "WHERE rs.study_key = st.study_key AND r.status = 1 ORDER BY r.version DESC LIMIT 1)"
+    ),
+    Level.SERIES: (
+        "(SELECT r.metadata FROM instance r WHERE r.series_key = se.series_key AND r.status = 1 "
+        "ORDER BY r.version DESC LIMIT 1)"
+    ),
+    Level.INSTANCE: "i.metadata",
+}
+
+
+def search_sql(query: Query, needs: set[str]) -> tuple[str, list]:
+    """Rows of one page, and one more row when more matches follow."""
+    level = query.level
+    columns = "".join(_COLUMNS[lv] for lv in Level if lv <= level)
+    extra = [_OPTIONAL[n] for n in ("modalities", "sop_classes") if n in needs]
+    if "series_doc" in needs and level is Level.STUDY:
+        extra.append(_OPTIONAL["series_doc"])
+    if "metadata" in needs:
+        extra.append(_LATEST_METADATA[level] + " AS metadata")
+    select = "SELECT " + ", ".join([columns, *extra])
+    where, params = _where(query)
+    order = [f"{_column(key)}{' DESC' if desc else ''}" for key, desc in query.order]
+    sql = (
+        f"{select} {_FROM[level]} WHERE {where} "
+        f"ORDER BY {', '.join([*order, _ORDER[level]])} LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, query.limit + 1, query.offset]
+
+
+def count_sql(query: Query) -> tuple[str, list]:
+    where, params = _where(query)
+    return f"SELECT count(*) {_FROM[query.level]} WHERE {where}", params
+
+
+def _where(query: Query) -> tuple[str, list]:
+    clauses = ["st.partition_name = ?", _VISIBLE[query.level]]
+    params: list = [query.partition]
+    if query.study is not None:
+        clauses.append("st.study_uid = ?")
+        params.append(query.study)
+    if query.series is not None:
+        clauses.append("se.series_uid = ?")
+        params.append(query.series)
+    items: list[Condition] = []
+    for condition in query.conditions:
+        if condition.key.kind is Kind.ITEM:
+            items.append(condition)
+            continue
+        clause, values = _condition(condition)
+        clauses.append(clause)
+        params += values
+    if items:  # all keys of the sequence must match within one item (PS3.4 C.2.2.2.6)
+        parts = []
+        for condition in items:
+            clause, values = _alternatives(f"r.{condition.key.column}", condition.alternatives)
+            parts.append(clause)
+            params += values
+        clauses.append(
+            "EXISTS (SELECT 1 FROM series_request r WHERE r.series_key = se.series_key AND "
+            + " AND ".join(parts)
+            + ")"
+        )
+    return " AND ".join(clauses), params
+
+
+def _column(key) -> str:
+    return f"{ALIAS[key.level]}.{key.column}"
+
+
+def _condition(condition: Condition) -> tuple[str, list]:
+    key = condition.key
+    if key.kind is Kind.MODALITIES:
+        clause, params = _alternatives("m.modality", condition.alternatives)
+        return (
+            "EXISTS (SELECT 1 FROM series m WHERE m.study_key = st.study_key "
+            f"AND m.instance_count > 0 AND {clause})",
+            params,
+        )
+    return _alternatives(_column(key), condition.alternatives, key.tag)
+
+
+def _alternatives(column: str, alternatives: tuple[Match, ...], tag: int = 0) -> tuple[str, list]:
+    equal = [m.value for m in alternatives if m.op == "eq"]
+    clauses: list[str] = []
+    params: list = []
+    if len(equal) == 1:
+        clauses.append(f"{column} = ?")
+    elif equal:
+        clauses.append(f"{column} IN ({', '.join('?' * len(equal))})")
+    params += equal
+    for match in alternatives:
+        if match.op == "wildcard":
+            clauses.append(f"{column} GLOB ?")
+            params.append(match.value)
+        elif match.op == "range":
+            low, high = match.value
+            bounds = []
+            if low is not None:
+                bounds.append(f"{column} >= ?")
+                params.append(low)
+            if high is not None:
+                bounds.append(f"{column} <= ?")
+                params.append(high)
+            clauses.append("(" + " AND ".join(bounds) + ")")
+        elif match.op == "words":  # every word is the start of a word of the name
+            words = []
+            for word in match.value:
+                words.append(
+                    "st.study_key IN (SELECT w.study_key FROM person_name_word w "
+                    "WHERE w.tag = ? AND w.word >= ? AND w.word <= ?)"
+                )
+                params += [tag, word, word + "\U0010ffff"]
+            clauses.append("(" + " AND ".join(words) + ")")
+    return "(" + " OR ".join(clauses) + ")", params

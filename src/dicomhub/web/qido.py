@@ -1,0 +1,72 @@
+"""QIDO-RS routes (PS3.18 section 10.6): search for studies, series and instances."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomhub.dicom.levels import Level
+from dicomhub.dicom.query import Query, parse_query
+from dicomhub.dicom.uids import require_uid
+from dicomhub.web.common import archive, base_url, require_json_accept
+
+MORE_RESULTS = (
+    "The number of results exceeded the maximum supported by the server. "
+    "Additional results can be requested."
+)
+
+
+def _query(request: Request, level: Level) -> Query:
+    p = request.path_params
+    settings = request.app.state.settings
+    return parse_query(
+        request.query_params.multi_items(),
+        level,
+        study=require_uid(p["study"], "StudyInstanceUID") if "study" in p else None,
+        series=require_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
+        max_limit=settings.qido_max_limit,
+        strict=settings.qido_strict,
+    )
+
+
+def _warning(request: Request, text: str) -> str:
+    return f'299 {base_url(request).rstrip("/")}: "{text}"'
+
+
+async def _search(request: Request, level: Level) -> Response:
+    media = require_json_accept(request)
+    query = _query(request, level)
+    page = await archive(request).search.search(query, base_url(request).rstrip("/"))
+    warnings = []
+    if query.ignored:
+        names = ", ".join(sorted(set(query.ignored)))
+        warnings.append(_warning(request, f"The following query parameters were ignored: {names}"))
+    if page.more and query.capped:
+        warnings.append(_warning(request, MORE_RESULTS))
+    body = json.dumps(page.results, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    return Response(body, media_type=media, headers=headers)
+
+
+async def _count(request: Request, level: Level) -> Response:
+    query = _query(request, level)
+    total = await archive(request).search.count(query)
+    return Response(json.dumps({"count": total}), media_type="application/json")
+
+
+def search(level: Level):
+    async def endpoint(request: Request) -> Response:
+        return await _search(request, level)
+
+    return endpoint
+
+
+def count(level: Level):
+    """Number of matches, as ``{"count": n}`` (the ``/count`` resources, as dcm4chee's)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _count(request, level)
+
+    return endpoint
