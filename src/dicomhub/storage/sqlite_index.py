@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomhub.clock import from_micros, to_micros, utcnow
-from dicomhub.dicom.query import Query
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
+from dicomhub.dicom.query import Query
 from dicomhub.errors import AlreadyExists, Pending, Unavailable
 from dicomhub.model import (
     Action,
