@@ -211,6 +211,8 @@ def _match(key: Key, name: str, value: str, fuzzy: bool) -> Match:
         return _range(value, sk.date, lambda v: (v, v), bad, "is not a date (YYYYMMDD) or range")
     if kind is Kind.TIME:
         return _range(value, sk.time_bounds, None, bad, "is not a time (HHMMSS.FFFFFF) or range")
+    # an unencoded '+' of a UTC offset arrives as a space; a date-time has no other spaces
+    value = value.replace(" ", "+")
     return _range(value, sk.datetime_bounds, None, bad, "is not a date-time or range")
 
 

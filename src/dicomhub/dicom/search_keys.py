@@ -17,6 +17,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 
 from dicomhub.dicom.levels import INSTANCE_SUMMARY, SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, Level
+from dicomhub.dicom.validate import valid_date
 from dicomhub.model import SearchRecord
 
 
@@ -106,7 +107,7 @@ def name_words(value: str) -> set[str]:
 
 def date(value: str) -> str | None:
     value = value.strip().replace(".", "")  # ACR-NEMA style YYYY.MM.DD
-    return value if len(value) == 8 and value.isdigit() else None
+    return value if valid_date(value) else None
 
 
 def time_bounds(value: str) -> tuple[str, str] | None:

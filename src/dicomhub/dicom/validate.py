@@ -27,7 +27,7 @@ def validate_string(vr: str, value: str) -> str | None:
     if vr in ("UI",):
         return None if value == "" or is_valid_uid(value.strip()) else "is not a valid UID"
     if vr == "DA":
-        return None if value.strip() == "" or _valid_date(value.strip()) else "is not a date"
+        return None if value.strip() == "" or valid_date(value.strip()) else "is not a date"
     if vr == "TM":
         return None if value.strip() == "" or _valid_time(value.strip()) else "is not a time"
     if vr == "DT":
@@ -57,7 +57,7 @@ def validate_string(vr: str, value: str) -> str | None:
     return None
 
 
-def _valid_date(value: str) -> bool:
+def valid_date(value: str) -> bool:
     if len(value) != 8 or not value.isdigit():
         return False
     try:

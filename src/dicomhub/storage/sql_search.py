@@ -114,7 +114,7 @@ def _where(query: Query) -> tuple[str, list]:
             parts.append(clause)
             params += values
         clauses.append(
-            "EXISTS (SELECT 1 FROM series_request r WHERE r.series_key = se.series_key AND "
+            "se.series_key IN (SELECT r.series_key FROM series_request r WHERE "
             + " AND ".join(parts)
             + ")"
         )
@@ -130,8 +130,8 @@ def _condition(condition: Condition) -> tuple[str, list]:
     if key.kind is Kind.MODALITIES:
         clause, params = _alternatives("m.modality", condition.alternatives)
         return (
-            "EXISTS (SELECT 1 FROM series m WHERE m.study_key = st.study_key "
-            f"AND m.instance_count > 0 AND {clause})",
+            "st.study_key IN (SELECT m.study_key FROM series m "
+            f"WHERE {clause} AND m.instance_count > 0)",
             params,
         )
     return _alternatives(_column(key), condition.alternatives, key.tag)
