@@ -91,7 +91,13 @@ def count_sql(query: Query) -> tuple[str, list]:
 
 
 def _where(query: Query) -> tuple[str, list]:
-    clauses = ["st.partition_name = ?", _VISIBLE[query.level]]
+    # The unary + keeps the planner from choosing a scan of the partition over a matching key's
+    # index; a study UID goes through the (partition, study UID) unique index.
+    by_study = query.study is not None or any(
+        c.key.keyword == "StudyInstanceUID" for c in query.conditions
+    )
+    partition = "st.partition_name = ?" if by_study else "+st.partition_name = ?"
+    clauses = [partition, _VISIBLE[query.level]]
     params: list = [query.partition]
     if query.study is not None:
         clauses.append("st.study_uid = ?")

@@ -45,15 +45,17 @@ CREATE TABLE person_name_word (
 CREATE INDEX person_name_word_lookup ON person_name_word (tag, word, study_key);
 CREATE INDEX person_name_word_study ON person_name_word (study_key);
 
-CREATE INDEX study_order ON study (partition_name, created_sequence);
-CREATE INDEX study_patient_id ON study (partition_name, patient_id);
-CREATE INDEX study_patient_name ON study (partition_name, patient_name);
-CREATE INDEX study_birth_date ON study (partition_name, patient_birth_date);
-CREATE INDEX study_date ON study (partition_name, study_date, study_time);
-CREATE INDEX study_accession ON study (partition_name, accession_number);
-CREATE INDEX study_referring ON study (partition_name, referring_physician);
-CREATE INDEX study_description ON study (partition_name, study_description);
-CREATE INDEX study_id ON study (partition_name, study_id);
+-- Partitions are few: a partition is a filter, not an index prefix, so that the planner picks
+-- the index of the matching key (or the order index) rather than scanning a whole partition.
+CREATE INDEX study_order ON study (created_sequence);
+CREATE INDEX study_patient_id ON study (patient_id);
+CREATE INDEX study_patient_name ON study (patient_name);
+CREATE INDEX study_birth_date ON study (patient_birth_date);
+CREATE INDEX study_date ON study (study_date, study_time);
+CREATE INDEX study_accession ON study (accession_number);
+CREATE INDEX study_referring ON study (referring_physician);
+CREATE INDEX study_description ON study (study_description);
+CREATE INDEX study_id ON study (study_id);
 
 CREATE INDEX series_uid ON series (series_uid);
 CREATE INDEX series_order ON series (created_sequence);
