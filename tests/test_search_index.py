@@ -90,7 +90,7 @@ def _version_1_index(path, files: list[bytes]) -> None:
     )
     for number, data in enumerate(files, 1):
         parsed = read_part10(io.BytesIO(data), len(data), 1024)
-        described = ingest(parsed, lambda o, n: data[o : o + n], 1024, False, None)
+        described = ingest(parsed, lambda o, n, data=data: data[o : o + n], 1024, False, None)
         conn.execute(
             "INSERT OR IGNORE INTO study (partition_name, study_uid, last_sequence) "
             "VALUES ('Microsoft.Default', ?, ?)",
@@ -108,7 +108,8 @@ def _version_1_index(path, files: list[bytes]) -> None:
         ).fetchone()
         conn.execute(
             "INSERT INTO instance (version, series_key, sop_uid, status, sop_class_uid, "
-            "transfer_syntax, size, created, metadata, bulk) VALUES (?, ?, ?, 1, ?, ?, ?, 0, ?, '{}')",
+            "transfer_syntax, size, created, metadata, bulk) "
+            "VALUES (?, ?, ?, 1, ?, ?, ?, 0, ?, '{}')",
             (
                 number,
                 series_key,
