@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import uuid
@@ -37,7 +38,13 @@ from dicomhub.model import (
 from dicomhub.storage import sqlite_queries as q
 from dicomhub.storage.sql_search import count_sql, search_sql
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH = 256
+# Planner statistics (ANALYZE, sampling this many rows per index) are refreshed at start-up and
+# as the index grows: after 1,000 writes, then each time the writes since start-up double, and at
+# least every 100,000 writes. Search plans depend on them once tables are large.
+ANALYSIS_LIMIT = 400
 
 
 class SqliteIndex:
@@ -54,6 +61,9 @@ class SqliteIndex:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._keepalive: sqlite3.Connection | None = None
+        self._stats = 0  # generation of the planner statistics
+        self._writes = 0
+        self._next_analyze = 1000
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -123,16 +133,31 @@ class SqliteIndex:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+        self._analyze()
 
     async def check(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    def _analyze(self) -> None:
+        conn = self._conn()
+        conn.execute(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
+        conn.execute("ANALYZE")
+        self._stats += 1
+        self._local.stats = self._stats
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = self._conn()
+        if getattr(self._local, "stats", 0) != self._stats:  # load statistics made by the writer
+            conn.execute("ANALYZE sqlite_schema")
+            self._local.stats = self._stats
+        return conn
+
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._readers, lambda: fn(self._conn()))
+            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
         except sqlite3.Error as exc:
             raise Unavailable("index", str(exc)) from exc
 
@@ -151,6 +176,13 @@ class SqliteIndex:
                 results = await loop.run_in_executor(self._writer, self._run_batch, batch)
             except sqlite3.Error as exc:
                 results = [Unavailable("index", str(exc))] * len(batch)
+            self._writes += len(batch)
+            if self._writes >= self._next_analyze:
+                self._next_analyze = self._writes + min(self._writes, 100_000)
+                try:
+                    await loop.run_in_executor(self._writer, self._analyze)
+                except sqlite3.Error:
+                    log.exception("could not refresh the index statistics")
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
