@@ -198,7 +198,7 @@ def describe(js: dict[str, Any]) -> SearchRecord:
 def merge_docs(old: str | None, new: str) -> str:
     """A study's or series' document after storing an instance: the new instance's values win,
     attributes it lacks keep the value an earlier instance gave."""
-    if not old:
+    if not old or old == new:  # the usual case: every instance repeats the same attributes
         return new
     merged = json.loads(old)
     merged.update(json.loads(new))
