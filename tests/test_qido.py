@@ -395,12 +395,31 @@ def test_warnings_for_ignored_keys_and_capped_pages(qido, tmp_path):
         ("fuzzymatching=yes", "fuzzymatching"),
         ("orderby=Rows", "orderby"),
         ("PatientID=a&PatientID=b", "PatientID"),
+        ("PatientID=" + "\\".join(f"P{i}" for i in range(501)), "PatientID"),
+        ("SOPInstanceUID=" + ",".join(f"1.{i}" for i in range(501)), "SOPInstanceUID"),
+        (
+            "fuzzymatching=true&PatientName=" + " ".join("ab" * i for i in range(1, 18)),
+            "PatientName",
+        ),
     ],
 )
 def test_bad_values_get_400_naming_the_parameter(qido, params, named):
     r = search(qido, f"/v2/instances?{params}", status=400)
     assert r.headers["content-type"].startswith("application/problem+json")
     assert named in r.json()["detail"]
+
+
+def test_long_value_lists_within_the_bound_work(qido):
+    uids = ",".join([*(f"1.2.{i}" for i in range(498)), uid(1, 1, 2), uid(4, 1, 1)])
+    assert labels(search(qido, f"/v2/instances?SOPInstanceUID={uids}").json()) == [
+        "1.1.2",
+        "4.1.1",
+    ]
+    words = " ".join(["jo", "do", *("d" * 16)][:16])
+    assert labels(search(qido, f"/v2/studies?fuzzymatching=true&PatientName={words}").json()) == [
+        "1",
+        "4",
+    ]
 
 
 def test_media_types_and_bad_urls(qido):

@@ -23,6 +23,7 @@ from dicomhub.errors import InvalidRequest
 
 ALL = "all"
 DEFAULT_LIMIT = 100
+MAX_VALUES = 500  # values in one list, and words in one fuzzy name: keeps each query bounded
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _CONTROL = {"includefield", "limit", "offset", "fuzzymatching", "orderby"}
 
@@ -177,9 +178,10 @@ def _condition(query: Query, name: str, value: str, strict: bool) -> None:
         return  # universal matching: returned, not filtered
     listed = key.kind in (Kind.UID, Kind.MODALITIES) or key.keyword == "Modality"
     separators = r"[\\,]" if listed else r"\\"
-    alternatives = tuple(
-        _match(key, name, piece, query.fuzzy) for piece in re.split(separators, value) if piece
-    )
+    pieces = [piece for piece in re.split(separators, value) if piece]
+    if len(pieces) > MAX_VALUES:
+        raise InvalidRequest(f"Invalid query parameter {name}: more than {MAX_VALUES} values")
+    alternatives = tuple(_match(key, name, piece, query.fuzzy) for piece in pieces)
     if alternatives:
         query.conditions.append(Condition(key, alternatives))
 
@@ -202,6 +204,8 @@ def _match(key: Key, name: str, value: str, fuzzy: bool) -> Match:
     if kind is Kind.PN:
         if fuzzy and not wildcard:
             words = tuple(sorted(sk.name_words(value)))
+            if len(words) > 16:
+                raise bad("has more than 16 words")
             return Match("words", words) if words else Match("eq", sk.person_name(value))
         normalised = sk.person_name(value)
         return Match("wildcard", _glob(normalised)) if wildcard else Match("eq", normalised)

@@ -176,13 +176,6 @@ class SqliteIndex:
                 results = await loop.run_in_executor(self._writer, self._run_batch, batch)
             except sqlite3.Error as exc:
                 results = [Unavailable("index", str(exc))] * len(batch)
-            self._writes += len(batch)
-            if self._writes >= self._next_analyze:
-                self._next_analyze = self._writes + min(self._writes, 100_000)
-                try:
-                    await loop.run_in_executor(self._writer, self._analyze)
-                except sqlite3.Error:
-                    log.exception("could not refresh the index statistics")
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -190,6 +183,13 @@ class SqliteIndex:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            self._writes += len(batch)
+            if self._writes >= self._next_analyze:
+                self._next_analyze = self._writes + min(self._writes, 100_000)
+                try:
+                    await loop.run_in_executor(self._writer, self._analyze)
+                except sqlite3.Error:
+                    log.exception("could not refresh the index statistics")
 
     def _run_batch(self, batch) -> list[Any]:
         conn = self._conn()
