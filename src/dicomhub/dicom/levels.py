@@ -172,9 +172,12 @@ DEFAULTS = {
 }
 
 
+_STUDY_ONLY = STUDY_ATTRIBUTES | (COMPUTED[Level.STUDY] - COMPUTED[Level.INSTANCE])
+
+
 def level_of(tag: int) -> Level:
     """The level an attribute belongs to (computed attributes by their meaning)."""
-    if tag in STUDY_ATTRIBUTES or tag in COMPUTED[Level.STUDY] - COMPUTED[Level.INSTANCE]:
+    if tag in _STUDY_ONLY:
         return Level.STUDY
     if tag in SERIES_ATTRIBUTES or tag == SERIES_INSTANCE_COUNT:
         return Level.SERIES

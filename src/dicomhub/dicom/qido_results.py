@@ -48,8 +48,9 @@ def needs(query: Query) -> set[str]:
     tags = requested(query)
     out = set()
     if tags == ALL:
-        out |= {"modalities", "sop_classes"} if query.level is Level.STUDY else set()
-        if query.level is Level.INSTANCE:
+        if query.level is Level.STUDY:
+            out |= {"modalities", "sop_classes"}
+        elif query.level is Level.INSTANCE:
             out.add("metadata")
         return out
     if lv.MODALITIES_IN_STUDY in tags:
@@ -58,7 +59,7 @@ def needs(query: Query) -> set[str]:
         out.add("sop_classes")
     for tag in tags - lv.COMPUTED[Level.STUDY] - lv.COMPUTED[Level.SERIES]:
         level = level_of(tag)
-        if level > query.level and level is Level.SERIES:
+        if level is Level.SERIES and query.level is Level.STUDY:
             out.add("series_doc")
         elif level is Level.INSTANCE and tag not in INSTANCE_SUMMARY:
             out.add("metadata")

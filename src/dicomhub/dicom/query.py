@@ -57,9 +57,6 @@ class Query:
     ignored: list[str] = field(default_factory=list)  # parameters not used, for the warning
     capped: bool = True  # the client did not choose the page size (or chose one over the maximum)
 
-    def returns(self, tag: int) -> bool:
-        return self.includes == ALL or tag in self.includes
-
 
 def parse_query(
     params: list[tuple[str, str]],

@@ -54,7 +54,7 @@ class Key:
         return self.column is not None and self.kind is not Kind.ITEM
 
 
-REQUEST_SEQUENCE = _REQUEST = "RequestAttributesSequence"
+REQUEST_SEQUENCE = "RequestAttributesSequence"
 KEYS = [
     Key("StudyInstanceUID", Level.STUDY, Kind.UID, "study_uid"),
     Key("PatientName", Level.STUDY, Kind.PN, "patient_name"),
@@ -73,8 +73,12 @@ KEYS = [
     Key("PerformedProcedureStepStartDate", Level.SERIES, Kind.DATE, "pps_start_date"),
     Key("PerformedProcedureStepStartTime", Level.SERIES, Kind.TIME, "pps_start_time"),
     Key("ManufacturerModelName", Level.SERIES, Kind.TEXT, "manufacturer_model_name"),
-    Key("ScheduledProcedureStepID", Level.SERIES, Kind.ITEM, "scheduled_step_id", _REQUEST),
-    Key("RequestedProcedureID", Level.SERIES, Kind.ITEM, "requested_procedure_id", _REQUEST),
+    Key(
+        "ScheduledProcedureStepID", Level.SERIES, Kind.ITEM, "scheduled_step_id", REQUEST_SEQUENCE
+    ),
+    Key(
+        "RequestedProcedureID", Level.SERIES, Kind.ITEM, "requested_procedure_id", REQUEST_SEQUENCE
+    ),
     Key("SOPInstanceUID", Level.INSTANCE, Kind.UID, "sop_uid"),
     Key("SOPClassUID", Level.INSTANCE, Kind.UID, "sop_class_uid"),
     Key("InstanceNumber", Level.INSTANCE, Kind.INT, "instance_number"),
@@ -89,6 +93,7 @@ _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DATETIME = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:([+-])(\d{2})(\d{2}))?$"
 )
+_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
 _WORD_SPLIT = re.compile(r"[\s^=,]+")
 
 
@@ -138,9 +143,9 @@ def datetime_bounds(value: str, default_offset: str | None = None) -> tuple[str,
         return None
     year, month, day, hh, mm, ss, frac, sign, oh, om = m.groups()
     if sign is None and default_offset:
-        offset = _DATETIME.match("0000" + default_offset.strip())
-        if offset and offset.group(8):
-            sign, oh, om = offset.group(8), offset.group(9), offset.group(10)
+        offset = _OFFSET.match(default_offset.strip())
+        if offset:
+            sign, oh, om = offset.groups()
     try:
         low = dt.datetime(
             int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Condition, Match, Query
 from dicomhub.dicom.search_keys import Kind
+from dicomhub.storage.sqlite_queries import uid_clauses
 
 ALIAS = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
 _FROM = {
@@ -97,14 +98,9 @@ def _where(query: Query) -> tuple[str, list]:
         c.key.keyword == "StudyInstanceUID" for c in query.conditions
     )
     partition = "st.partition_name = ?" if by_study else "+st.partition_name = ?"
-    clauses = [partition, _VISIBLE[query.level]]
-    params: list = [query.partition]
-    if query.study is not None:
-        clauses.append("st.study_uid = ?")
-        params.append(query.study)
-    if query.series is not None:
-        clauses.append("se.series_uid = ?")
-        params.append(query.series)
+    scope, params = uid_clauses(query.study, query.series)
+    clauses = [partition, _VISIBLE[query.level], *scope]
+    params = [query.partition, *params]
     items: list[Condition] = []
     for condition in query.conditions:
         if condition.key.kind is Kind.ITEM:

@@ -428,20 +428,23 @@ def _count_store(c: sqlite3.Connection, series_key: int, sequence: int, record) 
     (study_doc,) = c.execute(
         q.COUNT_STUDY_STORE, (int(first), sequence, sequence, study_key)
     ).fetchone()
-    merged = sk.merge_docs(series_doc, record.series_doc)
-    if merged != series_doc:
-        js = json.loads(merged)
-        values = [sk.columns(Level.SERIES, js).get(name) for name in q.SERIES_COLUMNS]
-        c.execute(q.UPDATE_SERIES_ATTRIBUTES, (*values, merged, series_key))
-        c.execute(q.CLEAR_REQUESTS, (series_key,))
-        c.executemany(q.INSERT_REQUEST, [(series_key, *i) for i in sk.request_items(js)])
-    merged = sk.merge_docs(study_doc, record.study_doc)
-    if merged != study_doc:
-        js = json.loads(merged)
-        values = [sk.columns(Level.STUDY, js).get(name) for name in q.STUDY_COLUMNS]
-        c.execute(q.UPDATE_STUDY_ATTRIBUTES, (*values, merged, study_key))
-        c.execute(q.CLEAR_NAME_WORDS, (study_key,))
-        c.executemany(q.INSERT_NAME_WORD, [(study_key, *w) for w in sk.words(js)])
+    _merge_attributes(c, Level.SERIES, series_key, series_doc, record.series_doc)
+    _merge_attributes(c, Level.STUDY, study_key, study_doc, record.study_doc)
+
+
+def _merge_attributes(c: sqlite3.Connection, level: Level, key: int, old: str | None, new: str):
+    """Merge an instance's level document into its study's or series'; when that changes it,
+    rewrite the level's matching columns and side rows (name words, request items)."""
+    merged = sk.merge_docs(old, new)
+    if merged == old:
+        return
+    js = json.loads(merged)
+    table = q.LEVEL_ATTRIBUTES[level]
+    values = [sk.columns(level, js).get(name) for name in table.columns]
+    c.execute(table.update, (*values, merged, key))
+    c.execute(table.clear_side, (key,))
+    side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
+    c.executemany(table.insert_side, [(key, *row) for row in side])
 
 
 def _log_change(

@@ -1,5 +1,8 @@
 """SQL of the SQLite index, kept as data."""
 
+from dataclasses import dataclass
+
+from dicomhub.dicom.levels import Level
 from dicomhub.model import Scope
 
 INSERT_STUDY = "INSERT OR IGNORE INTO study (partition_name, study_uid) VALUES (?, ?)"
@@ -45,29 +48,60 @@ UPDATE study SET instance_count = instance_count + 1, series_count = series_coun
 WHERE study_key = ?
 RETURNING doc
 """
-# Study and series attributes are those of the most recently stored instance.
-UPDATE_STUDY_ATTRIBUTES = """
+
+
+@dataclass(frozen=True)
+class LevelAttributes:
+    """SQL that rewrites a study's or series' matching columns, document and side rows."""
+
+    columns: tuple[str, ...]
+    update: str  # SET the columns, then doc; WHERE key
+    clear_side: str
+    insert_side: str
+
+
+LEVEL_ATTRIBUTES = {
+    Level.STUDY: LevelAttributes(
+        columns=(
+            "patient_name",
+            "patient_id",
+            "patient_birth_date",
+            "study_date",
+            "study_time",
+            "accession_number",
+            "referring_physician",
+            "study_description",
+            "study_id",
+        ),  # fmt: skip
+        update="""
 UPDATE study SET patient_name = ?, patient_id = ?, patient_birth_date = ?, study_date = ?,
     study_time = ?, accession_number = ?, referring_physician = ?, study_description = ?,
     study_id = ?, doc = ?
 WHERE study_key = ?
-"""
-STUDY_COLUMNS = (
-    "patient_name", "patient_id", "patient_birth_date", "study_date", "study_time",
-    "accession_number", "referring_physician", "study_description", "study_id",
-)  # fmt: skip
-UPDATE_SERIES_ATTRIBUTES = """
+""",
+        clear_side="DELETE FROM person_name_word WHERE study_key = ?",
+        insert_side="INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)",
+    ),
+    Level.SERIES: LevelAttributes(
+        columns=(
+            "modality",
+            "series_number",
+            "pps_start_date",
+            "pps_start_time",
+            "manufacturer_model_name",
+        ),  # fmt: skip
+        update="""
 UPDATE series SET modality = ?, series_number = ?, pps_start_date = ?, pps_start_time = ?,
     manufacturer_model_name = ?, doc = ?
 WHERE series_key = ?
-"""
-SERIES_COLUMNS = (
-    "modality",
-    "series_number",
-    "pps_start_date",
-    "pps_start_time",
-    "manufacturer_model_name",
-)
+""",
+        clear_side="DELETE FROM series_request WHERE series_key = ?",
+        insert_side=(
+            "INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id) "
+            "VALUES (?, ?, ?)"
+        ),
+    ),
+}
 BACKFILL_INSTANCES = """
 SELECT i.version, i.series_key, c.sequence
 FROM instance i
@@ -79,12 +113,6 @@ INSTANCE_METADATA = "SELECT metadata FROM instance WHERE version = ?"
 BACKFILL_INSTANCE = """
 UPDATE instance SET instance_number = ?, acquisition_datetime = ?, doc = ?, created_sequence = ?
 WHERE version = ?
-"""
-CLEAR_NAME_WORDS = "DELETE FROM person_name_word WHERE study_key = ?"
-INSERT_NAME_WORD = "INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)"
-CLEAR_REQUESTS = "DELETE FROM series_request WHERE series_key = ?"
-INSERT_REQUEST = """
-INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id) VALUES (?, ?, ?)
 """
 COUNT_SERIES_DELETE = """
 UPDATE series SET instance_count = instance_count - ?, last_sequence = ? WHERE series_key = ?
@@ -144,16 +172,23 @@ CHANGEFEED_BY_TIME = (
 CHANGEFEED_LATEST = _CHANGE_COLUMNS + "ORDER BY c.sequence DESC LIMIT 1"
 
 
+def uid_clauses(
+    study: str | None, series: str | None = None, sop: str | None = None
+) -> tuple[list[str], list]:
+    """WHERE clauses (over st, se, i) fixing the UIDs that are given."""
+    where, params = [], []
+    for clause, uid in (("st.study_uid = ?", study), ("se.series_uid = ?", series),
+                        ("i.sop_uid = ?", sop)):  # fmt: skip
+        if uid is not None:
+            where.append(clause)
+            params.append(uid)
+    return where, params
+
+
 def scoped(sql: str, scope: Scope) -> tuple[str, tuple]:
-    where = ["st.partition_name = ?", "st.study_uid = ?"]
-    params: list = [scope.partition, scope.study]
-    if scope.series is not None:
-        where.append("se.series_uid = ?")
-        params.append(scope.series)
-    if scope.sop is not None:
-        where.append("i.sop_uid = ?")
-        params.append(scope.sop)
-    return sql.replace("{where}", " AND ".join(where)), tuple(params)
+    where, params = uid_clauses(scope.study, scope.series, scope.sop)
+    where = ["st.partition_name = ?", *where]
+    return sql.replace("{where}", " AND ".join(where)), (scope.partition, *params)
 
 
 def etag_query(scope: Scope) -> tuple[str, tuple]:

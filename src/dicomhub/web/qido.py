@@ -31,22 +31,20 @@ def _query(request: Request, level: Level) -> Query:
     )
 
 
-def _warning(request: Request, text: str) -> str:
-    return f'299 {base_url(request).rstrip("/")}: "{text}"'
-
-
 async def _search(request: Request, level: Level) -> Response:
     media = require_json_accept(request)
     query = _query(request, level)
-    page = await archive(request).search.search(query, base_url(request).rstrip("/"))
-    warnings = []
+    service = base_url(request).rstrip("/")
+    page = await archive(request).search.search(query, service)
+    texts = []
     if query.ignored:
-        names = ", ".join(sorted(set(query.ignored)))
-        warnings.append(_warning(request, f"The following query parameters were ignored: {names}"))
+        texts.append(
+            "The following query parameters were ignored: " + ", ".join(sorted(set(query.ignored)))
+        )
     if page.more and query.capped:
-        warnings.append(_warning(request, MORE_RESULTS))
+        texts.append(MORE_RESULTS)
     body = json.dumps(page.results, separators=(",", ":"), ensure_ascii=False).encode()
-    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    headers = {"Warning": ", ".join(f'299 {service}: "{t}"' for t in texts)} if texts else {}
     return Response(body, media_type=media, headers=headers)
 
 
