@@ -26,8 +26,8 @@ from dicomhub.dicom import qido_results
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
-from dicomhub.storage.sql_search import search_sql
 from dicomhub.storage.sqlite_index import SqliteIndex
+from dicomhub.storage.sqlite_search import search_sql
 
 SERIES_PER_STUDY = 4
 INSTANCES_PER_SERIES = 5

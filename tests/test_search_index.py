@@ -15,8 +15,8 @@ from dicomhub.dicom.instance import ingest
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.query import parse_query
-from dicomhub.storage.sql_search import count_sql, search_sql
 from dicomhub.storage.sqlite_index import SqliteIndex, migrations
+from dicomhub.storage.sqlite_search import count_sql, search_sql
 from tests.helpers import stow
 from tests.synthetic import instance, uid
 from tests.test_qido import S1, dataset_files, labels

@@ -36,7 +36,7 @@ from dicomhub.model import (
     blob_key,
 )
 from dicomhub.storage import sqlite_queries as q
-from dicomhub.storage.sql_search import count_sql, search_sql
+from dicomhub.storage.sqlite_search import count_sql, search_sql
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""A parsed QIDO-RS query as one SQL statement over the index (SQLite dialect).
+"""A parsed QIDO-RS query as one SQL statement over the SQLite index.
 
 Every matching key is a column of its level's table (or of ``series_request`` and
 ``person_name_word``), so a search reads index rows only; metadata is read only when the caller
