@@ -1,0 +1,132 @@
+"""Results: machine details, the comparison table (dicomhub / Orthanc ratios, dicomhub / ceiling
+fractions) and the targets of issue 4, as Markdown and JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+
+from dicomhub import __version__
+
+# (result id, what is compared, minimum) -- "advantage" is how many times better dicomhub is than
+# Orthanc on the result's metric; "ceiling" the fraction of a machine ceiling dicomhub reaches;
+# "same" the ratio of a frame of the multi-frame instance to that of a single-frame one.
+TARGETS = [
+    ("stow-4x1", "advantage", 2.0),
+    ("stow-4x20", "advantage", 2.0),
+    ("qido-patient-id", "advantage", 5.0),
+    ("qido-patient-name", "advantage", 5.0),
+    ("qido-study-date", "advantage", 5.0),
+    ("qido-modality", "advantage", 5.0),
+    ("qido-series", "advantage", 5.0),
+    ("qido-instances", "advantage", 5.0),
+    ("metadata-series", "advantage", 10.0),
+    ("metadata-study", "advantage", 10.0),
+    ("retrieve-study", "ceiling", 0.8),
+    ("frame-multi", "same", 1 / 1.2),
+]
+
+
+def machine() -> dict:
+    def first(path: str, key: str) -> str:
+        try:
+            with open(path) as f:
+                return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(key)), "?")
+        except OSError:
+            return "?"
+
+    try:
+        orthanc = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True)
+        orthanc_version = orthanc.stdout.splitlines()[0]
+    except (OSError, IndexError):
+        orthanc_version = "not installed"
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cores": os.cpu_count(),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "dicomhub": __version__,
+        "orthanc": orthanc_version,
+    }
+
+
+def _value(result: dict) -> float:
+    return result[result["metric"]]
+
+
+def advantage(ours: dict, theirs: dict) -> float:
+    a, b = _value(ours), _value(theirs)
+    if ours["better"] == "higher":
+        return a / b if b else float("inf")
+    return b / a if a else float("inf")
+
+
+def evaluate(results: dict) -> list[dict]:
+    """Each target with dicomhub's measured value and whether it is met."""
+    servers = results["servers"]
+    ours = {r["id"]: r for r in servers.get("dicomhub", {}).get("workloads", [])}
+    theirs = {r["id"]: r for r in servers.get("Orthanc", {}).get("workloads", [])}
+    out = []
+    for id_, kind, minimum in TARGETS:
+        if id_ not in ours:
+            continue
+        if kind == "advantage":
+            if id_ not in theirs:
+                continue
+            value = advantage(ours[id_], theirs[id_])
+        elif kind == "ceiling":
+            value = _value(ours[id_]) / results["ceilings"]["loopback_http"]["mb_per_s"]
+        else:
+            value = advantage(ours[id_], ours["frame-single"])
+        out.append({"id": id_, "kind": kind, "minimum": round(minimum, 3),
+                    "value": round(value, 3), "met": value >= minimum})  # fmt: skip
+    return out
+
+
+def _fmt(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    unit = {"instances_per_s": "inst/s", "mb_per_s": "MB/s"}.get(result["metric"], "ms")
+    tail = f" ({result['mb_per_s']} MB/s)" if result["metric"] == "instances_per_s" else ""
+    value = result[result["metric"]]
+    return f"{value:g} {unit}{tail}"
+
+
+def markdown(results: dict) -> str:
+    names = list(results["servers"])
+    theirs = results["servers"].get("Orthanc", {}).get("workloads", [])
+    theirs = {r["id"]: r for r in theirs}
+    lines = [
+        "| workload | metric | " + " | ".join(names) + " | dicomhub vs Orthanc |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    rows = {}
+    for name in names:
+        for r in results["servers"][name]["workloads"]:
+            rows.setdefault(r["id"], {})[name] = r
+    for id_, by_server in rows.items():
+        any_result = next(iter(by_server.values()))
+        ours = by_server.get("dicomhub")
+        ratio = (f"{advantage(ours, theirs[id_]):.2f}x" if ours and id_ in theirs else "-")
+        lines.append(f"| {any_result['label']} | {any_result['metric'].replace('_', ' ')} | "
+                     + " | ".join(_fmt(by_server.get(n)) for n in names) + f" | {ratio} |")  # fmt: skip
+    c = results["ceilings"]
+    lines += [
+        "",
+        f"Ceilings: page-cache read {c['page_cache']['mb_per_s']:g} MB/s, "
+        f"loopback HTTP {c['loopback_http']['mb_per_s']:g} MB/s (same client).",
+        "",
+        "| target | kind | minimum | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        lines.append(f"| {t['id']} | {t['kind']} | {t['minimum']} | {t['value']} | "
+                     f"{'yes' if t['met'] else 'NO'} |")  # fmt: skip
+    skipped = results.get("skipped", {})
+    lines += [""] + [f"Not run: {name}: {why}" for name, why in skipped.items()]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,129 @@
+"""dicomhub against Orthanc, in one run, on the same data and the same client.
+
+    ./run bench [--profile default|smoke] [--search-instances N] [--out FILE.json]
+
+Generates the data set, then for each server in turn (dicomhub on the embedded default, dicomhub
+on another index when ``--index-url`` names one, Orthanc with DICOMweb) starts it on a free
+loopback port, runs every workload, verifies every answer and stops it. Prints a Markdown table
+(also written next to the JSON) with dicomhub/Orthanc ratios, the machine's ceilings and the
+targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import report, workloads
+from bench.client import Client, Request, check
+from bench.servers import Dicomhub, Loopback, Orthanc, Server, orthanc_available
+
+
+def page_cache(workdir: Path, files: dict[str, bytes], repeat: int = 3) -> dict:
+    """Reading the reference study's files back from the page cache: the disk-side ceiling."""
+    folder = workdir / "page-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for uid, body in files.items():
+        path = folder / f"{uid}.dcm"
+        path.write_bytes(body)
+        paths.append(path)
+    total = sum(len(b) for b in files.values())
+    times = []
+    for _ in range(repeat + 1):  # the first pass warms the cache
+        start = time.perf_counter()
+        for path in paths:
+            check(len(path.read_bytes()) > 0, "empty file")
+        times.append(time.perf_counter() - start)
+    shutil.rmtree(folder)
+    return {"mb_per_s": round(total / statistics.median(times[1:]) / 1e6, 1)}
+
+
+def loopback(workdir: Path, size: int, repeat: int) -> dict:
+    """A raw HTTP transfer of the study's size over loopback, read by the benchmark's client."""
+    with Loopback(workdir / "loopback", size) as server:
+        timing, responses = Client(server.base_url).run([Request("GET", "/")] * repeat)
+    check(all(len(r.body) == size for r in responses), "loopback: short body")
+    return timing.summary("transfers")
+
+
+def measure(server: Server, data: workloads.Data) -> dict:
+    client = Client(server.base_url)
+    out: list[dict] = []
+    with server:
+        for workload in workloads.WORKLOADS:
+            start = time.perf_counter()
+            out += workload(client, data)
+            print(f"  {server.name}: {workload.__name__} in {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr)  # fmt: skip
+        rss = server.peak_rss_mb()
+    return {"workloads": out, "peak_rss_mb": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=sorted(workloads.PROFILES), default="default")
+    parser.add_argument("--search-instances", type=int, help="small instances for search volume")
+    parser.add_argument("--index-url", action="append", default=[],
+                        help="also run dicomhub on this index (repeatable), e.g. postgresql://...")
+    parser.add_argument("--no-orthanc", action="store_true", help="measure dicomhub alone")
+    parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
+    parser.add_argument("--out", default="bench-results/latest.json")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    profile = workloads.PROFILES[args.profile]
+    if args.search_instances is not None:
+        profile = dataclasses.replace(profile, search_instances=args.search_instances)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dicomhub-bench-"))
+    data = workloads.Data(profile)
+    start = time.perf_counter()
+    reference = data.reference_files
+    print(f"data set ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    servers: list[Server] = [Dicomhub(workdir / "dicomhub")]
+    servers += [Dicomhub(workdir / f"dicomhub-{i}", url) for i, url in enumerate(args.index_url)]
+    skipped = {}
+    why = "--no-orthanc" if args.no_orthanc else orthanc_available()
+    if why:
+        skipped["Orthanc"] = why
+    else:
+        servers.append(Orthanc(workdir / "orthanc"))
+
+    results = {
+        "machine": report.machine(),
+        "profile": {"name": args.profile, **dataclasses.asdict(profile)},
+        "ceilings": {
+            "page_cache": page_cache(workdir, reference),
+            "loopback_http": loopback(
+                workdir, sum(len(b) for b in reference.values()), profile.retrieve_repeat + 2
+            ),
+        },
+        "servers": {},
+        "skipped": skipped,
+    }
+    try:
+        for server in servers:
+            results["servers"][server.name] = measure(server, data)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["targets"] = report.evaluate(results)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    table = report.markdown(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The servers under test, each started fresh on a free loopback port and stopped after its
+workload: dicomhub (``dicomhub serve``, the embedded default unless an index URL is given) and
+Orthanc with its DICOMweb plugin, configured comparably (no compression, full metadata)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def orthanc_available() -> str | None:
+    """Why Orthanc cannot run here, or None."""
+    if shutil.which("Orthanc") is None:
+        return "Orthanc is not installed (Debian packages orthanc, orthanc-dicomweb)"
+    if not Path(ORTHANC_PLUGIN).exists():
+        return f"the Orthanc DICOMweb plugin is missing ({ORTHANC_PLUGIN})"
+    return None
+
+
+class Server:
+    name: str
+    base_url: str
+    process: subprocess.Popen
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    ready_path = "/"
+
+    def __enter__(self) -> Server:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed in __exit__
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPOSITORY,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.workdir / 'server.log'}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.ready_path)
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"{self.name} did not answer on port {self.port}")
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            return None
+        return None
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+class Dicomhub(Server):
+    ready_path = "/health/check"
+
+    def __init__(self, workdir: Path, index_url: str | None = None, extra: list[str] = ()):
+        super().__init__(workdir)
+        self.index_url, self.extra = index_url, list(extra)
+        self.name = "dicomhub" if index_url is None else f"dicomhub ({index_url.split(':')[0]})"
+        self.base_url = f"http://127.0.0.1:{self.port}/v2"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "dicomhub", "serve", "--port", str(self.port),
+               "--data-dir", str(self.workdir / "data"), "--log-level", "warning", *self.extra]  # fmt: skip
+        if self.index_url:
+            cmd += ["--index-url", self.index_url]
+        return cmd
+
+
+class Orthanc(Server):
+    name = "Orthanc"
+    ready_path = "/system"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.base_url = f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def command(self) -> list[str]:
+        config = {
+            "Name": "bench",
+            "HttpPort": self.port,
+            "DicomPort": free_port(),
+            "DicomServerEnabled": False,
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "StorageCompression": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpCompressionEnabled": False,
+            "SaveJobs": False,
+            "Plugins": [ORTHANC_PLUGIN],
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            },
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=1))
+        return ["Orthanc", str(path)]
+
+
+class Loopback(Server):
+    """The raw loopback HTTP ceiling (``bench/loopback.py``), answering ``size`` bytes."""
+
+    name = "loopback"
+
+    def __init__(self, workdir: Path, size: int):
+        super().__init__(workdir)
+        self.size = size
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.loopback", str(self.port), str(self.size)]

@@ -1,0 +1,298 @@
+"""The workloads: each sends the same requests to every server, times them, then verifies every
+answer against the data set (UIDs, counts, bytes). A workload returns one result per measured
+case: ``{"id", "label", "metric", "better", **timing summary}``."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+from bench import dataset as ds
+from bench.client import Client, Request, Response, check, multipart, parts
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+DICOM_JSON = {"Accept": "application/dicom+json"}
+STOW_CASES = [(1, 1), (1, 20), (4, 1), (4, 20)]  # (clients, instances per request)
+LOAD = (4, 20)  # how setup data is sent: 4 clients, 20 instances per request
+
+
+@dataclass(frozen=True)
+class Profile:
+    image_size: int = 512  # STOW and reference-study images (512 KB, CT-like)
+    stow_instances: int = 400  # per STOW case
+    reference_series: int = 500  # instances in the reference study's long series
+    frames: int = 1000  # frames of the multi-frame instance
+    frame_size: int = 256  # rows = columns of each frame (and of the single-frame instance)
+    search_instances: int = 100_000  # small images loaded for search volume
+    small_size: int = 32  # rows = columns of the small images
+    repeat: int = 30  # requests per QIDO query kind and per frame case
+    metadata_repeat: int = 5
+    retrieve_repeat: int = 3
+
+
+PROFILES = {
+    "default": Profile(),
+    "smoke": Profile(image_size=64, stow_instances=40, reference_series=12, frames=20,
+                     frame_size=32, search_instances=200, small_size=8, repeat=3,
+                     metadata_repeat=2, retrieve_repeat=1),
+}  # fmt: skip
+
+
+class Data:
+    """The data set of one run, generated once and sent to every server."""
+
+    def __init__(self, profile: Profile):
+        self.p = profile
+
+    @cached_property
+    def reference(self) -> ds.Study:
+        return ds.study(ds.GROUPS["reference"], 1, (self.p.reference_series, 10))
+
+    @cached_property
+    def reference_files(self) -> dict[str, bytes]:
+        return dict(ds.instances(self.reference, self.p.image_size))
+
+    @cached_property
+    def frames_study(self) -> ds.Study:
+        """Series 1: the multi-frame instance; series 2: one single-frame instance of the same
+        frame size."""
+        return ds.study(ds.GROUPS["frames"], 1, (1, 1))
+
+    @cached_property
+    def frames_files(self) -> dict[str, bytes]:
+        multi, single = self.frames_study.series
+        return {
+            f"{multi.uid}.1": ds.instance(
+                self.frames_study, multi, 1, self.p.frame_size, self.p.frames
+            ),
+            f"{single.uid}.1": ds.instance(self.frames_study, single, 1, self.p.frame_size),
+        }
+
+    def stow_studies(self, case: int) -> list[ds.Study]:
+        per_study = 40
+        return [
+            ds.study(ds.GROUPS["stow"] + case, i, (20, 20))
+            for i in range(max(1, self.p.stow_instances // per_study))
+        ]
+
+    def stow_files(self, case: int) -> list[tuple[str, bytes]]:
+        return [f for st in self.stow_studies(case) for f in ds.instances(st, self.p.image_size)]
+
+    @cached_property
+    def search_studies(self) -> list[ds.Study]:
+        return [
+            ds.study(ds.GROUPS["search"], i, (5, 5))
+            for i in range(max(1, self.p.search_instances // 10))
+        ]
+
+    @cached_property
+    def search_files(self) -> list[tuple[str, bytes]]:
+        return [f for st in self.search_studies for f in ds.instances(st, self.p.small_size)]
+
+    def catalogue(self) -> list[ds.Study]:
+        """Every study a server holds once all workloads have stored theirs."""
+        stow = [st for case in range(len(STOW_CASES)) for st in self.stow_studies(case)]
+        return [self.reference, self.frames_study, *stow, *self.search_studies]
+
+
+def _result(id_: str, label: str, metric: str, better: str, summary: dict) -> dict:
+    return {"id": id_, "label": label, "metric": metric, "better": better, **summary}
+
+
+def _json(response: Response, what: str) -> list:
+    check(response.status == 200, lambda: f"{what}: HTTP {response.status} {response.body[:300]!r}")
+    return json.loads(response.body) if response.body else []
+
+
+def _values(items: list, tag: str) -> list[str]:
+    return [item[tag]["Value"][0] for item in items]
+
+
+def _stow(client: Client, files: list[tuple[str, bytes]], clients: int, per_request: int):
+    requests = [
+        multipart([body for _, body in files[i : i + per_request]])
+        for i in range(0, len(files), per_request)
+    ]
+    timing, responses = client.run(requests, clients)
+    for i, response in enumerate(responses):
+        answer = _json(response, "STOW")
+        answer = answer if isinstance(answer, dict) else {}
+        failed = answer.get("00081198", {}).get("Value")
+        check(not failed, lambda f=failed: f"STOW failures: {f}")
+        stored = _values(answer.get("00081199", {}).get("Value", []), "00081155")
+        sent = [uid for uid, _ in files[i * per_request : (i + 1) * per_request]]
+        check(sorted(stored) == sorted(sent), "STOW answer does not list the sent instances")
+    return timing
+
+
+def load(client: Client, data: Data) -> list[dict]:
+    """Set-up data: the reference and frames studies, then the small images for search volume
+    (the last reported as an ingest rate of small instances)."""
+    _stow(client, list(data.reference_files.items()), *LOAD)
+    multi, single = data.frames_files.items()
+    _stow(client, [multi], 1, 1)
+    _stow(client, [single], 1, 1)
+    timing = _stow(client, data.search_files, 4, 50)
+    summary = timing.summary("instances")
+    return [_result("ingest-small", f"STOW {len(data.search_files):,} small instances "
+                    f"({data.p.small_size}x{data.p.small_size}), 4 clients x 50 per request",
+                    "instances_per_s", "higher", summary)]  # fmt: skip
+
+
+def stow(client: Client, data: Data) -> list[dict]:
+    out = []
+    for case, (clients, per_request) in enumerate(STOW_CASES):
+        files = data.stow_files(case)
+        size_kb = round(sum(len(b) for _, b in files) / len(files) / 1024)
+        timing = _stow(client, files, clients, per_request)
+        out.append(_result(
+            f"stow-{clients}x{per_request}",
+            f"STOW {len(files)} x {size_kb} KB, {clients} client(s), {per_request} per request",
+            "instances_per_s", "higher", timing.summary("instances"),
+        ))  # fmt: skip
+    return out
+
+
+def _study_queries(data: Data) -> list[tuple[str, str, list[tuple[str, frozenset[str]]]]]:
+    """(id, label, [(query string, expected StudyInstanceUIDs)]) per kind of study search."""
+    rng = random.Random(7)
+    catalogue = data.catalogue()
+    picks = [rng.choice(data.search_studies) for _ in range(data.p.repeat)]
+
+    def matching(pred) -> frozenset[str]:
+        return frozenset(st.uid for st in catalogue if pred(st))
+
+    kinds = []
+    cases = [(f"PatientID={st.patient_id}", matching(lambda s, p=st.patient_id: s.patient_id == p))
+             for st in picks]  # fmt: skip
+    kinds.append(("qido-patient-id", "study search by PatientID", cases))
+    cases = []
+    for st in picks:
+        prefix = st.patient_name[:3]
+        cases.append((f"PatientName={prefix}*",
+                      matching(lambda s, p=prefix: s.patient_name.startswith(p))))  # fmt: skip
+    kinds.append(("qido-patient-name", "study search by PatientName prefix wildcard", cases))
+    cases = []
+    for st in picks:
+        month = st.date[:6]
+        last = calendar.monthrange(int(month[:4]), int(month[4:]))[1]
+        cases.append((f"StudyDate={month}01-{month}{last}",
+                      matching(lambda s, m=month: s.date.startswith(m))))  # fmt: skip
+    kinds.append(("qido-study-date", "study search by StudyDate range (one month)", cases))
+    modalities = sorted({m for types in ds.STUDY_TYPES for m in types[0]})
+    cases = []
+    for i in range(data.p.repeat):
+        modality = modalities[i % len(modalities)]
+        cases.append((f"ModalitiesInStudy={modality}",
+                      matching(lambda s, m=modality: m in s.modalities)))  # fmt: skip
+    kinds.append(("qido-modality", "study search by ModalitiesInStudy", cases))
+    return kinds
+
+
+def qido(client: Client, data: Data) -> list[dict]:
+    out = []
+    instances = sum(st.instance_count for st in data.catalogue())
+    for id_, label, cases in _study_queries(data):
+        requests = [Request("GET", f"/studies?{q}&limit=100", DICOM_JSON) for q, _ in cases]
+        timing, responses = client.run(requests)
+        for (query, expected), response in zip(cases, responses, strict=True):
+            found = _values(_json(response, query), "0020000D")
+            check(len(found) == len(set(found)), f"{query}: duplicate studies")
+            check(len(found) == min(100, len(expected)),
+                  lambda q=query, f=found, e=expected: f"{q}: {len(f)} studies, want "
+                  f"{min(100, len(e))}")  # fmt: skip
+            check(set(found) <= expected, f"{query}: studies that do not match")
+        out.append(_result(id_, f"{label}, limit 100, {instances:,} instances", "p95_ms", "lower",
+                           timing.summary("queries")))  # fmt: skip
+    rng = random.Random(8)
+    picks = [rng.choice(data.search_studies) for _ in range(data.p.repeat)]
+    requests = [Request("GET", f"/studies/{st.uid}/series", DICOM_JSON) for st in picks]
+    timing, responses = client.run(requests)
+    for st, response in zip(picks, responses, strict=True):
+        found = _values(_json(response, "series"), "0020000E")
+        check(sorted(found) == sorted(s.uid for s in st.series), f"series of {st.uid}")
+    out.append(_result("qido-series", "series of a study", "p95_ms", "lower",
+                       timing.summary("queries")))  # fmt: skip
+    requests = [Request("GET", f"/studies/{st.uid}/series/{st.series[0].uid}/instances",
+                        DICOM_JSON) for st in picks]  # fmt: skip
+    timing, responses = client.run(requests)
+    for st, response in zip(picks, responses, strict=True):
+        found = _values(_json(response, "instances"), "00080018")
+        check(sorted(found) == sorted(st.sop_uids(st.series[0])), f"instances of {st.uid}")
+    out.append(_result("qido-instances", "instances of a series", "p95_ms", "lower",
+                       timing.summary("queries")))  # fmt: skip
+    return out
+
+
+def metadata(client: Client, data: Data) -> list[dict]:
+    ref = data.reference
+    series = ref.series[0]
+    out = []
+    for id_, path, expected in [
+        ("metadata-series", f"/studies/{ref.uid}/series/{series.uid}/metadata",
+         ref.sop_uids(series)),
+        ("metadata-study", f"/studies/{ref.uid}/metadata",
+         [uid for s in ref.series for uid in ref.sop_uids(s)]),
+    ]:  # fmt: skip
+        requests = [Request("GET", path, DICOM_JSON)] * data.p.metadata_repeat
+        timing, responses = client.run(requests)
+        for response in responses:
+            found = _values(_json(response, path), "00080018")
+            check(sorted(found) == sorted(expected), f"{path}: wrong instances")
+        level = id_.split("-")[1]
+        out.append(_result(id_, f"{level} metadata, {len(expected)} instances", "p50_ms", "lower",
+                           timing.summary("requests")))  # fmt: skip
+    return out
+
+
+def frames(client: Client, data: Data) -> list[dict]:
+    st = data.frames_study
+    multi, single = st.series
+    accept = {"Accept": f'multipart/related; type="application/octet-stream"; '
+                        f"transfer-syntax={EXPLICIT_LE}"}  # fmt: skip
+    rng = random.Random(9)
+    size = data.p.frame_size
+    cases = [
+        ("frame-multi", f"a frame of the {data.p.frames}-frame instance ({size}x{size})",
+         f"/studies/{st.uid}/series/{multi.uid}/instances/{multi.uid}.1/frames",
+         [rng.randint(1, data.p.frames) for _ in range(data.p.repeat)],
+         lambda n: ds.frame_bytes(size, n)),
+        ("frame-single", f"the frame of a single-frame instance ({size}x{size})",
+         f"/studies/{st.uid}/series/{single.uid}/instances/{single.uid}.1/frames",
+         [1] * data.p.repeat, lambda n: ds.ct_slice(size, 1)),
+    ]  # fmt: skip
+    out = []
+    for id_, label, path, numbers, expected in cases:
+        requests = [Request("GET", f"{path}/{n}", accept) for n in numbers]
+        timing, responses = client.run(requests)
+        for n, response in zip(numbers, responses, strict=True):
+            check(response.status == 200, f"{path}/{n}: HTTP {response.status}")
+            check(parts(response) == [expected(n)], f"{path}/{n}: wrong pixels")
+        out.append(_result(id_, label, "p50_ms", "lower", timing.summary("frames")))
+    return out
+
+
+def _digests(bodies) -> Counter:
+    return Counter(hashlib.sha1(b).hexdigest() for b in bodies)
+
+
+def retrieve(client: Client, data: Data) -> list[dict]:
+    ref = data.reference
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    requests = [Request("GET", f"/studies/{ref.uid}", accept)] * data.p.retrieve_repeat
+    timing, responses = client.run(requests)
+    expected = _digests(data.reference_files.values())
+    for response in responses:
+        check(response.status == 200, f"study retrieval: HTTP {response.status}")
+        check(_digests(parts(response)) == expected, "study retrieval: instances differ")
+    megabytes = sum(len(b) for b in data.reference_files.values()) / 1e6
+    return [_result("retrieve-study", f"whole-study WADO-RS, {len(expected)} instances, "
+                    f"{megabytes:.0f} MB", "mb_per_s", "higher", timing.summary("studies"))]  # fmt: skip
+
+
+WORKLOADS = [load, stow, qido, metadata, frames, retrieve]
