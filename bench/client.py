@@ -153,10 +153,13 @@ def parts(response: Response) -> list[bytes]:
     """The bodies of a multipart/related response."""
     content_type = response.headers.get("Content-Type", "")
     boundary = next(
-        (p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
-         if p.strip().lower().startswith("boundary=")),
+        (
+            p.split("=", 1)[1].strip().strip('"')
+            for p in content_type.split(";")
+            if p.strip().lower().startswith("boundary=")
+        ),
         None,
-    )  # fmt: skip
+    )
     if boundary is None:
         raise AssertionError(f"not multipart: {content_type!r}")
     delimiter = b"--" + boundary.encode()

@@ -19,10 +19,46 @@ from pydicom.uid import ExplicitVRLittleEndian
 ROOT = "1.2.826.0.1.3680043.10.5433"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
-LAST = ["SMITH", "JOHNSON", "GARCIA", "NGUYEN", "OBRIEN", "KOWALSKI", "ROSSI", "DUBOIS", "SATO",
-        "MULLER", "HANSEN", "SILVA", "KIM", "PATEL", "IVANOV", "COHEN", "BROWN", "MARTIN"]
-FIRST = ["JOHN", "JURGEN", "MARIA", "ANH", "MARY ANN", "PIOTR", "GIULIA", "CHLOE", "HARUTO",
-         "LENA", "OMAR", "SOFIA", "WEI", "PRIYA", "IGOR", "NOA", "JAMES", "EMMA"]
+LAST = [
+    "SMITH",
+    "JOHNSON",
+    "GARCIA",
+    "NGUYEN",
+    "OBRIEN",
+    "KOWALSKI",
+    "ROSSI",
+    "DUBOIS",
+    "SATO",
+    "MULLER",
+    "HANSEN",
+    "SILVA",
+    "KIM",
+    "PATEL",
+    "IVANOV",
+    "COHEN",
+    "BROWN",
+    "MARTIN",
+]
+FIRST = [
+    "JOHN",
+    "JURGEN",
+    "MARIA",
+    "ANH",
+    "MARY ANN",
+    "PIOTR",
+    "GIULIA",
+    "CHLOE",
+    "HARUTO",
+    "LENA",
+    "OMAR",
+    "SOFIA",
+    "WEI",
+    "PRIYA",
+    "IGOR",
+    "NOA",
+    "JAMES",
+    "EMMA",
+]
 STUDY_TYPES = [  # (modalities of the study's series, study description, body part)
     (("CT",), "CT CHEST WITH CONTRAST", "CHEST"),
     (("CT",), "CT HEAD WITHOUT CONTRAST", "HEAD"),
@@ -112,7 +148,7 @@ def ct_slice(size: int, position: int) -> bytes:
     """A CT-like slice (body ellipse, bone ring, noise) as 16-bit little-endian stored values
     (rescale intercept -1024)."""
     rng = np.random.default_rng(position)
-    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     phase = position / 50
     body = (x / 0.8) ** 2 + (y / (0.6 + 0.05 * np.sin(phase))) ** 2 < 1
     bone = np.abs(np.hypot(x - 0.1 * np.cos(phase), y) - 0.3) < 0.03
@@ -126,9 +162,7 @@ def frame_bytes(size: int, frame: int) -> bytes:
     return ct_slice(size, 10_000 + (frame - 1) % 40)
 
 
-def instance(
-    st: Study, series: Series, number: int, size: int, frames: int = 1
-) -> bytes:
+def instance(st: Study, series: Series, number: int, size: int, frames: int = 1) -> bytes:
     """Part 10 bytes (Explicit VR Little Endian, uncompressed) of instance ``number``."""
     ds = Dataset()
     ds.SOPClassUID = ENHANCED_CT if frames > 1 else CT_IMAGE

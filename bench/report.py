@@ -83,8 +83,15 @@ def evaluate(results: dict) -> list[dict]:
             value = _value(ours[id_]) / results["ceilings"]["loopback_http"]["mb_per_s"]
         else:
             value = advantage(ours[id_], ours["frame-single"])
-        out.append({"id": id_, "kind": kind, "minimum": round(minimum, 3),
-                    "value": round(value, 3), "met": value >= minimum})  # fmt: skip
+        out.append(
+            {
+                "id": id_,
+                "kind": kind,
+                "minimum": round(minimum, 3),
+                "value": round(value, 3),
+                "met": value >= minimum,
+            }
+        )
     return out
 
 
@@ -112,9 +119,12 @@ def markdown(results: dict) -> str:
     for id_, by_server in rows.items():
         any_result = next(iter(by_server.values()))
         ours = by_server.get("dicomhub")
-        ratio = (f"{advantage(ours, theirs[id_]):.2f}x" if ours and id_ in theirs else "-")
-        lines.append(f"| {any_result['label']} | {any_result['metric'].replace('_', ' ')} | "
-                     + " | ".join(_fmt(by_server.get(n)) for n in names) + f" | {ratio} |")  # fmt: skip
+        ratio = f"{advantage(ours, theirs[id_]):.2f}x" if ours and id_ in theirs else "-"
+        lines.append(
+            f"| {any_result['label']} | {any_result['metric'].replace('_', ' ')} | "
+            + " | ".join(_fmt(by_server.get(n)) for n in names)
+            + f" | {ratio} |"
+        )
     c = results["ceilings"]
     lines += [
         "",
@@ -125,8 +135,10 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for t in results["targets"]:
-        lines.append(f"| {t['id']} | {t['kind']} | {t['minimum']} | {t['value']} | "
-                     f"{'yes' if t['met'] else 'NO'} |")  # fmt: skip
+        lines.append(
+            f"| {t['id']} | {t['kind']} | {t['minimum']} | {t['value']} | "
+            f"{'yes' if t['met'] else 'NO'} |"
+        )
     skipped = results.get("skipped", {})
     lines += [""] + [f"Not run: {name}: {why}" for name, why in skipped.items()]
     return "\n".join(lines).rstrip() + "\n"

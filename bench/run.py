@@ -61,8 +61,10 @@ def measure(server: Server, data: workloads.Data) -> dict:
         for workload in workloads.WORKLOADS:
             start = time.perf_counter()
             out += workload(client, data)
-            print(f"  {server.name}: {workload.__name__} in {time.perf_counter() - start:.1f} s",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"  {server.name}: {workload.__name__} in {time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+            )
         rss = server.peak_rss_mb()
     return {"workloads": out, "peak_rss_mb": rss}
 
@@ -71,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=sorted(workloads.PROFILES), default="default")
     parser.add_argument("--search-instances", type=int, help="small instances for search volume")
-    parser.add_argument("--index-url", action="append", default=[],
-                        help="also run dicomhub on this index (repeatable), e.g. postgresql://...")
+    parser.add_argument(
+        "--index-url",
+        action="append",
+        default=[],
+        help="also run dicomhub on this index (repeatable), e.g. postgresql://...",
+    )
     parser.add_argument("--no-orthanc", action="store_true", help="measure dicomhub alone")
     parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
     parser.add_argument("--out", default="bench-results/latest.json")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
 
     profile = workloads.PROFILES[args.profile]
     if args.search_instances is not None:

@@ -103,8 +103,19 @@ class Dicomhub(Server):
         self.base_url = f"http://127.0.0.1:{self.port}/v2"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "dicomhub", "serve", "--port", str(self.port),
-               "--data-dir", str(self.workdir / "data"), "--log-level", "warning", *self.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "dicomhub",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.workdir / "data"),
+            "--log-level",
+            "warning",
+            *self.extra,
+        ]
         if self.index_url:
             cmd += ["--index-url", self.index_url]
         return cmd

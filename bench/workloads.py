@@ -37,10 +37,19 @@ class Profile:
 
 PROFILES = {
     "default": Profile(),
-    "smoke": Profile(image_size=64, stow_instances=40, reference_series=12, frames=20,
-                     frame_size=32, search_instances=200, small_size=8, repeat=3,
-                     metadata_repeat=2, retrieve_repeat=1),
-}  # fmt: skip
+    "smoke": Profile(
+        image_size=64,
+        stow_instances=40,
+        reference_series=12,
+        frames=20,
+        frame_size=32,
+        search_instances=200,
+        small_size=8,
+        repeat=3,
+        metadata_repeat=2,
+        retrieve_repeat=1,
+    ),
+}
 
 
 class Data:
@@ -139,9 +148,16 @@ def load(client: Client, data: Data) -> list[dict]:
     _stow(client, [single], 1, 1)
     timing = _stow(client, data.search_files, 4, 50)
     summary = timing.summary("instances")
-    return [_result("ingest-small", f"STOW {len(data.search_files):,} small instances "
-                    f"({data.p.small_size}x{data.p.small_size}), 4 clients x 50 per request",
-                    "instances_per_s", "higher", summary)]  # fmt: skip
+    return [
+        _result(
+            "ingest-small",
+            f"STOW {len(data.search_files):,} small instances "
+            f"({data.p.small_size}x{data.p.small_size}), 4 clients x 50 per request",
+            "instances_per_s",
+            "higher",
+            summary,
+        )
+    ]
 
 
 def stow(client: Client, data: Data) -> list[dict]:
@@ -150,11 +166,15 @@ def stow(client: Client, data: Data) -> list[dict]:
         files = data.stow_files(case)
         size_kb = round(sum(len(b) for _, b in files) / len(files) / 1024)
         timing = _stow(client, files, clients, per_request)
-        out.append(_result(
-            f"stow-{clients}x{per_request}",
-            f"STOW {len(files)} x {size_kb} KB, {clients} client(s), {per_request} per request",
-            "instances_per_s", "higher", timing.summary("instances"),
-        ))  # fmt: skip
+        out.append(
+            _result(
+                f"stow-{clients}x{per_request}",
+                f"STOW {len(files)} x {size_kb} KB, {clients} client(s), {per_request} per request",
+                "instances_per_s",
+                "higher",
+                timing.summary("instances"),
+            )
+        )
     return out
 
 
@@ -168,28 +188,36 @@ def _study_queries(data: Data) -> list[tuple[str, str, list[tuple[str, frozenset
         return frozenset(st.uid for st in catalogue if pred(st))
 
     kinds = []
-    cases = [(f"PatientID={st.patient_id}", matching(lambda s, p=st.patient_id: s.patient_id == p))
-             for st in picks]  # fmt: skip
+    cases = [
+        (f"PatientID={st.patient_id}", matching(lambda s, p=st.patient_id: s.patient_id == p))
+        for st in picks
+    ]
     kinds.append(("qido-patient-id", "study search by PatientID", cases))
     cases = []
     for st in picks:
         prefix = st.patient_name[:3]
-        cases.append((f"PatientName={prefix}*",
-                      matching(lambda s, p=prefix: s.patient_name.startswith(p))))  # fmt: skip
+        cases.append(
+            (f"PatientName={prefix}*", matching(lambda s, p=prefix: s.patient_name.startswith(p)))
+        )
     kinds.append(("qido-patient-name", "study search by PatientName prefix wildcard", cases))
     cases = []
     for st in picks:
         month = st.date[:6]
         last = calendar.monthrange(int(month[:4]), int(month[4:]))[1]
-        cases.append((f"StudyDate={month}01-{month}{last}",
-                      matching(lambda s, m=month: s.date.startswith(m))))  # fmt: skip
+        cases.append(
+            (
+                f"StudyDate={month}01-{month}{last}",
+                matching(lambda s, m=month: s.date.startswith(m)),
+            )
+        )
     kinds.append(("qido-study-date", "study search by StudyDate range (one month)", cases))
     modalities = sorted({m for types in ds.STUDY_TYPES for m in types[0]})
     cases = []
     for i in range(data.p.repeat):
         modality = modalities[i % len(modalities)]
-        cases.append((f"ModalitiesInStudy={modality}",
-                      matching(lambda s, m=modality: m in s.modalities)))  # fmt: skip
+        cases.append(
+            (f"ModalitiesInStudy={modality}", matching(lambda s, m=modality: m in s.modalities))
+        )
     kinds.append(("qido-modality", "study search by ModalitiesInStudy", cases))
     return kinds
 
@@ -203,12 +231,22 @@ def qido(client: Client, data: Data) -> list[dict]:
         for (query, expected), response in zip(cases, responses, strict=True):
             found = _values(_json(response, query), "0020000D")
             check(len(found) == len(set(found)), f"{query}: duplicate studies")
-            check(len(found) == min(100, len(expected)),
-                  lambda q=query, f=found, e=expected: f"{q}: {len(f)} studies, want "
-                  f"{min(100, len(e))}")  # fmt: skip
+            check(
+                len(found) == min(100, len(expected)),
+                lambda q=query, f=found, e=expected: (
+                    f"{q}: {len(f)} studies, want {min(100, len(e))}"
+                ),
+            )
             check(set(found) <= expected, f"{query}: studies that do not match")
-        out.append(_result(id_, f"{label}, limit 100, {instances:,} instances", "p95_ms", "lower",
-                           timing.summary("queries")))  # fmt: skip
+        out.append(
+            _result(
+                id_,
+                f"{label}, limit 100, {instances:,} instances",
+                "p95_ms",
+                "lower",
+                timing.summary("queries"),
+            )
+        )
     rng = random.Random(8)
     picks = [rng.choice(data.search_studies) for _ in range(data.p.repeat)]
     requests = [Request("GET", f"/studies/{st.uid}/series", DICOM_JSON) for st in picks]
@@ -216,16 +254,22 @@ def qido(client: Client, data: Data) -> list[dict]:
     for st, response in zip(picks, responses, strict=True):
         found = _values(_json(response, "series"), "0020000E")
         check(sorted(found) == sorted(s.uid for s in st.series), f"series of {st.uid}")
-    out.append(_result("qido-series", "series of a study", "p95_ms", "lower",
-                       timing.summary("queries")))  # fmt: skip
-    requests = [Request("GET", f"/studies/{st.uid}/series/{st.series[0].uid}/instances",
-                        DICOM_JSON) for st in picks]  # fmt: skip
+    out.append(
+        _result("qido-series", "series of a study", "p95_ms", "lower", timing.summary("queries"))
+    )
+    requests = [
+        Request("GET", f"/studies/{st.uid}/series/{st.series[0].uid}/instances", DICOM_JSON)
+        for st in picks
+    ]
     timing, responses = client.run(requests)
     for st, response in zip(picks, responses, strict=True):
         found = _values(_json(response, "instances"), "00080018")
         check(sorted(found) == sorted(st.sop_uids(st.series[0])), f"instances of {st.uid}")
-    out.append(_result("qido-instances", "instances of a series", "p95_ms", "lower",
-                       timing.summary("queries")))  # fmt: skip
+    out.append(
+        _result(
+            "qido-instances", "instances of a series", "p95_ms", "lower", timing.summary("queries")
+        )
+    )
     return out
 
 
@@ -234,38 +278,60 @@ def metadata(client: Client, data: Data) -> list[dict]:
     series = ref.series[0]
     out = []
     for id_, path, expected in [
-        ("metadata-series", f"/studies/{ref.uid}/series/{series.uid}/metadata",
-         ref.sop_uids(series)),
-        ("metadata-study", f"/studies/{ref.uid}/metadata",
-         [uid for s in ref.series for uid in ref.sop_uids(s)]),
-    ]:  # fmt: skip
+        (
+            "metadata-series",
+            f"/studies/{ref.uid}/series/{series.uid}/metadata",
+            ref.sop_uids(series),
+        ),
+        (
+            "metadata-study",
+            f"/studies/{ref.uid}/metadata",
+            [uid for s in ref.series for uid in ref.sop_uids(s)],
+        ),
+    ]:
         requests = [Request("GET", path, DICOM_JSON)] * data.p.metadata_repeat
         timing, responses = client.run(requests)
         for response in responses:
             found = _values(_json(response, path), "00080018")
             check(sorted(found) == sorted(expected), f"{path}: wrong instances")
         level = id_.split("-")[1]
-        out.append(_result(id_, f"{level} metadata, {len(expected)} instances", "p50_ms", "lower",
-                           timing.summary("requests")))  # fmt: skip
+        out.append(
+            _result(
+                id_,
+                f"{level} metadata, {len(expected)} instances",
+                "p50_ms",
+                "lower",
+                timing.summary("requests"),
+            )
+        )
     return out
 
 
 def frames(client: Client, data: Data) -> list[dict]:
     st = data.frames_study
     multi, single = st.series
-    accept = {"Accept": f'multipart/related; type="application/octet-stream"; '
-                        f"transfer-syntax={EXPLICIT_LE}"}  # fmt: skip
+    accept = {
+        "Accept": f'multipart/related; type="application/octet-stream"; '
+        f"transfer-syntax={EXPLICIT_LE}"
+    }
     rng = random.Random(9)
     size = data.p.frame_size
     cases = [
-        ("frame-multi", f"a frame of the {data.p.frames}-frame instance ({size}x{size})",
-         f"/studies/{st.uid}/series/{multi.uid}/instances/{multi.uid}.1/frames",
-         [rng.randint(1, data.p.frames) for _ in range(data.p.repeat)],
-         lambda n: ds.frame_bytes(size, n)),
-        ("frame-single", f"the frame of a single-frame instance ({size}x{size})",
-         f"/studies/{st.uid}/series/{single.uid}/instances/{single.uid}.1/frames",
-         [1] * data.p.repeat, lambda n: ds.ct_slice(size, 1)),
-    ]  # fmt: skip
+        (
+            "frame-multi",
+            f"a frame of the {data.p.frames}-frame instance ({size}x{size})",
+            f"/studies/{st.uid}/series/{multi.uid}/instances/{multi.uid}.1/frames",
+            [rng.randint(1, data.p.frames) for _ in range(data.p.repeat)],
+            lambda n: ds.frame_bytes(size, n),
+        ),
+        (
+            "frame-single",
+            f"the frame of a single-frame instance ({size}x{size})",
+            f"/studies/{st.uid}/series/{single.uid}/instances/{single.uid}.1/frames",
+            [1] * data.p.repeat,
+            lambda n: ds.ct_slice(size, 1),
+        ),
+    ]
     out = []
     for id_, label, path, numbers, expected in cases:
         requests = [Request("GET", f"{path}/{n}", accept) for n in numbers]
@@ -291,8 +357,15 @@ def retrieve(client: Client, data: Data) -> list[dict]:
         check(response.status == 200, f"study retrieval: HTTP {response.status}")
         check(_digests(parts(response)) == expected, "study retrieval: instances differ")
     megabytes = sum(len(b) for b in data.reference_files.values()) / 1e6
-    return [_result("retrieve-study", f"whole-study WADO-RS, {len(expected)} instances, "
-                    f"{megabytes:.0f} MB", "mb_per_s", "higher", timing.summary("studies"))]  # fmt: skip
+    return [
+        _result(
+            "retrieve-study",
+            f"whole-study WADO-RS, {len(expected)} instances, {megabytes:.0f} MB",
+            "mb_per_s",
+            "higher",
+            timing.summary("studies"),
+        )
+    ]
 
 
 WORKLOADS = [load, stow, qido, metadata, frames, retrieve]
