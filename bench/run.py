@@ -54,11 +54,12 @@ def loopback(workdir: Path, size: int, repeat: int) -> dict:
     return timing.summary("transfers")
 
 
-def measure(server: Server, data: workloads.Data) -> dict:
+def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
     client = Client(server.base_url)
+    data.stored = []
     out: list[dict] = []
     with server:
-        for workload in workloads.WORKLOADS:
+        for workload in chosen:
             start = time.perf_counter()
             out += workload(client, data)
             print(
@@ -80,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run dicomhub on this index (repeatable), e.g. postgresql://...",
     )
     parser.add_argument("--no-orthanc", action="store_true", help="measure dicomhub alone")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[w.__name__ for w in workloads.WORKLOADS],
+        help="run only these workloads (repeatable; searches and reads load their data first)",
+    )
     parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
     parser.add_argument("--out", default="bench-results/latest.json")
     args = parser.parse_args(argv)
@@ -114,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         "servers": {},
         "skipped": skipped,
     }
+    chosen = workloads.WORKLOADS
+    if args.only:
+        wanted = set(args.only) | ({"load"} if set(args.only) - {"stow"} else set())
+        chosen = [w for w in workloads.WORKLOADS if w.__name__ in wanted]
     try:
         for server in servers:
-            results["servers"][server.name] = measure(server, data)
+            results["servers"][server.name] = measure(server, data, chosen)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -57,6 +57,7 @@ class Data:
 
     def __init__(self, profile: Profile):
         self.p = profile
+        self.stored: list[ds.Study] = []  # what the server under test holds; reset per server
 
     @cached_property
     def reference(self) -> ds.Study:
@@ -103,11 +104,6 @@ class Data:
     def search_files(self) -> list[tuple[str, bytes]]:
         return [f for st in self.search_studies for f in ds.instances(st, self.p.small_size)]
 
-    def catalogue(self) -> list[ds.Study]:
-        """Every study a server holds once all workloads have stored theirs."""
-        stow = [st for case in range(len(STOW_CASES)) for st in self.stow_studies(case)]
-        return [self.reference, self.frames_study, *stow, *self.search_studies]
-
 
 def _result(id_: str, label: str, metric: str, better: str, summary: dict) -> dict:
     return {"id": id_, "label": label, "metric": metric, "better": better, **summary}
@@ -147,6 +143,7 @@ def load(client: Client, data: Data) -> list[dict]:
     _stow(client, [multi], 1, 1)
     _stow(client, [single], 1, 1)
     timing = _stow(client, data.search_files, 4, 50)
+    data.stored += [data.reference, data.frames_study, *data.search_studies]
     summary = timing.summary("instances")
     return [
         _result(
@@ -166,6 +163,7 @@ def stow(client: Client, data: Data) -> list[dict]:
         files = data.stow_files(case)
         size_kb = round(sum(len(b) for _, b in files) / len(files) / 1024)
         timing = _stow(client, files, clients, per_request)
+        data.stored += data.stow_studies(case)
         out.append(
             _result(
                 f"stow-{clients}x{per_request}",
@@ -181,7 +179,7 @@ def stow(client: Client, data: Data) -> list[dict]:
 def _study_queries(data: Data) -> list[tuple[str, str, list[tuple[str, frozenset[str]]]]]:
     """(id, label, [(query string, expected StudyInstanceUIDs)]) per kind of study search."""
     rng = random.Random(7)
-    catalogue = data.catalogue()
+    catalogue = data.stored
     picks = [rng.choice(data.search_studies) for _ in range(data.p.repeat)]
 
     def matching(pred) -> frozenset[str]:
@@ -224,7 +222,7 @@ def _study_queries(data: Data) -> list[tuple[str, str, list[tuple[str, frozenset
 
 def qido(client: Client, data: Data) -> list[dict]:
     out = []
-    instances = sum(st.instance_count for st in data.catalogue())
+    instances = sum(st.instance_count for st in data.stored)
     for id_, label, cases in _study_queries(data):
         requests = [Request("GET", f"/studies?{q}&limit=100", DICOM_JSON) for q, _ in cases]
         timing, responses = client.run(requests)
