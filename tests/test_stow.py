@@ -255,3 +255,39 @@ def _save(ds) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=False)
     return out.getvalue()
+
+
+def test_many_parts_keep_their_order(client):
+    """Parts are stored several at a time; outcomes, the change feed and default search order
+    still follow the order of the parts, and a bad part among them fails alone."""
+    from dicomhub.archive.store import PIPELINE
+    from tests.synthetic import instance, uid
+
+    count = 3 * PIPELINE + 1
+    sops = [uid(77, 1, n) for n in range(count)]
+    parts = [instance(uid(77), uid(77, 1), sop) for sop in sops]
+    parts[5] = b"not dicom"
+    r = stow(client, *parts)
+    assert r.status_code == 202
+    assert failures(r) == [0x0110]
+    expected = sops[:5] + sops[6:]
+    assert stored_uids(r) == expected
+    feed = client.get("/v2/changefeed", params={"limit": 100}).json()
+    assert [e["sopInstanceUid"] for e in feed] == expected
+    found = client.get(f"/v2/studies/{uid(77)}/instances").json()
+    assert [i["00080018"]["Value"][0] for i in found] == expected
+
+
+def test_duplicate_after_a_slower_part_in_one_request(client):
+    """The first of two parts with one SOP Instance UID is stored even when the second finishes
+    parsing first; the second is the duplicate."""
+    from tests.synthetic import instance, uid
+
+    sop = uid(78, 1, 1)
+    slow = instance(uid(78), uid(78, 1), sop, EncapsulatedDocument=bytes(4_000_000))
+    fast = instance(uid(78), uid(78, 1), sop)
+    r = stow(client, slow, fast)
+    assert r.status_code == 202
+    assert failures(r) == [45070]
+    stored = client.get(f"/v2/studies/{uid(78)}/series/{uid(78, 1)}/instances/{sop}/metadata")
+    assert "00420011" in stored.json()[0]

@@ -32,6 +32,44 @@ from dicomhub.storage.protocols import BlobStore, IndexStore
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
+PIPELINE = 8  # parts of one STOW request in flight at once
+
+
+class PartOrder:
+    """The place of one part among the parts of a request that are stored at once: parts claim
+    their instance and commit in part order (so stored order is part order), and a part waits
+    for an earlier part with the same SOP Instance UID before claiming it (so the second is a
+    duplicate, 45070, whichever finished parsing first)."""
+
+    def __init__(self, previous: PartOrder | None):
+        self.previous = previous
+        self.registered = asyncio.Event()  # this part and every earlier one named their SOP
+        self.done = asyncio.Event()  # this part and every earlier one have settled
+        self.claims: dict[str, asyncio.Event] = previous.claims if previous else {}
+
+    async def _register(self, sop: str | None) -> asyncio.Event | None:
+        if self.previous is not None:
+            await self.previous.registered.wait()
+        earlier = self.claims.get(sop) if sop else None
+        if sop:
+            self.claims[sop] = self.done
+        self.registered.set()
+        return earlier
+
+    async def before_reserve(self, sop: str) -> None:
+        earlier = await self._register(sop)
+        if earlier is not None:
+            await earlier.wait()
+
+    async def before_commit(self) -> None:
+        if self.previous is not None:
+            await self.previous.done.wait()
+
+    async def finish(self) -> None:
+        if not self.registered.is_set():  # the part failed before naming its instance
+            await self._register(None)
+        await self.before_commit()
+        self.done.set()
 
 
 class StoreService:
@@ -75,9 +113,14 @@ class StoreService:
         return await self._store_multipart(chunks, boundary, root_type, study, strict)
 
     async def _store_multipart(self, chunks, boundary, root_type, study, strict):
+        """Parts are stored while the next ones arrive: up to PIPELINE parts of one request are
+        parsed and written at once; each commits after the one before it, so stored order (the
+        change feed, default search order) is the order of the parts."""
         parser = MultipartParser(boundary)
-        outcomes: list[stow.PartOutcome] = []
+        stores: list[asyncio.Task] = []
+        slots = asyncio.Semaphore(PIPELINE)
         spool: SpoolFile | None = None
+        order: PartOrder | None = None
         part_type = root_type
         try:
             async for chunk in chunks:
@@ -89,7 +132,13 @@ class StoreService:
                         await spool.write(event.data)
                     elif isinstance(event, PartEnd):
                         spool.close()
-                        outcomes.append(await self._finish_part(spool, part_type, study, strict))
+                        await slots.acquire()
+                        order = PartOrder(order)
+                        stores.append(
+                            asyncio.create_task(
+                                self._finish_part(spool, part_type, study, strict, slots, order)
+                            )
+                        )
                         spool = None
                 if parser.finished:
                     break
@@ -97,9 +146,22 @@ class StoreService:
         finally:
             if spool is not None:
                 spool.discard()
-        return outcomes
+            # Parts already received are stored whatever happens to the request (a store is
+            # never cut in half); a cancelled request stops waiting, not storing.
+            results = await asyncio.shield(asyncio.gather(*stores, return_exceptions=True))
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
-    async def _finish_part(self, spool, part_type, study, strict) -> stow.PartOutcome:
+    async def _finish_part(self, spool, part_type, study, strict, slots, order) -> stow.PartOutcome:
+        try:
+            return await self._check_part(spool, part_type, study, strict, order)
+        finally:
+            slots.release()
+            await order.finish()
+
+    async def _check_part(self, spool, part_type, study, strict, order) -> stow.PartOutcome:
         try:
             media = parse_media_type(part_type).type
         except InvalidRequest as exc:
@@ -117,7 +179,7 @@ class StoreService:
                 failure=stow.PROCESSING_FAILURE,
                 message=f"part exceeds the limit of {self.settings.max_part_size} bytes",
             )
-        return await self._store_spooled(spool, study, strict)
+        return await self._store_spooled(spool, study, strict, order)
 
     async def _spool(self, chunks: AsyncIterator[bytes]) -> SpoolFile:
         spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)  # made at start
@@ -130,16 +192,22 @@ class StoreService:
         spool.close()
         return spool
 
-    async def _store_spooled(self, spool: SpoolFile, study: str | None, strict: bool):
+    async def _store_spooled(self, spool: SpoolFile, study, strict, order=None):
         try:
-            return await self.store_file(spool.path, spool.size, study, strict)
+            return await self.store_file(spool.path, spool.size, study, strict, order)
         finally:
             spool.path.unlink(missing_ok=True)
 
     async def store_file(
-        self, path: Path, size: int, study: str | None, strict: bool
+        self,
+        path: Path,
+        size: int,
+        study: str | None,
+        strict: bool,
+        order: PartOrder | None = None,
     ) -> stow.PartOutcome:
-        """Store one PS3.10 file (the file may be moved into the blob store)."""
+        """Store one PS3.10 file (the file may be moved into the blob store), in its ``order``
+        among the parts of a request."""
         if size == 0:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
@@ -153,6 +221,8 @@ class StoreService:
         ident = InstanceId(instance.study, instance.series, instance.sop)
         outcome = stow.PartOutcome(instance.sop_class, instance.sop)
         try:
+            if order is not None:
+                await order.before_reserve(ident.sop)
             version = await self.index.reserve(ident)
         except AlreadyExists as exc:
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
@@ -163,6 +233,8 @@ class StoreService:
         key = blob_key(ident.partition, version)
         try:
             await self.blobs.put_file(key, path)
+            if order is not None:
+                await order.before_commit()
             await self.index.commit(version, _new_instance(ident, instance, size))
         except BaseException:
             await asyncio.shield(self._release(version, key))

@@ -9,6 +9,7 @@ request's base URL when served, so stored metadata does not depend on the host n
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ STRING_VRS = frozenset(
         "UT",
     }
 )
+FLOAT_VRS = frozenset({"DS", "FL", "FD"})  # the VRs whose JSON values can be NaN or infinite
 BASE_PLACEHOLDER = "\x01"  # replaced by the request's base URL when metadata is served
 _PLACEHOLDER_BYTES = json.dumps(BASE_PLACEHOLDER).encode()[1:-1]  # how json.dumps writes it
 
@@ -72,7 +74,9 @@ def encode_dataset(
     is then found by parsing when asked for).
     """
     out = EncodedDataset({})
-    out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out)
     return out
 
 
@@ -95,13 +99,12 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset)
                 result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
                 continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                elem = ds[tag]
-                error = _validate(elem)
-                if error is None and elem.VR != "SQ":
-                    encoded = elem.to_json_dict(None, 0)
-                    json.dumps(encoded, allow_nan=False)
+            elem = ds[tag]
+            error = _validate(elem)
+            if error is None and elem.VR != "SQ":
+                encoded = elem.to_json_dict(None, 0)
+                if elem.VR in FLOAT_VRS and not all(map(_finite, encoded.get("Value", ()))):
+                    error = "is not a finite number (NaN or infinity)"
         except Exception as exc:  # undecodable value: reported like an invalid one
             error = f"cannot be decoded ({exc.__class__.__name__})"
         if error is not None:
@@ -151,6 +154,10 @@ def _validate(elem: DataElement) -> str | None:
         if message:
             return f"{elem.VR} value {text[:64]!r} {message}"
     return None
+
+
+def _finite(value) -> bool:
+    return value is None or math.isfinite(value)
 
 
 def _int_or_none(ds: Dataset, tag: int) -> int | None:
