@@ -8,6 +8,7 @@ The README's configuration table lists every field; a test checks that it does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class Settings:
             return self.blob_url
         return "file://" + str(Path(self.data_dir).resolve() / "blobs")
 
-    @property
+    @functools.cached_property
     def spool_dir(self) -> Path:
         """Where request bodies are spooled before they are parsed and stored."""
         return Path(self.data_dir).resolve() / "spool"

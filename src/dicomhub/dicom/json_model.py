@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from dicomhub.dicom import fast_json
 from dicomhub.dicom.validate import validate_string
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -76,13 +77,15 @@ def encode_dataset(
     out = EncodedDataset({})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out)
+        out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out, True)
     return out
 
 
-def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset) -> dict:
+def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset, plain) -> dict:
     result: dict[str, Any] = {}
     bits_allocated = _int_or_none(ds, 0x00280100)
+    if 0x00080005 in ds._dict:
+        plain = plain and _charset(ds) in fast_json.PLAIN_CHARSETS
     for tag in sorted(ds._dict):
         if tag & 0xFFFF == 0:  # group lengths are not part of the JSON model
             continue
@@ -98,6 +101,11 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset)
                     out.bulk[path] = (offset, raw.length)
                 result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
                 continue
+            if plain and vr == raw.VR and isinstance(raw.value, bytes):
+                encoded = fast_json.encode(vr, raw.value, raw.is_little_endian)
+                if encoded is not None:
+                    result[key] = encoded
+                    continue
         try:
             elem = ds[tag]
             error = _validate(elem)
@@ -117,7 +125,7 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset)
             if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
                 inner = base + raw.value_tell
             items = [
-                _encode(item, f"{path}/{i}/", inner, threshold, bulk_uri, read_at, out)
+                _encode(item, f"{path}/{i}/", inner, threshold, bulk_uri, read_at, out, plain)
                 for i, item in enumerate(elem.value)
             ]
             encoded = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
@@ -154,6 +162,16 @@ def _validate(elem: DataElement) -> str | None:
         if message:
             return f"{elem.VR} value {text[:64]!r} {message}"
     return None
+
+
+def _charset(ds: Dataset) -> str:
+    try:
+        value = ds[0x00080005].value
+    except Exception:
+        return "?"
+    if isinstance(value, MultiValue | list):
+        return str(value[0]).strip() if len(value) == 1 else "?"
+    return str(value or "").strip()
 
 
 def _finite(value) -> bool:
