@@ -1,0 +1,50 @@
+"""The benchmark runs end to end on a tiny data set: both servers answer every workload, and
+every answer passed the benchmark's own verification (UIDs, counts, bytes). No timing is
+asserted: the benchmark measures, this checks that it can."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bench.report import TARGETS
+from bench.servers import orthanc_available
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(orthanc_available() is not None, reason=str(orthanc_available()))
+def test_smoke_run_against_orthanc(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--profile", "smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    servers = results["servers"]
+    assert set(servers) == {"dicomhub", "Orthanc"}
+    ids = {name: [r["id"] for r in s["workloads"]] for name, s in servers.items()}
+    assert ids["dicomhub"] == ids["Orthanc"]
+    assert {"ingest-small", "retrieve-study", "frame-single"} <= set(ids["dicomhub"])
+    for server in servers.values():
+        for r in server["workloads"]:
+            assert r[r["metric"]] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert [t["id"] for t in results["targets"]] == [t[0] for t in TARGETS]
+    assert results["ceilings"]["loopback_http"]["mb_per_s"] > 0
+    assert "| workload |" in out.with_suffix(".md").read_text()
+
+
+def test_scale_mode_smoke(tmp_path):
+    out = tmp_path / "scale.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "scale", "--instances", "300", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["stored"] for r in results["ingest"]][-1] == 300
+    assert {r["id"] for r in results["searches"]} >= {"qido-patient-id", "qido-instances"}
