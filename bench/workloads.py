@@ -30,7 +30,8 @@ class Profile:
     frame_size: int = 256  # rows = columns of each frame (and of the single-frame instance)
     search_instances: int = 100_000  # small images loaded for search volume
     small_size: int = 32  # rows = columns of the small images
-    repeat: int = 30  # requests per QIDO query kind and per frame case
+    repeat: int = 30  # requests per QIDO query kind
+    frame_repeat: int = 100  # requests per frame case
     metadata_repeat: int = 5
     retrieve_repeat: int = 3
 
@@ -46,6 +47,7 @@ PROFILES = {
         search_instances=200,
         small_size=8,
         repeat=3,
+        frame_repeat=3,
         metadata_repeat=2,
         retrieve_repeat=1,
     ),
@@ -319,14 +321,14 @@ def frames(client: Client, data: Data) -> list[dict]:
             "frame-multi",
             f"a frame of the {data.p.frames}-frame instance ({size}x{size})",
             f"/studies/{st.uid}/series/{multi.uid}/instances/{multi.uid}.1/frames",
-            [rng.randint(1, data.p.frames) for _ in range(data.p.repeat)],
+            [rng.randint(1, data.p.frames) for _ in range(data.p.frame_repeat)],
             lambda n: ds.frame_bytes(size, n),
         ),
         (
             "frame-single",
             f"the frame of a single-frame instance ({size}x{size})",
             f"/studies/{st.uid}/series/{single.uid}/instances/{single.uid}.1/frames",
-            [1] * data.p.repeat,
+            [1] * data.p.frame_repeat,
             lambda n: ds.ct_slice(size, 1),
         ),
     ]

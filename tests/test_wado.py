@@ -55,6 +55,7 @@ def test_study_with_mixed_syntaxes_needs_no_star(loaded):
     got = parts(r)
     assert sorted(p[1] for p in got) == sorted([CT, second])
     assert all("transfer-syntax=1.2.840.10008.1.2.1" in p[0]["content-type"] for p in got)
+    assert int(r.headers["content-length"]) == len(r.content)  # known before the first byte
 
 
 def test_explicit_syntax_that_needs_transcoding_is_406(loaded):

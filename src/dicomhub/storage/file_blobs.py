@@ -55,18 +55,25 @@ class FileBlobStore:
     async def stream(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
-        f = await self._io(key, lambda: open(self._path(key), "rb"))  # noqa: SIM115
+        def first() -> tuple:
+            f = open(self._path(key), "rb")  # noqa: SIM115 - closed below
+            end = os.fstat(f.fileno()).st_size
+            if length is not None:
+                end = min(end, offset + length)
+            f.seek(offset)
+            return f, end, f.read(min(chunk_size, max(0, end - offset)))
+
+        # Opening, sizing and the first read are one hop to a thread: a file smaller than a
+        # chunk (most instances) costs one.
+        f, end, chunk = await self._io(key, first)
         try:
-            await asyncio.to_thread(f.seek, offset)
-            remaining = length
-            while remaining is None or remaining > 0:
-                size = chunk_size if remaining is None else min(chunk_size, remaining)
-                chunk = await asyncio.to_thread(f.read, size)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
+            position = offset + len(chunk)
+            while chunk:
                 yield chunk
+                if position >= end:
+                    break
+                chunk = await asyncio.to_thread(f.read, min(chunk_size, end - position))
+                position += len(chunk)
         finally:
             f.close()
 

@@ -53,15 +53,24 @@ async def retrieve(request: Request) -> Response:
         return StreamingResponse(content(instance), media_type=media, headers=headers)
     boundary = new_boundary()
 
+    heads = [
+        part_header(boundary, f"{media}; transfer-syntax={syntax}")
+        for media, syntax in choice.served
+    ]
+
     async def body() -> AsyncIterator[bytes]:
-        for instance, (media, syntax) in zip(instances, choice.served, strict=True):
-            yield part_header(boundary, f"{media}; transfer-syntax={syntax}")
+        for instance, head in zip(instances, heads, strict=True):
+            yield head
             async for chunk in content(instance):
                 yield chunk
             yield PART_END
         yield closing(boundary)
 
     headers = cache_headers(instances[0]) if scope.sop else {}
+    # The length is known before the first byte: clients can show progress, and the body is
+    # sent without chunked framing.
+    length = sum(len(h) + i.size + len(PART_END) for h, i in zip(heads, instances, strict=True))
+    headers["Content-Length"] = str(length + len(closing(boundary)))
     return StreamingResponse(body(), media_type=_multipart(DICOM, boundary), headers=headers)
 
 
