@@ -49,6 +49,13 @@ def test_readme_lists_every_setting():
         assert f"`--{f.name.replace('_', '-')}`" in readme, f.name
 
 
+def test_settings_survive_the_environment():
+    """How ``serve --workers`` hands its settings to the worker processes."""
+    s = Settings.load({"port": 9000, "qido_strict": True, "cleanup_interval": 0.5, "workers": 3})
+    assert Settings.load(None, s.environ()) == s
+    assert Settings.load(None, Settings.load(None, {}).environ()) == Settings.load(None, {})
+
+
 def test_settings_from_environment_and_flags():
     s = Settings.load({"port": 9000}, {"DICOMHUB_PORT": "1234", "DICOMHUB_DELETE_DELAY": "5"})
     assert s.port == 9000 and s.delete_delay == 5

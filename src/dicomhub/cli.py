@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fcntl
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -54,21 +56,48 @@ def main(argv: list[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     settings = Settings.load(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    _configure_logging(settings)
     if command == "serve":
         import uvicorn
 
         from dicomhub.web.app import create_app
 
         lock = _lock_data_dir(settings)
-        app = create_app(settings, build_archive(settings))
-        uvicorn.run(
-            app,
+        options = dict(
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
         )
+        if settings.workers > 1:
+            # Recovery runs once, here, before any worker stores; the workers read these
+            # settings back from the environment.
+            asyncio.run(_recover(settings))
+            os.environ.update(settings.environ())
+            uvicorn.run(
+                "dicomhub.cli:worker_app", factory=True, workers=settings.workers, **options
+            )
+        else:
+            uvicorn.run(create_app(settings, build_archive(settings)), **options)
         lock.close()
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+async def _recover(settings: Settings) -> None:
+    archive = build_archive(settings)
+    await archive.start(recover=True)
+    await archive.close()
+
+
+def worker_app():
+    """The app of one of several ``serve --workers`` processes (uvicorn's factory)."""
+    from dicomhub.web.app import create_app
+
+    settings = Settings.load()
+    _configure_logging(settings)
+    return create_app(settings, build_archive(settings), recover=False)

@@ -57,6 +57,11 @@ class Settings:
         False, "Reject searches with unknown or unsupported query keys (400), not ignore them."
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    workers: int = _setting(
+        1,
+        "HTTP server processes: each uses one core; all share the index, the blob store and the "
+        "port.",
+    )
 
     @property
     def resolved_index_url(self) -> str:
@@ -74,6 +79,15 @@ class Settings:
     def spool_dir(self) -> Path:
         """Where request bodies are spooled before they are parsed and stored."""
         return Path(self.data_dir).resolve() / "spool"
+
+    def environ(self) -> dict[str, str]:
+        """These settings as ``DICOMHUB_*`` variables (what ``load`` reads back)."""
+        return {
+            "DICOMHUB_" + f.name.upper(): str(getattr(self, f.name)).lower()
+            if isinstance(f.default, bool)
+            else str(getattr(self, f.name))
+            for f in self.fields()
+        }
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:

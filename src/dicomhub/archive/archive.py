@@ -26,11 +26,14 @@ class Archive:
         self.changefeed = ChangeFeedService(index)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size)
 
-    async def start(self) -> None:
+    async def start(self, recover: bool = True) -> None:
+        """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
+        claims of interrupted stores) -- only safe while no other process is storing."""
         await self.index.start()
         await self.blobs.start()
-        clear_spool(self.settings.spool_dir)
-        await self.cleanup.remove_abandoned_claims()
+        if recover:
+            clear_spool(self.settings.spool_dir)
+            await self.cleanup.remove_abandoned_claims()
 
     async def close(self) -> None:
         await self.index.close()

@@ -78,10 +78,12 @@ def routes() -> list[BaseRoute]:
     return out
 
 
-def create_app(settings: Settings, archive: Archive, run_workers: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, archive: Archive, run_workers: bool = True, recover: bool = True
+) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await archive.start()
+        await archive.start(recover)
         worker = None
         if run_workers:
             worker = asyncio.create_task(archive.cleanup.run_forever(settings.cleanup_interval))
