@@ -130,6 +130,9 @@ def markdown(results: dict) -> str:
         "",
         f"Ceilings: page-cache read {c['page_cache']['mb_per_s']:g} MB/s, "
         f"loopback HTTP {c['loopback_http']['mb_per_s']:g} MB/s (same client).",
+        "Peak memory: "
+        + ", ".join(f"{n} {s['peak_rss_mb']:g} MB" for n, s in results["servers"].items())
+        + f" (dicomhub with {results['profile'].get('workers', 1)} worker process(es)).",
         "",
         "| target | kind | minimum | measured | met |",
         "|---|---|---|---|---|",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -82,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-orthanc", action="store_true", help="measure dicomhub alone")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="dicomhub server processes (default: one per core, as Orthanc uses every core)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=[w.__name__ for w in workloads.WORKLOADS],
@@ -100,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = data.reference_files
     print(f"data set ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
-    servers: list[Server] = [Dicomhub(workdir / "dicomhub")]
-    servers += [Dicomhub(workdir / f"dicomhub-{i}", url) for i, url in enumerate(args.index_url)]
+    extra = ["--workers", str(args.workers)]
+    servers: list[Server] = [Dicomhub(workdir / "dicomhub", extra=extra)]
+    servers += [
+        Dicomhub(workdir / f"dicomhub-{i}", url, extra) for i, url in enumerate(args.index_url)
+    ]
     skipped = {}
     why = "--no-orthanc" if args.no_orthanc else orthanc_available()
     if why:
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "machine": report.machine(),
-        "profile": {"name": args.profile, **dataclasses.asdict(profile)},
+        "profile": {"name": args.profile, "workers": args.workers, **dataclasses.asdict(profile)},
         "ceilings": {
             "page_cache": page_cache(workdir, reference),
             "loopback_http": loopback(

@@ -73,14 +73,20 @@ class Server:
         self.__exit__(None, None, None)
         raise RuntimeError(f"{self.name} did not answer on port {self.port}")
 
-    def peak_rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        except OSError:
-            return None
-        return None
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the server and its worker processes, summed."""
+        total, pending = 0, [str(self.process.pid)]
+        while pending:
+            pid = pending.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                pending += Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            total += next(
+                int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")
+            )
+        return round(total / 1024, 1)
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
