@@ -42,6 +42,7 @@ class Timing:
     units: int
     sent: int
     received: int
+    server_cpu: float | None = None  # seconds of server CPU over the run
 
     def summary(self, unit: str) -> dict:
         q = _percentiles(self.latencies)
@@ -54,6 +55,9 @@ class Timing:
             "p50_ms": round(q[50] * 1000, 2),
             "p95_ms": round(q[95] * 1000, 2),
             "p99_ms": round(q[99] * 1000, 2),
+            "server_cpu_ms_per_unit": None
+            if self.server_cpu is None
+            else round(self.server_cpu / self.units * 1000, 3),
         }
 
 
@@ -67,7 +71,9 @@ def _percentiles(values: Sequence[float]) -> dict[int, float]:
 class Client:
     """Requests against one base URL, e.g. ``http://127.0.0.1:8080/v2``."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, cpu: Callable[[], float] | None = None):
+        """``cpu`` tells the server's CPU seconds so far (reported per unit of work)."""
+        self.cpu = cpu
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
         self.prefix = parts.path.rstrip("/")
@@ -114,12 +120,15 @@ class Client:
                 conn.close()
 
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        cpu = self.cpu() if self.cpu else None
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
+        if cpu is not None:
+            cpu = self.cpu() - cpu
         if errors:
             raise errors[0]
         done = [r for r in responses if r is not None]
@@ -129,6 +138,7 @@ class Client:
             units=sum(r.units for r in requests),
             sent=sum(len(r.body or b"") for r in requests),
             received=sum(len(r.body) for r in done),
+            server_cpu=cpu,
         )
         return timing, done
 

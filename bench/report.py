@@ -99,9 +99,12 @@ def _fmt(result: dict | None) -> str:
     if result is None:
         return "-"
     unit = {"instances_per_s": "inst/s", "mb_per_s": "MB/s"}.get(result["metric"], "ms")
-    tail = f" ({result['mb_per_s']} MB/s)" if result["metric"] == "instances_per_s" else ""
-    value = result[result["metric"]]
-    return f"{value:g} {unit}{tail}"
+    notes = [f"{result['mb_per_s']} MB/s"] if result["metric"] == "instances_per_s" else []
+    cpu = result.get("server_cpu_ms_per_unit")
+    if cpu is not None:
+        notes.append(f"{cpu:g} ms CPU each")
+    tail = f" ({'; '.join(notes)})" if notes else ""
+    return f"{result[result['metric']]:g} {unit}{tail}"
 
 
 def markdown(results: dict) -> str:

@@ -56,7 +56,7 @@ def loopback(workdir: Path, size: int, repeat: int) -> dict:
 
 
 def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
-    client = Client(server.base_url)
+    client = Client(server.base_url, server.cpu_seconds)
     data.stored = []
     out: list[dict] = []
     with server:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         with Dicomhub(workdir / "dicomhub", args.index_url) as server:
-            client = Client(server.base_url)
+            client = Client(server.base_url, server.cpu_seconds)
             done = 0
             for end in windows(len(studies) * PER_STUDY):
                 chunk = studies[done // PER_STUDY : end // PER_STUDY]

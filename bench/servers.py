@@ -73,20 +73,33 @@ class Server:
         self.__exit__(None, None, None)
         raise RuntimeError(f"{self.name} did not answer on port {self.port}")
 
-    def peak_rss_mb(self) -> float:
-        """Peak resident memory of the server and its worker processes, summed."""
-        total, pending = 0, [str(self.process.pid)]
+    def _tree(self):
+        """(pid, /proc/pid/status text, /proc/pid/stat fields) of the server and its workers."""
+        pending = [str(self.process.pid)]
         while pending:
             pid = pending.pop()
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 pending += Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             except OSError:
                 continue
-            total += next(
-                int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")
-            )
-        return round(total / 1024, 1)
+            yield pid, status, stat
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the server and its worker processes, summed."""
+        kb = sum(
+            int(line.split()[1])
+            for _, status, _ in self._tree()
+            for line in status.splitlines()
+            if line.startswith("VmHWM:")
+        )
+        return round(kb / 1024, 1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes."""
+        ticks = sum(int(stat[11]) + int(stat[12]) for _, _, stat in self._tree())
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
