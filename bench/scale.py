@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__)
     parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--index-url", help="the index to fill (default: embedded SQLite)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="dicomhub server processes (default: one per core)",
+    )
     parser.add_argument("--workdir", help="where the server keeps its data (default: temp)")
     parser.add_argument("--out", default="bench-results/scale.json")
     args = parser.parse_args(argv)
@@ -43,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dicomhub-scale-"))
     rows = []
     try:
-        with Dicomhub(workdir / "dicomhub", args.index_url) as server:
+        extra = ["--workers", str(args.workers)]
+        with Dicomhub(workdir / "dicomhub", args.index_url, extra) as server:
             client = Client(server.base_url, server.cpu_seconds)
             done = 0
             for end in windows(len(studies) * PER_STUDY):
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "machine": report.machine(),
         "instances": done,
+        "workers": args.workers,
         "ingest": rows,
         "searches": searches,
         "peak_rss_mb": rss,
