@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             for end in windows(len(studies) * PER_STUDY):
                 chunk = studies[done // PER_STUDY : end // PER_STUDY]
                 files = [f for st in chunk for f in ds.instances(st, profile.small_size)]
-                timing = workloads._stow(client, files, 4, 50)
+                timing = workloads.send_instances(client, files, 4, 50)
                 data.stored += chunk
                 done = end
                 rows.append({"stored": done, **timing.summary("instances")})

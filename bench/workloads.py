@@ -120,7 +120,9 @@ def _values(items: list, tag: str) -> list[str]:
     return [item[tag]["Value"][0] for item in items]
 
 
-def _stow(client: Client, files: list[tuple[str, bytes]], clients: int, per_request: int):
+def send_instances(client: Client, files: list[tuple[str, bytes]], clients: int, per_request: int):
+    """STOW ``files`` ((SOP Instance UID, bytes)) in requests of ``per_request`` from ``clients``
+    connections; every answer must list exactly the sent instances."""
     requests = [
         multipart([body for _, body in files[i : i + per_request]])
         for i in range(0, len(files), per_request)
@@ -140,11 +142,11 @@ def _stow(client: Client, files: list[tuple[str, bytes]], clients: int, per_requ
 def load(client: Client, data: Data) -> list[dict]:
     """Set-up data: the reference and frames studies, then the small images for search volume
     (the last reported as an ingest rate of small instances)."""
-    _stow(client, list(data.reference_files.items()), *LOAD)
+    send_instances(client, list(data.reference_files.items()), *LOAD)
     multi, single = data.frames_files.items()
-    _stow(client, [multi], 1, 1)
-    _stow(client, [single], 1, 1)
-    timing = _stow(client, data.search_files, 4, 50)
+    send_instances(client, [multi], 1, 1)
+    send_instances(client, [single], 1, 1)
+    timing = send_instances(client, data.search_files, 4, 50)
     data.stored += [data.reference, data.frames_study, *data.search_studies]
     summary = timing.summary("instances")
     return [
@@ -164,7 +166,7 @@ def stow(client: Client, data: Data) -> list[dict]:
     for case, (clients, per_request) in enumerate(STOW_CASES):
         files = data.stow_files(case)
         size_kb = round(sum(len(b) for _, b in files) / len(files) / 1024)
-        timing = _stow(client, files, clients, per_request)
+        timing = send_instances(client, files, clients, per_request)
         data.stored += data.stow_studies(case)
         out.append(
             _result(
