@@ -57,11 +57,15 @@ class FileBlobStore:
     ) -> AsyncIterator[bytes]:
         def first() -> tuple:
             f = open(self._path(key), "rb")  # noqa: SIM115 - closed below
-            end = os.fstat(f.fileno()).st_size
-            if length is not None:
-                end = min(end, offset + length)
-            f.seek(offset)
-            return f, end, f.read(min(chunk_size, max(0, end - offset)))
+            try:
+                end = os.fstat(f.fileno()).st_size
+                if length is not None:
+                    end = min(end, offset + length)
+                f.seek(offset)
+                return f, end, f.read(min(chunk_size, max(0, end - offset)))
+            except BaseException:
+                f.close()
+                raise
 
         # Opening, sizing and the first read are one hop to a thread: a file smaller than a
         # chunk (most instances) costs one.
