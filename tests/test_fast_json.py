@@ -7,10 +7,11 @@ import warnings
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
 from dicomhub.dicom import fast_json
-from dicomhub.dicom.json_model import _charset, _validate
+from dicomhub.dicom.json_model import _charset, _implicit, _validate
 
 
 def _elements(ds, plain=True):
@@ -39,21 +40,25 @@ def _files():
 
 
 def test_equal_to_pydicom():
-    taken = 0
+    taken = implicit = 0
     for path, ds in _files():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for parent, tag, raw in list(_elements(ds)):
-                if raw.VR is None:
-                    continue
-                fast = fast_json.encode(raw.VR, raw.value, raw.is_little_endian)
+                vr = raw.VR
+                if vr is None:  # implicit VR: the dictionary's, when it fixes one
+                    if not _implicit(raw):
+                        continue
+                    vr = dictionary_VR(tag)
+                    implicit += 1
+                fast = fast_json.encode(vr, raw.value, raw.is_little_endian)
                 if fast is None:
                     continue
                 taken += 1
                 elem = parent[tag]
                 assert _validate(elem) is None, (path, hex(tag))
                 assert fast == elem.to_json_dict(None, 0), (path, hex(tag), raw.value[:80])
-    assert taken > 1000  # the fast path does take on most elements
+    assert taken > 1000 and implicit > 100  # the fast path does take on most elements
 
 
 @pytest.mark.parametrize(

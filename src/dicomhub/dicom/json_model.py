@@ -101,7 +101,7 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset,
                     out.bulk[path] = (offset, raw.length)
                 result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
                 continue
-            if plain and vr == raw.VR and isinstance(raw.value, bytes):
+            if plain and isinstance(raw.value, bytes) and (vr == raw.VR or _implicit(raw)):
                 encoded = fast_json.encode(vr, raw.value, raw.is_little_endian)
                 if encoded is not None:
                     result[key] = encoded
@@ -162,6 +162,16 @@ def _validate(elem: DataElement) -> str | None:
         if message:
             return f"{elem.VR} value {text[:64]!r} {message}"
     return None
+
+
+def _implicit(raw: RawDataElement) -> bool:
+    """An implicit VR element of a standard attribute whose VR the dictionary fixes."""
+    if raw.VR is not None or Tag(raw.tag).is_private:
+        return False
+    try:
+        return " or " not in dictionary_VR(raw.tag)
+    except KeyError:
+        return False
 
 
 def _charset(ds: Dataset) -> str:
