@@ -7,11 +7,10 @@ import warnings
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
 from dicomhub.dicom import fast_json
-from dicomhub.dicom.json_model import _charset, _implicit, _validate
+from dicomhub.dicom.json_model import _charset, _raw_vr, _validate
 
 
 def _elements(ds, plain=True):
@@ -45,12 +44,10 @@ def test_equal_to_pydicom():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for parent, tag, raw in list(_elements(ds)):
-                vr = raw.VR
-                if vr is None:  # implicit VR: the dictionary's, when it fixes one
-                    if not _implicit(raw):
-                        continue
-                    vr = dictionary_VR(tag)
-                    implicit += 1
+                vr, certain = _raw_vr(raw, parent, None)
+                if not certain:  # ambiguous, private or unknown: pydicom's path
+                    continue
+                implicit += raw.VR is None
                 fast = fast_json.encode(vr, raw.value, raw.is_little_endian)
                 if fast is None:
                     continue

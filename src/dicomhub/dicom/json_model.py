@@ -93,7 +93,7 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset,
         path = prefix + key
         raw = ds._dict[tag]
         if isinstance(raw, RawDataElement):
-            vr = _raw_vr(raw, ds, bits_allocated)
+            vr, certain = _raw_vr(raw, ds, bits_allocated)
             if vr in BULK_VRS and raw.length > threshold:
                 offset = base + raw.value_tell
                 check = raw.value[:16] if raw.value else None
@@ -101,7 +101,7 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset,
                     out.bulk[path] = (offset, raw.length)
                 result[key] = {"vr": vr, "BulkDataURI": BASE_PLACEHOLDER + bulk_uri(path)}
                 continue
-            if plain and isinstance(raw.value, bytes) and (vr == raw.VR or _implicit(raw)):
+            if plain and certain and isinstance(raw.value, bytes):
                 encoded = fast_json.encode(vr, raw.value, raw.is_little_endian)
                 if encoded is not None:
                     result[key] = encoded
@@ -133,21 +133,23 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset,
     return result
 
 
-def _raw_vr(raw: RawDataElement, ds: Dataset, bits_allocated: int | None) -> str:
-    vr = raw.VR
-    if vr is None or vr == "UN":
-        try:
-            vr = dictionary_VR(raw.tag) if not Tag(raw.tag).is_private else "UN"
-        except KeyError:
-            vr = "UN"
+def _raw_vr(raw: RawDataElement, ds: Dataset, bits_allocated: int | None) -> tuple[str, bool]:
+    """The element's VR, and whether it is certain: written in the file, or the only one the
+    dictionary gives (an implicit VR standard attribute)."""
+    if raw.VR is not None and raw.VR != "UN":
+        return raw.VR, True
+    try:
+        vr = dictionary_VR(raw.tag) if not Tag(raw.tag).is_private else "UN"
+    except KeyError:
+        vr = "UN"
     if " or " in vr:  # ambiguous VR (PS3.5 annex A.1): implicit VR pixel data is OW
         if raw.tag == 0x7FE00010:  # encapsulated is OB; native OB only for <= 8 bits explicit
             if raw.length == 0xFFFFFFFF:
-                return "OB"
+                return "OB", False
             if not raw.is_implicit_VR and (bits_allocated or 16) <= 8:
-                return "OB"
-        return "OW" if "OW" in vr else vr.split(" or ")[0]
-    return vr
+                return "OB", False
+        return ("OW" if "OW" in vr else vr.split(" or ")[0]), False
+    return vr, raw.VR is None and vr != "UN"
 
 
 def _validate(elem: DataElement) -> str | None:
@@ -162,16 +164,6 @@ def _validate(elem: DataElement) -> str | None:
         if message:
             return f"{elem.VR} value {text[:64]!r} {message}"
     return None
-
-
-def _implicit(raw: RawDataElement) -> bool:
-    """An implicit VR element of a standard attribute whose VR the dictionary fixes."""
-    if raw.VR is not None or Tag(raw.tag).is_private:
-        return False
-    try:
-        return " or " not in dictionary_VR(raw.tag)
-    except KeyError:
-        return False
 
 
 def _charset(ds: Dataset) -> str:
