@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.model import Scope
 
@@ -54,52 +55,35 @@ RETURNING doc
 class LevelAttributes:
     """SQL that rewrites a study's or series' matching columns, document and side rows."""
 
-    columns: tuple[str, ...]
+    columns: tuple[str, ...]  # the level's matching columns (search_keys), its UID excepted
     update: str  # SET the columns, then doc; WHERE key
     clear_side: str
     insert_side: str
 
 
+def _level_attributes(level: Level, clear_side: str, insert_side: str) -> LevelAttributes:
+    columns = tuple(
+        k.column
+        for k in sk.KEYS
+        if k.level is level and k.column and k.kind not in (sk.Kind.ITEM, sk.Kind.UID)
+    )
+    table = level.name.lower()
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    update = f"UPDATE {table} SET {sets}, doc = ? WHERE {table}_key = ?"
+    return LevelAttributes(columns, update, clear_side, insert_side)
+
+
 LEVEL_ATTRIBUTES = {
-    Level.STUDY: LevelAttributes(
-        columns=(
-            "patient_name",
-            "patient_id",
-            "patient_birth_date",
-            "study_date",
-            "study_time",
-            "accession_number",
-            "referring_physician",
-            "study_description",
-            "study_id",
-        ),  # fmt: skip
-        update="""
-UPDATE study SET patient_name = ?, patient_id = ?, patient_birth_date = ?, study_date = ?,
-    study_time = ?, accession_number = ?, referring_physician = ?, study_description = ?,
-    study_id = ?, doc = ?
-WHERE study_key = ?
-""",
-        clear_side="DELETE FROM person_name_word WHERE study_key = ?",
-        insert_side="INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)",
+    Level.STUDY: _level_attributes(
+        Level.STUDY,
+        "DELETE FROM person_name_word WHERE study_key = ?",
+        "INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)",
     ),
-    Level.SERIES: LevelAttributes(
-        columns=(
-            "modality",
-            "series_number",
-            "pps_start_date",
-            "pps_start_time",
-            "manufacturer_model_name",
-        ),  # fmt: skip
-        update="""
-UPDATE series SET modality = ?, series_number = ?, pps_start_date = ?, pps_start_time = ?,
-    manufacturer_model_name = ?, doc = ?
-WHERE series_key = ?
-""",
-        clear_side="DELETE FROM series_request WHERE series_key = ?",
-        insert_side=(
-            "INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id) "
-            "VALUES (?, ?, ?)"
-        ),
+    Level.SERIES: _level_attributes(
+        Level.SERIES,
+        "DELETE FROM series_request WHERE series_key = ?",
+        "INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id) "
+        "VALUES (?, ?, ?)",
     ),
 }
 BACKFILL_INSTANCES = """
