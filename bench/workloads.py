@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from bench import dataset as ds
 from bench.client import Client, Request, Response, check, multipart, parts
@@ -111,7 +112,7 @@ def _result(id_: str, label: str, metric: str, better: str, summary: dict) -> di
     return {"id": id_, "label": label, "metric": metric, "better": better, **summary}
 
 
-def _json(response: Response, what: str) -> list:
+def _json(response: Response, what: str) -> Any:
     check(response.status == 200, lambda: f"{what}: HTTP {response.status} {response.body[:300]!r}")
     return json.loads(response.body) if response.body else []
 

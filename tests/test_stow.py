@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dicomhub.archive.store import PIPELINE
 from tests.dicomfiles import load, read, with_new_uids
 from tests.helpers import BOUNDARY, failures, multipart, stored_uids, stow
+from tests.synthetic import instance, uid
 
 CT = load("CT_small.dcm")
 MR = load("MR_small.dcm")
@@ -260,9 +262,6 @@ def _save(ds) -> bytes:
 def test_many_parts_keep_their_order(client):
     """Parts are stored several at a time; outcomes, the change feed and default search order
     still follow the order of the parts, and a bad part among them fails alone."""
-    from dicomhub.archive.store import PIPELINE
-    from tests.synthetic import instance, uid
-
     count = 3 * PIPELINE + 1
     sops = [uid(77, 1, n) for n in range(count)]
     parts = [instance(uid(77), uid(77, 1), sop) for sop in sops]
@@ -281,8 +280,6 @@ def test_many_parts_keep_their_order(client):
 def test_duplicate_after_a_slower_part_in_one_request(client):
     """The first of two parts with one SOP Instance UID is stored even when the second finishes
     parsing first; the second is the duplicate."""
-    from tests.synthetic import instance, uid
-
     sop = uid(78, 1, 1)
     slow = instance(uid(78), uid(78, 1), sop, EncapsulatedDocument=bytes(4_000_000))
     fast = instance(uid(78), uid(78, 1), sop)

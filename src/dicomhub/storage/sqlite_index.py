@@ -440,7 +440,8 @@ def _merge_attributes(c: sqlite3.Connection, level: Level, key: int, old: str | 
         return
     js = json.loads(merged)
     table = q.LEVEL_ATTRIBUTES[level]
-    values = [sk.columns(level, js).get(name) for name in table.columns]
+    normalised = sk.columns(level, js)
+    values = [normalised[name] for name in table.columns]
     c.execute(table.update, (*values, merged, key))
     c.execute(table.clear_side, (key,))
     side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
