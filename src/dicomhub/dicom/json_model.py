@@ -190,9 +190,14 @@ def _int_or_none(ds: Dataset, tag: int) -> int | None:
         return None
 
 
+def compact(data: Any) -> str:
+    """Compact JSON text, as stored and served."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(data: Any) -> bytes:
     """Compact JSON bytes, as stored and served."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact(data).encode("utf-8")
 
 
 def with_base_url(stored: bytes, base_url: str) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from dicomhub.dicom.json_model import compact
 from dicomhub.dicom.levels import INSTANCE_SUMMARY, SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, Level
 from dicomhub.dicom.validate import valid_date
 from dicomhub.model import SearchRecord
@@ -207,7 +208,7 @@ def merge_docs(old: str | None, new: str) -> str:
         return new
     merged = json.loads(old)
     merged.update(json.loads(new))
-    return json.dumps(dict(sorted(merged.items())), separators=(",", ":"), ensure_ascii=False)
+    return compact(dict(sorted(merged.items())))
 
 
 def columns(level: Level, js: dict[str, Any]) -> dict[str, Any]:
@@ -278,4 +279,4 @@ def _doc(js: dict[str, Any], tags: frozenset[int]) -> str:
         for key, element in sorted(js.items())
         if int(key, 16) in tags and "BulkDataURI" not in element
     }
-    return json.dumps(picked, separators=(",", ":"), ensure_ascii=False)
+    return compact(picked)

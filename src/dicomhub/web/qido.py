@@ -7,6 +7,7 @@ import json
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomhub.dicom.json_model import dumps
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Query, parse_query
 from dicomhub.dicom.uids import require_uid
@@ -43,9 +44,8 @@ async def _search(request: Request, level: Level) -> Response:
         )
     if page.more and query.capped:
         texts.append(MORE_RESULTS)
-    body = json.dumps(page.results, separators=(",", ":"), ensure_ascii=False).encode()
     headers = {"Warning": ", ".join(f'299 {service}: "{t}"' for t in texts)} if texts else {}
-    return Response(body, media_type=media, headers=headers)
+    return Response(dumps(page.results), media_type=media, headers=headers)
 
 
 async def _count(request: Request, level: Level) -> Response:
