@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
+from tests import components
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,6 +89,33 @@ def running_server(data: Path, **env_settings: str):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _component(start, tmp_path_factory, name):
+    """A session-wide component (see components.py), its credentials in this process's
+    environment; skipped with the reason when it cannot run here."""
+    try:
+        with start(tmp_path_factory.mktemp(name)) as store:
+            saved = {k: os.environ.get(k) for k in store.env}
+            os.environ.update(store.env)
+            yield store
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    except components.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    yield from _component(components.azurite, tmp_path_factory, "azurite")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    yield from _component(components.seaweedfs, tmp_path_factory, "seaweedfs")
 
 
 @pytest.fixture(scope="session")

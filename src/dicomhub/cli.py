@@ -18,7 +18,9 @@ from dicomhub.storage.urls import open_blobs, open_index
 
 def build_archive(settings: Settings) -> Archive:
     return Archive(
-        settings, open_index(settings.resolved_index_url), open_blobs(settings.resolved_blob_url)
+        settings,
+        open_index(settings.resolved_index_url),
+        open_blobs(settings.resolved_blob_url, settings.blob_multipart_threshold),
     )
 
 

