@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomhub.cli import build_archive
+from dicomhub.clock import utcnow
 from dicomhub.model import InstanceId, Scope, blob_key
 from dicomhub.settings import Settings
 from tests.dicomfiles import load, read, with_new_uids
@@ -87,7 +88,7 @@ def test_interrupted_store_is_undone_at_start(tmp_path):
         archive = build_archive(settings)
         await archive.start()
         found = await archive.index.instances(Scope(ids(CT)[0]))
-        claims = await archive.index.abandoned_claims()
+        claims = await archive.index.abandoned_claims(utcnow() + timedelta(days=1))
         await archive.close()
         return found, claims
 

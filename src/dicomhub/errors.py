@@ -51,7 +51,3 @@ class Unavailable(DicomhubError):
 
 class AlreadyExists(Conflict):
     """The SOP instance is already stored."""
-
-
-class Pending(Conflict):
-    """Another request is storing the same SOP instance right now."""

@@ -58,6 +58,11 @@ class Settings:
     )
     cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
     cleanup_batch_size: int = _setting(100, "Deleted blobs removed per cleanup run.")
+    upload_timeout: float = _setting(
+        3600.0,
+        "Seconds after which a store that has not finished (its node died, or it is that slow) "
+        "is abandoned by the cleanup job and its blob deleted.",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )
@@ -68,7 +73,7 @@ class Settings:
     workers: int = _setting(
         1,
         "HTTP server processes: each uses one core; all share the index, the blob store and the "
-        "port.",
+        "port. Crash recovery runs once, before they start.",
     )
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
@@ -9,6 +11,7 @@ from dicomhub.archive.retrieve import RetrieveService
 from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
+from dicomhub.clock import utcnow
 from dicomhub.errors import Unavailable
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import BlobStore, IndexStore
@@ -24,16 +27,17 @@ class Archive:
         self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
-        self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size)
+        self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
-        claims of interrupted stores) -- only safe while no other process is storing."""
+        stores in progress) -- only safe while no other process is storing."""
         await self.index.start()
         await self.blobs.start()
         if recover:
             clear_spool(self.settings.spool_dir)
-            await self.cleanup.remove_abandoned_claims()
+            if await self.cleanup.remove_abandoned_claims(utcnow() + timedelta(days=1)):
+                await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:
         await self.index.close()

@@ -1,4 +1,4 @@
-"""Background cleanup: blobs of deleted instances, and claims left by interrupted stores.
+"""Background cleanup: blobs of deleted instances, and stores that never finished.
 
 The queue lives in the index, so it survives restarts; a blob whose deletion fails is retried
 later. Runs inside ``dicomhub serve`` in the embedded mode.
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dicomhub.clock import utcnow
-from dicomhub.model import blob_key
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
 log = logging.getLogger(__name__)
@@ -19,20 +18,22 @@ RETRY_AFTER = timedelta(hours=1)
 
 
 class Cleanup:
-    def __init__(self, index: IndexStore, blobs: BlobStore, batch_size: int):
+    def __init__(self, index: IndexStore, blobs: BlobStore, batch_size: int, upload_timeout: float):
         self.index = index
         self.blobs = blobs
         self.batch_size = batch_size
+        self.upload_timeout = timedelta(seconds=upload_timeout)
 
-    async def remove_abandoned_claims(self) -> int:
-        """Undo stores cut off by a crash: their blob (if any) and their invisible claim."""
-        claims = await self.index.abandoned_claims()
-        for version, partition in claims:
-            await self.blobs.delete(blob_key(partition, version))
-            await self.index.abandon(version)
-        if claims:
-            log.info("removed %d claim(s) left by interrupted stores", len(claims))
-        return len(claims)
+    async def remove_abandoned_claims(self, started_before: datetime) -> int:
+        """Undo stores cut off by a crash (or slower than the upload timeout): their upload
+        ends and their blob, if any, joins the deletion queue."""
+        claims = await self.index.abandoned_claims(started_before)
+        removed = 0
+        for version, _ in claims:
+            removed += await self.index.abandon(version)
+        if removed:
+            log.info("abandoned %d store(s) that never finished", removed)
+        return removed
 
     async def delete_due_blobs(self) -> int:
         """One pass over the due part of the deletion queue; returns how many were removed."""
@@ -57,6 +58,7 @@ class Cleanup:
     async def run_forever(self, interval: float) -> None:
         while True:
             try:
+                await self.remove_abandoned_claims(utcnow() - self.upload_timeout)
                 await self.delete_due_blobs()
             except Exception:  # a failing pass must not stop the worker
                 log.exception("cleanup pass failed")

@@ -23,7 +23,6 @@ from dicomhub.errors import (
     InvalidDicom,
     InvalidRequest,
     PayloadTooLarge,
-    Pending,
     UnsupportedMediaType,
 )
 from dicomhub.model import InstanceId, NewInstance, blob_key
@@ -36,38 +35,27 @@ PIPELINE = 8  # parts of one STOW request in flight at once
 
 
 class PartOrder:
-    """The place of one part among the parts of a request that are stored at once: parts claim
-    their instance and commit in part order (so stored order is part order), and a part waits
-    for an earlier part with the same SOP Instance UID before claiming it (so the second is a
-    duplicate, 45070, whichever finished parsing first)."""
+    """The place of one part among the parts of a request that are stored at once: parts take
+    their version (storage order) and commit in part order, so stored order is part order, and
+    of two parts with the same SOP Instance UID the earlier one is stored and the later one is a
+    duplicate (45070), whichever finished parsing first."""
 
     def __init__(self, previous: PartOrder | None):
         self.previous = previous
-        self.registered = asyncio.Event()  # this part and every earlier one named their SOP
+        self.reserved = asyncio.Event()  # this part and every earlier one have their version
         self.done = asyncio.Event()  # this part and every earlier one have settled
-        self.claims: dict[str, asyncio.Event] = previous.claims if previous else {}
 
-    async def _register(self, sop: str | None) -> asyncio.Event | None:
+    async def before_reserve(self) -> None:
         if self.previous is not None:
-            await self.previous.registered.wait()
-        earlier = self.claims.get(sop) if sop else None
-        if sop:
-            self.claims[sop] = self.done
-        self.registered.set()
-        return earlier
-
-    async def before_reserve(self, sop: str) -> None:
-        earlier = await self._register(sop)
-        if earlier is not None:
-            await earlier.wait()
+            await self.previous.reserved.wait()
 
     async def before_commit(self) -> None:
         if self.previous is not None:
             await self.previous.done.wait()
 
     async def finish(self) -> None:
-        if not self.registered.is_set():  # the part failed before naming its instance
-            await self._register(None)
+        await self.before_reserve()
+        self.reserved.set()
         await self.before_commit()
         self.done.set()
 
@@ -222,23 +210,21 @@ class StoreService:
         outcome = stow.PartOutcome(instance.sop_class, instance.sop)
         try:
             if order is not None:
-                await order.before_reserve(ident.sop)
+                await order.before_reserve()
             version = await self.index.reserve(ident)
+            if order is not None:
+                order.reserved.set()
+            try:
+                await self.blobs.put_file(blob_key(ident.partition, version), path)
+                if order is not None:
+                    await order.before_commit()
+                await self.index.commit(version, _new_instance(ident, instance, size))
+            except BaseException:
+                await asyncio.shield(self._release(version))
+                raise
         except AlreadyExists as exc:
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
             return outcome
-        except Pending as exc:
-            outcome.failure, outcome.message = stow.PENDING_SOP_INSTANCE, str(exc)
-            return outcome
-        key = blob_key(ident.partition, version)
-        try:
-            await self.blobs.put_file(key, path)
-            if order is not None:
-                await order.before_commit()
-            await self.index.commit(version, _new_instance(ident, instance, size))
-        except BaseException:
-            await asyncio.shield(self._release(version, key))
-            raise
         outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
         outcome.warnings = instance.warnings
         return outcome
@@ -253,12 +239,11 @@ class StoreService:
 
             return ingest(parsed, read_at, self.settings.bulkdata_threshold, strict, study)
 
-    async def _release(self, version: int, key: str) -> None:
+    async def _release(self, version: int) -> None:
         try:
-            await self.blobs.delete(key)
-            await self.index.abandon(version)
-        except Exception:  # start-up cleanup removes whatever is left
-            log.exception("could not release claim %s", version)
+            await self.index.abandon(version)  # its blob, if written, goes with the cleanup job
+        except Exception:  # the cleanup job abandons it after the upload timeout
+            log.exception("could not abandon store %s", version)
 
 
 def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:

@@ -9,7 +9,6 @@ from typing import Any
 PROCESSING_FAILURE = 272  # 0x0110: not a readable DICOM file, or it could not be stored
 VALIDATION_FAILURE = 43264  # 0xA900: invalid or missing required attribute, study mismatch
 SOP_INSTANCE_ALREADY_EXISTS = 45070  # 0xB00E
-PENDING_SOP_INSTANCE = 45071  # 0xB00F: another request is storing the same instance
 
 # WarningReason (0008,1196) values.
 ATTRIBUTES_DROPPED = 1  # v2: invalid attributes left out of the index and metadata

@@ -60,19 +60,22 @@ class IndexStore(Protocol):
         """Raise Unavailable when the database cannot be reached (health check)."""
 
     async def reserve(self, instance_id: InstanceId) -> int:
-        """Claim ``instance_id`` for a store in progress and allocate its version.
+        """Start a store: allocate the version its blob is written under (never reused).
 
-        Raises AlreadyExists when it is stored, Pending when another store holds the claim.
+        Raises AlreadyExists when the instance is stored already.
         """
 
     async def commit(self, version: int, instance: NewInstance) -> None:
-        """Make a reserved instance visible and add its ``create`` change-feed entry."""
+        """Make a reserved instance visible and add its ``create`` change-feed entry, in one
+        transaction. Raises AlreadyExists when another store of the instance committed first
+        (of concurrent stores of one instance, exactly one succeeds)."""
 
-    async def abandon(self, version: int) -> None:
-        """Release a claim whose store failed before it was committed."""
+    async def abandon(self, version: int) -> bool:
+        """End a store that will not commit and queue its blob for deletion; False when it had
+        already committed or been abandoned."""
 
-    async def abandoned_claims(self) -> list[tuple[int, str]]:
-        """(version, partition) of every claim left by a store that never finished."""
+    async def abandoned_claims(self, started_before: datetime) -> list[tuple[int, str]]:
+        """(version, partition) of the stores started before then and not finished."""
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:
         """Visible instances in ``scope``, in storage order; empty when none."""

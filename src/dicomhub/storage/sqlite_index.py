@@ -8,35 +8,20 @@ others and a burst of stores costs one fsync. Reads use their own connections (W
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dicomhub.clock import from_micros, to_micros, utcnow
-from dicomhub.dicom import search_keys as sk
-from dicomhub.dicom.levels import Level
-from dicomhub.dicom.query import Query
-from dicomhub.errors import AlreadyExists, Pending, Unavailable
-from dicomhub.model import (
-    Action,
-    ChangeFeedEntry,
-    InstanceId,
-    NewInstance,
-    Scope,
-    StoredInstance,
-    blob_key,
-)
-from dicomhub.storage import sqlite_queries as q
-from dicomhub.storage.sqlite_search import count_sql, search_sql
+from dicomhub.errors import Unavailable
+from dicomhub.storage import index_ops as ops
+from dicomhub.storage import migrations
+from dicomhub.storage.dialect import SQLITE
+from dicomhub.storage.sql_index import SqlIndex
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +32,9 @@ MAX_BATCH = 256
 ANALYSIS_LIMIT = 400
 
 
-class SqliteIndex:
+class SqliteIndex(SqlIndex):
+    dialect = SQLITE
+
     def __init__(self, path: str):
         self._memory = path == ":memory:"
         self._uri = (
@@ -120,23 +107,26 @@ class SqliteIndex:
             self._keepalive = self._connect()
         conn = self._conn()
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for number, script in migrations():
-            if number > current:
-                conn.executescript(f"BEGIN; {script};")
-                try:
-                    if number in BACKFILLS:
-                        BACKFILLS[number](conn)
-                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        if current > migrations.latest("sqlite"):
+            raise Unavailable("index", f"schema version {current} is newer than this dicomhub")
+        pending = [(n, text) for n, text in migrations.scripts("sqlite") if n > current]
+        if pending:
+            conn.executescript("BEGIN; " + ";\n".join(text for _, text in pending) + ";")
+            try:
+                if migrations.needs_rebuild(current, "sqlite"):
+                    ops.drive(lambda stmt: _execute(conn, stmt), ops.rebuild_search(SQLITE))
+                conn.executemany(
+                    "INSERT INTO schema_version (version) VALUES (?)", [(n,) for n, _ in pending]
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self._analyze()
 
     async def check(self) -> None:
-        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        await self._read(ops.single(ops.one("SELECT 1")))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -154,16 +144,25 @@ class SqliteIndex:
             self._local.stats = self._stats
         return conn
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        loop = asyncio.get_running_loop()
+    async def _read(self, op: ops.Op, snapshot: bool = False) -> Any:
+        def run() -> Any:
+            conn = self._reader()
+            if not snapshot:
+                return ops.drive(lambda stmt: _execute(conn, stmt), op)
+            conn.execute("BEGIN")
+            try:
+                return ops.drive(lambda stmt: _execute(conn, stmt), op)
+            finally:
+                conn.execute("COMMIT")
+
         try:
-            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
         except sqlite3.Error as exc:
             raise Unavailable("index", str(exc)) from exc
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _write(self, op: ops.Op) -> Any:
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn, future))
+        self._queue.put_nowait((op, future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -196,10 +195,10 @@ class SqliteIndex:
         results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for fn, _ in batch:
+            for op, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    results.append(fn(conn))
+                    results.append(ops.drive(lambda stmt: _execute(conn, stmt), op))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # noqa: BLE001 - handed to the caller's future
                     conn.execute("ROLLBACK TO op")
@@ -214,274 +213,14 @@ class SqliteIndex:
             raise
         return results
 
-    # -- store ---------------------------------------------------------------------------------
 
-    async def reserve(self, instance_id: InstanceId) -> int:
-        def op(c: sqlite3.Connection) -> int:
-            row = c.execute(q.FIND_INSTANCE_STATUS, _uids(instance_id)).fetchone()
-            if row is not None:
-                if row["status"] == 1:
-                    raise AlreadyExists(f"SOP instance {instance_id.sop} is already stored")
-                raise Pending(f"SOP instance {instance_id.sop} is being stored by another request")
-            series_key = _ensure_series(c, instance_id)
-            cur = c.execute(q.INSERT_CLAIM, (series_key, instance_id.sop, to_micros(utcnow())))
-            return cur.lastrowid
-
-        return await self._write(op)
-
-    async def commit(self, version: int, instance: NewInstance) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            now = to_micros(utcnow())
-            claim = c.execute(q.CLAIM_SERIES, (version,)).fetchone()
-            if claim is None:
-                raise Pending(f"the claim on SOP instance {instance.id.sop} was released")
-            sequence = _log_change(c, now, Action.CREATE, instance.id, version)
-            record = instance.search
-            c.execute(
-                q.COMMIT_INSTANCE,
-                (
-                    instance.sop_class,
-                    instance.transfer_syntax,
-                    instance.size,
-                    now,
-                    int(instance.parse_on_read),
-                    instance.metadata,
-                    instance.frames,
-                    instance.bulk,
-                    record.instance.get("instance_number"),
-                    record.instance.get("acquisition_datetime"),
-                    record.instance_doc,
-                    sequence,
-                    version,
-                ),
-            )
-            _count_store(c, claim["series_key"], sequence, record)
-
-        await self._write(op)
-
-    async def abandon(self, version: int) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            row = c.execute(q.CLAIM_SERIES, (version,)).fetchone()
-            c.execute(q.DELETE_CLAIM, (version,))
-            if row is not None:
-                _prune(c, row["series_key"])
-
-        await self._write(op)
-
-    async def abandoned_claims(self) -> list[tuple[int, str]]:
-        rows = await self._read(lambda c: c.execute(q.ABANDONED_CLAIMS).fetchall())
-        return [(r["version"], r["partition_name"]) for r in rows]
-
-    # -- read ----------------------------------------------------------------------------------
-
-    async def instances(self, scope: Scope) -> list[StoredInstance]:
-        sql, params = q.scoped(q.SELECT_INSTANCES, scope)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [_stored(r) for r in rows]
-
-    async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
-        sql, params = q.scoped(q.SELECT_METADATA, scope)
-        tag_sql, tag_params = q.etag_query(scope)
-
-        def fn(c: sqlite3.Connection):
-            c.execute("BEGIN")  # one snapshot for both reads
-            try:
-                rows = c.execute(sql, params).fetchall()
-                tag = c.execute(tag_sql, tag_params).fetchone()
-            finally:
-                c.execute("COMMIT")
-            return [r[0] for r in rows], (tag[0] if tag else "")
-
-        items, tag = await self._read(fn)
-        return items, str(tag)
-
-    # -- search --------------------------------------------------------------------------------
-
-    async def search(self, query: Query, needs: set[str]) -> list[dict]:
-        sql, params = search_sql(query, needs)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [dict(r) for r in rows]
-
-    async def count(self, query: Query) -> int:
-        sql, params = count_sql(query)
-        return (await self._read(lambda c: c.execute(sql, params).fetchone()))[0]
-
-    # -- delete --------------------------------------------------------------------------------
-
-    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        sql, params = q.scoped(q.SELECT_FOR_DELETE, scope)
-        due = to_micros(cleanup_after)
-
-        def op(c: sqlite3.Connection) -> int:
-            rows = c.execute(sql, params).fetchall()
-            now = to_micros(utcnow())
-            removed: dict[int, list[int]] = {}  # series key -> change sequences
-            for r in rows:
-                iid = InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"])
-                c.execute(q.DELETE_INSTANCE, (r["version"],))
-                c.execute(q.QUEUE_BLOB_DELETION, (blob_key(r["partition_name"], r["version"]), due))
-                sequence = _log_change(c, now, Action.DELETE, iid, r["version"])
-                removed.setdefault(r["series_key"], []).append(sequence)
-            for series_key, sequences in removed.items():
-                study_key, emptied = c.execute(
-                    q.COUNT_SERIES_DELETE, (len(sequences), sequences[-1], series_key)
-                ).fetchone()
-                c.execute(q.COUNT_STUDY_DELETE, (len(sequences), emptied, sequences[-1], study_key))
-                _prune(c, series_key)
-            return len(rows)
-
-        return await self._write(op)
-
-    async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
-        rows = await self._read(
-            lambda c: c.execute(q.DUE_BLOB_DELETIONS, (to_micros(now), limit)).fetchall()
-        )
-        return [(r["id"], r["blob_key"]) for r in rows]
-
-    async def finish_blob_deletions(self, ids: list[int]) -> None:
-        await self._write(lambda c: c.executemany(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
-
-    async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
-        await self._write(lambda c: c.execute(q.RETRY_BLOB_DELETION, (to_micros(not_before), id)))
-
-    # -- change feed ---------------------------------------------------------------------------
-
-    async def changefeed(
-        self,
-        offset: int,
-        limit: int,
-        by_sequence: bool,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        include_metadata: bool = True,
-    ) -> list[ChangeFeedEntry]:
-        if by_sequence:
-            sql, params = q.CHANGEFEED_BY_SEQUENCE, (offset, offset + limit)
-        else:
-            lo = to_micros(start) if start else -(2**62)
-            hi = to_micros(end) if end else 2**62
-            sql, params = q.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
-        sql = sql.format(metadata="i.metadata" if include_metadata else "NULL")
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [_entry(r) for r in rows]
-
-    async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None:
-        sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
-        row = await self._read(lambda c: c.execute(sql).fetchone())
-        return _entry(row) if row else None
-
-
-def _backfill_search(c: sqlite3.Connection) -> None:
-    """Migration 2: derive the search columns of instances stored before it from their metadata."""
-    rows = c.execute(q.BACKFILL_INSTANCES).fetchall()
-    for r in rows:
-        (metadata,) = c.execute(q.INSTANCE_METADATA, (r["version"],)).fetchone()
-        record = sk.describe(json.loads(metadata))
-        sequence = r["sequence"] or 0
-        c.execute(
-            q.BACKFILL_INSTANCE,
-            (
-                record.instance.get("instance_number"),
-                record.instance.get("acquisition_datetime"),
-                record.instance_doc,
-                sequence,
-                r["version"],
-            ),
-        )
-        _count_store(c, r["series_key"], sequence, record)
-
-
-BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _backfill_search}
-
-
-def migrations() -> list[tuple[int, str]]:
-    folder = resources.files("dicomhub.storage") / "sql" / "sqlite"
-    scripts = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(int(name.split("_", 1)[0]), text) for name, text in scripts]
-
-
-def _uids(i: InstanceId) -> tuple[str, str, str, str]:
-    return (i.partition, i.study, i.series, i.sop)
-
-
-def _ensure_series(c: sqlite3.Connection, i: InstanceId) -> int:
-    c.execute(q.INSERT_STUDY, (i.partition, i.study))
-    study_key = c.execute(q.STUDY_KEY, (i.partition, i.study)).fetchone()[0]
-    c.execute(q.INSERT_SERIES, (study_key, i.series))
-    return c.execute(q.SERIES_KEY, (study_key, i.series)).fetchone()[0]
-
-
-def _prune(c: sqlite3.Connection, series_key: int) -> None:
-    """Remove a series (and its study) left without instances."""
-    row = c.execute(q.SERIES_STUDY, (series_key,)).fetchone()
-    if row is None:
-        return
-    c.execute(q.DELETE_EMPTY_SERIES, (series_key, series_key))
-    c.execute(q.DELETE_EMPTY_STUDY, (row[0], row[0]))
-
-
-def _count_store(c: sqlite3.Connection, series_key: int, sequence: int, record) -> None:
-    """Counters, change sequences and attributes of an instance's series and study."""
-    study_key, first, series_doc = c.execute(
-        q.COUNT_SERIES_STORE, (sequence, sequence, series_key)
-    ).fetchone()
-    (study_doc,) = c.execute(
-        q.COUNT_STUDY_STORE, (int(first), sequence, sequence, study_key)
-    ).fetchone()
-    _merge_attributes(c, Level.SERIES, series_key, series_doc, record.series_doc)
-    _merge_attributes(c, Level.STUDY, study_key, study_doc, record.study_doc)
-
-
-def _merge_attributes(c: sqlite3.Connection, level: Level, key: int, old: str | None, new: str):
-    """Merge an instance's level document into its study's or series'; when that changes it,
-    rewrite the level's matching columns and side rows (name words, request items)."""
-    merged = sk.merge_docs(old, new)
-    if merged == old:
-        return
-    js = json.loads(merged)
-    table = q.LEVEL_ATTRIBUTES[level]
-    normalised = sk.columns(level, js)
-    values = [normalised[name] for name in table.columns]
-    c.execute(table.update, (*values, merged, key))
-    c.execute(table.clear_side, (key,))
-    side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
-    c.executemany(table.insert_side, [(key, *row) for row in side])
-
-
-def _log_change(
-    c: sqlite3.Connection, now: int, action: Action, i: InstanceId, version: int
-) -> int:
-    cur = c.execute(q.INSERT_CHANGE, (now, int(action), *_uids(i), version))
-    return cur.lastrowid
-
-
-def _stored(r: sqlite3.Row) -> StoredInstance:
-    return StoredInstance(
-        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
-        version=r["version"],
-        sop_class=r["sop_class_uid"],
-        transfer_syntax=r["transfer_syntax"],
-        size=r["size"],
-        created=from_micros(r["created"]),
-        frames=r["frames"],
-        bulk=r["bulk"],
-        parse_on_read=bool(r["parse_on_read"]),
-    )
-
-
-def _entry(r: sqlite3.Row) -> ChangeFeedEntry:
-    current = r["current_version"]
-    if current is None:
-        state = "deleted"
-    elif current == r["version"] and r["action"] == Action.CREATE:
-        state = "current"
-    else:
-        state = "replaced"
-    return ChangeFeedEntry(
-        sequence=r["sequence"],
-        timestamp=from_micros(r["timestamp"]),
-        action=Action(r["action"]),
-        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
-        state=state,
-        metadata=r["metadata"] if current is not None and r["action"] != Action.DELETE else None,
-    )
+def _execute(conn: sqlite3.Connection, stmt: ops.Stmt) -> Any:
+    if stmt.fetch == "many":
+        conn.executemany(stmt.sql, stmt.params)
+        return None
+    cursor = conn.execute(stmt.sql, stmt.params)
+    if stmt.fetch == "one":
+        return cursor.fetchone()
+    if stmt.fetch == "all":
+        return cursor.fetchall()
+    return None

@@ -1,4 +1,4 @@
-"""A parsed QIDO-RS query as one SQL statement over the SQLite index.
+"""A parsed QIDO-RS query as one SQL statement over the index (any engine: see dialect.py).
 
 Every matching key is a column of its level's table (or of ``series_request`` and
 ``person_name_word``), so a search reads index rows only; metadata is read only when the caller
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Condition, Match, Query
 from dicomhub.dicom.search_keys import Kind
-from dicomhub.storage.sqlite_queries import uid_clauses
+from dicomhub.storage.dialect import Dialect
+from dicomhub.storage.sql_queries import uid_clauses
 
 ALIAS = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
 _FROM = {
@@ -21,16 +22,8 @@ _FROM = {
         "JOIN study st ON st.study_key = se.study_key"
     ),
 }
-_VISIBLE = {
-    Level.STUDY: "st.instance_count > 0",
-    Level.SERIES: "se.instance_count > 0",
-    Level.INSTANCE: "i.status = 1",
-}
-_ORDER = {
-    Level.STUDY: "st.created_sequence, st.study_key",
-    Level.SERIES: "se.created_sequence, se.series_key",
-    Level.INSTANCE: "i.created_sequence, i.version",
-}
+# Storage order: keys and versions are allocated in the order things are first stored.
+_ORDER = {Level.STUDY: "st.study_key", Level.SERIES: "se.series_key", Level.INSTANCE: "i.version"}
 _COLUMNS = {
     Level.STUDY: (
         "st.study_uid, st.doc AS study_doc, st.instance_count AS study_instances, "
@@ -40,45 +33,49 @@ _COLUMNS = {
     Level.INSTANCE: ", i.sop_uid, i.doc AS instance_doc",
 }
 _OPTIONAL = {
-    "modalities": (
-        "(SELECT group_concat(DISTINCT m.modality) FROM series m "
-        "WHERE m.study_key = st.study_key AND m.instance_count > 0) AS modalities"
-    ),
+    "modalities": ("(SELECT {list} FROM series m WHERE m.study_key = st.study_key) AS modalities"),
     "sop_classes": (
-        "(SELECT group_concat(DISTINCT c.sop_class_uid) FROM instance c "
-        "JOIN series cs ON cs.series_key = c.series_key "
-        "WHERE cs.study_key = st.study_key AND c.status = 1) AS sop_classes"
+        "(SELECT {list} FROM instance c JOIN series cs ON cs.series_key = c.series_key "
+        "WHERE cs.study_key = st.study_key) AS sop_classes"
     ),
     "series_doc": (
-        "(SELECT r.doc FROM series r WHERE r.study_key = st.study_key AND r.instance_count > 0 "
-        "ORDER BY r.last_sequence DESC LIMIT 1) AS series_doc"
+        "(SELECT r.doc FROM series r WHERE r.study_key = st.study_key "
+        "ORDER BY r.series_key DESC LIMIT 1) AS series_doc"
     ),
 }
+_LISTED = {"modalities": "m.modality", "sop_classes": "c.sop_class_uid"}  # in {list} above
 _LATEST_METADATA = {
     Level.STUDY: (
         "(SELECT r.metadata FROM instance r JOIN series rs ON rs.series_key = r.series_key "
-        "WHERE rs.study_key = st.study_key AND r.status = 1 ORDER BY r.version DESC LIMIT 1)"
+        "WHERE rs.study_key = st.study_key ORDER BY r.version DESC LIMIT 1)"
     ),
     Level.SERIES: (
-        "(SELECT r.metadata FROM instance r WHERE r.series_key = se.series_key AND r.status = 1 "
+        "(SELECT r.metadata FROM instance r WHERE r.series_key = se.series_key "
         "ORDER BY r.version DESC LIMIT 1)"
     ),
     Level.INSTANCE: "i.metadata",
 }
 
 
-def search_sql(query: Query, needs: set[str]) -> tuple[str, list]:
+def search_sql(query: Query, needs: set[str], d: Dialect) -> tuple[str, list]:
     """Rows of one page, and one more row when more matches follow."""
     level = query.level
     columns = "".join(_COLUMNS[lv] for lv in Level if lv <= level)
-    extra = [_OPTIONAL[n] for n in ("modalities", "sop_classes") if n in needs]
+    extra = [
+        _OPTIONAL[n].format(list=d.distinct_list.format(column=_LISTED[n]))
+        for n in ("modalities", "sop_classes")
+        if n in needs
+    ]
     if "series_doc" in needs and level is Level.STUDY:
         extra.append(_OPTIONAL["series_doc"])
     if "metadata" in needs:
         extra.append(_LATEST_METADATA[level] + " AS metadata")
     select = "SELECT " + ", ".join([columns, *extra])
-    where, params = _where(query)
-    order = [f"{_column(key)}{' DESC' if desc else ''}" for key, desc in query.order]
+    where, params = _where(query, d)
+    order = [
+        f"{_column(key)}{' DESC' + d.nulls_last if desc else d.nulls_first}"
+        for key, desc in query.order
+    ]
     sql = (
         f"{select} {_FROM[level]} WHERE {where} "
         f"ORDER BY {', '.join([*order, _ORDER[level]])} LIMIT ? OFFSET ?"
@@ -86,33 +83,33 @@ def search_sql(query: Query, needs: set[str]) -> tuple[str, list]:
     return sql, [*params, query.limit + 1, query.offset]
 
 
-def count_sql(query: Query) -> tuple[str, list]:
-    where, params = _where(query)
+def count_sql(query: Query, d: Dialect) -> tuple[str, list]:
+    where, params = _where(query, d)
     return f"SELECT count(*) {_FROM[query.level]} WHERE {where}", params
 
 
-def _where(query: Query) -> tuple[str, list]:
+def _where(query: Query, d: Dialect) -> tuple[str, list]:
     # The unary + keeps the planner from choosing a scan of the partition over a matching key's
     # index; a study UID goes through the (partition, study UID) unique index.
     by_study = query.study is not None or any(
         c.key.keyword == "StudyInstanceUID" for c in query.conditions
     )
-    partition = "st.partition_name = ?" if by_study else "+st.partition_name = ?"
+    partition = "st.partition_name = ?" if by_study else d.partition_hint + "st.partition_name = ?"
     scope, params = uid_clauses(query.study, query.series)
-    clauses = [partition, _VISIBLE[query.level], *scope]
+    clauses = [partition, *scope]
     params = [query.partition, *params]
     items: list[Condition] = []
     for condition in query.conditions:
         if condition.key.kind is Kind.ITEM:
             items.append(condition)
             continue
-        clause, values = _condition(condition)
+        clause, values = _condition(condition, d)
         clauses.append(clause)
         params += values
     if items:  # all keys of the sequence must match within one item (PS3.4 C.2.2.2.6)
         parts = []
         for condition in items:
-            clause, values = _alternatives(f"r.{condition.key.column}", condition.alternatives)
+            clause, values = _alternatives(f"r.{condition.key.column}", condition.alternatives, d)
             parts.append(clause)
             params += values
         clauses.append(
@@ -127,19 +124,17 @@ def _column(key) -> str:
     return f"{ALIAS[key.level]}.{key.column}"
 
 
-def _condition(condition: Condition) -> tuple[str, list]:
+def _condition(condition: Condition, d: Dialect) -> tuple[str, list]:
     key = condition.key
     if key.kind is Kind.MODALITIES:
-        clause, params = _alternatives("m.modality", condition.alternatives)
-        return (
-            "st.study_key IN (SELECT m.study_key FROM series m "
-            f"WHERE {clause} AND m.instance_count > 0)",
-            params,
-        )
-    return _alternatives(_column(key), condition.alternatives, key.tag)
+        clause, params = _alternatives("m.modality", condition.alternatives, d)
+        return f"st.study_key IN (SELECT m.study_key FROM series m WHERE {clause})", params
+    return _alternatives(_column(key), condition.alternatives, d, key.tag)
 
 
-def _alternatives(column: str, alternatives: tuple[Match, ...], tag: int = 0) -> tuple[str, list]:
+def _alternatives(
+    column: str, alternatives: tuple[Match, ...], d: Dialect, tag: int = 0
+) -> tuple[str, list]:
     equal = [m.value for m in alternatives if m.op == "eq"]
     clauses: list[str] = []
     params: list = []
@@ -150,8 +145,8 @@ def _alternatives(column: str, alternatives: tuple[Match, ...], tag: int = 0) ->
     params += equal
     for match in alternatives:
         if match.op == "wildcard":
-            clauses.append(f"{column} GLOB ?")
-            params.append(match.value)
+            clauses.append(d.wildcard.format(column=column))
+            params.append(d.pattern(match.value))
         elif match.op == "range":
             low, high = match.value
             bounds = []

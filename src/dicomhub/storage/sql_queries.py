@@ -1,4 +1,5 @@
-"""SQL of the SQLite index, kept as data."""
+"""SQL of the index, kept as data: one text for SQLite and PostgreSQL (see dialect.py for the
+few differences). Parameters are ``?``; the PostgreSQL driver numbers them."""
 
 from dataclasses import dataclass
 
@@ -6,11 +7,10 @@ from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.model import Scope
 
-INSERT_STUDY = "INSERT OR IGNORE INTO study (partition_name, study_uid) VALUES (?, ?)"
+INSERT_STUDY = "INSERT INTO study (partition_name, study_uid) VALUES (?, ?) ON CONFLICT DO NOTHING"
 STUDY_KEY = "SELECT study_key FROM study WHERE partition_name = ? AND study_uid = ?"
-INSERT_SERIES = "INSERT OR IGNORE INTO series (study_key, series_uid) VALUES (?, ?)"
+INSERT_SERIES = "INSERT INTO series (study_key, series_uid) VALUES (?, ?) ON CONFLICT DO NOTHING"
 SERIES_KEY = "SELECT series_key FROM series WHERE study_key = ? AND series_uid = ?"
-SERIES_STUDY = "SELECT study_key FROM series WHERE series_key = ?"
 
 _JOIN = """
 FROM instance i
@@ -18,34 +18,34 @@ JOIN series se ON se.series_key = i.series_key
 JOIN study st ON st.study_key = se.study_key
 """
 
-FIND_INSTANCE_STATUS = (
-    "SELECT i.status"
+FIND_INSTANCE = (
+    "SELECT i.version"
     + _JOIN
     + "WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ? AND i.sop_uid = ?"
 )
 
-INSERT_CLAIM = "INSERT INTO instance (series_key, sop_uid, status, created) VALUES (?, ?, 0, ?)"
-CLAIM_SERIES = "SELECT series_key FROM instance WHERE version = ? AND status = 0"
-DELETE_CLAIM = "DELETE FROM instance WHERE version = ? AND status = 0"
-ABANDONED_CLAIMS = "SELECT i.version, st.partition_name" + _JOIN + "WHERE i.status = 0"
+# A store in progress: its version (blob keys derive from it) and when it started.
+INSERT_UPLOAD = "INSERT INTO blob_upload (partition_name, started) VALUES (?, ?) RETURNING version"
+FINISH_UPLOAD = "DELETE FROM blob_upload WHERE version = ? RETURNING partition_name"
+STALE_UPLOADS = "SELECT version, partition_name FROM blob_upload WHERE started < ? ORDER BY version"
 
-COMMIT_INSTANCE = """
-UPDATE instance SET status = 1, sop_class_uid = ?, transfer_syntax = ?, size = ?, created = ?,
-    parse_on_read = ?, metadata = ?, frames = ?, bulk = ?, instance_number = ?,
-    acquisition_datetime = ?, doc = ?, created_sequence = ?
-WHERE version = ? AND status = 0
+INSERT_INSTANCE = """
+INSERT INTO instance (version, series_key, sop_uid, sop_class_uid, transfer_syntax, size, created,
+    parse_on_read, metadata, frames, bulk, instance_number, acquisition_datetime, doc)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (series_key, sop_uid) DO NOTHING
+RETURNING version
 """
 
-# Counters and change sequence on store; "first" is 1 when the series had no visible instance.
+# Counters and revision on store; "first" is true when the series had no instance before.
 COUNT_SERIES_STORE = """
-UPDATE series SET instance_count = instance_count + 1, last_sequence = max(last_sequence, ?),
-    created_sequence = coalesce(created_sequence, ?)
+UPDATE series SET instance_count = instance_count + 1, revision = revision + 1
 WHERE series_key = ?
 RETURNING study_key, instance_count = 1 AS first, doc
 """
 COUNT_STUDY_STORE = """
 UPDATE study SET instance_count = instance_count + 1, series_count = series_count + ?,
-    last_sequence = max(last_sequence, ?), created_sequence = coalesce(created_sequence, ?)
+    revision = revision + 1
 WHERE study_key = ?
 RETURNING doc
 """
@@ -86,43 +86,25 @@ LEVEL_ATTRIBUTES = {
         "VALUES (?, ?, ?)",
     ),
 }
-BACKFILL_INSTANCES = """
-SELECT i.version, i.series_key, c.sequence
-FROM instance i
-LEFT JOIN (SELECT version, max(sequence) AS sequence FROM changefeed WHERE action = 0
-           GROUP BY version) c ON c.version = i.version
-WHERE i.status = 1 ORDER BY i.version
-"""
-INSTANCE_METADATA = "SELECT metadata FROM instance WHERE version = ?"
-BACKFILL_INSTANCE = """
-UPDATE instance SET instance_number = ?, acquisition_datetime = ?, doc = ?, created_sequence = ?
-WHERE version = ?
-"""
 COUNT_SERIES_DELETE = """
-UPDATE series SET instance_count = instance_count - ?, last_sequence = ? WHERE series_key = ?
+UPDATE series SET instance_count = instance_count - ?, revision = revision + 1
+WHERE series_key = ?
 RETURNING study_key, instance_count = 0 AS emptied
 """
 COUNT_STUDY_DELETE = """
 UPDATE study SET instance_count = instance_count - ?, series_count = series_count - ?,
-    last_sequence = ?
+    revision = revision + 1
 WHERE study_key = ?
 """
-DELETE_EMPTY_SERIES = (
-    "DELETE FROM series WHERE series_key = ? "
-    "AND NOT EXISTS (SELECT 1 FROM instance WHERE series_key = ?)"
-)
-DELETE_EMPTY_STUDY = (
-    "DELETE FROM study WHERE study_key = ? "
-    "AND NOT EXISTS (SELECT 1 FROM series WHERE study_key = ?)"
-)
+DELETE_EMPTY_SERIES = "DELETE FROM series WHERE series_key = ? AND instance_count = 0"
+DELETE_EMPTY_STUDY = "DELETE FROM study WHERE study_key = ? AND instance_count = 0"
 
 _INSTANCE_COLUMNS = """
 SELECT st.partition_name, st.study_uid, se.series_uid, i.sop_uid, i.version, i.sop_class_uid,
     i.transfer_syntax, i.size, i.created, i.frames, i.bulk, i.parse_on_read, i.series_key
 """
-SELECT_INSTANCES = _INSTANCE_COLUMNS + _JOIN + "WHERE i.status = 1 AND {where} ORDER BY i.version"
-SELECT_FOR_DELETE = SELECT_INSTANCES
-SELECT_METADATA = "SELECT i.metadata" + _JOIN + "WHERE i.status = 1 AND {where} ORDER BY i.version"
+SELECT_INSTANCES = _INSTANCE_COLUMNS + _JOIN + "WHERE {where} ORDER BY i.version"
+SELECT_METADATA = "SELECT i.metadata" + _JOIN + "WHERE {where} ORDER BY i.version"
 
 DELETE_INSTANCE = "DELETE FROM instance WHERE version = ?"
 QUEUE_BLOB_DELETION = "INSERT INTO blob_deletion (blob_key, cleanup_after) VALUES (?, ?)"
@@ -144,7 +126,7 @@ SELECT c.sequence, c.timestamp, c.action, c.partition_name, c.study_uid, c.serie
 FROM changefeed c
 LEFT JOIN study st ON st.partition_name = c.partition_name AND st.study_uid = c.study_uid
 LEFT JOIN series se ON se.study_key = st.study_key AND se.series_uid = c.series_uid
-LEFT JOIN instance i ON i.series_key = se.series_key AND i.sop_uid = c.sop_uid AND i.status = 1
+LEFT JOIN instance i ON i.series_key = se.series_key AND i.sop_uid = c.sop_uid
 """
 CHANGEFEED_BY_SEQUENCE = (
     _CHANGE_COLUMNS + "WHERE c.sequence > ? AND c.sequence <= ? ORDER BY c.sequence"
@@ -154,6 +136,18 @@ CHANGEFEED_BY_TIME = (
     + "WHERE c.timestamp >= ? AND c.timestamp < ? ORDER BY c.timestamp, c.sequence LIMIT ? OFFSET ?"
 )
 CHANGEFEED_LATEST = _CHANGE_COLUMNS + "ORDER BY c.sequence DESC LIMIT 1"
+
+# Migrations that need stored data re-derived (e.g. new search columns) run this afterwards.
+ALL_INSTANCES = "SELECT version, series_key, metadata FROM instance ORDER BY version"
+REBUILD_INSTANCE = (
+    "UPDATE instance SET instance_number = ?, acquisition_datetime = ?, doc = ? WHERE version = ?"
+)
+RESET_LEVELS = (
+    "UPDATE series SET instance_count = 0, doc = NULL",
+    "UPDATE study SET instance_count = 0, series_count = 0, doc = NULL",
+    "DELETE FROM person_name_word",
+    "DELETE FROM series_request",
+)
 
 
 def uid_clauses(
@@ -176,13 +170,14 @@ def scoped(sql: str, scope: Scope) -> tuple[str, tuple]:
 
 
 def etag_query(scope: Scope) -> tuple[str, tuple]:
-    """The ETag of a study or series is the sequence of its last change; of an instance, its
-    version (immutable)."""
+    """The ETag of a study or series is its key and revision (bumped by every change); of an
+    instance, its version (immutable)."""
     if scope.sop is not None:
-        return scoped("SELECT i.version" + _JOIN + "WHERE i.status = 1 AND {where}", scope)
+        return scoped("SELECT i.version, 0" + _JOIN + "WHERE {where}", scope)
     if scope.series is not None:
         return scoped(
-            "SELECT se.last_sequence FROM series se JOIN study st USING (study_key) WHERE {where}",
+            "SELECT se.series_key, se.revision FROM series se JOIN study st USING (study_key) "
+            "WHERE {where}",
             scope,
         )
-    return scoped("SELECT st.last_sequence FROM study st WHERE {where}", scope)
+    return scoped("SELECT st.study_key, st.revision FROM study st WHERE {where}", scope)

@@ -1,0 +1,65 @@
+"""What differs between the SQL engines the index runs on. Everything else is one SQL text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    wildcard: str  # a clause matching column {column} against one pattern parameter
+    distinct_list: str  # comma-separated distinct values of {column} (an aggregate)
+    partition_hint: str  # prefix that keeps the planner off a scan of the partition column
+    nulls_first: str  # added to ORDER BY ... ASC so that NULLs sort first, as on SQLite
+    nulls_last: str  # and to ... DESC, so that they sort last
+    # Taken just before a transaction writes change-feed rows, and held until it commits: the
+    # feed's sequence then follows commit order, so a reader never sees a later entry before an
+    # earlier one commits. None where writes are serial anyway.
+    feed_lock: str | None
+
+    def pattern(self, glob: str) -> str:
+        """A query's GLOB pattern (``*``, ``?``, ``[[]`` for a literal ``[``) in this engine's
+        wildcard syntax."""
+        return glob if self.name == "sqlite" else glob_to_like(glob)
+
+
+def glob_to_like(glob: str) -> str:
+    out = []
+    i = 0
+    while i < len(glob):
+        char = glob[i]
+        if glob.startswith("[[]", i):
+            out.append("[")
+            i += 3
+            continue
+        if char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        elif char in "%_\\":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    wildcard="{column} GLOB ?",
+    distinct_list="group_concat(DISTINCT {column})",
+    partition_hint="+",
+    nulls_first="",
+    nulls_last="",
+    feed_lock=None,
+)
+POSTGRES = Dialect(
+    name="postgresql",
+    wildcard="{column} LIKE ?",
+    distinct_list="string_agg(DISTINCT {column}, ',')",
+    partition_hint="",
+    nulls_first=" NULLS FIRST",
+    nulls_last=" NULLS LAST",
+    feed_lock="SELECT pg_advisory_xact_lock(7340115)",  # any constant: the feed's one lock
+)

@@ -1,0 +1,218 @@
+"""The index's operations, written once for every SQL engine.
+
+Each operation is a generator: it yields the statements it needs (``Stmt``) and receives each
+one's result, so the same logic runs on SQLite's synchronous writer thread and on PostgreSQL's
+asynchronous connections (``drive`` and the engines' own drivers). A statement that raises
+aborts the operation; the driver rolls its transaction (or savepoint) back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dicomhub.clock import to_micros, utcnow
+from dicomhub.dicom import search_keys as sk
+from dicomhub.dicom.levels import Level
+from dicomhub.errors import AlreadyExists, Unavailable
+from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
+from dicomhub.storage import sql_queries as q
+from dicomhub.storage.dialect import Dialect
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    sql: str
+    params: Sequence[Any] = ()
+    fetch: str = "none"  # none | one | all | many (params is a list of parameter tuples)
+
+
+Op = Generator[Stmt, Any, Any]
+
+
+def one(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params, "one")
+
+
+def rows(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params, "all")
+
+
+def run(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params)
+
+
+def many(sql: str, params: list[Sequence[Any]]) -> Stmt:
+    return Stmt(sql, params, "many")
+
+
+def single(stmt: Stmt) -> Op:
+    """An operation of one statement."""
+    return (yield stmt)
+
+
+# -- store -------------------------------------------------------------------------------------
+
+
+def reserve(i: InstanceId) -> Op:
+    """A version for a store about to start, or AlreadyExists when the instance is stored."""
+    if (yield one(q.FIND_INSTANCE, i.partition, i.study, i.series, i.sop)) is not None:
+        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
+    row = yield one(q.INSERT_UPLOAD, i.partition, to_micros(utcnow()))
+    return row[0]
+
+
+def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
+    i = instance.id
+    if (yield one(q.FINISH_UPLOAD, version)) is None:
+        raise Unavailable("index", f"the store of SOP instance {i.sop} was abandoned (too slow)")
+    study_key = yield from _key(q.INSERT_STUDY, q.STUDY_KEY, i.partition, i.study)
+    series_key = yield from _key(q.INSERT_SERIES, q.SERIES_KEY, study_key, i.series)
+    record = instance.search
+    inserted = yield one(
+        q.INSERT_INSTANCE,
+        version,
+        series_key,
+        i.sop,
+        instance.sop_class,
+        instance.transfer_syntax,
+        instance.size,
+        to_micros(utcnow()),
+        int(instance.parse_on_read),
+        instance.metadata,
+        instance.frames,
+        instance.bulk,
+        record.instance.get("instance_number"),
+        record.instance.get("acquisition_datetime"),
+        record.instance_doc,
+    )
+    if inserted is None:
+        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
+    _, first, series_doc = yield one(q.COUNT_SERIES_STORE, series_key)
+    (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
+    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
+    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from _log_changes(d, Action.CREATE, [(i, version)])
+
+
+def abandon(version: int) -> Op:
+    """Give up a store: its upload ends and its blob (if written) is queued for deletion now.
+    False when the store had already finished or been abandoned."""
+    row = yield one(q.FINISH_UPLOAD, version)
+    if row is None:
+        return False
+    yield run(q.QUEUE_BLOB_DELETION, blob_key(row[0], version), to_micros(utcnow()))
+    return True
+
+
+def _key(insert: str, select: str, *params: Any) -> Op:
+    yield run(insert, *params)
+    return (yield one(select, *params))[0]
+
+
+def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
+    """Merge an instance's level document into its study's or series'; when that changes it,
+    rewrite the level's matching columns and side rows (name words, request items)."""
+    merged = sk.merge_docs(old, new)
+    if merged == old:
+        return
+    js = json.loads(merged)
+    table = q.LEVEL_ATTRIBUTES[level]
+    normalised = sk.columns(level, js)
+    yield run(table.update, *[normalised[name] for name in table.columns], merged, key)
+    yield run(table.clear_side, key)
+    side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
+    if side:
+        yield many(table.insert_side, [(key, *row) for row in side])
+
+
+def _log_changes(d: Dialect, action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
+    """The change-feed rows of a write: its last statements, after the feed lock."""
+    if d.feed_lock:
+        yield one(d.feed_lock)
+    now = to_micros(utcnow())
+    yield many(
+        q.INSERT_CHANGE,
+        [(now, int(action), i.partition, i.study, i.series, i.sop, v) for i, v in changes],
+    )
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
+    sql, params = q.scoped(q.SELECT_INSTANCES, scope)
+    found = yield rows(sql, *params)
+    if not found:
+        return 0
+    due = to_micros(cleanup_after)
+    yield many(q.DELETE_INSTANCE, [(r["version"],) for r in found])
+    yield many(
+        q.QUEUE_BLOB_DELETION,
+        [(blob_key(r["partition_name"], r["version"]), due) for r in found],
+    )
+    removed: dict[int, int] = {}  # series key -> instances removed
+    for r in found:
+        removed[r["series_key"]] = removed.get(r["series_key"], 0) + 1
+    for series_key, count in removed.items():
+        study_key, emptied = yield one(q.COUNT_SERIES_DELETE, count, series_key)
+        yield run(q.COUNT_STUDY_DELETE, count, int(emptied), study_key)
+        yield run(q.DELETE_EMPTY_SERIES, series_key)
+        yield run(q.DELETE_EMPTY_STUDY, study_key)
+    changes = [
+        (InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+         r["version"])
+        for r in found
+    ]  # fmt: skip
+    yield from _log_changes(d, Action.DELETE, changes)
+    return len(found)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def metadata(scope: Scope) -> Op:
+    """Stored DICOM JSON of the scope's instances and its ETag (run in one snapshot)."""
+    sql, params = q.scoped(q.SELECT_METADATA, scope)
+    found = yield rows(sql, *params)
+    tag_sql, tag_params = q.etag_query(scope)
+    tag = yield one(tag_sql, *tag_params)
+    if tag is None:
+        return [r[0] for r in found], ""
+    return [r[0] for r in found], str(tag[0]) if scope.sop else f"{tag[0]}-{tag[1]}"
+
+
+# -- migrations --------------------------------------------------------------------------------
+
+
+def rebuild_search(d: Dialect) -> Op:
+    """Re-derive every search column, level document and counter from the stored metadata
+    (after a migration that adds search columns)."""
+    for sql in q.RESET_LEVELS:
+        yield run(sql)
+    for r in (yield rows(q.ALL_INSTANCES)):
+        record = sk.describe(json.loads(r["metadata"]))
+        yield run(
+            q.REBUILD_INSTANCE,
+            record.instance.get("instance_number"),
+            record.instance.get("acquisition_datetime"),
+            record.instance_doc,
+            r["version"],
+        )
+        study_key, first, series_doc = yield one(q.COUNT_SERIES_STORE, r["series_key"])
+        (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
+        yield from _merge_attributes(Level.SERIES, r["series_key"], series_doc, record.series_doc)
+        yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+
+
+def drive(execute, op: Op) -> Any:
+    """Run ``op`` with a synchronous ``execute(stmt) -> result``."""
+    result = None
+    try:
+        while True:
+            result = execute(op.send(result))
+    except StopIteration as stop:
+        return stop.value

@@ -1,0 +1,122 @@
+-- The SQLite index as the migrations build it (a test checks they do). Times are integer
+-- microseconds since the Unix epoch, UTC.
+
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+
+CREATE TABLE study (
+    study_key           INTEGER PRIMARY KEY,
+    partition_name      TEXT NOT NULL,
+    study_uid           TEXT NOT NULL,
+    patient_id          TEXT,
+    patient_name        TEXT,
+    study_date          TEXT,
+    accession_number    TEXT,
+    revision            INTEGER NOT NULL DEFAULT 0,
+    patient_birth_date  TEXT,
+    study_time          TEXT,
+    referring_physician TEXT,
+    study_description   TEXT,
+    study_id            TEXT,
+    doc                 TEXT,
+    instance_count      INTEGER NOT NULL DEFAULT 0,
+    series_count        INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (partition_name, study_uid)
+);
+
+CREATE TABLE series (
+    series_key          INTEGER PRIMARY KEY,
+    study_key           INTEGER NOT NULL REFERENCES study (study_key),
+    series_uid          TEXT NOT NULL,
+    modality            TEXT,
+    revision            INTEGER NOT NULL DEFAULT 0,
+    series_number       INTEGER,
+    pps_start_date      TEXT,
+    pps_start_time      TEXT,
+    manufacturer_model_name TEXT,
+    doc                 TEXT,
+    instance_count      INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (study_key, series_uid)
+);
+
+CREATE TABLE instance (
+    version             INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_key          INTEGER NOT NULL REFERENCES series (series_key),
+    sop_uid             TEXT NOT NULL,
+    sop_class_uid       TEXT,
+    transfer_syntax     TEXT,
+    size                INTEGER,
+    created             INTEGER NOT NULL,
+    parse_on_read       INTEGER NOT NULL DEFAULT 0,
+    metadata            BLOB,
+    frames              TEXT,
+    bulk                TEXT,
+    instance_number     INTEGER,
+    acquisition_datetime TEXT,
+    doc                 TEXT,
+    UNIQUE (series_key, sop_uid)
+);
+
+CREATE TABLE blob_upload (
+    version             INTEGER PRIMARY KEY AUTOINCREMENT,
+    partition_name      TEXT NOT NULL,
+    started             INTEGER NOT NULL
+);
+CREATE INDEX blob_upload_started ON blob_upload (started);
+
+CREATE TABLE changefeed (
+    sequence            INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp           INTEGER NOT NULL,
+    action              INTEGER NOT NULL,
+    partition_name      TEXT NOT NULL,
+    study_uid           TEXT NOT NULL,
+    series_uid          TEXT NOT NULL,
+    sop_uid             TEXT NOT NULL,
+    version             INTEGER NOT NULL
+);
+CREATE INDEX changefeed_timestamp ON changefeed (timestamp, sequence);
+CREATE INDEX changefeed_instance ON changefeed (partition_name, study_uid, series_uid, sop_uid);
+
+CREATE TABLE blob_deletion (
+    id                  INTEGER PRIMARY KEY,
+    blob_key            TEXT NOT NULL,
+    cleanup_after       INTEGER NOT NULL,
+    retries             INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX blob_deletion_due ON blob_deletion (cleanup_after);
+
+CREATE TABLE series_request (
+    series_key          INTEGER NOT NULL REFERENCES series (series_key) ON DELETE CASCADE,
+    scheduled_step_id   TEXT,
+    requested_procedure_id TEXT
+);
+CREATE INDEX series_request_series ON series_request (series_key);
+CREATE INDEX series_request_step ON series_request (scheduled_step_id);
+CREATE INDEX series_request_procedure ON series_request (requested_procedure_id);
+
+CREATE TABLE person_name_word (
+    study_key           INTEGER NOT NULL REFERENCES study (study_key) ON DELETE CASCADE,
+    tag                 INTEGER NOT NULL,
+    word                TEXT NOT NULL
+);
+CREATE INDEX person_name_word_lookup ON person_name_word (tag, word, study_key);
+CREATE INDEX person_name_word_study ON person_name_word (study_key);
+
+CREATE INDEX study_patient_id ON study (patient_id);
+CREATE INDEX study_patient_name ON study (patient_name);
+CREATE INDEX study_birth_date ON study (patient_birth_date);
+CREATE INDEX study_date ON study (study_date, study_time);
+CREATE INDEX study_accession ON study (accession_number);
+CREATE INDEX study_referring ON study (referring_physician);
+CREATE INDEX study_description ON study (study_description);
+CREATE INDEX study_id ON study (study_id);
+
+CREATE INDEX series_uid ON series (series_uid);
+CREATE INDEX series_modality ON series (modality, study_key);
+CREATE INDEX series_number ON series (series_number);
+CREATE INDEX series_pps_start ON series (pps_start_date, pps_start_time);
+CREATE INDEX series_model ON series (manufacturer_model_name);
+
+CREATE INDEX instance_sop_uid ON instance (sop_uid);
+CREATE INDEX instance_sop_class ON instance (sop_class_uid);
+CREATE INDEX instance_number ON instance (instance_number);
+CREATE INDEX instance_acquisition ON instance (acquisition_datetime);

@@ -1,0 +1,143 @@
+"""The IndexStore over SQL, for every engine: each method is an operation of ``index_ops``
+handed to the engine's driver (``_read`` or ``_write``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from dicomhub.clock import from_micros, to_micros
+from dicomhub.dicom.query import Query
+from dicomhub.model import (
+    Action,
+    ChangeFeedEntry,
+    InstanceId,
+    NewInstance,
+    Scope,
+    StoredInstance,
+)
+from dicomhub.storage import index_ops as ops
+from dicomhub.storage import sql_queries as q
+from dicomhub.storage.dialect import Dialect
+from dicomhub.storage.search_sql import count_sql, search_sql
+
+
+class SqlIndex:
+    dialect: Dialect
+
+    async def _read(self, op: ops.Op, snapshot: bool = False) -> Any:
+        """Run a reading operation (in one snapshot when it reads more than once)."""
+        raise NotImplementedError
+
+    async def _write(self, op: ops.Op) -> Any:
+        """Run a writing operation in a transaction of its own, all or nothing."""
+        raise NotImplementedError
+
+    async def _rows(self, sql: str, params) -> list:
+        return await self._read(ops.single(ops.rows(sql, *params)))
+
+    # -- store ---------------------------------------------------------------------------------
+
+    async def reserve(self, instance_id: InstanceId) -> int:
+        return await self._write(ops.reserve(instance_id))
+
+    async def commit(self, version: int, instance: NewInstance) -> None:
+        await self._write(ops.commit(self.dialect, version, instance))
+
+    async def abandon(self, version: int) -> bool:
+        return await self._write(ops.abandon(version))
+
+    async def abandoned_claims(self, started_before: datetime) -> list[tuple[int, str]]:
+        found = await self._rows(q.STALE_UPLOADS, (to_micros(started_before),))
+        return [(r["version"], r["partition_name"]) for r in found]
+
+    # -- read ----------------------------------------------------------------------------------
+
+    async def instances(self, scope: Scope) -> list[StoredInstance]:
+        sql, params = q.scoped(q.SELECT_INSTANCES, scope)
+        return [_stored(r) for r in await self._rows(sql, params)]
+
+    async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
+        return await self._read(ops.metadata(scope), snapshot=True)
+
+    async def search(self, query: Query, needs: set[str]) -> list[dict]:
+        sql, params = search_sql(query, needs, self.dialect)
+        return [dict(r) for r in await self._rows(sql, params)]
+
+    async def count(self, query: Query) -> int:
+        sql, params = count_sql(query, self.dialect)
+        return (await self._rows(sql, params))[0][0]
+
+    # -- delete --------------------------------------------------------------------------------
+
+    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
+        return await self._write(ops.delete(self.dialect, scope, cleanup_after))
+
+    async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+        found = await self._rows(q.DUE_BLOB_DELETIONS, (to_micros(now), limit))
+        return [(r["id"], r["blob_key"]) for r in found]
+
+    async def finish_blob_deletions(self, ids: list[int]) -> None:
+        if ids:
+            await self._write(ops.single(ops.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids])))
+
+    async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
+        await self._write(ops.single(ops.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id)))
+
+    # -- change feed ---------------------------------------------------------------------------
+
+    async def changefeed(
+        self,
+        offset: int,
+        limit: int,
+        by_sequence: bool,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_metadata: bool = True,
+    ) -> list[ChangeFeedEntry]:
+        if by_sequence:
+            sql, params = q.CHANGEFEED_BY_SEQUENCE, (offset, offset + limit)
+        else:
+            lo = to_micros(start) if start else -(2**62)
+            hi = to_micros(end) if end else 2**62
+            sql, params = q.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
+        sql = sql.format(metadata="i.metadata" if include_metadata else "NULL")
+        return [_entry(r) for r in await self._rows(sql, params)]
+
+    async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None:
+        sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
+        found = await self._rows(sql, ())
+        return _entry(found[0]) if found else None
+
+
+def _stored(r) -> StoredInstance:
+    return StoredInstance(
+        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+        version=r["version"],
+        sop_class=r["sop_class_uid"],
+        transfer_syntax=r["transfer_syntax"],
+        size=r["size"],
+        created=from_micros(r["created"]),
+        frames=r["frames"],
+        bulk=r["bulk"],
+        parse_on_read=bool(r["parse_on_read"]),
+    )
+
+
+def _entry(r) -> ChangeFeedEntry:
+    current = r["current_version"]
+    if current is None:
+        state = "deleted"
+    elif current == r["version"] and r["action"] == Action.CREATE:
+        state = "current"
+    else:
+        state = "replaced"
+    metadata = r["metadata"] if current is not None and r["action"] != Action.DELETE else None
+    return ChangeFeedEntry(
+        sequence=r["sequence"],
+        timestamp=from_micros(r["timestamp"]),
+        action=Action(r["action"]),
+        id=InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+        state=state,
+        metadata=bytes(metadata) if metadata is not None else None,
+    )
