@@ -1,4 +1,5 @@
-"""Real components the tests start and stop: Azurite (Azure Blob) and SeaweedFS (S3).
+"""Real components the tests start and stop: Azurite (Azure Blob) and SeaweedFS (S3), and a
+database of their own on the PostgreSQL server (``./run test`` starts it when it is down).
 
 Each runs on free loopback ports, in its own folder, and is stopped by its PID. When one cannot
 be started here (not installed), the tests that need it skip with the reason; ``./run test``
@@ -178,6 +179,38 @@ def _wait_bucket(store: ObjectStore, proc: subprocess.Popen, log: Path) -> None:
                 message = f"SeaweedFS not ready: {exc}\n{log.read_text()[-3000:]}"
                 raise RuntimeError(message) from exc
             time.sleep(0.2)
+
+
+POSTGRES = os.environ.get(
+    "DICOMHUB_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_admin(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        try:
+            conn = await asyncpg.connect(POSTGRES, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise Unavailable(f"PostgreSQL is not reachable at {POSTGRES}: {exc}") from exc
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database; its URL. Dropped afterwards."""
+    name = f"dicomhub_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    finally:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Unavailable(Exception):

@@ -20,11 +20,38 @@ from tests import components
 ROOT = Path(__file__).resolve().parent.parent
 
 
+INDEXES = ["sqlite", "postgresql"]
+
+
+@contextlib.contextmanager
+def index_database(kind: str):
+    """The URL of an empty index of ``kind``: in-memory SQLite, or a database of its own on
+    PostgreSQL (skipped with the reason when PostgreSQL is not reachable)."""
+    if kind == "sqlite":
+        yield "sqlite://:memory:"
+        return
+    try:
+        database = components.postgres_database()
+        url = database.__enter__()
+    except components.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        database.__exit__(None, None, None)
+
+
+@pytest.fixture(params=INDEXES)
+def index_url(request):
+    with index_database(request.param) as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path, index_url) -> Settings:
     return Settings(
         data_dir=str(tmp_path / "data"),
-        index_url="sqlite://:memory:",
+        index_url=index_url,
         blob_url="memory://",
         delete_delay=0,
     )

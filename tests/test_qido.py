@@ -9,6 +9,7 @@ from dicomhub.cli import build_archive
 from dicomhub.model import InstanceId
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
+from tests.conftest import INDEXES, index_database
 from tests.helpers import stow
 from tests.synthetic import instance, uid
 
@@ -110,9 +111,12 @@ def make_client(tmp_path, **settings) -> TestClient:
     return TestClient(create_app(s, build_archive(s), run_workers=False))
 
 
-@pytest.fixture(scope="module")
-def qido(tmp_path_factory):
-    with make_client(tmp_path_factory.mktemp("qido")) as c:
+@pytest.fixture(scope="module", params=INDEXES)
+def qido(tmp_path_factory, request):
+    with (
+        index_database(request.param) as url,
+        make_client(tmp_path_factory.mktemp("qido"), index_url=url) as c,
+    ):
         assert stow(c, *dataset_files()).status_code == 200
         yield c
 

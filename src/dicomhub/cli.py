@@ -12,34 +12,43 @@ from pathlib import Path
 
 from dicomhub import __version__
 from dicomhub.archive.archive import Archive
+from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings, convert
 from dicomhub.storage.urls import open_blobs, open_index
 
 
+def build_index(settings: Settings, migrate: bool | None = None):
+    migrate = settings.migrate_on_start if migrate is None else migrate
+    return open_index(settings.resolved_index_url, settings.index_pool_size, migrate)
+
+
 def build_archive(settings: Settings) -> Archive:
-    return Archive(
-        settings,
-        open_index(settings.resolved_index_url),
-        open_blobs(settings.resolved_blob_url, settings.blob_multipart_threshold),
-    )
+    blobs = open_blobs(settings.resolved_blob_url, settings.blob_multipart_threshold)
+    return Archive(settings, build_index(settings), blobs)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomhub", description="DICOMweb server")
     parser.add_argument("--version", action="version", version=f"dicomhub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the DICOMweb server")
+    _settings_flags(commands.add_parser("serve", help="run the DICOMweb server"))
+    db = commands.add_parser("db", help="manage the index database")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
+    _settings_flags(db)
+    return parser
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
     for f in Settings.fields():
         flag = "--" + f.name.replace("_", "-")
         env = "DICOMHUB_" + f.name.upper()
-        serve.add_argument(
+        parser.add_argument(
             flag,
             dest=f.name,
             type=lambda raw, f=f: convert(f, raw),
             default=None,
             help=f"{f.metadata['help']} [env {env}; default {f.default!r}]",
         )
-    return parser
 
 
 def _lock_data_dir(settings: Settings):
@@ -57,9 +66,12 @@ def _lock_data_dir(settings: Settings):
 def main(argv: list[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    args.pop("action", None)
     settings = Settings.load(args)
     _configure_logging(settings)
-    if command == "serve":
+    if command == "db":
+        asyncio.run(_upgrade(settings))
+    elif command == "serve":
         import uvicorn
 
         from dicomhub.web.app import create_app
@@ -88,6 +100,16 @@ def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+
+
+async def _upgrade(settings: Settings) -> None:
+    index = build_index(settings, migrate=True)
+    try:
+        await index.start()
+    except DicomhubError as exc:
+        sys.exit(f"dicomhub db upgrade: {exc}")
+    await index.close()
+    print(f"dicomhub: the index at {settings.resolved_index_url.split('@')[-1]} is up to date")
 
 
 async def _recover(settings: Settings) -> None:

@@ -28,7 +28,15 @@ class Settings:
         "./dicomhub-data", "Folder for the embedded index, blobs and temporary spool files."
     )
     index_url: str = _setting(
-        "", "Index database URL, e.g. sqlite:///path/index.sqlite. Empty: sqlite in data_dir."
+        "",
+        "Index database URL: sqlite:///path/index.sqlite or "
+        "postgresql://user:password@host:port/database. Empty: sqlite in data_dir.",
+    )
+    index_pool_size: int = _setting(10, "PostgreSQL: connections each process keeps open.")
+    migrate_on_start: bool = _setting(
+        True,
+        "Apply pending schema migrations at start (under a lock, so nodes starting together "
+        "upgrade once). Off: only `dicomhub db upgrade` does, and a node refuses an older schema.",
     )
     blob_url: str = _setting(
         "",

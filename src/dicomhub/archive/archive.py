@@ -36,8 +36,9 @@ class Archive:
         await self.blobs.start()
         if recover:
             clear_spool(self.settings.spool_dir)
-            if await self.cleanup.remove_abandoned_claims(utcnow() + timedelta(days=1)):
-                await self.cleanup.delete_due_blobs()
+            if not self.index.shared:  # no other process is storing: every upload is dead
+                if await self.cleanup.remove_abandoned_claims(utcnow() + timedelta(days=1)):
+                    await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:
         await self.index.close()

@@ -51,6 +51,8 @@ class IndexStore(Protocol):
     Every change writes its change-feed rows in the same transaction as the index rows.
     """
 
+    shared: bool  # other nodes may be writing through the same database at any time
+
     async def start(self) -> None:
         """Create or migrate the schema."""
 

@@ -3,6 +3,7 @@ handed to the engine's driver (``_read`` or ``_write``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,31 +22,35 @@ from dicomhub.storage import sql_queries as q
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
 
+OpFactory = Callable[..., ops.Op]
+
 
 class SqlIndex:
     dialect: Dialect
 
-    async def _read(self, op: ops.Op, snapshot: bool = False) -> Any:
-        """Run a reading operation (in one snapshot when it reads more than once)."""
+    async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
+        """Run the reading operation ``op(*args)`` (in one snapshot when it reads more than
+        once)."""
         raise NotImplementedError
 
-    async def _write(self, op: ops.Op) -> Any:
-        """Run a writing operation in a transaction of its own, all or nothing."""
+    async def _write(self, op: OpFactory, *args: Any) -> Any:
+        """Run the writing operation ``op(*args)`` in a transaction of its own, all or nothing
+        (an engine may run it again from the start, e.g. after a deadlock)."""
         raise NotImplementedError
 
     async def _rows(self, sql: str, params) -> list:
-        return await self._read(ops.single(ops.rows(sql, *params)))
+        return await self._read(ops.single, ops.rows(sql, *params))
 
     # -- store ---------------------------------------------------------------------------------
 
     async def reserve(self, instance_id: InstanceId) -> int:
-        return await self._write(ops.reserve(instance_id))
+        return await self._write(ops.reserve, instance_id)
 
     async def commit(self, version: int, instance: NewInstance) -> None:
-        await self._write(ops.commit(self.dialect, version, instance))
+        await self._write(ops.commit, self.dialect, version, instance)
 
     async def abandon(self, version: int) -> bool:
-        return await self._write(ops.abandon(version))
+        return await self._write(ops.abandon, version)
 
     async def abandoned_claims(self, started_before: datetime) -> list[tuple[int, str]]:
         found = await self._rows(q.STALE_UPLOADS, (to_micros(started_before),))
@@ -58,7 +63,7 @@ class SqlIndex:
         return [_stored(r) for r in await self._rows(sql, params)]
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
-        return await self._read(ops.metadata(scope), snapshot=True)
+        return await self._read(ops.metadata, scope, snapshot=True)
 
     async def search(self, query: Query, needs: set[str]) -> list[dict]:
         sql, params = search_sql(query, needs, self.dialect)
@@ -71,7 +76,7 @@ class SqlIndex:
     # -- delete --------------------------------------------------------------------------------
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        return await self._write(ops.delete(self.dialect, scope, cleanup_after))
+        return await self._write(ops.delete, self.dialect, scope, cleanup_after)
 
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
         found = await self._rows(q.DUE_BLOB_DELETIONS, (to_micros(now), limit))
@@ -79,10 +84,10 @@ class SqlIndex:
 
     async def finish_blob_deletions(self, ids: list[int]) -> None:
         if ids:
-            await self._write(ops.single(ops.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids])))
+            await self._write(ops.single, ops.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
-        await self._write(ops.single(ops.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id)))
+        await self._write(ops.single, ops.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id))
 
     # -- change feed ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from dicomhub.errors import Unavailable
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
 from dicomhub.storage.dialect import SQLITE
-from dicomhub.storage.sql_index import SqlIndex
+from dicomhub.storage.sql_index import OpFactory, SqlIndex
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ ANALYSIS_LIMIT = 400
 
 class SqliteIndex(SqlIndex):
     dialect = SQLITE
+    shared = False  # one serve per data folder (a lock file); its workers start after recovery
 
     def __init__(self, path: str):
         self._memory = path == ":memory:"
@@ -126,7 +127,7 @@ class SqliteIndex(SqlIndex):
         self._analyze()
 
     async def check(self) -> None:
-        await self._read(ops.single(ops.one("SELECT 1")))
+        await self._read(ops.single, ops.one("SELECT 1"))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -144,14 +145,14 @@ class SqliteIndex(SqlIndex):
             self._local.stats = self._stats
         return conn
 
-    async def _read(self, op: ops.Op, snapshot: bool = False) -> Any:
+    async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
         def run() -> Any:
             conn = self._reader()
             if not snapshot:
-                return ops.drive(lambda stmt: _execute(conn, stmt), op)
+                return ops.drive(lambda stmt: _execute(conn, stmt), op(*args))
             conn.execute("BEGIN")
             try:
-                return ops.drive(lambda stmt: _execute(conn, stmt), op)
+                return ops.drive(lambda stmt: _execute(conn, stmt), op(*args))
             finally:
                 conn.execute("COMMIT")
 
@@ -160,9 +161,9 @@ class SqliteIndex(SqlIndex):
         except sqlite3.Error as exc:
             raise Unavailable("index", str(exc)) from exc
 
-    async def _write(self, op: ops.Op) -> Any:
+    async def _write(self, op: OpFactory, *args: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, future))
+        self._queue.put_nowait((op(*args), future))
         return await future
 
     async def _write_loop(self) -> None:

@@ -9,20 +9,27 @@ from dicomhub.errors import InvalidRequest
 from dicomhub.storage.file_blobs import FileBlobStore
 from dicomhub.storage.memory_blobs import MemoryBlobStore
 from dicomhub.storage.object_blobs import SCHEMES, ObjectBlobStore
+from dicomhub.storage.postgres_index import PostgresIndex
 from dicomhub.storage.protocols import BlobStore, IndexStore
 from dicomhub.storage.sqlite_index import SqliteIndex
 
 
-def open_index(url: str) -> IndexStore:
-    """``sqlite:///abs/path.sqlite``, ``sqlite:///:memory:`` or ``sqlite://:memory:``."""
+def open_index(url: str, pool_size: int = 10, migrate: bool = True) -> IndexStore:
+    """``sqlite:///abs/path.sqlite``, ``sqlite:///:memory:``, ``sqlite://:memory:``, or
+    ``postgresql://user:password@host:port/database`` (a pool of ``pool_size`` connections;
+    pending migrations applied at start when ``migrate``)."""
     parsed = urlparse(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return PostgresIndex(url, pool_size, migrate)
     if parsed.scheme == "sqlite":
         path = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
         if path in (":memory:", "/:memory:"):
             return SqliteIndex(":memory:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return SqliteIndex(path)
-    raise InvalidRequest(f"unsupported index URL {url!r} (supported: sqlite:///...)")
+    raise InvalidRequest(
+        f"unsupported index URL {url!r} (supported: sqlite:///..., postgresql://...)"
+    )
 
 
 def open_blobs(url: str, multipart_threshold: int = 16 * 1024 * 1024) -> BlobStore:

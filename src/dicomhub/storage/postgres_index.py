@@ -1,0 +1,174 @@
+"""IndexStore on PostgreSQL (``postgresql://user:password@host:port/database``): the index of
+deployments with several nodes.
+
+A pool of asyncpg connections; every write operation runs in a transaction of its own and is run
+again from the start when PostgreSQL aborts it for a deadlock, a serialization failure or a row
+that a concurrent transaction removed. Migrations run under an advisory lock, so nodes starting
+together upgrade the schema once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+import asyncpg
+
+from dicomhub.errors import Unavailable
+from dicomhub.storage import index_ops as ops
+from dicomhub.storage import migrations
+from dicomhub.storage.dialect import POSTGRES
+from dicomhub.storage.sql_index import OpFactory, SqlIndex
+
+log = logging.getLogger(__name__)
+
+ENGINE = "postgresql"
+MIGRATION_LOCK = 7340116
+RETRIES = 5
+# The connection is lost or refused, or the server is shutting down or out of connections.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+RETRYABLE = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.ForeignKeyViolationError,
+)
+
+
+class PostgresIndex(SqlIndex):
+    dialect = POSTGRES
+    shared = True
+
+    def __init__(self, url: str, pool_size: int = 10, migrate: bool = True):
+        self.url = url
+        self.pool_size = pool_size
+        self.migrate = migrate
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, timeout=10, command_timeout=300
+            )
+        except UNAVAILABLE as exc:
+            raise Unavailable("index", f"cannot connect to PostgreSQL: {exc}") from exc
+        current = await self.upgrade() if self.migrate else await self.version()
+        if current != migrations.latest(ENGINE):
+            raise Unavailable(
+                "index",
+                f"schema version {current}, this dicomhub needs {migrations.latest(ENGINE)}: "
+                "run `dicomhub db upgrade`",
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def check(self) -> None:
+        await self._read(ops.single, ops.one("SELECT 1"))
+
+    # -- migrations ----------------------------------------------------------------------------
+
+    async def version(self) -> int:
+        async with self._connection() as conn:
+            exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+            if not exists:
+                return 0
+            return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+
+    async def upgrade(self) -> int:
+        """Apply the pending migrations, all in one transaction; returns the schema version."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            if current > migrations.latest(ENGINE):
+                raise Unavailable("index", f"schema version {current} is newer than this dicomhub")
+            pending = [(n, sql) for n, sql in migrations.scripts(ENGINE) if n > current]
+            for number, sql in pending:
+                log.info("index: applying migration %d", number)
+                await conn.execute(sql)
+            if migrations.needs_rebuild(current, ENGINE):
+                await _drive(conn, ops.rebuild_search(POSTGRES))
+            await conn.executemany(
+                "INSERT INTO schema_version (version) VALUES ($1)", [(n,) for n, _ in pending]
+            )
+            return migrations.latest(ENGINE) if pending else current
+
+    # -- drivers -------------------------------------------------------------------------------
+
+    async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
+        async with self._connection() as conn:
+            if not snapshot:
+                return await _drive(conn, op(*args))
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await _drive(conn, op(*args))
+
+    async def _write(self, op: OpFactory, *args: Any) -> Any:
+        for attempt in range(RETRIES):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await _drive(conn, op(*args))
+            except RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01 * 2**attempt)
+
+    def _connection(self):
+        return _Connection(self._pool)
+
+
+class _Connection:
+    """A pooled connection; losing the server is Unavailable (503), anything else a bug."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self.conn = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            self.conn = await self.pool.acquire(timeout=10)
+        except UNAVAILABLE as exc:
+            raise Unavailable("index", str(exc) or type(exc).__name__) from exc
+        return self.conn
+
+    async def __aexit__(self, kind, exc, tb) -> None:
+        await self.pool.release(self.conn)
+        if isinstance(exc, UNAVAILABLE):
+            raise Unavailable("index", str(exc) or type(exc).__name__) from exc
+
+
+async def _drive(conn: asyncpg.Connection, op: ops.Op) -> Any:
+    result = None
+    try:
+        while True:
+            stmt = op.send(result)
+            sql = numbered(stmt.sql)
+            if stmt.fetch == "many":
+                await conn.executemany(sql, stmt.params)
+                result = None
+            elif stmt.fetch == "one":
+                result = await conn.fetchrow(sql, *stmt.params)
+            elif stmt.fetch == "all":
+                result = await conn.fetch(sql, *stmt.params)
+            else:
+                result = await conn.execute(sql, *stmt.params)
+    except StopIteration as stop:
+        return stop.value
+
+
+@functools.lru_cache(maxsize=1024)
+def numbered(sql: str) -> str:
+    """``?`` parameters as PostgreSQL's ``$1, $2, ...`` (none of our SQL has ``?`` in quotes)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1]
