@@ -1,0 +1,120 @@
+"""A database built by the migrations equals the declared schema, on every engine; an index
+refuses a schema newer than it knows; ``dicomhub db upgrade`` applies what is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from dicomhub.errors import Unavailable
+from dicomhub.storage import migrations
+from dicomhub.storage.postgres_index import PostgresIndex
+from dicomhub.storage.sqlite_index import SqliteIndex
+from tests.conftest import ROOT, index_database
+
+
+def sqlite_structure(path) -> dict:
+    conn = sqlite3.connect(path)
+    out = {}
+    tables = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for name, sql in tables:
+        columns = {tuple(r[1:]) for r in conn.execute(f"PRAGMA table_xinfo({name})")}
+        indexes = set()
+        for _, index, unique, origin, partial in conn.execute(f"PRAGMA index_list({name})"):
+            cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index})"))
+            # automatic indexes of UNIQUE constraints are named by their place in the DDL
+            indexes.add((index if origin == "c" else origin, unique, cols, partial))
+        keys = {tuple(r[2:]) for r in conn.execute(f"PRAGMA foreign_key_list({name})")}
+        out[name] = (columns, indexes, keys, "AUTOINCREMENT" in sql.upper())
+    conn.close()
+    return out
+
+
+def test_sqlite_migrations_build_the_declared_schema(tmp_path):
+    async def migrate():
+        index = SqliteIndex(str(tmp_path / "migrated.sqlite"))
+        await index.start()
+        await index.close()
+
+    asyncio.run(migrate())
+    declared = sqlite3.connect(tmp_path / "declared.sqlite")
+    declared.executescript(migrations.declared_schema("sqlite"))
+    declared.close()
+    migrated = sqlite_structure(tmp_path / "migrated.sqlite")
+    assert migrated == sqlite_structure(tmp_path / "declared.sqlite")
+    assert {"study", "series", "instance", "changefeed", "blob_upload"} <= set(migrated)
+
+
+PG_STRUCTURE = {
+    "columns": """
+        SELECT table_name, column_name, data_type, is_nullable, column_default, collation_name,
+            is_identity, identity_generation
+        FROM information_schema.columns WHERE table_schema = 'public'""",
+    "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+    "constraints": """
+        SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
+        FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+        WHERE n.nspname = 'public'""",
+}
+
+
+async def pg_structure(url: str) -> dict:
+    conn = await asyncpg.connect(url)
+    try:
+        return {k: {tuple(r) for r in await conn.fetch(sql)} for k, sql in PG_STRUCTURE.items()}
+    finally:
+        await conn.close()
+
+
+def test_postgresql_migrations_build_the_declared_schema():
+    with index_database("postgresql") as migrated_url, index_database("postgresql") as declared:
+
+        async def run():
+            index = PostgresIndex(migrated_url)
+            await index.start()
+            await index.close()
+            conn = await asyncpg.connect(declared)
+            await conn.execute(migrations.declared_schema("postgresql"))
+            await conn.close()
+            return await pg_structure(migrated_url), await pg_structure(declared)
+
+        migrated, expected = asyncio.run(run())
+    assert migrated == expected
+    assert any(row[0] == "blob_upload" for row in migrated["columns"])
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "index.sqlite"
+    asyncio.run(_start_and_close(SqliteIndex(str(path))))
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (9999)")
+    with pytest.raises(Unavailable, match="newer"):
+        asyncio.run(_start_and_close(SqliteIndex(str(path))))
+
+
+def test_db_upgrade_command_and_start_without_migrating():
+    with index_database("postgresql") as url:
+        with pytest.raises(Unavailable, match="db upgrade"):
+            asyncio.run(_start_and_close(PostgresIndex(url, migrate=False)))
+        done = subprocess.run(
+            [sys.executable, "-m", "dicomhub", "db", "upgrade", "--index-url", url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "up to date" in done.stdout and "postgres:postgres" not in done.stdout
+        asyncio.run(_start_and_close(PostgresIndex(url, migrate=False)))  # now it starts
+
+
+async def _start_and_close(index) -> None:
+    await index.start()
+    await index.close()
