@@ -1,0 +1,187 @@
+"""The IndexStore contract where several nodes share one index: two index objects on one
+database (one SQLite file, or one PostgreSQL database) stand for two nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import timedelta
+
+import pytest
+
+from dicomhub.clock import utcnow
+from dicomhub.dicom.instance import ingest
+from dicomhub.dicom.parse import read_part10
+from dicomhub.errors import AlreadyExists
+from dicomhub.model import InstanceId, NewInstance, Scope
+from dicomhub.storage.urls import open_index
+from tests.conftest import index_database
+from tests.synthetic import instance, uid
+
+
+def new_instance(data: bytes) -> NewInstance:
+    parsed = read_part10(io.BytesIO(data), len(data), 1024)
+    d = ingest(parsed, lambda o, n: data[o : o + n], 1024, False, None)
+    return NewInstance(
+        id=InstanceId(d.study, d.series, d.sop),
+        sop_class=d.sop_class,
+        transfer_syntax=d.transfer_syntax,
+        size=len(data),
+        metadata=d.metadata,
+        frames=d.frames,
+        bulk=d.bulk,
+        parse_on_read=d.parse_on_read,
+        search=d.search,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def nodes(request, tmp_path):
+    """Two index objects ("nodes") on one database."""
+    with index_database(request.param) as url:
+        if request.param == "sqlite":
+            url = f"sqlite://{tmp_path / 'index.sqlite'}"
+
+        async def open_both():
+            a, b = open_index(url), open_index(url)
+            await a.start()
+            await b.start()
+            return a, b
+
+        yield url, open_both
+
+
+async def store(index, item: NewInstance) -> int:
+    version = await index.reserve(item.id)
+    await index.commit(version, item)
+    return version
+
+
+def test_concurrent_stores_of_one_instance_one_wins(nodes):
+    _, open_both = nodes
+    item = new_instance(instance(uid(1), uid(1, 1), uid(1, 1, 1), PatientID="P1"))
+
+    async def run():
+        a, b = await open_both()
+        try:
+            va, vb = await a.reserve(item.id), await b.reserve(item.id)  # both start
+            assert va != vb
+            results = await asyncio.gather(
+                a.commit(va, item), b.commit(vb, item), return_exceptions=True
+            )
+            found = await b.instances(Scope(item.id.study))
+            loser = vb if results[0] is None else va
+            # the loser abandons its store; its blob is queued for deletion
+            assert await (b if loser == vb else a).abandon(loser) is True
+            return results, found
+        finally:
+            await a.close()
+            await b.close()
+
+    results, found = asyncio.run(run())
+    assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "NoneType"]
+    assert len(found) == 1
+
+
+def test_one_ordered_change_feed_across_nodes(nodes):
+    """Entries appear in sequence order: a reader following the feed while two nodes write
+    never sees an entry appear behind one it has already read."""
+    _, open_both = nodes
+    items = [
+        new_instance(instance(uid(2), uid(2, n % 3), uid(2, n % 3, n), PatientID=f"P{n % 4}"))
+        for n in range(60)
+    ]
+
+    async def run():
+        a, b = await open_both()
+        seen: list[int] = []
+        writing = True
+
+        async def follow():
+            while True:
+                done = not writing
+                for entry in await a.changefeed(seen[-1] if seen else 0, 100, by_sequence=True):
+                    seen.append(entry.sequence)
+                if done:
+                    return
+
+        async def write(index, part):
+            for item in part:
+                await store(index, item)
+
+        reader = asyncio.create_task(follow())
+        try:
+            await asyncio.gather(write(a, items[0::2]), write(b, items[1::2]))
+        finally:
+            writing = False
+        await reader
+        everything = await b.changefeed(0, 1000, by_sequence=True)
+        await a.close()
+        await b.close()
+        return seen, everything
+
+    seen, everything = asyncio.run(run())
+    assert [e.sequence for e in everything] == seen  # nothing was skipped while following
+    assert seen == sorted(seen) and len(seen) == 60
+    assert {e.id.sop for e in everything} == {i.id.sop for i in items}
+
+
+def test_stale_uploads_are_abandoned_once(nodes):
+    _, open_both = nodes
+    item = new_instance(instance(uid(3), uid(3, 1), uid(3, 1, 1)))
+
+    async def run():
+        a, b = await open_both()
+        try:
+            version = await a.reserve(item.id)
+            stale = await b.abandoned_claims(utcnow() + timedelta(seconds=1))
+            fresh = await b.abandoned_claims(utcnow() - timedelta(hours=1))
+            assert await b.abandon(version) is True  # the cleanup job on node B
+            with pytest.raises(Exception) as late:  # node A finishes too late
+                await a.commit(version, item)
+            due = await a.due_blob_deletions(utcnow() + timedelta(seconds=1), 10)
+            return stale, fresh, late.value, due, await a.instances(Scope(item.id.study))
+        finally:
+            await a.close()
+            await b.close()
+
+    stale, fresh, late, due, found = asyncio.run(run())
+    assert [v for v, _ in stale] == [stale[0][0]] and fresh == []
+    assert "abandoned" in str(late) and not isinstance(late, AlreadyExists)
+    assert len(due) == 1 and found == []
+
+
+def test_a_change_feed_entry_is_never_overtaken():
+    """PostgreSQL hands out sequence numbers before commit: a writer that has taken its number
+    and not committed yet holds back later writers, so no reader sees N+1 before N."""
+    import asyncpg
+
+    from dicomhub.storage.dialect import POSTGRES
+    from dicomhub.storage.postgres_index import numbered
+    from dicomhub.storage.sql_queries import INSERT_CHANGE
+
+    item = new_instance(instance(uid(4), uid(4, 1), uid(4, 1, 1)))
+    with index_database("postgresql") as url:
+
+        async def run():
+            node = open_index(url)
+            await node.start()
+            slow = await asyncpg.connect(url)
+            try:
+                tx = slow.transaction()
+                await tx.start()
+                await slow.execute(POSTGRES.feed_lock)  # a writer that took its sequence...
+                await slow.execute(numbered(INSERT_CHANGE), 0, 0, "p", "1.2", "1.2.3", "1.2.3.4", 1)
+                later = asyncio.create_task(store(node, item))
+                await asyncio.sleep(0.5)
+                held_back = not later.done()
+                await tx.commit()  # ...and commits only now
+                await later
+                return held_back, [e.sequence for e in await node.changefeed(0, 10, True)]
+            finally:
+                await slow.close()
+                await node.close()
+
+        held_back, sequences = asyncio.run(run())
+    assert held_back
+    assert sequences == sorted(sequences) and len(sequences) == 2
