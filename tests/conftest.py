@@ -145,9 +145,28 @@ def seaweedfs(tmp_path_factory):
     yield from _component(components.seaweedfs, tmp_path_factory, "seaweedfs")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """One served archive for the end-to-end tests, talked to over a real socket."""
+BACKENDS = ["embedded", "scale-out"]
+
+
+@contextlib.contextmanager
+def backend_settings(kind: str, request):
+    """Settings (as ``running_server`` keywords) of the embedded default (SQLite + folder), or
+    of a scaled-out node: a PostgreSQL database of its own and a prefix in Azurite."""
+    if kind == "embedded":
+        yield {}
+        return
+    store = request.getfixturevalue("azurite")
+    with index_database("postgresql") as url:
+        yield {"index_url": url, "blob_url": store.blob_url()}
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(tmp_path_factory, request):
+    """One served archive for the end-to-end tests, talked to over a real socket; the suite
+    runs on the embedded default and on PostgreSQL + object storage."""
     data = tmp_path_factory.mktemp("served")
-    with running_server(data, delete_delay="0", cleanup_interval="0.2") as (url, _):
-        yield {"url": url, "data": data}
+    with (
+        backend_settings(request.param, request) as backend,
+        running_server(data, delete_delay="0", cleanup_interval="0.2", **backend) as (url, _),
+    ):
+        yield {"url": url, "data": data, "backend": request.param}

@@ -7,16 +7,19 @@ import httpx
 import pytest
 from dicomweb_client import DICOMwebClient
 
-from tests.conftest import running_server
+from tests.conftest import BACKENDS, backend_settings, running_server
 from tests.dicomfiles import read
 from tests.synthetic import uid
 from tests.test_qido import DATASET, S1, S2, S3, dataset_files, labels
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(tmp_path_factory, request):
     data = tmp_path_factory.mktemp("qido-served")
-    with running_server(data) as (url, _):
+    with (
+        backend_settings(request.param, request) as backend,
+        running_server(data, **backend) as (url, _),
+    ):
         dw = DICOMwebClient(url + "/v2")
         dw.store_instances([read(f) for f in dataset_files()])
         yield url, dw
