@@ -50,7 +50,7 @@ async def retrieve(request: Request) -> Response:
             return not_modified_response(headers["ETag"])
         headers["Content-Length"] = str(instance.size)
         media = f"{DICOM}; transfer-syntax={instance.transfer_syntax}"
-        return StreamingResponse(content(instance), media_type=media, headers=headers)
+        return StreamingResponse(await primed(content(instance)), media_type=media, headers=headers)
     boundary = new_boundary()
 
     heads = [
@@ -58,10 +58,12 @@ async def retrieve(request: Request) -> Response:
         for media, syntax in choice.served
     ]
 
+    first = await primed(content(instances[0]))
+
     async def body() -> AsyncIterator[bytes]:
-        for instance, head in zip(instances, heads, strict=True):
+        for n, (instance, head) in enumerate(zip(instances, heads, strict=True)):
             yield head
-            async for chunk in content(instance):
+            async for chunk in first if n == 0 else content(instance):
                 yield chunk
             yield PART_END
         yield closing(boundary)
@@ -118,14 +120,14 @@ async def bulkdata(request: Request) -> Response:
         async def content(start: int, size: int) -> AsyncIterator[bytes]:
             yield data[start : start + size]
 
-        return _bulk_response(request, accept, len(data), headers, content)
+        return await _bulk_response(request, accept, len(data), headers, content)
     offset, length = location
     if length == UNDEFINED_LENGTH:  # encapsulated pixel data: its frames, one part each
         choice = negotiate(accept, [frame_offers(instance.transfer_syntax)], single_allowed=False)
         media, syntax = choice.served[0]
         data = await retrieve.frames(instance, None)
         return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
-    return _bulk_response(
+    return await _bulk_response(
         request,
         accept,
         length,
@@ -134,7 +136,7 @@ async def bulkdata(request: Request) -> Response:
     )
 
 
-def _bulk_response(request, accept, size, headers, content) -> Response:
+async def _bulk_response(request, accept, size, headers, content) -> Response:
     """``content(start, length)`` streams that range of the value."""
     # Bulk data other than pixel data has no transfer syntax: ignore the parameter.
     accept = [MediaType(m.type, {"type": m.params.get("type", "*/*")}, m.q) for m in accept]
@@ -148,13 +150,17 @@ def _bulk_response(request, accept, size, headers, content) -> Response:
     if not choice.multipart:
         headers["Content-Length"] = str(length)
         return StreamingResponse(
-            content(start, length), status_code=status, media_type=OCTETS, headers=headers
+            await primed(content(start, length)),
+            status_code=status,
+            media_type=OCTETS,
+            headers=headers,
         )
     boundary = new_boundary()
+    value = await primed(content(start, length))
 
     async def body() -> AsyncIterator[bytes]:
         yield part_header(boundary, OCTETS)
-        async for piece in content(start, length):
+        async for piece in value:
             yield piece
         yield PART_END
         yield closing(boundary)
@@ -162,6 +168,20 @@ def _bulk_response(request, accept, size, headers, content) -> Response:
     return StreamingResponse(
         body(), status_code=status, media_type=_multipart(OCTETS, boundary), headers=headers
     )
+
+
+async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``stream`` with its first chunk read already: a missing blob or an unavailable store
+    fails the request with its proper status before the response starts."""
+    first = await anext(stream, None)
+
+    async def whole() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+        async for chunk in stream:
+            yield chunk
+
+    return whole()
 
 
 def frame_offers(transfer_syntax: str) -> list[Offer]:
