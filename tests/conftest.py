@@ -60,7 +60,7 @@ def settings(tmp_path, index_url) -> Settings:
 @pytest.fixture
 def client(settings):
     """The real app in-process, on the in-memory index and blob store."""
-    app = create_app(settings, build_archive(settings), run_workers=False)
+    app = create_app(settings, build_archive(settings))
     with TestClient(app) as c:
         yield c
 
@@ -71,7 +71,7 @@ def file_client(tmp_path):
 
     def make(**overrides):
         s = Settings(data_dir=str(tmp_path / "data"), **overrides)
-        app = create_app(s, build_archive(s), run_workers=False)
+        app = create_app(s, build_archive(s))
         return TestClient(app)
 
     return make

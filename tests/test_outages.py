@@ -33,7 +33,7 @@ def relayed(tmp_path, azurite):
             index_url=index_url.replace(f":{pg.port}/", f":{index_relay.port}/"),
             blob_url=blob_url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{blob_relay.port}"),
         )
-        app = create_app(settings, build_archive(settings), run_workers=False)
+        app = create_app(settings, build_archive(settings))
         try:
             with TestClient(app) as client:
                 yield client, index_relay, blob_relay

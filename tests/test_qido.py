@@ -108,7 +108,7 @@ def dataset_files() -> list[bytes]:
 def make_client(tmp_path, **settings) -> TestClient:
     s = Settings(data_dir=str(tmp_path), index_url="sqlite://:memory:", blob_url="memory://")
     s = Settings(**{**s.__dict__, **settings})
-    return TestClient(create_app(s, build_archive(s), run_workers=False))
+    return TestClient(create_app(s, build_archive(s)))
 
 
 @pytest.fixture(scope="module", params=INDEXES)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dicomhub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _settings_flags(commands.add_parser("serve", help="run the DICOMweb server"))
+    _settings_flags(
+        commands.add_parser("worker", help="run background job runners only (no HTTP API)")
+    )
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _settings_flags(db)
@@ -71,10 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     if command == "db":
         asyncio.run(_upgrade(settings))
+    elif command == "worker":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_work(settings))
     elif command == "serve":
         import uvicorn
-
-        from dicomhub.web.app import create_app
 
         lock = _lock_data_dir(settings)
         options = dict(
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 "dicomhub.cli:worker_app", factory=True, workers=settings.workers, **options
             )
         else:
-            uvicorn.run(create_app(settings, build_archive(settings)), **options)
+            uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
 
 
@@ -120,8 +126,34 @@ async def _recover(settings: Settings) -> None:
 
 def worker_app():
     """The app of one of several ``serve --workers`` processes (uvicorn's factory)."""
-    from dicomhub.web.app import create_app
-
     settings = Settings.load()
     _configure_logging(settings)
-    return create_app(settings, build_archive(settings), recover=False)
+    return _app(settings, recover=False)
+
+
+def _app(settings: Settings, recover: bool):
+    from dicomhub.web.app import create_app
+    from dicomhub.workers.background import run_background
+
+    archive = build_archive(settings)
+    background = (lambda: run_background(archive, settings)) if settings.background_jobs else None
+    return create_app(settings, archive, background, recover)
+
+
+async def _work(settings: Settings) -> None:
+    """``dicomhub worker``: job runners until SIGTERM or SIGINT; a job cut off mid-way is
+    taken over by another runner once its lease runs out."""
+    from dicomhub.workers.background import run_background
+
+    archive = build_archive(settings)
+    await archive.start(recover=False)
+    work = asyncio.create_task(run_background(archive, settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, work.cancel)
+    try:
+        await work
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await archive.close()

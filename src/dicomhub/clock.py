@@ -13,3 +13,8 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def isoformat(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as the JSON APIs write times."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

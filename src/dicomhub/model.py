@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 DEFAULT_PARTITION = "Microsoft.Default"
@@ -87,6 +87,35 @@ class ChangeFeedEntry:
     id: InstanceId
     state: str  # current, replaced, deleted
     metadata: bytes | None
+
+
+class OperationStatus(StrEnum):
+    NOT_STARTED = "notStarted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A background job, and the long-running operation clients follow."""
+
+    id: str
+    type: str
+    status: OperationStatus
+    percent_complete: int
+    created: datetime
+    last_updated: datetime
+    payload: dict[str, Any]
+    checkpoint: dict[str, Any] | None  # where a resumed job goes on from
+    results: dict[str, Any] | None
+    errors: list[str]
+    attempts: int
+    max_attempts: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (OperationStatus.COMPLETED, OperationStatus.FAILED)
 
 
 def blob_key(partition: str, version: int) -> str:

@@ -65,6 +65,18 @@ class Settings:
         "Seconds a deleted instance's blob is kept before the cleanup job removes it.",
     )
     cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
+    background_jobs: bool = _setting(
+        True,
+        "serve also runs background job runners (blob cleanup, ...). Off: only `dicomhub worker` "
+        "processes run them.",
+    )
+    job_concurrency: int = _setting(2, "Jobs one process runs at once.")
+    job_lease: float = _setting(
+        30.0,
+        "Seconds a job runner holds a job without renewing its lease (renewed every third of "
+        "it); a job whose runner died is taken over by another after this long.",
+    )
+    job_poll_interval: float = _setting(1.0, "Seconds an idle job runner waits between claims.")
     cleanup_batch_size: int = _setting(100, "Deleted blobs removed per cleanup run.")
     upload_timeout: float = _setting(
         3600.0,

@@ -1,12 +1,11 @@
 """Background cleanup: blobs of deleted instances, and stores that never finished.
 
 The queue lives in the index, so it survives restarts; a blob whose deletion fails is retried
-later. Runs inside ``dicomhub serve`` in the embedded mode.
+later. Runs as the blob-cleanup background job (workers/background.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
@@ -54,12 +53,3 @@ class Cleanup:
             removed += len(done)
             if len(due) < self.batch_size:
                 return removed
-
-    async def run_forever(self, interval: float) -> None:
-        while True:
-            try:
-                await self.remove_abandoned_claims(utcnow() - self.upload_timeout)
-                await self.delete_due_blobs()
-            except Exception:  # a failing pass must not stop the worker
-                log.exception("cleanup pass failed")
-            await asyncio.sleep(interval)

@@ -17,6 +17,7 @@ class Dialect:
     # feed's sequence then follows commit order, so a reader never sees a later entry before an
     # earlier one commits. None where writes are serial anyway.
     feed_lock: str | None
+    skip_locked: str  # added to the SELECT that picks a job, so that workers never wait on one
 
     def pattern(self, glob: str) -> str:
         """A query's GLOB pattern (``*``, ``?``, ``[[]`` for a literal ``[``) in this engine's
@@ -53,6 +54,7 @@ SQLITE = Dialect(
     nulls_first="",
     nulls_last="",
     feed_lock=None,
+    skip_locked="",  # one writer at a time: claims are serial anyway
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -62,4 +64,5 @@ POSTGRES = Dialect(
     nulls_first=" NULLS FIRST",
     nulls_last=" NULLS LAST",
     feed_lock="SELECT pg_advisory_xact_lock(7340115)",  # any constant: the feed's one lock
+    skip_locked=" FOR UPDATE SKIP LOCKED",
 )

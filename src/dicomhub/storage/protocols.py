@@ -12,6 +12,7 @@ from dicomhub.model import (
     ChangeFeedEntry,
     InstanceId,
     NewInstance,
+    Operation,
     Scope,
     StoredInstance,
 )
@@ -116,3 +117,36 @@ class IndexStore(Protocol):
         By time: entries in [start, end), skipping ``offset`` of them, at most ``limit``."""
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...
+
+    # Background jobs (see storage/job_ops.py): leased, retried, resumable; the operations
+    # clients follow at /operations/{id}.
+
+    async def enqueue_job(
+        self, id: str, kind: str, payload: dict, max_attempts: int, now: datetime, singleton: bool
+    ) -> str:
+        """Add a job; for a ``singleton`` kind, the id of the pending or running one if any."""
+
+    async def claim_job(self, owner: str, now: datetime, lease_until: datetime) -> Operation | None:
+        """Take the lease of the oldest ready job (not started and due, or its lease expired);
+        concurrent claimers never get the same job."""
+
+    async def renew_job(
+        self, id: str, owner: str, now: datetime, lease_until: datetime, percent: int, checkpoint
+    ) -> bool:
+        """Extend the lease and record progress; False when the lease was lost."""
+
+    async def finish_job(
+        self,
+        id: str,
+        owner: str,
+        now: datetime,
+        results: dict | None,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> bool:
+        """Complete (no error), retry at ``retry_at``, or fail the job; False without the lease."""
+
+    async def operation(self, id: str) -> Operation | None: ...
+
+    async def purge_operations(self, kind: str, before: datetime) -> None:
+        """Forget finished jobs of ``kind`` last updated before then."""

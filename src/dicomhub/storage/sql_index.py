@@ -14,10 +14,12 @@ from dicomhub.model import (
     ChangeFeedEntry,
     InstanceId,
     NewInstance,
+    Operation,
     Scope,
     StoredInstance,
 )
 from dicomhub.storage import index_ops as ops
+from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import sql_queries as q
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
@@ -113,6 +115,28 @@ class SqlIndex:
         sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
         found = await self._rows(sql, ())
         return _entry(found[0]) if found else None
+
+    # -- background jobs -----------------------------------------------------------------------
+
+    async def enqueue_job(
+        self, id: str, kind: str, payload: dict, max_attempts: int, now: datetime, singleton: bool
+    ) -> str:
+        return await self._write(jobs.enqueue, id, kind, payload, max_attempts, now, singleton)
+
+    async def claim_job(self, owner: str, now: datetime, lease_until: datetime):
+        return await self._write(jobs.claim, self.dialect, owner, now, lease_until)
+
+    async def renew_job(self, id, owner, now, lease_until, percent, checkpoint) -> bool:
+        return await self._write(jobs.renew, id, owner, now, lease_until, percent, checkpoint)
+
+    async def finish_job(self, id, owner, now, results, error, retry_at) -> bool:
+        return await self._write(jobs.finish, id, owner, now, results, error, retry_at)
+
+    async def operation(self, id: str) -> Operation | None:
+        return await self._read(jobs.get, id)
+
+    async def purge_operations(self, kind: str, before: datetime) -> None:
+        await self._write(jobs.purge, kind, before)
 
 
 def _stored(r) -> StoredInstance:

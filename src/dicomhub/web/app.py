@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,7 +15,17 @@ from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings
-from dicomhub.web import changefeed, delete, errors, health, openapi, qido, stow, wado
+from dicomhub.web import (
+    changefeed,
+    delete,
+    errors,
+    health,
+    openapi,
+    operations,
+    qido,
+    stow,
+    wado,
+)
 
 VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
@@ -69,6 +80,7 @@ def routes() -> list[BaseRoute]:
         (INSTANCE, delete.delete, ["DELETE"], "delete-instance"),
         ("/changefeed", changefeed.changefeed, ["GET"], "changefeed"),
         ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest"),
+        ("/operations/{operation}", operations.get, ["GET"], "operation"),
         ("/api.json", openapi.api_json, ["GET"], "openapi-json"),
         ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml"),
     ]
@@ -79,14 +91,17 @@ def routes() -> list[BaseRoute]:
 
 
 def create_app(
-    settings: Settings, archive: Archive, run_workers: bool = True, recover: bool = True
+    settings: Settings,
+    archive: Archive,
+    background: Callable[[], Awaitable[None]] | None = None,
+    recover: bool = True,
 ) -> Starlette:
+    """The app over ``archive``; ``background()`` (the node's job runners) runs beside it."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await archive.start(recover)
-        worker = None
-        if run_workers:
-            worker = asyncio.create_task(archive.cleanup.run_forever(settings.cleanup_interval))
+        worker = asyncio.create_task(background()) if background else None
         try:
             yield
         finally:

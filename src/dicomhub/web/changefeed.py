@@ -8,6 +8,7 @@ from datetime import datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomhub.clock import isoformat
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ChangeFeedEntry
 from dicomhub.web.common import archive, version
@@ -50,7 +51,7 @@ def _entry(e: ChangeFeedEntry, metadata: bool) -> dict:
         "seriesInstanceUid": e.id.series,
         "sopInstanceUid": e.id.sop,
         "action": e.action.name.lower(),
-        "timestamp": e.timestamp.isoformat().replace("+00:00", "Z"),
+        "timestamp": isoformat(e.timestamp),
         "state": e.state,
     }
     if metadata:

@@ -120,3 +120,23 @@ CREATE INDEX instance_sop_uid ON instance (sop_uid);
 CREATE INDEX instance_sop_class ON instance (sop_class_uid);
 CREATE INDEX instance_number ON instance (instance_number);
 CREATE INDEX instance_acquisition ON instance (acquisition_datetime);
+
+CREATE TABLE operation (
+    operation_id        text COLLATE "C" PRIMARY KEY,
+    type                text COLLATE "C" NOT NULL,
+    status              text COLLATE "C" NOT NULL,
+    percent_complete    integer NOT NULL DEFAULT 0,
+    created             bigint NOT NULL,
+    last_updated        bigint NOT NULL,
+    payload             text NOT NULL,
+    checkpoint          text,
+    results             text,
+    errors              text NOT NULL DEFAULT '[]',
+    attempts            integer NOT NULL DEFAULT 0,
+    max_attempts        integer NOT NULL,
+    not_before          bigint NOT NULL,
+    lease_owner         text COLLATE "C",
+    lease_expires       bigint,
+    singleton           text COLLATE "C" UNIQUE
+);
+CREATE INDEX operation_ready ON operation (status, not_before);

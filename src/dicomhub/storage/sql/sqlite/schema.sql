@@ -120,3 +120,22 @@ CREATE INDEX instance_sop_uid ON instance (sop_uid);
 CREATE INDEX instance_sop_class ON instance (sop_class_uid);
 CREATE INDEX instance_number ON instance (instance_number);
 CREATE INDEX instance_acquisition ON instance (acquisition_datetime);
+CREATE TABLE operation (
+    operation_id        TEXT PRIMARY KEY,
+    type                TEXT NOT NULL,
+    status              TEXT NOT NULL, -- notStarted, running, completed, failed
+    percent_complete    INTEGER NOT NULL DEFAULT 0,
+    created             INTEGER NOT NULL,
+    last_updated        INTEGER NOT NULL,
+    payload             TEXT NOT NULL,
+    checkpoint          TEXT,
+    results             TEXT,
+    errors              TEXT NOT NULL DEFAULT '[]',
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    max_attempts        INTEGER NOT NULL,
+    not_before          INTEGER NOT NULL,
+    lease_owner         TEXT,
+    lease_expires       INTEGER,
+    singleton           TEXT UNIQUE
+);
+CREATE INDEX operation_ready ON operation (status, not_before);

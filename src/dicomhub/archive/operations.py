@@ -1,0 +1,31 @@
+"""Long-running operations: jobs in the index that clients follow at /operations/{id}."""
+
+from __future__ import annotations
+
+import uuid
+
+from dicomhub.clock import utcnow
+from dicomhub.errors import NotFound
+from dicomhub.model import Operation
+from dicomhub.storage.protocols import IndexStore
+
+BLOB_CLEANUP = "blob-cleanup"  # deleted instances' blobs, and stores that never finished
+MAX_ATTEMPTS = 5
+
+
+class OperationsService:
+    def __init__(self, index: IndexStore):
+        self.index = index
+
+    async def start(self, kind: str, payload: dict | None = None, singleton: bool = False) -> str:
+        """Queue a job; its operation id (for a singleton kind, that of the one already
+        queued or running, if any)."""
+        return await self.index.enqueue_job(
+            uuid.uuid4().hex, kind, payload or {}, MAX_ATTEMPTS, utcnow(), singleton
+        )
+
+    async def get(self, operation_id: str) -> Operation:
+        found = await self.index.operation(operation_id)
+        if found is None:
+            raise NotFound(f"operation {operation_id} not found")
+        return found

@@ -1,0 +1,26 @@
+"""GET /operations/{id}: a long-running operation, in Microsoft's shape (202 while it runs,
+with Location; 200 once it has completed or failed)."""
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dicomhub.clock import isoformat
+from dicomhub.web.common import archive
+
+
+async def get(request: Request) -> JSONResponse:
+    op = await archive(request).operations.get(request.path_params["operation"])
+    body = {
+        "operationId": op.id,
+        "type": op.type,
+        "createdTime": isoformat(op.created),
+        "lastUpdatedTime": isoformat(op.last_updated),
+        "status": str(op.status),
+        "percentComplete": op.percent_complete,
+        "resources": [],
+        "results": op.results,
+        "errors": op.errors,
+    }
+    if op.finished:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=202, headers={"Location": str(request.url)})

@@ -1,0 +1,43 @@
+"""The background work of a node: job runners over the index, and the periodic jobs it queues.
+
+``dicomhub serve`` runs this beside the HTTP API unless ``--background-jobs false``;
+``dicomhub worker`` runs it alone. Any number of nodes may run it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from dicomhub.archive.archive import Archive
+from dicomhub.archive.operations import BLOB_CLEANUP
+from dicomhub.clock import utcnow
+from dicomhub.settings import Settings
+from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
+
+KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
+
+
+def handlers(archive: Archive, settings: Settings) -> dict[str, Handler]:
+    async def blob_cleanup(context: JobContext) -> dict:
+        cleanup = archive.cleanup
+        abandoned = await cleanup.remove_abandoned_claims(utcnow() - cleanup.upload_timeout)
+        deleted = await cleanup.delete_due_blobs()
+        await archive.index.purge_operations(BLOB_CLEANUP, utcnow() - KEEP_CLEANUP_OPERATIONS)
+        return {"abandonedStores": abandoned, "deletedBlobs": deleted}
+
+    return {BLOB_CLEANUP: blob_cleanup}
+
+
+async def run_background(archive: Archive, settings: Settings) -> None:
+    runner = JobRunner(
+        archive.index, handlers(archive, settings), settings.job_lease, settings.job_poll_interval
+    )
+
+    async def queue_cleanup() -> None:
+        await archive.operations.start(BLOB_CLEANUP, singleton=True)
+
+    await asyncio.gather(
+        every(settings.cleanup_interval, queue_cleanup),
+        *(runner.run_forever() for _ in range(settings.job_concurrency)),
+    )

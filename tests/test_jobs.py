@@ -1,0 +1,191 @@
+"""Background jobs on SQLite and PostgreSQL: status at /operations/{id}, retries with backoff,
+a killed runner's job taken over after its lease from its last checkpoint, concurrent runners
+never running one job twice, and `dicomhub worker` doing the deferred blob deletion alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from dicomhub.clock import utcnow
+from dicomhub.model import OperationStatus
+from dicomhub.storage.urls import open_index
+from dicomhub.workers.jobs import JobRunner
+from tests.conftest import ROOT, index_database, running_server
+from tests.synthetic import instance, uid
+
+
+def test_operation_status_while_queued_and_when_done(client):
+    archive = client.app.state.archive
+    op = client.portal.call(archive.operations.start, "test-job", {"n": 2})
+
+    r = client.get(f"/v2/operations/{op}")
+    assert r.status_code == 202 and r.headers["Location"].endswith(f"/v2/operations/{op}")
+    body = r.json()
+    assert (body["operationId"], body["type"], body["status"]) == (op, "test-job", "notStarted")
+    assert body["percentComplete"] == 0 and body["createdTime"].endswith("Z")
+
+    async def handler(context):
+        return {"twice": context.operation.payload["n"] * 2}
+
+    runner = JobRunner(archive.index, {"test-job": handler})
+    assert client.portal.call(runner.run_once) is True
+    assert client.portal.call(runner.run_once) is False  # nothing else is ready
+    for version in (1, 2):
+        r = client.get(f"/v{version}/operations/{op}")
+        assert r.status_code == 200
+        assert r.json()["status"] == "completed" and r.json()["percentComplete"] == 100
+        assert r.json()["results"] == {"twice": 4}
+    assert client.get("/v2/operations/0123456789abcdef").status_code == 404
+
+
+def test_failures_are_retried_with_backoff_then_fail(client):
+    archive = client.app.state.archive
+    op = client.portal.call(archive.operations.start, "flaky")
+    calls = []
+
+    async def flaky(context):
+        calls.append(time.monotonic())
+        raise RuntimeError(f"attempt {len(calls)} failed")
+
+    runner = JobRunner(archive.index, {"flaky": flaky}, retry_base=0.2)
+    assert client.portal.call(runner.run_once) is True
+    state = client.get(f"/v2/operations/{op}").json()
+    assert state["status"] == "notStarted" and state["errors"] == ["RuntimeError: attempt 1 failed"]
+    assert client.portal.call(runner.run_once) is False  # its retry is not due yet
+    deadline = time.monotonic() + 30
+    while len(calls) < 5 and time.monotonic() < deadline:
+        client.portal.call(runner.run_once)
+        time.sleep(0.05)
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert all(gap >= 0.2 * 2**n * 0.9 for n, gap in enumerate(gaps))  # 0.2, 0.4, 0.8, 1.6 s
+    r = client.get(f"/v2/operations/{op}")
+    assert r.status_code == 200 and r.json()["status"] == "failed"
+    assert len(r.json()["errors"]) == 5
+    assert client.portal.call(runner.run_once) is False  # failed for good
+
+
+def test_a_killed_runners_job_is_resumed_by_another(client):
+    archive = client.app.state.archive
+    op = client.portal.call(archive.operations.start, "long", {"items": 10})
+    done: list[int] = []
+
+    async def long(context):
+        start = (context.checkpoint or {}).get("next", 0)
+        for item in range(start, context.operation.payload["items"]):
+            if item == 4 and context.operation.attempts == 1:
+                await asyncio.Event().wait()  # the first runner hangs here until it is killed
+            done.append(item)
+            context.progress(item * 10, {"next": item + 1})
+            await asyncio.sleep(0.05)
+        return {"items": len(done)}
+
+    first = JobRunner(archive.index, {"long": long}, lease=0.6)
+    second = JobRunner(archive.index, {"long": long}, lease=0.6)
+
+    async def kill_first() -> None:
+        task = asyncio.create_task(first.run_once())
+        await asyncio.sleep(0.8)  # long enough to renew the lease with its checkpoint
+        task.cancel()  # the runner dies: its lease is not released
+        await asyncio.gather(task, return_exceptions=True)
+
+    client.portal.call(kill_first)
+    state = client.get(f"/v2/operations/{op}").json()
+    assert state["status"] == "running" and state["percentComplete"] == 30
+    assert client.portal.call(second.run_once) is False  # the lease has not run out yet
+    time.sleep(0.7)
+    assert client.portal.call(second.run_once) is True
+    state = client.get(f"/v2/operations/{op}").json()
+    assert state["status"] == "completed"
+    assert done == list(range(10))  # resumed at item 4, nothing done twice
+    assert client.portal.call(archive.index.operation, op).attempts == 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_concurrent_runners_never_share_a_job(kind, tmp_path):
+    with index_database(kind) as url:
+        if kind == "sqlite":
+            url = f"sqlite://{tmp_path / 'index.sqlite'}"
+
+        async def run():
+            nodes = [open_index(url), open_index(url)]
+            for node in nodes:
+                await node.start()
+            ran: list[str] = []
+
+            async def job(context):
+                ran.append(context.operation.id)
+                await asyncio.sleep(0.01)
+
+            try:
+                ids = [
+                    await nodes[0].enqueue_job(f"job{n:02}", "job", {}, 5, utcnow(), False)
+                    for n in range(20)
+                ]
+                runners = [JobRunner(node, {"job": job}) for node in nodes for _ in range(3)]
+
+                async def drain(runner):
+                    while await runner.run_once():
+                        pass
+
+                await asyncio.gather(*(drain(r) for r in runners))
+                states = [await nodes[1].operation(i) for i in ids]
+                return ids, ran, states
+            finally:
+                for node in nodes:
+                    await node.close()
+
+        ids, ran, states = asyncio.run(run())
+    assert sorted(ran) == ids  # every job once
+    assert {s.status for s in states} == {OperationStatus.COMPLETED}
+
+
+def test_singleton_jobs(client):
+    archive = client.app.state.archive
+    first = client.portal.call(archive.operations.start, "only-one", None, True)
+    assert client.portal.call(archive.operations.start, "only-one", None, True) == first
+
+    async def job(context):
+        return None
+
+    client.portal.call(JobRunner(archive.index, {"only-one": job}).run_once)
+    assert client.portal.call(archive.operations.start, "only-one", None, True) != first
+
+
+def test_worker_process_runs_the_blob_cleanup(tmp_path):
+    """serve without background jobs leaves a deleted instance's blob; `dicomhub worker` on the
+    same index and blob store removes it."""
+    blobs = tmp_path / "blobs"
+    with index_database("postgresql") as url:
+        settings = dict(index_url=url, blob_url=f"file://{blobs}", delete_delay="0",
+                        cleanup_interval="0.2", job_poll_interval="0.1")  # fmt: skip
+        (tmp_path / "node").mkdir()
+        with running_server(tmp_path / "node", background_jobs="false", **settings) as (base, _):
+            data = instance(uid(70), uid(70, 1), uid(70, 1, 1))
+            r = httpx.post(
+                base + "/v2/studies", content=data, headers={"Content-Type": "application/dicom"}
+            )
+            assert r.status_code == 200
+            assert httpx.delete(f"{base}/v2/studies/{uid(70)}").status_code == 204
+            time.sleep(1)
+            assert len(list(blobs.rglob("*.dcm"))) == 1  # nobody runs the cleanup
+            env = {f"DICOMHUB_{k.upper()}": v for k, v in settings.items()}
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dicomhub", "worker", "--data-dir", str(tmp_path / "w")],
+                cwd=ROOT,
+                env={**os.environ, **env},
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while list(blobs.rglob("*.dcm")) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert list(blobs.rglob("*.dcm")) == []
+            finally:
+                worker.terminate()
+                assert worker.wait(10) == 0  # a clean stop on SIGTERM
