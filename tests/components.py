@@ -203,15 +203,34 @@ def _postgres_admin(sql: str) -> None:
     asyncio.run(run())
 
 
+def _database_url(name: str) -> str:
+    return POSTGRES.rsplit("/", 1)[0] + "/" + name
+
+
 @contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A new, empty database; its URL. Dropped afterwards."""
+def postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new database (empty, or a copy of ``template``); its URL. Dropped afterwards."""
     name = f"dicomhub_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
+    _postgres_admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
-        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+        yield _database_url(name)
     finally:
         _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def migrated_template() -> Iterator[str]:
+    """A database with the index schema, to copy (much faster than migrating each copy)."""
+    from dicomhub.storage.postgres_index import PostgresIndex
+
+    async def migrate(url: str) -> None:
+        index = PostgresIndex(url)
+        await index.start()
+        await index.close()
+
+    with postgres_database() as url:
+        asyncio.run(migrate(url))
+        yield url.rsplit("/", 1)[1]
 
 
 class Unavailable(Exception):

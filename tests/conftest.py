@@ -23,15 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 INDEXES = ["sqlite", "postgresql"]
 
 
+_template: list = []  # the session's migrated PostgreSQL database, made on first use
+
+
+def _postgres_template() -> str:
+    if not _template:
+        context = components.migrated_template()
+        _template.append((context.__enter__(), context))
+    return _template[0][0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for _, context in _template:
+        context.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
-def index_database(kind: str):
+def index_database(kind: str, migrated: bool = True):
     """The URL of an empty index of ``kind``: in-memory SQLite, or a database of its own on
-    PostgreSQL (skipped with the reason when PostgreSQL is not reachable)."""
+    PostgreSQL, with the schema in place unless not ``migrated`` (skipped with the reason
+    when PostgreSQL is not reachable)."""
     if kind == "sqlite":
         yield "sqlite://:memory:"
         return
     try:
-        database = components.postgres_database()
+        database = components.postgres_database(_postgres_template() if migrated else None)
         url = database.__enter__()
     except components.Unavailable as exc:
         pytest.skip(str(exc))

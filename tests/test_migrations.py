@@ -74,7 +74,10 @@ async def pg_structure(url: str) -> dict:
 
 
 def test_postgresql_migrations_build_the_declared_schema():
-    with index_database("postgresql") as migrated_url, index_database("postgresql") as declared:
+    with (
+        index_database("postgresql", migrated=False) as migrated_url,
+        index_database("postgresql", migrated=False) as declared,
+    ):
 
         async def run():
             index = PostgresIndex(migrated_url)
@@ -100,7 +103,7 @@ def test_a_newer_schema_is_refused(tmp_path):
 
 
 def test_db_upgrade_command_and_start_without_migrating():
-    with index_database("postgresql") as url:
+    with index_database("postgresql", migrated=False) as url:
         with pytest.raises(Unavailable, match="db upgrade"):
             asyncio.run(_start_and_close(PostgresIndex(url, migrate=False)))
         done = subprocess.run(
