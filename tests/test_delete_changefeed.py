@@ -88,7 +88,7 @@ def test_interrupted_store_is_undone_at_start(tmp_path):
         archive = build_archive(settings)
         await archive.start()
         found = await archive.index.instances(Scope(ids(CT)[0]))
-        claims = await archive.index.abandoned_claims(utcnow() + timedelta(days=1))
+        claims = await archive.index.stale_uploads(utcnow() + timedelta(days=1))
         await archive.close()
         return found, claims
 

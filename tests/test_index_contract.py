@@ -134,8 +134,8 @@ def test_stale_uploads_are_abandoned_once(nodes):
         a, b = await open_both()
         try:
             version = await a.reserve(item.id)
-            stale = await b.abandoned_claims(utcnow() + timedelta(seconds=1))
-            fresh = await b.abandoned_claims(utcnow() - timedelta(hours=1))
+            stale = await b.stale_uploads(utcnow() + timedelta(seconds=1))
+            fresh = await b.stale_uploads(utcnow() - timedelta(hours=1))
             assert await b.abandon(version) is True  # the cleanup job on node B
             with pytest.raises(Exception) as late:  # node A finishes too late
                 await a.commit(version, item)

@@ -39,7 +39,7 @@ class Archive:
         if recover:
             clear_spool(self.settings.spool_dir)
             if not self.index.shared:  # no other process is storing: every upload is dead
-                if await self.cleanup.remove_abandoned_claims(utcnow() + timedelta(days=1)):
+                if await self.cleanup.abandon_stale_uploads(utcnow() + timedelta(days=1)):
                     await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:

@@ -23,12 +23,11 @@ class Cleanup:
         self.batch_size = batch_size
         self.upload_timeout = timedelta(seconds=upload_timeout)
 
-    async def remove_abandoned_claims(self, started_before: datetime) -> int:
+    async def abandon_stale_uploads(self, started_before: datetime) -> int:
         """Undo stores cut off by a crash (or slower than the upload timeout): their upload
         ends and their blob, if any, joins the deletion queue."""
-        claims = await self.index.abandoned_claims(started_before)
         removed = 0
-        for version, _ in claims:
+        for version, _ in await self.index.stale_uploads(started_before):
             removed += await self.index.abandon(version)
         if removed:
             log.info("abandoned %d store(s) that never finished", removed)

@@ -10,8 +10,10 @@ together upgrade the schema once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -124,28 +126,23 @@ class PostgresIndex(SqlIndex):
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
 
-    def _connection(self):
-        return _Connection(self._pool)
-
-
-class _Connection:
-    """A pooled connection; losing the server is Unavailable (503), anything else a bug."""
-
-    def __init__(self, pool: asyncpg.Pool):
-        self.pool = pool
-        self.conn = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; losing the server is Unavailable (503), anything else a bug."""
         try:
-            self.conn = await self.pool.acquire(timeout=10)
+            conn = await self._pool.acquire(timeout=10)
         except UNAVAILABLE as exc:
-            raise Unavailable("index", str(exc) or type(exc).__name__) from exc
-        return self.conn
+            raise _unavailable(exc) from exc
+        try:
+            yield conn
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            await self._pool.release(conn)
 
-    async def __aexit__(self, kind, exc, tb) -> None:
-        await self.pool.release(self.conn)
-        if isinstance(exc, UNAVAILABLE):
-            raise Unavailable("index", str(exc) or type(exc).__name__) from exc
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable("index", str(exc) or type(exc).__name__)
 
 
 async def _drive(conn: asyncpg.Connection, op: ops.Op) -> Any:

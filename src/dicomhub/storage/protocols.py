@@ -77,7 +77,7 @@ class IndexStore(Protocol):
         """End a store that will not commit and queue its blob for deletion; False when it had
         already committed or been abandoned."""
 
-    async def abandoned_claims(self, started_before: datetime) -> list[tuple[int, str]]:
+    async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
         """(version, partition) of the stores started before then and not finished."""
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:

@@ -54,7 +54,7 @@ class SqlIndex:
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
 
-    async def abandoned_claims(self, started_before: datetime) -> list[tuple[int, str]]:
+    async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
         found = await self._rows(q.STALE_UPLOADS, (to_micros(started_before),))
         return [(r["version"], r["partition_name"]) for r in found]
 

@@ -21,7 +21,7 @@ KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 def handlers(archive: Archive, settings: Settings) -> dict[str, Handler]:
     async def blob_cleanup(context: JobContext) -> dict:
         cleanup = archive.cleanup
-        abandoned = await cleanup.remove_abandoned_claims(utcnow() - cleanup.upload_timeout)
+        abandoned = await cleanup.abandon_stale_uploads(utcnow() - cleanup.upload_timeout)
         deleted = await cleanup.delete_due_blobs()
         await archive.index.purge_operations(BLOB_CLEANUP, utcnow() - KEEP_CLEANUP_OPERATIONS)
         return {"abandonedStores": abandoned, "deletedBlobs": deleted}
