@@ -26,8 +26,9 @@ from dicomhub.dicom import qido_results
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
+from dicomhub.storage.dialect import SQLITE
+from dicomhub.storage.search_sql import search_sql
 from dicomhub.storage.sqlite_index import SqliteIndex
-from dicomhub.storage.sqlite_search import search_sql
 
 SERIES_PER_STUDY = 4
 INSTANCES_PER_SERIES = 5
@@ -91,15 +92,14 @@ def build(path: Path, instances: int) -> None:
         conn.execute(
             "INSERT INTO study (study_key, partition_name, study_uid, patient_name, patient_id, "
             "patient_birth_date, study_date, study_time, accession_number, referring_physician, "
-            "study_description, study_id, doc, created_sequence, last_sequence, instance_count, "
-            "series_count) VALUES (?, 'Microsoft.Default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?)",
+            "study_description, study_id, doc, revision, instance_count, series_count) "
+            "VALUES (?, 'Microsoft.Default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s, study_uid, columns["patient_name"], columns["patient_id"],
                 columns["patient_birth_date"], columns["study_date"], columns["study_time"],
                 columns["accession_number"], columns["referring_physician"],
-                columns["study_description"], columns["study_id"], doc, s * count, s * count,
-                count, SERIES_PER_STUDY,
+                columns["study_description"], columns["study_id"], doc, count, count,
+                SERIES_PER_STUDY,
             ),
         )  # fmt: skip
         conn.executemany(
@@ -120,9 +120,8 @@ def build(path: Path, instances: int) -> None:
             )
             conn.execute(
                 "INSERT INTO series (series_key, study_key, series_uid, modality, series_number, "
-                "doc, created_sequence, last_sequence, instance_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (series_key, s, series_uid, modality, n, series_doc, series_key, series_key,
+                "doc, revision, instance_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (series_key, s, series_uid, modality, n, series_doc, INSTANCES_PER_SERIES,
                  INSTANCES_PER_SERIES),
             )  # fmt: skip
             conn.execute(
@@ -146,13 +145,12 @@ def build(path: Path, instances: int) -> None:
                 )
                 rows.append(
                     (version, series_key, sop, "1.2.840.10008.5.1.4.1.1.2", 600_000,
-                     instance_doc.encode(), i, instance_doc, version)
+                     instance_doc.encode(), i, instance_doc)
                 )  # fmt: skip
             conn.executemany(
-                "INSERT INTO instance (version, series_key, sop_uid, status, sop_class_uid, "
-                "transfer_syntax, size, created, metadata, bulk, instance_number, doc, "
-                "created_sequence) VALUES (?, ?, ?, 1, ?, '1.2.840.10008.1.2.1', ?, 0, ?, '{}', "
-                "?, ?, ?)",
+                "INSERT INTO instance (version, series_key, sop_uid, sop_class_uid, "
+                "transfer_syntax, size, created, metadata, bulk, instance_number, doc) "
+                "VALUES (?, ?, ?, ?, '1.2.840.10008.1.2.1', ?, 0, ?, '{}', ?, ?)",
                 rows,
             )
     conn.execute("COMMIT")
@@ -189,7 +187,7 @@ async def run_queries(path: Path, repeat: int) -> bool:
                 start = time.perf_counter()
                 page = await service.search(query, "http://bench/v2")
                 times.append((time.perf_counter() - start) * 1000)
-            sql, args = search_sql(query, qido_results.needs(query))
+            sql, args = search_sql(query, qido_results.needs(query), SQLITE)
             with sqlite3.connect(path) as conn:
                 plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
             outer = [p for p in plan if p.startswith(("SCAN", "SEARCH"))][:2]

@@ -18,7 +18,7 @@ from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 
 
-def handlers(archive: Archive, settings: Settings) -> dict[str, Handler]:
+def handlers(archive: Archive) -> dict[str, Handler]:
     async def blob_cleanup(context: JobContext) -> dict:
         cleanup = archive.cleanup
         abandoned = await cleanup.abandon_stale_uploads(utcnow() - cleanup.upload_timeout)
@@ -31,7 +31,7 @@ def handlers(archive: Archive, settings: Settings) -> dict[str, Handler]:
 
 async def run_background(archive: Archive, settings: Settings) -> None:
     runner = JobRunner(
-        archive.index, handlers(archive, settings), settings.job_lease, settings.job_poll_interval
+        archive.index, handlers(archive), settings.job_lease, settings.job_poll_interval
     )
 
     async def queue_cleanup() -> None:
