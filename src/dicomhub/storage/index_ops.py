@@ -188,7 +188,7 @@ def metadata(scope: Scope) -> Op:
 # -- migrations --------------------------------------------------------------------------------
 
 
-def rebuild_search(d: Dialect) -> Op:
+def rebuild_search() -> Op:
     """Re-derive every search column, level document and counter from the stored metadata
     (after a migration that adds search columns)."""
     for sql in q.RESET_LEVELS:

@@ -101,7 +101,7 @@ class PostgresIndex(SqlIndex):
                 log.info("index: applying migration %d", number)
                 await conn.execute(sql)
             if migrations.needs_rebuild(current, ENGINE):
-                await _drive(conn, ops.rebuild_search(POSTGRES))
+                await _drive(conn, ops.rebuild_search())
             await conn.executemany(
                 "INSERT INTO schema_version (version) VALUES ($1)", [(n,) for n, _ in pending]
             )

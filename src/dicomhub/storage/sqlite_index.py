@@ -116,7 +116,7 @@ class SqliteIndex(SqlIndex):
             conn.executescript("BEGIN; " + ";\n".join(text for _, text in pending) + ";")
             try:
                 if migrations.needs_rebuild(current, "sqlite"):
-                    ops.drive(lambda stmt: _execute(conn, stmt), ops.rebuild_search(SQLITE))
+                    ops.drive(lambda stmt: _execute(conn, stmt), ops.rebuild_search())
                 conn.executemany(
                     "INSERT INTO schema_version (version) VALUES (?)", [(n,) for n, _ in pending]
                 )
