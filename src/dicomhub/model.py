@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -42,6 +42,7 @@ class NewInstance:
     bulk: str  # JSON {tag path: [offset, length]}
     parse_on_read: bool  # offsets unusable (deflated data set): parse the file instead
     search: SearchRecord
+    invalid: dict[str, str] = field(default_factory=dict)  # tag path -> why it was left out
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,9 @@ class Settings:
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )
+    extended_query_tag_max: int = _setting(
+        128, "Most extended query tags that can be added (POST /extendedquerytags)."
+    )
     qido_strict: bool = _setting(
         False, "Reject searches with unknown or unsupported query keys (400), not ignore them."
     )

@@ -7,6 +7,7 @@ from datetime import timedelta
 from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
+from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.operations import OperationsService
 from dicomhub.archive.retrieve import RetrieveService
 from dicomhub.archive.search import SearchService
@@ -29,6 +30,7 @@ class Archive:
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
+        self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
 
     async def start(self, recover: bool = True) -> None:

@@ -257,4 +257,5 @@ def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:
         bulk=instance.bulk,
         parse_on_read=instance.parse_on_read,
         search=instance.search,
+        invalid=instance.invalid,
     )

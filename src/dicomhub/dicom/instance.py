@@ -61,6 +61,7 @@ class IngestedInstance:
     parse_on_read: bool
     search: SearchRecord
     warnings: list[str]  # ErrorComment of every attribute left out of metadata and index
+    invalid: dict[str, str]  # tag path -> why, of the top-level attributes left out
 
 
 def bulk_path(study: str, series: str, sop: str) -> str:
@@ -99,6 +100,7 @@ def ingest(
     )
     indexed_keys = {f"{tag:08X}": name for name, tag in INDEXED.items()}
     warnings = []
+    invalid = {path: message for path, message in encoded.errors if len(path) == 8}
     for path, message in encoded.errors:
         keyword = indexed_keys.get(path)
         comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
@@ -120,6 +122,7 @@ def ingest(
         parse_on_read=parsed.deflated,
         search=describe(encoded.json),
         warnings=warnings,
+        invalid=invalid,
     )
 
 

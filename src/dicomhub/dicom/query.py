@@ -66,7 +66,9 @@ def parse_query(
     series: str | None = None,
     max_limit: int = 1000,
     strict: bool = False,
+    extended: dict[int, Key] | None = None,
 ) -> Query:
+    """``extended``: the extended query tags that can be searched, by tag."""
     query = Query(level, study, series)
     controls = {name.lower(): value for name, value in params if name.lower() in _CONTROL}
     query.fuzzy = _boolean("fuzzymatching", controls.get("fuzzymatching", "false"))
@@ -83,7 +85,7 @@ def parse_query(
         if lowered == "includefield":
             _include(query, value, strict)
         elif lowered not in _CONTROL:
-            _condition(query, name, value, strict)
+            _condition(query, name, value, strict, extended or {})
     return query
 
 
@@ -157,24 +159,26 @@ def _order_key(part: str, level: Level) -> tuple[Key, bool]:
     return key, descending
 
 
-def _condition(query: Query, name: str, value: str, strict: bool) -> None:
-    path = _path(name)
-    if path is None:
-        _unsupported(query, name, "not a DICOM attribute", strict)
-        return
-    key = KEYS_BY_PATH.get(path.lower())
+def _condition(query: Query, name: str, value: str, strict: bool, extended: dict[int, Key]) -> None:
+    tag = resolve(name) if "." not in name else None
+    key = extended.get(tag) if tag is not None else None
+    if key is None:
+        path = _path(name)
+        if path is None:
+            _unsupported(query, name, "not a DICOM attribute", strict)
+            return
+        key = KEYS_BY_PATH.get(path.lower())
     if key is None or key.level > query.level:
         _unsupported(query, name, "not a matching key at this level", strict)
         return
     if any(c.key == key for c in query.conditions):
         raise InvalidRequest(f"Invalid query parameter {name}: the attribute is given twice")
     if query.includes != ALL:
-        query.includes.add(tag_for_keyword(key.sequence or key.keyword))
+        query.includes.add(tag_for_keyword(key.sequence) if key.sequence else key.tag)
     value = value.strip()
     if value in ("", "*"):
         return  # universal matching: returned, not filtered
-    listed = key.kind in (Kind.UID, Kind.MODALITIES) or key.keyword == "Modality"
-    separators = r"[\\,]" if listed else r"\\"
+    separators = r"[\\,]" if key.listed else r"\\"
     pieces = [piece for piece in re.split(separators, value) if piece]
     if len(pieces) > MAX_VALUES:
         raise InvalidRequest(f"Invalid query parameter {name}: more than {MAX_VALUES} values")
@@ -212,6 +216,8 @@ def _match(key: Key, name: str, value: str, fuzzy: bool) -> Match:
         return _range(value, sk.date, lambda v: (v, v), bad, "is not a date (YYYYMMDD) or range")
     if kind is Kind.TIME:
         return _range(value, sk.time_bounds, None, bad, "is not a time (HHMMSS.FFFFFF) or range")
+    if kind is Kind.NUMBER:
+        return _range(value, sk.number, lambda v: (v, v), bad, "is not a number or range")
     # an unencoded '+' of a UTC offset arrives as a space; a date-time has no other spaces
     value = value.replace(" ", "+")
     return _range(value, sk.datetime_bounds, None, bad, "is not a date-time or range")

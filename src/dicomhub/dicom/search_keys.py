@@ -30,6 +30,7 @@ class Kind(Enum):
     TIME = "time"  # range (a single value covers its precision)
     DATETIME = "datetime"  # range, compared in UTC
     INT = "int"  # exact
+    NUMBER = "number"  # exact and range, compared as numbers (extended query tags)
     MODALITIES = "modalities"  # any series of the study
     ITEM = "item"  # an attribute inside an item of RequestAttributesSequence
 
@@ -41,10 +42,12 @@ class Key:
     kind: Kind
     column: str | None = None
     sequence: str | None = None  # keyword of the enclosing sequence for ITEM keys
+    extended: int | None = None  # an extended query tag's key in the index
+    extended_tag: int | None = None  # its tag (a private tag has no keyword)
 
     @cached_property
     def tag(self) -> int:
-        return tag_for_keyword(self.keyword)
+        return self.extended_tag if self.extended_tag is not None else tag_for_keyword(self.keyword)
 
     @property
     def path(self) -> str:
@@ -53,6 +56,11 @@ class Key:
     @property
     def orderable(self) -> bool:
         return self.column is not None and self.kind is not Kind.ITEM
+
+    @property
+    def listed(self) -> bool:
+        """Does a ``,`` separate values too (UIDs and code strings), not only ``\\``?"""
+        return self.kind in (Kind.UID, Kind.MODALITIES) or self.keyword == "Modality"
 
 
 REQUEST_SEQUENCE = "RequestAttributesSequence"
@@ -181,6 +189,14 @@ def _canonical(moment: dt.datetime) -> str:
     return moment.strftime("%Y%m%d%H%M%S.") + f"{moment.microsecond:06d}"
 
 
+def number(value: str) -> float | None:
+    try:
+        parsed = float(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed == parsed and abs(parsed) != float("inf") else None
+
+
 def integer(value: str) -> int | None:
     try:
         return int(value.strip())
@@ -219,8 +235,8 @@ def columns(level: Level, js: dict[str, Any]) -> dict[str, Any]:
         if key.level is level and key.column is not None and key.kind is not Kind.ITEM:
             raw = _first(js, key.keyword)
             if key.kind is Kind.PN:
-                raw = _pn_text(raw)
-            out[key.column] = None if raw is None else _normalise(key.kind, str(raw), offset)
+                raw = pn_text(raw)
+            out[key.column] = None if raw is None else normalise(key.kind, str(raw), offset)
     return out
 
 
@@ -228,7 +244,7 @@ def words(js: dict[str, Any]) -> list[tuple[int, str]]:
     """(tag, word) of every word of the study's person names, for fuzzy matching."""
     out = []
     for key in PN_KEYS:
-        name = _pn_text(_first(js, key.keyword))
+        name = pn_text(_first(js, key.keyword))
         if name:
             out += [(key.tag, word) for word in sorted(name_words(name))]
     return out
@@ -251,7 +267,7 @@ def _text(js: dict[str, Any], keyword: str) -> str | None:
     return None if value is None else str(value).strip() or None
 
 
-def _normalise(kind: Kind, value: str, offset: str | None) -> Any:
+def normalise(kind: Kind, value: str, offset: str | None) -> Any:
     if kind is Kind.PN:
         return person_name(value) or None
     if kind is Kind.DATE:
@@ -263,10 +279,12 @@ def _normalise(kind: Kind, value: str, offset: str | None) -> Any:
         return bounds[0] if bounds else None
     if kind is Kind.INT:
         return integer(value)
+    if kind is Kind.NUMBER:
+        return number(value)
     return value.strip() or None
 
 
-def _pn_text(value: Any) -> str | None:
+def pn_text(value: Any) -> str | None:
     if isinstance(value, dict):
         groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
         return "=".join(groups).rstrip("=") or None

@@ -9,8 +9,6 @@ aborts the operation; the driver rolls its transaction (or savepoint) back.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,40 +17,10 @@ from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, Unavailable
 from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
+from dicomhub.storage import eqt_ops
 from dicomhub.storage import sql_queries as q
 from dicomhub.storage.dialect import Dialect
-
-
-@dataclass(frozen=True, slots=True)
-class Stmt:
-    sql: str
-    params: Sequence[Any] = ()
-    fetch: str = "none"  # none | one | all | many (params is a list of parameter tuples)
-
-
-Op = Generator[Stmt, Any, Any]
-
-
-def one(sql: str, *params: Any) -> Stmt:
-    return Stmt(sql, params, "one")
-
-
-def rows(sql: str, *params: Any) -> Stmt:
-    return Stmt(sql, params, "all")
-
-
-def run(sql: str, *params: Any) -> Stmt:
-    return Stmt(sql, params)
-
-
-def many(sql: str, params: list[Sequence[Any]]) -> Stmt:
-    return Stmt(sql, params, "many")
-
-
-def single(stmt: Stmt) -> Op:
-    """An operation of one statement."""
-    return (yield stmt)
-
+from dicomhub.storage.statements import Op, many, one, rows, run
 
 # -- store -------------------------------------------------------------------------------------
 
@@ -88,6 +56,7 @@ def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
         record.instance.get("instance_number"),
         record.instance.get("acquisition_datetime"),
         record.instance_doc,
+        json.dumps(instance.invalid) if instance.invalid else None,
     )
     if inserted is None:
         raise AlreadyExists(f"SOP instance {i.sop} is already stored")
@@ -95,6 +64,9 @@ def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
     (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
     yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
     yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from eqt_ops.index_instance(
+        version, series_key, study_key, instance.metadata, instance.invalid
+    )
     yield from _log_changes(d, Action.CREATE, [(i, version)])
 
 
@@ -206,13 +178,3 @@ def rebuild_search() -> Op:
         (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
         yield from _merge_attributes(Level.SERIES, r["series_key"], series_doc, record.series_doc)
         yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
-
-
-def drive(execute, op: Op) -> Any:
-    """Run ``op`` with a synchronous ``execute(stmt) -> result``."""
-    result = None
-    try:
-        while True:
-            result = execute(op.send(result))
-    except StopIteration as stop:
-        return stop.value

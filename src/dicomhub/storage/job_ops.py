@@ -14,7 +14,7 @@ from typing import Any
 from dicomhub.clock import from_micros, to_micros
 from dicomhub.model import Operation, OperationStatus
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.index_ops import Op, one, run
+from dicomhub.storage.statements import Op, one, run
 
 _COLUMNS = (
     "operation_id, type, status, percent_complete, created, last_updated, payload, checkpoint, "

@@ -21,6 +21,7 @@ import asyncpg
 from dicomhub.errors import Unavailable
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
+from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import POSTGRES
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
 
@@ -75,7 +76,7 @@ class PostgresIndex(SqlIndex):
             await self._pool.close()
 
     async def check(self) -> None:
-        await self._read(ops.single, ops.one("SELECT 1"))
+        await self._read(st.single, st.one("SELECT 1"))
 
     # -- migrations ----------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ def _unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("index", str(exc) or type(exc).__name__)
 
 
-async def _drive(conn: asyncpg.Connection, op: ops.Op) -> Any:
+async def _drive(conn: asyncpg.Connection, op: st.Op) -> Any:
     result = None
     try:
         while True:

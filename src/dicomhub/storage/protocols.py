@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
 from dicomhub.model import (
     ChangeFeedEntry,
@@ -150,3 +151,42 @@ class IndexStore(Protocol):
 
     async def purge_operations(self, kind: str, before: datetime) -> None:
         """Forget finished jobs of ``kind`` last updated before then."""
+
+    # Extended query tags (see storage/eqt_ops.py). Paths are 8 uppercase hex digits.
+
+    async def add_extended_tags(
+        self,
+        tags: list[ExtendedTag],
+        max_tags: int,
+        operation_id: str,
+        now: datetime,
+        max_attempts: int,
+    ) -> str:
+        """Add tags (Adding) and their reindex job in one transaction. Raises Conflict when one
+        exists, InvalidRequest over ``max_tags``."""
+
+    async def extended_tag(self, path: str) -> ExtendedTag:
+        """Raises NotFound."""
+
+    async def extended_tags(self, offset: int, limit: int) -> list[ExtendedTag]: ...
+
+    async def searchable_tags(self) -> list[ExtendedTag]:
+        """Ready and Enabled tags: the ones a query may use."""
+
+    async def set_extended_tag_query_status(self, path: str, status: str) -> ExtendedTag: ...
+
+    async def delete_extended_tag(self, path: str) -> None:
+        """Remove the tag, its values and its errors."""
+
+    async def extended_tag_errors(self, path: str, offset: int, limit: int) -> list:
+        """Rows (study_uid, series_uid, sop_uid, created, message), in storage order."""
+
+    async def reindex_batch(
+        self, tag_keys: list[int], after: int, until: int, limit: int
+    ) -> tuple[int | None, int]:
+        """Index the next instances (versions after ``after``, up to ``until``); returns the
+        last version done (None when none were left) and how many."""
+
+    async def count_until(self, version: int) -> int: ...
+
+    async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None: ...

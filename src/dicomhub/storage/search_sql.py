@@ -124,8 +124,44 @@ def _column(key) -> str:
     return f"{ALIAS[key.level]}.{key.column}"
 
 
+_OWNER = {Level.STUDY: "st.study_key", Level.SERIES: "se.series_key", Level.INSTANCE: "i.version"}
+_EXTENDED = {
+    Level.STUDY: "extended_query_tag_study",
+    Level.SERIES: "extended_query_tag_series",
+    Level.INSTANCE: "extended_query_tag_instance",
+}
+
+
+def _extended(condition: Condition, d: Dialect) -> tuple[str, list]:
+    """An extended query tag's condition: a value row of the tag matches (or, for a fuzzy
+    name, every word starts a word row)."""
+    key = condition.key
+    head = (
+        f"EXISTS (SELECT 1 FROM {_EXTENDED[key.level]} v "
+        f"WHERE v.tag_key = ? AND v.owner_key = {_OWNER[key.level]} AND v.kind = {{kind}} AND "
+    )
+    column = "v.num_value" if key.kind is Kind.NUMBER else "v.text_value"
+    clauses, params = [], []
+    plain = tuple(m for m in condition.alternatives if m.op != "words")
+    if plain:
+        clause, values = _alternatives(column, plain, d)
+        clauses.append(head.format(kind=0) + clause + ")")
+        params += [key.extended, *values]
+    for match in condition.alternatives:
+        if match.op == "words":
+            words = [head.format(kind=1) + "v.text_value >= ? AND v.text_value <= ?)"] * len(
+                match.value
+            )
+            clauses.append("(" + " AND ".join(words) + ")")
+            for word in match.value:
+                params += [key.extended, word, word + "\U0010ffff"]
+    return "(" + " OR ".join(clauses) + ")", params
+
+
 def _condition(condition: Condition, d: Dialect) -> tuple[str, list]:
     key = condition.key
+    if key.extended is not None:
+        return _extended(condition, d)
     if key.kind is Kind.MODALITIES:
         clause, params = _alternatives("m.modality", condition.alternatives, d)
         return f"st.study_key IN (SELECT m.study_key FROM series m WHERE {clause})", params

@@ -18,13 +18,15 @@ from dicomhub.model import (
     Scope,
     StoredInstance,
 )
+from dicomhub.storage import eqt_ops as eqt
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import sql_queries as q
+from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
 
-OpFactory = Callable[..., ops.Op]
+OpFactory = Callable[..., st.Op]
 
 
 class SqlIndex:
@@ -41,7 +43,7 @@ class SqlIndex:
         raise NotImplementedError
 
     async def _rows(self, sql: str, params) -> list:
-        return await self._read(ops.single, ops.rows(sql, *params))
+        return await self._read(st.single, st.rows(sql, *params))
 
     # -- store ---------------------------------------------------------------------------------
 
@@ -86,10 +88,10 @@ class SqlIndex:
 
     async def finish_blob_deletions(self, ids: list[int]) -> None:
         if ids:
-            await self._write(ops.single, ops.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
+            await self._write(st.single, st.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
-        await self._write(ops.single, ops.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id))
+        await self._write(st.single, st.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id))
 
     # -- change feed ---------------------------------------------------------------------------
 
@@ -137,6 +139,38 @@ class SqlIndex:
 
     async def purge_operations(self, kind: str, before: datetime) -> None:
         await self._write(jobs.purge, kind, before)
+
+    # -- extended query tags -------------------------------------------------------------------
+
+    async def add_extended_tags(self, tags, max_tags, operation_id, now, max_attempts) -> str:
+        return await self._write(eqt.add, tags, max_tags, operation_id, now, max_attempts)
+
+    async def extended_tag(self, path: str):
+        return await self._read(eqt.find, path)
+
+    async def extended_tags(self, offset: int, limit: int) -> list:
+        return await self._read(eqt.listing, offset, limit)
+
+    async def searchable_tags(self) -> list:
+        return await self._read(eqt.searchable)
+
+    async def set_extended_tag_query_status(self, path: str, status: str):
+        return await self._write(eqt.set_query_status, path, status)
+
+    async def delete_extended_tag(self, path: str) -> None:
+        await self._write(eqt.delete, path)
+
+    async def extended_tag_errors(self, path: str, offset: int, limit: int) -> list:
+        return await self._read(eqt.errors, path, offset, limit)
+
+    async def reindex_batch(self, tag_keys, after: int, until: int, limit: int):
+        return await self._write(eqt.reindex_batch, tag_keys, after, until, limit)
+
+    async def count_until(self, version: int) -> int:
+        return await self._read(eqt.count_until, version)
+
+    async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None:
+        await self._write(eqt.mark_ready, tag_keys)
 
 
 def _stored(r) -> StoredInstance:

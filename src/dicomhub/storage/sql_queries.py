@@ -31,8 +31,8 @@ STALE_UPLOADS = "SELECT version, partition_name FROM blob_upload WHERE started <
 
 INSERT_INSTANCE = """
 INSERT INTO instance (version, series_key, sop_uid, sop_class_uid, transfer_syntax, size, created,
-    parse_on_read, metadata, frames, bulk, instance_number, acquisition_datetime, doc)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    parse_on_read, metadata, frames, bulk, instance_number, acquisition_datetime, doc, invalid)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (series_key, sop_uid) DO NOTHING
 RETURNING version
 """

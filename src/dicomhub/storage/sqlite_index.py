@@ -20,6 +20,7 @@ from urllib.parse import quote
 from dicomhub.errors import Unavailable
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
+from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
 
@@ -116,7 +117,7 @@ class SqliteIndex(SqlIndex):
             conn.executescript("BEGIN; " + ";\n".join(text for _, text in pending) + ";")
             try:
                 if migrations.needs_rebuild(current, "sqlite"):
-                    ops.drive(lambda stmt: _execute(conn, stmt), ops.rebuild_search())
+                    st.drive(lambda stmt: _execute(conn, stmt), ops.rebuild_search())
                 conn.executemany(
                     "INSERT INTO schema_version (version) VALUES (?)", [(n,) for n, _ in pending]
                 )
@@ -127,7 +128,7 @@ class SqliteIndex(SqlIndex):
         self._analyze()
 
     async def check(self) -> None:
-        await self._read(ops.single, ops.one("SELECT 1"))
+        await self._read(st.single, st.one("SELECT 1"))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -149,10 +150,10 @@ class SqliteIndex(SqlIndex):
         def run() -> Any:
             conn = self._reader()
             if not snapshot:
-                return ops.drive(lambda stmt: _execute(conn, stmt), op(*args))
+                return st.drive(lambda stmt: _execute(conn, stmt), op(*args))
             conn.execute("BEGIN")
             try:
-                return ops.drive(lambda stmt: _execute(conn, stmt), op(*args))
+                return st.drive(lambda stmt: _execute(conn, stmt), op(*args))
             finally:
                 conn.execute("COMMIT")
 
@@ -199,7 +200,7 @@ class SqliteIndex(SqlIndex):
             for op, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    results.append(ops.drive(lambda stmt: _execute(conn, stmt), op))
+                    results.append(st.drive(lambda stmt: _execute(conn, stmt), op))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # noqa: BLE001 - handed to the caller's future
                     conn.execute("ROLLBACK TO op")
@@ -215,7 +216,7 @@ class SqliteIndex(SqlIndex):
         return results
 
 
-def _execute(conn: sqlite3.Connection, stmt: ops.Stmt) -> Any:
+def _execute(conn: sqlite3.Connection, stmt: st.Stmt) -> Any:
     if stmt.fetch == "many":
         conn.executemany(stmt.sql, stmt.params)
         return None

@@ -11,20 +11,14 @@ from starlette.responses import Response
 from dicomhub.clock import isoformat
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ChangeFeedEntry
-from dicomhub.web.common import archive, version
+from dicomhub.web.common import archive, page, param, version
 
 LIMITS = {1: (10, 100), 2: (100, 200)}  # (default, maximum) per API version
 
 
 async def changefeed(request: Request) -> Response:
     q = request.query_params
-    default, maximum = LIMITS[version(request)]
-    limit = _int(q, "limit", default)
-    if not 1 <= limit <= maximum:
-        raise InvalidRequest(f"limit must be between 1 and {maximum}")
-    offset = _int(q, "offset", 0)
-    if offset < 0:
-        raise InvalidRequest("offset must not be negative")
+    offset, limit = page(request, *LIMITS[version(request)])
     metadata = _bool(q, "includeMetadata")
     feed = archive(request).changefeed
     if version(request) == 1:
@@ -81,18 +75,8 @@ def _json(data) -> Response:
     return Response(json.dumps(data, separators=(",", ":")).encode(), media_type="application/json")
 
 
-def _int(q, name: str, default: int) -> int:
-    raw = _param(q, name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
-
-
 def _bool(q, name: str) -> bool:
-    raw = _param(q, name)
+    raw = param(q, name)
     if raw is None:
         return True
     if raw.lower() not in ("true", "false"):
@@ -101,7 +85,7 @@ def _bool(q, name: str) -> bool:
 
 
 def _time(q, name: str) -> datetime | None:
-    raw = _param(q, name)
+    raw = param(q, name)
     if raw is None:
         return None
     try:
@@ -111,11 +95,3 @@ def _time(q, name: str) -> datetime | None:
     if value.tzinfo is None:
         raise InvalidRequest(f"{name} must carry a UTC offset or Z, e.g. 2024-05-03T10:58:00Z")
     return value
-
-
-def _param(q, name: str) -> str | None:
-    """Query parameter names are case-insensitive (includeMetadata, includemetadata)."""
-    for key, value in q.items():
-        if key.lower() == name.lower():
-            return value
-    return None

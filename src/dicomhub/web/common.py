@@ -104,3 +104,27 @@ def cache_headers(instance: StoredInstance) -> dict[str, str]:
 
 def not_modified_response(etag: str) -> Response:
     return Response(status_code=304, headers={"ETag": etag})
+
+
+def param(q, name: str) -> str | None:
+    """Query parameter names are case-insensitive (includeMetadata, includemetadata)."""
+    for key, value in q.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def page(request: Request, default: int, maximum: int) -> tuple[int, int]:
+    """``offset`` and ``limit`` of a paged listing (limit 1 to ``maximum``)."""
+    values = {}
+    for name, fallback in (("offset", 0), ("limit", default)):
+        raw = param(request.query_params, name)
+        try:
+            values[name] = fallback if raw is None else int(raw)
+        except ValueError as exc:
+            raise InvalidRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
+    if not 1 <= values["limit"] <= maximum:
+        raise InvalidRequest(f"limit must be between 1 and {maximum}")
+    if values["offset"] < 0:
+        raise InvalidRequest("offset must not be negative")
+    return values["offset"], values["limit"]

@@ -19,22 +19,33 @@ MORE_RESULTS = (
 )
 
 
-def _query(request: Request, level: Level) -> Query:
+async def _query(request: Request, level: Level) -> tuple[Query, dict[str, str]]:
+    """The query, and the headers its extended query tags call for."""
     p = request.path_params
     settings = request.app.state.settings
-    return parse_query(
+    keys, tags = await archive(request).extended_tags.searchable()
+    query = parse_query(
         request.query_params.multi_items(),
         level,
         study=require_uid(p["study"], "StudyInstanceUID") if "study" in p else None,
         series=require_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
         max_limit=settings.qido_max_limit,
         strict=settings.qido_strict,
+        extended=keys,
     )
+    erroneous = [
+        tags[c.key.tag].keyword
+        for c in query.conditions
+        if c.key.extended is not None and tags[c.key.tag].errors
+    ]
+    # Some instances' values of these tags failed validation: they are not found by them.
+    headers = {"erroneous-dicom-attributes": ",".join(erroneous)} if erroneous else {}
+    return query, headers
 
 
 async def _search(request: Request, level: Level) -> Response:
     media = require_json_accept(request)
-    query = _query(request, level)
+    query, headers = await _query(request, level)
     service = base_url(request).rstrip("/")
     page = await archive(request).search.search(query, service)
     texts = []
@@ -44,14 +55,15 @@ async def _search(request: Request, level: Level) -> Response:
         )
     if page.more and query.capped:
         texts.append(MORE_RESULTS)
-    headers = {"Warning": ", ".join(f'299 {service}: "{t}"' for t in texts)} if texts else {}
+    if texts:
+        headers["Warning"] = ", ".join(f'299 {service}: "{t}"' for t in texts)
     return Response(dumps(page.results), media_type=media, headers=headers)
 
 
 async def _count(request: Request, level: Level) -> Response:
-    query = _query(request, level)
+    query, headers = await _query(request, level)
     total = await archive(request).search.count(query)
-    return Response(json.dumps({"count": total}), media_type="application/json")
+    return Response(json.dumps({"count": total}), media_type="application/json", headers=headers)
 
 
 def search(level: Level):

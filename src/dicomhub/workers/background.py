@@ -10,7 +10,7 @@ import asyncio
 from datetime import timedelta
 
 from dicomhub.archive.archive import Archive
-from dicomhub.archive.operations import BLOB_CLEANUP
+from dicomhub.archive.operations import BLOB_CLEANUP, REINDEX
 from dicomhub.clock import utcnow
 from dicomhub.settings import Settings
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
@@ -26,7 +26,12 @@ def handlers(archive: Archive) -> dict[str, Handler]:
         await archive.index.purge_operations(BLOB_CLEANUP, utcnow() - KEEP_CLEANUP_OPERATIONS)
         return {"abandonedStores": abandoned, "deletedBlobs": deleted}
 
-    return {BLOB_CLEANUP: blob_cleanup}
+    async def reindex(context: JobContext) -> dict:
+        return await archive.extended_tags.reindex(
+            context.operation.payload, context.checkpoint, context.progress
+        )
+
+    return {BLOB_CLEANUP: blob_cleanup, REINDEX: reindex}
 
 
 async def run_background(archive: Archive, settings: Settings) -> None:

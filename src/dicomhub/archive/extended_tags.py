@@ -1,0 +1,87 @@
+"""Extended query tags (Microsoft's API): add, list, get, enable or disable, delete, errors;
+the reindex of instances stored before a tag was added; the tags a search may use."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from dicomhub.archive.operations import MAX_ATTEMPTS
+from dicomhub.clock import utcnow
+from dicomhub.dicom import extended_tags as et
+from dicomhub.dicom import search_keys as sk
+from dicomhub.dicom.extended_tags import ExtendedTag
+from dicomhub.dicom.query import resolve
+from dicomhub.dicom.search_keys import Key
+from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.storage.protocols import IndexStore
+
+CORE_TAGS = frozenset(k.tag for k in sk.KEYS)
+QUERY_STATUSES = {"enabled": "Enabled", "disabled": "Disabled"}
+BATCH = 100
+
+
+class ExtendedTagsService:
+    def __init__(self, index: IndexStore, max_tags: int):
+        self.index = index
+        self.max_tags = max_tags
+
+    async def add(self, body: Any) -> str:
+        """Add the tags of a POST body; the id of their reindex operation."""
+        if not isinstance(body, list) or not body:
+            raise InvalidRequest("the body must be a non-empty JSON array of extended query tags")
+        tags = [et.parse_new(entry, CORE_TAGS) for entry in body]
+        return await self.index.add_extended_tags(
+            tags, self.max_tags, uuid.uuid4().hex, utcnow(), MAX_ATTEMPTS
+        )
+
+    async def get(self, name: str) -> ExtendedTag:
+        return await self.index.extended_tag(path(name))
+
+    async def listing(self, offset: int, limit: int) -> list[ExtendedTag]:
+        return await self.index.extended_tags(offset, limit)
+
+    async def update(self, name: str, body: Any) -> ExtendedTag:
+        fields = {str(k).lower(): v for k, v in body.items()} if isinstance(body, dict) else {}
+        status = QUERY_STATUSES.get(str(fields.get("querystatus", "")).lower())
+        if status is None:
+            raise InvalidRequest('the body must be {"queryStatus": "Enabled" or "Disabled"}')
+        return await self.index.set_extended_tag_query_status(path(name), status)
+
+    async def delete(self, name: str) -> None:
+        await self.index.delete_extended_tag(path(name))
+
+    async def errors(self, name: str, offset: int, limit: int) -> list:
+        return await self.index.extended_tag_errors(path(name), offset, limit)
+
+    async def searchable(self) -> tuple[dict[int, Key], dict[int, ExtendedTag]]:
+        """The search keys of the tags a query may use, and those tags, by tag."""
+        tags = {t.tag: t for t in await self.index.searchable_tags()}
+        return {tag: t.search_key() for tag, t in tags.items()}, tags
+
+    async def reindex(
+        self, payload: dict, checkpoint: dict | None, progress: Callable[[int, Any], None]
+    ) -> dict:
+        """Index the instances stored before the tags were added, in batches, from where the
+        last attempt stopped; then the tags are Ready."""
+        keys, until = payload["tagKeys"], payload["until"]
+        after = (checkpoint or {}).get("after", 0)
+        done = (checkpoint or {}).get("done", 0)
+        total = max(1, await self.index.count_until(until))
+        while True:
+            last, count = await self.index.reindex_batch(keys, after, until, BATCH)
+            if last is None:
+                break
+            after, done = last, done + count
+            progress(done * 100 // total, {"after": after, "done": done})
+        await self.index.mark_extended_tags_ready(keys)
+        return {"indexedInstances": done}
+
+
+def path(name: str) -> str:
+    """A tag's path (8 uppercase hex digits) from a path or a keyword."""
+    tag = resolve(name)
+    if tag is None:
+        raise NotFound(f"extended query tag {name} not found")
+    return f"{tag:08X}"

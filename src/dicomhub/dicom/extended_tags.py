@@ -1,0 +1,189 @@
+"""Extended query tags: attributes a site makes searchable at run time (Microsoft's API).
+
+Pure: validates the tags a client asks for, and takes an instance's values of a tag from its
+DICOM JSON, normalised for matching exactly as the built-in keys are (``search_keys``), or
+says why a value is invalid. The index stores each value typed: text, or a number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+from dicomhub.dicom import search_keys as sk
+from dicomhub.dicom.levels import Level
+from dicomhub.dicom.query import resolve
+from dicomhub.dicom.search_keys import Key, Kind
+from dicomhub.dicom.validate import valid_date
+from dicomhub.errors import InvalidRequest
+
+MAX_VALUES = 64  # values of one attribute indexed for one instance (the rest are ignored)
+KINDS = {
+    "AE": Kind.TEXT, "AS": Kind.TEXT, "CS": Kind.TEXT, "LO": Kind.TEXT, "SH": Kind.TEXT,
+    "UI": Kind.UID, "PN": Kind.PN, "DA": Kind.DATE, "TM": Kind.TIME, "DT": Kind.DATETIME,
+    "DS": Kind.NUMBER, "FD": Kind.NUMBER, "FL": Kind.NUMBER, "IS": Kind.NUMBER,
+    "SL": Kind.NUMBER, "SS": Kind.NUMBER, "UL": Kind.NUMBER, "US": Kind.NUMBER,
+}  # fmt: skip
+_INTEGER_RANGE = {
+    "SL": (-(2**31), 2**31 - 1), "SS": (-(2**15), 2**15 - 1), "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1), "IS": (-(2**31), 2**31 - 1),
+}  # fmt: skip
+_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "LO": 64, "SH": 16, "UI": 64, "DS": 16, "IS": 12}
+_AGE = re.compile(r"^\d{3}[DWMY]$")
+_CS = re.compile(r"^[A-Z0-9_ ]*$")
+_UID = re.compile(r"^[0-9.]+$")
+LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTANCE}
+
+
+@dataclass(frozen=True)
+class ExtendedTag:
+    """An extended query tag as the index records it."""
+
+    path: str  # 8 uppercase hex digits
+    vr: str
+    level: Level
+    private_creator: str | None = None
+    key: int | None = None  # in the index
+    status: str = "Adding"  # Adding, Ready, Deleting
+    query_status: str = "Enabled"  # Enabled, Disabled
+    errors: int = 0
+    operation: str | None = None  # the reindex operation while Adding
+
+    @property
+    def tag(self) -> int:
+        return int(self.path, 16)
+
+    @property
+    def keyword(self) -> str:
+        return keyword_for_tag(self.tag) or self.path
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.vr]
+
+    def search_key(self) -> Key:
+        return Key(self.keyword, self.level, self.kind, extended=self.key, extended_tag=self.tag)
+
+
+def parse_new(entry: Any, core_tags: frozenset[int]) -> ExtendedTag:
+    """A tag to add, from one item of a POST body (``{path, vr, privateCreator, level}``, names
+    in any case, as Microsoft's API takes them)."""
+    if not isinstance(entry, dict):
+        raise InvalidRequest("each extended query tag must be a JSON object")
+    fields = {str(k).lower(): v for k, v in entry.items()}
+    path = fields.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise InvalidRequest("an extended query tag needs a path (a tag or a keyword)")
+    if "." in path:
+        raise InvalidRequest(f"{path}: tags inside sequences are not supported yet")
+    tag = resolve(path)
+    if tag is None:
+        raise InvalidRequest(f"{path} is not a tag (8 hex digits) or a DICOM keyword")
+    private = (tag >> 16) % 2 == 1
+    if private and (tag & 0xFFFF) < 0x1000:
+        raise InvalidRequest(f"{path}: private creator elements and group lengths are not indexed")
+    if tag & 0xFFFF == 0:
+        raise InvalidRequest(f"{path}: group length elements are not indexed")
+    vr = fields.get("vr")
+    vr = vr.strip().upper() if isinstance(vr, str) and vr.strip() else None
+    creator = fields.get("privatecreator")
+    creator = creator.strip() if isinstance(creator, str) and creator.strip() else None
+    if private:
+        if vr is None:
+            raise InvalidRequest(f"{path}: a private tag needs its VR")
+        if creator is None:
+            raise InvalidRequest(f"{path}: a private tag needs its privateCreator")
+        if len(creator) > 64:
+            raise InvalidRequest(f"{path}: privateCreator is longer than 64 characters")
+    else:
+        if creator is not None:
+            raise InvalidRequest(f"{path}: privateCreator is only for private tags")
+        try:
+            known = dictionary_VR(tag)
+        except KeyError:
+            raise InvalidRequest(f"{path} is not a tag of the DICOM dictionary") from None
+        if vr is not None and vr not in known.split(" or "):
+            raise InvalidRequest(f"{path}: its VR is {known}, not {vr}")
+        vr = vr or known
+    if vr not in KINDS:
+        raise InvalidRequest(
+            f"{path}: VR {vr} cannot be indexed (supported: {', '.join(sorted(KINDS))})"
+        )
+    level = LEVELS.get(str(fields.get("level", "")).strip().lower())
+    if level is None:
+        raise InvalidRequest(f"{path}: level must be Study, Series or Instance")
+    if tag in core_tags:
+        raise InvalidRequest(f"{path} is searchable already (a built-in matching key)")
+    return ExtendedTag(f"{tag:08X}", vr, level, creator if private else None)
+
+
+def values(js: dict[str, Any], tag: ExtendedTag) -> tuple[list[tuple[Any, ...]], str | None]:
+    """(kind, text, number) rows of the tag's values in an instance (kind 1: a word of a name,
+    for fuzzy matching), and the reason when a value is invalid (then no rows)."""
+    if tag.private_creator is not None and not _creator_matches(js, tag):
+        return [], None
+    element = js.get(tag.path)
+    if not element:
+        return [], None
+    if element.get("vr") not in (None, tag.vr) and not (tag.vr == "US" and element["vr"] == "SS"):
+        return [], f"{tag.path} has VR {element.get('vr')} in this instance, not {tag.vr}"
+    rows: list[tuple[Any, ...]] = []
+    offset = sk.normalise(Kind.TEXT, _first_text(js, "00080201") or "", None)
+    for raw in (element.get("Value") or [])[:MAX_VALUES]:
+        if raw is None or raw == "":
+            continue
+        text = sk.pn_text(raw) if tag.vr == "PN" else str(raw)
+        problem = _invalid(tag.vr, text)
+        if problem:
+            return [], f"{tag.path} value {text[:64]!r} {problem}"
+        if tag.kind is Kind.NUMBER:
+            rows.append((0, None, sk.number(text)))
+            continue
+        normalised = sk.normalise(tag.kind, text, offset)
+        if normalised is None:
+            continue
+        rows.append((0, normalised, None))
+        if tag.vr == "PN":
+            rows += [(1, word, None) for word in sorted(sk.name_words(text))]
+    return rows, None
+
+
+def _creator_matches(js: dict[str, Any], tag: ExtendedTag) -> bool:
+    group, block = tag.tag >> 16, (tag.tag >> 8) & 0xFF
+    creator = _first_text(js, f"{group:04X}{block:04X}")
+    return creator is not None and creator.strip() == tag.private_creator
+
+
+def _first_text(js: dict[str, Any], path: str) -> str | None:
+    found = (js.get(path) or {}).get("Value") or []
+    return str(found[0]) if found and found[0] is not None else None
+
+
+def _invalid(vr: str, text: str) -> str | None:
+    """Why a value is not a valid ``vr`` value (PS3.5 6.2), or None."""
+    limit = _MAX_LENGTH.get(vr)
+    if limit and len(text.strip()) > limit:
+        return f"is longer than {limit} characters ({vr})"
+    if vr == "AS" and not _AGE.match(text.strip()):
+        return "is not an age (nnnD, nnnW, nnnM or nnnY)"
+    if vr == "CS" and not _CS.match(text.strip()):
+        return "has characters a code string (CS) may not hold"
+    if vr == "UI" and not _UID.match(text.strip()):
+        return "is not a UID"
+    if vr == "DA" and not valid_date(text.strip()):
+        return "is not a date (YYYYMMDD)"
+    if vr == "TM" and sk.time_bounds(text) is None:
+        return "is not a time (HHMMSS.FFFFFF)"
+    if vr == "DT" and sk.datetime_bounds(text, None) is None:
+        return "is not a date-time"
+    if KINDS[vr] is Kind.NUMBER:
+        number = sk.number(text)
+        if number is None:
+            return f"is not a number ({vr})"
+        bounds = _INTEGER_RANGE.get(vr)
+        if bounds and (number != int(number) or not bounds[0] <= number <= bounds[1]):
+            return f"is not an integer from {bounds[0]} to {bounds[1]} ({vr})"
+    return None

@@ -1,0 +1,49 @@
+"""Statements as data: an index operation is a generator that yields ``Stmt``s and receives
+each one's result, so one operation runs on any engine's driver (see index_ops)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    sql: str
+    params: Sequence[Any] = ()
+    fetch: str = "none"  # none | one | all | many (params is a list of parameter tuples)
+
+
+Op = Generator[Stmt, Any, Any]
+
+
+def one(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params, "one")
+
+
+def rows(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params, "all")
+
+
+def run(sql: str, *params: Any) -> Stmt:
+    return Stmt(sql, params)
+
+
+def many(sql: str, params: list[Sequence[Any]]) -> Stmt:
+    return Stmt(sql, params, "many")
+
+
+def single(stmt: Stmt) -> Op:
+    """An operation of one statement."""
+    return (yield stmt)
+
+
+def drive(execute, op: Op) -> Any:
+    """Run ``op`` with a synchronous ``execute(stmt) -> result``."""
+    result = None
+    try:
+        while True:
+            result = execute(op.send(result))
+    except StopIteration as stop:
+        return stop.value
