@@ -5,7 +5,9 @@ PATCH and DELETE lifecycle; invalid requests."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 
 import pydicom
 import pytest
@@ -256,3 +258,59 @@ def test_reindex_records_the_errors_of_instances_stored_before(client):
     assert [e["sopInstanceUid"] for e in errors] == [uid(82, 1, 1)]
     found = client.get("/v2/series", params={"BodyPartExamined": "HAND"}).json()
     assert [s["0020000E"]["Value"][0] for s in found] == [uid(83, 1)]
+
+
+def test_includefield_returns_extended_tags(tagged):
+    r = tagged.get("/v2/studies", params={"PatientWeight": "82", "includefield": "PatientAge"})
+    (study,) = r.json()
+    assert study["00101030"]["Value"] == [82.0] and study["00101010"]["Value"] == ["060Y"]
+    (study,) = tagged.get(
+        "/v2/studies", params={"PatientWeight": "82", "includefield": "all"}
+    ).json()
+    assert study["00101010"]["Value"] == ["060Y"]  # every tag of its level with "all"
+    assert "00180015" not in study  # a series-level tag is not a study's attribute
+    (series,) = tagged.get(
+        "/v2/series", params={"BodyPartExamined": "HEAD", "includefield": "00091001"}
+    ).json()
+    assert series["00180015"]["Value"] == ["HEAD"] and series["00091001"]["Value"] == ["SCANNER-1"]
+    plain = tagged.get("/v2/studies", params={"PatientWeight": "82"}).json()[0]
+    assert "00101010" not in plain  # only when asked for
+
+
+def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch):
+    from dicomhub.archive import extended_tags as service
+
+    assert stow(client, *dataset()).status_code == 200
+    archive = client.app.state.archive
+    monkeypatch.setattr(service, "BATCH", 1)  # one instance per batch, slowly
+    batches: list[int] = []
+    original = archive.index.reindex_batch
+
+    async def slow_batch(keys, after, until, limit):
+        batches.append(after)
+        await asyncio.sleep(0.15)
+        return await original(keys, after, until, limit)
+
+    monkeypatch.setattr(archive.index, "reindex_batch", slow_batch)
+    operation = client.post("/v2/extendedquerytags", json=[TAGS[0]]).json()["id"]
+    first = JobRunner(archive.index, handlers(archive), lease=0.6)
+
+    async def killed() -> None:
+        task = asyncio.create_task(first.run_once())
+        await asyncio.sleep(0.5)
+        task.cancel()  # the worker dies mid-reindex; its lease is left to run out
+        await asyncio.gather(task, return_exceptions=True)
+
+    client.portal.call(killed)
+    state = client.get(f"/v2/operations/{operation}").json()
+    assert state["status"] == "running" and 0 < state["percentComplete"] < 100
+    assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Adding"
+    resumed_from = len(batches)
+    time.sleep(0.7)
+    second = JobRunner(archive.index, handlers(archive), lease=0.6)
+    assert client.portal.call(second.run_once) is True
+    done = client.get(f"/v2/operations/{operation}").json()
+    assert done["status"] == "completed" and done["results"] == {"indexedInstances": 4}
+    assert batches[resumed_from] > 0  # went on from its checkpoint, not from the start
+    assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Ready"
+    assert studies(client, PatientWeight="82") == [STUDY[1]]

@@ -50,9 +50,11 @@ def needs(query: Query) -> set[str]:
     if tags == ALL:
         if query.level is Level.STUDY:
             out |= {"modalities", "sop_classes"}
-        elif query.level is Level.INSTANCE:
+        if query.level is Level.INSTANCE or _extended(query):
             out.add("metadata")
         return out
+    if tags & _extended(query):  # values of extended query tags come from the metadata
+        out.add("metadata")
     if lv.MODALITIES_IN_STUDY in tags:
         out.add("modalities")
     if lv.SOP_CLASSES_IN_STUDY in tags:
@@ -82,10 +84,15 @@ def build(query: Query, row: Mapping[str, Any], base_url: str) -> dict[str, Any]
     else:
         if tags == ALL:
             tags = lv.COMPUTED[query.level].union(
-                *(_IN_DOCS[level] for level in Level if level <= query.level)
+                *(_IN_DOCS[level] for level in Level if level <= query.level), _extended(query)
             )
         picked = {k: v for k, v in found.items() if int(k, 16) in tags}
     return dict(sorted(picked.items()))
+
+
+def _extended(query: Query) -> frozenset[int]:
+    """Extended query tags of this level and the levels above it (the result's attributes)."""
+    return frozenset(tag for tag, level in query.extended.items() if level <= query.level)
 
 
 def _computed(query: Query, row: Mapping[str, Any], base_url: str) -> dict[str, Any]:

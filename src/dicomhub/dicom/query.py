@@ -56,6 +56,7 @@ class Query:
     fuzzy: bool = False
     ignored: list[str] = field(default_factory=list)  # parameters not used, for the warning
     capped: bool = True  # the client did not choose the page size (or chose one over the maximum)
+    extended: dict[int, Level] = field(default_factory=dict)  # extended query tags: their level
 
 
 def parse_query(
@@ -70,6 +71,7 @@ def parse_query(
 ) -> Query:
     """``extended``: the extended query tags that can be searched, by tag."""
     query = Query(level, study, series)
+    query.extended = {tag: key.level for tag, key in (extended or {}).items()}
     controls = {name.lower(): value for name, value in params if name.lower() in _CONTROL}
     query.fuzzy = _boolean("fuzzymatching", controls.get("fuzzymatching", "false"))
     if "limit" in controls:
