@@ -224,7 +224,10 @@ def test_disable_enable_and_delete(tagged):
         ([{"path": "00091001", "vr": "LO", "level": "Series"}], 400),  # no creator
         ([{"path": "00090010", "vr": "LO", "privateCreator": "X", "level": "Series"}], 400),
         ([{"path": "PatientWeight", "privateCreator": "X", "level": "Study"}], 400),
-        ([{"path": "ReferencedImageSequence.ReferencedSOPInstanceUID", "level": "Instance"}], 400),
+        (
+            [{"path": "ReferencedImageSequence.ReferencedSOPInstanceUID.X", "level": "Instance"}],
+            400,
+        ),
         ([{"path": "PatientSex", "level": "Study"}, {"path": "00100040", "level": "Study"}], 400),
     ],
 )
@@ -314,3 +317,34 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch):
     assert batches[resumed_from] > 0  # went on from its checkpoint, not from the start
     assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Ready"
     assert studies(client, PatientWeight="82") == [STUDY[1]]
+
+
+def test_tags_inside_sequences(client):
+    """An extension beyond Microsoft's server: an attribute in the items of a top-level
+    sequence, matched when any item's value matches."""
+    codes = [
+        [{"CodeValue": "CT123", "CodingSchemeDesignator": "L"}, {"CodeValue": "XR9"}],
+        [{"CodeValue": "MR77", "CodingSchemeDesignator": "L"}],
+    ]
+    files = [
+        instance(uid(84, n), uid(84, n, 1), uid(84, n, 1, 1), ProcedureCodeSequence=c)
+        for n, c in enumerate(codes)
+    ]
+    assert stow(client, *files).status_code == 200
+    tag = {"path": "ProcedureCodeSequence.CodeValue", "level": "Study"}
+    r = client.post("/v2/extendedquerytags", json=[tag])
+    assert r.status_code == 202, r.text
+    run_jobs(client)
+    got = client.get("/v2/extendedquerytags/00081032.00080100").json()
+    assert (got["path"], got["vr"], got["status"]) == ("00081032.00080100", "SH", "Ready")
+    assert studies(client, **{"ProcedureCodeSequence.CodeValue": "XR9"}) == [uid(84, 0)]
+    assert studies(client, **{"00081032.00080100": "CT*\\MR77"}) == [uid(84, 0), uid(84, 1)]
+    (study,) = client.get(
+        "/v2/studies",
+        params={"ProcedureCodeSequence.CodeValue": "MR77", "includefield": "00081032.00080100"},
+    ).json()
+    assert study["00081032"]["Value"][0]["00080100"]["Value"] == ["MR77"]
+    for bad in ("ProcedureCodeSequence.CodeValue.CodeMeaning", "PatientID.CodeValue"):
+        r = client.post("/v2/extendedquerytags", json=[{"path": bad, "level": "Study"}])
+        assert r.status_code == 400, bad
+    assert client.delete("/v2/extendedquerytags/ProcedureCodeSequence.CodeValue").status_code == 204

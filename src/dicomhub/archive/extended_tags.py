@@ -12,7 +12,7 @@ from dicomhub.clock import utcnow
 from dicomhub.dicom import extended_tags as et
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.extended_tags import ExtendedTag
-from dicomhub.dicom.query import resolve
+from dicomhub.dicom.query import hex_path
 from dicomhub.dicom.search_keys import Key
 from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.storage.protocols import IndexStore
@@ -55,10 +55,11 @@ class ExtendedTagsService:
     async def errors(self, name: str, offset: int, limit: int) -> list:
         return await self.index.extended_tag_errors(path(name), offset, limit)
 
-    async def searchable(self) -> tuple[dict[int, Key], dict[int, ExtendedTag]]:
-        """The search keys of the tags a query may use, and those tags, by tag."""
-        tags = {t.tag: t for t in await self.index.searchable_tags()}
-        return {tag: t.search_key() for tag, t in tags.items()}, tags
+    async def searchable(self) -> tuple[dict[str, Key], dict[int, ExtendedTag]]:
+        """The search keys of the tags a query may use, by path; and those tags, by their key
+        in the index (``Key.extended``)."""
+        tags = await self.index.searchable_tags()
+        return {t.path: t.search_key() for t in tags}, {t.key: t for t in tags}
 
     async def reindex(
         self, payload: dict, checkpoint: dict | None, progress: Callable[[int, Any], None]
@@ -80,8 +81,8 @@ class ExtendedTagsService:
 
 
 def path(name: str) -> str:
-    """A tag's path (8 uppercase hex digits) from a path or a keyword."""
-    tag = resolve(name)
-    if tag is None:
+    """A tag's path (hex digits, dotted inside a sequence) from a path or keywords."""
+    found = hex_path(name)
+    if found is None:
         raise NotFound(f"extended query tag {name} not found")
-    return f"{tag:08X}"
+    return found

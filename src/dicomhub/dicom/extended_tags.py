@@ -42,7 +42,7 @@ LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTAN
 class ExtendedTag:
     """An extended query tag as the index records it."""
 
-    path: str  # 8 uppercase hex digits
+    path: str  # 8 uppercase hex digits; inside a sequence, the sequence's and a dot before
     vr: str
     level: Level
     private_creator: str | None = None
@@ -54,18 +54,26 @@ class ExtendedTag:
 
     @property
     def tag(self) -> int:
-        return int(self.path, 16)
+        """The attribute's own tag (inside its sequence, if it is in one)."""
+        return int(self.path.rsplit(".", 1)[-1], 16)
+
+    @property
+    def attribute(self) -> int:
+        """The top-level attribute holding the values: the tag, or its sequence."""
+        return int(self.path.split(".", 1)[0], 16)
 
     @property
     def keyword(self) -> str:
-        return keyword_for_tag(self.tag) or self.path
+        return ".".join(keyword_for_tag(int(p, 16)) or p for p in self.path.split("."))
 
     @property
     def kind(self) -> Kind:
         return KINDS[self.vr]
 
     def search_key(self) -> Key:
-        return Key(self.keyword, self.level, self.kind, extended=self.key, extended_tag=self.tag)
+        return Key(
+            self.keyword, self.level, self.kind, extended=self.key, extended_tag=self.attribute
+        )
 
 
 def parse_new(entry: Any, core_tags: frozenset[int]) -> ExtendedTag:
@@ -77,11 +85,19 @@ def parse_new(entry: Any, core_tags: frozenset[int]) -> ExtendedTag:
     path = fields.get("path")
     if not isinstance(path, str) or not path.strip():
         raise InvalidRequest("an extended query tag needs a path (a tag or a keyword)")
-    if "." in path:
-        raise InvalidRequest(f"{path}: tags inside sequences are not supported yet")
-    tag = resolve(path)
-    if tag is None:
+    parts = path.strip().split(".")
+    if len(parts) > 2:
+        raise InvalidRequest(f"{path}: only tags directly inside a top-level sequence are indexed")
+    tags = [resolve(part) for part in parts]
+    if None in tags:
         raise InvalidRequest(f"{path} is not a tag (8 hex digits) or a DICOM keyword")
+    sequence = tags[0] if len(tags) == 2 else None
+    tag = tags[-1]
+    if sequence is not None:
+        if (sequence >> 16) % 2 == 1 or (tag >> 16) % 2 == 1:
+            raise InvalidRequest(f"{path}: private tags inside sequences are not supported")
+        if _dictionary_vr(sequence) != "SQ":
+            raise InvalidRequest(f"{path}: {parts[0]} is not a sequence")
     private = (tag >> 16) % 2 == 1
     if private and (tag & 0xFFFF) < 0x1000:
         raise InvalidRequest(f"{path}: private creator elements and group lengths are not indexed")
@@ -101,10 +117,9 @@ def parse_new(entry: Any, core_tags: frozenset[int]) -> ExtendedTag:
     else:
         if creator is not None:
             raise InvalidRequest(f"{path}: privateCreator is only for private tags")
-        try:
-            known = dictionary_VR(tag)
-        except KeyError:
-            raise InvalidRequest(f"{path} is not a tag of the DICOM dictionary") from None
+        known = _dictionary_vr(tag)
+        if known is None:
+            raise InvalidRequest(f"{path} is not a tag of the DICOM dictionary")
         if vr is not None and vr not in known.split(" or "):
             raise InvalidRequest(f"{path}: its VR is {known}, not {vr}")
         vr = vr or known
@@ -115,9 +130,17 @@ def parse_new(entry: Any, core_tags: frozenset[int]) -> ExtendedTag:
     level = LEVELS.get(str(fields.get("level", "")).strip().lower())
     if level is None:
         raise InvalidRequest(f"{path}: level must be Study, Series or Instance")
-    if tag in core_tags:
+    if sequence is None and tag in core_tags:
         raise InvalidRequest(f"{path} is searchable already (a built-in matching key)")
-    return ExtendedTag(f"{tag:08X}", vr, level, creator if private else None)
+    full = f"{tag:08X}" if sequence is None else f"{sequence:08X}.{tag:08X}"
+    return ExtendedTag(full, vr, level, creator if private else None)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def values(js: dict[str, Any], tag: ExtendedTag) -> tuple[list[tuple[Any, ...]], str | None]:
@@ -125,14 +148,20 @@ def values(js: dict[str, Any], tag: ExtendedTag) -> tuple[list[tuple[Any, ...]],
     for fuzzy matching), and the reason when a value is invalid (then no rows)."""
     if tag.private_creator is not None and not _creator_matches(js, tag):
         return [], None
-    element = js.get(tag.path)
-    if not element:
-        return [], None
-    if element.get("vr") not in (None, tag.vr) and not (tag.vr == "US" and element["vr"] == "SS"):
-        return [], f"{tag.path} has VR {element.get('vr')} in this instance, not {tag.vr}"
+    if "." in tag.path:  # the attribute in any item of its sequence
+        sequence, inner = tag.path.split(".")
+        items = (js.get(sequence) or {}).get("Value") or []
+        elements = [item[inner] for item in items if isinstance(item, dict) and item.get(inner)]
+    else:
+        elements = [js[tag.path]] if js.get(tag.path) else []
+    raws = []
+    for element in elements:
+        if element.get("vr") not in (None, tag.vr) and not (tag.vr, element["vr"]) == ("US", "SS"):
+            return [], f"{tag.path} has VR {element.get('vr')} in this instance, not {tag.vr}"
+        raws += element.get("Value") or []
     rows: list[tuple[Any, ...]] = []
     offset = sk.normalise(Kind.TEXT, _first_text(js, "00080201") or "", None)
-    for raw in (element.get("Value") or [])[:MAX_VALUES]:
+    for raw in raws[:MAX_VALUES]:
         if raw is None or raw == "":
             continue
         text = sk.pn_text(raw) if tag.vr == "PN" else str(raw)

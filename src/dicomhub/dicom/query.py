@@ -56,7 +56,7 @@ class Query:
     fuzzy: bool = False
     ignored: list[str] = field(default_factory=list)  # parameters not used, for the warning
     capped: bool = True  # the client did not choose the page size (or chose one over the maximum)
-    extended: dict[int, Level] = field(default_factory=dict)  # extended query tags: their level
+    extended: dict[int, Level] = field(default_factory=dict)  # extended query tags' attributes
 
 
 def parse_query(
@@ -67,11 +67,11 @@ def parse_query(
     series: str | None = None,
     max_limit: int = 1000,
     strict: bool = False,
-    extended: dict[int, Key] | None = None,
+    extended: dict[str, Key] | None = None,
 ) -> Query:
-    """``extended``: the extended query tags that can be searched, by tag."""
+    """``extended``: the extended query tags that can be searched, by path (``hex_path``)."""
     query = Query(level, study, series)
-    query.extended = {tag: key.level for tag, key in (extended or {}).items()}
+    query.extended = {key.extended_tag: key.level for key in (extended or {}).values()}
     controls = {name.lower(): value for name, value in params if name.lower() in _CONTROL}
     query.fuzzy = _boolean("fuzzymatching", controls.get("fuzzymatching", "false"))
     if "limit" in controls:
@@ -119,6 +119,12 @@ def resolve(attribute: str) -> int | None:
     return keyword_dict[keyword] if keyword else None
 
 
+def hex_path(name: str) -> str | None:
+    """``00101030`` or ``0040A730.0040A160`` for a tag, keyword or dotted path of them."""
+    tags = [resolve(part) for part in name.split(".")]
+    return None if None in tags else ".".join(f"{tag:08X}" for tag in tags)
+
+
 def _path(name: str) -> str | None:
     """Canonical keyword path (``Seq.Keyword``) of a parameter name, or None."""
     parts = []
@@ -161,9 +167,8 @@ def _order_key(part: str, level: Level) -> tuple[Key, bool]:
     return key, descending
 
 
-def _condition(query: Query, name: str, value: str, strict: bool, extended: dict[int, Key]) -> None:
-    tag = resolve(name) if "." not in name else None
-    key = extended.get(tag) if tag is not None else None
+def _condition(query: Query, name: str, value: str, strict: bool, extended: dict[str, Key]) -> None:
+    key = extended.get(hex_path(name) or "")
     if key is None:
         path = _path(name)
         if path is None:

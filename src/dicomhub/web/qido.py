@@ -34,9 +34,9 @@ async def _query(request: Request, level: Level) -> tuple[Query, dict[str, str]]
         extended=keys,
     )
     erroneous = [
-        tags[c.key.tag].keyword
+        tags[c.key.extended].keyword
         for c in query.conditions
-        if c.key.extended is not None and tags[c.key.tag].errors
+        if c.key.extended is not None and tags[c.key.extended].errors
     ]
     # Some instances' values of these tags failed validation: they are not found by them.
     headers = {"erroneous-dicom-attributes": ",".join(erroneous)} if erroneous else {}
