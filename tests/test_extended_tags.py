@@ -14,7 +14,7 @@ import pytest
 
 from dicomhub.workers.background import handlers
 from dicomhub.workers.jobs import JobRunner
-from tests.helpers import stow
+from tests.helpers import failures, stow
 from tests.synthetic import instance, uid
 
 STUDY = [uid(80, n) for n in range(4)]
@@ -348,3 +348,15 @@ def test_tags_inside_sequences(client):
         r = client.post("/v2/extendedquerytags", json=[{"path": bad, "level": "Study"}])
         assert r.status_code == 400, bad
     assert client.delete("/v2/extendedquerytags/ProcedureCodeSequence.CodeValue").status_code == 204
+
+
+def test_v1_refuses_invalid_values_of_extended_tags(tagged):
+    """As Microsoft's v1: an invalid value of a searchable attribute (an extended query tag too)
+    refuses the instance with 43264; v2 stores it and lists the value as an error."""
+    bad = instance(uid(85), uid(85, 1), uid(85, 1, 1), BodyPartExamined="chest")
+    r = stow(tagged, bad, version=1)
+    assert r.status_code == 409 and failures(r) == [43264]
+    assert "(0018,0015)" in r.json()["00081198"]["Value"][0]["00000902"]["Value"][0]
+    ok = instance(uid(85), uid(85, 1), uid(85, 1, 2), PatientComments="\x01bad")
+    assert stow(tagged, ok, version=1).status_code in (200, 202)  # not an indexed attribute
+    assert stow(tagged, bad, version=2).status_code == 202

@@ -73,9 +73,12 @@ class StoreService:
         study: str | None,
         strict: bool,
     ) -> list[stow.PartOutcome]:
-        """Store every DICOM part of a request body; one outcome per part."""
+        """Store every DICOM part of a request body; one outcome per part. ``strict`` (v1):
+        an instance with an invalid value of a searchable attribute, built in or an extended
+        query tag, is refused."""
         if not content_type:
             raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
+        strict = await self._indexed_paths() if strict else None
         media = parse_media_type(content_type)
         if media.type == DICOM:
             spool = await self._spool(chunks)
@@ -191,7 +194,7 @@ class StoreService:
         path: Path,
         size: int,
         study: str | None,
-        strict: bool,
+        strict: frozenset[str] | None,
         order: PartOrder | None = None,
     ) -> stow.PartOutcome:
         """Store one PS3.10 file (the file may be moved into the blob store), in its ``order``
@@ -229,7 +232,12 @@ class StoreService:
         outcome.warnings = instance.warnings
         return outcome
 
-    def _describe(self, path: Path, size: int, study: str | None, strict: bool):
+    async def _indexed_paths(self) -> frozenset[str]:
+        """Top-level attributes indexed by extended query tags (v1 validates them too)."""
+        tags = await self.index.searchable_tags()
+        return frozenset(t.path for t in tags if "." not in t.path)
+
+    def _describe(self, path: Path, size: int, study: str | None, strict):
         with open(path, "rb") as fp:
             parsed = read_part10(fp, size, self.settings.bulkdata_threshold)
 
@@ -237,7 +245,10 @@ class StoreService:
                 fp.seek(offset)
                 return fp.read(length)
 
-            return ingest(parsed, read_at, self.settings.bulkdata_threshold, strict, study)
+            return ingest(
+                parsed, read_at, self.settings.bulkdata_threshold, strict is not None, study,
+                also_indexed=strict or frozenset(),
+            )  # fmt: skip
 
     async def _release(self, version: int) -> None:
         try:

@@ -69,9 +69,15 @@ def bulk_path(study: str, series: str, sop: str) -> str:
 
 
 def ingest(
-    parsed: ParsedFile, read_at, bulk_threshold: int, strict: bool, expected_study: str | None
+    parsed: ParsedFile,
+    read_at,
+    bulk_threshold: int,
+    strict: bool,
+    expected_study: str | None,
+    also_indexed: frozenset[str] = frozenset(),
 ) -> IngestedInstance:
-    """Validate and describe one instance. ``strict`` is v1: indexed attributes must be valid."""
+    """Validate and describe one instance. ``strict`` is v1: indexed attributes (built in, and
+    the paths ``also_indexed``, e.g. extended query tags) must be valid."""
     ds = parsed.dataset
     uids = {name: clean_uid(_raw_text(ds, tag)) for name, tag in CORE_UIDS.items()}
     sop_class, sop = uids["SOPClassUID"], uids["SOPInstanceUID"]
@@ -102,7 +108,7 @@ def ingest(
     warnings = []
     invalid = {path: message for path, message in encoded.errors if len(path) == 8}
     for path, message in encoded.errors:
-        keyword = indexed_keys.get(path)
+        keyword = indexed_keys.get(path) or (path if path in also_indexed else None)
         comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
         if strict and keyword:
             raise InvalidInstance(comment, sop_class, sop)

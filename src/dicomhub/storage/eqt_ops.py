@@ -37,7 +37,10 @@ INSERT_TAG = (
     "ON CONFLICT (path) DO NOTHING RETURNING tag_key"
 )
 MAX_VERSION = "SELECT coalesce(max(version), 0) FROM instance"
-INDEXING = SELECT_TAGS + " WHERE t.status IN ('Adding', 'Ready')"
+INDEXING = (  # on every store: without the error counts
+    "SELECT t.tag_key, t.path, t.vr, t.private_creator, t.level, t.status, t.query_status, "
+    "t.operation_id, 0 AS errors FROM extended_query_tag t WHERE t.status IN ('Adding', 'Ready')"
+)
 NEWER_VALUE = "SELECT 1 FROM {table} WHERE tag_key = ? AND owner_key = ? AND version > ? LIMIT 1"
 DROP_VALUES = "DELETE FROM {table} WHERE tag_key = ? AND owner_key = ?"
 INSERT_VALUE = (
