@@ -360,3 +360,43 @@ def test_v1_refuses_invalid_values_of_extended_tags(tagged):
     ok = instance(uid(85), uid(85, 1), uid(85, 1, 2), PatientComments="\x01bad")
     assert stow(tagged, ok, version=1).status_code in (200, 202)  # not an indexed attribute
     assert stow(tagged, bad, version=2).status_code == 202
+
+
+def test_uid_time_datetime_and_integer_tags(client):
+    frames = [uid(86, 0, 9), uid(86, 1, 9), uid(86, 2, 9)]
+    attrs = [
+        dict(FrameOfReferenceUID=frames[0], AcquisitionTime="083000", Rows=256,
+             InstanceCoercionDateTime="20200105120000+0100"),
+        dict(FrameOfReferenceUID=frames[1], AcquisitionTime="141500.5", Rows=512,
+             InstanceCoercionDateTime="20200105120000-0500"),
+        dict(FrameOfReferenceUID=frames[2], AcquisitionTime="2359", Rows=1024,
+             InstanceCoercionDateTime="2021"),
+    ]  # fmt: skip
+    files = [
+        instance(uid(86, n), uid(86, n, 1), uid(86, n, 1, 1), **a) for n, a in enumerate(attrs)
+    ]
+    assert stow(client, *files).status_code == 200
+    tags = [
+        {"path": "FrameOfReferenceUID", "level": "Series"},  # UI
+        {"path": "AcquisitionTime", "level": "Instance"},  # TM
+        {"path": "Rows", "level": "Instance"},  # US
+        {"path": "InstanceCoercionDateTime", "level": "Instance"},  # DT
+    ]
+    assert client.post("/v2/extendedquerytags", json=tags).status_code == 202
+    run_jobs(client)
+
+    def found(**params) -> list[int]:
+        r = client.get("/v2/instances", params=params)
+        assert r.status_code == 200 and "Warning" not in r.headers, r.text
+        return sorted(int(i["0020000D"]["Value"][0].rsplit(".", 1)[1]) for i in r.json())
+
+    assert found(FrameOfReferenceUID=f"{frames[0]},{frames[2]}") == [0, 2]  # UID list
+    assert found(AcquisitionTime="08-15") == [0, 1]  # TM range (hours)
+    assert found(AcquisitionTime="2359") == [2]  # a value covers its precision
+    assert found(Rows="512") == [1]
+    assert found(Rows="300-") == [1, 2]  # integer range
+    # DT compared in UTC: 11:00Z and 17:00Z on 2020-01-05
+    assert found(InstanceCoercionDateTime="20200105100000+0000-20200105120000+0000") == [0]
+    assert found(InstanceCoercionDateTime="2020") == [0, 1]
+    r = client.get("/v2/instances", params={"Rows": "many"})
+    assert r.status_code == 400 and "Rows" in r.json()["detail"]
