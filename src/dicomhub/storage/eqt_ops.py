@@ -17,7 +17,8 @@ from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
 from dicomhub.storage import job_ops as jobs
-from dicomhub.storage.statements import Op, many, one, rows, run
+from dicomhub.storage.dialect import Dialect
+from dicomhub.storage.statements import Op, lock, many, one, rows, run
 
 REINDEX = "reindex"  # the job type (archive.operations.REINDEX)
 TABLE = {
@@ -81,9 +82,15 @@ def tag_of(row) -> ExtendedTag:
 
 
 def add(
-    tags: list[ExtendedTag], max_tags: int, operation_id: str, now: datetime, max_attempts: int
+    d: Dialect,
+    tags: list[ExtendedTag],
+    max_tags: int,
+    operation_id: str,
+    now: datetime,
+    max_attempts: int,
 ) -> Op:
-    """Add tags (status Adding) and their reindex job, all or nothing."""
+    """Add tags (status Adding) and their reindex job, all or nothing. Under the feed lock, so
+    that every store either sees the tags or is covered by the reindex (see index_ops.commit)."""
     if len({t.path for t in tags}) != len(tags):
         raise InvalidRequest("a tag is given twice")
     existing = {r["path"] for r in (yield rows(SELECT_TAGS))}
@@ -92,6 +99,7 @@ def add(
         raise Conflict(f"extended query tag(s) {', '.join(taken)} exist already")
     if len(existing) + len(tags) > max_tags:
         raise InvalidRequest(f"at most {max_tags} extended query tags can be added")
+    yield from lock(d.feed_lock)
     until = (yield one(MAX_VERSION))[0]
     keys = []
     for t in tags:

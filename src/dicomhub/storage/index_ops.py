@@ -20,7 +20,7 @@ from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
 from dicomhub.storage import eqt_ops
 from dicomhub.storage import sql_queries as q
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.statements import Op, many, one, rows, run
+from dicomhub.storage.statements import Op, lock, many, one, rows, run
 
 # -- store -------------------------------------------------------------------------------------
 
@@ -64,10 +64,13 @@ def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
     (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
     yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
     yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from lock(d.feed_lock)  # held to commit: the feed follows commit order
+    # Under the feed lock, which adding an extended query tag takes too: either this store sees
+    # the new tag here, or it has committed before the tag's reindex decides what to cover.
     yield from eqt_ops.index_instance(
         version, series_key, study_key, instance.metadata, instance.invalid
     )
-    yield from _log_changes(d, Action.CREATE, [(i, version)])
+    yield from _log_changes(Action.CREATE, [(i, version)])
 
 
 def abandon(version: int) -> Op:
@@ -101,10 +104,8 @@ def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
         yield many(table.insert_side, [(key, *row) for row in side])
 
 
-def _log_changes(d: Dialect, action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
-    """The change-feed rows of a write: its last statements, after the feed lock."""
-    if d.feed_lock:
-        yield one(d.feed_lock)
+def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
+    """The change-feed rows of a write, after the feed lock."""
     now = to_micros(utcnow())
     yield many(
         q.INSERT_CHANGE,
@@ -139,7 +140,8 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
          r["version"])
         for r in found
     ]  # fmt: skip
-    yield from _log_changes(d, Action.DELETE, changes)
+    yield from lock(d.feed_lock)  # held to commit: the feed follows commit order
+    yield from _log_changes(Action.DELETE, changes)
     return len(found)
 
 

@@ -143,7 +143,9 @@ class SqlIndex:
     # -- extended query tags -------------------------------------------------------------------
 
     async def add_extended_tags(self, tags, max_tags, operation_id, now, max_attempts) -> str:
-        return await self._write(eqt.add, tags, max_tags, operation_id, now, max_attempts)
+        return await self._write(
+            eqt.add, self.dialect, tags, max_tags, operation_id, now, max_attempts
+        )
 
     async def extended_tag(self, path: str):
         return await self._read(eqt.find, path)

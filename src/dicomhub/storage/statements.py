@@ -39,6 +39,13 @@ def single(stmt: Stmt) -> Op:
     return (yield stmt)
 
 
+def lock(sql: str | None) -> Op:
+    """Take a lock held to the end of the transaction (``Dialect.feed_lock``), where the engine
+    needs one."""
+    if sql:
+        yield one(sql)
+
+
 def drive(execute, op: Op) -> Any:
     """Run ``op`` with a synchronous ``execute(stmt) -> result``."""
     result = None
