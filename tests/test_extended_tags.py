@@ -400,3 +400,13 @@ def test_uid_time_datetime_and_integer_tags(client):
     assert found(InstanceCoercionDateTime="2020") == [0, 1]
     r = client.get("/v2/instances", params={"Rows": "many"})
     assert r.status_code == 400 and "Rows" in r.json()["detail"]
+
+
+def test_a_tag_deleted_while_being_added(client):
+    assert stow(client, *dataset()).status_code == 200
+    operation = client.post("/v2/extendedquerytags", json=[TAGS[0]]).json()["id"]
+    assert client.delete("/v2/extendedquerytags/PatientWeight").status_code == 204
+    run_jobs(client)  # the reindex finds nothing left to do
+    done = client.get(f"/v2/operations/{operation}").json()
+    assert done["status"] == "completed" and done["results"] == {"indexedInstances": 0}
+    assert client.get("/v2/extendedquerytags").json() == []

@@ -196,12 +196,13 @@ def reindex_batch(tag_keys: list[int], after: int, until: int, limit: int) -> Op
         tag_of(r)
         for r in (yield rows(SELECT_TAGS + f" WHERE t.tag_key IN ({placeholders})", *tag_keys))
     ]
+    if not tags:  # deleted while being added: nothing left to index
+        return None, 0
     found = yield rows(BATCH, after, until, limit)
     for r in found:
-        if tags:
-            invalid = json.loads(r["invalid"]) if r["invalid"] else {}
-            yield from _index(tags, r["version"], r["series_key"], r["study_key"],
-                              json.loads(r["metadata"]), invalid)  # fmt: skip
+        invalid = json.loads(r["invalid"]) if r["invalid"] else {}
+        yield from _index(tags, r["version"], r["series_key"], r["study_key"],
+                          json.loads(r["metadata"]), invalid)  # fmt: skip
     return (found[-1]["version"] if found else None), len(found)
 
 
