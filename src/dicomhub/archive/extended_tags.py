@@ -3,6 +3,7 @@ the reindex of instances stored before a tag was added; the tags a search may us
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,9 @@ from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.storage.protocols import IndexStore
 
 CORE_TAGS = frozenset(k.tag for k in sk.KEYS)
+# Searches use the tags as this process last read them, for at most this long: a change made
+# through this process shows at once, one made through another node within this time.
+CACHE_SECONDS = 1.0
 QUERY_STATUSES = {"enabled": "Enabled", "disabled": "Disabled"}
 BATCH = 100
 
@@ -26,12 +30,14 @@ class ExtendedTagsService:
     def __init__(self, index: IndexStore, max_tags: int):
         self.index = index
         self.max_tags = max_tags
+        self._searchable: tuple[float, Any] | None = None  # (read at, searchable())
 
     async def add(self, body: Any) -> str:
         """Add the tags of a POST body; the id of their reindex operation."""
         if not isinstance(body, list) or not body:
             raise InvalidRequest("the body must be a non-empty JSON array of extended query tags")
         tags = [et.parse_new(entry, CORE_TAGS) for entry in body]
+        self._searchable = None
         return await self.index.add_extended_tags(
             tags, self.max_tags, uuid.uuid4().hex, utcnow(), MAX_ATTEMPTS
         )
@@ -47,9 +53,11 @@ class ExtendedTagsService:
         status = QUERY_STATUSES.get(str(fields.get("querystatus", "")).lower())
         if status is None:
             raise InvalidRequest('the body must be {"queryStatus": "Enabled" or "Disabled"}')
+        self._searchable = None
         return await self.index.set_extended_tag_query_status(path(name), status)
 
     async def delete(self, name: str) -> None:
+        self._searchable = None
         await self.index.delete_extended_tag(path(name))
 
     async def errors(self, name: str, offset: int, limit: int) -> list:
@@ -57,9 +65,13 @@ class ExtendedTagsService:
 
     async def searchable(self) -> tuple[dict[str, Key], dict[int, ExtendedTag]]:
         """The search keys of the tags a query may use, by path; and those tags, by their key
-        in the index (``Key.extended``)."""
-        tags = await self.index.searchable_tags()
-        return {t.path: t.search_key() for t in tags}, {t.key: t for t in tags}
+        in the index (``Key.extended``). Read at most every ``CACHE_SECONDS``."""
+        now = time.monotonic()
+        if self._searchable is None or now - self._searchable[0] > CACHE_SECONDS:
+            tags = await self.index.searchable_tags()
+            found = {t.path: t.search_key() for t in tags}, {t.key: t for t in tags}
+            self._searchable = (now, found)
+        return self._searchable[1]
 
     async def reindex(
         self, payload: dict, checkpoint: dict | None, progress: Callable[[int, Any], None]
@@ -77,6 +89,7 @@ class ExtendedTagsService:
             after, done = last, done + count
             progress(done * 100 // total, {"after": after, "done": done})
         await self.index.mark_extended_tags_ready(keys)
+        self._searchable = None
         return {"indexedInstances": done}
 
 
