@@ -229,7 +229,7 @@ def merge_docs(old: str | None, new: str) -> str:
 
 def columns(level: Level, js: dict[str, Any]) -> dict[str, Any]:
     """Normalised matching values of a level's keys (column -> value) from DICOM JSON."""
-    offset = _text(js, "TimezoneOffsetFromUTC")
+    offset = timezone_offset(js)
     out: dict[str, Any] = {}
     for key in KEYS:
         if key.level is level and key.column is not None and key.kind is not Kind.ITEM:
@@ -238,6 +238,11 @@ def columns(level: Level, js: dict[str, Any]) -> dict[str, Any]:
                 raw = pn_text(raw)
             out[key.column] = None if raw is None else normalise(key.kind, str(raw), offset)
     return out
+
+
+def timezone_offset(js: dict[str, Any]) -> str | None:
+    """TimezoneOffsetFromUTC of an instance: the offset of its DT values that carry none."""
+    return _text(js, "TimezoneOffsetFromUTC")
 
 
 def words(js: dict[str, Any]) -> list[tuple[int, str]]:
