@@ -90,6 +90,13 @@ class ChangeFeedEntry:
     metadata: bytes | None
 
 
+class JobType(StrEnum):
+    """Kinds of background job (the ``type`` of an operation)."""
+
+    BLOB_CLEANUP = "blob-cleanup"  # deleted instances' blobs, and stores that never finished
+    REINDEX = "reindex"  # instances stored before extended query tags were added
+
+
 class OperationStatus(StrEnum):
     NOT_STARTED = "notStarted"
     RUNNING = "running"

@@ -33,6 +33,11 @@ class Cleanup:
             log.info("abandoned %d store(s) that never finished", removed)
         return removed
 
+    async def run(self) -> dict:
+        """One pass of the blob-cleanup job: stale stores, then the due deletions."""
+        abandoned = await self.abandon_stale_uploads(utcnow() - self.upload_timeout)
+        return {"abandonedStores": abandoned, "deletedBlobs": await self.delete_due_blobs()}
+
     async def delete_due_blobs(self) -> int:
         """One pass over the due part of the deletion queue; returns how many were removed."""
         removed = 0

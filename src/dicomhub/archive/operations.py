@@ -9,8 +9,6 @@ from dicomhub.errors import NotFound
 from dicomhub.model import Operation
 from dicomhub.storage.protocols import IndexStore
 
-BLOB_CLEANUP = "blob-cleanup"  # deleted instances' blobs, and stores that never finished
-REINDEX = "reindex"  # instances stored before extended query tags were added
 MAX_ATTEMPTS = 5
 
 

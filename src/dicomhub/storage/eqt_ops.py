@@ -16,11 +16,11 @@ from dicomhub.dicom import extended_tags as et
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
+from dicomhub.model import JobType
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, lock, many, one, rows, run
 
-REINDEX = "reindex"  # the job type (archive.operations.REINDEX)
 TABLE = {
     Level.STUDY: "extended_query_tag_study",
     Level.SERIES: "extended_query_tag_series",
@@ -110,7 +110,7 @@ def add(
             raise Conflict(f"extended query tag {t.path} exists already")
         keys.append(row[0])
     payload = {"tagKeys": keys, "until": until}
-    yield from jobs.enqueue(operation_id, REINDEX, payload, max_attempts, now, False)
+    yield from jobs.enqueue(operation_id, str(JobType.REINDEX), payload, max_attempts, now, False)
     return operation_id
 
 

@@ -147,22 +147,17 @@ def _unavailable(exc: BaseException) -> Unavailable:
 
 
 async def _drive(conn: asyncpg.Connection, op: st.Op) -> Any:
-    result = None
-    try:
-        while True:
-            stmt = op.send(result)
-            sql = numbered(stmt.sql)
-            if stmt.fetch == "many":
-                await conn.executemany(sql, stmt.params)
-                result = None
-            elif stmt.fetch == "one":
-                result = await conn.fetchrow(sql, *stmt.params)
-            elif stmt.fetch == "all":
-                result = await conn.fetch(sql, *stmt.params)
-            else:
-                result = await conn.execute(sql, *stmt.params)
-    except StopIteration as stop:
-        return stop.value
+    async def execute(stmt: st.Stmt) -> Any:
+        sql = numbered(stmt.sql)
+        if stmt.fetch == "many":
+            return await conn.executemany(sql, stmt.params)
+        if stmt.fetch == "one":
+            return await conn.fetchrow(sql, *stmt.params)
+        if stmt.fetch == "all":
+            return await conn.fetch(sql, *stmt.params)
+        return await conn.execute(sql, *stmt.params)
+
+    return await st.drive_async(execute, op)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -46,6 +46,16 @@ def lock(sql: str | None) -> Op:
         yield one(sql)
 
 
+async def drive_async(execute, op: Op) -> Any:
+    """Run ``op`` with an asynchronous ``execute(stmt) -> result``."""
+    result = None
+    try:
+        while True:
+            result = await execute(op.send(result))
+    except StopIteration as stop:
+        return stop.value
+
+
 def drive(execute, op: Op) -> Any:
     """Run ``op`` with a synchronous ``execute(stmt) -> result``."""
     result = None

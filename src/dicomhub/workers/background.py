@@ -10,8 +10,8 @@ import asyncio
 from datetime import timedelta
 
 from dicomhub.archive.archive import Archive
-from dicomhub.archive.operations import BLOB_CLEANUP, REINDEX
 from dicomhub.clock import utcnow
+from dicomhub.model import JobType
 from dicomhub.settings import Settings
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 
@@ -20,18 +20,18 @@ KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 
 def handlers(archive: Archive) -> dict[str, Handler]:
     async def blob_cleanup(context: JobContext) -> dict:
-        cleanup = archive.cleanup
-        abandoned = await cleanup.abandon_stale_uploads(utcnow() - cleanup.upload_timeout)
-        deleted = await cleanup.delete_due_blobs()
-        await archive.index.purge_operations(BLOB_CLEANUP, utcnow() - KEEP_CLEANUP_OPERATIONS)
-        return {"abandonedStores": abandoned, "deletedBlobs": deleted}
+        results = await archive.cleanup.run()
+        await archive.index.purge_operations(
+            str(JobType.BLOB_CLEANUP), utcnow() - KEEP_CLEANUP_OPERATIONS
+        )
+        return results
 
     async def reindex(context: JobContext) -> dict:
         return await archive.extended_tags.reindex(
             context.operation.payload, context.checkpoint, context.progress
         )
 
-    return {BLOB_CLEANUP: blob_cleanup, REINDEX: reindex}
+    return {JobType.BLOB_CLEANUP: blob_cleanup, JobType.REINDEX: reindex}
 
 
 async def run_background(archive: Archive, settings: Settings) -> None:
@@ -40,7 +40,7 @@ async def run_background(archive: Archive, settings: Settings) -> None:
     )
 
     async def queue_cleanup() -> None:
-        await archive.operations.start(BLOB_CLEANUP, singleton=True)
+        await archive.operations.start(str(JobType.BLOB_CLEANUP), singleton=True)
 
     await asyncio.gather(
         every(settings.cleanup_interval, queue_cleanup),
