@@ -24,13 +24,13 @@ class Archive:
         self.settings = settings
         self.index = index
         self.blobs = blobs
-        self.store = StoreService(settings, index, blobs)
+        self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
+        self.store = StoreService(settings, index, blobs, self.extended_tags)
         self.retrieve = RetrieveService(index, blobs)
         self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
-        self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
 
     async def start(self, recover: bool = True) -> None:

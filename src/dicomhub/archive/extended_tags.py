@@ -73,6 +73,11 @@ class ExtendedTagsService:
             self._searchable = (now, found)
         return self._searchable[1]
 
+    async def indexed_paths(self) -> frozenset[str]:
+        """Paths of the searchable top-level tags (a v1 STOW validates their values)."""
+        keys, _ = await self.searchable()
+        return frozenset(p for p in keys if "." not in p)
+
     async def reindex(
         self, payload: dict, checkpoint: dict | None, progress: Callable[[int, Any], None]
     ) -> dict:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import SpoolFile
 from dicomhub.dicom import stow
 from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
@@ -61,10 +62,17 @@ class PartOrder:
 
 
 class StoreService:
-    def __init__(self, settings: Settings, index: IndexStore, blobs: BlobStore):
+    def __init__(
+        self,
+        settings: Settings,
+        index: IndexStore,
+        blobs: BlobStore,
+        extended: ExtendedTagsService,
+    ):
         self.settings = settings
         self.index = index
         self.blobs = blobs
+        self.extended = extended
 
     async def store_body(
         self,
@@ -78,7 +86,9 @@ class StoreService:
         query tag, is refused."""
         if not content_type:
             raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
-        strict = await self._indexed_paths() if strict else None
+        # v1 validates the attributes extended query tags index too: from here on, ``strict``
+        # is their paths (None in v2)
+        strict = await self.extended.indexed_paths() if strict else None
         media = parse_media_type(content_type)
         if media.type == DICOM:
             spool = await self._spool(chunks)
@@ -231,11 +241,6 @@ class StoreService:
         outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
         outcome.warnings = instance.warnings
         return outcome
-
-    async def _indexed_paths(self) -> frozenset[str]:
-        """Top-level attributes indexed by extended query tags (v1 validates them too)."""
-        tags = await self.index.searchable_tags()
-        return frozenset(t.path for t in tags if "." not in t.path)
 
     def _describe(self, path: Path, size: int, study: str | None, strict):
         with open(path, "rb") as fp:
