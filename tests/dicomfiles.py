@@ -9,12 +9,16 @@ from dataclasses import dataclass
 from functools import cache
 
 import pydicom
+import pydicom.data
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import generate_uid
+
+BUNDLED = os.path.dirname(pydicom.data.__file__)
 
 
 @dataclass(frozen=True)
 class TestFile:
+    __test__ = False  # not a pytest test class
     name: str
     data: bytes
     study: str
@@ -61,12 +65,13 @@ def with_new_uids(data: bytes, study: str | None = None, series: str | None = No
 
 
 @cache
-def storable_files() -> tuple[TestFile, ...]:
-    """Every bundled PS3.10 file with the three UIDs, each with a distinct SOP Instance UID."""
+def storable_files(extra: bool = False) -> tuple[TestFile, ...]:
+    """Every bundled PS3.10 file with the three UIDs, each with a distinct SOP Instance UID;
+    with ``extra``, also those of pydicom-data (more codecs, larger images)."""
     seen: set[str] = set()
     out = []
     for path in sorted(get_testdata_files("**/*")):
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or not (extra or path.startswith(BUNDLED)):
             continue
         with open(path, "rb") as f:
             data = f.read()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from dicomhub.dicom.frames import FrameIndex, extract_bits, index_frames
-from dicomhub.dicom.mediatype import negotiate, parse_accept
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.parse import PixelElement
 from dicomhub.dicom.validate import validate_string
-from dicomhub.errors import InvalidDicom, InvalidRequest, NotAcceptable
+from dicomhub.errors import InvalidDicom, InvalidRequest
 from tests.helpers import BOUNDARY, multipart
 
 
@@ -128,18 +127,3 @@ def test_encapsulated_frames_by_offset_table_and_markers():
         frames_of(encapsulated([b"x1", b"x2", b"x3"]), 2)
     with pytest.raises(InvalidDicom):
         frames_of(encapsulated([a1])[:-8], 1)  # no sequence delimiter
-
-
-def test_negotiation():
-    items = [[("application/dicom", "1.2.840.10008.1.2.4.50")]]
-    accept = parse_accept('application/dicom; q=0.5, multipart/related; type="application/dicom"')
-    assert negotiate(accept, items, single_allowed=True).multipart is True
-    accept = parse_accept("application/dicom; transfer-syntax=*")
-    assert negotiate(accept, items, single_allowed=True).multipart is False
-    with pytest.raises(NotAcceptable):
-        negotiate(accept, items + items, single_allowed=False)
-    with pytest.raises(NotAcceptable):
-        negotiate(
-            parse_accept("application/dicom; transfer-syntax=1.2.840.10008.1.2.1"), items, True
-        )
-    assert negotiate([], items, True).served == [items[0][0]]

@@ -58,7 +58,7 @@ def test_study_with_mixed_syntaxes_needs_no_star(loaded):
     assert int(r.headers["content-length"]) == len(r.content)  # known before the first byte
 
 
-def test_explicit_syntax_that_needs_transcoding_is_406(loaded):
+def test_explicit_syntax_is_transcoded(loaded):
     client, _ = loaded
     r = client.get(
         url(JPEG),
@@ -67,8 +67,21 @@ def test_explicit_syntax_that_needs_transcoding_is_406(loaded):
             "transfer-syntax=1.2.840.10008.1.2.1"
         },
     )
+    assert r.status_code == 200
+    [(head, body)] = parts(r)
+    assert head["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    out = read(body)
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert out.LossyImageCompression == "01"  # its pixels were lossy before
+    assert (out.pixel_array == read(JPEG).pixel_array).all()
+
+
+def test_syntax_that_cannot_be_produced_is_406_listing_what_can(loaded):
+    client, _ = loaded
+    accept = "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.100"  # MPEG-2: never
+    r = client.get(url(CT), headers={"Accept": accept})
     assert r.status_code == 406
-    assert "1.2.840.10008.1.2.4.50" in r.json()["detail"]
+    assert "1.2.840.10008.1.2.4.90" in r.json()["detail"]
 
 
 def test_instance_single_part_with_cache_headers(loaded):

@@ -21,6 +21,10 @@ class NotAcceptable(DicomhubError):
     """No representation matches what the client accepts."""
 
 
+class ConversionFailed(NotAcceptable):
+    """Stored pixel data could not be decoded or encoded as asked."""
+
+
 class UnsupportedMediaType(DicomhubError):
     """The request body is of a media type the resource does not take."""
 

@@ -83,6 +83,15 @@ class Settings:
         "Seconds after which a store that has not finished (its node died, or it is that slow) "
         "is abandoned by the cleanup job and its blob deleted.",
     )
+    conversion_workers: int = _setting(
+        0,
+        "Processes that transcode and render pixel data, one frame per task (0: one per core).",
+    )
+    max_conversion_size: int = _setting(
+        1024**3,
+        "Largest stored instance, in bytes, that is transcoded or rendered; a larger one is "
+        "only served as stored (406 names transfer-syntax=*).",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

@@ -9,6 +9,7 @@ from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.operations import OperationsService
+from dicomhub.archive.pixels import Converter, PixelService
 from dicomhub.archive.retrieve import RetrieveService
 from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
@@ -27,6 +28,8 @@ class Archive:
         self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
         self.store = StoreService(settings, index, blobs, self.extended_tags)
         self.retrieve = RetrieveService(index, blobs)
+        converter = Converter(settings.conversion_workers)
+        self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
         self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)

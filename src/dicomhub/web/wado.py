@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomhub.archive.retrieve import parse_frame_list
-from dicomhub.dicom.mediatype import (
-    EXPLICIT_VR_LE,
-    PIXEL_MEDIA_TYPES,
-    MediaType,
-    Offer,
-    negotiate,
-    parse_accept,
-)
+from dicomhub.dicom.codecs import DEFLATED, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicomhub.dicom.mediatype import Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
+from dicomhub.errors import NotAcceptable, NotFound
+from dicomhub.model import StoredInstance
 from dicomhub.web.common import (
     archive,
     base_url,
@@ -31,49 +28,77 @@ from dicomhub.web.common import (
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
 UNDEFINED_LENGTH = 0xFFFFFFFF
-_LITTLE_ENDIAN_NATIVE = {"1.2.840.10008.1.2", EXPLICIT_VR_LE, "1.2.840.10008.1.2.1.99"}
+PIXEL_DATA = "7FE00010"
 
 
 async def retrieve(request: Request) -> Response:
     scope = scope_of(request)
-    instances = await archive(request).retrieve.instances(scope)
-    choice = negotiate(
-        parse_accept(request.headers.get("accept")),
-        [[(DICOM, i.transfer_syntax)] for i in instances],
-        single_allowed=scope.sop is not None,
-    )
-    content = archive(request).retrieve.content
+    the_archive = archive(request)
+    pixels = the_archive.pixels
+    instances = await the_archive.retrieve.instances(scope)
+    single = scope.sop is not None
+    accept = parse_accept(request.headers.get("accept"))
+    items = [
+        Item(i.transfer_syntax, pixels.targets(i, None), note=pixels.too_large(i))
+        for i in instances
+    ]
+    choice = negotiate(accept, items, single)
+    if single and choice.served[0][1] != instances[0].transfer_syntax:
+        # a conversion: its header tells exactly what the instance can be converted to
+        targets = pixels.targets(instances[0], await pixels.info(instances[0]))
+        choice = negotiate(accept, [replace(items[0], targets=targets)], single)
+    parts = [_Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
+    headers = cache_headers(instances[0]) if single else {}
+    if single and not_modified(request, headers["ETag"]):
+        return not_modified_response(headers["ETag"])
+    first = await parts[0].open()
     if not choice.multipart:
-        instance = instances[0]
-        headers = cache_headers(instance)
-        if not_modified(request, headers["ETag"]):
-            return not_modified_response(headers["ETag"])
-        headers["Content-Length"] = str(instance.size)
-        media = f"{DICOM}; transfer-syntax={instance.transfer_syntax}"
-        return StreamingResponse(await primed(content(instance)), media_type=media, headers=headers)
+        if parts[0].size is not None:
+            headers["Content-Length"] = str(parts[0].size)
+        return StreamingResponse(first, media_type=parts[0].media, headers=headers)
     boundary = new_boundary()
 
-    heads = [
-        part_header(boundary, f"{media}; transfer-syntax={syntax}")
-        for media, syntax in choice.served
-    ]
-
-    first = await primed(content(instances[0]))
-
     async def body() -> AsyncIterator[bytes]:
-        for n, (instance, head) in enumerate(zip(instances, heads, strict=True)):
-            yield head
-            async for chunk in first if n == 0 else content(instance):
+        for n, part in enumerate(parts):
+            stream = first if n == 0 else await part.open(fallback=True)
+            yield part_header(boundary, part.media)
+            async for chunk in stream:
                 yield chunk
             yield PART_END
         yield closing(boundary)
 
-    headers = cache_headers(instances[0]) if scope.sop else {}
-    # The length is known before the first byte: clients can show progress, and the body is
-    # sent without chunked framing.
-    length = sum(len(h) + i.size + len(PART_END) for h, i in zip(heads, instances, strict=True))
-    headers["Content-Length"] = str(length + len(closing(boundary)))
+    if all(p.size is not None for p in parts):
+        # The length is known before the first byte: clients can show progress, and the body
+        # is sent without chunked framing.
+        heads = sum(len(part_header(boundary, p.media)) + len(PART_END) for p in parts)
+        length = heads + sum(p.size for p in parts) + len(closing(boundary))
+        headers["Content-Length"] = str(length)
     return StreamingResponse(body(), media_type=_multipart(DICOM, boundary), headers=headers)
+
+
+class _Part:
+    """One instance of a retrieve response, as stored or converted."""
+
+    def __init__(self, the_archive, instance: StoredInstance, syntax: str):
+        self.archive, self.instance, self.syntax = the_archive, instance, syntax
+        self.converted = syntax != instance.transfer_syntax
+        self.size = None if self.converted else instance.size
+
+    @property
+    def media(self) -> str:
+        return f"{DICOM}; transfer-syntax={self.syntax}"
+
+    async def open(self, fallback: bool = False) -> AsyncIterator[bytes]:
+        """The part's bytes; with ``fallback``, an instance that cannot be converted (known only
+        once its header is read) goes as stored, and its part's Content-Type says so."""
+        if self.converted:
+            try:
+                return await self.archive.pixels.instance(self.instance, self.syntax)
+            except NotAcceptable:
+                if not fallback:
+                    raise
+                self.syntax, self.converted = self.instance.transfer_syntax, False
+        return await primed(self.archive.retrieve.content(self.instance))
 
 
 async def metadata(request: Request) -> Response:
@@ -87,21 +112,34 @@ async def metadata(request: Request) -> Response:
 async def frames(request: Request) -> Response:
     scope = scope_of(request)
     numbers = parse_frame_list(request.path_params["frames"])
-    retrieve = archive(request).retrieve
-    instance = (await retrieve.instances(scope))[0]
-    choice = negotiate(
-        parse_accept(request.headers.get("accept")),
-        [frame_offers(instance.transfer_syntax)],
-        single_allowed=len(numbers) == 1,
+    the_archive = archive(request)
+    instance = (await the_archive.retrieve.instances(scope))[0]
+    media, syntax, multipart = await _negotiate_frames(
+        request, the_archive, instance, single_allowed=len(numbers) == 1
     )
-    media, syntax = choice.served[0]
     headers = cache_headers(instance)
     if not_modified(request, headers["ETag"]):
         return not_modified_response(headers["ETag"])
-    data = await retrieve.frames(instance, numbers)
-    if not choice.multipart:
+    data = await the_archive.pixels.frames(instance, numbers, syntax)
+    if not multipart:
         return Response(data[0], media_type=f"{media}; transfer-syntax={syntax}", headers=headers)
     return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
+
+
+async def _negotiate_frames(request, the_archive, instance, single_allowed: bool):
+    """(media type, transfer syntax, multipart) the frames of ``instance`` are served in."""
+    pixels = the_archive.pixels
+    if not instance.parse_on_read and instance.frames is None:
+        raise NotFound(f"SOP instance {instance.id.sop} has no pixel data")
+    stored = frame_syntax(instance.transfer_syntax)
+    item = Item(stored, pixels.targets(instance, None), True, pixels.too_large(instance))
+    accept = parse_accept(request.headers.get("accept"))
+    choice = negotiate(accept, [item], single_allowed=single_allowed)
+    if choice.served[0][1] != stored:  # a conversion: the header tells what is possible
+        targets = pixels.targets(instance, await pixels.info(instance))
+        choice = negotiate(accept, [replace(item, targets=targets)], single_allowed)
+    media, syntax = choice.served[0]
+    return media, syntax, choice.multipart
 
 
 async def bulkdata(request: Request) -> Response:
@@ -122,10 +160,13 @@ async def bulkdata(request: Request) -> Response:
 
         return await _bulk_response(request, accept, len(data), headers, content)
     offset, length = location
-    if length == UNDEFINED_LENGTH:  # encapsulated pixel data: its frames, one part each
-        choice = negotiate(accept, [frame_offers(instance.transfer_syntax)], single_allowed=False)
-        media, syntax = choice.served[0]
-        data = await retrieve.frames(instance, None)
+    if path.strip("/").upper() == PIXEL_DATA and (
+        length == UNDEFINED_LENGTH or _pixel_conversion_asked(accept)
+    ):  # pixel data as frames, one part each, in the syntax negotiated
+        media, syntax, _ = await _negotiate_frames(
+            request, archive(request), instance, single_allowed=False
+        )
+        data = await archive(request).pixels.frames(instance, None, syntax)
         return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
     return await _bulk_response(
         request,
@@ -140,7 +181,7 @@ async def _bulk_response(request, accept, size, headers, content) -> Response:
     """``content(start, length)`` streams that range of the value."""
     # Bulk data other than pixel data has no transfer syntax: ignore the parameter.
     accept = [MediaType(m.type, {"type": m.params.get("type", "*/*")}, m.q) for m in accept]
-    choice = negotiate(accept, [[(OCTETS, "*")]], single_allowed=True)
+    choice = negotiate(accept, [Item(EXPLICIT_VR_LE, frames=True)], single_allowed=True)
     ranged = parse_range(request.headers.get("range"), size)
     start, length = ranged or (0, size)
     status = 206 if ranged else 200
@@ -184,15 +225,24 @@ async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return whole()
 
 
-def frame_offers(transfer_syntax: str) -> list[Offer]:
-    """How stored frames can be served without transcoding (PS3.18 table 8.7.3-2)."""
-    offers: list[Offer] = []
-    if transfer_syntax in PIXEL_MEDIA_TYPES:
-        offers.append((PIXEL_MEDIA_TYPES[transfer_syntax], transfer_syntax))
-    if transfer_syntax in _LITTLE_ENDIAN_NATIVE:  # identical pixel bytes
-        offers.append((OCTETS, EXPLICIT_VR_LE))
-    offers.append((OCTETS, transfer_syntax))
-    return offers
+def frame_syntax(transfer_syntax: str) -> str:
+    """The syntax stored frames are in: native little endian frames are the same bytes as
+    Explicit VR Little Endian ones."""
+    if transfer_syntax in (IMPLICIT_VR_LE, DEFLATED):
+        return EXPLICIT_VR_LE
+    return transfer_syntax
+
+
+def _pixel_conversion_asked(accept: list[MediaType]) -> bool:
+    """Does an Accept range for native pixel data name a syntax or an image media type?"""
+    for media in accept:
+        kind = media.type
+        if kind.startswith("multipart/"):
+            kind = media.params.get("type", "*/*")
+        syntax = media.params.get("transfer-syntax", "*")
+        if kind.startswith("image/") or syntax not in ("*", EXPLICIT_VR_LE):
+            return True
+    return False
 
 
 def _parts(data: list[bytes], part_type: str, headers: dict[str, str]) -> Response:

@@ -1,0 +1,248 @@
+"""Pixel conversion use cases: instances and frames in another transfer syntax.
+
+Decoding and encoding run in a pool of worker processes, one frame per task, so a large
+conversion neither stalls the event loop nor holds a whole volume in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+
+from dicomhub.archive.retrieve import RetrieveService
+from dicomhub.dicom import codecs, transcode
+from dicomhub.dicom.codecs import NATIVE, PixelInfo
+from dicomhub.dicom.frames import FrameIndex
+from dicomhub.dicom.transcode import Header
+from dicomhub.errors import ConversionFailed, NotAcceptable
+from dicomhub.model import StoredInstance
+
+_LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
+_WINDOW = 4  # frames converted ahead of the one being sent
+
+
+class Converter:
+    """A pool of worker processes shared by every archive in this process."""
+
+    _pools: dict[int, ProcessPoolExecutor] = {}
+
+    def __init__(self, workers: int):
+        self.workers = workers or os.cpu_count() or 1
+
+    def _pool(self) -> ProcessPoolExecutor:
+        pool = self._pools.get(self.workers)
+        if pool is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+            pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pools[self.workers] = pool
+        return pool
+
+    async def run(self, fn: Callable, *args):
+        """``fn(*args)`` in a worker process; its failure is the client's data's fault."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool(), fn, *args)
+        except BrokenProcessPool as exc:  # a codec crashed its worker: start a new pool
+            self._pools.pop(self.workers, None)
+            raise ConversionFailed("the pixel data crashed its decoder") from exc
+        except (ValueError, RuntimeError, TypeError, KeyError, IndexError, OSError) as exc:
+            raise ConversionFailed(f"the pixel data could not be converted: {exc}") from exc
+
+
+class PixelService:
+    def __init__(self, retrieve: RetrieveService, converter: Converter, max_size: int):
+        self.retrieve = retrieve
+        self.converter = converter
+        self.max_size = max_size
+        self._headers: OrderedDict[str, Header] = OrderedDict()
+
+    async def header(self, instance: StoredInstance) -> Header:
+        """The stored data set up to Pixel Data (cached: instances are immutable)."""
+        cached = self._headers.get(instance.blob_key)
+        if cached is not None:
+            self._headers.move_to_end(instance.blob_key)
+            return cached
+        index = _frame_index(instance)
+        end = _pixel_start(index) if index else None
+        prefix = await self.retrieve.blobs.read(instance.blob_key, 0, end)
+        header = transcode.read_header(prefix)
+        self._headers[instance.blob_key] = header
+        if len(self._headers) > 256:
+            self._headers.popitem(last=False)
+        return header
+
+    async def info(self, instance: StoredInstance) -> PixelInfo | None:
+        """The Image Pixel module of the instance; None when it has no (integer) pixel data."""
+        if not _has_pixels(instance):
+            return None
+        header = await self.header(instance)
+        info = PixelInfo.of(header.dataset)
+        return info and replace(info, pixel_vr=header.pixel_vr)
+
+    def targets(self, instance: StoredInstance, info: PixelInfo | None) -> frozenset[str]:
+        """The syntaxes the instance can be converted to; with ``info`` None, judged by its
+        syntax alone (before its header is read)."""
+        if instance.size > self.max_size:
+            return frozenset()
+        source = instance.transfer_syntax
+        if not _has_pixels(instance):
+            return frozenset(codecs.TARGETS)  # no pixels: any syntax holds the data set
+        if info is None:
+            ok = codecs.decodable(source)
+            return frozenset(t for t in codecs.TARGETS if ok or t in NATIVE)
+        return frozenset(t for t in codecs.TARGETS if not codecs.cannot_encode(info, source, t))
+
+    async def frames(
+        self, instance: StoredInstance, numbers: list[int] | None, target: str
+    ) -> list[bytes]:
+        """Frames of the instance (1-based; None: all) in ``target``."""
+        stored = await self.retrieve.frames(instance, numbers)
+        source = _frame_syntax(instance)
+        if target == source:
+            return stored
+        info = await self._convertible(instance, target)
+        jobs = [self.converter.run(codecs.convert, info, source, target, f) for f in stored]
+        return [data for data, _ in await asyncio.gather(*jobs)]
+
+    async def instance(self, instance: StoredInstance, target: str) -> AsyncIterator[bytes]:
+        """The instance as a PS3.10 file in ``target``, streamed. What can go wrong before the
+        first frame is converted (size, syntax, image) is raised before this returns."""
+        info = await self._convertible(instance, target) if _has_pixels(instance) else None
+        header = await self.header(instance)
+        body = self._file(instance, header, info, target)
+        head = await anext(body)
+        if target == codecs.DEFLATED:
+            return _deflated(head, body)
+        return _prepend(head, body)
+
+    def too_large(self, instance: StoredInstance) -> str:
+        """Why the instance is not converted at all, or ""."""
+        if instance.size <= self.max_size:
+            return ""
+        return (
+            f"the instance is {instance.size} bytes, more than the {self.max_size} bytes "
+            "dicomhub converts (max_conversion_size); ask for transfer-syntax=* to get it "
+            "as stored"
+        )
+
+    async def _convertible(self, instance: StoredInstance, target: str) -> PixelInfo:
+        if self.too_large(instance):
+            raise NotAcceptable(self.too_large(instance))
+        info = await self.info(instance)
+        if info is None:
+            raise NotAcceptable("the instance has no integer pixel data to convert")
+        reason = codecs.cannot_encode(info, instance.transfer_syntax, target)
+        if reason:
+            raise NotAcceptable(f"cannot convert to {codecs.describe(target)}: {reason}")
+        return info
+
+    async def _file(self, instance, header, info, target) -> AsyncIterator[bytes]:
+        """Header bytes first (after the first frame converted), then the pixel data."""
+        dataset, source = header.dataset, instance.transfer_syntax
+        was_lossy = _lossy(source) or dataset.get("LossyImageCompression") == "01"
+        index = _frame_index(instance)
+        if info is None:
+            yield transcode.header_bytes(dataset, target, None, None, was_lossy)
+            return
+        if source in _LITTLE_ENDIAN - {codecs.DEFLATED} and target in NATIVE and index:
+            offset, length, _ = index.native  # the same pixel bytes: copy the stored value
+            yield transcode.header_bytes(dataset, target, info, None, was_lossy)
+            yield transcode.native_pixels_header(length, header.pixel_vr)
+            async for chunk in self.retrieve.content(instance, offset, length):
+                yield chunk
+            yield b"\x00" * (length % 2)
+            return
+        frames = self._converted(instance, info, target)
+        if _lossy(target):  # the ratio goes in the header: convert every frame first
+            converted = [item async for item in frames]
+            size = sum(len(data) for data, _ in converted)
+            ratio = round(codecs.frame_bytes(info) * len(converted) / max(1, size), 2)
+            lossy = transcode.Lossy(ratio, codecs.SYNTAXES[target].method)
+            yield transcode.header_bytes(dataset, target, converted[0][1], lossy, True)
+            yield transcode.encapsulated_header()
+            for data, _ in converted:
+                yield transcode.fragment(data)
+            yield transcode.SEQUENCE_END
+            return
+        first, out = await anext(frames)
+        yield transcode.header_bytes(dataset, target, out, None, was_lossy)
+        if target in NATIVE:
+            length = len(first) * info.frames
+            yield transcode.native_pixels_header(length, "OW" if out.bits_allocated > 8 else "OB")
+            yield first
+            async for data, _ in frames:
+                yield data
+            yield b"\x00" * (length % 2)
+            return
+        yield transcode.encapsulated_header()
+        yield transcode.fragment(first)
+        async for data, _ in frames:
+            yield transcode.fragment(data)
+        yield transcode.SEQUENCE_END
+
+    async def _converted(self, instance, info, target):
+        """(frame, its PixelInfo) for each frame, a few frames converted ahead."""
+        source = _frame_syntax(instance)
+        if instance.parse_on_read:  # the file is parsed whole anyway
+            stored = iter(await self.retrieve.frames(instance, None))
+        pending: list[asyncio.Future] = []
+        for number in range(1, info.frames + 1):
+            if instance.parse_on_read:
+                frame = next(stored)
+            else:
+                frame = (await self.retrieve.frames(instance, [number]))[0]
+            job = self.converter.run(codecs.convert, info, source, target, frame)
+            pending.append(asyncio.ensure_future(job))
+            if len(pending) >= _WINDOW:
+                yield await pending.pop(0)
+        for job in pending:
+            yield await job
+
+
+def _lossy(uid: str) -> bool:
+    syntax = codecs.SYNTAXES.get(uid)
+    return bool(syntax and syntax.lossy)
+
+
+def _has_pixels(instance: StoredInstance) -> bool:
+    return instance.frames is not None or instance.parse_on_read
+
+
+def _frame_index(instance: StoredInstance) -> FrameIndex | None:
+    return FrameIndex.from_json(json.loads(instance.frames)) if instance.frames else None
+
+
+def _frame_syntax(instance: StoredInstance) -> str:
+    """The syntax stored frames are in: native little endian frames are the same bytes."""
+    source = instance.transfer_syntax
+    return codecs.EXPLICIT_VR_LE if source in _LITTLE_ENDIAN else source
+
+
+def _pixel_start(index: FrameIndex) -> int | None:
+    """Where the pixel value starts: the stored bytes before it hold the whole header."""
+    if index.native is not None:
+        return index.native[0]
+    if index.fragments:
+        return index.fragments[0][0][0]
+    return None
+
+
+async def _prepend(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in body:
+        yield chunk
+
+
+async def _deflated(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    deflater = transcode.Deflater(transcode.meta_length(head))
+    yield deflater.feed(head)
+    async for chunk in body:
+        yield deflater.feed(chunk)
+    yield deflater.flush()

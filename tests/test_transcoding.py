@@ -1,0 +1,233 @@
+"""Transcoding through the real app: every test file x every syntax it can be converted to.
+
+Lossless targets must give exactly the pixels pydicom decodes from the original; lossy ones must
+stay above a PSNR floor and say they are lossy (PS3.3 C.7.6.1.1.5).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from dicomhub.cli import build_archive
+from dicomhub.dicom import codecs
+from dicomhub.dicom.uids import is_valid_uid
+from dicomhub.settings import Settings
+from dicomhub.web.app import create_app
+from tests.dicomfiles import TestFile, read, storable_files
+from tests.helpers import stow
+
+MAX_SIZE = 3 * 1024**2  # larger files are covered by the frame-by-frame tests
+
+
+def pixel_files() -> list[tuple[TestFile, codecs.PixelInfo, np.ndarray]]:
+    out = []
+    for f in storable_files(extra=True):
+        if len(f.data) > MAX_SIZE or not all(map(is_valid_uid, (f.study, f.series, f.sop))):
+            continue
+        ds = f.dataset()
+        info = codecs.PixelInfo.of(ds) if "PixelData" in ds else None
+        if info is None:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reference = ds.pixel_array
+        except Exception:  # pydicom cannot decode it either: not a conversion case
+            continue
+        out.append((f, info, reference))
+    return out
+
+
+FILES = pixel_files()
+CASES = [
+    pytest.param(f, info, reference, target, id=f"{f.name}->{target}")
+    for f, info, reference in FILES
+    for target in codecs.TARGETS
+    if target != str(f.dataset().file_meta.TransferSyntaxUID)
+    and codecs.cannot_encode(info, str(f.dataset().file_meta.TransferSyntaxUID), target) is None
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    data = tmp_path_factory.mktemp("transcoding")
+    settings = Settings(data_dir=str(data), blob_url="memory://", conversion_workers=2)
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        for start in range(0, len(FILES), 20):
+            r = stow(client, *[f.data for f, _, _ in FILES[start : start + 20]])
+            assert r.status_code in (200, 202), r.text
+        yield client
+
+
+def instance_url(f: TestFile) -> str:
+    return f"/v2/studies/{f.study}/series/{f.series}/instances/{f.sop}"
+
+
+def psnr(a: np.ndarray, b: np.ndarray, bits: int) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10((2**bits - 1) ** 2 / mse)
+
+
+@pytest.mark.parametrize("f, info, reference, target", CASES)
+def test_instance_in_every_target(loaded, f, info, reference, target):
+    r = loaded.get(
+        instance_url(f), headers={"Accept": f"application/dicom; transfer-syntax={target}"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == f"application/dicom; transfer-syntax={target}"
+    out = read(r.content)
+    assert out.file_meta.TransferSyntaxUID == target
+    assert out.SOPInstanceUID == f.sop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = out.pixel_array
+    assert pixels.shape == reference.shape
+    syntax = codecs.SYNTAXES[target]
+    source_lossy = codecs.SYNTAXES[str(f.dataset().file_meta.TransferSyntaxUID)].lossy
+    if syntax.lossy:
+        assert psnr(pixels, reference, min(info.bits_stored, 12)) > 30
+        assert out.LossyImageCompression == "01"
+        assert syntax.method in list(np.atleast_1d(out.LossyImageCompressionMethod))
+        ratio = float(np.atleast_1d(out.LossyImageCompressionRatio)[-1])
+        assert ratio > (1 if info.rows * info.columns >= 64 * 64 else 0)
+    else:
+        assert np.array_equal(pixels, reference)
+        if source_lossy:
+            assert out.LossyImageCompression == "01"
+
+
+MULTIFRAME = "emri_small_jpeg_2k_lossless.dcm"  # 10 frames of 16-bit MR
+FRAME_TARGETS = [
+    ("image/jp2", "1.2.840.10008.1.2.4.90"),
+    ("image/jls", "1.2.840.10008.1.2.4.80"),
+    ("image/dicom-rle", "1.2.840.10008.1.2.5"),
+    ("image/jpeg", "1.2.840.10008.1.2.4.70"),
+    ("image/jphc", "1.2.840.10008.1.2.4.201"),
+    ("application/octet-stream", "1.2.840.10008.1.2.1"),
+]
+
+
+def by_name(name: str):
+    return next((f, info, ref) for f, info, ref in FILES if f.name == name)
+
+
+def frame_parts(response) -> list[tuple[str, bytes]]:
+    from tests.test_wado import parts
+
+    return [(head["content-type"], body) for head, body in parts(response)]
+
+
+@pytest.mark.parametrize("media, syntax", FRAME_TARGETS)
+def test_frames_in_each_media_type(loaded, media, syntax):
+    f, info, reference = by_name(MULTIFRAME)
+    r = loaded.get(
+        instance_url(f) + "/frames/3,1,10", headers={"Accept": f'multipart/related; type="{media}"'}
+    )
+    assert r.status_code == 200, r.text
+    got = frame_parts(r)
+    assert [ctype for ctype, _ in got] == [f"{media}; transfer-syntax={syntax}"] * 3
+    for (_, data), number in zip(got, (3, 1, 10), strict=True):
+        array, _ = codecs.decode(info, syntax, data)
+        assert np.array_equal(array, reference[number - 1])
+
+
+def test_single_frame_as_jpeg_baseline_with_quality_attributes(loaded):
+    f, info, reference = by_name("SC_rgb.dcm")
+    accept = "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
+    r = loaded.get(instance_url(f) + "/frames/1", headers={"Accept": accept})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == accept
+    assert r.content[:2] == b"\xff\xd8"
+    from PIL import Image
+
+    decoded = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    assert psnr(decoded, reference, 8) > 30
+
+
+def test_ohif_frame_request_gets_the_stored_bytes(loaded):
+    f, _, _ = by_name(MULTIFRAME)
+    from pydicom.encaps import generate_frames
+
+    stored = list(generate_frames(f.dataset().PixelData, number_of_frames=10))
+    r = loaded.get(
+        instance_url(f) + "/frames/2",
+        headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"},
+    )
+    assert r.status_code == 200
+    [(ctype, data)] = frame_parts(r)
+    assert ctype == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert data == stored[1]
+
+
+def test_pixel_bulkdata_negotiates_like_frames(loaded):
+    f, info, reference = by_name("CT_small.dcm")
+    r = loaded.get(
+        instance_url(f) + "/bulkdata/7FE00010",
+        headers={"Accept": 'multipart/related; type="image/jp2"'},
+    )
+    assert r.status_code == 200, r.text
+    [(ctype, data)] = frame_parts(r)
+    assert ctype == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert np.array_equal(codecs.decode(info, codecs.J2K_LOSSLESS, data)[0], reference)
+
+
+def test_what_cannot_be_produced_is_406(loaded):
+    f, _, _ = by_name("CT_small.dcm")  # 16-bit: never JPEG baseline
+    accept = "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
+    r = loaded.get(instance_url(f) + "/frames/1", headers={"Accept": accept})
+    assert r.status_code == 406
+    assert "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90" in r.json()["detail"]
+    r = loaded.get(instance_url(f), headers={"Accept": "application/dicom; " + accept[12:]})
+    assert r.status_code == 406
+
+
+def test_study_retrieve_converts_each_instance(loaded):
+    f, _, _ = by_name("CT_small.dcm")
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5'
+    r = loaded.get(f"/v2/studies/{f.study}", headers={"Accept": accept})
+    assert r.status_code == 200
+    got = frame_parts(r)
+    assert got and all(c.endswith("transfer-syntax=1.2.840.10008.1.2.5") for c, _ in got)
+    assert "content-length" not in r.headers  # converted on the fly: chunked
+
+
+def test_large_multiframe_converted_frame_by_frame(tmp_path):
+    """60 frames of 256x256 16-bit, converted to JPEG 2000 and back: every frame exact; and
+    an instance over max_conversion_size gets 406 naming transfer-syntax=*."""
+    from pydicom.uid import generate_uid
+
+    from tests.dicomfiles import load
+
+    ds = read(load("CT_small.dcm"))
+    frames = np.random.default_rng(7).integers(0, 4096, (60, 256, 256), dtype=np.uint16)
+    ds.Rows = ds.Columns = 256
+    ds.NumberOfFrames = 60
+    ds.PixelRepresentation = 0
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelData = frames.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    f = TestFile("big", data, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    url = instance_url(f)
+    for limit, expect in ((1 << 30, 200), (1 << 20, 406)):
+        settings = Settings(
+            data_dir=str(tmp_path / str(limit)), blob_url="memory://", max_conversion_size=limit
+        )
+        with TestClient(create_app(settings, build_archive(settings))) as client:
+            assert stow(client, data).status_code == 200
+            accept = "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"
+            r = client.get(url, headers={"Accept": accept})
+            assert r.status_code == expect
+            if expect == 406:
+                assert "transfer-syntax=*" in r.json()["detail"]
+                continue
+            out = read(r.content)
+            assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+            assert np.array_equal(out.pixel_array, frames)
