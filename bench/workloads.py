@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import io
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+
+import pydicom
 
 from bench import dataset as ds
 from bench.client import Client, Request, Response, check, multipart, parts
@@ -35,6 +38,7 @@ class Profile:
     frame_repeat: int = 100  # requests per frame case
     metadata_repeat: int = 5
     retrieve_repeat: int = 3
+    convert_repeat: int = 40  # instances transcoded, frames rendered
 
 
 PROFILES = {
@@ -51,6 +55,7 @@ PROFILES = {
         frame_repeat=3,
         metadata_repeat=2,
         retrieve_repeat=1,
+        convert_repeat=3,
     ),
 }
 
@@ -373,4 +378,56 @@ def retrieve(client: Client, data: Data) -> list[dict]:
     ]
 
 
-WORKLOADS = [load, stow, qido, metadata, frames, retrieve]
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+
+
+def convert(client: Client, data: Data) -> list[dict]:
+    """Conversion on retrieve: instances of the reference series transcoded to JPEG-LS lossless
+    (each checked pixel for pixel), frames of the multi-frame instance rendered as JPEG."""
+    ref = data.reference.series[0]
+    count = min(data.p.convert_repeat, ref.instances)
+    numbers = list(range(1, count + 1))
+    accept = {"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}'}
+    base = f"/studies/{data.reference.uid}/series/{ref.uid}/instances/{ref.uid}"
+    requests = [Request("GET", f"{base}.{n}", accept) for n in numbers]
+    timing, responses = client.run(requests)
+    for n, response in zip(numbers, responses, strict=True):
+        check(response.status == 200, f"JPEG-LS instance {n}: HTTP {response.status}")
+        [body] = parts(response)
+        converted = pydicom.dcmread(io.BytesIO(body))
+        original = pydicom.dcmread(io.BytesIO(data.reference_files[f"{ref.uid}.{n}"]))
+        check(converted.file_meta.TransferSyntaxUID == JPEG_LS, "not JPEG-LS")
+        check((converted.pixel_array == original.pixel_array).all(), f"instance {n}: wrong pixels")
+    out = [
+        _result(
+            "convert-jpegls",
+            f"an instance ({data.p.image_size} KB) transcoded to JPEG-LS lossless",
+            "p50_ms",
+            "lower",
+            timing.summary("instances"),
+        )
+    ]
+    st = data.frames_study
+    multi = st.series[0]
+    path = f"/studies/{st.uid}/series/{multi.uid}/instances/{multi.uid}.1/frames"
+    rng = random.Random(11)
+    frames = [rng.randint(1, data.p.frames) for _ in range(count)]
+    jpeg = {"Accept": "image/jpeg"}
+    timing, responses = client.run([Request("GET", f"{path}/{n}/rendered", jpeg) for n in frames])
+    for n, response in zip(frames, responses, strict=True):
+        check(response.status == 200, f"rendered frame {n}: HTTP {response.status}")
+        check(response.body[:2] == b"\xff\xd8", f"rendered frame {n}: not a JPEG")
+    size = data.p.frame_size
+    out.append(
+        _result(
+            "render-frame",
+            f"a frame of the {data.p.frames}-frame instance ({size}x{size}) rendered as JPEG",
+            "p50_ms",
+            "lower",
+            timing.summary("frames"),
+        )
+    )
+    return out
+
+
+WORKLOADS = [load, stow, qido, metadata, frames, retrieve, convert]

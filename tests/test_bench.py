@@ -29,7 +29,13 @@ def test_smoke_run_against_orthanc(tmp_path):
     assert set(servers) == {"dicomhub", "Orthanc"}
     ids = {name: [r["id"] for r in s["workloads"]] for name, s in servers.items()}
     assert ids["dicomhub"] == ids["Orthanc"]
-    assert {"ingest-small", "retrieve-study", "frame-single"} <= set(ids["dicomhub"])
+    assert {
+        "ingest-small",
+        "retrieve-study",
+        "frame-single",
+        "convert-jpegls",
+        "render-frame",
+    } <= set(ids["dicomhub"])
     for server in servers.values():
         for r in server["workloads"]:
             assert r[r["metric"]] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

@@ -126,6 +126,15 @@ class Operation:
         return self.status in (OperationStatus.COMPLETED, OperationStatus.FAILED)
 
 
+THUMBNAIL_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif"}
+
+
+def thumbnail_keys(key: str) -> dict[str, str]:
+    """The cached default thumbnails of the instance stored under ``key``, by media type."""
+    stem = key.removesuffix(".dcm")
+    return {media: f"{stem}.thumbnail.{ext}" for media, ext in THUMBNAIL_EXTENSIONS.items()}
+
+
 def blob_key(partition: str, version: int) -> str:
     """Blob keys come from the internal version, never from UIDs (UIDs can carry PHI)."""
     digest = hashlib.sha256(f"{partition}/{version}".encode()).hexdigest()

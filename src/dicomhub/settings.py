@@ -92,6 +92,11 @@ class Settings:
         "Largest stored instance, in bytes, that is transcoded or rendered; a larger one is "
         "only served as stored (406 names transfer-syntax=*).",
     )
+    thumbnail_size: int = _setting(
+        128,
+        "Width and height, in pixels, that a thumbnail fits in unless the request gives a "
+        "viewport; these default thumbnails are cached in the blob store.",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

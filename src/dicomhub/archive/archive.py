@@ -9,11 +9,12 @@ from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.operations import OperationsService
-from dicomhub.archive.pixels import Converter, PixelService
+from dicomhub.archive.pixels import Converter, PixelService, RenderService
 from dicomhub.archive.retrieve import RetrieveService
 from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
+from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Unavailable
 from dicomhub.settings import Settings
@@ -30,6 +31,10 @@ class Archive:
         self.retrieve = RetrieveService(index, blobs)
         converter = Converter(settings.conversion_workers)
         self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
+        self.render = RenderService(self.pixels)
+        self.thumbnails = ThumbnailService(
+            self.retrieve, self.render, blobs, settings.thumbnail_size, settings.spool_dir
+        )
         self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)

@@ -10,6 +10,7 @@ import logging
 from datetime import datetime, timedelta
 
 from dicomhub.clock import utcnow
+from dicomhub.model import thumbnail_keys
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Cleanup:
             done = []
             for id_, key in due:
                 try:
+                    for derived in thumbnail_keys(key).values():  # cached renderings first
+                        await self.blobs.delete(derived)
                     await self.blobs.delete(key)
                     done.append(id_)
                 except Exception as exc:  # noqa: BLE001 - retried later, never lost

@@ -17,11 +17,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from dicomhub.archive.retrieve import RetrieveService
-from dicomhub.dicom import codecs, transcode
+from dicomhub.dicom import codecs, render, transcode
 from dicomhub.dicom.codecs import NATIVE, PixelInfo
 from dicomhub.dicom.frames import FrameIndex
 from dicomhub.dicom.transcode import Header
-from dicomhub.errors import ConversionFailed, NotAcceptable
+from dicomhub.errors import ConversionFailed, NotAcceptable, NotFound
 from dicomhub.model import StoredInstance
 
 _LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
@@ -80,7 +80,7 @@ class PixelService:
 
     async def info(self, instance: StoredInstance) -> PixelInfo | None:
         """The Image Pixel module of the instance; None when it has no (integer) pixel data."""
-        if not _has_pixels(instance):
+        if not has_pixels(instance):
             return None
         header = await self.header(instance)
         info = PixelInfo.of(header.dataset)
@@ -92,7 +92,7 @@ class PixelService:
         if instance.size > self.max_size:
             return frozenset()
         source = instance.transfer_syntax
-        if not _has_pixels(instance):
+        if not has_pixels(instance):
             return frozenset(codecs.TARGETS)  # no pixels: any syntax holds the data set
         if info is None:
             ok = codecs.decodable(source)
@@ -104,7 +104,7 @@ class PixelService:
     ) -> list[bytes]:
         """Frames of the instance (1-based; None: all) in ``target``."""
         stored = await self.retrieve.frames(instance, numbers)
-        source = _frame_syntax(instance)
+        source = codecs.frame_syntax(instance.transfer_syntax)
         if target == source:
             return stored
         info = await self._convertible(instance, target)
@@ -114,7 +114,7 @@ class PixelService:
     async def instance(self, instance: StoredInstance, target: str) -> AsyncIterator[bytes]:
         """The instance as a PS3.10 file in ``target``, streamed. What can go wrong before the
         first frame is converted (size, syntax, image) is raised before this returns."""
-        info = await self._convertible(instance, target) if _has_pixels(instance) else None
+        info = await self._convertible(instance, target) if has_pixels(instance) else None
         header = await self.header(instance)
         body = self._file(instance, header, info, target)
         head = await anext(body)
@@ -189,7 +189,7 @@ class PixelService:
 
     async def _converted(self, instance, info, target):
         """(frame, its PixelInfo) for each frame, a few frames converted ahead."""
-        source = _frame_syntax(instance)
+        source = codecs.frame_syntax(instance.transfer_syntax)
         if instance.parse_on_read:  # the file is parsed whole anyway
             stored = iter(await self.retrieve.frames(instance, None))
         pending: list[asyncio.Future] = []
@@ -211,18 +211,12 @@ def _lossy(uid: str) -> bool:
     return bool(syntax and syntax.lossy)
 
 
-def _has_pixels(instance: StoredInstance) -> bool:
+def has_pixels(instance: StoredInstance) -> bool:
     return instance.frames is not None or instance.parse_on_read
 
 
 def _frame_index(instance: StoredInstance) -> FrameIndex | None:
     return FrameIndex.from_json(json.loads(instance.frames)) if instance.frames else None
-
-
-def _frame_syntax(instance: StoredInstance) -> str:
-    """The syntax stored frames are in: native little endian frames are the same bytes."""
-    source = instance.transfer_syntax
-    return codecs.EXPLICIT_VR_LE if source in _LITTLE_ENDIAN else source
 
 
 def _pixel_start(index: FrameIndex) -> int | None:
@@ -246,3 +240,35 @@ async def _deflated(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[by
     async for chunk in body:
         yield deflater.feed(chunk)
     yield deflater.flush()
+
+
+class RenderService:
+    """Rendered images of frames, instances, series and studies (PS3.18 10.4.1.1.3)."""
+
+    def __init__(self, pixels: PixelService):
+        self.pixels = pixels
+
+    async def frames(
+        self, instance: StoredInstance, numbers: list[int], params: render.Params
+    ) -> bytes:
+        """The frames as one image (several: an animated GIF)."""
+        pixels = self.pixels
+        if pixels.too_large(instance):
+            raise NotAcceptable(pixels.too_large(instance))
+        info = await pixels.info(instance)
+        if info is None:
+            raise NotFound(f"SOP instance {instance.id.sop} has no pixel data to render")
+        source = codecs.frame_syntax(instance.transfer_syntax)
+        if not codecs.decodable(source):
+            raise NotAcceptable(f"pixel data in {codecs.describe(source)} cannot be rendered")
+        stored = await pixels.retrieve.frames(instance, numbers)
+        dataset = (await pixels.header(instance)).dataset
+        looks = [render.presentation(dataset, n) for n in numbers]
+        return await pixels.converter.run(render.render, info, source, stored, looks, params)
+
+    async def instance(self, instance: StoredInstance, params: render.Params) -> bytes:
+        """A single-frame image, or the first frame; as GIF, every frame, animated."""
+        info = await self.pixels.info(instance)
+        count = info.frames if info else 1
+        numbers = list(range(1, count + 1)) if params.media == "image/gif" else [1]
+        return await self.frames(instance, numbers, params)

@@ -116,6 +116,12 @@ TARGETS = (
 )
 
 
+def frame_syntax(uid: str) -> str:
+    """The syntax stored frames are in: native little endian frames (Implicit, Explicit or
+    Deflated) are the same bytes as Explicit VR Little Endian ones."""
+    return EXPLICIT_VR_LE if uid in (IMPLICIT_VR_LE, DEFLATED) else uid
+
+
 def decodable(uid: str) -> bool:
     if uid in NATIVE:
         return True

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.mediatype import parse_accept
+from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest, NotAcceptable, RangeNotSatisfiable
 from dicomhub.model import Scope, StoredInstance
@@ -128,3 +129,17 @@ def page(request: Request, default: int, maximum: int) -> tuple[int, int]:
     if values["offset"] < 0:
         raise InvalidRequest("offset must not be negative")
     return values["offset"], values["limit"]
+
+
+def multipart_response(parts: list[bytes], part_type: str, headers: dict[str, str]) -> Response:
+    """A multipart/related body of ``parts``, each typed ``part_type``, held in memory."""
+    boundary = new_boundary()
+    body = b"".join(part_header(boundary, part_type) + p + PART_END for p in parts)
+    media = part_type.split(";")[0]
+    return Response(
+        body + closing(boundary), media_type=multipart_type(media, boundary), headers=headers
+    )
+
+
+def multipart_type(part_type: str, boundary: str) -> str:
+    return f'multipart/related; type="{part_type}"; boundary={boundary}'

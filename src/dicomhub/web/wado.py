@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomhub.archive.retrieve import parse_frame_list
-from dicomhub.dicom.codecs import DEFLATED, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicomhub.dicom import codecs
+from dicomhub.dicom.codecs import EXPLICIT_VR_LE
 from dicomhub.dicom.mediatype import Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
 from dicomhub.errors import NotAcceptable, NotFound
@@ -18,6 +19,8 @@ from dicomhub.web.common import (
     archive,
     base_url,
     cache_headers,
+    multipart_response,
+    multipart_type,
     not_modified,
     not_modified_response,
     parse_range,
@@ -73,7 +76,7 @@ async def retrieve(request: Request) -> Response:
         heads = sum(len(part_header(boundary, p.media)) + len(PART_END) for p in parts)
         length = heads + sum(p.size for p in parts) + len(closing(boundary))
         headers["Content-Length"] = str(length)
-    return StreamingResponse(body(), media_type=_multipart(DICOM, boundary), headers=headers)
+    return StreamingResponse(body(), media_type=multipart_type(DICOM, boundary), headers=headers)
 
 
 class _Part:
@@ -123,7 +126,7 @@ async def frames(request: Request) -> Response:
     data = await the_archive.pixels.frames(instance, numbers, syntax)
     if not multipart:
         return Response(data[0], media_type=f"{media}; transfer-syntax={syntax}", headers=headers)
-    return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
+    return multipart_response(data, f"{media}; transfer-syntax={syntax}", headers)
 
 
 async def _negotiate_frames(request, the_archive, instance, single_allowed: bool):
@@ -131,7 +134,7 @@ async def _negotiate_frames(request, the_archive, instance, single_allowed: bool
     pixels = the_archive.pixels
     if not instance.parse_on_read and instance.frames is None:
         raise NotFound(f"SOP instance {instance.id.sop} has no pixel data")
-    stored = frame_syntax(instance.transfer_syntax)
+    stored = codecs.frame_syntax(instance.transfer_syntax)
     item = Item(stored, pixels.targets(instance, None), True, pixels.too_large(instance))
     accept = parse_accept(request.headers.get("accept"))
     choice = negotiate(accept, [item], single_allowed=single_allowed)
@@ -167,7 +170,7 @@ async def bulkdata(request: Request) -> Response:
             request, archive(request), instance, single_allowed=False
         )
         data = await archive(request).pixels.frames(instance, None, syntax)
-        return _parts(data, f"{media}; transfer-syntax={syntax}", headers)
+        return multipart_response(data, f"{media}; transfer-syntax={syntax}", headers)
     return await _bulk_response(
         request,
         accept,
@@ -207,7 +210,7 @@ async def _bulk_response(request, accept, size, headers, content) -> Response:
         yield closing(boundary)
 
     return StreamingResponse(
-        body(), status_code=status, media_type=_multipart(OCTETS, boundary), headers=headers
+        body(), status_code=status, media_type=multipart_type(OCTETS, boundary), headers=headers
     )
 
 
@@ -225,14 +228,6 @@ async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return whole()
 
 
-def frame_syntax(transfer_syntax: str) -> str:
-    """The syntax stored frames are in: native little endian frames are the same bytes as
-    Explicit VR Little Endian ones."""
-    if transfer_syntax in (IMPLICIT_VR_LE, DEFLATED):
-        return EXPLICIT_VR_LE
-    return transfer_syntax
-
-
 def _pixel_conversion_asked(accept: list[MediaType]) -> bool:
     """Does an Accept range for native pixel data name a syntax or an image media type?"""
     for media in accept:
@@ -243,17 +238,3 @@ def _pixel_conversion_asked(accept: list[MediaType]) -> bool:
         if kind.startswith("image/") or syntax not in ("*", EXPLICIT_VR_LE):
             return True
     return False
-
-
-def _parts(data: list[bytes], part_type: str, headers: dict[str, str]) -> Response:
-    boundary = new_boundary()
-    chunks = []
-    for frame in data:
-        chunks += [part_header(boundary, part_type), frame, PART_END]
-    chunks.append(closing(boundary))
-    media = part_type.split(";")[0]
-    return Response(b"".join(chunks), media_type=_multipart(media, boundary), headers=headers)
-
-
-def _multipart(part_type: str, boundary: str) -> str:
-    return f'multipart/related; type="{part_type}"; boundary={boundary}'
