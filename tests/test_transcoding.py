@@ -231,3 +231,112 @@ def test_large_multiframe_converted_frame_by_frame(tmp_path):
             out = read(r.content)
             assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
             assert np.array_equal(out.pixel_array, frames)
+
+
+def test_corrupt_pixel_data_is_406_never_500(tmp_path):
+    """A frame no codec can decode: conversion and rendering answer 406; as stored it still
+    comes back byte for byte."""
+    from pydicom.encaps import encapsulate
+
+    from tests.dicomfiles import load
+
+    ds = read(load("MR_small_jp2klossless.dcm"))
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(256)) * 8])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    f = TestFile("corrupt", data, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    settings = Settings(data_dir=str(tmp_path), blob_url="memory://")
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        assert stow(client, data).status_code == 200
+        for path, accept in (
+            ("", "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
+            ("/frames/1", "application/octet-stream"),
+            ("/rendered", "image/png"),
+            ("/thumbnail", "image/jpeg"),
+        ):
+            r = client.get(instance_url(f) + path, headers={"Accept": accept})
+            assert r.status_code == 406, (path, r.status_code, r.text)
+            assert "could not be converted" in r.json()["detail"]
+        r = client.get(instance_url(f), headers={"Accept": "application/dicom; transfer-syntax=*"})
+        assert r.status_code == 200 and r.content == data
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        codecs.JPEG_LOSSLESS,  # no test file holds these: made here, then stored and decoded
+        codecs.HTJ2K_LOSSLESS,
+        codecs.HTJ2K_LOSSLESS_RPCL,
+        codecs.HTJ2K,
+    ],
+)
+def test_stored_syntaxes_without_test_files_are_decoded(tmp_path, syntax):
+    from pydicom.encaps import encapsulate
+
+    from tests.dicomfiles import load
+
+    ds = read(load("CT_small.dcm"))
+    info = codecs.PixelInfo.of(ds)
+    original = ds.pixel_array
+    encoder = codecs.HTJ2K_LOSSLESS if syntax == codecs.HTJ2K_LOSSLESS_RPCL else syntax
+    data, out = codecs.encode(info, original, info.photometric, encoder, None)
+    ds.PixelData = encapsulate([data])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.8.9.1"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    f = TestFile(
+        "made", buffer.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    settings = Settings(data_dir=str(tmp_path), blob_url="memory://")
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        assert stow(client, f.data).status_code == 200
+        r = client.get(instance_url(f), headers={"Accept": "application/dicom"})
+        assert r.headers["content-type"].endswith(
+            codecs.EXPLICIT_VR_LE if not codecs.SYNTAXES[syntax].lossy else syntax
+        )
+        r = client.get(
+            instance_url(f),
+            headers={"Accept": f"application/dicom; transfer-syntax={codecs.EXPLICIT_VR_LE}"},
+        )
+        assert r.status_code == 200
+        pixels = read(r.content).pixel_array
+        if codecs.SYNTAXES[syntax].lossy:
+            assert psnr(pixels, original, info.bits_stored) > 30
+        else:
+            assert np.array_equal(pixels, original)
+
+
+def test_video_is_rendered_as_itself(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    from tests.dicomfiles import load
+
+    ds = read(load("SC_rgb.dcm"))
+    stream = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.NumberOfFrames = 1
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.8.9.2"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    f = TestFile(
+        "video", buffer.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    settings = Settings(data_dir=str(tmp_path), blob_url="memory://")
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        assert stow(client, f.data).status_code == 200
+        r = client.get(instance_url(f) + "/rendered", headers={"Accept": "video/mp4"})
+        assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+        assert r.content == stream
+        assert (
+            client.get(instance_url(f) + "/rendered", headers={"Accept": "image/jpeg"}).status_code
+            == 406
+        )
+        # video cannot be converted: asked for uncompressed, it stays as stored (it is lossy)
+        r = client.get(instance_url(f), headers={"Accept": "application/dicom"})
+        assert r.headers["content-type"].endswith("1.2.840.10008.1.2.4.102") and r.content == f.data

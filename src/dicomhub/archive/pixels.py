@@ -21,7 +21,7 @@ from dicomhub.dicom import codecs, render, transcode
 from dicomhub.dicom.codecs import NATIVE, PixelInfo
 from dicomhub.dicom.frames import FrameIndex
 from dicomhub.dicom.transcode import Header
-from dicomhub.errors import ConversionFailed, NotAcceptable, NotFound
+from dicomhub.errors import ConversionFailed, DicomhubError, NotAcceptable, NotFound
 from dicomhub.model import StoredInstance
 
 _LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
@@ -52,7 +52,9 @@ class Converter:
         except BrokenProcessPool as exc:  # a codec crashed its worker: start a new pool
             self._pools.pop(self.workers, None)
             raise ConversionFailed("the pixel data crashed its decoder") from exc
-        except (ValueError, RuntimeError, TypeError, KeyError, IndexError, OSError) as exc:
+        except DicomhubError:
+            raise
+        except Exception as exc:  # codecs raise many kinds for data they cannot handle
             raise ConversionFailed(f"the pixel data could not be converted: {exc}") from exc
 
 

@@ -46,10 +46,7 @@ class ThumbnailService:
                 return await self.blobs.read(key)
             except NotFound:
                 pass
-        if frame is not None:
-            image = await self.renderer.frames(instance, [frame], params)
-        else:
-            image = await self.renderer.frames(instance, [1], params)
+        image = await self.renderer.frames(instance, [frame or 1], params)
         if key is not None:
             await self._keep(key, image)
         return image
