@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,3 +300,35 @@ class TcpProxy:
                         s.shutdown(socket.SHUT_RDWR)
                     s.close()
                     self._open.discard(s)
+
+
+@dataclass(frozen=True)
+class FhirServer:
+    url: str
+    env: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def fhir_server(folder: Path) -> Iterator[FhirServer]:
+    """Medplum's FHIR R4 engine over an in-memory repository (tests/components/fhir_server.mjs)."""
+    node = shutil.which("node")
+    if node is None or not (NODE_BIN.parent / "@medplum" / "fhir-router").exists():
+        raise Unavailable("node or @medplum/fhir-router is not installed (./run test installs it)")
+    (port,) = free_ports(1)
+    script = Path(__file__).parent / "components" / "fhir_server.mjs"
+    proc, log = _start([node, "--experimental-websocket", str(script), str(port)], folder)
+    try:
+        _wait_port(port, proc, log)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # the definitions load before the first request is answered
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/Patient", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise Unavailable(f"the FHIR server did not start: {log.read_text()[-500:]}")
+            time.sleep(0.2)
+        yield FhirServer(url)
+    finally:
+        _stop(proc)

@@ -161,6 +161,11 @@ def seaweedfs(tmp_path_factory):
     yield from _component(components.seaweedfs, tmp_path_factory, "seaweedfs")
 
 
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory):
+    yield from _component(components.fhir_server, tmp_path_factory, "fhir")
+
+
 BACKENDS = ["embedded", "scale-out"]
 
 

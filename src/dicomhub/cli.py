@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(
         commands.add_parser("worker", help="run background job runners only (no HTTP API)")
     )
+    _settings_flags(
+        commands.add_parser("fhir-sync", help="run the FHIR sync only (needs --fhir-url)")
+    )
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _settings_flags(db)
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     if command == "db":
         asyncio.run(_upgrade(settings))
-    elif command == "worker":
+    elif command in ("worker", "fhir-sync"):
+        if command == "fhir-sync" and not settings.fhir_url:
+            sys.exit("dicomhub fhir-sync: set --fhir-url (or DICOMHUB_FHIR_URL)")
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work(settings))
+            asyncio.run(_work(settings, fhir_only=command == "fhir-sync"))
     elif command == "serve":
         import uvicorn
 
@@ -140,14 +145,19 @@ def _app(settings: Settings, recover: bool):
     return create_app(settings, archive, background, recover)
 
 
-async def _work(settings: Settings) -> None:
-    """``dicomhub worker``: job runners until SIGTERM or SIGINT; a job cut off mid-way is
-    taken over by another runner once its lease runs out."""
+async def _work(settings: Settings, fhir_only: bool) -> None:
+    """``dicomhub worker`` (job runners) or ``dicomhub fhir-sync`` until SIGTERM or SIGINT; work
+    cut off mid-way is taken over by another node once its lease runs out."""
     from dicomhub.workers.background import run_background
+    from dicomhub.workers.fhir import run_fhir_sync
 
     archive = build_archive(settings)
     await archive.start(recover=False)
-    work = asyncio.create_task(run_background(archive, settings))
+    if fhir_only:
+        job = run_fhir_sync(archive.fhir, settings.fhir_poll_interval)
+    else:
+        job = run_background(archive, settings)
+    work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, work.cancel)

@@ -97,6 +97,34 @@ class Settings:
         "Width and height, in pixels, that a thumbnail fits in unless the request gives a "
         "viewport; these default thumbnails are cached in the blob store.",
     )
+    fhir_url: str = _setting(
+        "",
+        "Base URL of a FHIR R4 server to keep in sync with the archive (Patient, Endpoint, "
+        "ImagingStudy). Empty: no FHIR sync.",
+    )
+    fhir_auth: str = _setting(
+        "none", "How to authenticate to the FHIR server: none, bearer, basic or oauth2."
+    )
+    fhir_token: str = _setting("", "FHIR bearer token (fhir_auth bearer).")
+    fhir_username: str = _setting("", "FHIR user name (fhir_auth basic).")
+    fhir_password: str = _setting("", "FHIR password (fhir_auth basic).")
+    fhir_token_url: str = _setting(
+        "", "OAuth2 token endpoint for the client-credentials grant (fhir_auth oauth2)."
+    )
+    fhir_client_id: str = _setting("", "OAuth2 client id (fhir_auth oauth2).")
+    fhir_client_secret: str = _setting("", "OAuth2 client secret (fhir_auth oauth2).")
+    fhir_scope: str = _setting("", "OAuth2 scope to ask for, if the server needs one.")
+    fhir_patient_system: str = _setting(
+        "", "Identifier system of PatientID in FHIR Patient resources (empty: none)."
+    )
+    fhir_use_issuer: bool = _setting(
+        False, "Use IssuerOfPatientID (0010,0021), when present, as the patient identifier system."
+    )
+    fhir_batch_size: int = _setting(50, "Change-feed entries the FHIR sync reads at a time.")
+    fhir_poll_interval: float = _setting(
+        2.0, "Seconds the FHIR sync waits for new changes once it has caught up."
+    )
+    fhir_timeout: float = _setting(120.0, "Seconds one request to the FHIR server may take.")
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )
@@ -124,6 +152,12 @@ class Settings:
         if self.blob_url:
             return self.blob_url
         return "file://" + str(Path(self.data_dir).resolve() / "blobs")
+
+    @property
+    def dicomweb_root(self) -> str:
+        """The DICOMweb base URL clients reach (the address of the FHIR Endpoint)."""
+        base = self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        return f"{base}/v2"
 
     @functools.cached_property
     def spool_dir(self) -> Path:

@@ -8,6 +8,7 @@ from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.extended_tags import ExtendedTagsService
+from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.archive.operations import OperationsService
 from dicomhub.archive.pixels import Converter, PixelService, RenderService
 from dicomhub.archive.retrieve import RetrieveService
@@ -17,6 +18,8 @@ from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Unavailable
+from dicomhub.fhir.client import Auth, FhirClient
+from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
@@ -40,6 +43,7 @@ class Archive:
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
+        self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -53,6 +57,8 @@ class Archive:
                     await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:
+        if self.fhir is not None:
+            await self.fhir.client.close()
         await self.index.close()
         await self.blobs.close()
 
@@ -68,3 +74,21 @@ class Archive:
             except Exception as exc:  # noqa: BLE001 - health reports, never raises
                 results.append((name, f"{exc.__class__.__name__}: {exc}"))
         return results
+
+
+def fhir_sync(settings: Settings, index: IndexStore) -> FhirSync:
+    auth = Auth(
+        settings.fhir_auth,
+        settings.fhir_token,
+        settings.fhir_username,
+        settings.fhir_password,
+        settings.fhir_token_url,
+        settings.fhir_client_id,
+        settings.fhir_client_secret,
+        settings.fhir_scope,
+    )
+    client = FhirClient(settings.fhir_url, auth, settings.fhir_timeout)
+    options = Options(
+        settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
+    )
+    return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)

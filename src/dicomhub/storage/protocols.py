@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
@@ -118,6 +118,42 @@ class IndexStore(Protocol):
         By time: entries in [start, end), skipping ``offset`` of them, at most ``limit``."""
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...
+
+    # FHIR sync (see storage/fhir_ops.py): a checkpoint and a lease per FHIR server, and the
+    # entries it refused.
+
+    async def claim_fhir_sync(
+        self, target: str, owner: str, now: datetime, lease_until: datetime, start: int
+    ) -> int | None:
+        """Take or keep the sync into ``target``: its sequence, or None when another node
+        holds it. A new target starts after ``start``."""
+
+    async def advance_fhir_sync(
+        self,
+        target: str,
+        owner: str,
+        sequence: int,
+        count: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        """Record progress and keep the lease; False when it was lost."""
+
+    async def release_fhir_sync(self, target: str, owner: str) -> None: ...
+
+    async def record_fhir_failure(
+        self,
+        target: str,
+        sequence: int,
+        study: str,
+        error: str,
+        outcome: dict | None,
+        now: datetime,
+    ) -> None: ...
+
+    async def fhir_sync_state(self, target: str) -> Any: ...
+
+    async def fhir_failures(self, target: str, offset: int, limit: int) -> list: ...
 
     # Background jobs (see storage/job_ops.py): leased, retried, resumable; the operations
     # clients follow at /operations/{id}.

@@ -19,6 +19,7 @@ from dicomhub.model import (
     StoredInstance,
 )
 from dicomhub.storage import eqt_ops as eqt
+from dicomhub.storage import fhir_ops as fhir
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import sql_queries as q
@@ -139,6 +140,26 @@ class SqlIndex:
 
     async def purge_operations(self, kind: str, before: datetime) -> None:
         await self._write(jobs.purge, kind, before)
+
+    # -- FHIR sync -------------------------------------------------------------------------------
+
+    async def claim_fhir_sync(self, target, owner, now, lease_until, start: int) -> int | None:
+        return await self._write(fhir.claim, target, owner, now, lease_until, start)
+
+    async def advance_fhir_sync(self, target, owner, sequence, count, now, lease_until) -> bool:
+        return await self._write(fhir.advance, target, owner, sequence, count, now, lease_until)
+
+    async def release_fhir_sync(self, target: str, owner: str) -> None:
+        await self._write(fhir.release, target, owner)
+
+    async def record_fhir_failure(self, target, sequence, study, error, outcome, now) -> None:
+        await self._write(fhir.fail, target, sequence, study, error, outcome, now)
+
+    async def fhir_sync_state(self, target: str) -> fhir.SyncState:
+        return await self._read(fhir.state, target)
+
+    async def fhir_failures(self, target: str, offset: int, limit: int) -> list:
+        return await self._read(fhir.failures, target, offset, limit)
 
     # -- extended query tags -------------------------------------------------------------------
 

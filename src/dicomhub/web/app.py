@@ -20,6 +20,7 @@ from dicomhub.web import (
     delete,
     errors,
     extended_tags,
+    fhir,
     health,
     openapi,
     operations,
@@ -91,6 +92,8 @@ def routes() -> list[BaseRoute]:
         ("/changefeed", changefeed.changefeed, ["GET"], "changefeed"),
         ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest"),
         ("/operations/{operation}", operations.get, ["GET"], "operation"),
+        ("/fhir/status", fhir.status, ["GET"], "fhir-status"),
+        ("/fhir/failures", fhir.failures, ["GET"], "fhir-failures"),
         ("/extendedquerytags", extended_tags.add, ["POST"], "extended-tags-add"),
         ("/extendedquerytags", extended_tags.listing, ["GET"], "extended-tags"),
         ("/extendedquerytags/{tag}", extended_tags.get, ["GET"], "extended-tag"),
@@ -100,7 +103,10 @@ def routes() -> list[BaseRoute]:
         ("/api.json", openapi.api_json, ["GET"], "openapi-json"),
         ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml"),
     ]
-    out: list[BaseRoute] = [Route("/health/check", health.health, methods=["GET"])]
+    out: list[BaseRoute] = [
+        Route("/health/check", health.health, methods=["GET"]),
+        Route("/metrics", fhir.metrics, methods=["GET"]),
+    ]
     for path, endpoint, methods, name in table:
         out += _versioned(path, endpoint, methods, name)
     return out

@@ -1,7 +1,8 @@
 """The background work of a node: job runners over the index, and the periodic jobs it queues.
 
 ``dicomhub serve`` runs this beside the HTTP API unless ``--background-jobs false``;
-``dicomhub worker`` runs it alone. Any number of nodes may run it at once.
+``dicomhub worker`` runs it alone. Any number of nodes may run it at once. With a FHIR URL set,
+it also runs the FHIR sync (one node at a time holds it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.model import JobType
 from dicomhub.settings import Settings
+from dicomhub.workers.fhir import run_fhir_sync
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 
 KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
@@ -42,7 +44,9 @@ async def run_background(archive: Archive, settings: Settings) -> None:
     async def queue_cleanup() -> None:
         await archive.operations.start(str(JobType.BLOB_CLEANUP), singleton=True)
 
+    fhir = [run_fhir_sync(archive.fhir, settings.fhir_poll_interval)] if archive.fhir else []
     await asyncio.gather(
         every(settings.cleanup_interval, queue_cleanup),
         *(runner.run_forever() for _ in range(settings.job_concurrency)),
+        *fhir,
     )

@@ -1,0 +1,114 @@
+"""FHIR sync: the change feed, in order, into a FHIR server (one study at a time).
+
+Each step reads the changes after the checkpoint kept in the index, writes the current state of
+every study they touch (an emptied study is deleted from FHIR), then moves the checkpoint past
+them. Writes describe the whole study and are conditional on identifiers, so a step that is
+repeated (after a crash, a lost lease or a transient error) creates nothing twice. A change the
+FHIR server refuses for good is recorded with its OperationOutcome and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from dicomhub.clock import utcnow
+from dicomhub.fhir import projection
+from dicomhub.fhir.client import FhirClient, FhirError
+from dicomhub.model import Scope
+from dicomhub.storage.protocols import IndexStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    held: bool  # False: another node holds the sync
+    changes: int  # change-feed entries passed (0: caught up)
+
+
+class FhirSync:
+    def __init__(
+        self,
+        index: IndexStore,
+        client: FhirClient,
+        options: projection.Options,
+        batch: int,
+        lease: float,
+    ):
+        self.index = index
+        self.client = client
+        self.options = options
+        self.target = client.base_url
+        self.batch = batch
+        self.lease = timedelta(seconds=lease)
+
+    async def step(self, owner: str) -> Step:
+        """Sync the next batch of changes. Raises FhirError (transient) without moving on."""
+        now = utcnow()
+        checkpoint = await self.index.claim_fhir_sync(self.target, owner, now, now + self.lease, 0)
+        if checkpoint is None:
+            return Step(False, 0)
+        entries = await self.index.changefeed(
+            checkpoint, self.batch, by_sequence=True, include_metadata=False
+        )
+        if not entries:
+            latest = await self.index.latest_change(include_metadata=False)
+            if latest is None or latest.sequence <= checkpoint:
+                return Step(True, 0)
+            entries_end = min(checkpoint + self.batch, latest.sequence)  # a gap in sequences
+            await self._advance(owner, entries_end, 0)
+            return Step(True, entries_end - checkpoint)
+        studies: dict[tuple[str, str], int] = {}
+        for entry in entries:  # each study once, at its last change in the batch
+            studies[(entry.id.partition, entry.id.study)] = entry.sequence
+        for (partition, study), sequence in studies.items():
+            try:
+                await self.sync_study(partition, study)
+            except projection.Unmappable as exc:
+                await self._failed(sequence, study, str(exc), None)
+            except FhirError as exc:
+                if exc.transient:
+                    raise
+                await self._failed(sequence, study, str(exc), exc.outcome)
+        await self._advance(owner, entries[-1].sequence, len(entries))
+        return Step(True, len(entries))
+
+    async def sync_study(self, partition: str, study: str) -> None:
+        """Make the FHIR server hold the study as the index holds it now."""
+        items, _ = await self.index.metadata(Scope(study, partition=partition))
+        if not items:
+            await self._delete(study)
+            return
+        instances = [json.loads(item) for item in items]
+        search = projection.patient_search(instances[-1], self.options)
+        found = await self.client.search(search)
+        bundle = projection.study_bundle(instances, self.options, found[0] if found else None)
+        await self.client.transaction(bundle)
+
+    async def _delete(self, study: str) -> None:
+        """An emptied study leaves FHIR, if this deployment wrote it (``meta.source``)."""
+        found = await self.client.search(projection.study_search(study))
+        mine = [r for r in found if r.get("meta", {}).get("source") == self.options.endpoint]
+        if not mine:
+            return
+        entries = [
+            {"request": {"method": "DELETE", "url": f"ImagingStudy/{r['id']}"}} for r in mine
+        ]
+        await self.client.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        )
+
+    async def _advance(self, owner: str, sequence: int, count: int) -> None:
+        now = utcnow()
+        held = await self.index.advance_fhir_sync(
+            self.target, owner, sequence, count, now, now + self.lease
+        )
+        if not held:
+            log.warning("FHIR sync: the lease was lost to another node at sequence %d", sequence)
+
+    async def _failed(self, sequence: int, study: str, error: str, outcome) -> None:
+        log.warning("FHIR sync: change %d (study %s) refused: %s", sequence, study, error)
+        await self.index.record_fhir_failure(self.target, sequence, study, error, outcome, utcnow())

@@ -1,0 +1,292 @@
+"""DICOM to FHIR R4: a study's current instances (their DICOM JSON) as Patient, Endpoint and
+ImagingStudy resources, in one transaction bundle. Pure: values in, values out.
+
+Every write is conditional on an identifier (the study UID, the patient identifier, the
+endpoint address), so replaying a change creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+DICOM_UID = "urn:dicom:uid"
+ENDPOINT_ID = "urn:dicomhub:endpoint"  # identifies a deployment's Endpoint by its address
+CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
+ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203"
+GENDERS = {"M": "male", "F": "female", "O": "other"}
+LATERALITY = {"L": ("7771000", "Left"), "R": ("24028007", "Right"), "B": ("51440002", "Both")}
+SNOMED = "http://snomed.info/sct"
+
+
+class Unmappable(ValueError):
+    """The study cannot be written to FHIR as it is (e.g. it has no PatientID)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    endpoint: str  # the deployment's public DICOMweb base URL
+    patient_system: str = ""  # identifier system of PatientID ("" : none)
+    use_issuer: bool = False  # IssuerOfPatientID (0010,0021) as the system when present
+
+
+def value(item: dict, tag: str, default: Any = None) -> Any:
+    """The first value of ``tag`` in a DICOM JSON object."""
+    values = item.get(tag, {}).get("Value")
+    return values[0] if values else default
+
+
+def patient_identifier(first: dict, options: Options) -> tuple[str, str]:
+    """(system, value) of the study's patient; Unmappable without a PatientID."""
+    patient_id = str(value(first, "00100020", "") or "").strip()
+    if not patient_id:
+        raise Unmappable("the study has no PatientID (0010,0020): its patient cannot be matched")
+    system = options.patient_system
+    if options.use_issuer and value(first, "00100021"):
+        system = str(value(first, "00100021")).strip()
+    return system, patient_id
+
+
+def patient(first: dict, options: Options, existing: dict | None = None) -> dict:
+    """The Patient with name, gender and birth date from DICOM; other fields of ``existing``
+    (what the FHIR server holds) are kept."""
+    system, patient_id = patient_identifier(first, options)
+    out = dict(existing or {"resourceType": "Patient"})
+    identifiers = list(out.get("identifier", []))
+    mine = {"system": system, "value": patient_id} if system else {"value": patient_id}
+    if not any(i.get("value") == patient_id and i.get("system", "") == system for i in identifiers):
+        identifiers.append(mine)
+    out["identifier"] = identifiers
+    name = _human_name(value(first, "00100010"))
+    if name:
+        out["name"] = [name]
+    sex = str(value(first, "00100040", "") or "").strip().upper()
+    out["gender"] = GENDERS.get(sex, "unknown") if sex else out.get("gender", "unknown")
+    birth = _date(value(first, "00100030"))
+    if birth:
+        out["birthDate"] = birth
+    return out
+
+
+def endpoint(options: Options) -> dict:
+    return {
+        "resourceType": "Endpoint",
+        "identifier": [{"system": ENDPOINT_ID, "value": options.endpoint}],
+        "status": "active",
+        "connectionType": {"system": CONNECTION, "code": "dicom-wado-rs"},
+        "name": "dicomhub DICOMweb",
+        "payloadType": [{"text": "DICOM"}],
+        "payloadMimeType": ["application/dicom"],
+        "address": options.endpoint,
+    }
+
+
+def imaging_study(instances: list[dict], patient_ref: str, endpoint_ref: str, source: str) -> dict:
+    """The ImagingStudy of a study's current instances (at least one, oldest first); study
+    attributes come from the newest instance."""
+    first = instances[-1]
+    series: dict[str, list[dict]] = {}
+    for item in instances:
+        series.setdefault(str(value(item, "0020000E")), []).append(item)
+    modalities = []
+    for members in series.values():
+        code = str(value(members[0], "00080060", "") or "OT")
+        if code not in modalities:
+            modalities.append(code)
+    study_uid = str(value(first, "0020000D"))
+    out: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "meta": {"source": source},
+        "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{study_uid}"}],
+        "status": "available",
+        "modality": [{"system": DCM, "code": m} for m in modalities],
+        "subject": {"reference": patient_ref},
+        "endpoint": [{"reference": endpoint_ref}],
+        "numberOfSeries": len(series),
+        "numberOfInstances": len(instances),
+    }
+    accession = value(first, "00080050")
+    if accession:
+        out["identifier"].append(
+            {
+                "type": {"coding": [{"system": ACSN, "code": "ACSN"}]},
+                "value": str(accession),
+            }
+        )
+    started = _datetime(
+        value(first, "00080020"), value(first, "00080030"), value(first, "00080201")
+    )
+    if started:
+        out["started"] = started
+    referrer = _human_name(value(first, "00080090"))
+    if referrer:
+        out["referrer"] = {"display": referrer["text"]}
+    description = value(first, "00081030")
+    if description:
+        out["description"] = str(description)
+    out["series"] = [_series(uid, members) for uid, members in series.items()]
+    return out
+
+
+def _series(uid: str, members: list[dict]) -> dict:
+    first = members[-1]
+    out: dict[str, Any] = {
+        "uid": uid,
+        "modality": {"system": DCM, "code": str(value(first, "00080060", "") or "OT")},
+        "numberOfInstances": len(members),
+    }
+    number = _int(value(first, "00200011"))
+    if number is not None:
+        out["number"] = number
+    description = value(first, "0008103E")
+    if description:
+        out["description"] = str(description)
+    body_part = value(first, "00180015")
+    if body_part:
+        out["bodySite"] = {"display": str(body_part)}
+    laterality = str(value(first, "00200060", "") or "").strip().upper()
+    if laterality in LATERALITY:
+        code, display = LATERALITY[laterality]
+        out["laterality"] = {"system": SNOMED, "code": code, "display": display}
+    started = _datetime(
+        value(first, "00080021"), value(first, "00080031"), value(first, "00080201")
+    )
+    if started:
+        out["started"] = started
+    out["instance"] = [_instance(item) for item in members]
+    return out
+
+
+def _instance(item: dict) -> dict:
+    out: dict[str, Any] = {
+        "uid": str(value(item, "00080018")),
+        "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{value(item, '00080016')}"},
+    }
+    number = _int(value(item, "00200013"))
+    if number is not None:
+        out["number"] = number
+    title = value(item, "00420010") or _concept_name(item)  # document title, SR title
+    if title:
+        out["title"] = str(title)
+    return out
+
+
+def _concept_name(item: dict) -> str | None:
+    names = item.get("0040A043", {}).get("Value") or []
+    return value(names[0], "00080104") if names else None
+
+
+def study_bundle(
+    instances: list[dict], options: Options, existing_patient: dict | None = None
+) -> dict:
+    """The transaction that makes the FHIR server hold this study as it is now (patient
+    attributes from the newest instance)."""
+    first = instances[-1]
+    system, patient_id = patient_identifier(first, options)
+    patient_search = "Patient?identifier=" + _token(system, patient_id)
+    patient_url = _urn(f"{options.endpoint}|patient|{system}|{patient_id}")
+    endpoint_url = _urn(f"{options.endpoint}|endpoint")
+    entries = [
+        {
+            "fullUrl": endpoint_url,
+            "resource": endpoint(options),
+            "request": {
+                "method": "PUT",
+                "url": "Endpoint?identifier=" + _token(ENDPOINT_ID, options.endpoint),
+            },
+        }
+    ]
+    resource = patient(first, options, existing_patient)
+    if existing_patient and existing_patient.get("id"):
+        request = {"method": "PUT", "url": f"Patient/{existing_patient['id']}"}
+        patient_ref = f"Patient/{existing_patient['id']}"
+        entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
+    else:
+        request = {"method": "POST", "url": "Patient", "ifNoneExist": patient_search[8:]}
+        patient_ref = patient_url
+        entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
+    study = imaging_study(instances, patient_ref, endpoint_url, options.endpoint)
+    study_uid = str(value(first, "0020000D"))
+    entries.append(
+        {
+            "fullUrl": _urn(f"{options.endpoint}|study|{study_uid}"),
+            "resource": study,
+            "request": {"method": "PUT", "url": study_search(study_uid)},
+        }
+    )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def study_search(study_uid: str) -> str:
+    return "ImagingStudy?identifier=" + _token(DICOM_UID, f"urn:oid:{study_uid}")
+
+
+def patient_search(first: dict, options: Options) -> str:
+    system, patient_id = patient_identifier(first, options)
+    return "Patient?identifier=" + _token(system, patient_id)
+
+
+def _token(system: str, code: str) -> str:
+    token = f"{system}|{code}" if system else code
+    return quote(token, safe="|")
+
+
+def _urn(key: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, key)}"
+
+
+def _human_name(pn: Any) -> dict | None:
+    """A HumanName from a DICOM JSON PN value (its alphabetic group)."""
+    if not pn:
+        return None
+    text = str(pn.get("Alphabetic", "") if isinstance(pn, dict) else pn).strip()
+    if not text:
+        return None
+    parts = (text.split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (p.strip() for p in parts)
+    name: dict[str, Any] = {
+        "use": "usual",
+        "text": " ".join(p for p in (prefix, given, middle, family, suffix) if p),
+    }
+    if family:
+        name["family"] = family
+    given_names = [g for g in (given, middle) if g]
+    if given_names:
+        name["given"] = given_names
+    if prefix:
+        name["prefix"] = [prefix]
+    if suffix:
+        name["suffix"] = [suffix]
+    return name
+
+
+def _date(da: Any) -> str | None:
+    text = str(da or "").strip()
+    if len(text) >= 8 and text[:8].isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
+    return None
+
+
+def _datetime(da: Any, tm: Any, offset: Any) -> str | None:
+    """A FHIR dateTime: the date, and the time only when the UTC offset is known (FHIR needs a
+    zone with a time)."""
+    date = _date(da)
+    if date is None:
+        return None
+    time = str(tm or "").strip().split(".")[0]
+    zone = str(offset or "").strip()
+    if len(time) >= 4 and time.isdigit() and len(zone) == 5 and zone[0] in "+-":
+        seconds = time[4:6] if len(time) >= 6 else "00"
+        return f"{date}T{time[:2]}:{time[2:4]}:{seconds}{zone[:3]}:{zone[3:]}"
+    return date
+
+
+def _int(text: Any) -> int | None:
+    try:
+        number = int(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
