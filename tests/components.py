@@ -309,21 +309,22 @@ class FhirServer:
 
 
 @contextlib.contextmanager
-def fhir_server(folder: Path) -> Iterator[FhirServer]:
-    """Medplum's FHIR R4 engine over an in-memory repository (tests/components/fhir_server.mjs)."""
+def fhir_server(folder: Path, auth: str = "none") -> Iterator[FhirServer]:
+    """Medplum's FHIR R4 engine over an in-memory repository (tests/components/fhir_server.mjs),
+    asking for ``auth`` (see that file) when given."""
     node = shutil.which("node")
     if node is None or not (NODE_BIN.parent / "@medplum" / "fhir-router").exists():
         raise Unavailable("node or @medplum/fhir-router is not installed (./run test installs it)")
     (port,) = free_ports(1)
     script = Path(__file__).parent / "components" / "fhir_server.mjs"
-    proc, log = _start([node, "--experimental-websocket", str(script), str(port)], folder)
+    proc, log = _start([node, "--experimental-websocket", str(script), str(port), auth], folder)
     try:
         _wait_port(port, proc, log)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:  # the definitions load before the first request is answered
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/Patient", timeout=5) as r:
+                with urllib.request.urlopen(f"{url}/oauth/issued", timeout=5) as r:
                     if r.status == 200:
                         break
             if time.monotonic() > deadline or proc.poll() is not None:

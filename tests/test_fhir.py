@@ -5,6 +5,7 @@ replays, refusals, outages, two nodes and two deployments."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 
 import httpx
@@ -274,3 +275,187 @@ def test_two_deployments_feed_one_fhir_server(tmp_path, fhir_server):
             endpoint_id = found["endpoint"][0]["reference"].split("/")[1]
             endpoint = httpx.get(f"{fhir_server.url}/Endpoint/{endpoint_id}").json()
             assert endpoint["address"] == root and found["meta"]["source"] == root
+
+
+@pytest.mark.parametrize(
+    "kind, server_auth, settings",
+    [
+        ("bearer", "bearer:s3cret", {"fhir_token": "s3cret"}),
+        ("basic", "basic:dicomhub:pa:ss", {"fhir_username": "dicomhub", "fhir_password": "pa:ss"}),
+        ("oauth2", "oauth2:hub:secret", {"fhir_client_id": "hub", "fhir_client_secret": "secret"}),
+    ],
+)
+def test_authentication(tmp_path, kind, server_auth, settings):
+    """Each kind of authentication against a FHIR server that demands it; without the right
+    credentials the sync stops (transient: 401 may be a rotated secret) and keeps its place."""
+    from dicomhub.fhir.client import FhirError
+    from tests import components
+
+    (tmp_path / "fhir").mkdir()
+    with components.fhir_server(tmp_path / "fhir", server_auth) as server:
+        if kind == "oauth2":
+            settings = {**settings, "fhir_token_url": f"{server.url}/oauth/token"}
+        wrong = {k: "wrong" if k != "fhir_token_url" else v for k, v in settings.items()}
+        with archive_client(tmp_path, server.url, "bad", fhir_auth=kind, **wrong) as client:
+            stow(client, *study(f"AUTH-{kind}", "A1", 1))
+            with pytest.raises(FhirError) as caught:
+                client.portal.call(client.app.state.archive.fhir.step, "node-1")
+            assert caught.value.transient
+            assert client.get("/v2/fhir/status").json()["checkpoint"] == 0
+        with archive_client(tmp_path, server.url, "good", fhir_auth=kind, **settings) as client:
+            files = study(f"AUTH-{kind}", "A2", 1)
+            stow(client, *files)
+            assert sync(client) == 1
+            if kind == "oauth2":  # the token (valid 2 s) is renewed when it runs out
+                time.sleep(2.5)
+                stow(client, *study(f"AUTH-{kind}", "A3", 1))
+                assert sync(client) == 1
+                assert httpx.get(f"{server.url}/oauth/issued").json()["issued"] == 2
+        headers = {"Authorization": "Bearer s3cret"} if kind == "bearer" else {}
+        if kind == "basic":
+            headers = {"Authorization": "Basic ZGljb21odWI6cGE6c3M="}
+        if kind != "oauth2":
+            found = httpx.get(
+                f"{server.url}/{projection.study_search(read(files[0]).StudyInstanceUID)}",
+                headers=headers,
+            ).json()
+            assert found["total"] == 1
+
+
+def _code(value: str, scheme: str, meaning: str):
+    from pydicom import Dataset
+
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return code
+
+
+def _item(kind: str, concept, **fields):
+    from pydicom import Dataset
+
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", kind
+    item.ConceptNameCodeSequence = [concept]
+    for name, v in fields.items():
+        setattr(item, name, v)
+    return item
+
+
+def _num(code: str, meaning: str, number: float, unit: str):
+    from pydicom import Dataset
+
+    measured = Dataset()
+    measured.NumericValue = str(number)
+    measured.MeasurementUnitsCodeSequence = [_code(unit, "UCUM", unit)]
+    return _item("NUM", _code(code, "DCM", meaning), MeasuredValueSequence=[measured])
+
+
+def dose_report(study_uid: str, patient_id: str, events: list[tuple[str, float, float]]) -> bytes:
+    """An X-Ray Radiation Dose SR (TID 10011, CT) with these (event UID, CTDIvol, DLP)."""
+    from pydicom.uid import generate_uid
+
+    ds = read(with_new_uids(load("CT_small.dcm"), study=study_uid, series=generate_uid()))
+    for keyword in [e.keyword for e in ds if e.tag.group in (0x0028, 0x7FE0)]:
+        delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+    ds.Modality, ds.PatientID = "SR", patient_id
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code("113701", "DCM", "X-Ray Radiation Dose Report")]
+    ds.ContinuityOfContent = "SEPARATE"
+    total = _item(
+        "CONTAINER",
+        _code("113811", "DCM", "CT Accumulated Dose Data"),
+        ContinuityOfContent="SEPARATE",
+        ContentSequence=[
+            _num("113813", "CT Dose Length Product Total", sum(e[2] for e in events), "mGy.cm"),
+            _num("113812", "Total Number of Irradiation Events", len(events), "{events}"),
+        ],
+    )
+    acquisitions = [
+        _item(
+            "CONTAINER",
+            _code("113819", "DCM", "CT Acquisition"),
+            ContinuityOfContent="SEPARATE",
+            ContentSequence=[
+                _item("UIDREF", _code("113769", "DCM", "Irradiation Event UID"), UID=uid),
+                _item(
+                    "CODE",
+                    _code("123014", "DCM", "Target Region"),
+                    ConceptCodeSequence=[_code("51185008", "SCT", "Chest")],
+                ),
+                _item(
+                    "CONTAINER",
+                    _code("113829", "DCM", "CT Dose"),
+                    ContinuityOfContent="SEPARATE",
+                    ContentSequence=[
+                        _num("113830", "Mean CTDIvol", ctdi, "mGy"),
+                        _num("113838", "DLP", dlp, "mGy.cm"),
+                    ],
+                ),
+            ],
+        )
+        for uid, ctdi, dlp in events
+    ]
+    ds.ContentSequence = [total, *acquisitions]
+    return _bytes(ds)
+
+
+def test_dose_reports_become_observations(tmp_path, fhir_server):
+    from fhir.resources.R4B.observation import Observation
+
+    with archive_client(tmp_path, fhir_server.url) as client:
+        images = study("DOSE-1", "D1", 1)
+        uid = read(images[0]).StudyInstanceUID
+        events = [("2.25.1001", 12.5, 400.0), ("2.25.1002", 8.25, 150.5)]
+        sr = dose_report(uid, "DOSE-1", events)
+        assert stow(client, *images, sr).status_code == 200
+        sync(client)
+        [found] = imaging_study(fhir_server, uid)
+        sop = read(sr).SOPInstanceUID
+        [summary] = fhir_get(
+            fhir_server, f"Observation?identifier={projection.DICOM_UID}|urn:oid:{sop}"
+        )
+        s = Observation(**summary)
+        assert s.code.coding[0].code == "73569-6" and s.status == "preliminary"
+        assert s.partOf[0].reference == f"ImagingStudy/{found['id']}"
+        values = {c.code.coding[0].code: c.valueQuantity for c in s.component}
+        assert float(values["113813"].value) == 550.5 and values["113813"].code == "mGy.cm"
+        for event_uid, ctdi, dlp in events:
+            [event] = fhir_get(
+                fhir_server, f"Observation?identifier={projection.DICOM_UID}|urn:oid:{event_uid}"
+            )
+            e = Observation(**event)
+            assert e.code.coding[0].code == "113852" and e.bodySite.coding[0].code == "51185008"
+            got = {c.code.coding[0].code: float(c.valueQuantity.value) for c in e.component}
+            assert got == {"113830": ctdi, "113838": dlp}
+        # the report deleted, its observations go; the study stays with its image
+        d = read(sr)
+        path = f"/v2/studies/{uid}/series/{d.SeriesInstanceUID}/instances/{d.SOPInstanceUID}"
+        assert client.delete(path).status_code == 204
+        sync(client)
+        assert fhir_get(fhir_server, f"Observation?part-of=ImagingStudy/{found['id']}") == []
+        assert imaging_study(fhir_server, uid)[0]["numberOfInstances"] == 1
+
+
+def test_a_study_of_a_thousand_instances(tmp_path, fhir_server):
+    """One transaction per study however large: 1,200 instances in 3 series, synced whole."""
+    from pydicom.uid import generate_uid
+
+    base = read(load("CT_small.dcm"))
+    base.Rows = base.Columns = 4
+    base.PixelData = bytes(32)
+    base.PatientID = "BIG-1"
+    uid = generate_uid()[:40]  # room for the series and instance suffixes
+    files = []
+    for n in range(1200):
+        base.StudyInstanceUID, base.SeriesInstanceUID = uid, f"{uid}.{n % 3}"
+        base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = f"{uid}.{n % 3}.{n}"
+        base.InstanceNumber = n
+        files.append(_bytes(base))
+    with archive_client(tmp_path, fhir_server.url, fhir_batch_size=500) as client:
+        for start in range(0, len(files), 200):
+            assert stow(client, *files[start : start + 200]).status_code == 200
+        assert sync(client) == 1200
+        [found] = imaging_study(fhir_server, uid)
+        assert found["numberOfInstances"] == 1200 and found["numberOfSeries"] == 3
+        assert sum(len(s["instance"]) for s in found["series"]) == 1200

@@ -85,8 +85,24 @@ class FhirSync:
         instances = [json.loads(item) for item in items]
         search = projection.patient_search(instances[-1], self.options)
         found = await self.client.search(search)
-        bundle = projection.study_bundle(instances, self.options, found[0] if found else None)
+        stale = await self._stale_observations(study, projection.observation_keys(instances))
+        bundle = projection.study_bundle(
+            instances, self.options, found[0] if found else None, stale
+        )
         await self.client.transaction(bundle)
+
+    async def _stale_observations(self, study: str, keep: set[str]) -> tuple[str, ...]:
+        """Observations written for dose reports of the study that are gone now."""
+        studies = await self.client.search(projection.study_search(study))
+        stale = []
+        for found in studies:
+            for observation in await self.client.search(
+                f"Observation?part-of=ImagingStudy/{found['id']}"
+            ):
+                keys = {i.get("value") for i in observation.get("identifier", [])}
+                if not keys & keep:
+                    stale.append(f"Observation/{observation['id']}")
+        return tuple(stale)
 
     async def _delete(self, study: str) -> None:
         """An emptied study leaves FHIR, if this deployment wrote it (``meta.source``)."""
@@ -94,9 +110,9 @@ class FhirSync:
         mine = [r for r in found if r.get("meta", {}).get("source") == self.options.endpoint]
         if not mine:
             return
-        entries = [
-            {"request": {"method": "DELETE", "url": f"ImagingStudy/{r['id']}"}} for r in mine
-        ]
+        stale = await self._stale_observations(study, set())
+        urls = [*stale, *(f"ImagingStudy/{r['id']}" for r in mine)]
+        entries = [{"request": {"method": "DELETE", "url": url}} for url in urls]
         await self.client.transaction(
             {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         )

@@ -13,7 +13,8 @@ FHIR_JSON = "application/fhir+json"
 
 
 class FhirError(Exception):
-    """The FHIR server refused a request; ``transient`` when it may work later."""
+    """The FHIR server refused a request; ``transient`` when it may work later (then the sync
+    waits and retries rather than skipping the change)."""
 
     def __init__(self, message: str, transient: bool, outcome: dict | None = None):
         super().__init__(message)
@@ -63,7 +64,7 @@ class FhirClient:
             self._token = None  # expired early or revoked: a new one next time
         if response.status_code >= 400:
             outcome = _json(response)
-            transient = response.status_code in (401, 408, 429) or response.status_code >= 500
+            transient = _stops(response.status_code)
             detail = _diagnostics(outcome) or response.text[:300]
             raise FhirError(
                 f"{method} {url}: HTTP {response.status_code}: {detail}", transient, outcome
@@ -98,13 +99,20 @@ class FhirClient:
             raise FhirError(f"token endpoint: {exc.__class__.__name__}: {exc}", True) from exc
         body = _json(response) or {}
         if response.status_code >= 400 or "access_token" not in body:
-            transient = response.status_code >= 500 or response.status_code == 429
+            transient = _stops(response.status_code) or response.status_code == 400
             raise FhirError(
                 f"token endpoint: HTTP {response.status_code}: {response.text[:300]}", transient
             )
         lifetime = float(body.get("expires_in", 300))
-        self._token = (body["access_token"], time.monotonic() + max(0.0, lifetime - 30))
+        margin = min(30.0, lifetime / 10)  # renewed a little before it runs out
+        self._token = (body["access_token"], time.monotonic() + lifetime - margin)
         return self._token[0]
+
+
+def _stops(status: int) -> bool:
+    """Statuses that stop the sync (retried until they pass) instead of skipping the change:
+    the server is busy or failing, or our credentials are wrong (fixed by configuration)."""
+    return status in (401, 403, 408, 429) or status >= 500
 
 
 def _json(response: httpx.Response) -> dict | None:

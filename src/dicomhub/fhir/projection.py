@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-DICOM_UID = "urn:dicom:uid"
+from dicomhub.fhir.common import DCM, DICOM_UID, value
+from dicomhub.fhir.observations import dose_observations
+
 ENDPOINT_ID = "urn:dicomhub:endpoint"  # identifies a deployment's Endpoint by its address
 CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -31,12 +32,6 @@ class Options:
     endpoint: str  # the deployment's public DICOMweb base URL
     patient_system: str = ""  # identifier system of PatientID ("" : none)
     use_issuer: bool = False  # IssuerOfPatientID (0010,0021) as the system when present
-
-
-def value(item: dict, tag: str, default: Any = None) -> Any:
-    """The first value of ``tag`` in a DICOM JSON object."""
-    values = item.get(tag, {}).get("Value")
-    return values[0] if values else default
 
 
 def patient_identifier(first: dict, options: Options) -> tuple[str, str]:
@@ -180,7 +175,10 @@ def _concept_name(item: dict) -> str | None:
 
 
 def study_bundle(
-    instances: list[dict], options: Options, existing_patient: dict | None = None
+    instances: list[dict],
+    options: Options,
+    existing_patient: dict | None = None,
+    stale: tuple[str, ...] = (),
 ) -> dict:
     """The transaction that makes the FHIR server hold this study as it is now (patient
     attributes from the newest instance)."""
@@ -210,14 +208,30 @@ def study_bundle(
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
     study = imaging_study(instances, patient_ref, endpoint_url, options.endpoint)
     study_uid = str(value(first, "0020000D"))
+    study_url = _urn(f"{options.endpoint}|study|{study_uid}")
     entries.append(
         {
-            "fullUrl": _urn(f"{options.endpoint}|study|{study_uid}"),
+            "fullUrl": study_url,
             "resource": study,
             "request": {"method": "PUT", "url": study_search(study_uid)},
         }
     )
+    for item in instances:  # dose reports, as DICOMcast wrote them
+        for observation in dose_observations(item, patient_ref, study_url):
+            url = "Observation?identifier=" + _token(
+                DICOM_UID, observation["identifier"][0]["value"]
+            )
+            entries.append({"resource": observation, "request": {"method": "PUT", "url": url}})
+    for reference in stale:  # observations of dose reports no longer in the study
+        entries.append({"request": {"method": "DELETE", "url": reference}})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def observation_keys(instances: list[dict]) -> set[str]:
+    """The identifiers of the Observations the study's dose reports give."""
+    return {
+        o["identifier"][0]["value"] for item in instances for o in dose_observations(item, "", "")
+    }
 
 
 def study_search(study_uid: str) -> str:
