@@ -131,8 +131,8 @@ def test_projection_is_valid_fhir_r4():
     )
 
 
-def test_a_study_reaches_fhir_field_by_field(tmp_path, fhir_server):
-    with archive_client(tmp_path, fhir_server.url) as client:
+def test_a_study_reaches_fhir_field_by_field(tmp_path, fhir_server, index_url):
+    with archive_client(tmp_path, fhir_server.url, index_url=index_url) as client:
         files = study("PAT-1", "ACC-1")
         assert stow(client, *files).status_code == 200
         assert sync(client) == 3
@@ -208,10 +208,15 @@ def test_deletes_and_replays(tmp_path, fhir_server):
         assert client.delete(f"/v2/studies/{uid}").status_code == 204
         sync(client)
         assert imaging_study(fhir_server, uid) == []
+        # stored again, it comes back
+        stow(client, files[2])
+        sync(client)
+        [back] = imaging_study(fhir_server, uid)
+        assert back["numberOfInstances"] == 1
 
 
-def test_refused_changes_are_recorded_and_skipped(tmp_path, fhir_server):
-    with archive_client(tmp_path, fhir_server.url) as client:
+def test_refused_changes_are_recorded_and_skipped(tmp_path, fhir_server, index_url):
+    with archive_client(tmp_path, fhir_server.url, index_url=index_url) as client:
         no_patient = read(study("x", "ACC-3", 1)[0])
         del no_patient.PatientID
         good = study("PAT-4", "ACC-4", 1)
@@ -245,8 +250,8 @@ def test_outage_keeps_the_checkpoint_and_order(tmp_path, fhir_server):
         assert len(imaging_study(fhir_server, read(files[0]).StudyInstanceUID)) == 1
 
 
-def test_one_node_at_a_time(tmp_path, fhir_server):
-    with archive_client(tmp_path, fhir_server.url) as client:
+def test_one_node_at_a_time(tmp_path, fhir_server, index_url):
+    with archive_client(tmp_path, fhir_server.url, index_url=index_url) as client:
         stow(client, *study("PAT-6", "ACC-6", 1))
         fhir = client.app.state.archive.fhir
         assert client.portal.call(fhir.step, "node-1").held
