@@ -125,6 +125,15 @@ class Settings:
         2.0, "Seconds the FHIR sync waits for new changes once it has caught up."
     )
     fhir_timeout: float = _setting(120.0, "Seconds one request to the FHIR server may take.")
+    cors_origins: str = _setting(
+        "",
+        "Origins whose browser pages may call the API (CORS), comma-separated, e.g. "
+        "https://viewer.example.org; * for any. Empty: no CORS headers.",
+    )
+    cors_allow_credentials: bool = _setting(
+        False, "Let those origins send cookies and HTTP authentication (not with *)."
+    )
+    cors_max_age: int = _setting(600, "Seconds a browser may keep a CORS preflight answer.")
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

@@ -29,6 +29,7 @@ from dicomhub.web import (
     stow,
     wado,
 )
+from dicomhub.web.cors import cors
 
 VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
@@ -136,6 +137,7 @@ def create_app(
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
+        middleware=cors(settings),
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,

@@ -1,0 +1,43 @@
+"""CORS for browser viewers (OHIF and the like served from another origin)."""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from dicomhub.settings import Settings
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+REQUEST_HEADERS = ["Accept", "Authorization", "Content-Type", "If-None-Match", "Range"]
+# What a page may read of a response (beyond the CORS-safelisted headers)
+EXPOSED = [
+    "ETag",
+    "Last-Modified",
+    "Location",
+    "Content-Location",
+    "Content-Range",
+    "Warning",
+    "Retry-After",
+]
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """The CORS middleware of ``--cors-origins``; none when it is empty."""
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return []
+    if "*" in origins and settings.cors_allow_credentials:
+        raise ValueError(
+            "cors_allow_credentials cannot be used with cors_origins '*': name the origins"
+        )
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=METHODS,
+            allow_headers=REQUEST_HEADERS,
+            expose_headers=EXPOSED,
+            max_age=settings.cors_max_age,
+        )
+    ]
