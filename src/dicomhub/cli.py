@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
         )
+        if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
+            sys.exit("dicomhub serve: HTTPS needs both --tls-certfile and --tls-keyfile")
+        if settings.tls_certfile:
+            options.update(ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile)
         if settings.workers > 1:
             # Recovery runs once, here, before any worker stores; the workers read these
             # settings back from the environment.

@@ -49,6 +49,12 @@ class Settings:
         "Object storage: instances up to this many bytes are written with one conditional PUT; "
         "larger ones are uploaded in 8 MiB parts.",
     )
+    tls_certfile: str = _setting(
+        "",
+        "PEM certificate (with its chain) to serve HTTPS with, together with tls_keyfile. Empty: "
+        "plain HTTP (terminate TLS in a reverse proxy in front).",
+    )
+    tls_keyfile: str = _setting("", "PEM private key of tls_certfile.")
     public_url: str = _setting(
         "",
         "Base URL clients reach the server at, used in RetrieveURL and BulkDataURI "
