@@ -290,3 +290,29 @@ def test_duplicate_after_a_slower_part_in_one_request(client):
     assert failures(r) == [45070]
     stored = client.get(f"/v2/studies/{uid(78)}/series/{uid(78, 1)}/instances/{sop}/metadata")
     assert "00420011" in stored.json()[0]
+
+
+def test_deflate_bomb_is_refused_and_stores_nothing(file_client):
+    """A deflated data set that expands past max_inflated_size fails as its part's processing
+    failure before pydicom inflates it; an honest deflated file still stores."""
+    import io
+
+    from pydicom.uid import generate_uid
+
+    ds = read(load("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.add_new(0x00091010, "LO", "BOMB")
+    ds.add_new(0x00091011, "OB", bytes(8 * 1024**2))  # 8 MiB of zeros deflate to ~8 KB
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    bomb = buffer.getvalue()
+    assert len(bomb) < 100_000
+    honest = load("image_dfl.dcm")
+    with file_client(max_inflated_size=1024**2) as client:
+        r = stow(client, bomb, honest)
+        assert r.status_code == 202, r.text  # one stored, one failed
+        assert failures(r) == [272]
+        assert "expands past 1048576 bytes" in r.text
+        assert stored_uids(r) == [read(honest).SOPInstanceUID]
+        assert client.get(f"/v2/instances?SOPInstanceUID={ds.SOPInstanceUID}").json() == []

@@ -63,6 +63,11 @@ class Settings:
     max_part_size: int = _setting(
         2 * 1024**3, "Largest accepted DICOM file (one STOW part), in bytes; larger gives 413."
     )
+    max_inflated_size: int = _setting(
+        512 * 1024**2,
+        "Largest a deflated data set may expand to, in bytes; a larger one (a zip bomb) fails "
+        "as that part's processing failure.",
+    )
     bulkdata_threshold: int = _setting(
         1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
     )

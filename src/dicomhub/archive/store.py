@@ -244,7 +244,9 @@ class StoreService:
 
     def _describe(self, path: Path, size: int, study: str | None, strict):
         with open(path, "rb") as fp:
-            parsed = read_part10(fp, size, self.settings.bulkdata_threshold)
+            parsed = read_part10(
+                fp, size, self.settings.bulkdata_threshold, self.settings.max_inflated_size
+            )
 
             def read_at(offset: int, length: int) -> bytes:
                 fp.seek(offset)

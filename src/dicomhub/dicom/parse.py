@@ -6,7 +6,9 @@ file offset) and ``length``, which is all the metadata encoder and the frame ind
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -38,8 +40,12 @@ class ParsedFile:
     pixel: PixelElement | None
 
 
-def read_part10(fp: BinaryIO, file_size: int, defer_size: int) -> ParsedFile:
-    """Parse a PS3.10 file. Raises InvalidDicom for anything that is not a complete one."""
+def read_part10(
+    fp: BinaryIO, file_size: int, defer_size: int, max_inflated: int = 512 * 1024**2
+) -> ParsedFile:
+    """Parse a PS3.10 file. Raises InvalidDicom for anything that is not a complete one, and
+    for a deflated data set that expands past ``max_inflated`` bytes."""
+    check_inflated(fp, max_inflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -76,3 +82,68 @@ def _check_complete(ds: Dataset, file_size: int) -> None:
                 f"the file is truncated: element ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}) "
                 f"needs {raw.length} bytes, only {max(0, file_size - raw.value_tell)} remain"
             )
+
+
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+
+
+def check_inflated(fp: BinaryIO, limit: int) -> None:
+    """A deflated data set (PS3.5 A.5) must not expand past ``limit`` bytes: it is inflated
+    here, a chunk at a time and thrown away, before pydicom inflates it whole (no zip bombs)."""
+    start = fp.tell()
+    try:
+        if _meta_syntax(fp) != DeflatedExplicitVRLittleEndian:
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while not inflater.eof and (chunk := fp.read(1 << 20)):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1 << 20))
+                if total > limit:
+                    raise InvalidDicom(
+                        f"the deflated data set expands past {limit} bytes (max_inflated_size)"
+                    )
+                chunk = inflater.unconsumed_tail
+    except (zlib.error, struct.error, UnicodeDecodeError):
+        return  # not what it claims: pydicom's parse says why
+    finally:
+        fp.seek(start)
+
+
+def _meta_syntax(fp: BinaryIO) -> str | None:
+    """The Transfer Syntax UID of the file meta group; ``fp`` is left where the data set
+    starts. None when there is no preamble and prefix."""
+    head = fp.read(132)
+    if len(head) < 132 or head[128:] != b"DICM":
+        return None
+    syntax = None
+    while True:
+        at = fp.tell()
+        header = fp.read(8)
+        if len(header) < 8 or struct.unpack("<H", header[:2])[0] != 0x0002:
+            fp.seek(at)
+            return syntax
+        element, vr = struct.unpack("<H", header[2:4])[0], header[4:6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack("<L", fp.read(4))
+        else:
+            (length,) = struct.unpack("<H", header[6:8])
+        value = fp.read(min(length, 1 << 16))
+        if length > 1 << 16:
+            fp.seek(length - (1 << 16), 1)
+        if element == 0x0010:
+            syntax = value.rstrip(b"\x00 ").decode("ascii")
