@@ -340,3 +340,26 @@ def test_video_is_rendered_as_itself(tmp_path):
         # video cannot be converted: asked for uncompressed, it stays as stored (it is lossy)
         r = client.get(instance_url(f), headers={"Accept": "application/dicom"})
         assert r.headers["content-type"].endswith("1.2.840.10008.1.2.4.102") and r.content == f.data
+
+
+def test_study_part_that_cannot_be_converted_goes_as_stored(tmp_path):
+    """In a multipart response an instance whose image does not fit the asked syntax (16-bit
+    CT as JPEG baseline) goes as stored, its part saying so; the 8-bit one is converted."""
+    from tests.dicomfiles import load, with_new_uids
+
+    ct = load("CT_small.dcm")
+    rgb = with_new_uids(load("SC_rgb.dcm"), study=read(ct).StudyInstanceUID)
+    settings = Settings(data_dir=str(tmp_path), blob_url="memory://")
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        assert stow(client, ct, rgb).status_code == 200
+        accept = (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        )
+        r = client.get(f"/v2/studies/{read(ct).StudyInstanceUID}", headers={"Accept": accept})
+        assert r.status_code == 200
+        got = {read(body).SOPInstanceUID: (ctype, body) for ctype, body in frame_parts(r)}
+        ctype, body = got[read(ct).SOPInstanceUID]
+        assert ctype.endswith("1.2.840.10008.1.2.1") and body == ct  # as stored
+        ctype, body = got[read(rgb).SOPInstanceUID]
+        assert ctype.endswith("1.2.840.10008.1.2.4.50")
+        assert read(body).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"

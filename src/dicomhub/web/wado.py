@@ -54,7 +54,7 @@ async def retrieve(request: Request) -> Response:
     headers = cache_headers(instances[0]) if single else {}
     if single and not_modified(request, headers["ETag"]):
         return not_modified_response(headers["ETag"])
-    first = await parts[0].open()
+    first = await parts[0].open(fallback=choice.multipart)
     if not choice.multipart:
         if parts[0].size is not None:
             headers["Content-Length"] = str(parts[0].size)
@@ -101,6 +101,7 @@ class _Part:
                 if not fallback:
                     raise
                 self.syntax, self.converted = self.instance.transfer_syntax, False
+                self.size = self.instance.size
         return await primed(self.archive.retrieve.content(self.instance))
 
 
