@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "serve":
         import uvicorn
 
+        _check_exposure(settings)
         lock = _lock_data_dir(settings)
         options = dict(
             host=settings.host,
@@ -109,6 +110,22 @@ def main(argv: list[str] | None = None) -> None:
         else:
             uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Without authentication, serve stays on loopback unless told otherwise."""
+    if settings.auth_issuer or settings.host in ("127.0.0.1", "::1", "localhost"):
+        return
+    if not settings.allow_unauthenticated:
+        sys.exit(
+            f"dicomhub serve: binding {settings.host} without authentication exposes every "
+            "study to the network; set --auth-issuer and --auth-audience, or "
+            "--allow-unauthenticated true"
+        )
+    logging.getLogger("dicomhub").warning(
+        "serving %s WITHOUT authentication: anyone who reaches it can read and change data",
+        settings.host,
+    )
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -136,6 +136,30 @@ class Settings:
         2.0, "Seconds the FHIR sync waits for new changes once it has caught up."
     )
     fhir_timeout: float = _setting(120.0, "Seconds one request to the FHIR server may take.")
+    auth_issuer: str = _setting(
+        "",
+        "OpenID Connect issuer whose bearer tokens (JWTs) are accepted; set, every route but "
+        "/health/check needs one. Empty: no authentication (local use).",
+    )
+    auth_audience: str = _setting("", "The audience (aud) tokens must be issued for.")
+    auth_jwks_url: str = _setting(
+        "", "The issuer's JWKS address. Empty: taken from its OpenID Connect discovery document."
+    )
+    auth_algorithms: str = _setting(
+        "RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA",
+        "Signature algorithms accepted, comma-separated (asymmetric ones only).",
+    )
+    auth_leeway: int = _setting(60, "Seconds of clock skew allowed on exp, nbf and iat.")
+    auth_key_refresh: float = _setting(
+        10.0,
+        "Least seconds between fetches of the issuer's keys for tokens that name a key not held "
+        "(so new keys are found, and random key ids cannot flood the issuer).",
+    )
+    allow_unauthenticated: bool = _setting(
+        False,
+        "Serve without authentication on an address other than loopback (logs a warning). "
+        "Off: serve refuses to start that way.",
+    )
     cors_origins: str = _setting(
         "",
         "Origins whose browser pages may call the API (CORS), comma-separated, e.g. "

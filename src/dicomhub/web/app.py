@@ -29,6 +29,7 @@ from dicomhub.web import (
     stow,
     wado,
 )
+from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors
 
 VERSIONS = (1, 2)
@@ -137,7 +138,7 @@ def create_app(
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
-        middleware=cors(settings),
+        middleware=cors(settings) + authentication(settings),
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,

@@ -1,0 +1,160 @@
+"""Authentication: OAuth2 / OpenID Connect bearer tokens (RFC 6750), on whenever an issuer is set.
+
+A token is a JWT signed by one of the issuer's keys (its JWKS, found through the issuer's
+discovery document unless configured; cached, and fetched again when a token names a key it
+does not hold, so keys can rotate). It must name the issuer and the audience, be within its
+validity (with a small clock skew) and use an allowed asymmetric algorithm: never ``none`` and
+never an HMAC one, so a public key can never pass for a shared secret. PyJWT does the
+cryptography.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicomhub.settings import Settings
+
+log = logging.getLogger(__name__)
+OPEN_PATHS = ("/health/check",)  # load balancers probe it without a token
+ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+              "EdDSA"}  # fmt: skip
+
+
+class Unauthenticated(Exception):
+    """No token, or one that does not hold."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    claims: dict[str, Any]
+
+
+class TokenValidator:
+    def __init__(self, settings: Settings):
+        algorithms = [a.strip() for a in settings.auth_algorithms.split(",") if a.strip()]
+        refused = [a for a in algorithms if a not in ASYMMETRIC]
+        if refused or not algorithms:
+            raise ValueError(
+                "auth_algorithms may only name asymmetric algorithms "
+                f"({', '.join(sorted(ASYMMETRIC))}); refused: {', '.join(refused) or 'none given'}"
+            )
+        if not settings.auth_audience:
+            raise ValueError("auth_audience must be set when auth_issuer is")
+        self.issuer = settings.auth_issuer
+        self.audience = settings.auth_audience
+        self.algorithms = algorithms
+        self.leeway = settings.auth_leeway
+        self.refresh = settings.auth_key_refresh
+        self._jwks_url = settings.auth_jwks_url
+        self._keys: jwt.PyJWKClient | None = None
+
+    async def validate(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token is not a JWT: {exc}") from exc
+        if header.get("alg") not in self.algorithms:
+            raise Unauthenticated(f"the token's algorithm {header.get('alg')!r} is not allowed")
+        key = await asyncio.to_thread(self._signing_key, token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token does not hold: {exc}") from exc
+        return Principal(str(claims.get("sub", "")), claims)
+
+    def _signing_key(self, token: str):
+        try:
+            if self._keys is None:
+                url = self._jwks_url or self._discover()
+                self._keys = jwt.PyJWKClient(url, lifespan=300, cooldown_duration=self.refresh)
+            return self._keys.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("the issuer's keys could not be fetched: %s", exc)
+            raise Unauthenticated("the issuer's keys cannot be fetched now") from exc
+        except (jwt.PyJWTError, OSError, ValueError, KeyError) as exc:
+            raise Unauthenticated(f"the token's key is unknown: {exc}") from exc
+
+    def _discover(self) -> str:
+        """The JWKS address from the issuer's OpenID Connect discovery document."""
+        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - https issuer
+            return json.load(response)["jwks_uri"]
+
+
+class AuthMiddleware:
+    """401 for every request without a valid bearer token (but OPEN_PATHS); the principal is
+    kept in the request's state for the routes (and, later, roles and the audit log)."""
+
+    def __init__(self, app: ASGIApp, validator: TokenValidator):
+        self.app = app
+        self.validator = validator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        value = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await _unauthorized(send, "the request has no bearer token", None)
+            return
+        try:
+            principal = await self.validator.validate(token.strip())
+        except Unauthenticated as exc:
+            await _unauthorized(send, str(exc), "invalid_token")
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+async def _unauthorized(send: Send, reason: str, error: str | None) -> None:
+    """401 with an RFC 6750 challenge (an error code only when a token was sent)."""
+    body = json.dumps(
+        {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": reason}
+    ).encode()
+    challenge = 'Bearer realm="dicomhub"'
+    if error:
+        challenge += f', error="{error}", error_description="{_quote(reason)}"'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", challenge.encode("latin-1", "replace")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")[:200]
+
+
+def authentication(settings: Settings):
+    """The authentication middleware, when an issuer is set."""
+    from starlette.middleware import Middleware
+
+    if not settings.auth_issuer:
+        return []
+    return [Middleware(AuthMiddleware, validator=TokenValidator(settings))]
