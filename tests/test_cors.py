@@ -1,5 +1,5 @@
-"""CORS for browser viewers: off by default; named origins (or *) when configured; credentials
-only when asked for, never with *."""
+"""What the app checks before routing: CORS for browser viewers (off by default; named origins
+or *; credentials only when asked for, never with *) and the URL length limit."""
 
 from __future__ import annotations
 
@@ -61,3 +61,17 @@ def test_credentials_only_when_asked_and_never_with_any_origin(tmp_path):
         assert r.headers["access-control-allow-origin"] == "*"
     with pytest.raises(ValueError, match="name the origins"):
         client(tmp_path, cors_origins="*", cors_allow_credentials=True)
+
+
+def test_overlong_urls_are_414(tmp_path):
+    """A search with a huge query string (or a huge path) is refused before any work."""
+    with client(tmp_path, max_url_length=2048) as c:
+        names = ",".join(f"NAME{n}" for n in range(400))
+        r = c.get(f"/v2/studies?PatientName={names}")
+        assert r.status_code == 414 and r.json()["status"] == 414
+        assert "2048" in r.json()["detail"]
+        assert c.get("/v2/studies/" + "1." * 1500 + "1").status_code == 414
+        assert (
+            c.get("/v2/studies?PatientName=" + ",".join(f"N{n}" for n in range(50))).status_code
+            == 200
+        )

@@ -63,6 +63,9 @@ class Settings:
     max_part_size: int = _setting(
         2 * 1024**3, "Largest accepted DICOM file (one STOW part), in bytes; larger gives 413."
     )
+    max_url_length: int = _setting(
+        8192, "Longest URL (path and query string) accepted, in bytes; longer gives 414."
+    )
     max_inflated_size: int = _setting(
         512 * 1024**2,
         "Largest a deflated data set may expand to, in bytes; a larger one (a zip bomb) fails "

@@ -31,6 +31,7 @@ from dicomhub.web import (
 )
 from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors
+from dicomhub.web.limits import limits
 
 VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
@@ -138,7 +139,7 @@ def create_app(
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
-        middleware=cors(settings) + authentication(settings),
+        middleware=cors(settings) + limits(settings) + authentication(settings),
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,
