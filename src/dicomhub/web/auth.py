@@ -21,6 +21,7 @@ import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomhub.settings import Settings
+from dicomhub.web.errors import problem
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health/check",)  # load balancers probe it without a token
@@ -114,37 +115,23 @@ class AuthMiddleware:
         value = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            await _unauthorized(send, "the request has no bearer token", None)
+            await _unauthorized("the request has no bearer token", None)(scope, receive, send)
             return
         try:
             principal = await self.validator.validate(token.strip())
         except Unauthenticated as exc:
-            await _unauthorized(send, str(exc), "invalid_token")
+            await _unauthorized(str(exc), "invalid_token")(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, reason: str, error: str | None) -> None:
+def _unauthorized(reason: str, error: str | None):
     """401 with an RFC 6750 challenge (an error code only when a token was sent)."""
-    body = json.dumps(
-        {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": reason}
-    ).encode()
     challenge = 'Bearer realm="dicomhub"'
     if error:
         challenge += f', error="{error}", error_description="{_quote(reason)}"'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", challenge.encode("latin-1", "replace")),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    return problem(401, "Unauthorized", reason, {"WWW-Authenticate": challenge})
 
 
 def _quote(text: str) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomhub.settings import Settings
+from dicomhub.web.errors import problem
 
 
 class UrlLimit:
@@ -24,25 +23,7 @@ class UrlLimit:
             )
             if length > self.limit:
                 detail = f"the URL is {length} bytes long, more than the {self.limit} accepted"
-                body = json.dumps(
-                    {
-                        "type": "about:blank",
-                        "title": "URI Too Long",
-                        "status": 414,
-                        "detail": detail,
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 414,
-                        "headers": [
-                            (b"content-type", b"application/problem+json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await problem(414, "URI Too Long", detail)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
