@@ -18,6 +18,7 @@ from dicomhub.clock import utcnow
 from dicomhub.fhir import projection
 from dicomhub.fhir.client import FhirClient, FhirError
 from dicomhub.model import Scope
+from dicomhub.storage.fhir_ops import SyncState
 from dicomhub.storage.protocols import IndexStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ log = logging.getLogger(__name__)
 class Step:
     held: bool  # False: another node holds the sync
     changes: int  # change-feed entries passed (0: caught up)
+
+
+@dataclass(frozen=True)
+class Status:
+    state: SyncState
+    latest: int  # the newest change-feed sequence
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.latest - self.state.sequence)
 
 
 class FhirSync:
@@ -85,15 +96,16 @@ class FhirSync:
         instances = [json.loads(item) for item in items]
         search = projection.patient_search(instances[-1], self.options)
         found = await self.client.search(search)
-        stale = await self._stale_observations(study, projection.observation_keys(instances))
+        studies = await self.client.search(projection.study_search(study))
+        stale = await self._stale_observations(studies, projection.observation_keys(instances))
         bundle = projection.study_bundle(
             instances, self.options, found[0] if found else None, stale
         )
         await self.client.transaction(bundle)
 
-    async def _stale_observations(self, study: str, keep: set[str]) -> tuple[str, ...]:
-        """Observations written for dose reports of the study that are gone now."""
-        studies = await self.client.search(projection.study_search(study))
+    async def _stale_observations(self, studies: list[dict], keep: set[str]) -> tuple[str, ...]:
+        """Observations written for the study's (``studies``, as found in FHIR) dose reports
+        that are gone now."""
         stale = []
         for found in studies:
             for observation in await self.client.search(
@@ -110,12 +122,23 @@ class FhirSync:
         mine = [r for r in found if r.get("meta", {}).get("source") == self.options.endpoint]
         if not mine:
             return
-        stale = await self._stale_observations(study, set())
+        stale = await self._stale_observations(mine, set())
         urls = [*stale, *(f"ImagingStudy/{r['id']}" for r in mine)]
         entries = [{"request": {"method": "DELETE", "url": url}} for url in urls]
         await self.client.transaction(
             {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         )
+
+    async def status(self) -> Status:
+        state = await self.index.fhir_sync_state(self.target)
+        latest = await self.index.latest_change(include_metadata=False)
+        return Status(state, latest.sequence if latest else 0)
+
+    async def failures(self, offset: int, limit: int) -> list:
+        return await self.index.fhir_failures(self.target, offset, limit)
+
+    async def release(self, owner: str) -> None:
+        await self.index.release_fhir_sync(self.target, owner)
 
     async def _advance(self, owner: str, sequence: int, count: int) -> None:
         now = utcnow()

@@ -184,7 +184,6 @@ def study_bundle(
     attributes from the newest instance)."""
     first = instances[-1]
     system, patient_id = patient_identifier(first, options)
-    patient_search = "Patient?identifier=" + _token(system, patient_id)
     patient_url = _urn(f"{options.endpoint}|patient|{system}|{patient_id}")
     endpoint_url = _urn(f"{options.endpoint}|endpoint")
     entries = [
@@ -203,7 +202,8 @@ def study_bundle(
         patient_ref = f"Patient/{existing_patient['id']}"
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
     else:
-        request = {"method": "POST", "url": "Patient", "ifNoneExist": patient_search[8:]}
+        match = patient_search(first, options).removeprefix("Patient?")
+        request = {"method": "POST", "url": "Patient", "ifNoneExist": match}
         patient_ref = patient_url
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
     study = imaging_study(instances, patient_ref, endpoint_url, options.endpoint)

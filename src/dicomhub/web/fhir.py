@@ -9,25 +9,24 @@ from dicomhub.errors import NotFound
 from dicomhub.web.common import archive, page
 
 
-async def _state(request: Request):
-    the_archive = archive(request)
-    if the_archive.fhir is None:
+def _sync(request: Request):
+    sync = archive(request).fhir
+    if sync is None:
         raise NotFound("FHIR sync is off: set --fhir-url (DICOMHUB_FHIR_URL)")
-    sync = the_archive.fhir
-    state = await the_archive.index.fhir_sync_state(sync.target)
-    latest = await the_archive.index.latest_change(include_metadata=False)
-    return sync, state, latest.sequence if latest else 0
+    return sync
 
 
 async def status(request: Request) -> Response:
-    sync, state, latest = await _state(request)
+    sync = _sync(request)
+    now = await sync.status()
+    state = now.state
     return JSONResponse(
         {
             "fhirServer": sync.target,
             "endpoint": sync.options.endpoint,
             "checkpoint": state.sequence,
-            "latest": latest,
-            "lag": max(0, latest - state.sequence),
+            "latest": now.latest,
+            "lag": now.lag,
             "synced": state.synced,
             "lastUpdated": state.updated.isoformat() if state.updated else None,
             "node": state.holder,
@@ -37,9 +36,8 @@ async def status(request: Request) -> Response:
 
 
 async def failures(request: Request) -> Response:
-    sync, _, _ = await _state(request)
+    sync = _sync(request)
     offset, limit = page(request, 100, 1000)
-    found = await archive(request).index.fhir_failures(sync.target, offset, limit)
     return JSONResponse(
         [
             {
@@ -49,7 +47,7 @@ async def failures(request: Request) -> Response:
                 "operationOutcome": f.outcome,
                 "at": f.at.isoformat(),
             }
-            for f in found
+            for f in await sync.failures(offset, limit)
         ]
     )
 
@@ -58,16 +56,16 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the FHIR sync gauges (empty when the sync is off)."""
     if archive(request).fhir is None:
         return PlainTextResponse("")
-    _, state, latest = await _state(request)
+    now = await _sync(request).status()
     lines = [
         "# HELP dicomhub_fhir_sync_lag Change-feed entries not yet synced to FHIR.",
         "# TYPE dicomhub_fhir_sync_lag gauge",
-        f"dicomhub_fhir_sync_lag {max(0, latest - state.sequence)}",
+        f"dicomhub_fhir_sync_lag {now.lag}",
         "# HELP dicomhub_fhir_sync_synced_total Change-feed entries synced to FHIR.",
         "# TYPE dicomhub_fhir_sync_synced_total counter",
-        f"dicomhub_fhir_sync_synced_total {state.synced}",
+        f"dicomhub_fhir_sync_synced_total {now.state.synced}",
         "# HELP dicomhub_fhir_sync_failures_total Changes the FHIR server refused for good.",
         "# TYPE dicomhub_fhir_sync_failures_total counter",
-        f"dicomhub_fhir_sync_failures_total {state.failures}",
+        f"dicomhub_fhir_sync_failures_total {now.state.failures}",
     ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -34,4 +34,4 @@ async def run_fhir_sync(sync: FhirSync, poll_interval: float) -> None:
             if not step.held or not step.changes:
                 await asyncio.sleep(poll_interval)
     finally:
-        await sync.index.release_fhir_sync(sync.target, owner)
+        await sync.release(owner)
