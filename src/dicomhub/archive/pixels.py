@@ -7,6 +7,7 @@ conversion neither stalls the event loop nor holds a whole volume in memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -97,8 +98,7 @@ class PixelService:
         if not has_pixels(instance):
             return frozenset(codecs.TARGETS)  # no pixels: any syntax holds the data set
         if info is None:
-            ok = codecs.decodable(source)
-            return frozenset(t for t in codecs.TARGETS if ok or t in NATIVE)
+            return _syntax_targets(source)
         return frozenset(t for t in codecs.TARGETS if not codecs.cannot_encode(info, source, t))
 
     async def frames(
@@ -206,6 +206,13 @@ class PixelService:
                 yield await pending.pop(0)
         for job in pending:
             yield await job
+
+
+@functools.cache
+def _syntax_targets(source: str) -> frozenset[str]:
+    """What pixels stored in ``source`` can be converted to, before the image is known."""
+    ok = codecs.decodable(source)
+    return frozenset(t for t in codecs.TARGETS if ok or t in NATIVE)
 
 
 def _lossy(uid: str) -> bool:

@@ -8,6 +8,7 @@ belong to is described by a ``PixelInfo``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, replace
 
@@ -122,6 +123,7 @@ def frame_syntax(uid: str) -> str:
     return EXPLICIT_VR_LE if uid in (IMPLICIT_VR_LE, DEFLATED) else uid
 
 
+@functools.cache
 def decodable(uid: str) -> bool:
     if uid in NATIVE:
         return True

@@ -19,11 +19,10 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from dicomhub.dicom.codecs import PixelInfo, decode
+from dicomhub.dicom.codecs import DEFAULT_QUALITY, PixelInfo, decode
 from dicomhub.errors import InvalidRequest
 
 MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif")
-DEFAULT_QUALITY = 90
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 _PRESENTATION = (0x00080060, 0x00181063)  # Modality, Frame Time
 _PER_FRAME = (0x00289145, 0x00289132)  # Pixel Value Transformation, Frame VOI LUT

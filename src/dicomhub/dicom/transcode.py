@@ -6,7 +6,6 @@ value); the pixels arrive frame by frame, so no whole volume is ever held in mem
 
 from __future__ import annotations
 
-import copy
 import io
 import struct
 import warnings
@@ -60,23 +59,30 @@ def header_bytes(
 ) -> bytes:
     """File meta and data set (without Pixel Data) of the new file, not yet deflated."""
     ds = Dataset()
-    for element in header:  # copies: the header is cached and shared
+    for element in header:  # shared with the cached header: replaced below, never changed
         if element.tag.group not in _DROPPED_GROUPS:
-            ds.add(copy.deepcopy(element))
+            ds.add(element)
+    changes: dict[str, object] = {}
     if info is not None:
-        ds.PhotometricInterpretation = info.photometric
-        ds.BitsStored = info.bits_stored
-        if info.samples > 1:
-            ds.PlanarConfiguration = info.planar
-        elif "PlanarConfiguration" in ds:
-            del ds.PlanarConfiguration
+        changes["PhotometricInterpretation"] = info.photometric
+        changes["BitsStored"] = info.bits_stored
+        changes["PlanarConfiguration"] = info.planar if info.samples > 1 else None
+    if lossy is not None or was_lossy:
+        changes["LossyImageCompression"] = "01"
     if lossy is not None:
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = [*_values(ds, "LossyImageCompressionRatio"), lossy.ratio]
-        method = [*_values(ds, "LossyImageCompressionMethod"), lossy.method]
-        ds.LossyImageCompressionMethod = method
-    elif was_lossy:
-        ds.LossyImageCompression = "01"
+        changes["LossyImageCompressionRatio"] = [
+            *_values(ds, "LossyImageCompressionRatio"),
+            lossy.ratio,
+        ]
+        changes["LossyImageCompressionMethod"] = [
+            *_values(ds, "LossyImageCompressionMethod"),
+            lossy.method,
+        ]
+    for keyword, value in changes.items():
+        if keyword in ds:
+            delattr(ds, keyword)  # drops the reference; the shared element stays as it was
+        if value is not None:
+            setattr(ds, keyword, value)
     meta = FileMetaDataset(header.file_meta)
     meta.TransferSyntaxUID = target
     out = DicomBytesIO()
