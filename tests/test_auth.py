@@ -8,9 +8,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -23,59 +21,9 @@ from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
 from tests.conftest import ROOT, free_port
-
-AUDIENCE = "dicomhub-api"
-
-
-class Issuer:
-    """A local OpenID Connect issuer: its keys, its discovery document and JWKS over HTTP."""
-
-    def __init__(self):
-        self.keys = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
-        self.published = ["k1"]
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks.json"}
-                elif self.path == "/jwks.json":
-                    body = {"keys": [issuer.jwk(kid) for kid in issuer.published]}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def jwk(self, kid: str) -> dict:
-        key = self.keys[kid].public_key()
-        algorithm = (
-            jwt.algorithms.ECAlgorithm
-            if isinstance(key, ec.EllipticCurvePublicKey)
-            else (jwt.algorithms.RSAAlgorithm)
-        )
-        return {**json.loads(algorithm.to_jwk(key)), "kid": kid, "use": "sig"}
-
-    def token(self, kid: str = "k1", key=None, algorithm: str | None = None, **claims) -> str:
-        now = int(time.time())
-        payload = {"iss": self.url, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 600}
-        payload.update(claims)
-        payload = {k: v for k, v in payload.items() if v is not None}
-        signing = key if key is not None else self.keys[kid]
-        if algorithm is None:
-            algorithm = "ES256" if isinstance(signing, ec.EllipticCurvePrivateKey) else "RS256"
-        return jwt.encode(payload, signing, algorithm=algorithm, headers={"kid": kid})
+from tests.helpers import stow
+from tests.issuer import AUDIENCE, Issuer
+from tests.synthetic import instance, uid
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +121,121 @@ def test_every_route_refuses_every_bad_token(client, issuer):
             )
 
 
-def test_a_good_token_passes_every_route(client, issuer):
-    headers = {"Authorization": "Bearer " + issuer.token()}
-    for method, path in every_route(client.app):
-        r = client.request(method, path, headers=headers)
-        assert r.status_code != 401, (method, path, r.text)
-    assert client.get("/v2/studies", headers=headers).status_code == 200
+ROLES = {  # the built-in roles, as a caller holds them
+    "reader": {"globalReader"},
+    "writer": {"globalWriter"},
+    "deleter": {"globalDeleter"},
+    "admin": {"globalAdmin"},
+    "reader and deleter": {"globalReader", "globalDeleter"},
+    "no role": set(),
+    "unknown role": {"superuser"},
+}
+GRANTS = {  # what the docs promise each built-in role
+    "globalReader": {"read"},
+    "globalWriter": {"read", "write"},
+    "globalDeleter": {"read", "delete"},
+    "globalAdmin": {"read", "write", "delete", "manageExtendedQueryTags", "export", "admin"},
+}
+
+
+def needed_action(method: str, path: str) -> str | None:
+    """The data action a request needs, as conformance section 7.2 documents it."""
+    if path == "/health/check":
+        return None
+    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/)", path):
+        return "admin"
+    if "/extendedquerytags" in path and method != "GET":
+        return "manageExtendedQueryTags"
+    return {"POST": "write", "DELETE": "delete"}.get(method, "read")
+
+
+def test_each_role_reaches_exactly_the_routes_of_its_actions(client, issuer):
+    """The authorisation matrix: every route x every role column; 403 without the action,
+    anything but 401 and 403 with it."""
+    for column, roles in ROLES.items():
+        granted = set().union(*(GRANTS.get(r, set()) for r in roles))
+        headers = {"Authorization": "Bearer " + issuer.token(roles=sorted(roles))}
+        for method, path in every_route(client.app):
+            r = client.request(method, path, headers=headers)
+            action = needed_action(method, path)
+            if action is None or action in granted:
+                assert r.status_code not in (401, 403), (column, method, path, r.text)
+            else:
+                assert r.status_code == 403, (column, method, path, r.status_code, r.text)
+                assert action in r.json()["detail"]
+    reader = {"Authorization": "Bearer " + issuer.token(roles=["globalReader"])}
+    assert client.get("/v2/studies", headers=reader).status_code == 200
+
+
+def test_a_refused_store_or_delete_changes_nothing(client, issuer):
+    data = instance(uid(90, 1), uid(90, 2), uid(90, 3))
+    reader = {"Authorization": "Bearer " + issuer.token(roles=["globalReader"])}
+    writer = {"Authorization": "Bearer " + issuer.token(roles=["globalWriter"])}
+    assert stow(client, data, headers=reader).status_code == 403
+    study = f"/v2/studies/{uid(90, 1)}"
+    assert client.get(study + "/metadata", headers=reader).status_code == 404
+    assert stow(client, data, headers=writer).status_code == 200
+    assert client.delete(study, headers=writer).status_code == 403
+    assert client.get(study + "/metadata", headers=reader).status_code == 200
+
+
+def test_a_role_file_with_another_claim(issuer, tmp_path):
+    """Keycloak-style nested roles claim; notDataActions take away what dataActions grant."""
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps({"roles": [
+        {"name": "radiologist", "dataActions": ["*"], "notDataActions": ["delete", "admin"],
+         "scopes": ["/"]},
+        {"name": "auditor", "dataActions": ["admin"], "notDataActions": [], "scopes": ["/"]},
+    ]}))  # fmt: skip
+    settings = Settings(
+        data_dir=str(tmp_path), blob_url="memory://", auth_issuer=issuer.url,
+        auth_audience=AUDIENCE, auth_roles_claim="realm_access.roles",
+        auth_roles_file=str(roles),
+    )  # fmt: skip
+    with TestClient(create_app(settings, build_archive(settings))) as c:
+
+        def status(method, path, *names, claim="realm_access"):
+            token = issuer.token(**{claim: {"roles": list(names)}})
+            return c.request(method, path, headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert status("GET", "/v2/studies", "radiologist") == 200
+        assert status("DELETE", "/v2/studies/1.2.3", "radiologist") == 403
+        assert status("GET", "/v2/audit", "radiologist") == 403
+        assert status("GET", "/v2/audit", "auditor") == 200
+        assert status("GET", "/v2/studies", "auditor") == 403
+        assert status("DELETE", "/v2/studies/1.2.3", "radiologist", "globalAdmin") == 403
+        assert status("GET", "/v2/studies", "radiologist", claim="roles") == 403
+    # a space-separated string claim (OAuth2 scope style)
+    settings = Settings(
+        data_dir=str(tmp_path), blob_url="memory://", auth_issuer=issuer.url,
+        auth_audience=AUDIENCE, auth_roles_claim="scp", auth_roles_file=str(roles),
+    )  # fmt: skip
+    with TestClient(create_app(settings, build_archive(settings))) as c:
+        token = issuer.token(scp="openid radiologist")
+        r = c.get("/v2/studies", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "document, error",
+    [
+        ([], "roles"),
+        ({"roles": [{"dataActions": ["read"]}]}, "no name"),
+        ({"roles": [{"name": "a", "dataActions": ["read", "fly"]}]}, "fly"),
+        ({"roles": [{"name": "a", "dataActions": "read"}]}, "list"),
+        ({"roles": [{"name": "a", "dataActions": ["read"], "scopes": ["/x"]}]}, "scope"),
+        ({"roles": [{"name": "a", "dataActions": []}, {"name": "a", "dataActions": []}]}, "twice"),
+    ],
+)
+def test_a_bad_role_file_stops_the_start(issuer, tmp_path, document, error):
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps(document))
+    settings = Settings(
+        data_dir=str(tmp_path), auth_issuer=issuer.url, auth_audience=AUDIENCE,
+        auth_roles_file=str(roles),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=error):
+        create_app(settings, build_archive(settings))
 
 
 def test_clock_skew(client, issuer):

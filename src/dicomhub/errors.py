@@ -13,6 +13,10 @@ class InvalidDicom(InvalidRequest):
     """A part is not a readable DICOM PS3.10 file."""
 
 
+class Forbidden(DicomhubError):
+    """The caller is known, but its roles do not grant the action the request needs."""
+
+
 class NotFound(DicomhubError):
     """The resource does not exist (or no longer exists)."""
 
@@ -35,6 +39,10 @@ class PayloadTooLarge(DicomhubError):
 
 class Conflict(DicomhubError):
     """The request conflicts with the current state (e.g. the instance exists)."""
+
+
+class RequestTimeout(DicomhubError):
+    """The client stopped sending the request body."""
 
 
 class RangeNotSatisfiable(DicomhubError):

@@ -139,3 +139,73 @@ def blob_key(partition: str, version: int) -> str:
     """Blob keys come from the internal version, never from UIDs (UIDs can carry PHI)."""
     digest = hashlib.sha256(f"{partition}/{version}".encode()).hexdigest()
     return f"{digest[:2]}/{digest[2:12]}_{version}.dcm"
+
+
+@dataclass
+class AuditEntry:
+    """One request (HTTP or DIMSE) as the audit log keeps it; never its credentials."""
+
+    time: datetime
+    protocol: str  # http | dimse
+    method: str  # GET, POST, ... or C-STORE, C-FIND, ...
+    path: str
+    status: int
+    principal: str | None = None  # the token's subject (None: authentication off)
+    client: str | None = None  # the application the token was issued to
+    address: str | None = None  # the caller's network address
+    route: str | None = None  # the route's name (v2-instance, ...)
+    action: str | None = None  # the data action the route needs
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_ms: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)  # caller headers, stored instances, ...
+    id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the audit API and the audit file write it."""
+        out = {"id": self.id, "time": self.time.isoformat().replace("+00:00", "Z")}
+        for name, key in _AUDIT_KEYS:
+            out[key] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuditEntry:
+        time = datetime.fromisoformat(data["time"].replace("Z", "+00:00"))
+        values = {name: data.get(key) for name, key in _AUDIT_KEYS}
+        return cls(
+            time=time, id=data.get("id"), **{k: v for k, v in values.items() if v is not None}
+        )
+
+
+_AUDIT_KEYS = (
+    ("protocol", "protocol"), ("method", "method"), ("path", "path"), ("status", "status"),
+    ("principal", "principal"), ("client", "client"), ("address", "address"),
+    ("route", "route"), ("action", "action"), ("study", "studyInstanceUid"),
+    ("series", "seriesInstanceUid"), ("instance", "sopInstanceUid"), ("bytes_in", "bytesIn"),
+    ("bytes_out", "bytesOut"), ("duration_ms", "durationMs"), ("detail", "detail"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    since: datetime | None = None
+    until: datetime | None = None
+    principal: str | None = None
+    action: str | None = None
+    study: str | None = None
+    status: int | None = None
+    offset: int = 0
+    limit: int = 100
+
+    def matches(self, e: AuditEntry) -> bool:
+        return (
+            (self.since is None or e.time >= self.since)
+            and (self.until is None or e.time < self.until)
+            and (self.principal is None or e.principal == self.principal)
+            and (self.action is None or e.action == self.action)
+            and (self.study is None or e.study == self.study)
+            and (self.status is None or e.status == self.status)
+        )

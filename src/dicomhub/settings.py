@@ -66,10 +66,28 @@ class Settings:
     max_url_length: int = _setting(
         8192, "Longest URL (path and query string) accepted, in bytes; longer gives 414."
     )
+    max_header_size: int = _setting(
+        64 * 1024,
+        "Largest total size of a request's headers, in bytes (and at most 100 of them); more "
+        "gives 431.",
+    )
+    max_parts: int = _setting(
+        50_000,
+        "Most parts one STOW request may hold; the request stops with 413 at the next one (the "
+        "parts before it are stored).",
+    )
+    request_timeout: float = _setting(
+        60.0, "Seconds a request body may send nothing before the request fails with 408."
+    )
     max_inflated_size: int = _setting(
         512 * 1024**2,
         "Largest a deflated data set may expand to, in bytes; a larger one (a zip bomb) fails "
         "as that part's processing failure.",
+    )
+    max_elements: int = _setting(
+        1_000_000,
+        "Most data elements one instance may hold, those in sequence items included; more "
+        "fails the part (as sequences nested over 64 deep do).",
     )
     bulkdata_threshold: int = _setting(
         1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
@@ -157,6 +175,25 @@ class Settings:
         10.0,
         "Least seconds between fetches of the issuer's keys for tokens that name a key not held "
         "(so new keys are found, and random key ids cannot flood the issuer).",
+    )
+    auth_roles_claim: str = _setting(
+        "roles",
+        "Token claim holding the caller's roles: a list or a space-separated string; a dotted "
+        "path reaches into objects (realm_access.roles).",
+    )
+    auth_roles_file: str = _setting(
+        "",
+        "Role file in Microsoft's roles.json format: each role's dataActions and "
+        "notDataActions. Empty: the built-in roles (globalReader, globalWriter, globalDeleter, "
+        "globalAdmin).",
+    )
+    audit_log: str = _setting(
+        "index",
+        "Where the audit log is kept: index (a table of the index, searchable at /v2/audit), a "
+        "file path (JSON lines, appended and synced to disk), or off.",
+    )
+    audit_retention_days: int = _setting(
+        0, "Days index audit entries are kept (the cleanup job removes older ones). 0: forever."
     )
     allow_unauthenticated: bool = _setting(
         False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from dicomhub.archive.audit import AuditLog
 from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
@@ -21,6 +22,7 @@ from dicomhub.errors import Unavailable
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
+from dicomhub.storage.audit_file import FileAuditLog
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
 
@@ -44,6 +46,7 @@ class Archive:
         self.operations = OperationsService(index)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
         self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
+        self.audit = audit_log(settings.audit_log, index)
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -57,6 +60,8 @@ class Archive:
                     await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:
+        if self.audit is not None:
+            await self.audit.close()
         if self.fhir is not None:
             await self.fhir.client.close()
         await self.index.close()
@@ -74,6 +79,13 @@ class Archive:
             except Exception as exc:  # noqa: BLE001 - health reports, never raises
                 results.append((name, f"{exc.__class__.__name__}: {exc}"))
         return results
+
+
+def audit_log(where: str, index: IndexStore) -> AuditLog | None:
+    """The audit log ``--audit-log`` names: in the index, in a file, or none (off)."""
+    if where == "off":
+        return None
+    return AuditLog(index if where == "index" else FileAuditLog(where))
 
 
 def fhir_sync(settings: Settings, index: IndexStore) -> FhirSync:

@@ -127,6 +127,11 @@ class StoreService:
             async for chunk in chunks:
                 for event in parser.feed(chunk):
                     if isinstance(event, PartStart):
+                        if len(stores) == self.settings.max_parts:
+                            raise PayloadTooLarge(
+                                f"the request has more than {self.settings.max_parts} parts "
+                                "(max_parts); the parts before stop here are stored"
+                            )
                         part_type = event.headers.get("content-type", root_type)
                         spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)
                     elif isinstance(event, PartData):
@@ -254,7 +259,7 @@ class StoreService:
 
             return ingest(
                 parsed, read_at, self.settings.bulkdata_threshold, strict is not None, study,
-                also_indexed=strict or frozenset(),
+                also_indexed=strict or frozenset(), max_elements=self.settings.max_elements,
             )  # fmt: skip
 
     async def _release(self, version: int) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from dicomhub.dicom import frames as frame_index
-from dicomhub.dicom.json_model import dumps, encode_dataset
+from dicomhub.dicom.json_model import MAX_ELEMENTS, dumps, encode_dataset
 from dicomhub.dicom.parse import ParsedFile
 from dicomhub.dicom.search_keys import describe
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
@@ -75,6 +75,7 @@ def ingest(
     strict: bool,
     expected_study: str | None,
     also_indexed: frozenset[str] = frozenset(),
+    max_elements: int = MAX_ELEMENTS,
 ) -> IngestedInstance:
     """Validate and describe one instance. ``strict`` is v1: indexed attributes (built in, and
     the paths ``also_indexed``, e.g. extended query tags) must be valid."""
@@ -102,7 +103,11 @@ def ingest(
 
     base = bulk_path(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop) + "/bulkdata/"
     encoded = encode_dataset(
-        ds, bulk_threshold, lambda path: base + path, None if parsed.deflated else read_at
+        ds,
+        bulk_threshold,
+        lambda path: base + path,
+        None if parsed.deflated else read_at,
+        max_elements,
     )
     indexed_keys = {f"{tag:08X}": name for name, tag in INDEXED.items()}
     warnings = []

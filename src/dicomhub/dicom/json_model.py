@@ -23,8 +23,13 @@ from pydicom.tag import Tag
 
 from dicomhub.dicom import fast_json
 from dicomhub.dicom.validate import validate_string
+from dicomhub.errors import InvalidDicom
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+LONG_TEXT_VRS = frozenset({"LT", "UC", "UR", "UT"})  # also BulkDataURIs past INLINE_TEXT_LIMIT
+INLINE_TEXT_LIMIT = 1024 * 1024  # bytes of one text value kept inline in metadata
+MAX_DEPTH = 64  # sequences nested deeper make the data set invalid
+MAX_ELEMENTS = 1_000_000  # elements in one data set, items' included
 STRING_VRS = frozenset(
     {
         "AE",
@@ -56,6 +61,7 @@ class EncodedDataset:
     json: dict[str, Any]
     bulk: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (offset, length)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (tag path, message)
+    budget: int = MAX_ELEMENTS  # elements still allowed
 
 
 def tag_key(tag: int) -> str:
@@ -67,6 +73,7 @@ def encode_dataset(
     bulk_threshold: int,
     bulk_uri: Callable[[str], str],
     read_at: Callable[[int, int], bytes] | None = None,
+    max_elements: int = MAX_ELEMENTS,
 ) -> EncodedDataset:
     """Encode ``ds``; invalid or undecodable elements are left out and reported in ``errors``.
 
@@ -74,7 +81,7 @@ def encode_dataset(
     checked against the file; a location that does not check out is not recorded (the value
     is then found by parsing when asked for).
     """
-    out = EncodedDataset({})
+    out = EncodedDataset({}, budget=max_elements)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out.json = _encode(ds, "", 0, bulk_threshold, bulk_uri, read_at, out, True)
@@ -82,6 +89,11 @@ def encode_dataset(
 
 
 def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset, plain) -> dict:
+    out.budget -= len(ds._dict)
+    if out.budget < 0:
+        raise InvalidDicom("the data set has more elements than the limit (max_elements)")
+    if prefix.count("/") > 2 * MAX_DEPTH:
+        raise InvalidDicom(f"the data set nests sequences more than {MAX_DEPTH} deep")
     result: dict[str, Any] = {}
     bits_allocated = _int_or_none(ds, 0x00280100)
     if 0x00080005 in ds._dict:
@@ -94,7 +106,9 @@ def _encode(ds, prefix, base, threshold, bulk_uri, read_at, out: EncodedDataset,
         raw = ds._dict[tag]
         if isinstance(raw, RawDataElement):
             vr, certain = _raw_vr(raw, ds, bits_allocated)
-            if vr in BULK_VRS and raw.length > threshold:
+            if (vr in BULK_VRS and raw.length > threshold) or (
+                vr in LONG_TEXT_VRS and raw.length > INLINE_TEXT_LIMIT
+            ):
                 offset = base + raw.value_tell
                 check = raw.value[:16] if raw.value else None
                 if check is None or read_at is None or read_at(offset, len(check)) == check:

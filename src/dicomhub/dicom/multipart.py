@@ -89,9 +89,11 @@ class MultipartParser:
                 end, skip = 0, 2
             else:
                 end, skip = buf.find(b"\r\n\r\n"), 4
+            if end > MAX_HEADER_BYTES or (end < 0 and len(buf) > MAX_HEADER_BYTES):
+                raise InvalidRequest(
+                    f"malformed multipart body: part headers longer than {MAX_HEADER_BYTES} bytes"
+                )
             if end < 0:
-                if len(buf) > MAX_HEADER_BYTES:
-                    raise InvalidRequest("malformed multipart body: part headers too large")
                 return False
             headers = _parse_headers(buf[:end])
             self._buffer = buf[end + skip :]

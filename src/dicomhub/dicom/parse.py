@@ -50,6 +50,8 @@ def read_part10(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, defer_size=defer_size)
+    except RecursionError:
+        raise InvalidDicom("the data set nests sequences too deep to be read") from None
     except Exception as exc:  # pydicom raises many kinds for broken input
         raise InvalidDicom(f"not a readable DICOM PS3.10 file: {exc}") from exc
     meta = ds.file_meta
@@ -62,6 +64,7 @@ def read_part10(
     pixel = None
     if not deflated:
         _check_complete(ds, file_size)
+        _check_no_tail(ds, fp, file_size)
         for tag in PIXEL_TAGS:
             raw = ds._dict.get(tag)
             if isinstance(raw, RawDataElement) and raw.value_tell is not None:
@@ -81,6 +84,22 @@ def _check_complete(ds: Dataset, file_size: int) -> None:
             raise InvalidDicom(
                 f"the file is truncated: element ({raw.tag >> 16:04X},{raw.tag & 0xFFFF:04X}) "
                 f"needs {raw.length} bytes, only {max(0, file_size - raw.value_tell)} remain"
+            )
+
+
+def _check_no_tail(ds: Dataset, fp: BinaryIO, file_size: int) -> None:
+    """A file cut inside an element's header: pydicom stops at the few bytes left over, which
+    are not padding (zeros)."""
+    last = ds._dict[max(ds._dict)]
+    if not isinstance(last, RawDataElement) or last.length == UNDEFINED_LENGTH:
+        return
+    end = last.value_tell + last.length
+    if 0 < file_size - end <= 16:
+        fp.seek(end)
+        if fp.read(16).strip(b"\x00"):
+            raise InvalidDicom(
+                f"the file is truncated: {file_size - end} bytes after the last element do not "
+                "make an element"
             )
 
 

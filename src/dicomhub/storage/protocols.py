@@ -10,6 +10,8 @@ from typing import Any, Protocol
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
 from dicomhub.model import (
+    AuditEntry,
+    AuditQuery,
     ChangeFeedEntry,
     InstanceId,
     NewInstance,
@@ -118,6 +120,16 @@ class IndexStore(Protocol):
         By time: entries in [start, end), skipping ``offset`` of them, at most ``limit``."""
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...
+
+    # The audit log (see storage/audit_ops.py; the index is one archive.audit.AuditSink).
+
+    async def add_audit_entries(self, entries: list[AuditEntry]) -> None: ...
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching ``query``, oldest first."""
+        ...
+
+    async def purge_audit_entries(self, before: datetime) -> None: ...
 
     # FHIR sync (see storage/fhir_ops.py): a checkpoint and a lease per FHIR server, and the
     # entries it refused.

@@ -11,6 +11,8 @@ from dicomhub.clock import from_micros, to_micros
 from dicomhub.dicom.query import Query
 from dicomhub.model import (
     Action,
+    AuditEntry,
+    AuditQuery,
     ChangeFeedEntry,
     InstanceId,
     NewInstance,
@@ -18,6 +20,7 @@ from dicomhub.model import (
     Scope,
     StoredInstance,
 )
+from dicomhub.storage import audit_ops as audit
 from dicomhub.storage import eqt_ops as eqt
 from dicomhub.storage import fhir_ops as fhir
 from dicomhub.storage import index_ops as ops
@@ -140,6 +143,17 @@ class SqlIndex:
 
     async def purge_operations(self, kind: str, before: datetime) -> None:
         await self._write(jobs.purge, kind, before)
+
+    # -- audit log -------------------------------------------------------------------------------
+
+    async def add_audit_entries(self, entries: list[AuditEntry]) -> None:
+        await self._write(audit.add, entries)
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self._read(audit.find, query)
+
+    async def purge_audit_entries(self, before: datetime) -> None:
+        await self._write(audit.purge, before)
 
     # -- FHIR sync -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings
 from dicomhub.web import (
+    audit,
     changefeed,
     delete,
     errors,
@@ -29,6 +30,8 @@ from dicomhub.web import (
     stow,
     wado,
 )
+from dicomhub.web.access import ADMIN, DELETE, MANAGE_TAGS, READ, WRITE, authorize
+from dicomhub.web.audit import ACTION, ROUTE
 from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors
 from dicomhub.web.limits import limits
@@ -39,16 +42,28 @@ SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{sop}"
 
 
-def _versioned(path: str, endpoint, methods: list[str], name: str) -> list[Route]:
-    routes = []
-    for number in VERSIONS:
+class ActionRoute(Route):
+    """A route that declares the data action it needs (None: any caller) and checks it."""
 
-        async def bound(request, _endpoint=endpoint, _number=number):
-            request.scope["route_version"] = _number
-            return await _endpoint(request)
+    def __init__(self, path: str, endpoint, methods: list[str], name: str, action: str | None,
+                 version: int | None = None):  # fmt: skip
+        async def guarded(request):
+            request.scope[ROUTE] = name
+            request.scope[ACTION] = action
+            authorize(request.scope, action)
+            if version is not None:
+                request.scope["route_version"] = version
+            return await endpoint(request)
 
-        routes.append(Route(f"/v{number}{path}", bound, methods=methods, name=f"v{number}-{name}"))
-    return routes
+        super().__init__(path, guarded, methods=methods, name=name)
+        self.action = action
+
+
+def _versioned(path: str, endpoint, methods: list[str], name: str, action: str) -> list[Route]:
+    return [
+        ActionRoute(f"/v{n}{path}", endpoint, methods, f"v{n}-{name}", action, version=n)
+        for n in VERSIONS
+    ]
 
 
 def _search_routes() -> list[tuple]:
@@ -63,55 +78,86 @@ def _search_routes() -> list[tuple]:
         (SERIES + "/instances", Level.INSTANCE),
     ):
         name = "search" + path.replace("/", "-").replace("{", "").replace("}", "")
-        out.append((path + "/count", qido.count(level), ["GET"], name + "-count"))
-        out.append((path, qido.search(level), ["GET"], name))
+        out.append((path + "/count", qido.count(level), ["GET"], name + "-count", READ))
+        out.append((path, qido.search(level), ["GET"], name, READ))
     return out
 
 
 def routes() -> list[BaseRoute]:
     table = [
         *_search_routes(),
-        ("/studies", stow.store, ["POST"], "stow"),
-        (STUDY, stow.store, ["POST"], "stow-study"),
-        (STUDY, wado.retrieve, ["GET"], "study"),
-        (SERIES, wado.retrieve, ["GET"], "series"),
-        (INSTANCE, wado.retrieve, ["GET"], "instance"),
-        (STUDY + "/metadata", wado.metadata, ["GET"], "study-metadata"),
-        (SERIES + "/metadata", wado.metadata, ["GET"], "series-metadata"),
-        (INSTANCE + "/metadata", wado.metadata, ["GET"], "instance-metadata"),
-        (INSTANCE + "/frames/{frames}", wado.frames, ["GET"], "frames"),
-        (STUDY + "/rendered", rendered.rendered, ["GET"], "study-rendered"),
-        (SERIES + "/rendered", rendered.rendered, ["GET"], "series-rendered"),
-        (INSTANCE + "/rendered", rendered.rendered, ["GET"], "instance-rendered"),
-        (INSTANCE + "/frames/{frames}/rendered", rendered.rendered, ["GET"], "frames-rendered"),
-        (STUDY + "/thumbnail", rendered.thumbnail, ["GET"], "study-thumbnail"),
-        (SERIES + "/thumbnail", rendered.thumbnail, ["GET"], "series-thumbnail"),
-        (INSTANCE + "/thumbnail", rendered.thumbnail, ["GET"], "instance-thumbnail"),
-        (INSTANCE + "/frames/{frames}/thumbnail", rendered.thumbnail, ["GET"], "frames-thumbnail"),
-        (INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, ["GET"], "bulkdata"),
-        (STUDY, delete.delete, ["DELETE"], "delete-study"),
-        (SERIES, delete.delete, ["DELETE"], "delete-series"),
-        (INSTANCE, delete.delete, ["DELETE"], "delete-instance"),
-        ("/changefeed", changefeed.changefeed, ["GET"], "changefeed"),
-        ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest"),
-        ("/operations/{operation}", operations.get, ["GET"], "operation"),
-        ("/fhir/status", fhir.status, ["GET"], "fhir-status"),
-        ("/fhir/failures", fhir.failures, ["GET"], "fhir-failures"),
-        ("/extendedquerytags", extended_tags.add, ["POST"], "extended-tags-add"),
-        ("/extendedquerytags", extended_tags.listing, ["GET"], "extended-tags"),
-        ("/extendedquerytags/{tag}", extended_tags.get, ["GET"], "extended-tag"),
-        ("/extendedquerytags/{tag}", extended_tags.update, ["PATCH"], "extended-tag-update"),
-        ("/extendedquerytags/{tag}", extended_tags.delete, ["DELETE"], "extended-tag-delete"),
-        ("/extendedquerytags/{tag}/errors", extended_tags.errors, ["GET"], "extended-tag-errors"),
-        ("/api.json", openapi.api_json, ["GET"], "openapi-json"),
-        ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml"),
+        ("/studies", stow.store, ["POST"], "stow", WRITE),
+        (STUDY, stow.store, ["POST"], "stow-study", WRITE),
+        (STUDY, wado.retrieve, ["GET"], "study", READ),
+        (SERIES, wado.retrieve, ["GET"], "series", READ),
+        (INSTANCE, wado.retrieve, ["GET"], "instance", READ),
+        (STUDY + "/metadata", wado.metadata, ["GET"], "study-metadata", READ),
+        (SERIES + "/metadata", wado.metadata, ["GET"], "series-metadata", READ),
+        (INSTANCE + "/metadata", wado.metadata, ["GET"], "instance-metadata", READ),
+        (INSTANCE + "/frames/{frames}", wado.frames, ["GET"], "frames", READ),
+        (STUDY + "/rendered", rendered.rendered, ["GET"], "study-rendered", READ),
+        (SERIES + "/rendered", rendered.rendered, ["GET"], "series-rendered", READ),
+        (INSTANCE + "/rendered", rendered.rendered, ["GET"], "instance-rendered", READ),
+        (
+            INSTANCE + "/frames/{frames}/rendered",
+            rendered.rendered,
+            ["GET"],
+            "frames-rendered",
+            READ,
+        ),
+        (STUDY + "/thumbnail", rendered.thumbnail, ["GET"], "study-thumbnail", READ),
+        (SERIES + "/thumbnail", rendered.thumbnail, ["GET"], "series-thumbnail", READ),
+        (INSTANCE + "/thumbnail", rendered.thumbnail, ["GET"], "instance-thumbnail", READ),
+        (
+            INSTANCE + "/frames/{frames}/thumbnail",
+            rendered.thumbnail,
+            ["GET"],
+            "frames-thumbnail",
+            READ,
+        ),
+        (INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, ["GET"], "bulkdata", READ),
+        (STUDY, delete.delete, ["DELETE"], "delete-study", DELETE),
+        (SERIES, delete.delete, ["DELETE"], "delete-series", DELETE),
+        (INSTANCE, delete.delete, ["DELETE"], "delete-instance", DELETE),
+        ("/changefeed", changefeed.changefeed, ["GET"], "changefeed", READ),
+        ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest", READ),
+        ("/operations/{operation}", operations.get, ["GET"], "operation", READ),
+        ("/fhir/status", fhir.status, ["GET"], "fhir-status", ADMIN),
+        ("/fhir/failures", fhir.failures, ["GET"], "fhir-failures", ADMIN),
+        ("/extendedquerytags", extended_tags.add, ["POST"], "extended-tags-add", MANAGE_TAGS),
+        ("/extendedquerytags", extended_tags.listing, ["GET"], "extended-tags", READ),
+        ("/extendedquerytags/{tag}", extended_tags.get, ["GET"], "extended-tag", READ),
+        (
+            "/extendedquerytags/{tag}",
+            extended_tags.update,
+            ["PATCH"],
+            "extended-tag-update",
+            MANAGE_TAGS,
+        ),
+        (
+            "/extendedquerytags/{tag}",
+            extended_tags.delete,
+            ["DELETE"],
+            "extended-tag-delete",
+            MANAGE_TAGS,
+        ),
+        (
+            "/extendedquerytags/{tag}/errors",
+            extended_tags.errors,
+            ["GET"],
+            "extended-tag-errors",
+            READ,
+        ),
+        ("/api.json", openapi.api_json, ["GET"], "openapi-json", READ),
+        ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml", READ),
+        ("/audit", audit.entries, ["GET"], "audit", ADMIN),
     ]
     out: list[BaseRoute] = [
-        Route("/health/check", health.health, methods=["GET"]),
-        Route("/metrics", fhir.metrics, methods=["GET"]),
+        ActionRoute("/health/check", health.health, ["GET"], "health", None),
+        ActionRoute("/metrics", fhir.metrics, ["GET"], "metrics", ADMIN),
     ]
-    for path, endpoint, methods, name in table:
-        out += _versioned(path, endpoint, methods, name)
+    for path, endpoint, methods, name, action in table:
+        out += _versioned(path, endpoint, methods, name, action)
     return out
 
 
@@ -136,10 +182,14 @@ def create_app(
                     await worker
             await archive.close()
 
+    table = routes()
     app = Starlette(
-        routes=routes(),
+        routes=table,
         lifespan=lifespan,
-        middleware=cors(settings) + limits(settings) + authentication(settings),
+        middleware=cors(settings)
+        + audit.audit(archive.audit, table)
+        + limits(settings)
+        + authentication(settings),
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,

@@ -15,12 +15,12 @@ import json
 import logging
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomhub.settings import Settings
+from dicomhub.web.access import Roles
 from dicomhub.web.errors import problem
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,13 @@ class Unauthenticated(Exception):
 @dataclass(frozen=True)
 class Principal:
     subject: str
-    claims: dict[str, Any]
+    client: str | None  # the application the token was issued to (azp, client_id or appid)
+    roles: tuple[str, ...]
+    actions: frozenset[str]
 
 
 class TokenValidator:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, roles: Roles):
         algorithms = [a.strip() for a in settings.auth_algorithms.split(",") if a.strip()]
         refused = [a for a in algorithms if a not in ASYMMETRIC]
         if refused or not algorithms:
@@ -50,6 +52,7 @@ class TokenValidator:
             )
         if not settings.auth_audience:
             raise ValueError("auth_audience must be set when auth_issuer is")
+        self.roles = roles
         self.issuer = settings.auth_issuer
         self.audience = settings.auth_audience
         self.algorithms = algorithms
@@ -78,7 +81,14 @@ class TokenValidator:
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"the token does not hold: {exc}") from exc
-        return Principal(str(claims.get("sub", "")), claims)
+        names = tuple(self.roles.names(claims))
+        client = claims.get("azp") or claims.get("client_id") or claims.get("appid")
+        return Principal(
+            str(claims.get("sub", "")),
+            str(client) if client else None,
+            names,
+            self.roles.actions(list(names)),
+        )
 
     def _signing_key(self, token: str):
         try:
@@ -101,7 +111,7 @@ class TokenValidator:
 
 class AuthMiddleware:
     """401 for every request without a valid bearer token (but OPEN_PATHS); the principal is
-    kept in the request's state for the routes (and, later, roles and the audit log)."""
+    kept in the request's state for authorisation and the audit log."""
 
     def __init__(self, app: ASGIApp, validator: TokenValidator):
         self.app = app
@@ -144,4 +154,5 @@ def authentication(settings: Settings):
 
     if not settings.auth_issuer:
         return []
-    return [Middleware(AuthMiddleware, validator=TokenValidator(settings))]
+    roles = Roles.load(settings.auth_roles_file, settings.auth_roles_claim)
+    return [Middleware(AuthMiddleware, validator=TokenValidator(settings, roles))]

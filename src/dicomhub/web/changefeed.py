@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,7 +10,7 @@ from starlette.responses import Response
 from dicomhub.clock import isoformat
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ChangeFeedEntry
-from dicomhub.web.common import archive, page, param, version
+from dicomhub.web.common import archive, page, param, time_param, version
 
 LIMITS = {1: (10, 100), 2: (100, 200)}  # (default, maximum) per API version
 
@@ -24,7 +23,7 @@ async def changefeed(request: Request) -> Response:
     if version(request) == 1:
         entries = await feed.by_sequence(offset, limit, metadata)
     else:
-        start, end = _time(q, "startTime"), _time(q, "endTime")
+        start, end = time_param(q, "startTime"), time_param(q, "endTime")
         if start and end and end <= start:
             raise InvalidRequest("endTime must be after startTime")
         entries = await feed.by_time(start, end, offset, limit, metadata)
@@ -82,16 +81,3 @@ def _bool(q, name: str) -> bool:
     if raw.lower() not in ("true", "false"):
         raise InvalidRequest(f"{name} must be true or false")
     return raw.lower() == "true"
-
-
-def _time(q, name: str) -> datetime | None:
-    raw = param(q, name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} {raw[:60]!r} is not an ISO 8601 date-time") from exc
-    if value.tzinfo is None:
-        raise InvalidRequest(f"{name} must carry a UTC offset or Z, e.g. 2024-05-03T10:58:00Z")
-    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from email.utils import format_datetime
 
 from starlette.requests import Request
@@ -78,8 +79,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not m or m.groups() == ("", ""):
         raise InvalidRequest(f"unsupported Range {header[:100]!r}: use one bytes=first-last range")
     first, last = m.groups()
-    if first == "":  # suffix: the last N bytes
+    if first == "":  # suffix: the last N bytes (none: unsatisfiable, RFC 9110 14.1.1)
         length = min(int(last), size)
+        if length == 0:
+            raise RangeNotSatisfiable(f"range {header!r} asks for no bytes", size)
         return size - length, length
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
@@ -113,6 +116,20 @@ def param(q, name: str) -> str | None:
         if key.lower() == name.lower():
             return value
     return None
+
+
+def time_param(q, name: str) -> datetime | None:
+    """An ISO 8601 date-time parameter, which must carry its UTC offset."""
+    raw = param(q, name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} {raw[:60]!r} is not an ISO 8601 date-time") from exc
+    if value.tzinfo is None:
+        raise InvalidRequest(f"{name} must carry a UTC offset or Z, e.g. 2024-05-03T10:58:00Z")
+    return value
 
 
 def page(request: Request, default: int, maximum: int) -> tuple[int, int]:

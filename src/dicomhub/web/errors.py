@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 STATUS = [  # most specific first
     (errors.RangeNotSatisfiable, 416, "Range Not Satisfiable"),
     (errors.InvalidRequest, 400, "Bad Request"),
+    (errors.Forbidden, 403, "Forbidden"),
     (errors.NotFound, 404, "Not Found"),
     (errors.NotAcceptable, 406, "Not Acceptable"),
+    (errors.RequestTimeout, 408, "Request Timeout"),
     (errors.Conflict, 409, "Conflict"),
     (errors.PayloadTooLarge, 413, "Payload Too Large"),
     (errors.UnsupportedMediaType, 415, "Unsupported Media Type"),

@@ -11,10 +11,11 @@ from starlette.responses import JSONResponse, Response
 
 from dicomhub.clock import from_micros, isoformat
 from dicomhub.dicom.extended_tags import ExtendedTag
-from dicomhub.errors import InvalidRequest
+from dicomhub.errors import InvalidRequest, PayloadTooLarge
 from dicomhub.web.common import archive, base_url, page
 
 LIMITS = (100, 200)  # default and maximum page size (Microsoft's PaginationOptions)
+MAX_JSON_BODY = 1024 * 1024
 
 
 async def add(request: Request) -> JSONResponse:
@@ -81,7 +82,13 @@ def _tag(request: Request, tag: ExtendedTag) -> dict[str, Any]:
 
 
 async def _body(request: Request) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"a JSON body may be at most {MAX_JSON_BODY} bytes")
     try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "it nests too deep" if isinstance(exc, RecursionError) else exc
+        raise InvalidRequest(f"the body is not JSON: {reason}") from None

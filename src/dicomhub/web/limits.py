@@ -1,32 +1,75 @@
-"""Request limits checked before routing: the length of the URL (path and query string)."""
+"""Request limits checked before routing: the URL's length (414), the headers' total size and
+count (431), and how long the client may leave the request body idle (408)."""
 
 from __future__ import annotations
 
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+import asyncio
 
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomhub.errors import RequestTimeout
 from dicomhub.settings import Settings
 from dicomhub.web.errors import problem
 
+MAX_HEADER_COUNT = 100
 
-class UrlLimit:
-    """414 URI Too Long for a path and query string longer than ``limit`` bytes."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+class RequestLimits:
+    def __init__(self, app: ASGIApp, settings: Settings):
         self.app = app
-        self.limit = limit
+        self.url = settings.max_url_length
+        self.headers = settings.max_header_size
+        self.idle = settings.request_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = len(scope.get("raw_path") or scope["path"].encode()) + len(
-                scope.get("query_string") or b""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal:
+            await problem(*refusal)(scope, receive, send)
+            return
+        await self.app(scope, self._bounded(receive), send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        url = len(scope.get("raw_path") or scope["path"].encode()) + len(
+            scope.get("query_string") or b""
+        )
+        if url > self.url:
+            detail = f"the URL is {url} bytes long, more than the {self.url} accepted"
+            return 414, "URI Too Long", detail
+        headers = scope.get("headers") or []
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > self.headers or len(headers) > MAX_HEADER_COUNT:
+            detail = (
+                f"the request has {len(headers)} headers of {size} bytes; at most "
+                f"{MAX_HEADER_COUNT} headers of {self.headers} bytes in all are accepted"
             )
-            if length > self.limit:
-                detail = f"the URL is {length} bytes long, more than the {self.limit} accepted"
-                await problem(414, "URI Too Long", detail)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+            return 431, "Request Header Fields Too Large", detail
+        return None
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """``receive`` that fails with 408 when the body stalls for ``idle`` seconds (once the
+        body is complete, receive waits for the disconnect as long as it takes)."""
+        body_done = False
+
+        async def bounded() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body sent nothing for {self.idle} seconds"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        return bounded
 
 
 def limits(settings: Settings) -> list[Middleware]:
-    return [Middleware(UrlLimit, limit=settings.max_url_length)]
+    return [Middleware(RequestLimits, settings=settings)]

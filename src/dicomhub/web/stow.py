@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from dicomhub.dicom import stow
 from dicomhub.dicom.uids import require_uid
+from dicomhub.web.audit import note
 from dicomhub.web.common import archive, base_url, require_json_accept, version
 
 
@@ -22,8 +23,18 @@ async def store(request: Request) -> Response:
         study,
         strict=version(request) == 1,
     )
+    _audit(request, outcomes)
     study_path = f"studies/{study}" if study else None
     status, body = stow.build_response(outcomes, base_url(request), study_path)
     if body is None:
         return Response(status_code=status)
     return JSONResponse(body, status_code=status, media_type=media_type)
+
+
+def _audit(request: Request, outcomes: list[stow.PartOutcome]) -> None:
+    """The audit entry names the instances stored (and their study, when there is one)."""
+    stored = [o.retrieve_path.split("/")[1::2] for o in outcomes if o.failure is None]
+    studies = {uids[0] for uids in stored}
+    note(request, stored=stored, failed=len(outcomes) - len(stored))
+    if len(studies) == 1:
+        note(request, study=studies.pop())

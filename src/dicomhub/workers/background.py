@@ -26,6 +26,9 @@ def handlers(archive: Archive) -> dict[str, Handler]:
         await archive.index.purge_operations(
             str(JobType.BLOB_CLEANUP), utcnow() - KEEP_CLEANUP_OPERATIONS
         )
+        days = archive.settings.audit_retention_days
+        if archive.audit is not None and days > 0:
+            await archive.audit.purge(utcnow() - timedelta(days=days))
         return results
 
     async def reindex(context: JobContext) -> dict:

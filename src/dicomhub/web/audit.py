@@ -1,0 +1,157 @@
+"""The audit of every HTTP request (but the health probe), and the admin route that reads it.
+
+The middleware sits outside authentication and the request limits, so refused requests are
+audited too. It records the route's data action and the UIDs of its path; routes add what
+only they know (the instances a STOW stored) through ``note()``. Callers may add their own
+context in ``X-Dicomhub-Audit-<Name>`` headers (or Microsoft's ``X-MS-AZUREDICOM-AUDIT-<Name>``):
+at most MAX_HEADERS of them, each at most MAX_HEADER_LENGTH bytes, else 400.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomhub.archive.audit import AuditLog
+from dicomhub.clock import utcnow
+from dicomhub.dicom.uids import require_uid
+from dicomhub.errors import InvalidRequest
+from dicomhub.model import AuditEntry, AuditQuery
+from dicomhub.web.access import ACTIONS
+from dicomhub.web.common import archive, page, param, time_param
+from dicomhub.web.errors import problem
+
+HEADER_PREFIXES = (b"x-dicomhub-audit-", b"x-ms-azuredicom-audit-")
+MAX_HEADERS = 10
+MAX_HEADER_LENGTH = 2048
+MAX_QUERY = 2048  # bytes of the query string kept
+UNAUDITED = ("/health/check",)
+ACTION, ROUTE = "dicomhub.action", "dicomhub.route"  # set in the scope by the route's wrapper
+NOTES = "dicomhub.audit"
+
+
+def note(request: Request, **detail) -> None:
+    """Add ``detail`` to the request's audit entry."""
+    request.scope.setdefault(NOTES, {}).update(detail)
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, log: AuditLog, routes: Sequence[BaseRoute]):
+        self.app = app
+        self.log = log
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNAUDITED:
+            await self.app(scope, receive, send)
+            return
+        started, clock = utcnow(), time.perf_counter()
+        counts = {"in": 0, "out": 0, "status": 500}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            counts["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                counts["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                counts["out"] += len(message.get("body", b""))
+            await send(message)
+
+        headers, refusal = _caller_headers(scope)
+        try:
+            if refusal:
+                await problem(400, "Bad Request", refusal)(scope, receive, counting_send)
+            else:
+                await self.app(scope, counting_receive, counting_send)
+        finally:
+            self.log.record(self._entry(scope, started, clock, counts, headers))
+
+    def _entry(self, scope: Scope, started, clock: float, counts: dict, headers: dict):
+        if ROUTE not in scope:  # refused before routing (401, 414, 400): find the route here
+            _resolve(scope, self.routes)
+        params = scope.get("path_params") or {}
+        principal = scope.get("state", {}).get("principal")
+        detail = dict(scope.get(NOTES) or {})
+        study = detail.pop("study", None) or params.get("study")
+        if scope.get("query_string"):
+            detail["query"] = scope["query_string"][:MAX_QUERY].decode("latin-1")
+        if headers:
+            detail["caller"] = headers
+        client = scope.get("client")
+        return AuditEntry(
+            time=started, protocol="http", method=scope["method"], path=scope["path"],
+            status=counts["status"], principal=principal.subject if principal else None,
+            client=principal.client if principal else None,
+            address=client[0] if client else None, route=scope.get(ROUTE),
+            action=scope.get(ACTION), study=study,
+            series=params.get("series"), instance=params.get("sop"), bytes_in=counts["in"],
+            bytes_out=counts["out"], duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            detail=detail,
+        )  # fmt: skip
+
+
+def _caller_headers(scope: Scope) -> tuple[dict[str, str], str | None]:
+    """The caller's audit headers, and why they are refused (too many, too long) or None."""
+    found = {}
+    for name, value in scope.get("headers") or ():
+        prefix = next((p for p in HEADER_PREFIXES if name.lower().startswith(p)), None)
+        if prefix is None:
+            continue
+        if len(value) > MAX_HEADER_LENGTH:
+            return {}, f"an audit header is longer than {MAX_HEADER_LENGTH} bytes"
+        found[name[len(prefix) :].decode("latin-1")] = value.decode("latin-1")
+        if len(found) > MAX_HEADERS:
+            return {}, f"more than {MAX_HEADERS} audit headers"
+    return found, None
+
+
+def _resolve(scope: Scope, routes: Sequence[BaseRoute]) -> None:
+    """Record the route, action and path parameters the request would have reached."""
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.FULL:
+            scope[ROUTE] = getattr(route, "name", None)
+            scope[ACTION] = getattr(route, "action", None)
+            scope.setdefault("path_params", child.get("path_params", {}))
+            return
+
+
+def audit(log: AuditLog | None, routes: Sequence[BaseRoute]) -> list[Middleware]:
+    return [] if log is None else [Middleware(AuditMiddleware, log=log, routes=routes)]
+
+
+async def entries(request: Request) -> Response:
+    """GET /v{n}/audit: entries oldest first, filtered by time, principal, action, study and
+    status (the admin action)."""
+    log = archive(request).audit
+    if log is None:
+        raise InvalidRequest("the audit log is off (--audit-log off)")
+    q = request.query_params
+    offset, limit = page(request, 100, 1000)
+    action = param(q, "action")
+    if action is not None and action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}")
+    study = param(q, "study")
+    status = param(q, "status")
+    if status is not None and not (status.isdigit() and len(status) == 3):
+        raise InvalidRequest("status must be a three-digit HTTP status")
+    query = AuditQuery(
+        since=time_param(q, "since"),
+        until=time_param(q, "until"),
+        principal=param(q, "principal"),
+        action=action,
+        study=require_uid(study, "study") if study is not None else None,
+        status=int(status) if status is not None else None,
+        offset=offset,
+        limit=limit,
+    )
+    return JSONResponse([e.to_json() for e in await log.entries(query)])
