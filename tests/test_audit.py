@@ -27,6 +27,7 @@ from tests.synthetic import instance, uid
 
 STUDY, SERIES = uid(70, 1), uid(70, 2)
 SOPS = [uid(70, 3, n) for n in range(3)]
+TAG = b'[{"path": "PatientWeight", "level": "Study"}]'
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +79,22 @@ def test_every_kind_of_request_is_audited(client, issuer):
         ("GET", f"/v2/studies/{STUDY}/metadata", {"Authorization": "Bearer x.y.z"}, 401,
          "read", None),
         ("DELETE", instance_path, admin, 204, "delete", "admin"),
+        ("GET", instance_path + "/bulkdata/7FE00010", reader, 404, "read", "viewer"),
+        ("POST", "/v2/extendedquerytags", admin, 202, "manageExtendedQueryTags", "admin"),
+        ("DELETE", "/v2/extendedquerytags/PatientWeight", reader, 403, "manageExtendedQueryTags",
+         "viewer"),
+        ("GET", "/v2/operations/" + "0" * 32, reader, 404, "read", "viewer"),
         ("GET", "/v2/fhir/status", reader, 403, "admin", "viewer"),
         ("GET", "/metrics", admin, 200, "admin", "admin"),
     ]  # fmt: skip
     sizes = []  # (sent, received) of each call
     for method, path, headers, status, _, _ in calls:
         headers = dict(headers or {})
-        content = body if method == "POST" else b""
-        if content:
-            headers["Content-Type"] = MULTIPART
+        content = b""
+        if method == "POST" and path == "/v2/studies":
+            content, headers["Content-Type"] = body, MULTIPART
+        elif method == "POST":
+            content, headers["Content-Type"] = TAG, "application/json"
         r = client.request(method, path, headers=headers, content=content)
         assert r.status_code == status, (method, path, r.text)
         sizes.append((len(content), len(r.content)))
@@ -105,7 +113,7 @@ def test_every_kind_of_request_is_audited(client, issuer):
         assert entry["protocol"] == "http" and entry["address"] == "testclient"
         assert entry["bytesIn"] == sent and entry["bytesOut"] == received, entry
         assert entry["durationMs"] >= 0 and entry["time"].endswith("Z")
-        in_study = method == "POST" or f"/studies/{STUDY}" in path
+        in_study = path == "/v2/studies" or f"/studies/{STUDY}" in path
         assert entry["studyInstanceUid"] == (STUDY if in_study else None), entry
         assert entry["detail"].get("query") == (path.split("?")[1] if "?" in path else None)
         if "/instances/" in path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 
 class Unauthenticated(Exception):
     """No token, or one that does not hold."""
+
+
+class IssuerUnavailable(Exception):
+    """The issuer's discovery document or keys cannot be fetched now (the caller may retry)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class TokenValidator:
         self.refresh = settings.auth_key_refresh
         self._jwks_url = settings.auth_jwks_url
         self._keys: jwt.PyJWKClient | None = None
+        self._discovery_failed = -float("inf")
 
     async def validate(self, token: str) -> Principal:
         try:
@@ -91,14 +97,22 @@ class TokenValidator:
         )
 
     def _signing_key(self, token: str):
-        try:
-            if self._keys is None:
+        if self._keys is None:
+            reason = "the issuer's discovery document cannot be read now"
+            if time.monotonic() - self._discovery_failed < self.refresh:
+                raise IssuerUnavailable(reason)  # asked again only every auth_key_refresh s
+            try:
                 url = self._jwks_url or self._discover()
-                self._keys = jwt.PyJWKClient(url, lifespan=300, cooldown_duration=self.refresh)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("the issuer's discovery document could not be read: %s", exc)
+                self._discovery_failed = time.monotonic()
+                raise IssuerUnavailable(reason) from exc
+            self._keys = jwt.PyJWKClient(url, lifespan=300, cooldown_duration=self.refresh)
+        try:
             return self._keys.get_signing_key_from_jwt(token).key
         except jwt.PyJWKClientConnectionError as exc:
             log.warning("the issuer's keys could not be fetched: %s", exc)
-            raise Unauthenticated("the issuer's keys cannot be fetched now") from exc
+            raise IssuerUnavailable("the issuer's keys cannot be fetched now") from exc
         except (jwt.PyJWTError, OSError, ValueError, KeyError) as exc:
             raise Unauthenticated(f"the token's key is unknown: {exc}") from exc
 
@@ -131,6 +145,10 @@ class AuthMiddleware:
             principal = await self.validator.validate(token.strip())
         except Unauthenticated as exc:
             await _unauthorized(str(exc), "invalid_token")(scope, receive, send)
+            return
+        except IssuerUnavailable as exc:
+            unavailable = problem(503, "Service Unavailable", str(exc), {"Retry-After": "5"})
+            await unavailable(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
