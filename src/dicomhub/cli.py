@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_flags(
         commands.add_parser("fhir-sync", help="run the FHIR sync only (needs --fhir-url)")
+    )
+    _settings_flags(
+        commands.add_parser("dimse", help="run the DIMSE service only (needs --dimse-port)")
     )
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
@@ -77,13 +81,24 @@ def main(argv: list[str] | None = None) -> None:
     args.pop("action", None)
     settings = Settings.load(args)
     _configure_logging(settings)
+    if settings.dimse_port:
+        from dicomhub.dimse.callers import Callers
+
+        try:
+            Callers(settings.dimse_callers)
+        except ValueError as exc:
+            sys.exit(f"dicomhub: {exc}")
     if command == "db":
         asyncio.run(_upgrade(settings))
-    elif command in ("worker", "fhir-sync"):
+    elif command in ("worker", "fhir-sync", "dimse"):
         if command == "fhir-sync" and not settings.fhir_url:
             sys.exit("dicomhub fhir-sync: set --fhir-url (or DICOMHUB_FHIR_URL)")
+        if command == "dimse":
+            if not settings.dimse_port:
+                sys.exit("dicomhub dimse: set --dimse-port (or DICOMHUB_DIMSE_PORT)")
+            _check_exposure(settings)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work(settings, fhir_only=command == "fhir-sync"))
+            asyncio.run(_work(settings, command))
     elif command == "serve":
         import uvicorn
 
@@ -101,20 +116,39 @@ def main(argv: list[str] | None = None) -> None:
             options.update(ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile)
         if settings.workers > 1:
             # Recovery runs once, here, before any worker stores; the workers read these
-            # settings back from the environment.
+            # settings back from the environment. The DIMSE port is served by one process of
+            # its own beside them.
             asyncio.run(_recover(settings))
             os.environ.update(settings.environ())
-            uvicorn.run(
-                "dicomhub.cli:worker_app", factory=True, workers=settings.workers, **options
-            )
+            dimse = _dimse_process() if settings.dimse_port else None
+            try:
+                uvicorn.run(
+                    "dicomhub.cli:worker_app", factory=True, workers=settings.workers, **options
+                )
+            finally:
+                if dimse is not None:
+                    dimse.terminate()
+                    dimse.wait(30)
         else:
             uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
 
 
+def _dimse_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dicomhub", "dimse"])
+
+
 def _check_exposure(settings: Settings) -> None:
-    """Without authentication, serve stays on loopback unless told otherwise."""
-    if settings.auth_issuer or settings.host in ("127.0.0.1", "::1", "localhost"):
+    """Without authentication (an issuer for HTTP, an allow-list of callers for DIMSE), serve
+    stays on loopback unless told otherwise."""
+    if settings.host in ("127.0.0.1", "::1", "localhost"):
+        return
+    if settings.dimse_port and not settings.dimse_callers and not settings.allow_unauthenticated:
+        sys.exit(
+            f"dicomhub: a DIMSE service on {settings.host} without --dimse-callers lets any "
+            "device store into the archive; name the callers, or --allow-unauthenticated true"
+        )
+    if settings.auth_issuer:
         return
     if not settings.allow_unauthenticated:
         sys.exit(
@@ -154,28 +188,41 @@ def worker_app():
     """The app of one of several ``serve --workers`` processes (uvicorn's factory)."""
     settings = Settings.load()
     _configure_logging(settings)
-    return _app(settings, recover=False)
+    return _app(settings, recover=False, dimse=False)
 
 
-def _app(settings: Settings, recover: bool):
+def _app(settings: Settings, recover: bool, dimse: bool = True):
+    from dicomhub.dimse.service import run_dimse
     from dicomhub.web.app import create_app
     from dicomhub.workers.background import run_background
 
     archive = build_archive(settings)
-    background = (lambda: run_background(archive, settings)) if settings.background_jobs else None
-    return create_app(settings, archive, background, recover)
+    jobs = []
+    if settings.background_jobs:
+        jobs.append(lambda: run_background(archive, settings))
+    if dimse and settings.dimse_port:
+        jobs.append(lambda: run_dimse(archive, settings))
+
+    async def background() -> None:
+        await asyncio.gather(*(job() for job in jobs))
+
+    return create_app(settings, archive, background if jobs else None, recover)
 
 
-async def _work(settings: Settings, fhir_only: bool) -> None:
-    """``dicomhub worker`` (job runners) or ``dicomhub fhir-sync`` until SIGTERM or SIGINT; work
-    cut off mid-way is taken over by another node once its lease runs out."""
+async def _work(settings: Settings, command: str) -> None:
+    """``dicomhub worker`` (job runners), ``dicomhub fhir-sync`` or ``dicomhub dimse`` until
+    SIGTERM or SIGINT; job work cut off mid-way is taken over by another node once its lease
+    runs out."""
+    from dicomhub.dimse.service import run_dimse
     from dicomhub.workers.background import run_background
     from dicomhub.workers.fhir import run_fhir_sync
 
     archive = build_archive(settings)
     await archive.start(recover=False)
-    if fhir_only:
+    if command == "fhir-sync":
         job = run_fhir_sync(archive.fhir, settings.fhir_poll_interval)
+    elif command == "dimse":
+        job = run_dimse(archive, settings)
     else:
         job = run_background(archive, settings)
     work = asyncio.create_task(job)

@@ -200,6 +200,20 @@ class Settings:
         "Serve without authentication on an address other than loopback (logs a warning). "
         "Off: serve refuses to start that way.",
     )
+    dimse_port: int = _setting(
+        0, "Port of the DIMSE service (C-ECHO, C-STORE) on host; 0: no DIMSE service."
+    )
+    dimse_aet: str = _setting("DICOMHUB", "The DIMSE service's own AE title (called AE).")
+    dimse_callers: str = _setting(
+        "",
+        "Calling AE titles allowed to use the DIMSE service, with their permissions: "
+        "AET[@address]=store+find+retrieve, comma-separated. Empty: any caller may do "
+        "everything (only on loopback unless allow_unauthenticated).",
+    )
+    dimse_max_associations: int = _setting(10, "Most DIMSE associations served at once.")
+    dimse_timeout: float = _setting(
+        60.0, "Seconds a DIMSE peer may stay silent within an association before it is aborted."
+    )
     cors_origins: str = _setting(
         "",
         "Origins whose browser pages may call the API (CORS), comma-separated, e.g. "

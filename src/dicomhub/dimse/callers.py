@@ -1,0 +1,50 @@
+"""Who may use the DIMSE service: an allow-list of calling AE titles (optionally bound to an
+address), each with its permissions (``--dimse-callers``), e.g.
+``CT1=store,PACS@10.0.0.5=store+find+retrieve``. Empty: any caller may do everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PERMISSIONS = ("store", "find", "retrieve")
+
+
+@dataclass(frozen=True)
+class Caller:
+    ae_title: str
+    address: str | None  # None: from anywhere
+    permissions: frozenset[str]
+
+
+class Callers:
+    def __init__(self, spec: str):
+        self.callers: list[Caller] = []
+        for entry in filter(None, (e.strip() for e in spec.split(","))):
+            who, sep, granted = entry.partition("=")
+            ae_title, _, address = who.strip().partition("@")
+            permissions = frozenset(p.strip() for p in granted.split("+") if p.strip())
+            unknown = permissions - set(PERMISSIONS)
+            if not sep or not ae_title or len(ae_title) > 16 or not permissions or unknown:
+                raise ValueError(
+                    f"dimse_callers entry {entry!r}: write AET[@address]=permission[+...], "
+                    f"an AE title of 1-16 characters, permissions among {', '.join(PERMISSIONS)}"
+                )
+            self.callers.append(Caller(ae_title, address or None, permissions))
+
+    @property
+    def open(self) -> bool:
+        return not self.callers
+
+    @property
+    def ae_titles(self) -> list[str]:
+        return sorted({c.ae_title for c in self.callers})
+
+    def allows(self, ae_title: str, address: str, permission: str) -> bool:
+        if self.open:
+            return True
+        return any(
+            c.ae_title == ae_title.strip()
+            and c.address in (None, address)
+            and permission in c.permissions
+            for c in self.callers
+        )

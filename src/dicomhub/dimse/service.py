@@ -1,0 +1,147 @@
+"""The DIMSE service (pynetdicom): C-ECHO and C-STORE as SCP, over the archive's use cases.
+
+pynetdicom serves each association in a thread of its own; every handler hands its work to
+the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
+STOW part is (the same validation, duplicate rule, blob, index row and change-feed entry).
+Every operation is audited like an HTTP request (protocol ``dimse``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from dicomhub.archive.archive import Archive
+from dicomhub.clock import utcnow
+from dicomhub.dicom import stow
+from dicomhub.dimse.callers import Callers
+from dicomhub.model import AuditEntry
+from dicomhub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DUPLICATE = 0x0111
+NOT_AUTHORIZED = 0x0124
+NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
+          ExplicitVRBigEndian]  # fmt: skip
+# Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
+# arrive as they were made, then the native ones in this order (Implicit VR loses the VRs).
+PREFERRED = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
+STORE_STATUS = {  # STOW failure reason -> C-STORE status (PS3.4 B.2.3, PS3.7 C)
+    stow.PROCESSING_FAILURE: 0x0110,
+    stow.VALIDATION_FAILURE: 0xA900,
+    stow.SOP_INSTANCE_ALREADY_EXISTS: DUPLICATE,
+}
+
+
+class DimseService:
+    def __init__(self, archive: Archive, settings: Settings):
+        self.archive = archive
+        self.settings = settings
+        self.callers = Callers(settings.dimse_callers)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def application_entity(self) -> AE:
+        ae = AE(ae_title=self.settings.dimse_aet)
+        ae.maximum_associations = self.settings.dimse_max_associations
+        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.settings.dimse_timeout
+        ae.require_calling_aet = self.callers.ae_titles
+        ae.add_supported_context(Verification, PREFERRED)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, PREFERRED)
+        return ae
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        self.loop = asyncio.get_running_loop()
+        if not log.isEnabledFor(logging.DEBUG):  # one INFO line per association otherwise
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store)]
+        address = (self.settings.host, self.settings.dimse_port)
+        server = self.application_entity().start_server(address, block=False,
+                                                         evt_handlers=handlers)  # fmt: skip
+        log.info("DIMSE service %s listening on %s:%d", self.settings.dimse_aet, *address)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(server.shutdown)
+
+    # -- handlers (in pynetdicom's association threads) -----------------------------------
+
+    def _echo(self, event) -> int:
+        status = SUCCESS
+        self._audit(event, "C-ECHO", None, status, 0, time.perf_counter())
+        return status
+
+    def _store(self, event) -> int:
+        clock = time.perf_counter()
+        caller, address = _caller(event)
+        if not self.callers.allows(caller, address, "store"):
+            self._audit(event, "C-STORE", None, NOT_AUTHORIZED, 0, clock)
+            return NOT_AUTHORIZED
+        data = event.encoded_dataset(include_meta=True)
+        if len(data) > self.settings.max_part_size:
+            self._audit(event, "C-STORE", None, OUT_OF_RESOURCES, len(data), clock)
+            return OUT_OF_RESOURCES
+        outcome = self._call(self._store_bytes(data))
+        status = SUCCESS if outcome.failure is None else STORE_STATUS[outcome.failure]
+        if outcome.failure is not None:
+            log.info("C-STORE from %s refused (0x%04X): %s", caller, status, outcome.message)
+        self._audit(event, "C-STORE", outcome, status, len(data), clock)
+        return status
+
+    async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
+        folder = self.settings.spool_dir
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                await asyncio.to_thread(f.write, data)
+            return await self.archive.store.store_file(path, len(data), None, None)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def _audit(self, event, command: str, outcome, status: int, size: int, clock: float):
+        if self.archive.audit is None:
+            return
+        caller, address = _caller(event)
+        uids = (outcome.retrieve_path or "").split("/")[1::2] if outcome else []
+        study, series, sop = (uids + [None, None, None])[:3]
+        entry = AuditEntry(
+            time=utcnow(), protocol="dimse", method=command,
+            path=f"{caller}->{self.settings.dimse_aet}", status=status, principal=caller,
+            address=address, action={"C-STORE": "write"}.get(command),
+            study=study, series=series, instance=sop or (outcome.sop_instance if outcome else None),
+            bytes_in=size, duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            detail={"message": outcome.message} if outcome and outcome.message else {},
+        )  # fmt: skip
+        self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
+
+
+def _caller(event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), requestor.address
+
+
+async def run_dimse(archive: Archive, settings: Settings) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await DimseService(archive, settings).run()

@@ -1,0 +1,222 @@
+"""The DIMSE service against DCMTK's clients and pynetdicom as SCU, on a running server: C-ECHO,
+C-STORE of pydicom's test files read back byte-equal over WADO-RS, the statuses of duplicates,
+invalid data sets and callers without permission, rejected AE titles, junk on the port, the
+audit entries, the exposure check, and the service beside several HTTP workers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from tests.conftest import ROOT, free_port, running_server
+from tests.dicomfiles import read, storable_files
+from tests.synthetic import instance, uid
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dcmsend") is None, reason="DCMTK (Debian dcmtk) is not installed"
+)
+CALLERS = "MODALITY=store,VIEWER=find,ROGUE@10.9.9.9=store"
+# pynetdicom aborts the association on these RLE files as DCMTK sends them (it reports a C-STORE
+# of SOP Class '31', which the files do not hold): nothing is stored; storescp takes them.
+SENT_BROKEN = {"rtdose_rle.dcm", "rtdose_rle_1frame.dcm"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    data = tmp_path_factory.mktemp("dimse")
+    with running_server(data, dimse_port=str(port), dimse_callers=CALLERS) as (base, proc):
+        _wait_for_port(port)
+        yield base, port, proc
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the DIMSE port did not open"
+            time.sleep(0.1)
+
+
+def dcmtk(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def dataset_part(data: bytes) -> bytes:
+    """The bytes after the file meta group (whose length (0002,0000) gives)."""
+    assert data[128:132] == b"DICM"
+    group_length = struct.unpack("<I", data[140:144])[0]
+    return data[144 + group_length :]
+
+
+def test_echo(server):
+    _, port, _ = server
+    ok = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+    assert ok.returncode == 0, ok.stderr
+    stranger = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+    assert stranger.returncode != 0 and "reject" in (stranger.stderr + stranger.stdout).lower()
+
+
+def test_dcmsend_stores_exactly_what_was_sent(server, tmp_path):
+    """pydicom's test files sent with dcmsend are stored as the bytes that crossed the wire:
+    DCMTK's own storescp, receiving the same send in bit-preserving mode, is the reference
+    (DCMTK re-encodes some malformed files as it sends them)."""
+    base, port, _ = server
+    files = list(storable_files())
+    paths = []
+    for n, f in enumerate(files):
+        path = tmp_path / f"{n:03d}-{f.name}"
+        path.write_bytes(f.data)
+        paths.append(str(path))
+    reference = tmp_path / "storescp"
+    reference.mkdir()
+    peer = free_port()
+    scp = subprocess.Popen(["storescp", "+B", "+xa", "-od", str(reference), str(peer)])
+    try:
+        _wait_for_port(peer)
+        for target in (peer, port):
+            for path in paths:  # an association each: one aborted loses no other file
+                dcmtk("dcmsend", "-aet", "MODALITY", "-aec", "DICOMHUB", "--decompress-never",
+                      "127.0.0.1", str(target), path)  # fmt: skip
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    received = {}
+    for path in reference.iterdir():
+        data = path.read_bytes()
+        received[str(read(data).SOPInstanceUID)] = data
+    assert len(received) >= len(files) - 5, "storescp took too few files to compare with"
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for f in files:
+            r = http.get(
+                f"/v2/studies/{f.study}/series/{f.series}/instances/{f.sop}",
+                headers={"Accept": "application/dicom; transfer-syntax=*"},
+            )
+            if f.sop not in received:
+                assert r.status_code == 404, f.name  # not sent: not negotiable
+                continue
+            if f.name in SENT_BROKEN:
+                assert r.status_code == 404, f.name
+                continue
+            assert r.status_code == 200, (f.name, r.text)
+            assert dataset_part(r.content) == dataset_part(received[f.sop]), f.name
+            syntax = read(received[f.sop]).file_meta.TransferSyntaxUID
+            assert read(r.content).file_meta.TransferSyntaxUID == syntax, f.name
+        stored = set(received) - {f.sop for f in files if f.name in SENT_BROKEN}
+        feed = http.get("/v2/changefeed", params={"limit": 200}).json()
+        assert {e["sopInstanceUid"] for e in feed} >= stored
+        entries = http.get("/v2/audit", params={"action": "write", "limit": 1000}).json()
+        dimse = [e for e in entries if e["protocol"] == "dimse" and e["status"] == 0]
+        assert {e["sopInstanceUid"] for e in dimse} >= stored
+        assert {(e["method"], e["principal"], e["address"]) for e in dimse} == {
+            ("C-STORE", "MODALITY", "127.0.0.1")
+        }
+
+
+def test_statuses(server):
+    """Duplicates, invalid data sets and callers without the store permission, as pynetdicom
+    (a second, independent DIMSE implementation) sees them."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    base, port, _ = server
+    good = instance(uid(60, 1), uid(60, 2), uid(60, 3))
+    bad_uid = instance("1.2.abc", uid(60, 2), uid(60, 4))
+
+    def send(calling: str, data: bytes) -> int:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+        assert assoc.is_established
+        try:
+            import io
+
+            import pydicom
+
+            status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
+            return status.Status
+        finally:
+            assoc.release()
+
+    assert send("MODALITY", good) == 0x0000
+    assert send("MODALITY", good) == 0x0111  # duplicate SOP instance, as STOW's 45070
+    assert send("MODALITY", bad_uid) == 0xA900  # as STOW's 43264
+    assert send("VIEWER", instance(uid(60, 1), uid(60, 2), uid(60, 5))) == 0x0124  # no store
+    assert send("ROGUE", instance(uid(60, 1), uid(60, 2), uid(60, 5))) == 0x0124  # not from here
+    with httpx.Client(base_url=base) as http:
+        assert http.get(f"/v2/studies/{uid(60, 1)}/series/{uid(60, 2)}/instances").json()
+        missing = http.get(f"/v2/studies/{uid(60, 1)}/series/{uid(60, 2)}/instances/{uid(60, 5)}")
+        assert missing.status_code == 404
+        refused = http.get("/v2/audit", params={"principal": "VIEWER"}).json()
+        assert [(e["method"], e["status"]) for e in refused] == [("C-STORE", 0x0124)]
+
+
+@pytest.mark.parametrize("spec", ["CT1", "CT1=", "CT1=fly", "=store", "A" * 17 + "=store"])
+def test_a_bad_caller_list_is_refused(spec):
+    from dicomhub.dimse.callers import Callers
+
+    with pytest.raises(ValueError, match="dimse_callers"):
+        Callers(spec)
+    callers = Callers("CT1=store, PACS@10.0.0.5=store+find")
+    assert callers.allows("CT1", "10.1.1.1", "store") and not callers.allows("CT1", "x", "find")
+    assert callers.allows("PACS", "10.0.0.5", "find") and not callers.allows("PACS", "x", "find")
+
+
+def test_junk_never_takes_the_adapter_down(server):
+    _, port, proc = server
+    for junk in (b"\x00" * 10, b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00" + b"\xff" * 4 + b"x" * 100,
+                 struct.pack(">BBI", 1, 0, 0xFFFFFFFF) + b"\x00" * 64):  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(junk)
+            try:
+                sock.recv(1024)
+            except (TimeoutError, ConnectionResetError):
+                pass
+    assert proc.poll() is None
+    ok = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_an_open_dimse_service_stays_on_loopback(tmp_path):
+    command = [sys.executable, "-m", "dicomhub", "dimse", "--host", "0.0.0.0",
+               "--dimse-port", str(free_port()), "--data-dir", str(tmp_path)]  # fmt: skip
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--dimse-callers" in refused.stderr
+    bad_list = [*command, "--dimse-callers", "CT1=fly"]
+    refused = subprocess.run(bad_list, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "dimse_callers entry 'CT1=fly'" in refused.stderr
+
+
+def test_beside_several_http_workers(tmp_path):
+    """With serve --workers 2 the DIMSE port is served by one process of its own, stopped
+    with the server."""
+    port = free_port()
+    with running_server(tmp_path, workers="2", dimse_port=str(port)) as (base, _):
+        _wait_for_port(port)
+        data = instance(uid(61, 1), uid(61, 2), uid(61, 3))
+        path = tmp_path / "one.dcm"
+        path.write_bytes(data)
+        sent = dcmtk("dcmsend", "-aec", "DICOMHUB", "127.0.0.1", str(port), str(path))
+        assert sent.returncode == 0, sent.stderr
+        with httpx.Client(base_url=base) as http:
+            r = http.get(f"/v2/studies/{uid(61, 1)}/metadata")
+            assert r.status_code == 200 and len(r.json()) == 1
+    deadline = time.monotonic() + 30
+    while True:  # the port is released once the server has stopped
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the DIMSE process outlived the server"
+        time.sleep(0.2)
