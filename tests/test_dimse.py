@@ -220,3 +220,155 @@ def test_beside_several_http_workers(tmp_path):
             break
         assert time.monotonic() < deadline, "the DIMSE process outlived the server"
         time.sleep(0.2)
+
+
+# -- C-FIND ---------------------------------------------------------------------------------
+
+FIND_STUDIES = [  # (patient, name, date, modality, series count)
+    ("FIND1", "Find^Alice", "20200105", "CT", 2),
+    ("FIND1", "Find^Alice", "20210610", "MR", 1),
+    ("FIND2", "Find^Bob", "20200720", "MR", 2),
+    ("FIND3", "Find^Bea", "20191231", "CT", 1),
+]
+
+
+@pytest.fixture(scope="module")
+def find_data(server):
+    base, _, _ = server
+    studies = []
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for n, (patient, name, date, modality, series) in enumerate(FIND_STUDIES):
+            study = uid(62, n)
+            parts = [
+                instance(study, uid(62, n, s), uid(62, n, s, i), PatientID=patient,
+                         PatientName=name, StudyDate=date, Modality=modality, InstanceNumber=i)
+                for s in range(series) for i in range(2)
+            ]  # fmt: skip
+            from tests.helpers import stow
+
+            assert stow(http, *parts).status_code == 200
+            studies.append(study)
+    return studies
+
+
+def findscu(port: int, tmp_path, model: str, level: str, **keys: str) -> list:
+    out = tmp_path / f"find-{len(list(tmp_path.iterdir()))}"
+    out.mkdir()
+    args = ["findscu", model, "-aet", "VIEWER", "-aec", "DICOMHUB", "-X", "-od", str(out),
+            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    for key, value in keys.items():
+        args += ["-k", f"{key}={value}"]
+    done = dcmtk(*args, "127.0.0.1", str(port))
+    assert done.returncode == 0, done.stderr
+    return [read(p.read_bytes()) for p in sorted(out.iterdir())]
+
+
+def qido(base: str, path: str, **params) -> list[dict]:
+    r = httpx.get(base + path, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def values(results, tag: str) -> set[str]:
+    return {str(r[tag]["Value"][0]) for r in results}
+
+
+@pytest.mark.parametrize(
+    "level, keys, path",
+    [
+        ("STUDY", {"PatientID": "FIND1"}, "/v2/studies"),
+        ("STUDY", {"PatientName": "Find^B*"}, "/v2/studies"),
+        ("STUDY", {"PatientID": "FIND*", "StudyDate": "20200101-20201231"}, "/v2/studies"),
+        ("STUDY", {"PatientID": "FIND*", "StudyDate": "-20200101"}, "/v2/studies"),
+        ("STUDY", {"PatientID": "FIND*", "ModalitiesInStudy": "MR"}, "/v2/studies"),
+        ("STUDY", {"PatientID": "FIND1\\FIND3"}, "/v2/studies"),
+        ("SERIES", {"PatientID": "FIND2", "Modality": "MR"}, "/v2/series"),
+        ("IMAGE", {"PatientID": "FIND1", "InstanceNumber": "1"}, "/v2/instances"),
+    ],
+)
+def test_c_find_matches_what_qido_matches(server, find_data, tmp_path, level, keys, path):
+    base, port, _ = server
+    returned = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+                "IMAGE": "SOPInstanceUID"}[level]  # fmt: skip
+    tag = {"STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}[level]
+    found = findscu(port, tmp_path, "-S", level, **{returned: "", "PatientName": "", **keys})
+    expected = values(qido(base, path, **keys), tag)
+    assert expected, "the case must match something"
+    assert {str(ds[returned].value) for ds in found} == expected
+    for ds in found:  # the keys asked for, and only those
+        assert ds.QueryRetrieveLevel == level
+        assert {e.keyword for e in ds} <= {"SpecificCharacterSet", "QueryRetrieveLevel",
+                                           returned, "PatientName", *keys}  # fmt: skip
+        assert str(ds.PatientName).startswith("Find^")
+
+
+def test_c_find_in_a_study_and_a_series(server, find_data, tmp_path):
+    base, port, _ = server
+    study = find_data[0]
+    series = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
+                     SeriesInstanceUID="", Modality="")  # fmt: skip
+    assert {str(s.SeriesInstanceUID) for s in series} == values(
+        qido(base, f"/v2/studies/{study}/series"), "0020000E"
+    )
+    assert {s.Modality for s in series} == {"CT"}
+    first = uid(62, 0, 0)
+    images = findscu(port, tmp_path, "-S", "IMAGE", StudyInstanceUID=study,
+                     SeriesInstanceUID=first, SOPInstanceUID="")  # fmt: skip
+    assert {str(i.SOPInstanceUID) for i in images} == {uid(62, 0, 0, 0), uid(62, 0, 0, 1)}
+
+
+def test_c_find_patient_level(server, find_data, tmp_path):
+    _, port, _ = server
+    patients = findscu(port, tmp_path, "-P", "PATIENT", PatientID="FIND*", PatientName="")
+    assert sorted((str(p.PatientID), str(p.PatientName)) for p in patients) == [
+        ("FIND1", "Find^Alice"), ("FIND2", "Find^Bob"), ("FIND3", "Find^Bea")
+    ]  # fmt: skip
+
+
+def test_c_find_statuses_and_audit(server, find_data):
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Model
+
+    base, port, _ = server
+
+    def find(calling: str, **keys) -> list[int]:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Model)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+        assert assoc.is_established
+        identifier = Dataset()
+        for key, value in keys.items():
+            setattr(identifier, key, value)
+        try:
+            return [status.Status for status, _ in assoc.send_c_find(identifier, Model)]
+        finally:
+            assoc.release()
+
+    assert find("VIEWER", QueryRetrieveLevel="STUDY", PatientID="FIND2") == [0xFF00, 0x0000]
+    assert find("VIEWER", QueryRetrieveLevel="GALAXY", PatientID="FIND2") == [0xA900]
+    assert find("VIEWER", QueryRetrieveLevel="STUDY", StudyDate="2020-13-45") == [0xA900]
+    assert find("MODALITY", QueryRetrieveLevel="STUDY", PatientID="FIND2") == [0x0124]
+    entries = httpx.get(base + "/v2/audit", params={"action": "read", "limit": 1000}).json()
+    finds = [e for e in entries if e["method"] == "C-FIND"]
+    assert (finds[-4]["principal"], finds[-4]["status"], finds[-4]["detail"]["matches"]) == (
+        "VIEWER", 0, 1
+    )  # fmt: skip
+    assert [e["status"] for e in finds[-3:]] == [0xA900, 0xA900, 0x0124]
+
+
+def test_c_find_cancel(server, find_data, tmp_path):
+    """findscu cancels after the first response: of 1,500 matches, the adapter stops early and
+    ends with the Cancel status."""
+    from tests.helpers import stow
+
+    base, port, _ = server
+    parts = [instance(uid(63, 1), uid(63, 2), uid(63, 3, i), PatientID="MANY") for i in range(1500)]
+    with httpx.Client(base_url=base, timeout=120) as http:
+        assert stow(http, *parts).status_code == 200
+    done = dcmtk("findscu", "-v", "-S", "-aet", "VIEWER", "-aec", "DICOMHUB", "--cancel", "1",
+                 "-k", "QueryRetrieveLevel=IMAGE", "-k", "PatientID=MANY", "-k",
+                 "SOPInstanceUID=", "127.0.0.1", str(port))  # fmt: skip
+    text = done.stdout + done.stderr
+    assert "Cancel" in text, text[-2000:]
+    assert text.count("Find Response:") < 1500

@@ -23,12 +23,17 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.dicom import stow
 from dicomhub.dimse.callers import Callers
+from dicomhub.dimse.find import FindError, find
 from dicomhub.model import AuditEntry
 from dicomhub.settings import Settings
 
@@ -38,6 +43,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DUPLICATE = 0x0111
 NOT_AUTHORIZED = 0x0124
+PENDING, CANCELLED, IDENTIFIER_INVALID, UNABLE = 0xFF00, 0xFE00, 0xA900, 0xC000
+FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind,
+               StudyRootQueryRetrieveInformationModelFind]  # fmt: skip
 NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
           ExplicitVRBigEndian]  # fmt: skip
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
@@ -65,6 +73,8 @@ class DimseService:
         ae.add_supported_context(Verification, PREFERRED)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, PREFERRED)
+        for model in FIND_MODELS:
+            ae.add_supported_context(model, PREFERRED)
         return ae
 
     async def run(self) -> None:
@@ -72,7 +82,11 @@ class DimseService:
         self.loop = asyncio.get_running_loop()
         if not log.isEnabledFor(logging.DEBUG):  # one INFO line per association otherwise
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store)]
+        handlers = [
+            (evt.EVT_C_ECHO, self._echo),
+            (evt.EVT_C_STORE, self._store),
+            (evt.EVT_C_FIND, self._find),
+        ]
         address = (self.settings.host, self.settings.dimse_port)
         server = self.application_entity().start_server(address, block=False,
                                                          evt_handlers=handlers)  # fmt: skip
@@ -106,6 +120,43 @@ class DimseService:
         self._audit(event, "C-STORE", outcome, status, len(data), clock)
         return status
 
+    def _find(self, event):
+        """Pending responses, one per match, read from the archive a page at a time."""
+        clock = time.perf_counter()
+        caller, address = _caller(event)
+        if not self.callers.allows(caller, address, "find"):
+            self._audit(event, "C-FIND", None, NOT_AUTHORIZED, 0, clock)
+            yield NOT_AUTHORIZED, None
+            return
+        matches, status, detail, results, level = 0, SUCCESS, {}, None, ""
+        try:
+            identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
+            level = str(identifier.get("QueryRetrieveLevel", ""))
+            results = find(self.archive, identifier, self.settings.qido_max_limit)
+            while True:
+                if event.is_cancelled:
+                    status = CANCELLED
+                    yield CANCELLED, None
+                    return
+                try:
+                    found = self._call(_next(results))
+                except StopAsyncIteration:
+                    return
+                matches += 1
+                yield PENDING, found
+        except FindError as exc:
+            status, detail = IDENTIFIER_INVALID, {"message": str(exc)}
+            yield IDENTIFIER_INVALID, None
+        except Exception:  # noqa: BLE001 - the peer gets a status, the log the cause
+            log.exception("C-FIND from %s failed", caller)
+            status = UNABLE
+            yield UNABLE, None
+        finally:
+            if results is not None:
+                self._call(results.aclose())
+            detail.update(matches=matches, level=level)
+            self._audit(event, "C-FIND", None, status, 0, clock, detail)
+
     async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
         folder = self.settings.spool_dir
         fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
@@ -120,21 +171,29 @@ class DimseService:
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    def _audit(self, event, command: str, outcome, status: int, size: int, clock: float):
+    def _audit(self, event, command: str, outcome, status: int, size: int, clock: float,
+               detail: dict | None = None):  # fmt: skip
         if self.archive.audit is None:
             return
         caller, address = _caller(event)
         uids = (outcome.retrieve_path or "").split("/")[1::2] if outcome else []
         study, series, sop = (uids + [None, None, None])[:3]
+        detail = dict(detail or {})
+        if outcome and outcome.message:
+            detail["message"] = outcome.message
         entry = AuditEntry(
             time=utcnow(), protocol="dimse", method=command,
             path=f"{caller}->{self.settings.dimse_aet}", status=status, principal=caller,
-            address=address, action={"C-STORE": "write"}.get(command),
+            address=address, action={"C-STORE": "write", "C-FIND": "read"}.get(command),
             study=study, series=series, instance=sop or (outcome.sop_instance if outcome else None),
             bytes_in=size, duration_ms=round((time.perf_counter() - clock) * 1000, 3),
-            detail={"message": outcome.message} if outcome and outcome.message else {},
+            detail=detail,
         )  # fmt: skip
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
+
+
+async def _next(results):
+    return await anext(results)
 
 
 def _caller(event) -> tuple[str, str]:
