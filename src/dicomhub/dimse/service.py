@@ -1,4 +1,4 @@
-"""The DIMSE service (pynetdicom): C-ECHO and C-STORE as SCP, over the archive's use cases.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE and C-FIND as SCP, over the archive.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
