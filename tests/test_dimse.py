@@ -23,7 +23,7 @@ from tests.synthetic import instance, uid
 pytestmark = pytest.mark.skipif(
     shutil.which("dcmsend") is None, reason="DCMTK (Debian dcmtk) is not installed"
 )
-CALLERS = "MODALITY=store,VIEWER=find,ROGUE@10.9.9.9=store"
+CALLERS = "MODALITY=store,VIEWER=find+retrieve,ROGUE@10.9.9.9=store"
 # pynetdicom aborts the association on these RLE files as DCMTK sends them (it reports a C-STORE
 # of SOP Class '31', which the files do not hold): nothing is stored; storescp takes them.
 SENT_BROKEN = {"rtdose_rle.dcm", "rtdose_rle_1frame.dcm"}
@@ -372,3 +372,59 @@ def test_c_find_cancel(server, find_data, tmp_path):
     text = done.stdout + done.stderr
     assert "Cancel" in text, text[-2000:]
     assert text.count("Find Response:") < 1500
+
+
+# -- C-GET ----------------------------------------------------------------------------------
+
+
+def getscu(port: int, out, level: str, calling: str = "VIEWER", **keys: str):
+    out.mkdir()
+    model = "-P" if level == "PATIENT" else "-S"
+    args = ["getscu", model, "-aet", calling, "-aec", "DICOMHUB", "-od", str(out),
+            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    for key, value in keys.items():
+        args += ["-k", f"{key}={value}"]
+    return dcmtk(*args, "127.0.0.1", str(port))
+
+
+@pytest.mark.parametrize(
+    "level, keys, count",
+    [
+        ("STUDY", {"StudyInstanceUID": uid(62, 0)}, 4),
+        ("SERIES", {"StudyInstanceUID": uid(62, 0), "SeriesInstanceUID": uid(62, 0, 1)}, 2),
+        ("IMAGE", {"StudyInstanceUID": uid(62, 2), "SeriesInstanceUID": uid(62, 2, 0),
+                   "SOPInstanceUID": uid(62, 2, 0, 1)}, 1),
+        ("STUDY", {"StudyInstanceUID": f"{uid(62, 1)}\\{uid(62, 3)}"}, 4),
+        ("PATIENT", {"PatientID": "FIND2"}, 4),
+    ],
+)  # fmt: skip
+def test_c_get_sends_the_stored_instances(server, find_data, tmp_path, level, keys, count):
+    base, port, _ = server
+    done = getscu(port, tmp_path / "got", level, **keys)
+    assert done.returncode == 0, done.stderr
+    got = {str(read(p.read_bytes()).SOPInstanceUID): p.read_bytes() for p in
+           (tmp_path / "got").iterdir()}  # fmt: skip
+    assert len(got) == count
+    for sop, data in got.items():
+        ds = read(data)
+        r = httpx.get(
+            f"{base}/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{sop}", headers={"Accept": "application/dicom; transfer-syntax=*"}
+        )  # fmt: skip
+        assert dataset_part(r.content) == dataset_part(data), sop
+
+
+def test_c_get_refusals(server, find_data, tmp_path):
+    base, port, _ = server
+    denied = getscu(port, tmp_path / "denied", "STUDY", calling="MODALITY",
+                    StudyInstanceUID=uid(62, 0))  # fmt: skip
+    assert "0x124" in denied.stderr, denied.stderr  # Refused: not authorized
+    assert not any((tmp_path / "denied").iterdir())
+    universal = getscu(port, tmp_path / "universal", "STUDY", PatientID="FIND1")
+    assert not any((tmp_path / "universal").iterdir())
+    assert "DataSetDoesNotMatchSOPClass" in universal.stderr  # 0xA900: no StudyInstanceUID
+    entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
+    gets = [e for e in entries if e["method"] == "C-GET"]
+    assert [(e["principal"], e["status"]) for e in gets[-2:]] == [
+        ("MODALITY", 0x0124), ("VIEWER", 0xA900)
+    ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The DIMSE service (pynetdicom): C-ECHO, C-STORE and C-FIND as SCP, over the archive.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND and C-GET as SCP, over the archive.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -25,13 +25,16 @@ from pydicom.uid import (
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
 from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.dicom import stow
+from dicomhub.dimse import retrieve
 from dicomhub.dimse.callers import Callers
 from dicomhub.dimse.find import FindError, find
 from dicomhub.model import AuditEntry
@@ -46,6 +49,10 @@ NOT_AUTHORIZED = 0x0124
 PENDING, CANCELLED, IDENTIFIER_INVALID, UNABLE = 0xFF00, 0xFE00, 0xA900, 0xC000
 FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind,
                StudyRootQueryRetrieveInformationModelFind]  # fmt: skip
+GET_MODELS = [PatientRootQueryRetrieveInformationModelGet,
+              StudyRootQueryRetrieveInformationModelGet]  # fmt: skip
+TOO_MANY = 0xA702  # refused: out of resources, unable to perform sub-operations
+ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read"}  # as the HTTP data actions
 NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
           ExplicitVRBigEndian]  # fmt: skip
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
@@ -71,9 +78,11 @@ class DimseService:
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.settings.dimse_timeout
         ae.require_calling_aet = self.callers.ae_titles
         ae.add_supported_context(Verification, PREFERRED)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, PREFERRED)
-        for model in FIND_MODELS:
+        for context in AllStoragePresentationContexts:  # SCU role too: C-GET's sub-operations
+            ae.add_supported_context(
+                context.abstract_syntax, PREFERRED, scu_role=True, scp_role=True
+            )
+        for model in FIND_MODELS + GET_MODELS:
             ae.add_supported_context(model, PREFERRED)
         return ae
 
@@ -86,6 +95,7 @@ class DimseService:
             (evt.EVT_C_ECHO, self._echo),
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find),
+            (evt.EVT_C_GET, self._get),
         ]
         address = (self.settings.host, self.settings.dimse_port)
         server = self.application_entity().start_server(address, block=False,
@@ -157,6 +167,45 @@ class DimseService:
             detail.update(matches=matches, level=level)
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
 
+    def _get(self, event):
+        """The number of C-STORE sub-operations, then each instance, sent back on this
+        association (pynetdicom counts completed, failed and warning sub-operations)."""
+        clock = time.perf_counter()
+        caller, address = _caller(event)
+        status, detail = SUCCESS, {}
+        try:
+            if not self.callers.allows(caller, address, "retrieve"):
+                status = NOT_AUTHORIZED
+                yield 1
+                yield NOT_AUTHORIZED, None
+                return
+            try:
+                identifier = event.identifier
+                detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
+                found = self._call(
+                    retrieve.instances(self.archive, identifier, self.settings.qido_max_limit)
+                )
+            except FindError as exc:
+                status, detail["message"] = IDENTIFIER_INVALID, str(exc)
+                yield 1
+                yield IDENTIFIER_INVALID, None
+                return
+            if len(found) > retrieve.MAX_SUBOPERATIONS:
+                status = TOO_MANY
+                yield 1
+                yield TOO_MANY, None
+                return
+            detail["instances"] = len(found)
+            yield len(found)
+            for instance in found:
+                if event.is_cancelled:
+                    status = CANCELLED
+                    yield CANCELLED, None
+                    return
+                yield PENDING, self._call(retrieve.dataset(self.archive, instance))
+        finally:
+            self._audit(event, "C-GET", None, status, 0, clock, detail)
+
     async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
         folder = self.settings.spool_dir
         fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
@@ -184,7 +233,7 @@ class DimseService:
         entry = AuditEntry(
             time=utcnow(), protocol="dimse", method=command,
             path=f"{caller}->{self.settings.dimse_aet}", status=status, principal=caller,
-            address=address, action={"C-STORE": "write", "C-FIND": "read"}.get(command),
+            address=address, action=ACTIONS.get(command),
             study=study, series=series, instance=sop or (outcome.sop_instance if outcome else None),
             bytes_in=size, duration_ms=round((time.perf_counter() - clock) * 1000, 3),
             detail=detail,
