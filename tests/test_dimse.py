@@ -66,6 +66,11 @@ def test_echo(server):
     assert ok.returncode == 0, ok.stderr
     stranger = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "DICOMHUB", "127.0.0.1", str(port))
     assert stranger.returncode != 0 and "reject" in (stranger.stderr + stranger.stdout).lower()
+    base = server[0]
+    entries = httpx.get(base + "/v2/audit", params={"principal": "STRANGER"}).json()
+    assert [(e["method"], e["address"]) for e in entries] == [("A-ASSOCIATE-RJ", "127.0.0.1")]
+    echoes = httpx.get(base + "/v2/audit", params={"principal": "MODALITY"}).json()
+    assert ("C-ECHO", 0) in [(e["method"], e["status"]) for e in echoes]
 
 
 def test_dcmsend_stores_exactly_what_was_sent(server, tmp_path):
@@ -186,6 +191,26 @@ def test_junk_never_takes_the_adapter_down(server):
     assert proc.poll() is None
     ok = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "DICOMHUB", "127.0.0.1", str(port))
     assert ok.returncode == 0, ok.stderr
+
+
+
+def test_an_aborted_association_is_audited(server):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    base, port, _ = server
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+    assert assoc.is_established
+    assoc.abort()
+    deadline = time.monotonic() + 10
+    while True:
+        entries = httpx.get(base + "/v2/audit", params={"principal": "VIEWER"}).json()
+        if any(e["method"] == "A-ABORT" for e in entries):
+            break
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.2)
 
 
 def test_an_open_dimse_service_stays_on_loopback(tmp_path):

@@ -96,6 +96,8 @@ class DimseService:
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
+            (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_ABORTED, self._aborted),
         ]
         address = (self.settings.host, self.settings.dimse_port)
         server = self.application_entity().start_server(address, block=False,
@@ -112,6 +114,13 @@ class DimseService:
         status = SUCCESS
         self._audit(event, "C-ECHO", None, status, 0, time.perf_counter())
         return status
+
+    def _rejected(self, event) -> None:
+        """An association refused (an AE title not allowed, too many associations)."""
+        self._audit(event, "A-ASSOCIATE-RJ", None, 0, 0, time.perf_counter())
+
+    def _aborted(self, event) -> None:
+        self._audit(event, "A-ABORT", None, 0, 0, time.perf_counter())
 
     def _store(self, event) -> int:
         clock = time.perf_counter()
