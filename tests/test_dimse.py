@@ -30,10 +30,25 @@ SENT_BROKEN = {"rtdose_rle.dcm", "rtdose_rle_1frame.dcm"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def destination(tmp_path_factory):
+    """DCMTK's storescp, bit-preserving, as the C-MOVE destination DEST: (port, its folder)."""
+    folder = tmp_path_factory.mktemp("dest")
+    port = free_port()
+    scp = subprocess.Popen(["storescp", "+B", "+xa", "-aet", "DEST", "-od", str(folder),
+                            str(port)])  # fmt: skip
+    _wait_for_port(port)
+    yield port, folder
+    scp.terminate()
+    scp.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, destination):
     port = free_port()
     data = tmp_path_factory.mktemp("dimse")
-    with running_server(data, dimse_port=str(port), dimse_callers=CALLERS) as (base, proc):
+    peers = f"DEST=127.0.0.1:{destination[0]},GONE=127.0.0.1:{free_port()}"
+    with running_server(data, dimse_port=str(port), dimse_callers=CALLERS,
+                        dimse_peers=peers) as (base, proc):  # fmt: skip
         _wait_for_port(port)
         yield base, port, proc
 
@@ -453,3 +468,188 @@ def test_c_get_refusals(server, find_data, tmp_path):
     assert [(e["principal"], e["status"]) for e in gets[-2:]] == [
         ("MODALITY", 0x0124), ("VIEWER", 0xA900)
     ]  # fmt: skip
+
+
+# -- C-MOVE ---------------------------------------------------------------------------------
+
+
+def movescu(port: int, level: str, destination: str, calling: str = "VIEWER", **keys: str):
+    model = "-P" if level == "PATIENT" else "-S"
+    args = ["movescu", "-v", model, "-aet", calling, "-aec", "DICOMHUB", "-aem", destination,
+            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    for key, value in keys.items():
+        args += ["-k", f"{key}={value}"]
+    return dcmtk(*args, "127.0.0.1", str(port))
+
+
+def test_c_move_sends_a_study_to_a_peer(server, destination, find_data):
+    base, port, _ = server
+    folder = destination[1]
+    before = set(folder.iterdir())
+    done = movescu(port, "STUDY", "DEST", StudyInstanceUID=uid(62, 2))
+    assert done.returncode == 0, done.stderr
+    assert "Received Final Move Response (Success)" in done.stderr
+    received = set(folder.iterdir()) - before
+    assert len(received) == 4
+    for path in received:
+        data = path.read_bytes()
+        ds = read(data)
+        r = httpx.get(
+            f"{base}/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}",
+            headers={"Accept": "application/dicom; transfer-syntax=*"},
+        )
+        assert dataset_part(r.content) == dataset_part(data)
+    entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
+    move = [e for e in entries if e["method"] == "C-MOVE"][-1]
+    assert (move["status"], move["detail"]["destination"], move["detail"]["instances"]) == (
+        0, "DEST", 4
+    )  # fmt: skip
+
+
+def test_c_move_refusals(server, destination, find_data):
+    base, port, _ = server
+    before = set(destination[1].iterdir())
+    unknown = movescu(port, "STUDY", "NOWHERE", StudyInstanceUID=uid(62, 0))
+    assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr or "a801" in (
+        unknown.stdout + unknown.stderr
+    ).lower()
+    unreachable = movescu(port, "STUDY", "GONE", StudyInstanceUID=uid(62, 0))
+    assert "MoveDestinationUnknown" in unreachable.stdout + unreachable.stderr or "a801" in (
+        unreachable.stdout + unreachable.stderr
+    ).lower()
+    nothing = movescu(port, "STUDY", "DEST", StudyInstanceUID=uid(99, 99))
+    assert "Received Final Move Response (Success)" in nothing.stderr
+    denied = movescu(port, "STUDY", "DEST", calling="MODALITY", StudyInstanceUID=uid(62, 0))
+    assert "0x124" in denied.stdout + denied.stderr
+    assert set(destination[1].iterdir()) == before
+    # entries reach the log in batches: wait for them
+    expected = [("MODALITY", "DEST", 0x0124), ("VIEWER", "DEST", 0), ("VIEWER", "GONE", 0xA801),
+                ("VIEWER", "NOWHERE", 0xA801)]  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
+        moves = [e for e in entries if e["method"] == "C-MOVE"
+                 and e["detail"].get("instances", -1) != 4]  # fmt: skip
+        seen = sorted((e["principal"], e["detail"]["destination"], e["status"]) for e in moves)
+        if seen == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert seen == expected
+
+
+# -- Orthanc as a DIMSE peer ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc_peer(tmp_path_factory):
+    """Orthanc (Debian) with its DICOM server on, knowing dicomhub as a modality; and a
+    dicomhub that lets ORTHANC store and retrieve and may C-MOVE to it."""
+    import json
+
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc (Debian orthanc) is not installed")
+    folder = tmp_path_factory.mktemp("orthanc")
+    http_port, orthanc_port, dimse_port = free_port(), free_port(), free_port()
+    config = {
+        "Name": "peer", "HttpPort": http_port, "DicomPort": orthanc_port, "DicomAet": "ORTHANC",
+        "DicomServerEnabled": True, "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"), "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "SaveJobs": False,
+        "DicomModalities": {"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
+    }  # fmt: skip
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115
+    orthanc = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        _wait_for_port(http_port)
+        _wait_for_port(orthanc_port)
+        data = tmp_path_factory.mktemp("dicomhub-peer")
+        with running_server(data, dimse_port=str(dimse_port),
+                            dimse_callers="ORTHANC=store+find+retrieve",
+                            dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}") as (base, _):
+            _wait_for_port(dimse_port)
+            yield f"http://127.0.0.1:{http_port}", base
+    finally:
+        orthanc.terminate()
+        orthanc.wait(30)
+        log.close()
+
+
+def _orthanc_file(orthanc: str, sop: str) -> bytes:
+    found = httpx.post(orthanc + "/tools/lookup", content=sop).json()
+    (instance,) = [f["ID"] for f in found if f["Type"] == "Instance"]
+    return httpx.get(f"{orthanc}/instances/{instance}/file").content
+
+
+def _elements(data: bytes) -> dict:
+    """Every element of the data set (not the file meta group) with its value, group lengths
+    and trailing padding (which DCMTK drops when it sends) left out: Orthanc re-encodes what
+    it stores, so the two are compared element by element (the byte-for-byte comparison is
+    the storescp test's)."""
+    ds = read(data)
+    return {e.tag: (e.VR, e.value) for e in ds.iterall()
+            if e.tag.element != 0 and e.tag != 0xFFFCFFFC}  # fmt: skip
+
+
+def _dicomhub_file(base: str, ds) -> bytes:
+    r = httpx.get(
+        f"{base}/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": "application/dicom; transfer-syntax=*"},
+    )
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+def test_orthanc_stores_to_dicomhub(orthanc_peer):
+    """Orthanc C-STOREs what it holds; dicomhub then holds the same data sets, in the same
+    transfer syntax."""
+    from tests.dicomfiles import load
+
+    orthanc, base = orthanc_peer
+    names = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"]
+    ids = [httpx.post(orthanc + "/instances", content=load(n)).json()["ID"] for n in names]
+    r = httpx.post(orthanc + "/modalities/dicomhub/store", timeout=120,
+                   json={"Resources": ids, "Synchronous": True})  # fmt: skip
+    assert r.status_code == 200, r.text
+    for name in names:
+        ds = read(load(name))
+        sent = _orthanc_file(orthanc, str(ds.SOPInstanceUID))
+        got = _dicomhub_file(base, ds)
+        assert _elements(got) == _elements(sent), name
+        assert read(got).file_meta.TransferSyntaxUID == read(sent).file_meta.TransferSyntaxUID
+
+
+def test_dicomhub_moves_a_study_to_orthanc(orthanc_peer):
+    """Orthanc asks dicomhub (C-MOVE) to send it a study only dicomhub has; afterwards both
+    hold identical instances."""
+    from tests.helpers import stow
+
+    orthanc, base = orthanc_peer
+    study = uid(64, 1)
+    parts = [instance(study, uid(64, 2, s), uid(64, 3, s, i), PatientID="PEER", InstanceNumber=i)
+             for s in range(2) for i in range(3)]  # fmt: skip
+    with httpx.Client(base_url=base) as http:
+        assert stow(http, *parts).status_code == 200
+    r = httpx.post(orthanc + "/modalities/dicomhub/move", timeout=120, json={
+        "Level": "Study", "Resources": [{"StudyInstanceUID": study}], "TargetAet": "ORTHANC",
+    })  # fmt: skip
+    assert r.status_code == 200, r.text
+    for data in parts:
+        ds = read(data)
+        stored = _orthanc_file(orthanc, str(ds.SOPInstanceUID))
+        assert _elements(stored) == _elements(_dicomhub_file(base, ds))
+    entries = httpx.get(base + "/v2/audit", params={"principal": "ORTHANC"}).json()
+    move = [e for e in entries if e["method"] == "C-MOVE"][-1]
+    assert (move["status"], move["detail"]["instances"]) == (0, 6)
+
+
+@pytest.mark.parametrize("spec", ["DEST", "DEST=host", "DEST=host:0", "DEST=:104", "=h:104"])
+def test_a_bad_peer_list_is_refused(spec):
+    from dicomhub.dimse.callers import parse_peers
+
+    with pytest.raises(ValueError, match="dimse_peers"):
+        parse_peers(spec)
+    assert parse_peers("A=h:104, B=10.0.0.5:11112") == {"A": ("h", 104), "B": ("10.0.0.5", 11112)}

@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.load(args)
     _configure_logging(settings)
     if settings.dimse_port:
-        from dicomhub.dimse.callers import Callers
+        from dicomhub.dimse.callers import Callers, parse_peers
 
         try:
             Callers(settings.dimse_callers)
+            parse_peers(settings.dimse_peers)
         except ValueError as exc:
             sys.exit(f"dicomhub: {exc}")
     if command == "db":

@@ -210,6 +210,11 @@ class Settings:
         "AET[@address]=store+find+retrieve, comma-separated. Empty: any caller may do "
         "everything (only on loopback unless allow_unauthenticated).",
     )
+    dimse_peers: str = _setting(
+        "",
+        "Where C-MOVE may send: AET=host:port, comma-separated (a C-MOVE to another "
+        "destination gets 0xA801).",
+    )
     dimse_max_associations: int = _setting(10, "Most DIMSE associations served at once.")
     dimse_timeout: float = _setting(
         60.0, "Seconds a DIMSE peer may stay silent within an association before it is aborted."

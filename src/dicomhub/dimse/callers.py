@@ -48,3 +48,17 @@ class Callers:
             and permission in c.permissions
             for c in self.callers
         )
+
+
+def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
+    """``--dimse-peers`` (``AET=host:port,...``): where C-MOVE may send, by AE title."""
+    peers = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        ae_title, sep, address = entry.partition("=")
+        host, _, port = address.rpartition(":")
+        if not sep or not ae_title.strip() or len(ae_title.strip()) > 16 or not host or not (
+            port.isdigit() and 0 < int(port) < 65536
+        ):
+            raise ValueError(f"dimse_peers entry {entry!r}: write AET=host:port")
+        peers[ae_title.strip()] = (host, int(port))
+    return peers

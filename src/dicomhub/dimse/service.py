@@ -1,4 +1,4 @@
-"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND and C-GET as SCP, over the archive.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE as SCP.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +23,20 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    build_context,
+    evt,
+)
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -35,7 +44,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.dicom import stow
 from dicomhub.dimse import retrieve
-from dicomhub.dimse.callers import Callers
+from dicomhub.dimse.callers import Callers, parse_peers
 from dicomhub.dimse.find import FindError, find
 from dicomhub.model import AuditEntry
 from dicomhub.settings import Settings
@@ -51,8 +60,13 @@ FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind,
                StudyRootQueryRetrieveInformationModelFind]  # fmt: skip
 GET_MODELS = [PatientRootQueryRetrieveInformationModelGet,
               StudyRootQueryRetrieveInformationModelGet]  # fmt: skip
+MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove,
+               StudyRootQueryRetrieveInformationModelMove]  # fmt: skip
+UNREACHABLE = 0xA801  # move destination unknown (or not reachable)
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
 TOO_MANY = 0xA702  # refused: out of resources, unable to perform sub-operations
-ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read"}  # as the HTTP data actions
+# the data actions of the HTTP routes that do the same
+ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read", "C-MOVE": "read"}
 NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
           ExplicitVRBigEndian]  # fmt: skip
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
@@ -70,6 +84,7 @@ class DimseService:
         self.archive = archive
         self.settings = settings
         self.callers = Callers(settings.dimse_callers)
+        self.peers = parse_peers(settings.dimse_peers)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def application_entity(self) -> AE:
@@ -82,7 +97,7 @@ class DimseService:
             ae.add_supported_context(
                 context.abstract_syntax, PREFERRED, scu_role=True, scp_role=True
             )
-        for model in FIND_MODELS + GET_MODELS:
+        for model in FIND_MODELS + GET_MODELS + MOVE_MODELS:
             ae.add_supported_context(model, PREFERRED)
         return ae
 
@@ -96,6 +111,7 @@ class DimseService:
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
+            (evt.EVT_C_MOVE, self._move),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
         ]
@@ -180,44 +196,85 @@ class DimseService:
         """The number of C-STORE sub-operations, then each instance, sent back on this
         association (pynetdicom counts completed, failed and warning sub-operations)."""
         clock = time.perf_counter()
-        caller, address = _caller(event)
-        status, detail = SUCCESS, {}
+        detail: dict = {}
+        status = SUCCESS
         try:
-            if not self.callers.allows(caller, address, "retrieve"):
-                status = NOT_AUTHORIZED
+            refusal, found = self._selection(event, detail)
+            if refusal is not None:
+                status = refusal
                 yield 1
-                yield NOT_AUTHORIZED, None
+                yield refusal, None
                 return
-            try:
-                identifier = event.identifier
-                detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
-                found = self._call(
-                    retrieve.instances(self.archive, identifier, self.settings.qido_max_limit)
-                )
-            except FindError as exc:
-                status, detail["message"] = IDENTIFIER_INVALID, str(exc)
-                yield 1
-                yield IDENTIFIER_INVALID, None
-                return
-            if len(found) > retrieve.MAX_SUBOPERATIONS:
-                status = TOO_MANY
-                yield 1
-                yield TOO_MANY, None
-                return
-            detail["instances"] = len(found)
             yield len(found)
-            for instance in found:
-                if event.is_cancelled:
-                    status = CANCELLED
-                    yield CANCELLED, None
-                    return
-                yield PENDING, self._call(retrieve.dataset(self.archive, instance))
+            for result in self._send(event, found):
+                status = result[0] if result[0] == CANCELLED else status
+                yield result
         finally:
             self._audit(event, "C-GET", None, status, 0, clock, detail)
 
+    def _move(self, event):
+        """The destination (a --dimse-peers entry), the number of C-STORE sub-operations, then
+        each instance; pynetdicom opens the association to the destination and sends them.
+        pynetdicom can refuse before that association only with 0xA801, so a refusal for
+        another reason (0x0124, 0xA900, 0xA702) comes after it is opened."""
+        clock = time.perf_counter()
+        name = event.move_destination
+        name = (name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)).strip()
+        detail: dict = {"destination": name}
+        status = SUCCESS
+        try:
+            peer = self.peers.get(name)
+            why = "is not a peer" if peer is None else _unreachable(peer)
+            if why:
+                status, detail["message"] = UNREACHABLE, f"the move destination {why}"
+                yield None, None
+                return
+            refusal, found = self._selection(event, detail)
+            pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in found))
+            contexts = [build_context(sop, ts) for sop, ts in pairs[:MAX_CONTEXTS]]
+            yield (*peer, {"contexts": contexts or [build_context(Verification)]})
+            # pynetdicom associates with the destination after the count (unless there is
+            # nothing to send): until resumed past it, the destination was not reached
+            status = UNREACHABLE if found or refusal is not None else SUCCESS
+            if refusal is not None:
+                yield 1
+                status = refusal
+                yield refusal, None
+                return
+            yield len(found)
+            status = SUCCESS
+            for result in self._send(event, found):
+                status = result[0] if result[0] == CANCELLED else status
+                yield result
+        finally:
+            self._audit(event, "C-MOVE", None, status, 0, clock, detail)
+
+    def _selection(self, event, detail: dict) -> tuple[int | None, list]:
+        """What a C-GET or C-MOVE retrieves, or why it is refused (a status)."""
+        caller, address = _caller(event)
+        if not self.callers.allows(caller, address, "retrieve"):
+            return NOT_AUTHORIZED, []
+        try:
+            identifier = event.identifier
+            detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
+            limit = self.settings.qido_max_limit
+            found = self._call(retrieve.instances(self.archive, identifier, limit))
+        except FindError as exc:
+            detail["message"] = str(exc)
+            return IDENTIFIER_INVALID, []
+        detail["instances"] = len(found)
+        return (TOO_MANY if len(found) > retrieve.MAX_SUBOPERATIONS else None), found
+
+    def _send(self, event, found: list):
+        """(Pending, data set) for each instance, or Cancel once the peer asks for it."""
+        for instance in found:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            yield PENDING, self._call(retrieve.dataset(self.archive, instance))
+
     async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
-        folder = self.settings.spool_dir
-        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+        fd, name = tempfile.mkstemp(dir=self.settings.spool_dir, suffix=".part")
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -248,6 +305,16 @@ class DimseService:
             detail=detail,
         )  # fmt: skip
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
+
+
+def _unreachable(peer: tuple[str, int]) -> str | None:
+    """Why the peer cannot be reached now, or None (checked before pynetdicom associates, so
+    that the refusal is answered, and audited, at once)."""
+    try:
+        socket.create_connection(peer, timeout=5).close()
+    except OSError as exc:
+        return f"cannot be reached at {peer[0]}:{peer[1]} ({exc.strerror or exc})"
+    return None
 
 
 async def _next(results):
