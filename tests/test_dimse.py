@@ -653,3 +653,31 @@ def test_a_bad_peer_list_is_refused(spec):
     with pytest.raises(ValueError, match="dimse_peers"):
         parse_peers(spec)
     assert parse_peers("A=h:104, B=10.0.0.5:11112") == {"A": ("h", 104), "B": ("10.0.0.5", 11112)}
+
+
+def test_dicom_tls(tmp_path):
+    """DICOM TLS with DCMTK: a peer with a certificate the CA signed gets in and stores; a
+    plain TCP peer and an anonymous TLS peer do not."""
+    from tests.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    with running_server(data, dimse_port=str(port), dimse_tls_certfile=cert,
+                        dimse_tls_keyfile=key, dimse_tls_ca=cert) as (base, _):  # fmt: skip
+        _wait_for_port(port)
+        tls = ["+tls", key, cert, "+cf", cert]
+        ok = dcmtk("echoscu", *tls, "-aec", "DICOMHUB", "127.0.0.1", str(port))
+        assert ok.returncode == 0, ok.stderr
+        plain = dcmtk("echoscu", "-to", "5", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+        assert plain.returncode != 0
+        anonymous = dcmtk("echoscu", "+tla", "+cf", cert, "-aec", "DICOMHUB", "127.0.0.1",
+                          str(port))  # fmt: skip
+        assert anonymous.returncode != 0
+        path = tmp_path / "one.dcm"
+        path.write_bytes(instance(uid(65, 1), uid(65, 2), uid(65, 3)))
+        stored = dcmtk("storescu", *tls, "-aec", "DICOMHUB", "127.0.0.1", str(port), str(path))
+        assert stored.returncode == 0, stored.stderr
+        r = httpx.get(f"{base}/v2/studies/{uid(65, 1)}/metadata")
+        assert r.status_code == 200 and len(r.json()) == 1

@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
+        from dicomhub.dimse.service import tls_context
 
         try:
             Callers(settings.dimse_callers)
             parse_peers(settings.dimse_peers)
-        except ValueError as exc:
+            tls_context(settings)
+        except (ValueError, OSError) as exc:
             sys.exit(f"dicomhub: {exc}")
     if command == "db":
         asyncio.run(_upgrade(settings))

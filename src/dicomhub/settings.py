@@ -215,6 +215,17 @@ class Settings:
         "Where C-MOVE may send: AET=host:port, comma-separated (a C-MOVE to another "
         "destination gets 0xA801).",
     )
+    dimse_tls_certfile: str = _setting(
+        "",
+        "PEM certificate (with its chain) for DICOM TLS on the DIMSE port, with "
+        "dimse_tls_keyfile. Empty: plain TCP.",
+    )
+    dimse_tls_keyfile: str = _setting("", "PEM private key of dimse_tls_certfile.")
+    dimse_tls_ca: str = _setting(
+        "",
+        "PEM CA certificates that DIMSE peers' certificates must be signed by (the peers must "
+        "then present one). Empty: peers are not asked for a certificate.",
+    )
     dimse_max_associations: int = _setting(10, "Most DIMSE associations served at once.")
     dimse_timeout: float = _setting(
         60.0, "Seconds a DIMSE peer may stay silent within an association before it is aborted."

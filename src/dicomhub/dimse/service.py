@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -116,8 +117,9 @@ class DimseService:
             (evt.EVT_ABORTED, self._aborted),
         ]
         address = (self.settings.host, self.settings.dimse_port)
-        server = self.application_entity().start_server(address, block=False,
-                                                         evt_handlers=handlers)  # fmt: skip
+        server = self.application_entity().start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings)
+        )
         log.info("DIMSE service %s listening on %s:%d", self.settings.dimse_aet, *address)
         try:
             await asyncio.Event().wait()
@@ -305,6 +307,22 @@ class DimseService:
             detail=detail,
         )  # fmt: skip
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1, BCP 195: TLS 1.2 or later) when a certificate is set; peers must
+    present a certificate signed by dimse_tls_ca when it is set."""
+    if not (settings.dimse_tls_certfile or settings.dimse_tls_keyfile):
+        return None
+    if not (settings.dimse_tls_certfile and settings.dimse_tls_keyfile):
+        raise ValueError("DICOM TLS needs both dimse_tls_certfile and dimse_tls_keyfile")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.dimse_tls_certfile, settings.dimse_tls_keyfile)
+    if settings.dimse_tls_ca:
+        context.load_verify_locations(settings.dimse_tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _unreachable(peer: tuple[str, int]) -> str | None:
