@@ -681,3 +681,54 @@ def test_dicom_tls(tmp_path):
         assert stored.returncode == 0, stored.stderr
         r = httpx.get(f"{base}/v2/studies/{uid(65, 1)}/metadata")
         assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_c_move_cancel(server, destination, find_data):
+    """movescu cancels after the first response: of 1,500 instances, the adapter sends fewer
+    and ends with the Cancel status (the same loop serves C-GET)."""
+    from tests.helpers import stow
+
+    base, port, _ = server
+    parts = [instance(uid(66, 1), uid(66, 2), uid(66, 3, i), PatientID="MOVEMANY")
+             for i in range(1500)]  # fmt: skip
+    with httpx.Client(base_url=base, timeout=120) as http:
+        assert stow(http, *parts).status_code == 200
+    before = len(list(destination[1].iterdir()))
+    done = dcmtk("movescu", "-v", "-S", "-aet", "VIEWER", "-aec", "DICOMHUB", "-aem", "DEST",
+                 "--cancel", "1", "-k", "QueryRetrieveLevel=STUDY", "-k",
+                 f"StudyInstanceUID={uid(66, 1)}", "127.0.0.1", str(port))  # fmt: skip
+    assert "Cancel" in done.stderr, done.stderr[-2000:]
+    assert len(list(destination[1].iterdir())) - before < 1500
+
+
+def test_the_association_limit(tmp_path):
+    """With --dimse-max-associations 1, a second association is rejected while one is open
+    (and the rejection is audited)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    port = free_port()
+    with running_server(tmp_path, dimse_port=str(port), dimse_max_associations="1") as (base, _):
+        ae = AE(ae_title="FIRST")
+        ae.add_requested_context(Verification)
+        deadline = time.monotonic() + 30
+        while True:  # until the port is open (a bare TCP probe would hold the one slot)
+            first = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+            if first.is_established or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert first.is_established
+        try:
+            second = dcmtk("echoscu", "-aet", "SECOND", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+            assert second.returncode != 0 and "reject" in second.stderr.lower(), second.stderr
+        finally:
+            first.release()
+        third = dcmtk("echoscu", "-aet", "THIRD", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+        assert third.returncode == 0, third.stderr
+        deadline = time.monotonic() + 10
+        while True:
+            entries = httpx.get(base + "/v2/audit", params={"principal": "SECOND"}).json()
+            if entries or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [e["method"] for e in entries] == ["A-ASSOCIATE-RJ"]
