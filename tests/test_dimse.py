@@ -208,7 +208,6 @@ def test_junk_never_takes_the_adapter_down(server):
     assert ok.returncode == 0, ok.stderr
 
 
-
 def test_an_aborted_association_is_audited(server):
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
@@ -511,13 +510,15 @@ def test_c_move_refusals(server, destination, find_data):
     base, port, _ = server
     before = set(destination[1].iterdir())
     unknown = movescu(port, "STUDY", "NOWHERE", StudyInstanceUID=uid(62, 0))
-    assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr or "a801" in (
-        unknown.stdout + unknown.stderr
-    ).lower()
+    assert (
+        "MoveDestinationUnknown" in unknown.stdout + unknown.stderr
+        or "a801" in (unknown.stdout + unknown.stderr).lower()
+    )
     unreachable = movescu(port, "STUDY", "GONE", StudyInstanceUID=uid(62, 0))
-    assert "MoveDestinationUnknown" in unreachable.stdout + unreachable.stderr or "a801" in (
-        unreachable.stdout + unreachable.stderr
-    ).lower()
+    assert (
+        "MoveDestinationUnknown" in unreachable.stdout + unreachable.stderr
+        or "a801" in (unreachable.stdout + unreachable.stderr).lower()
+    )
     nothing = movescu(port, "STUDY", "DEST", StudyInstanceUID=uid(99, 99))
     assert "Received Final Move Response (Success)" in nothing.stderr
     denied = movescu(port, "STUDY", "DEST", calling="MODALITY", StudyInstanceUID=uid(62, 0))
@@ -566,9 +567,12 @@ def orthanc_peer(tmp_path_factory):
         _wait_for_port(http_port)
         _wait_for_port(orthanc_port)
         data = tmp_path_factory.mktemp("dicomhub-peer")
-        with running_server(data, dimse_port=str(dimse_port),
-                            dimse_callers="ORTHANC=store+find+retrieve",
-                            dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}") as (base, _):
+        with running_server(
+            data,
+            dimse_port=str(dimse_port),
+            dimse_callers="ORTHANC=store+find+retrieve",
+            dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}",
+        ) as (base, _):
             _wait_for_port(dimse_port)
             yield f"http://127.0.0.1:{http_port}", base
     finally:

@@ -17,7 +17,7 @@ from dicomhub import __version__
 from dicomhub.archive.archive import Archive
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings, convert
-from dicomhub.storage.urls import open_blobs, open_index
+from dicomhub.storage.urls import open_audit, open_blobs, open_index
 
 
 def build_index(settings: Settings, migrate: bool | None = None):
@@ -27,7 +27,8 @@ def build_index(settings: Settings, migrate: bool | None = None):
 
 def build_archive(settings: Settings) -> Archive:
     blobs = open_blobs(settings.resolved_blob_url, settings.blob_multipart_threshold)
-    return Archive(settings, build_index(settings), blobs)
+    index = build_index(settings)
+    return Archive(settings, index, blobs, open_audit(settings.audit_log, index))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,12 +22,18 @@ from dicomhub.errors import Unavailable
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
-from dicomhub.storage.audit_file import FileAuditLog
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore
 
 
 class Archive:
-    def __init__(self, settings: Settings, index: IndexStore, blobs: BlobStore):
+    def __init__(
+        self,
+        settings: Settings,
+        index: IndexStore,
+        blobs: BlobStore,
+        audit: AuditSink | None = None,
+    ):
+        """``audit``: where the audit log goes (None: no audit log)."""
         self.settings = settings
         self.index = index
         self.blobs = blobs
@@ -46,7 +52,7 @@ class Archive:
         self.operations = OperationsService(index)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
         self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
-        self.audit = audit_log(settings.audit_log, index)
+        self.audit = AuditLog(audit) if audit is not None else None
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -79,13 +85,6 @@ class Archive:
             except Exception as exc:  # noqa: BLE001 - health reports, never raises
                 results.append((name, f"{exc.__class__.__name__}: {exc}"))
         return results
-
-
-def audit_log(where: str, index: IndexStore) -> AuditLog | None:
-    """The audit log ``--audit-log`` names: in the index, in a file, or none (off)."""
-    if where == "off":
-        return None
-    return AuditLog(index if where == "index" else FileAuditLog(where))
 
 
 def fhir_sync(settings: Settings, index: IndexStore) -> FhirSync:

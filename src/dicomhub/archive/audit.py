@@ -12,21 +12,11 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import Protocol
 
 from dicomhub.model import AuditEntry, AuditQuery
+from dicomhub.storage.protocols import AuditSink
 
 log = logging.getLogger(__name__)
-
-
-class AuditSink(Protocol):
-    async def add_audit_entries(self, entries: list[AuditEntry]) -> None: ...
-
-    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
-        """Entries matching ``query``, oldest first."""
-        ...
-
-    async def purge_audit_entries(self, before: datetime) -> None: ...
 
 
 class AuditLog:

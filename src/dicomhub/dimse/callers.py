@@ -56,8 +56,12 @@ def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         ae_title, sep, address = entry.partition("=")
         host, _, port = address.rpartition(":")
-        if not sep or not ae_title.strip() or len(ae_title.strip()) > 16 or not host or not (
-            port.isdigit() and 0 < int(port) < 65536
+        if (
+            not sep
+            or not ae_title.strip()
+            or len(ae_title.strip()) > 16
+            or not host
+            or not (port.isdigit() and 0 < int(port) < 65536)
         ):
             raise ValueError(f"dimse_peers entry {entry!r}: write AET=host:port")
         peers[ae_title.strip()] = (host, int(port))

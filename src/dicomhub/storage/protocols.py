@@ -1,4 +1,4 @@
-"""The two storage seams the archive sees. Backends are picked from URLs in ``urls.py``."""
+"""The storage seams the archive sees. Backends are picked from URLs in ``urls.py``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ from dicomhub.model import (
     Scope,
     StoredInstance,
 )
+
+
+class AuditSink(Protocol):
+    """Where audit entries go: the index, or an append-only file (``audit_file.py``)."""
+
+    async def add_audit_entries(self, entries: list[AuditEntry]) -> None: ...
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries matching ``query``, oldest first."""
+        ...
+
+    async def purge_audit_entries(self, before: datetime) -> None: ...
 
 
 class BlobStore(Protocol):
@@ -121,7 +133,7 @@ class IndexStore(Protocol):
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...
 
-    # The audit log (see storage/audit_ops.py; the index is one archive.audit.AuditSink).
+    # The audit log (see storage/audit_ops.py; the index is one AuditSink).
 
     async def add_audit_entries(self, entries: list[AuditEntry]) -> None: ...
 

@@ -6,11 +6,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from dicomhub.errors import InvalidRequest
+from dicomhub.storage.audit_file import FileAuditLog
 from dicomhub.storage.file_blobs import FileBlobStore
 from dicomhub.storage.memory_blobs import MemoryBlobStore
 from dicomhub.storage.object_blobs import SCHEMES, ObjectBlobStore
 from dicomhub.storage.postgres_index import PostgresIndex
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore
 from dicomhub.storage.sqlite_index import SqliteIndex
 
 
@@ -45,3 +46,10 @@ def open_blobs(url: str, multipart_threshold: int = 16 * 1024 * 1024) -> BlobSto
     raise InvalidRequest(
         f"unsupported blob URL {url!r} (supported: file:///..., memory://, s3://, az://, gs://)"
     )
+
+
+def open_audit(where: str, index: IndexStore) -> AuditSink | None:
+    """Where ``--audit-log`` sends the audit log: ``index``, a file path, or ``off`` (None)."""
+    if where == "off":
+        return None
+    return index if where == "index" else FileAuditLog(where)
