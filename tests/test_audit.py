@@ -5,6 +5,7 @@ the append-only file; retention; and a real server flushing its entries when sto
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import signal
@@ -14,10 +15,12 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from dicomhub.archive.audit import AuditLog
 from dicomhub.cli import build_archive
 from dicomhub.clock import utcnow
-from dicomhub.model import AuditQuery, JobType
+from dicomhub.model import AuditEntry, AuditQuery, JobType
 from dicomhub.settings import Settings
+from dicomhub.storage.audit_file import FileAuditLog
 from dicomhub.web.app import create_app
 from dicomhub.workers.background import handlers
 from tests.conftest import running_server
@@ -220,6 +223,25 @@ def test_the_file_log_appends_json_lines_and_survives_rotation(tmp_path):
     rotated = (tmp_path / "logs" / "audit.1.jsonl").read_text().splitlines()
     assert [json.loads(line)["status"] for line in rotated] == [200, 404]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_reading_the_log_waits_for_the_batch_being_written(tmp_path):
+    """A read flushes; a batch the writer task is still writing must be in it too."""
+
+    class SlowFile(FileAuditLog):  # the real file sink, slow to write a batch
+        async def add_audit_entries(self, entries):
+            await asyncio.sleep(0.3)
+            await super().add_audit_entries(entries)
+
+    async def scenario():
+        log = AuditLog(SlowFile(str(tmp_path / "audit.jsonl")), interval=0.01)
+        log.record(AuditEntry(time=utcnow(), protocol="http", method="GET", path="/", status=200))
+        await asyncio.sleep(0.1)  # the writer has taken the batch and is writing it
+        read = await log.entries(_query())
+        await log.close()
+        return read
+
+    assert [e.path for e in asyncio.run(scenario())] == ["/"]
 
 
 def test_off_means_no_log(tmp_path):

@@ -141,6 +141,11 @@ def blob_key(partition: str, version: int) -> str:
     return f"{digest[:2]}/{digest[2:12]}_{version}.dcm"
 
 
+# The data actions roles grant (Microsoft's set); each HTTP route and DIMSE command needs one.
+ACTIONS = ("read", "write", "delete", "manageExtendedQueryTags", "export", "admin")
+READ, WRITE, DELETE, MANAGE_TAGS, EXPORT, ADMIN = ACTIONS
+
+
 @dataclass
 class AuditEntry:
     """One request (HTTP or DIMSE) as the audit log keeps it; never its credentials."""

@@ -27,6 +27,7 @@ class AuditLog:
         self._pending: list[AuditEntry] = []
         self._dropped = 0
         self._writer: asyncio.Task | None = None
+        self._writing = asyncio.Lock()  # one batch at a time: a flush waits for one in flight
 
     def record(self, entry: AuditEntry) -> None:
         if len(self._pending) >= self.max_pending:
@@ -37,21 +38,23 @@ class AuditLog:
             self._writer = asyncio.get_running_loop().create_task(self._run())
 
     async def flush(self) -> None:
-        """Write what is pending now (raises what the sink raises; the entries stay pending)."""
-        if not self._pending:
-            return
-        batch = self._pending
-        self._pending = []
-        if self._dropped:
-            batch[0].detail["entriesDroppedBefore"] = self._dropped
-        try:
-            await self.sink.add_audit_entries(batch)
-        except BaseException:
-            self._pending = batch + self._pending
-            raise
-        if self._dropped:
-            log.error("the audit log dropped %d entries while its store failed", self._dropped)
-            self._dropped = 0
+        """Write what is pending now, after any batch being written (raises what the sink
+        raises; the entries stay pending)."""
+        async with self._writing:
+            if not self._pending:
+                return
+            batch = self._pending
+            self._pending = []
+            if self._dropped:
+                batch[0].detail["entriesDroppedBefore"] = self._dropped
+            try:
+                await self.sink.add_audit_entries(batch)
+            except BaseException:
+                self._pending = batch + self._pending
+                raise
+            if self._dropped:
+                log.error("the audit log dropped %d entries while its store failed", self._dropped)
+                self._dropped = 0
 
     async def entries(self, query: AuditQuery) -> list[AuditEntry]:
         await self.flush()

@@ -1,4 +1,4 @@
-"""What a C-GET (and, later, a C-MOVE) retrieves: the instances its identifier names by unique
+"""What a C-GET or C-MOVE retrieves: the instances its identifier names by unique
 keys (PS3.4 C.4.2.2.1), found with C-FIND's engine, and each as a data set to send."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomhub.archive.archive import Archive
-from dicomhub.dimse.find import FindError, find
+from dicomhub.dicom.cfind import query_level
+from dicomhub.dimse.find import find
+from dicomhub.errors import InvalidRequest
 from dicomhub.model import Scope, StoredInstance
 
 UNIQUE = {  # level -> the unique key that must be given at it
@@ -24,12 +26,10 @@ MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations is a US
 
 
 async def instances(archive: Archive, identifier: Dataset, max_limit: int) -> list[StoredInstance]:
-    """The stored instances ``identifier`` names (FindError: it names none properly)."""
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if level not in UNIQUE:
-        raise FindError(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
+    """The stored instances ``identifier`` names (InvalidRequest: it names none properly)."""
+    level = query_level(identifier)
     if not str(identifier.get(UNIQUE[level], "") or "").strip():
-        raise FindError(f"a retrieve at {level} level needs {UNIQUE[level]}")
+        raise InvalidRequest(f"a retrieve at {level} level needs {UNIQUE[level]}")
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
     for keyword in KEYS[: list(UNIQUE).index(level) + 1]:  # the unique keys down to the level

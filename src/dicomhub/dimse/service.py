@@ -46,38 +46,39 @@ from dicomhub.clock import utcnow
 from dicomhub.dicom import stow
 from dicomhub.dimse import retrieve
 from dicomhub.dimse.callers import Callers, parse_peers
-from dicomhub.dimse.find import FindError, find
-from dicomhub.model import AuditEntry
+from dicomhub.dimse.find import find
+from dicomhub.dimse.status import (
+    CANCELLED,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    STORE_STATUS,
+    SUCCESS,
+    TOO_MANY,
+    UNABLE,
+    UNREACHABLE,
+    status_of,
+)
+from dicomhub.errors import DicomhubError
+from dicomhub.model import READ, WRITE, AuditEntry
 from dicomhub.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DUPLICATE = 0x0111
-NOT_AUTHORIZED = 0x0124
-PENDING, CANCELLED, IDENTIFIER_INVALID, UNABLE = 0xFF00, 0xFE00, 0xA900, 0xC000
 FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind,
                StudyRootQueryRetrieveInformationModelFind]  # fmt: skip
 GET_MODELS = [PatientRootQueryRetrieveInformationModelGet,
               StudyRootQueryRetrieveInformationModelGet]  # fmt: skip
 MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove,
                StudyRootQueryRetrieveInformationModelMove]  # fmt: skip
-UNREACHABLE = 0xA801  # move destination unknown (or not reachable)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
-TOO_MANY = 0xA702  # refused: out of resources, unable to perform sub-operations
 # the data actions of the HTTP routes that do the same
-ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read", "C-MOVE": "read"}
+ACTIONS = {"C-STORE": WRITE, "C-FIND": READ, "C-GET": READ, "C-MOVE": READ}
 NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
           ExplicitVRBigEndian]  # fmt: skip
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
 # arrive as they were made, then the native ones in this order (Implicit VR loses the VRs).
 PREFERRED = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
-STORE_STATUS = {  # STOW failure reason -> C-STORE status (PS3.4 B.2.3, PS3.7 C)
-    stow.PROCESSING_FAILURE: 0x0110,
-    stow.VALIDATION_FAILURE: 0xA900,
-    stow.SOP_INSTANCE_ALREADY_EXISTS: DUPLICATE,
-}
 
 
 class DimseService:
@@ -181,9 +182,9 @@ class DimseService:
                     return
                 matches += 1
                 yield PENDING, found
-        except FindError as exc:
-            status, detail = IDENTIFIER_INVALID, {"message": str(exc)}
-            yield IDENTIFIER_INVALID, None
+        except DicomhubError as exc:
+            status, detail = status_of(exc), {"message": str(exc)}
+            yield status, None
         except Exception:  # noqa: BLE001 - the peer gets a status, the log the cause
             log.exception("C-FIND from %s failed", caller)
             status = UNABLE
@@ -261,9 +262,9 @@ class DimseService:
             detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
             limit = self.settings.qido_max_limit
             found = self._call(retrieve.instances(self.archive, identifier, limit))
-        except FindError as exc:
+        except DicomhubError as exc:
             detail["message"] = str(exc)
-            return IDENTIFIER_INVALID, []
+            return status_of(exc), []
         detail["instances"] = len(found)
         return (TOO_MANY if len(found) > retrieve.MAX_SUBOPERATIONS else None), found
 

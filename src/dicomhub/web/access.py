@@ -12,9 +12,8 @@ from importlib import resources
 from typing import Any
 
 from dicomhub.errors import Forbidden
+from dicomhub.model import ACTIONS
 
-ACTIONS = ("read", "write", "delete", "manageExtendedQueryTags", "export", "admin")
-READ, WRITE, DELETE, MANAGE_TAGS, EXPORT, ADMIN = ACTIONS
 ALL = "*"
 
 

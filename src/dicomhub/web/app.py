@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError
+from dicomhub.model import ADMIN, DELETE, MANAGE_TAGS, READ, WRITE
 from dicomhub.settings import Settings
 from dicomhub.web import (
     audit,
@@ -30,7 +31,7 @@ from dicomhub.web import (
     stow,
     wado,
 )
-from dicomhub.web.access import ADMIN, DELETE, MANAGE_TAGS, READ, WRITE, authorize
+from dicomhub.web.access import authorize
 from dicomhub.web.audit import ACTION, ROUTE
 from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors

@@ -22,8 +22,7 @@ from dicomhub.archive.audit import AuditLog
 from dicomhub.clock import utcnow
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
-from dicomhub.model import AuditEntry, AuditQuery
-from dicomhub.web.access import ACTIONS
+from dicomhub.model import ACTIONS, AuditEntry, AuditQuery
 from dicomhub.web.common import archive, page, param, time_param
 from dicomhub.web.errors import problem
 
