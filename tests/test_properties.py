@@ -5,7 +5,6 @@ parsers. Each property runs a bounded number of derandomised examples, so CI tim
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 from datetime import date, timedelta
 
@@ -23,6 +22,7 @@ from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartSta
 from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.query import Match, parse_query
 from dicomhub.errors import InvalidDicom, InvalidRequest, NotAcceptable
+from tests.hostile import element
 
 BOUNDED = settings(
     max_examples=150,
@@ -136,7 +136,7 @@ def datasets(draw) -> bytes:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    out.write(element(0x0099, 0x0010, "LO", b"PROPERTY"))
+    out.write(element(0x0099, 0x0010, b"LO", b"PROPERTY"))
     for n in range(draw(st.integers(1, 12))):
         vr = draw(st.sampled_from(STRING_VRS + list(BINARY_VRS)))
         if vr in BINARY_VRS:
@@ -145,14 +145,8 @@ def datasets(draw) -> bytes:
         else:
             raw = draw(value_bytes)
             raw += b" " * (len(raw) % 2)
-        out.write(element(0x0099, 0x1000 + n, vr, raw))
+        out.write(element(0x0099, 0x1000 + n, vr.encode(), raw))
     return out.getvalue()
-
-
-def element(group: int, elem: int, vr: str, value: bytes) -> bytes:
-    if vr in ("UC", "UR", "UT"):
-        return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr.encode(), len(value)) + value
 
 
 @BOUNDED
