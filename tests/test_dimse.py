@@ -650,6 +650,32 @@ def test_dicomhub_moves_a_study_to_orthanc(orthanc_peer):
     assert (move["status"], move["detail"]["instances"]) == (0, 6)
 
 
+def test_orthanc_asks_dicomhub_for_storage_commitment(orthanc_peer):
+    """Orthanc (storage commitment SCU) asks dicomhub to commit what it stored there, and one
+    instance it never sent; dicomhub's report reaches Orthanc on a new association."""
+    from tests.helpers import stow
+
+    orthanc, base = orthanc_peer
+    study = uid(65, 1)
+    sops = [uid(65, 3, i) for i in range(3)]
+    with httpx.Client(base_url=base) as http:
+        assert stow(http, *(instance(study, uid(65, 2), sop) for sop in sops)).status_code == 200
+    ct, missing = "1.2.840.10008.5.1.4.1.1.2", uid(65, 9)
+    asked = [[ct, sop] for sop in sops] + [[ct, missing]]
+    r = httpx.post(orthanc + "/modalities/dicomhub/storage-commitment",
+                   json={"DicomInstances": asked}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    path = r.json()["Path"]
+    deadline = time.monotonic() + 30
+    while (outcome := httpx.get(orthanc + path).json())["Status"] == "Pending":
+        assert time.monotonic() < deadline, outcome
+        time.sleep(0.2)
+    assert outcome["Status"] == "Failure", outcome  # one instance is not there
+    assert sorted(s["SOPInstanceUID"] for s in outcome["Success"]) == sorted(sops)
+    [failure] = outcome["Failures"]
+    assert (failure["SOPInstanceUID"], failure["FailureReason"]) == (missing, 0x0112)
+
+
 @pytest.mark.parametrize("spec", ["DEST", "DEST=host", "DEST=host:0", "DEST=:104", "=h:104"])
 def test_a_bad_peer_list_is_refused(spec):
     from dicomhub.dimse.callers import parse_peers

@@ -201,7 +201,7 @@ class Settings:
         "Off: serve refuses to start that way.",
     )
     dimse_port: int = _setting(
-        0, "Port of the DIMSE service (C-ECHO, C-STORE) on host; 0: no DIMSE service."
+        0, "Port of the DIMSE service on host; 0: no DIMSE service."
     )
     dimse_aet: str = _setting("DICOMHUB", "The DIMSE service's own AE title (called AE).")
     dimse_callers: str = _setting(
@@ -212,8 +212,9 @@ class Settings:
     )
     dimse_peers: str = _setting(
         "",
-        "Where C-MOVE may send: AET=host:port, comma-separated (a C-MOVE to another "
-        "destination gets 0xA801).",
+        "DIMSE peers: AET=host:port, comma-separated. C-MOVE may send only to them (another "
+        "destination gets 0xA801); a peer asking for storage commitment gets its report on a "
+        "new association to that address.",
     )
     dimse_tls_certfile: str = _setting(
         "",

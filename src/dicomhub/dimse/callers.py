@@ -50,6 +50,12 @@ class Callers:
         )
 
 
+def caller_of(event) -> tuple[str, str]:
+    """The calling AE title and network address of a pynetdicom event's association."""
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), requestor.address
+
+
 def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
     """``--dimse-peers`` (``AET=host:port,...``): where C-MOVE may send, by AE title."""
     peers = {}

@@ -1,4 +1,5 @@
-"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE as SCP.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE and Storage
+Commitment (``commitment.py``) as SCP.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -43,9 +44,10 @@ from pynetdicom.sop_class import (
 
 from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
-from dicomhub.dicom import stow
+from dicomhub.dicom import commitment, stow
 from dicomhub.dimse import retrieve
-from dicomhub.dimse.callers import Callers, parse_peers
+from dicomhub.dimse.callers import Callers, caller_of, parse_peers
+from dicomhub.dimse.commitment import Commitments
 from dicomhub.dimse.find import find
 from dicomhub.dimse.status import (
     CANCELLED,
@@ -73,7 +75,14 @@ MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove,
                StudyRootQueryRetrieveInformationModelMove]  # fmt: skip
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 # the data actions of the HTTP routes that do the same
-ACTIONS = {"C-STORE": WRITE, "C-FIND": READ, "C-GET": READ, "C-MOVE": READ}
+ACTIONS = {
+    "C-STORE": WRITE,
+    "C-FIND": READ,
+    "C-GET": READ,
+    "C-MOVE": READ,
+    "N-ACTION": WRITE,
+    "N-EVENT-REPORT": WRITE,
+}  # storage commitment: by storers
 NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
           ExplicitVRBigEndian]  # fmt: skip
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
@@ -88,6 +97,7 @@ class DimseService:
         self.callers = Callers(settings.dimse_callers)
         self.peers = parse_peers(settings.dimse_peers)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.commitments = Commitments(self)
 
     def application_entity(self) -> AE:
         ae = AE(ae_title=self.settings.dimse_aet)
@@ -101,6 +111,7 @@ class DimseService:
             )
         for model in FIND_MODELS + GET_MODELS + MOVE_MODELS:
             ae.add_supported_context(model, PREFERRED)
+        ae.add_supported_context(commitment.SOP_CLASS, PREFERRED)
         return ae
 
     async def run(self) -> None:
@@ -114,6 +125,7 @@ class DimseService:
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move),
+            (evt.EVT_N_ACTION, self.commitments.action),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
         ]
@@ -125,6 +137,7 @@ class DimseService:
         try:
             await asyncio.Event().wait()
         finally:
+            self.commitments.close()
             await asyncio.to_thread(server.shutdown)
 
     # -- handlers (in pynetdicom's association threads) -----------------------------------
@@ -143,7 +156,7 @@ class DimseService:
 
     def _store(self, event) -> int:
         clock = time.perf_counter()
-        caller, address = _caller(event)
+        caller, address = caller_of(event)
         if not self.callers.allows(caller, address, "store"):
             self._audit(event, "C-STORE", None, NOT_AUTHORIZED, 0, clock)
             return NOT_AUTHORIZED
@@ -161,7 +174,7 @@ class DimseService:
     def _find(self, event):
         """Pending responses, one per match, read from the archive a page at a time."""
         clock = time.perf_counter()
-        caller, address = _caller(event)
+        caller, address = caller_of(event)
         if not self.callers.allows(caller, address, "find"):
             self._audit(event, "C-FIND", None, NOT_AUTHORIZED, 0, clock)
             yield NOT_AUTHORIZED, None
@@ -254,7 +267,7 @@ class DimseService:
 
     def _selection(self, event, detail: dict) -> tuple[int | None, list]:
         """What a C-GET or C-MOVE retrieves, or why it is refused (a status)."""
-        caller, address = _caller(event)
+        caller, address = caller_of(event)
         if not self.callers.allows(caller, address, "retrieve"):
             return NOT_AUTHORIZED, []
         try:
@@ -291,21 +304,26 @@ class DimseService:
 
     def _audit(self, event, command: str, outcome, status: int, size: int, clock: float,
                detail: dict | None = None):  # fmt: skip
-        if self.archive.audit is None:
-            return
-        caller, address = _caller(event)
         uids = (outcome.retrieve_path or "").split("/")[1::2] if outcome else []
         study, series, sop = (uids + [None, None, None])[:3]
         detail = dict(detail or {})
         if outcome and outcome.message:
             detail["message"] = outcome.message
+        instance = sop or (outcome.sop_instance if outcome else None)
+        self.record(caller_of(event), command, status, clock, detail, bytes_in=size, study=study,
+                    series=series, instance=instance)  # fmt: skip
+
+    def record(self, caller: tuple[str, str], command: str, status: int, clock: float,
+               detail: dict, **fields) -> None:  # fmt: skip
+        """Audit a DIMSE operation of ``caller`` (AE title, address), from any thread."""
+        if self.archive.audit is None:
+            return
+        ae_title, address = caller
         entry = AuditEntry(
             time=utcnow(), protocol="dimse", method=command,
-            path=f"{caller}->{self.settings.dimse_aet}", status=status, principal=caller,
+            path=f"{ae_title}->{self.settings.dimse_aet}", status=status, principal=ae_title,
             address=address, action=ACTIONS.get(command),
-            study=study, series=series, instance=sop or (outcome.sop_instance if outcome else None),
-            bytes_in=size, duration_ms=round((time.perf_counter() - clock) * 1000, 3),
-            detail=detail,
+            duration_ms=round((time.perf_counter() - clock) * 1000, 3), detail=detail, **fields,
         )  # fmt: skip
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
 
@@ -338,11 +356,6 @@ def _unreachable(peer: tuple[str, int]) -> str | None:
 
 async def _next(results):
     return await anext(results)
-
-
-def _caller(event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), requestor.address
 
 
 async def run_dimse(archive: Archive, settings: Settings) -> None:

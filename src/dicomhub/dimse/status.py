@@ -4,7 +4,7 @@ says (a STOW failure reason, an error of the tree) to the status a peer is answe
 from __future__ import annotations
 
 from dicomhub.dicom import stow
-from dicomhub.errors import DicomhubError, Forbidden, InvalidRequest
+from dicomhub.errors import DicomhubError, Forbidden, InvalidRequest, PayloadTooLarge
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
@@ -17,6 +17,10 @@ TOO_MANY = 0xA702  # C-GET/C-MOVE: out of resources, unable to perform sub-opera
 UNREACHABLE = 0xA801  # C-MOVE: move destination unknown (or not reachable)
 IDENTIFIER_INVALID = 0xA900  # data set does not match SOP Class
 UNABLE = 0xC000  # C-FIND/C-GET/C-MOVE: unable to process
+INVALID_ARGUMENT = 0x0115  # N-ACTION: invalid argument value
+INVALID_OBJECT_INSTANCE = 0x0117
+NO_SUCH_ACTION = 0x0123
+RESOURCE_LIMITATION = 0x0213
 
 STORE_STATUS = {  # STOW failure reason -> C-STORE status
     stow.PROCESSING_FAILURE: PROCESSING_FAILURE,
@@ -25,10 +29,15 @@ STORE_STATUS = {  # STOW failure reason -> C-STORE status
 }
 
 
-def status_of(error: DicomhubError) -> int:
-    """The status of a query or retrieval the archive refused with ``error``."""
-    if isinstance(error, Forbidden):
-        return NOT_AUTHORIZED
-    if isinstance(error, InvalidRequest):
-        return IDENTIFIER_INVALID
-    return UNABLE
+ERROR_STATUS = [  # error -> (C-FIND/C-GET/C-MOVE status, N-ACTION status); first match wins
+    (Forbidden, NOT_AUTHORIZED, NOT_AUTHORIZED),
+    (PayloadTooLarge, TOO_MANY, RESOURCE_LIMITATION),
+    (InvalidRequest, IDENTIFIER_INVALID, INVALID_ARGUMENT),
+    (DicomhubError, UNABLE, PROCESSING_FAILURE),
+]
+
+
+def status_of(error: DicomhubError, action: bool = False) -> int:
+    """The status answering a request the archive refused with ``error`` (``action``: an
+    N-ACTION, else a query or retrieval)."""
+    return next(a if action else q for kind, q, a in ERROR_STATUS if isinstance(error, kind))
