@@ -685,6 +685,22 @@ def test_a_bad_peer_list_is_refused(spec):
     assert parse_peers("A=h:104, B=10.0.0.5:11112") == {"A": ("h", 104), "B": ("10.0.0.5", 11112)}
 
 
+def test_dimse_peer_is_repeatable(monkeypatch):
+    """``--dimse-peer`` (repeatable) adds to ``--dimse-peers``; either overrides the env."""
+    from dicomhub.cli import parse_command_line
+
+    monkeypatch.setenv("DICOMHUB_DIMSE_PEERS", "ENV=h:1")
+    _, settings = parse_command_line(["dimse", "--dimse-peer", "A=h:104", "--dimse-peer", "B=k:5"])
+    assert settings.dimse_peers == "A=h:104,B=k:5"
+    _, settings = parse_command_line(["serve", "--dimse-peers", "X=h:7", "--dimse-peer", "A=h:9"])
+    assert settings.dimse_peers == "X=h:7,A=h:9"
+    assert parse_command_line(["serve"])[1].dimse_peers == "ENV=h:1"
+    bad = subprocess.run([sys.executable, "-m", "dicomhub", "dimse", "--dimse-port", "11112",
+                          "--dimse-peer", "A=h:104", "--dimse-peer", "nonsense"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "'nonsense'" in bad.stderr
+
+
 def test_dicom_tls(tmp_path):
     """DICOM TLS with DCMTK: a peer with a certificate the CA signed gets in and stores; a
     plain TCP peer and an anonymous TLS peer do not."""

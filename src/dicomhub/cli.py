@@ -62,6 +62,12 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{f.metadata['help']} [env {env}; default {f.default!r}]",
         )
+    parser.add_argument(
+        "--dimse-peer",
+        action="append",
+        metavar="AET=host:port",
+        help="one DIMSE peer; repeatable, joined to what --dimse-peers gives",
+    )
 
 
 def _lock_data_dir(settings: Settings):
@@ -76,11 +82,19 @@ def _lock_data_dir(settings: Settings):
     return handle
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
+    """The command and the settings (flags over environment over defaults)."""
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     args.pop("action", None)
-    settings = Settings.load(args)
+    peers = args.pop("dimse_peer", None)
+    if peers:
+        args["dimse_peers"] = ",".join(filter(None, [args.get("dimse_peers"), *peers]))
+    return command, Settings.load(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command, settings = parse_command_line(argv)
     _configure_logging(settings)
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
