@@ -749,12 +749,14 @@ def test_c_move_cancel(server, destination, find_data):
 
 def test_the_association_limit(tmp_path):
     """With --dimse-max-associations 1, a second association is rejected while one is open
-    (and the rejection is audited)."""
+    (and the rejection is audited); a connection that never associates holds the slot only
+    until the ACSE timeout (10 s, shorter than --dimse-timeout)."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     port = free_port()
-    with running_server(tmp_path, dimse_port=str(port), dimse_max_associations="1") as (base, _):
+    with running_server(tmp_path, dimse_port=str(port), dimse_max_associations="1",
+                        dimse_timeout="30") as (base, _):  # fmt: skip
         ae = AE(ae_title="FIRST")
         ae.add_requested_context(Verification)
         deadline = time.monotonic() + 30
@@ -778,3 +780,13 @@ def test_the_association_limit(tmp_path):
                 break
             time.sleep(0.2)
         assert [e["method"] for e in entries] == ["A-ASSOCIATE-RJ"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            time.sleep(0.5)
+            held = dcmtk("echoscu", "-aet", "THIRD", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+            assert held.returncode != 0, "the idle connection holds the one slot"
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server
+            assert time.monotonic() - started < 15
+        time.sleep(0.5)
+        after = dcmtk("echoscu", "-aet", "THIRD", "-aec", "DICOMHUB", "127.0.0.1", str(port))
+        assert after.returncode == 0, after.stderr

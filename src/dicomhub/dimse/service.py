@@ -74,6 +74,7 @@ GET_MODELS = [PatientRootQueryRetrieveInformationModelGet,
 MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove,
                StudyRootQueryRetrieveInformationModelMove]  # fmt: skip
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
+ACSE_TIMEOUT = 10.0  # seconds to the A-ASSOCIATE-RQ (and other ACSE messages)
 # the data actions of the HTTP routes that do the same
 ACTIONS = {
     "C-STORE": WRITE,
@@ -102,7 +103,9 @@ class DimseService:
     def application_entity(self) -> AE:
         ae = AE(ae_title=self.settings.dimse_aet)
         ae.maximum_associations = self.settings.dimse_max_associations
-        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.settings.dimse_timeout
+        ae.network_timeout = ae.dimse_timeout = self.settings.dimse_timeout
+        # a connection that does not associate soon gives its slot back
+        ae.acse_timeout = min(ACSE_TIMEOUT, self.settings.dimse_timeout)
         ae.require_calling_aet = self.callers.ae_titles
         ae.add_supported_context(Verification, PREFERRED)
         for context in AllStoragePresentationContexts:  # SCU role too: C-GET's sub-operations
