@@ -5,6 +5,7 @@ audit entries, the exposure check, and the service beside several HTTP workers."
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import struct
@@ -676,13 +677,19 @@ def test_orthanc_asks_dicomhub_for_storage_commitment(orthanc_peer):
     assert (failure["SOPInstanceUID"], failure["FailureReason"]) == (missing, 0x0112)
 
 
-@pytest.mark.parametrize("spec", ["DEST", "DEST=host", "DEST=host:0", "DEST=:104", "=h:104"])
+@pytest.mark.parametrize(
+    "spec", ["DEST", "DEST=host", "DEST=host:0", "DEST=:104", "=h:104", "DEST=tls://:104"]
+)
 def test_a_bad_peer_list_is_refused(spec):
     from dicomhub.dimse.callers import parse_peers
 
     with pytest.raises(ValueError, match="dimse_peers"):
         parse_peers(spec)
-    assert parse_peers("A=h:104, B=10.0.0.5:11112") == {"A": ("h", 104), "B": ("10.0.0.5", 11112)}
+    from dicomhub.dimse.callers import Peer
+
+    assert parse_peers("A=h:104, B=10.0.0.5:11112,C=tls://pacs:2762") == {
+        "A": Peer("h", 104), "B": Peer("10.0.0.5", 11112), "C": Peer("pacs", 2762, tls=True)
+    }  # fmt: skip
 
 
 def test_dimse_peer_is_repeatable(monkeypatch):
@@ -703,15 +710,25 @@ def test_dimse_peer_is_repeatable(monkeypatch):
 
 def test_dicom_tls(tmp_path):
     """DICOM TLS with DCMTK: a peer with a certificate the CA signed gets in and stores; a
-    plain TCP peer and an anonymous TLS peer do not."""
+    plain TCP peer and an anonymous TLS peer do not; a C-MOVE reaches a tls:// peer over TLS
+    (each side checking the other's certificate)."""
     from tests.test_tls import self_signed
 
     cert, key = self_signed(tmp_path)
     port = free_port()
     data = tmp_path / "data"
     data.mkdir()
-    with running_server(data, dimse_port=str(port), dimse_tls_certfile=cert,
-                        dimse_tls_keyfile=key, dimse_tls_ca=cert) as (base, _):  # fmt: skip
+    secure, secure_port = tmp_path / "secure", free_port()  # a C-MOVE destination over TLS
+    secure.mkdir()
+    scp = subprocess.Popen(["storescp", "+B", "+tls", key, cert, "+cf", cert, "-aet", "SECURE",
+                            "-od", str(secure), str(secure_port)])  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        stack.callback(scp.wait, 10)
+        stack.callback(scp.terminate)
+        base, _ = stack.enter_context(running_server(
+            data, dimse_port=str(port), dimse_tls_certfile=cert, dimse_tls_keyfile=key,
+            dimse_tls_ca=cert, dimse_peers=f"SECURE=tls://127.0.0.1:{secure_port}",
+        ))  # fmt: skip
         _wait_for_port(port)
         tls = ["+tls", key, cert, "+cf", cert]
         ok = dcmtk("echoscu", *tls, "-aec", "DICOMHUB", "127.0.0.1", str(port))
@@ -727,6 +744,31 @@ def test_dicom_tls(tmp_path):
         assert stored.returncode == 0, stored.stderr
         r = httpx.get(f"{base}/v2/studies/{uid(65, 1)}/metadata")
         assert r.status_code == 200 and len(r.json()) == 1
+        assert _move_over_tls(port, cert, key, "SECURE", uid(65, 1))[-1] == 0x0000
+        [received] = list(secure.iterdir())
+        assert received.read_bytes().endswith(dataset_part(path.read_bytes()))
+
+
+def _move_over_tls(port: int, cert: str, key: str, destination: str, study: str) -> list[int]:
+    """The statuses of a C-MOVE asked over TLS by pynetdicom (DCMTK's movescu has no TLS)."""
+    import ssl
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as Model
+
+    context = ssl.create_default_context(cafile=cert)
+    context.load_cert_chain(cert, key)
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(Model)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB", tls_args=(context, "127.0.0.1"))
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+    try:
+        return [status.Status for status, _ in assoc.send_c_move(query, destination, Model)]
+    finally:
+        assoc.release()
 
 
 def test_c_move_cancel(server, destination, find_data):

@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
-        from dicomhub.dimse.service import tls_context
+        from dicomhub.dimse.service import client_tls_context, tls_context
 
         try:
             Callers(settings.dimse_callers)
-            parse_peers(settings.dimse_peers)
+            if any(peer.tls for peer in parse_peers(settings.dimse_peers).values()):
+                client_tls_context(settings)
             tls_context(settings)
         except (ValueError, OSError) as exc:
             sys.exit(f"dicomhub: {exc}")

@@ -200,9 +200,7 @@ class Settings:
         "Serve without authentication on an address other than loopback (logs a warning). "
         "Off: serve refuses to start that way.",
     )
-    dimse_port: int = _setting(
-        0, "Port of the DIMSE service on host; 0: no DIMSE service."
-    )
+    dimse_port: int = _setting(0, "Port of the DIMSE service on host; 0: no DIMSE service.")
     dimse_aet: str = _setting("DICOMHUB", "The DIMSE service's own AE title (called AE).")
     dimse_callers: str = _setting(
         "",
@@ -212,20 +210,21 @@ class Settings:
     )
     dimse_peers: str = _setting(
         "",
-        "DIMSE peers: AET=host:port, comma-separated. C-MOVE may send only to them (another "
-        "destination gets 0xA801); a peer asking for storage commitment gets its report on a "
-        "new association to that address.",
+        "DIMSE peers: AET=host:port, or AET=tls://host:port for DICOM TLS, comma-separated. "
+        "C-MOVE may send only to them (another destination gets 0xA801); a peer asking for "
+        "storage commitment gets its report on a new association to that address.",
     )
     dimse_tls_certfile: str = _setting(
         "",
         "PEM certificate (with its chain) for DICOM TLS on the DIMSE port, with "
-        "dimse_tls_keyfile. Empty: plain TCP.",
+        "dimse_tls_keyfile; also presented to tls:// peers. Empty: plain TCP.",
     )
     dimse_tls_keyfile: str = _setting("", "PEM private key of dimse_tls_certfile.")
     dimse_tls_ca: str = _setting(
         "",
-        "PEM CA certificates that DIMSE peers' certificates must be signed by (the peers must "
-        "then present one). Empty: peers are not asked for a certificate.",
+        "PEM CA certificates that DIMSE callers' certificates must be signed by (callers must "
+        "then present one), and that tls:// peers' certificates are checked against. Empty: "
+        "callers are not asked for a certificate; peers are checked against the system's CAs.",
     )
     dimse_max_associations: int = _setting(10, "Most DIMSE associations served at once.")
     dimse_timeout: float = _setting(

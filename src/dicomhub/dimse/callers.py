@@ -56,12 +56,24 @@ def caller_of(event) -> tuple[str, str]:
     return str(requestor.ae_title).strip(), requestor.address
 
 
-def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
-    """``--dimse-peers`` (``AET=host:port,...``): where C-MOVE may send, by AE title."""
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    tls: bool = False  # DICOM TLS on the associations dicomhub opens to it
+
+    def __str__(self) -> str:
+        return f"{'tls://' if self.tls else ''}{self.host}:{self.port}"
+
+
+def parse_peers(spec: str) -> dict[str, Peer]:
+    """``--dimse-peers`` (``AET=host:port`` or ``AET=tls://host:port``, comma-separated): the
+    AEs dicomhub opens associations to (C-MOVE destinations, storage commitment reports)."""
     peers = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         ae_title, sep, address = entry.partition("=")
-        host, _, port = address.rpartition(":")
+        tls = address.strip().startswith("tls://")
+        host, _, port = address.strip().removeprefix("tls://").rpartition(":")
         if (
             not sep
             or not ae_title.strip()
@@ -69,6 +81,8 @@ def parse_peers(spec: str) -> dict[str, tuple[str, int]]:
             or not host
             or not (port.isdigit() and 0 < int(port) < 65536)
         ):
-            raise ValueError(f"dimse_peers entry {entry!r}: write AET=host:port")
-        peers[ae_title.strip()] = (host, int(port))
+            raise ValueError(
+                f"dimse_peers entry {entry!r}: write AET=host:port or AET=tls://host:port"
+            )
+        peers[ae_title.strip()] = Peer(host, int(port), tls)
     return peers

@@ -24,7 +24,7 @@ from dicomhub.dicom import commitment
 from dicomhub.dicom.commitment import Request, parse_request, report
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
-from dicomhub.dimse.callers import caller_of
+from dicomhub.dimse.callers import Peer, caller_of
 from dicomhub.dimse.status import (
     INVALID_OBJECT_INSTANCE,
     NO_SUCH_ACTION,
@@ -111,7 +111,7 @@ class Commitments:
         for delay in (0.0, *RETRY_DELAYS) if peer is not None else ():
             await asyncio.sleep(delay)
             status = await asyncio.to_thread(self._send_new, peer, caller[0], event_type, info)
-            detail["via"] = f"a new association to {peer[0]}:{peer[1]}"
+            detail["via"] = f"a new association to {peer}"
             if status == SUCCESS:
                 break
         if status != SUCCESS:
@@ -121,13 +121,14 @@ class Commitments:
         outcome = PROCESSING_FAILURE if status is None else status
         service.record(caller, "N-EVENT-REPORT", outcome, clock, detail)
 
-    def _send_new(self, peer: tuple[str, int], ae_title: str, event_type: int, info: Dataset):
+    def _send_new(self, peer: Peer, ae_title: str, event_type: int, info: Dataset):
         settings = self.service.settings
         ae = AE(ae_title=settings.dimse_aet)
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.dimse_timeout
         ae.add_requested_context(commitment.SOP_CLASS)
         role = build_role(commitment.SOP_CLASS, scu_role=False, scp_role=True)
-        assoc = ae.associate(*peer, ae_title=ae_title, ext_neg=[role])
+        assoc = ae.associate(peer.host, peer.port, ae_title=ae_title, ext_neg=[role],
+                             **self.service.tls_args(peer))  # fmt: skip
         if not assoc.is_established:
             return None
         try:

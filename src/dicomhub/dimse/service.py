@@ -46,7 +46,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.dicom import commitment, stow
 from dicomhub.dimse import retrieve
-from dicomhub.dimse.callers import Callers, caller_of, parse_peers
+from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_peers
 from dicomhub.dimse.commitment import Commitments
 from dicomhub.dimse.find import find
 from dicomhub.dimse.status import (
@@ -142,6 +142,12 @@ class DimseService:
         finally:
             self.commitments.close()
             await asyncio.to_thread(server.shutdown)
+
+    def tls_args(self, peer: Peer) -> dict:
+        """The ``associate()`` options for an association dicomhub opens to ``peer``."""
+        if not peer.tls:
+            return {}
+        return {"tls_args": (client_tls_context(self.settings), peer.host)}
 
     # -- handlers (in pynetdicom's association threads) -----------------------------------
 
@@ -251,7 +257,8 @@ class DimseService:
             refusal, found = self._selection(event, detail)
             pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in found))
             contexts = [build_context(sop, ts) for sop, ts in pairs[:MAX_CONTEXTS]]
-            yield (*peer, {"contexts": contexts or [build_context(Verification)]})
+            options = {"contexts": contexts or [build_context(Verification)]}
+            yield peer.host, peer.port, options | self.tls_args(peer)
             # pynetdicom associates with the destination after the count (unless there is
             # nothing to send): until resumed past it, the destination was not reached
             status = UNREACHABLE if found or refusal is not None else SUCCESS
@@ -347,13 +354,23 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _unreachable(peer: tuple[str, int]) -> str | None:
+def client_tls_context(settings: Settings) -> ssl.SSLContext:
+    """DICOM TLS to a peer: its certificate is verified (against dimse_tls_ca, else the
+    system's CAs, and its host name); dicomhub presents its own certificate when it has one."""
+    context = ssl.create_default_context(cafile=settings.dimse_tls_ca or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.dimse_tls_certfile and settings.dimse_tls_keyfile:
+        context.load_cert_chain(settings.dimse_tls_certfile, settings.dimse_tls_keyfile)
+    return context
+
+
+def _unreachable(peer: Peer) -> str | None:
     """Why the peer cannot be reached now, or None (checked before pynetdicom associates, so
     that the refusal is answered, and audited, at once)."""
     try:
-        socket.create_connection(peer, timeout=5).close()
+        socket.create_connection((peer.host, peer.port), timeout=5).close()
     except OSError as exc:
-        return f"cannot be reached at {peer[0]}:{peer[1]} ({exc.strerror or exc})"
+        return f"cannot be reached at {peer.host}:{peer.port} ({exc.strerror or exc})"
     return None
 
 
