@@ -454,6 +454,36 @@ def test_c_get_sends_the_stored_instances(server, find_data, tmp_path, level, ke
         assert dataset_part(r.content) == dataset_part(data), sop
 
 
+@pytest.mark.parametrize(
+    "name", ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
+             "MR_small_jpeg_ls_lossless.dcm"],
+)  # fmt: skip
+def test_c_get_converts_what_the_requestor_cannot_take(server, tmp_path, name):
+    """getscu accepts only uncompressed syntaxes by default: a compressed instance goes out in
+    Explicit VR Little Endian, exactly as WADO-RS converts it."""
+    from tests.dicomfiles import load, with_new_uids
+    from tests.helpers import stow
+
+    base, port, _ = server
+    n = ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
+         "MR_small_jpeg_ls_lossless.dcm"].index(name)  # fmt: skip
+    data = with_new_uids(load(name), study=uid(66, n), series=uid(66, n, 1))
+    with httpx.Client(base_url=base, timeout=60) as http:
+        assert stow(http, data).status_code == 200
+        ds = read(data)
+        converted = http.get(
+            f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}",
+            headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"},
+        )  # fmt: skip
+        assert converted.status_code == 200, converted.text
+    done = getscu(port, tmp_path / "got", "STUDY", StudyInstanceUID=uid(66, n))
+    assert done.returncode == 0, done.stderr
+    [got] = [p.read_bytes() for p in (tmp_path / "got").iterdir()]
+    assert read(got).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert _elements(got) == _elements(converted.content)
+
+
 def test_c_get_refusals(server, find_data, tmp_path):
     base, port, _ = server
     denied = getscu(port, tmp_path / "denied", "STUDY", calling="MODALITY",

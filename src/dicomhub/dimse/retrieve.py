@@ -10,6 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomhub.archive.archive import Archive
+from dicomhub.dicom import codecs
 from dicomhub.dicom.cfind import query_level
 from dicomhub.dimse.find import find
 from dicomhub.errors import InvalidRequest
@@ -46,8 +47,28 @@ async def instances(archive: Archive, identifier: Dataset, max_limit: int) -> li
     return found
 
 
-async def dataset(archive: Archive, instance: StoredInstance) -> Dataset:
-    data = b"".join([chunk async for chunk in archive.retrieve.content(instance)])
+async def dataset(archive: Archive, instance: StoredInstance, accepted: frozenset[str]) -> Dataset:
+    """The instance to send where ``accepted`` are the transfer syntaxes its SOP class may be
+    sent in (empty: unknown): as stored when it may be, else converted to one that may."""
+    target = await sending_syntax(archive, instance, accepted)
+    if target is None:
+        data = b"".join([chunk async for chunk in archive.retrieve.content(instance)])
+    else:
+        data = b"".join([chunk async for chunk in await archive.pixels.instance(instance, target)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pydicom.dcmread(io.BytesIO(data))
+
+
+async def sending_syntax(
+    archive: Archive, instance: StoredInstance, accepted: frozenset[str]
+) -> str | None:
+    """The syntax to convert the instance to, or None to send it as stored: Explicit VR Little
+    Endian when a native syntax was accepted (pynetdicom re-encodes among native syntaxes),
+    else the first accepted syntax the image can be converted to."""
+    if not accepted or instance.transfer_syntax in accepted:
+        return None
+    convertible = archive.pixels.targets(instance, await archive.pixels.info(instance))
+    if accepted & codecs.NATIVE:
+        return codecs.EXPLICIT_VR_LE if codecs.EXPLICIT_VR_LE in convertible else None
+    return next((ts for ts in codecs.TARGETS if ts in accepted and ts in convertible), None)

@@ -231,7 +231,7 @@ class DimseService:
                 yield refusal, None
                 return
             yield len(found)
-            for result in self._send(event, found):
+            for result in self._send(event, found, convert=True):
                 status = result[0] if result[0] == CANCELLED else status
                 yield result
         finally:
@@ -269,7 +269,7 @@ class DimseService:
                 return
             yield len(found)
             status = SUCCESS
-            for result in self._send(event, found):
+            for result in self._send(event, found, convert=False):
                 status = result[0] if result[0] == CANCELLED else status
                 yield result
         finally:
@@ -291,13 +291,26 @@ class DimseService:
         detail["instances"] = len(found)
         return (TOO_MANY if len(found) > retrieve.MAX_SUBOPERATIONS else None), found
 
-    def _send(self, event, found: list):
-        """(Pending, data set) for each instance, or Cancel once the peer asks for it."""
+    def _send(self, event, found: list, convert: bool):
+        """(Pending, data set) for each instance, or Cancel once the peer asks for it. With
+        ``convert`` (C-GET: the association's accepted contexts are known), an instance whose
+        stored syntax the requestor did not accept is converted to one it did."""
+        accepted: dict[str, frozenset[str]] = {}
+        if convert:
+            for cx in event.assoc.accepted_contexts:
+                syntaxes = accepted.get(cx.abstract_syntax, frozenset())
+                accepted[cx.abstract_syntax] = syntaxes | {str(cx.transfer_syntax[0])}
         for instance in found:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            yield PENDING, self._call(retrieve.dataset(self.archive, instance))
+            syntaxes = accepted.get(instance.sop_class, frozenset())
+            try:
+                found_dataset = self._call(retrieve.dataset(self.archive, instance, syntaxes))
+            except DicomhubError as exc:  # cannot convert: as stored (the sub-operation fails)
+                log.info("C-GET: %s not converted: %s", instance.id.sop, exc)
+                found_dataset = self._call(retrieve.dataset(self.archive, instance, frozenset()))
+            yield PENDING, found_dataset
 
     async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
         fd, name = tempfile.mkstemp(dir=self.settings.spool_dir, suffix=".part")
