@@ -357,6 +357,32 @@ def test_c_find_in_a_study_and_a_series(server, find_data, tmp_path):
     assert {str(i.SOPInstanceUID) for i in images} == {uid(62, 0, 0, 0), uid(62, 0, 0, 1)}
 
 
+def test_c_find_sequence_keys(server, tmp_path):
+    """A sequence key with a valued item key matches items, as QIDO-RS's Sequence.Key does; an
+    empty sequence key is a return key, answered with the stored items."""
+    from tests.helpers import stow
+
+    base, port, _ = server
+    study = uid(67, 1)
+    requests = {0: "RP7", 1: "RP8"}
+    parts = [instance(study, uid(67, 2, s), uid(67, 3, s), RequestAttributesSequence=[
+        {"RequestedProcedureID": rp, "ScheduledProcedureStepID": f"SPS{s}"}
+    ]) for s, rp in requests.items()]  # fmt: skip
+    with httpx.Client(base_url=base) as http:
+        assert stow(http, *parts).status_code == 200
+    found = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
+                    SeriesInstanceUID="",
+                    **{"RequestAttributesSequence[0].RequestedProcedureID": "RP8"})  # fmt: skip
+    expected = qido(base, f"/v2/studies/{study}/series", **{"00400275.00401001": "RP8"})
+    assert [str(ds.SeriesInstanceUID) for ds in found] == [uid(67, 2, 1)]
+    assert values(expected, "0020000E") == {uid(67, 2, 1)}
+    assert found[0].RequestAttributesSequence[0].RequestedProcedureID == "RP8"
+    returned = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
+                       SeriesInstanceUID=uid(67, 2, 0), RequestAttributesSequence="")  # fmt: skip
+    [item] = returned[0].RequestAttributesSequence
+    assert (item.RequestedProcedureID, item.ScheduledProcedureStepID) == ("RP7", "SPS0")
+
+
 def test_c_find_patient_level(server, find_data, tmp_path):
     _, port, _ = server
     patients = findscu(port, tmp_path, "-P", "PATIENT", PatientID="FIND*", PatientName="")
