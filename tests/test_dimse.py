@@ -480,34 +480,66 @@ def test_c_get_sends_the_stored_instances(server, find_data, tmp_path, level, ke
         assert dataset_part(r.content) == dataset_part(data), sop
 
 
-@pytest.mark.parametrize(
-    "name", ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
-             "MR_small_jpeg_ls_lossless.dcm"],
-)  # fmt: skip
-def test_c_get_converts_what_the_requestor_cannot_take(server, tmp_path, name):
-    """getscu accepts only uncompressed syntaxes by default: a compressed instance goes out in
-    Explicit VR Little Endian, exactly as WADO-RS converts it."""
+COMPRESSED = ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
+              "MR_small_jpeg_ls_lossless.dcm"]  # fmt: skip
+
+
+def _stored_and_converted(base: str, name: str, study: str) -> bytes:
+    """Store a copy of pydicom's file ``name`` in ``study``; WADO-RS's Explicit VR Little
+    Endian conversion of it."""
     from tests.dicomfiles import load, with_new_uids
     from tests.helpers import stow
 
-    base, port, _ = server
-    n = ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
-         "MR_small_jpeg_ls_lossless.dcm"].index(name)  # fmt: skip
-    data = with_new_uids(load(name), study=uid(66, n), series=uid(66, n, 1))
+    data = with_new_uids(load(name), study=study, series=study + ".1")
+    ds = read(data)
     with httpx.Client(base_url=base, timeout=60) as http:
         assert stow(http, data).status_code == 200
-        ds = read(data)
         converted = http.get(
-            f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}",
+            f"/v2/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
             headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"},
-        )  # fmt: skip
-        assert converted.status_code == 200, converted.text
-    done = getscu(port, tmp_path / "got", "STUDY", StudyInstanceUID=uid(66, n))
+        )
+    assert converted.status_code == 200, converted.text
+    return converted.content
+
+
+@pytest.mark.parametrize("name", COMPRESSED)
+def test_c_get_converts_what_the_requestor_cannot_take(server, tmp_path, name):
+    """getscu accepts only uncompressed syntaxes by default: a compressed instance goes out in
+    Explicit VR Little Endian, exactly as WADO-RS converts it."""
+    base, port, _ = server
+    study = uid(66, COMPRESSED.index(name))
+    converted = _stored_and_converted(base, name, study)
+    done = getscu(port, tmp_path / "got", "STUDY", StudyInstanceUID=study)
     assert done.returncode == 0, done.stderr
     [got] = [p.read_bytes() for p in (tmp_path / "got").iterdir()]
     assert read(got).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert _elements(got) == _elements(converted.content)
+    assert _elements(got) == _elements(converted)
+
+
+@pytest.mark.parametrize("name", COMPRESSED[:2])
+def test_c_move_converts_what_the_destination_refuses(tmp_path, name):
+    """A storescp taking only uncompressed syntaxes (its default) as the destination: the
+    compressed instance arrives in Explicit VR Little Endian, as WADO-RS converts it."""
+    folder, dest_port, port = tmp_path / "plain", free_port(), free_port()
+    folder.mkdir()
+    scp = subprocess.Popen(["storescp", "+B", "-aet", "PLAIN", "-od", str(folder),
+                            str(dest_port)])  # fmt: skip
+    try:
+        _wait_for_port(dest_port)
+        data = tmp_path / "data"
+        data.mkdir()
+        with running_server(data, dimse_port=str(port),
+                            dimse_peers=f"PLAIN=127.0.0.1:{dest_port}") as (base, _):  # fmt: skip
+            _wait_for_port(port)
+            converted = _stored_and_converted(base, name, uid(68, 1))
+            done = movescu(port, "STUDY", "PLAIN", StudyInstanceUID=uid(68, 1))
+            assert done.returncode == 0, done.stderr
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    [got] = [p.read_bytes() for p in folder.iterdir()]
+    assert read(got).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert _elements(got) == _elements(converted)
 
 
 def test_c_get_refusals(server, find_data, tmp_path):

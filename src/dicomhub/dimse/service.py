@@ -231,7 +231,7 @@ class DimseService:
                 yield refusal, None
                 return
             yield len(found)
-            for result in self._send(event, found, convert=True):
+            for result in self._send(event, found, event.assoc.accepted_contexts):
                 status = result[0] if result[0] == CANCELLED else status
                 yield result
         finally:
@@ -255,9 +255,12 @@ class DimseService:
                 yield None, None
                 return
             refusal, found = self._selection(event, detail)
-            pairs = list(dict.fromkeys((i.sop_class, i.transfer_syntax) for i in found))
-            contexts = [build_context(sop, ts) for sop, ts in pairs[:MAX_CONTEXTS]]
-            options = {"contexts": contexts or [build_context(Verification)]}
+            accepted: list = []  # the destination association's, once it is accepted
+            options = {
+                "contexts": _move_contexts(found),
+                "evt_handlers": [(evt.EVT_ACCEPTED, lambda e: accepted.extend(
+                    e.assoc.accepted_contexts))],
+            }  # fmt: skip
             yield peer.host, peer.port, options | self.tls_args(peer)
             # pynetdicom associates with the destination after the count (unless there is
             # nothing to send): until resumed past it, the destination was not reached
@@ -269,7 +272,7 @@ class DimseService:
                 return
             yield len(found)
             status = SUCCESS
-            for result in self._send(event, found, convert=False):
+            for result in self._send(event, found, accepted):
                 status = result[0] if result[0] == CANCELLED else status
                 yield result
         finally:
@@ -291,16 +294,17 @@ class DimseService:
         detail["instances"] = len(found)
         return (TOO_MANY if len(found) > retrieve.MAX_SUBOPERATIONS else None), found
 
-    def _send(self, event, found: list, convert: bool):
-        """(Pending, data set) for each instance, or Cancel once the peer asks for it. With
-        ``convert`` (C-GET: the association's accepted contexts are known), an instance whose
-        stored syntax the requestor did not accept is converted to one it did."""
+    def _send(self, event, found: list, contexts: list):
+        """(Pending, data set) for each instance, or Cancel once the peer asks for it. An
+        instance whose stored syntax the receiver did not accept (``contexts``: the accepted
+        presentation contexts of the association the sub-operations use, read as they are
+        sent) is converted to one it did."""
         accepted: dict[str, frozenset[str]] = {}
-        if convert:
-            for cx in event.assoc.accepted_contexts:
-                syntaxes = accepted.get(cx.abstract_syntax, frozenset())
-                accepted[cx.abstract_syntax] = syntaxes | {str(cx.transfer_syntax[0])}
         for instance in found:
+            if not accepted:
+                for cx in contexts:
+                    syntaxes = accepted.get(cx.abstract_syntax, frozenset())
+                    accepted[cx.abstract_syntax] = syntaxes | {str(cx.transfer_syntax[0])}
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
@@ -308,7 +312,7 @@ class DimseService:
             try:
                 found_dataset = self._call(retrieve.dataset(self.archive, instance, syntaxes))
             except DicomhubError as exc:  # cannot convert: as stored (the sub-operation fails)
-                log.info("C-GET: %s not converted: %s", instance.id.sop, exc)
+                log.info("%s not converted: %s", instance.id.sop, exc)
                 found_dataset = self._call(retrieve.dataset(self.archive, instance, frozenset()))
             yield PENDING, found_dataset
 
@@ -375,6 +379,17 @@ def client_tls_context(settings: Settings) -> ssl.SSLContext:
     if settings.dimse_tls_certfile and settings.dimse_tls_keyfile:
         context.load_cert_chain(settings.dimse_tls_certfile, settings.dimse_tls_keyfile)
     return context
+
+
+def _move_contexts(found: list) -> list:
+    """What a C-MOVE proposes to its destination: each SOP class in each stored syntax, then
+    each SOP class in the native syntaxes (to convert to where a stored one is refused); at
+    most MAX_CONTEXTS."""
+    pairs = dict.fromkeys((i.sop_class, i.transfer_syntax) for i in found)
+    contexts = [build_context(sop, ts) for sop, ts in pairs]
+    native = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    contexts += [build_context(sop, native) for sop in dict.fromkeys(sop for sop, _ in pairs)]
+    return contexts[:MAX_CONTEXTS] or [build_context(Verification)]
 
 
 def _unreachable(peer: Peer) -> str | None:
