@@ -66,7 +66,8 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         "--dimse-peer",
         action="append",
         metavar="AET=host:port",
-        help="one DIMSE peer; repeatable, joined to what --dimse-peers gives",
+        help="one DIMSE peer (AET=tls://host:port for DICOM TLS); repeatable, joined to what "
+        "--dimse-peers gives",
     )
 
 
