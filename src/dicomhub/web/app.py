@@ -41,6 +41,8 @@ VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{sop}"
+FRAMES = INSTANCE + "/frames/{frames}"
+TAG = "/extendedquerytags/{tag}"
 
 
 class ActionRoute(Route):
@@ -95,27 +97,15 @@ def routes() -> list[BaseRoute]:
         (STUDY + "/metadata", wado.metadata, ["GET"], "study-metadata", READ),
         (SERIES + "/metadata", wado.metadata, ["GET"], "series-metadata", READ),
         (INSTANCE + "/metadata", wado.metadata, ["GET"], "instance-metadata", READ),
-        (INSTANCE + "/frames/{frames}", wado.frames, ["GET"], "frames", READ),
+        (FRAMES, wado.frames, ["GET"], "frames", READ),
         (STUDY + "/rendered", rendered.rendered, ["GET"], "study-rendered", READ),
         (SERIES + "/rendered", rendered.rendered, ["GET"], "series-rendered", READ),
         (INSTANCE + "/rendered", rendered.rendered, ["GET"], "instance-rendered", READ),
-        (
-            INSTANCE + "/frames/{frames}/rendered",
-            rendered.rendered,
-            ["GET"],
-            "frames-rendered",
-            READ,
-        ),
+        (FRAMES + "/rendered", rendered.rendered, ["GET"], "frames-rendered", READ),
         (STUDY + "/thumbnail", rendered.thumbnail, ["GET"], "study-thumbnail", READ),
         (SERIES + "/thumbnail", rendered.thumbnail, ["GET"], "series-thumbnail", READ),
         (INSTANCE + "/thumbnail", rendered.thumbnail, ["GET"], "instance-thumbnail", READ),
-        (
-            INSTANCE + "/frames/{frames}/thumbnail",
-            rendered.thumbnail,
-            ["GET"],
-            "frames-thumbnail",
-            READ,
-        ),
+        (FRAMES + "/thumbnail", rendered.thumbnail, ["GET"], "frames-thumbnail", READ),
         (INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, ["GET"], "bulkdata", READ),
         (STUDY, delete.delete, ["DELETE"], "delete-study", DELETE),
         (SERIES, delete.delete, ["DELETE"], "delete-series", DELETE),
@@ -127,28 +117,10 @@ def routes() -> list[BaseRoute]:
         ("/fhir/failures", fhir.failures, ["GET"], "fhir-failures", ADMIN),
         ("/extendedquerytags", extended_tags.add, ["POST"], "extended-tags-add", MANAGE_TAGS),
         ("/extendedquerytags", extended_tags.listing, ["GET"], "extended-tags", READ),
-        ("/extendedquerytags/{tag}", extended_tags.get, ["GET"], "extended-tag", READ),
-        (
-            "/extendedquerytags/{tag}",
-            extended_tags.update,
-            ["PATCH"],
-            "extended-tag-update",
-            MANAGE_TAGS,
-        ),
-        (
-            "/extendedquerytags/{tag}",
-            extended_tags.delete,
-            ["DELETE"],
-            "extended-tag-delete",
-            MANAGE_TAGS,
-        ),
-        (
-            "/extendedquerytags/{tag}/errors",
-            extended_tags.errors,
-            ["GET"],
-            "extended-tag-errors",
-            READ,
-        ),
+        (TAG, extended_tags.get, ["GET"], "extended-tag", READ),
+        (TAG, extended_tags.update, ["PATCH"], "extended-tag-update", MANAGE_TAGS),
+        (TAG, extended_tags.delete, ["DELETE"], "extended-tag-delete", MANAGE_TAGS),
+        (TAG + "/errors", extended_tags.errors, ["GET"], "extended-tag-errors", READ),
         ("/api.json", openapi.api_json, ["GET"], "openapi-json", READ),
         ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml", READ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
