@@ -181,6 +181,11 @@ def test_statuses(server):
         assert missing.status_code == 404
         refused = http.get("/v2/audit", params={"principal": "VIEWER"}).json()
         assert [(e["method"], e["status"]) for e in refused] == [("C-STORE", 0x0124)]
+        invalid = http.get("/v2/audit", params={"status": "0xA900", "limit": 1000}).json()
+        assert {e["status"] for e in invalid} == {0xA900}
+        assert ("C-STORE", "MODALITY", uid(60, 4)) in [
+            (e["method"], e["principal"], e["sopInstanceUid"]) for e in invalid
+        ]
 
 
 @pytest.mark.parametrize("spec", ["CT1", "CT1=", "CT1=fly", "=store", "A" * 17 + "=store"])

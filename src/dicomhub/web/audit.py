@@ -140,17 +140,29 @@ async def entries(request: Request) -> Response:
     if action is not None and action not in ACTIONS:
         raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}")
     study = param(q, "study")
-    status = param(q, "status")
-    if status is not None and not (status.isdigit() and len(status) == 3):
-        raise InvalidRequest("status must be a three-digit HTTP status")
+    status = _status(param(q, "status"))
     query = AuditQuery(
         since=time_param(q, "since"),
         until=time_param(q, "until"),
         principal=param(q, "principal"),
         action=action,
         study=require_uid(study, "study") if study is not None else None,
-        status=int(status) if status is not None else None,
+        status=status,
         offset=offset,
         limit=limit,
     )
     return JSONResponse([e.to_json() for e in await log.entries(query)])
+
+
+def _status(value: str | None) -> int | None:
+    """An HTTP status (three digits) or a DIMSE status (``0x`` and four hex digits)."""
+    if value is None:
+        return None
+    if value.isdigit() and len(value) == 3:
+        return int(value)
+    if len(value) == 6 and value[:2].lower() == "0x":
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    raise InvalidRequest("status must be a three-digit HTTP status or a DIMSE status (0xA900)")
