@@ -212,7 +212,6 @@ def worker_app():
 
 
 def _app(settings: Settings, recover: bool, dimse: bool = True):
-    from dicomhub.dimse.service import run_dimse
     from dicomhub.web.app import create_app
     from dicomhub.workers.background import run_background
 
@@ -221,6 +220,8 @@ def _app(settings: Settings, recover: bool, dimse: bool = True):
     if settings.background_jobs:
         jobs.append(lambda: run_background(archive, settings))
     if dimse and settings.dimse_port:
+        from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves
+
         jobs.append(lambda: run_dimse(archive, settings))
 
     async def background() -> None:
@@ -233,7 +234,6 @@ async def _work(settings: Settings, command: str) -> None:
     """``dicomhub worker`` (job runners), ``dicomhub fhir-sync`` or ``dicomhub dimse`` until
     SIGTERM or SIGINT; job work cut off mid-way is taken over by another node once its lease
     runs out."""
-    from dicomhub.dimse.service import run_dimse
     from dicomhub.workers.background import run_background
     from dicomhub.workers.fhir import run_fhir_sync
 
@@ -242,6 +242,8 @@ async def _work(settings: Settings, command: str) -> None:
     if command == "fhir-sync":
         job = run_fhir_sync(archive.fhir, settings.fhir_poll_interval)
     elif command == "dimse":
+        from dicomhub.dimse.service import run_dimse
+
         job = run_dimse(archive, settings)
     else:
         job = run_background(archive, settings)

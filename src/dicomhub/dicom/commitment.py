@@ -69,10 +69,7 @@ def report(request: Request, failures: dict[str, int], retrieve_ae: str) -> tupl
 
 
 def _uid(item: Dataset, keyword: str) -> str:
-    try:
-        value = str(item.get(keyword, "") or "").strip("\0 ")
-    except Exception as exc:  # noqa: BLE001 - a value pydicom cannot decode
-        raise InvalidRequest(f"{keyword} cannot be read: {exc}") from exc
+    value = str(item.get(keyword, "") or "").strip("\0 ")
     if not is_valid_uid(value):
         raise InvalidRequest(f"{keyword} {value[:80]!r} is missing or not a valid UID")
     return value
