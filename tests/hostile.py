@@ -388,7 +388,7 @@ def corpus() -> list[Case]:
         "startTime=2024-01-02T00:00:00Z&endTime=2024-01-01T00:00:00Z",
     ):
         add(f"change feed ?{query[:40]}", http("GET", f"/v2/changefeed?{query}"))
-    for query in ("since=x", "limit=5000", "status=abc", "action=root"):
+    for query in ("since=x", "limit=5000", "status=abc", "status=0xZZZZ", "action=root"):
         add(f"audit ?{query}", http("GET", f"/v2/audit?{query}"))
     for query in (
         "quality=0",
