@@ -32,7 +32,7 @@ def blobs(request, tmp_path):
 def put(store, tmp_path: Path, key: str, data: bytes) -> Path:
     local = tmp_path / f"upload-{os.urandom(4).hex()}"
     local.write_bytes(data)
-    asyncio.run(store.put_file(key, local))
+    asyncio.run(store.put(key, local))
     return local
 
 
@@ -59,6 +59,16 @@ def test_conditional_create_never_overwrites(blobs, tmp_path):
     with pytest.raises(Unavailable, match="already exists"):
         put(blobs, tmp_path, "cd/0002_2.dcm", b"second")
     assert asyncio.run(blobs.read("cd/0002_2.dcm")) == b"first"
+
+
+def test_put_bytes(blobs):
+    """Bytes in memory go in without a local file, and never over an existing object either."""
+    data = os.urandom(70_000)
+    asyncio.run(blobs.put("gh/0004_4.dcm", data))
+    assert asyncio.run(blobs.read("gh/0004_4.dcm")) == data
+    with pytest.raises(Unavailable, match="already exists"):
+        asyncio.run(blobs.put("gh/0004_4.dcm", b"other"))
+    assert asyncio.run(blobs.read("gh/0004_4.dcm")) == data
 
 
 def test_large_object_in_parts(blobs, tmp_path):

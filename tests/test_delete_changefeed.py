@@ -73,11 +73,9 @@ def test_interrupted_store_is_undone_at_start(tmp_path):
     async def crash():
         archive = build_archive(settings)
         await archive.start()
-        version = await archive.index.reserve(InstanceId(*ids(CT)))
-        staged = tmp_path / "staged.dcm"
-        staged.write_bytes(CT)
+        [version] = await archive.index.reserve_versions(InstanceId(*ids(CT)).partition, 1)
         key = blob_key("Microsoft.Default", version)
-        await archive.blobs.put_file(key, staged)
+        await archive.blobs.put(key, CT)
         (settings.spool_dir / "left.part").write_bytes(b"half a request")
         await archive.index.close()  # no commit: the process "dies" here
 

@@ -52,7 +52,7 @@ def nodes(request, tmp_path):
 
 
 async def store(index, item: NewInstance) -> int:
-    version = await index.reserve(item.id)
+    [version] = await index.reserve_versions(item.id.partition, 1)
     await index.commit(version, item)
     return version
 
@@ -64,7 +64,9 @@ def test_concurrent_stores_of_one_instance_one_wins(nodes):
     async def run():
         a, b = await open_both()
         try:
-            va, vb = await a.reserve(item.id), await b.reserve(item.id)  # both start
+            p = item.id.partition
+            # both start
+            [va], [vb] = await a.reserve_versions(p, 1), await b.reserve_versions(p, 1)
             assert va != vb
             results = await asyncio.gather(
                 a.commit(va, item), b.commit(vb, item), return_exceptions=True
@@ -81,6 +83,35 @@ def test_concurrent_stores_of_one_instance_one_wins(nodes):
     results, found = asyncio.run(run())
     assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "NoneType"]
     assert len(found) == 1
+
+
+def test_versions_are_reserved_in_blocks(nodes):
+    """Each node reserves versions a block at a time: ascending, never shared, each an upload
+    the cleanup job would abandon; a version committed for a stored instance is refused."""
+    _, open_both = nodes
+    item = new_instance(instance(uid(4), uid(4, 1), uid(4, 1, 1)))
+
+    async def run():
+        a, b = await open_both()
+        try:
+            first = await a.reserve_versions(item.id.partition, 5)
+            second = await b.reserve_versions(item.id.partition, 5)
+            pending = await a.stale_uploads(utcnow() + timedelta(seconds=1))
+            await a.commit(first[0], item)
+            with pytest.raises(AlreadyExists):
+                await b.commit(second[0], item)
+            left = await a.stale_uploads(utcnow() + timedelta(seconds=1))
+            return first, second, pending, left
+        finally:
+            await a.close()
+            await b.close()
+
+    first, second, pending, left = asyncio.run(run())
+    assert first == sorted(first) and second == sorted(second)
+    assert len(set(first) | set(second)) == 10
+    assert {v for v, _ in pending} == set(first) | set(second)
+    # the committed version's upload is finished; the refused one is still the store's to end
+    assert {v for v, _ in left} == (set(first) | set(second)) - {first[0]}
 
 
 def test_one_ordered_change_feed_across_nodes(nodes):
@@ -133,7 +164,7 @@ def test_stale_uploads_are_abandoned_once(nodes):
     async def run():
         a, b = await open_both()
         try:
-            version = await a.reserve(item.id)
+            [version] = await a.reserve_versions(item.id.partition, 1)
             stale = await b.stale_uploads(utcnow() + timedelta(seconds=1))
             fresh = await b.stale_uploads(utcnow() - timedelta(hours=1))
             assert await b.abandon(version) is True  # the cleanup job on node B

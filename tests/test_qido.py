@@ -462,7 +462,9 @@ def test_search_follows_store_and_delete(tmp_path):
 def test_an_unfinished_store_is_invisible(tmp_path):
     with make_client(tmp_path) as c:
         index = c.app.state.archive.index
-        c.portal.call(index.reserve, InstanceId(uid(7), uid(7, 1), uid(7, 1, 1)))
+        c.portal.call(
+            index.reserve_versions, InstanceId(uid(7), uid(7, 1), uid(7, 1, 1)).partition, 3
+        )
         assert search(c, "/v2/studies").json() == []
         assert search(c, "/v2/series").json() == []
         assert search(c, "/v2/instances").json() == []

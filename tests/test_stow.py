@@ -116,7 +116,9 @@ def test_an_unfinished_store_does_not_block_another(client):
     from dicomhub.model import InstanceId
 
     archive = client.app.state.archive
-    version = client.portal.call(archive.index.reserve, InstanceId(*uids(CT)))
+    [version] = client.portal.call(
+        archive.index.reserve_versions, InstanceId(*uids(CT)).partition, 1
+    )
     assert stow(client, CT).status_code == 200
     assert client.portal.call(archive.index.abandon, version) is True
     assert client.portal.call(archive.index.abandon, version) is False

@@ -44,7 +44,7 @@ class Archive:
         self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
         self.render = RenderService(self.pixels)
         self.thumbnails = ThumbnailService(
-            self.retrieve, self.render, blobs, settings.thumbnail_size, settings.spool_dir
+            self.retrieve, self.render, blobs, settings.thumbnail_size
         )
         self.search = SearchService(index)
         self.delete = DeleteService(index, settings.delete_delay)
@@ -66,6 +66,10 @@ class Archive:
                     await self.cleanup.delete_due_blobs()
 
     async def close(self) -> None:
+        try:
+            await self.store.versions.release()
+        except Unavailable:  # the index is gone: the cleanup job abandons them later
+            pass
         if self.audit is not None:
             await self.audit.close()
         if self.fhir is not None:

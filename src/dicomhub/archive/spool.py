@@ -1,41 +1,85 @@
-"""Spool request bodies to local temporary files so parsing never needs the body in memory."""
+"""The bytes of one received part: kept in memory while small (most instances), spooled to a
+local temporary file past ``memory_limit``, so parsing never needs a large body in memory."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+MEMORY_LIMIT = 1024 * 1024  # parts up to this size never touch the disk before their blob
 
 
-class SpoolFile:
-    """A temporary file being written chunk by chunk, with a size limit."""
+class PartBody:
+    """A part being received chunk by chunk, with a size limit (``too_large`` once past it:
+    the rest is dropped, the part fails)."""
 
-    def __init__(self, folder: Path, limit: int):
-        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
+    def __init__(self, folder: Path, limit: int, memory_limit: int = MEMORY_LIMIT):
+        self.folder, self.limit, self.memory_limit = folder, limit, memory_limit
         self.size = 0
-        self.limit = limit
         self.too_large = False
+        self.path: Path | None = None  # set once spooled
+        self._chunks: list[bytes] = []
+        self._file: BinaryIO | None = None
+
+    @classmethod
+    def of(cls, data: bytes) -> PartBody:
+        """A body received whole (e.g. by the DIMSE service)."""
+        body = cls(Path(), len(data), len(data))
+        body.size = len(data)
+        body._chunks.append(data)
+        return body
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
             self.too_large = True
+            self._chunks.clear()
             return
+        if self.path is None and self.size <= self.memory_limit:
+            self._chunks.append(chunk)
+            return
+        if self.path is None:
+            await asyncio.to_thread(self._spill)
         if len(chunk) > 256 * 1024:
             await asyncio.to_thread(self._file.write, chunk)
         else:
             self._file.write(chunk)
 
+    def _spill(self) -> None:
+        fd, name = tempfile.mkstemp(dir=self.folder, suffix=".part")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(b"".join(self._chunks))
+        self._chunks.clear()
+
+    @property
+    def data(self) -> bytes | None:
+        """The bytes, when kept in memory (else None: read ``path``)."""
+        if self.path is not None:
+            return None
+        if len(self._chunks) > 1:
+            self._chunks[:] = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+    def open(self) -> BinaryIO:
+        """A file object over the bytes (closed by the caller)."""
+        data = self.data
+        return io.BytesIO(data) if data is not None else open(self.path, "rb")  # noqa: SIM115
+
     def close(self) -> None:
-        if not self._file.closed:
+        """The part is complete."""
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
     def discard(self) -> None:
         self.close()
-        self.path.unlink(missing_ok=True)
+        self._chunks.clear()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def clear_spool(folder: Path) -> int:

@@ -1,19 +1,21 @@
-"""STOW-RS use case (PS3.18 section 10.5): spool, parse once, validate, store, index.
+"""STOW-RS use case (PS3.18 section 10.5): receive, parse once, validate, store, index.
 
-An instance becomes visible only when both its blob and its index rows are durable: the index
-claims the instance (invisible) first, the blob is written, then one transaction makes the row
-visible and writes the change-feed entry. A crash in between leaves a claim that start-up removes.
+An instance becomes visible only when both its blob and its index rows are durable: its blob is
+written under a version reserved in the index beforehand (a block of versions at a time), then
+one transaction makes the row visible and writes the change-feed entry. A crash in between
+leaves an upload row whose blob the cleanup job removes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from dicomhub.archive.extended_tags import ExtendedTagsService
-from dicomhub.archive.spool import SpoolFile
+from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import stow
 from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
 from dicomhub.dicom.mediatype import parse_media_type
@@ -33,6 +35,39 @@ from dicomhub.storage.protocols import BlobStore, IndexStore
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
 PIPELINE = 8  # parts of one STOW request in flight at once
+VERSION_BLOCK = 64  # versions reserved in the index at once
+
+
+class Versions:
+    """Versions for new stores, reserved in the index a block at a time, so that a store costs
+    one index write (its commit), not two. A block is used only while young: its upload rows
+    must not reach the upload timeout, after which the cleanup job abandons them."""
+
+    def __init__(self, index: IndexStore, max_age: float, block: int = VERSION_BLOCK):
+        self.index, self.max_age, self.block = index, max_age, block
+        self._free: dict[str, deque[int]] = {}
+        self._since: dict[str, float] = {}
+        self._refill = asyncio.Lock()
+
+    async def take(self, partition: str) -> int:
+        if not self._ready(partition):
+            async with self._refill:
+                if not self._ready(partition):
+                    versions = await self.index.reserve_versions(partition, self.block)
+                    self._free[partition] = deque(versions)
+                    self._since[partition] = time.monotonic()
+        return self._free[partition].popleft()
+
+    async def release(self) -> None:
+        """Give the unused versions back (shutdown); without this, the cleanup job abandons
+        them after the upload timeout."""
+        unused = [v for free in self._free.values() for v in free]
+        self._free.clear()
+        await self.index.release_versions(unused)
+
+    def _ready(self, partition: str) -> bool:
+        free = self._free.get(partition)
+        return bool(free) and time.monotonic() - self._since[partition] < self.max_age
 
 
 class PartOrder:
@@ -73,6 +108,7 @@ class StoreService:
         self.index = index
         self.blobs = blobs
         self.extended = extended
+        self.versions = Versions(index, settings.upload_timeout / 4)
 
     async def store_body(
         self,
@@ -91,13 +127,13 @@ class StoreService:
         strict = await self.extended.indexed_paths() if strict else None
         media = parse_media_type(content_type)
         if media.type == DICOM:
-            spool = await self._spool(chunks)
-            if spool.too_large:
-                spool.discard()
+            body = await self._receive(chunks)
+            if body.too_large:
+                body.discard()
                 raise PayloadTooLarge(
                     f"the DICOM file exceeds the limit of {self.settings.max_part_size} bytes"
                 )
-            return [await self._store_spooled(spool, study, strict)]
+            return [await self.store_part(body, study, strict)]
         if media.type != "multipart/related":
             raise UnsupportedMediaType(
                 f'STOW-RS takes multipart/related; type="application/dicom" or '
@@ -113,6 +149,9 @@ class StoreService:
             raise InvalidRequest("multipart/related needs a boundary parameter")
         return await self._store_multipart(chunks, boundary, root_type, study, strict)
 
+    def _body(self) -> PartBody:
+        return PartBody(self.settings.spool_dir, self.settings.max_part_size)
+
     async def _store_multipart(self, chunks, boundary, root_type, study, strict):
         """Parts are stored while the next ones arrive: up to PIPELINE parts of one request are
         parsed and written at once; each commits after the one before it, so stored order (the
@@ -120,7 +159,7 @@ class StoreService:
         parser = MultipartParser(boundary)
         stores: list[asyncio.Task] = []
         slots = asyncio.Semaphore(PIPELINE)
-        spool: SpoolFile | None = None
+        body: PartBody | None = None
         order: PartOrder | None = None
         part_type = root_type
         try:
@@ -133,25 +172,25 @@ class StoreService:
                                 "(max_parts); the parts before stop here are stored"
                             )
                         part_type = event.headers.get("content-type", root_type)
-                        spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)
+                        body = self._body()
                     elif isinstance(event, PartData):
-                        await spool.write(event.data)
+                        await body.write(event.data)
                     elif isinstance(event, PartEnd):
-                        spool.close()
+                        body.close()
                         await slots.acquire()
                         order = PartOrder(order)
                         stores.append(
                             asyncio.create_task(
-                                self._finish_part(spool, part_type, study, strict, slots, order)
+                                self._finish_part(body, part_type, study, strict, slots, order)
                             )
                         )
-                        spool = None
+                        body = None
                 if parser.finished:
                     break
             parser.close()
         finally:
-            if spool is not None:
-                spool.discard()
+            if body is not None:
+                body.discard()
             # Parts already received are stored whatever happens to the request (a store is
             # never cut in half); a cancelled request stops waiting, not storing.
             results = await asyncio.shield(asyncio.gather(*stores, return_exceptions=True))
@@ -160,64 +199,63 @@ class StoreService:
                 raise result
         return results
 
-    async def _finish_part(self, spool, part_type, study, strict, slots, order) -> stow.PartOutcome:
+    async def _finish_part(self, body, part_type, study, strict, slots, order) -> stow.PartOutcome:
         try:
-            return await self._check_part(spool, part_type, study, strict, order)
+            return await self._check_part(body, part_type, study, strict, order)
         finally:
             slots.release()
             await order.finish()
 
-    async def _check_part(self, spool, part_type, study, strict, order) -> stow.PartOutcome:
+    async def _check_part(self, body, part_type, study, strict, order) -> stow.PartOutcome:
         try:
             media = parse_media_type(part_type).type
         except InvalidRequest as exc:
-            spool.discard()
+            body.discard()
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
         if media != DICOM:
-            spool.discard()
+            body.discard()
             return stow.PartOutcome(
                 failure=stow.PROCESSING_FAILURE,
                 message=f"part media type {media} is not supported; parts must be {DICOM}",
             )
-        if spool.too_large:
-            spool.discard()
+        if body.too_large:
+            body.discard()
             return stow.PartOutcome(
                 failure=stow.PROCESSING_FAILURE,
                 message=f"part exceeds the limit of {self.settings.max_part_size} bytes",
             )
-        return await self._store_spooled(spool, study, strict, order)
+        return await self.store_part(body, study, strict, order)
 
-    async def _spool(self, chunks: AsyncIterator[bytes]) -> SpoolFile:
-        spool = SpoolFile(self.settings.spool_dir, self.settings.max_part_size)  # made at start
+    async def _receive(self, chunks: AsyncIterator[bytes]) -> PartBody:
+        body = self._body()
         try:
             async for chunk in chunks:
-                await spool.write(chunk)
+                await body.write(chunk)
         except BaseException:
-            spool.discard()
+            body.discard()
             raise
-        spool.close()
-        return spool
+        body.close()
+        return body
 
-    async def _store_spooled(self, spool: SpoolFile, study, strict, order=None):
-        try:
-            return await self.store_file(spool.path, spool.size, study, strict, order)
-        finally:
-            spool.path.unlink(missing_ok=True)
-
-    async def store_file(
+    async def store_part(
         self,
-        path: Path,
-        size: int,
+        body: PartBody,
         study: str | None,
         strict: frozenset[str] | None,
         order: PartOrder | None = None,
     ) -> stow.PartOutcome:
-        """Store one PS3.10 file (the file may be moved into the blob store), in its ``order``
-        among the parts of a request."""
-        if size == 0:
+        """Store one PS3.10 file (its body is consumed), in its ``order`` among the parts of a
+        request."""
+        try:
+            return await self._store(body, study, strict, order)
+        finally:
+            body.discard()
+
+    async def _store(self, body: PartBody, study, strict, order) -> stow.PartOutcome:
+        if body.size == 0:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
-            instance = await asyncio.to_thread(self._describe, path, size, study, strict)
+            instance = await asyncio.to_thread(self._describe, body, study, strict)
         except InvalidInstance as exc:
             return stow.PartOutcome(
                 exc.sop_class, exc.sop_instance, failure=stow.VALIDATION_FAILURE, message=str(exc)
@@ -226,31 +264,30 @@ class StoreService:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
         ident = InstanceId(instance.study, instance.series, instance.sop)
         outcome = stow.PartOutcome(instance.sop_class, instance.sop)
+        if order is not None:
+            await order.before_reserve()
+        version = await self.versions.take(ident.partition)
+        if order is not None:
+            order.reserved.set()
         try:
+            await self.blobs.put(blob_key(ident.partition, version), body.path or body.data)
             if order is not None:
-                await order.before_reserve()
-            version = await self.index.reserve(ident)
-            if order is not None:
-                order.reserved.set()
-            try:
-                await self.blobs.put_file(blob_key(ident.partition, version), path)
-                if order is not None:
-                    await order.before_commit()
-                await self.index.commit(version, _new_instance(ident, instance, size))
-            except BaseException:
-                await asyncio.shield(self._release(version))
+                await order.before_commit()
+            await self.index.commit(version, _new_instance(ident, instance, body.size))
+        except BaseException as exc:
+            await asyncio.shield(self._release(version))
+            if not isinstance(exc, AlreadyExists):
                 raise
-        except AlreadyExists as exc:
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
             return outcome
         outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
         outcome.warnings = instance.warnings
         return outcome
 
-    def _describe(self, path: Path, size: int, study: str | None, strict):
-        with open(path, "rb") as fp:
+    def _describe(self, body: PartBody, study: str | None, strict):
+        with body.open() as fp:
             parsed = read_part10(
-                fp, size, self.settings.bulkdata_threshold, self.settings.max_inflated_size
+                fp, body.size, self.settings.bulkdata_threshold, self.settings.max_inflated_size
             )
 
             def read_at(offset: int, length: int) -> bytes:

@@ -9,8 +9,6 @@ instance's blob key (so never from UIDs); the blob-cleanup job deletes it with t
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 from dicomhub.archive.pixels import RenderService, has_pixels
 from dicomhub.archive.retrieve import RetrieveService
@@ -29,13 +27,11 @@ class ThumbnailService:
         renderer: RenderService,
         blobs: BlobStore,
         size: int,
-        spool_dir: Path,
     ):
         self.retrieve = retrieve
         self.renderer = renderer
         self.blobs = blobs
         self.default = render.Viewport(size, size)
-        self.spool_dir = spool_dir
 
     async def of(self, scope: Scope, frame: int | None, params: render.Params) -> bytes:
         instance = representative(await self.retrieve.instances(scope))
@@ -57,16 +53,10 @@ class ThumbnailService:
 
     async def _keep(self, key: str, image: bytes) -> None:
         """Cache the image; a failure (or a concurrent request's copy) only costs a render."""
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.spool_dir, suffix=".thumb", delete=False) as f:
-            f.write(image)
-            path = Path(f.name)
         try:
-            await self.blobs.put_file(key, path)
+            await self.blobs.put(key, image)
         except (Unavailable, OSError) as exc:
             log.info("thumbnail %s not cached: %s", key, exc)
-        finally:
-            path.unlink(missing_ok=True)
 
 
 def representative(instances: list[StoredInstance]) -> StoredInstance:

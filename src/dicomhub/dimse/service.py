@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import time
-from pathlib import Path
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -43,6 +40,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicomhub.archive.archive import Archive
+from dicomhub.archive.spool import PartBody
 from dicomhub.clock import utcnow
 from dicomhub.dicom import commitment, stow
 from dicomhub.dimse import retrieve
@@ -317,14 +315,7 @@ class DimseService:
             yield PENDING, found_dataset
 
     async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
-        fd, name = tempfile.mkstemp(dir=self.settings.spool_dir, suffix=".part")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                await asyncio.to_thread(f.write, data)
-            return await self.archive.store.store_file(path, len(data), None, None)
-        finally:
-            path.unlink(missing_ok=True)
+        return await self.archive.store.store_part(PartBody.of(data), None, None)
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()

@@ -1,5 +1,6 @@
-"""BlobStore on a local folder. A put is a hard link of a flushed file: all or nothing, and
-never over an existing object."""
+"""BlobStore on a local folder. A put never replaces an existing object: bytes are written to a
+new file under their key (keys come from versions, never reused, and are read only once the
+index commits them), a spooled file is hard-linked in."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from dicomhub.errors import NotFound, Unavailable
 
 
 class FileBlobStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, fsync: bool = True):
+        """``fsync``: each object (and its folder entry) reaches the disk before ``put``
+        returns; off, the operating system writes it back later (a power cut can lose it)."""
         self.root = root
+        self.fsync = fsync
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -24,31 +28,19 @@ class FileBlobStore:
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put(self, key: str, body: bytes | Path) -> None:
         target = self._path(key)
 
-        def move() -> None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(path, target)  # atomic, and never replaces an existing object
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-                shutil.copyfile(path, partial)
-                try:
-                    with open(partial, "rb+") as f:
-                        os.fsync(f.fileno())
-                    os.link(partial, target)
-                finally:
-                    os.unlink(partial)
-            os.unlink(path)
-            _fsync_dir(target.parent)
+        def write() -> None:
+            if isinstance(body, Path):
+                _link(body, target, self.fsync)
+            else:
+                _create(target, body, self.fsync)
+            if self.fsync:
+                _fsync_dir(target.parent)
 
         try:
-            await asyncio.to_thread(move)
+            await asyncio.to_thread(write)
         except FileExistsError as exc:
             raise Unavailable("blob store", f"object {key} already exists in {self.root}") from exc
         except OSError as exc:
@@ -115,6 +107,51 @@ class FileBlobStore:
             raise NotFound(f"blob {key} is missing") from exc
         except OSError as exc:
             raise Unavailable("blob store", str(exc)) from exc
+
+
+def _create(target: Path, data: bytes, fsync: bool) -> None:
+    """Write a new object in place: its key is never reused and no reader looks for it until the
+    index commits it, so a half-written file (a crash) is only garbage for the cleanup job."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags, 0o644)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def _link(path: Path, target: Path, fsync: bool) -> None:
+    """Move a spooled file in: a hard link is atomic and never replaces an existing object."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    try:
+        os.link(path, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        shutil.copyfile(path, partial)
+        try:
+            if fsync:
+                with open(partial, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.link(partial, target)
+        finally:
+            os.unlink(partial)
+    os.unlink(path)
 
 
 def _fsync_dir(path: Path) -> None:

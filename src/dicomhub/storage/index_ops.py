@@ -25,12 +25,16 @@ from dicomhub.storage.statements import Op, lock, many, one, rows, run
 # -- store -------------------------------------------------------------------------------------
 
 
-def reserve(i: InstanceId) -> Op:
-    """A version for a store about to start, or AlreadyExists when the instance is stored."""
-    if (yield one(q.FIND_INSTANCE, i.partition, i.study, i.series, i.sop)) is not None:
-        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
-    row = yield one(q.INSERT_UPLOAD, i.partition, to_micros(utcnow()))
-    return row[0]
+def reserve_versions(partition: str, count: int) -> Op:
+    """``count`` versions for stores about to start, each with its upload row (what the cleanup
+    job removes when a store never commits)."""
+    found = yield rows(q.RESERVE_VERSIONS, count, partition, to_micros(utcnow()))
+    return sorted(r[0] for r in found)
+
+
+def release_versions(versions: list[int]) -> Op:
+    """Versions reserved and never used (no blob was written under them)."""
+    yield many(q.FINISH_UPLOAD_QUIETLY, [(v,) for v in versions])
 
 
 def commit(d: Dialect, version: int, instance: NewInstance) -> Op:

@@ -16,12 +16,15 @@ class MemoryBlobStore:
     async def start(self) -> None:
         return None
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put(self, key: str, body: bytes | Path) -> None:
         if key in self._objects:
             raise Unavailable("blob store", f"object {key} already exists")
-        data = await asyncio.to_thread(path.read_bytes)
+        if isinstance(body, Path):
+            data = await asyncio.to_thread(body.read_bytes)
+            await asyncio.to_thread(body.unlink, missing_ok=True)
+        else:
+            data = bytes(body)
         self._objects[key] = data
-        await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self._get(key)

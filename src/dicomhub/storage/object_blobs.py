@@ -59,18 +59,22 @@ class ObjectBlobStore:
     async def start(self) -> None:
         return None
 
-    async def put_file(self, key: str, path: Path) -> None:
-        size = (await asyncio.to_thread(path.stat)).st_size
+    async def put(self, key: str, body: bytes | Path) -> None:
+        if isinstance(body, Path):
+            size = (await asyncio.to_thread(body.stat)).st_size
+        else:
+            size = len(body)
         with self._errors(key):
             if size <= self.multipart_threshold:
-                await obstore.put_async(self._store, key, path, mode="create")
+                await obstore.put_async(self._store, key, body, mode="create")
             else:
                 if await self._exists(key):
                     raise AlreadyExistsError(key)
                 await obstore.put_async(
-                    self._store, key, path, use_multipart=True, chunk_size=PART_SIZE
+                    self._store, key, body, use_multipart=True, chunk_size=PART_SIZE
                 )
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        if isinstance(body, Path):
+            await asyncio.to_thread(body.unlink, missing_ok=True)
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._errors(key):

@@ -13,7 +13,6 @@ from dicomhub.model import (
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
-    InstanceId,
     NewInstance,
     Operation,
     Scope,
@@ -38,8 +37,10 @@ class BlobStore(Protocol):
 
     async def start(self) -> None: ...
 
-    async def put_file(self, key: str, path: Path) -> None:
-        """Store the local file ``path`` under ``key`` durably; may consume (move) the file."""
+    async def put(self, key: str, body: bytes | Path) -> None:
+        """Store ``body`` (bytes, or a local file that may be consumed, i.e. moved) under
+        ``key``, never over an existing object; durably, unless the store was opened with
+        fsync off."""
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``offset`` .. ``offset+length`` of the object (to its end when length is None)."""
@@ -77,16 +78,19 @@ class IndexStore(Protocol):
     async def check(self) -> None:
         """Raise Unavailable when the database cannot be reached (health check)."""
 
-    async def reserve(self, instance_id: InstanceId) -> int:
-        """Start a store: allocate the version its blob is written under (never reused).
+    async def reserve_versions(self, partition: str, count: int) -> list[int]:
+        """Allocate ``count`` versions (ascending, never reused) for stores about to start: a
+        store writes its blob under one, then commits it. One call serves many stores; a
+        version not committed or abandoned within the upload timeout is abandoned by the
+        cleanup job (its blob, if any, deleted)."""
 
-        Raises AlreadyExists when the instance is stored already.
-        """
+    async def release_versions(self, versions: list[int]) -> None:
+        """Give back reserved versions that no blob was written under (at shutdown)."""
 
     async def commit(self, version: int, instance: NewInstance) -> None:
         """Make a reserved instance visible and add its ``create`` change-feed entry, in one
-        transaction. Raises AlreadyExists when another store of the instance committed first
-        (of concurrent stores of one instance, exactly one succeeds)."""
+        transaction. Raises AlreadyExists when the instance is stored already (of concurrent
+        stores of one instance, exactly one succeeds)."""
 
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had

@@ -51,8 +51,12 @@ class SqlIndex:
 
     # -- store ---------------------------------------------------------------------------------
 
-    async def reserve(self, instance_id: InstanceId) -> int:
-        return await self._write(ops.reserve, instance_id)
+    async def reserve_versions(self, partition: str, count: int) -> list[int]:
+        return await self._write(ops.reserve_versions, partition, count)
+
+    async def release_versions(self, versions: list[int]) -> None:
+        if versions:
+            await self._write(ops.release_versions, versions)
 
     async def commit(self, version: int, instance: NewInstance) -> None:
         await self._write(ops.commit, self.dialect, version, instance)

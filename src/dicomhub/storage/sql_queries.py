@@ -26,7 +26,12 @@ FIND_INSTANCE = (
 
 # A store in progress: its version (blob keys derive from it) and when it started.
 INSERT_UPLOAD = "INSERT INTO blob_upload (partition_name, started) VALUES (?, ?) RETURNING version"
+RESERVE_VERSIONS = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+INSERT INTO blob_upload (partition_name, started) SELECT ?, ? FROM n RETURNING version
+"""
 FINISH_UPLOAD = "DELETE FROM blob_upload WHERE version = ? RETURNING partition_name"
+FINISH_UPLOAD_QUIETLY = "DELETE FROM blob_upload WHERE version = ?"
 STALE_UPLOADS = "SELECT version, partition_name FROM blob_upload WHERE started < ? ORDER BY version"
 
 INSERT_INSTANCE = """
