@@ -101,8 +101,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(data: Path, **env_settings: str):
-    """`dicomhub serve` as a process on a free port; yields (base URL, process)."""
+    """`dicomhub serve` as a process on a free port; yields (base URL, process). One server
+    process unless ``workers`` says otherwise (a test that kills ``process`` kills the server)."""
     port = free_port()
+    env_settings = {"workers": "1", **env_settings}
     env = dict(os.environ, **{f"DICOMHUB_{k.upper()}": v for k, v in env_settings.items()})
     log = open(data / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

@@ -3,6 +3,8 @@ server (each request on its own connection, so the kernel spreads them over the 
 
 from __future__ import annotations
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,9 +22,7 @@ def _stow(url: str, body: bytes) -> httpx.Response:
 
 def test_workers_share_one_archive(tmp_path):
     with running_server(tmp_path, workers="2") as (url, proc):
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-        assert len(workers) == 2  # two worker processes under the supervisor
+        assert len(_workers(proc)) == 2  # two worker processes under the supervisor
         sops = [uid(90, 1, n) for n in range(40)]
         bodies = [instance(uid(90), uid(90, 1), sop) for sop in sops]
         with ThreadPoolExecutor(8) as pool:
@@ -46,3 +46,23 @@ def test_workers_share_one_archive(tmp_path):
         assert sequences == sorted(set(sequences)) and len(sequences) == 45
         found = httpx.get(f"{url}/v2/studies/{uid(90)}/instances", params={"limit": 100}).json()
         assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(sops)
+
+
+def _workers(proc) -> list[str]:
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_one_process_per_core_by_default(tmp_path):
+    """What users get: serve without --workers runs one server process per core; killing the
+    supervisor stops them all (none serves on alone)."""
+    with running_server(tmp_path, workers="0") as (url, proc):
+        workers = _workers(proc)
+        assert len(workers) == (os.cpu_count() or 1) or os.cpu_count() == 1
+        assert httpx.get(url + "/health/check").status_code == 200
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{w}").exists() for w in workers)

@@ -71,6 +71,9 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SUPERVISOR = "DICOMHUB_SUPERVISOR_PID"  # how a server process knows its supervisor
+
+
 def _lock_data_dir(settings: Settings):
     """The embedded mode has one server process per data folder (it cleans up at start-up)."""
     folder = Path(settings.data_dir)
@@ -134,17 +137,16 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("dicomhub serve: HTTPS needs both --tls-certfile and --tls-keyfile")
         if settings.tls_certfile:
             options.update(ssl_certfile=settings.tls_certfile, ssl_keyfile=settings.tls_keyfile)
-        if settings.workers > 1:
+        workers = settings.server_processes
+        if workers > 1:
             # Recovery runs once, here, before any worker stores; the workers read these
             # settings back from the environment. The DIMSE port is served by one process of
             # its own beside them.
             asyncio.run(_recover(settings))
-            os.environ.update(settings.environ())
+            os.environ.update(settings.environ(), **{SUPERVISOR: str(os.getpid())})
             dimse = _dimse_process() if settings.dimse_port else None
             try:
-                uvicorn.run(
-                    "dicomhub.cli:worker_app", factory=True, workers=settings.workers, **options
-                )
+                uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
             finally:
                 if dimse is not None:
                     dimse.terminate()
@@ -206,9 +208,24 @@ async def _recover(settings: Settings) -> None:
 
 def worker_app():
     """The app of one of several ``serve --workers`` processes (uvicorn's factory)."""
+    _stop_with_parent()
     settings = Settings.load()
     _configure_logging(settings)
     return _app(settings, recover=False, dimse=False)
+
+
+def _stop_with_parent() -> None:
+    """A server process whose supervisor is killed (SIGKILL, OOM) stops too, instead of
+    serving on alone, unsupervised, on the shared port."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(SUPERVISOR, str(os.getppid())):
+        sys.exit(0)  # the supervisor died before the call
 
 
 def _app(settings: Settings, recover: bool, dimse: bool = True):

@@ -250,10 +250,15 @@ class Settings:
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     workers: int = _setting(
-        1,
-        "HTTP server processes: each uses one core; all share the index, the blob store and the "
+        0,
+        "HTTP server processes (0: one per core): all share the index, the blob store and the "
         "port. Crash recovery runs once, before they start.",
     )
+
+    @property
+    def server_processes(self) -> int:
+        """How many HTTP server processes ``serve`` runs."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def resolved_index_url(self) -> str:

@@ -58,8 +58,9 @@ class RequestLimits:
             nonlocal body_done
             if body_done:
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.idle)
+            try:  # asyncio.timeout, not wait_for: no task per chunk
+                async with asyncio.timeout(self.idle):
+                    message = await receive()
             except TimeoutError:
                 raise RequestTimeout(
                     f"the request body sent nothing for {self.idle} seconds"
