@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 DICOM = "application/dicom"
 PIPELINE = 8  # parts of one STOW request in flight at once
 VERSION_BLOCK = 64  # versions reserved in the index at once
+# Parts up to this size are parsed on the event loop (a few hundred microseconds; a header has
+# at most this many bytes); larger ones in a thread, so that a huge header cannot stall it.
+INLINE_DESCRIBE = 64 * 1024
 
 
 class Versions:
@@ -255,7 +258,10 @@ class StoreService:
         if body.size == 0:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
-            instance = await asyncio.to_thread(self._describe, body, study, strict)
+            if body.size <= INLINE_DESCRIBE:  # parsing holds the GIL: a thread hop buys nothing
+                instance = self._describe(body, study, strict)
+            else:
+                instance = await asyncio.to_thread(self._describe, body, study, strict)
         except InvalidInstance as exc:
             return stow.PartOutcome(
                 exc.sop_class, exc.sop_instance, failure=stow.VALIDATION_FAILURE, message=str(exc)

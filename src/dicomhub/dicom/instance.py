@@ -5,13 +5,12 @@ Pure: the file's bytes arrive through a ``read_at(offset, length)`` callable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
 from dicomhub.dicom import frames as frame_index
-from dicomhub.dicom.json_model import MAX_ELEMENTS, dumps, encode_dataset
+from dicomhub.dicom.json_model import MAX_ELEMENTS, compact, dumps, encode_dataset
 from dicomhub.dicom.parse import ParsedFile
 from dicomhub.dicom.search_keys import describe
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
@@ -120,7 +119,7 @@ def ingest(
         warnings.append(comment)
     frames = None
     if parsed.pixel is not None and not parsed.deflated:
-        frames = json.dumps(_frames(ds, parsed, read_at).to_json(), separators=(",", ":"))
+        frames = compact(_frames(ds, parsed, read_at).to_json())
     return IngestedInstance(
         study=uids["StudyInstanceUID"],
         series=uids["SeriesInstanceUID"],
@@ -129,7 +128,7 @@ def ingest(
         transfer_syntax=parsed.transfer_syntax,
         metadata=dumps(encoded.json),
         frames=frames,
-        bulk=json.dumps(encoded.bulk, separators=(",", ":")),
+        bulk=compact(encoded.bulk),
         parse_on_read=parsed.deflated,
         search=describe(encoded.json),
         warnings=warnings,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -206,12 +207,22 @@ def _int_or_none(ds: Dataset, tag: int) -> int | None:
 
 def compact(data: Any) -> str:
     """Compact JSON text, as stored and served."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return dumps(data).decode("utf-8")
 
 
 def dumps(data: Any) -> bytes:
-    """Compact JSON bytes, as stored and served."""
-    return compact(data).encode("utf-8")
+    """Compact JSON bytes (UTF-8), as stored and served; orjson, several times faster than the
+    json module on the ingest path."""
+    return orjson.dumps(data, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """pydicom's number types (DSfloat, IS, ...) as the plain numbers they subclass."""
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def with_base_url(stored: bytes, base_url: str) -> bytes:
