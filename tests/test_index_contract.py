@@ -14,6 +14,7 @@ from dicomhub.dicom.instance import ingest
 from dicomhub.dicom.parse import read_part10
 from dicomhub.errors import AlreadyExists
 from dicomhub.model import InstanceId, NewInstance, Scope
+from dicomhub.storage.sqlite_writer import WriterService
 from dicomhub.storage.urls import open_index
 from tests.conftest import index_database
 from tests.synthetic import instance, uid
@@ -35,20 +36,31 @@ def new_instance(data: bytes) -> NewInstance:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-writer", "postgresql"])
 def nodes(request, tmp_path):
-    """Two index objects ("nodes") on one database."""
-    with index_database(request.param) as url:
-        if request.param == "sqlite":
+    """Two index objects ("nodes") on one database; "sqlite-writer": two server processes of
+    ``serve --workers``, whose writes go to the one writer (storage/sqlite_writer.py)."""
+    kind = request.param.split("-")[0]
+    with index_database(kind) as url:
+        if kind == "sqlite":
             url = f"sqlite://{tmp_path / 'index.sqlite'}"
+        service = None
+        if request.param == "sqlite-writer":
+            service = WriterService(lambda: open_index(url))
+            service.start()
 
         async def open_both():
-            a, b = open_index(url), open_index(url)
+            address = service.address if service else None
+            a, b = open_index(url, sqlite_writer=address), open_index(url, sqlite_writer=address)
             await a.start()
             await b.start()
             return a, b
 
-        yield url, open_both
+        try:
+            yield url, open_both
+        finally:
+            if service is not None:
+                service.stop()
 
 
 async def store(index, item: NewInstance) -> int:

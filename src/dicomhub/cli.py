@@ -17,12 +17,16 @@ from dicomhub import __version__
 from dicomhub.archive.archive import Archive
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings, convert
+from dicomhub.storage import sqlite_writer
 from dicomhub.storage.urls import open_audit, open_blobs, open_index
 
 
-def build_index(settings: Settings, migrate: bool | None = None):
+def build_index(settings: Settings, migrate: bool | None = None, writer: bool = False):
+    """``writer``: this process writes the index itself, even when it was started beside the
+    one process that writes an embedded index (``serve --workers N``)."""
     migrate = settings.migrate_on_start if migrate is None else migrate
-    return open_index(settings.resolved_index_url, settings.index_pool_size, migrate)
+    remote = None if writer else os.environ.get(sqlite_writer.ENVIRONMENT)
+    return open_index(settings.resolved_index_url, settings.index_pool_size, migrate, remote)
 
 
 def build_archive(settings: Settings) -> Archive:
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             # its own beside them.
             asyncio.run(_recover(settings))
             os.environ.update(settings.environ(), **{SUPERVISOR: str(os.getpid())})
+            writer = _index_writer(settings)
             dimse = _dimse_process() if settings.dimse_port else None
             try:
                 uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
@@ -151,9 +156,25 @@ def main(argv: list[str] | None = None) -> None:
                 if dimse is not None:
                     dimse.terminate()
                     dimse.wait(30)
+                if writer is not None:
+                    writer.stop()
         else:
             uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
+
+
+def _index_writer(settings: Settings) -> sqlite_writer.WriterService | None:
+    """An embedded (SQLite) index is written by this process alone, for all the server
+    processes (see storage/sqlite_writer.py); None for a shared index (PostgreSQL)."""
+    if build_index(settings).shared:
+        return None
+    service = sqlite_writer.WriterService(lambda: build_index(settings, writer=True))
+    try:
+        service.start()
+    except DicomhubError as exc:
+        sys.exit(f"dicomhub serve: {exc}")
+    os.environ[sqlite_writer.ENVIRONMENT] = service.address
+    return service
 
 
 def _dimse_process() -> subprocess.Popen:

@@ -52,6 +52,9 @@ class RangeNotSatisfiable(DicomhubError):
         super().__init__(message)
         self.size = size
 
+    def __reduce__(self):
+        return type(self), (self.args[0], self.size)
+
 
 class Unavailable(DicomhubError):
     """A dependency (index, blob store) failed; the request may be retried."""
@@ -59,6 +62,10 @@ class Unavailable(DicomhubError):
     def __init__(self, dependency: str, message: str):
         super().__init__(f"{dependency}: {message}")
         self.dependency = dependency
+        self.message = message
+
+    def __reduce__(self):  # it crosses process borders (storage/sqlite_writer.py)
+        return type(self), (self.dependency, self.message)
 
 
 class AlreadyExists(Conflict):

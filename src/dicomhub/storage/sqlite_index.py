@@ -27,6 +27,7 @@ from dicomhub.storage import migrations
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
+from dicomhub.storage.sqlite_writer import RemoteWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ class SqliteIndex(SqlIndex):
     dialect = SQLITE
     shared = False  # one serve per data folder (a lock file); its workers start after recovery
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, writer: str | None = None):
+        """``writer``: the address of the process that writes this file for this one (see
+        ``sqlite_writer``); None: this process writes itself."""
         self._memory = path == ":memory:"
+        self._remote = RemoteWriter(writer) if writer else None
         self._path = path
         self._turn: int | None = None
         self._uri = (
@@ -63,6 +67,9 @@ class SqliteIndex(SqlIndex):
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._remote is not None:  # the writer's process migrated the schema
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="index-reader")
+            return
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
         if not self._memory:
             self._turn = os.open(self._path + ".writer", os.O_RDWR | os.O_CREAT, 0o600)
@@ -77,6 +84,8 @@ class SqliteIndex(SqlIndex):
         self._task = asyncio.create_task(self._write_loop(), name="index-writer")
 
     async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
         if self._task:
             self._task.cancel()
             try:
@@ -174,6 +183,8 @@ class SqliteIndex(SqlIndex):
             raise Unavailable("index", str(exc)) from exc
 
     async def _write(self, op: OpFactory, *args: Any) -> Any:
+        if self._remote is not None:
+            return await self._remote.write(op, args)
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op(*args), future))
         return await future

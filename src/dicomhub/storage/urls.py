@@ -15,10 +15,13 @@ from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore
 from dicomhub.storage.sqlite_index import SqliteIndex
 
 
-def open_index(url: str, pool_size: int = 10, migrate: bool = True) -> IndexStore:
+def open_index(
+    url: str, pool_size: int = 10, migrate: bool = True, sqlite_writer: str | None = None
+) -> IndexStore:
     """``sqlite:///abs/path.sqlite``, ``sqlite:///:memory:``, ``sqlite://:memory:``, or
     ``postgresql://user:password@host:port/database`` (a pool of ``pool_size`` connections;
-    pending migrations applied at start when ``migrate``)."""
+    pending migrations applied at start when ``migrate``). ``sqlite_writer``: the address of
+    the process that writes a SQLite file for this one (``sqlite_writer.WriterService``)."""
     parsed = urlparse(url)
     if parsed.scheme in ("postgresql", "postgres"):
         return PostgresIndex(url, pool_size, migrate)
@@ -27,7 +30,7 @@ def open_index(url: str, pool_size: int = 10, migrate: bool = True) -> IndexStor
         if path in (":memory:", "/:memory:"):
             return SqliteIndex(":memory:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteIndex(path)
+        return SqliteIndex(path, sqlite_writer)
     raise InvalidRequest(
         f"unsupported index URL {url!r} (supported: sqlite:///..., postgresql://...)"
     )

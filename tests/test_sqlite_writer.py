@@ -1,0 +1,105 @@
+"""The one SQLite writer of ``serve --workers N`` (storage/sqlite_writer.py): errors cross the
+socket as the domain errors they are, a missing writer is Unavailable (503), not a hang, and
+nobody but the server's own user may connect (the frames are pickles: an accepted one runs).
+The IndexStore contract through the writer is in test_index_contract.py ("sqlite-writer")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from dicomhub.errors import AlreadyExists, Unavailable
+from dicomhub.storage import index_ops
+from dicomhub.storage.sqlite_writer import WriterService, _frame
+from dicomhub.storage.urls import open_index
+from tests.synthetic import instance, uid
+from tests.test_index_contract import new_instance
+
+
+@pytest.fixture
+def writer(tmp_path):
+    url = f"sqlite://{tmp_path / 'index.sqlite'}"
+    service = WriterService(lambda: open_index(url))
+    service.start()
+    yield url, service
+    service.stop()
+
+
+def test_errors_cross_as_domain_errors(writer):
+    url, service = writer
+    item = new_instance(instance(uid(1), uid(1, 1), uid(1, 1, 1)))
+
+    async def run():
+        index = open_index(url, sqlite_writer=service.address)
+        await index.start()
+        try:
+            first, second = await index.reserve_versions(item.id.partition, 2)
+            await index.commit(first, item)
+            with pytest.raises(AlreadyExists):
+                await index.commit(second, item)
+            assert await index.abandon(second) is True
+            with pytest.raises(Unavailable) as gone:  # the upload row is gone: abandoned
+                await index.commit(second, item)
+            return gone.value
+        finally:
+            await index.close()
+
+    error = asyncio.run(run())
+    assert error.dependency == "index" and "abandoned" in str(error)
+
+
+def test_a_missing_writer_is_unavailable(writer):
+    url, service = writer
+    service.stop()
+
+    async def run():
+        index = open_index(url, sqlite_writer=service.address)
+        await index.start()
+        try:
+            with pytest.raises(Unavailable, match="index writer"):
+                await index.reserve_versions("Microsoft.Default", 1)
+        finally:
+            await index.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_another_user_is_refused(writer):
+    url, service = writer
+    os.chmod(os.path.dirname(service.address), 0o755)  # let the other user reach the socket
+    os.chmod(service.address, 0o777)
+    pid = os.fork()
+    if pid == 0:  # the child, as nobody: sends a frame, must get no answer but a hang-up
+        code = 1
+        try:
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(service.address)
+                try:
+                    # a well-formed request, which the writer would run for its own user
+                    s.sendall(_frame((0, index_ops.reserve_versions, ("Microsoft.Default", 1))))
+                    code = 0 if s.recv(1) == b"" else 2
+                except ConnectionError:  # hung up already
+                    code = 0
+        except BaseException as exc:  # reported by the parent's assertion
+            os.write(2, f"child: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    async def still_serving():  # and the writer still serves its own user
+        index = open_index(url, sqlite_writer=service.address)
+        await index.start()
+        try:
+            return await index.reserve_versions("Microsoft.Default", 3)
+        finally:
+            await index.close()
+
+    # the refused request reserved nothing: the first versions are the ones reserved here
+    assert asyncio.run(still_serving()) == [1, 2, 3]
