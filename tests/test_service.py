@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
+import pytest
 import yaml
+from starlette.testclient import TestClient
 
+from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
+from dicomhub.storage import statements as st
+from dicomhub.web.app import create_app
 from tests.conftest import ROOT
+from tests.test_delete_changefeed import CT, ids
 
 
 def test_health_names_the_failing_dependency(file_client, tmp_path):
@@ -69,3 +76,37 @@ def test_settings_from_environment_and_flags():
     s = Settings.load({"port": 9000}, {"DICOMHUB_PORT": "1234", "DICOMHUB_DELETE_DELAY": "5"})
     assert s.port == 9000 and s.delete_delay == 5
     assert Settings.load(None, {}).resolved_index_url.startswith("sqlite:///")
+
+
+@pytest.mark.parametrize("fsync", ["instance", "off"])
+def test_fsync_setting(tmp_path, monkeypatch, fsync):
+    """--fsync off: the index commits unsynced (SQLite synchronous NORMAL) and blobs are not
+    synced; the default syncs both. Either way, what is stored is served."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    settings = Settings(data_dir=str(tmp_path / "data"), fsync=fsync)
+    with TestClient(create_app(settings, build_archive(settings))) as client:
+        r = client.post("/v2/studies", content=CT, headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 200
+        synced_by_store = len(synced)
+        study, series, sop = ids(CT)
+        got = client.get(f"/v2/studies/{study}/series/{series}/instances/{sop}",
+                         headers={"Accept": "application/dicom"})  # fmt: skip
+        assert got.content == CT
+        index = client.app.state.archive.index
+        (mode,) = client.portal.call(index._read, st.single, st.one("PRAGMA synchronous"))
+    assert mode == (2 if fsync == "instance" else 1)  # FULL, NORMAL
+    assert (synced_by_store >= 2) if fsync == "instance" else synced_by_store == 0
+
+
+def test_a_bad_fsync_value_stops_the_start(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomhub", "serve", "--fsync", "sometimes",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "--fsync takes instance or off" in done.stderr

@@ -18,7 +18,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.errors import DicomhubError
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
-from dicomhub.storage.urls import open_audit, open_blobs, open_index
+from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
 
 
 def build_index(settings: Settings, migrate: bool | None = None, writer: bool = False):
@@ -26,11 +26,19 @@ def build_index(settings: Settings, migrate: bool | None = None, writer: bool = 
     one process that writes an embedded index (``serve --workers N``)."""
     migrate = settings.migrate_on_start if migrate is None else migrate
     remote = None if writer else os.environ.get(sqlite_writer.ENVIRONMENT)
-    return open_index(settings.resolved_index_url, settings.index_pool_size, migrate, remote)
+    return open_index(
+        settings.resolved_index_url,
+        settings.index_pool_size,
+        migrate,
+        remote,
+        fsync=settings.fsync != "off",
+    )
 
 
 def build_archive(settings: Settings) -> Archive:
-    blobs = open_blobs(settings.resolved_blob_url, settings.blob_multipart_threshold)
+    blobs = open_blobs(
+        settings.resolved_blob_url, settings.blob_multipart_threshold, settings.fsync != "off"
+    )
     index = build_index(settings)
     return Archive(settings, index, blobs, open_audit(settings.audit_log, index))
 
@@ -104,6 +112,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
 def main(argv: list[str] | None = None) -> None:
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
+    if settings.fsync not in FSYNC:
+        sys.exit(f"dicomhub: --fsync takes {' or '.join(FSYNC)}, not {settings.fsync!r}")
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
         from dicomhub.dimse.service import client_tls_context, tls_context

@@ -44,6 +44,14 @@ class Settings:
         "or gs://bucket/prefix (options as query parameters, credentials from the provider's "
         "environment variables). Empty: blobs/ in data_dir.",
     )
+    fsync: str = _setting(
+        "instance",
+        "When stored data reaches the disk. instance: each instance's file (and its folder "
+        "entry) and the index commit are synced before the store is acknowledged. off: the "
+        "operating system writes them back later; faster, but a power cut or an OS crash can "
+        "lose or truncate instances acknowledged in the seconds before it (a crash of dicomhub "
+        "alone loses nothing). Object stores and PostgreSQL keep their own durability.",
+    )
     blob_multipart_threshold: int = _setting(
         16 * 1024**2,
         "Object storage: instances up to this many bytes are written with one conditional PUT; "

@@ -42,9 +42,11 @@ class SqliteIndex(SqlIndex):
     dialect = SQLITE
     shared = False  # one serve per data folder (a lock file); its workers start after recovery
 
-    def __init__(self, path: str, writer: str | None = None):
+    def __init__(self, path: str, writer: str | None = None, fsync: bool = True):
         """``writer``: the address of the process that writes this file for this one (see
-        ``sqlite_writer``); None: this process writes itself."""
+        ``sqlite_writer``); None: this process writes itself. Without ``fsync``, commits are
+        not synced (synchronous NORMAL: a power cut can undo the last ones)."""
+        self._synchronous = "FULL" if fsync else "NORMAL"
         self._memory = path == ":memory:"
         self._remote = RemoteWriter(writer) if writer else None
         self._path = path
@@ -109,7 +111,7 @@ class SqliteIndex(SqlIndex):
         conn.execute("PRAGMA foreign_keys = ON")
         if not self._memory:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         return conn
 
     def _conn(self) -> sqlite3.Connection:

@@ -14,14 +14,21 @@ from dicomhub.storage.postgres_index import PostgresIndex
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore
 from dicomhub.storage.sqlite_index import SqliteIndex
 
+FSYNC = ("instance", "off")  # the values of the fsync setting
+
 
 def open_index(
-    url: str, pool_size: int = 10, migrate: bool = True, sqlite_writer: str | None = None
+    url: str,
+    pool_size: int = 10,
+    migrate: bool = True,
+    sqlite_writer: str | None = None,
+    fsync: bool = True,
 ) -> IndexStore:
     """``sqlite:///abs/path.sqlite``, ``sqlite:///:memory:``, ``sqlite://:memory:``, or
     ``postgresql://user:password@host:port/database`` (a pool of ``pool_size`` connections;
     pending migrations applied at start when ``migrate``). ``sqlite_writer``: the address of
-    the process that writes a SQLite file for this one (``sqlite_writer.WriterService``)."""
+    the process that writes a SQLite file for this one (``sqlite_writer.WriterService``);
+    without ``fsync``, SQLite commits are not synced (WAL, synchronous NORMAL)."""
     parsed = urlparse(url)
     if parsed.scheme in ("postgresql", "postgres"):
         return PostgresIndex(url, pool_size, migrate)
@@ -30,18 +37,20 @@ def open_index(
         if path in (":memory:", "/:memory:"):
             return SqliteIndex(":memory:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteIndex(path, sqlite_writer)
+        return SqliteIndex(path, sqlite_writer, fsync)
     raise InvalidRequest(
         f"unsupported index URL {url!r} (supported: sqlite:///..., postgresql://...)"
     )
 
 
-def open_blobs(url: str, multipart_threshold: int = 16 * 1024 * 1024) -> BlobStore:
+def open_blobs(
+    url: str, multipart_threshold: int = 16 * 1024 * 1024, fsync: bool = True
+) -> BlobStore:
     """``file:///abs/folder``, ``memory://``, or object storage: ``s3://``, ``az://``, ``gs://``
     (see ``object_blobs``)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        return FileBlobStore(Path(parsed.netloc + parsed.path))
+        return FileBlobStore(Path(parsed.netloc + parsed.path), fsync)
     if parsed.scheme == "memory":
         return MemoryBlobStore()
     if parsed.scheme in SCHEMES:
