@@ -1,4 +1,5 @@
-"""STOW-RS use case (PS3.18 section 10.5): receive, parse once, validate, store, index.
+"""STOW-RS use case (PS3.18 section 10.5): parse once, validate, store, index the parts that
+the web layer (or the DIMSE service) received.
 
 An instance becomes visible only when both its blob and its index rows are durable: its blob is
 written under a version reserved in the index beforehand (a block of versions at a time), then
@@ -13,20 +14,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import stow
 from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
 from dicomhub.dicom.mediatype import parse_media_type
-from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.parse import read_part10
 from dicomhub.errors import (
     AlreadyExists,
     InvalidDicom,
     InvalidRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
 )
 from dicomhub.model import InstanceId, NewInstance, blob_key
 from dicomhub.settings import Settings
@@ -73,6 +72,14 @@ class Versions:
         return bool(free) and time.monotonic() - self._since[partition] < self.max_age
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of a STOW-RS request as received: its media type and its bytes."""
+
+    media_type: str
+    body: PartBody
+
+
 class PartOrder:
     """The place of one part among the parts of a request that are stored at once: parts take
     their version (storage order) and commit in part order, so stored order is part order, and
@@ -113,105 +120,50 @@ class StoreService:
         self.extended = extended
         self.versions = Versions(index, settings.upload_timeout / 4)
 
-    async def store_body(
-        self,
-        chunks: AsyncIterator[bytes],
-        content_type: str | None,
-        study: str | None,
-        strict: bool,
+    async def store_parts(
+        self, parts: AsyncIterator[Part], study: str | None, strict: bool
     ) -> list[stow.PartOutcome]:
-        """Store every DICOM part of a request body; one outcome per part. ``strict`` (v1):
-        an instance with an invalid value of a searchable attribute, built in or an extended
-        query tag, is refused."""
-        if not content_type:
-            raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
+        """Store the parts of one request, each while the next ones arrive; one outcome per
+        part. ``strict`` (v1): an instance with an invalid value of a searchable attribute,
+        built in or an extended query tag, is refused.
+
+        Up to PIPELINE parts are parsed and written at once (the next part is not taken before
+        a slot is free); each commits after the one before it, so stored order (the change
+        feed, default search order) is the order of the parts. Parts already received are
+        stored whatever happens to the request (a store is never cut in half): an error of
+        ``parts`` (a malformed body) or a cancelled request stops taking parts, not storing
+        those taken."""
         # v1 validates the attributes extended query tags index too: from here on, ``strict``
         # is their paths (None in v2)
-        strict = await self.extended.indexed_paths() if strict else None
-        media = parse_media_type(content_type)
-        if media.type == DICOM:
-            body = await self._receive(chunks)
-            if body.too_large:
-                body.discard()
-                raise PayloadTooLarge(
-                    f"the DICOM file exceeds the limit of {self.settings.max_part_size} bytes"
-                )
-            return [await self.store_part(body, study, strict)]
-        if media.type != "multipart/related":
-            raise UnsupportedMediaType(
-                f'STOW-RS takes multipart/related; type="application/dicom" or '
-                f"application/dicom, not {media.type}"
-            )
-        root_type = media.params.get("type", DICOM).lower()
-        if root_type != DICOM:
-            raise UnsupportedMediaType(
-                f'multipart type {root_type!r} is not supported; use type="application/dicom"'
-            )
-        boundary = media.params.get("boundary")
-        if not boundary:
-            raise InvalidRequest("multipart/related needs a boundary parameter")
-        return await self._store_multipart(chunks, boundary, root_type, study, strict)
-
-    def _body(self) -> PartBody:
-        return PartBody(self.settings.spool_dir, self.settings.max_part_size)
-
-    async def _store_multipart(self, chunks, boundary, root_type, study, strict):
-        """Parts are stored while the next ones arrive: up to PIPELINE parts of one request are
-        parsed and written at once; each commits after the one before it, so stored order (the
-        change feed, default search order) is the order of the parts."""
-        parser = MultipartParser(boundary)
+        paths = await self.extended.indexed_paths() if strict else None
         stores: list[asyncio.Task] = []
         slots = asyncio.Semaphore(PIPELINE)
-        body: PartBody | None = None
         order: PartOrder | None = None
-        part_type = root_type
         try:
-            async for chunk in chunks:
-                for event in parser.feed(chunk):
-                    if isinstance(event, PartStart):
-                        if len(stores) == self.settings.max_parts:
-                            raise PayloadTooLarge(
-                                f"the request has more than {self.settings.max_parts} parts "
-                                "(max_parts); the parts before stop here are stored"
-                            )
-                        part_type = event.headers.get("content-type", root_type)
-                        body = self._body()
-                    elif isinstance(event, PartData):
-                        await body.write(event.data)
-                    elif isinstance(event, PartEnd):
-                        body.close()
-                        await slots.acquire()
-                        order = PartOrder(order)
-                        stores.append(
-                            asyncio.create_task(
-                                self._finish_part(body, part_type, study, strict, slots, order)
-                            )
-                        )
-                        body = None
-                if parser.finished:
-                    break
-            parser.close()
+            async for part in parts:
+                await slots.acquire()
+                order = PartOrder(order)
+                stores.append(
+                    asyncio.create_task(self._finish_part(part, study, paths, slots, order))
+                )
         finally:
-            if body is not None:
-                body.discard()
-            # Parts already received are stored whatever happens to the request (a store is
-            # never cut in half); a cancelled request stops waiting, not storing.
             results = await asyncio.shield(asyncio.gather(*stores, return_exceptions=True))
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return results
 
-    async def _finish_part(self, body, part_type, study, strict, slots, order) -> stow.PartOutcome:
+    async def _finish_part(self, part, study, strict, slots, order) -> stow.PartOutcome:
         try:
-            return await self._check_part(body, part_type, study, strict, order)
+            return await self._check_part(part, study, strict, order)
         finally:
             slots.release()
             await order.finish()
 
-    async def _check_part(self, body, part_type, study, strict, order) -> stow.PartOutcome:
+    async def _check_part(self, part: Part, study, strict, order) -> stow.PartOutcome:
+        body = part.body
         try:
-            media = parse_media_type(part_type).type
+            media = parse_media_type(part.media_type).type
         except InvalidRequest as exc:
             body.discard()
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
@@ -228,17 +180,6 @@ class StoreService:
                 message=f"part exceeds the limit of {self.settings.max_part_size} bytes",
             )
         return await self.store_part(body, study, strict, order)
-
-    async def _receive(self, chunks: AsyncIterator[bytes]) -> PartBody:
-        body = self._body()
-        try:
-            async for chunk in chunks:
-                await body.write(chunk)
-        except BaseException:
-            body.discard()
-            raise
-        body.close()
-        return body
 
     async def store_part(
         self,

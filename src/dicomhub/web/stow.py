@@ -1,14 +1,27 @@
-"""STOW-RS routes: POST /v{n}/studies[/{study}] (PS3.18 section 10.5)."""
+"""STOW-RS routes: POST /v{n}/studies[/{study}] (PS3.18 section 10.5).
+
+The request body is split into parts here, as it arrives (a single application/dicom body is
+one part); the archive stores each part while the next ones are received."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dicomhub.archive.spool import PartBody
+from dicomhub.archive.store import Part
 from dicomhub.dicom import stow
+from dicomhub.dicom.mediatype import parse_media_type
+from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.uids import require_uid
+from dicomhub.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomhub.settings import Settings
 from dicomhub.web.audit import note
 from dicomhub.web.common import archive, base_url, require_json_accept, version
+
+DICOM = "application/dicom"
 
 
 async def store(request: Request) -> Response:
@@ -17,18 +30,84 @@ async def store(request: Request) -> Response:
     study = request.path_params.get("study")
     if study is not None:
         require_uid(study, "StudyInstanceUID")
-    outcomes = await archive(request).store.store_body(
-        request.stream(),
-        request.headers.get("content-type"),
-        study,
-        strict=version(request) == 1,
+    parts = received_parts(
+        request.stream(), request.headers.get("content-type"), request.app.state.settings
     )
+    outcomes = await archive(request).store.store_parts(parts, study, strict=version(request) == 1)
     _audit(request, outcomes)
     study_path = f"studies/{study}" if study else None
     status, body = stow.build_response(outcomes, base_url(request), study_path)
     if body is None:
         return Response(status_code=status)
     return JSONResponse(body, status_code=status, media_type=media_type)
+
+
+async def received_parts(
+    chunks: AsyncIterator[bytes], content_type: str | None, settings: Settings
+) -> AsyncIterator[Part]:
+    """The parts of a STOW-RS body, each as soon as it is complete. Errors of the request as a
+    whole (media type, boundary, malformed multipart, too many parts, a single body that is too
+    large) are raised; those of one part are the archive's to report."""
+    if not content_type:
+        raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
+    media = parse_media_type(content_type)
+    if media.type == DICOM:
+        body = PartBody(settings.spool_dir, settings.max_part_size)
+        try:
+            async for chunk in chunks:
+                await body.write(chunk)
+        except BaseException:
+            body.discard()
+            raise
+        body.close()
+        if body.too_large:
+            body.discard()
+            raise PayloadTooLarge(
+                f"the DICOM file exceeds the limit of {settings.max_part_size} bytes"
+            )
+        yield Part(DICOM, body)
+        return
+    if media.type != "multipart/related":
+        raise UnsupportedMediaType(
+            f'STOW-RS takes multipart/related; type="application/dicom" or '
+            f"application/dicom, not {media.type}"
+        )
+    root_type = media.params.get("type", DICOM).lower()
+    if root_type != DICOM:
+        raise UnsupportedMediaType(
+            f'multipart type {root_type!r} is not supported; use type="application/dicom"'
+        )
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/related needs a boundary parameter")
+    parser = MultipartParser(boundary)
+    body: PartBody | None = None
+    count = 0
+    part_type = root_type
+    try:
+        async for chunk in chunks:
+            for event in parser.feed(chunk):
+                if isinstance(event, PartStart):
+                    if count == settings.max_parts:
+                        raise PayloadTooLarge(
+                            f"the request has more than {settings.max_parts} parts "
+                            "(max_parts); the parts before stop here are stored"
+                        )
+                    count += 1
+                    part_type = event.headers.get("content-type", root_type)
+                    body = PartBody(settings.spool_dir, settings.max_part_size)
+                elif isinstance(event, PartData):
+                    await body.write(event.data)
+                elif isinstance(event, PartEnd):
+                    body.close()
+                    part, body = Part(part_type, body), None
+                    yield part
+            if parser.finished:
+                break
+        parser.close()
+    finally:
+        if body is not None:
+            body.discard()
 
 
 def _audit(request: Request, outcomes: list[stow.PartOutcome]) -> None:
