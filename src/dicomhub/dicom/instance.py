@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomhub.dicom import frames as frame_index
@@ -36,6 +37,9 @@ INDEXED = {
     "PerformedProcedureStepStartDate": 0x00400244,
     "ManufacturerModelName": 0x00081090,
 }
+
+
+INDEXED_KEYS = {f"{tag:08X}": name for name, tag in INDEXED.items()}
 
 
 class InvalidInstance(InvalidRequest):
@@ -108,18 +112,17 @@ def ingest(
         None if parsed.deflated else read_at,
         max_elements,
     )
-    indexed_keys = {f"{tag:08X}": name for name, tag in INDEXED.items()}
     warnings = []
     invalid = {path: message for path, message in encoded.errors if len(path) == 8}
     for path, message in encoded.errors:
-        keyword = indexed_keys.get(path) or (path if path in also_indexed else None)
+        keyword = INDEXED_KEYS.get(path) or (path if path in also_indexed else None)
         comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
         if strict and keyword:
             raise InvalidInstance(comment, sop_class, sop)
         warnings.append(comment)
     frames = None
     if parsed.pixel is not None and not parsed.deflated:
-        frames = compact(_frames(ds, parsed, read_at).to_json())
+        frames = compact(_frames(ds, encoded.json, parsed, read_at).to_json())
     return IngestedInstance(
         study=uids["StudyInstanceUID"],
         series=uids["SeriesInstanceUID"],
@@ -136,24 +139,32 @@ def ingest(
     )
 
 
-def _frames(ds: Dataset, parsed: ParsedFile, read_at) -> frame_index.FrameIndex:
+def _frames(ds: Dataset, js: dict, parsed: ParsedFile, read_at) -> frame_index.FrameIndex:
+    """The frame index; the image attributes are read from the instance's DICOM JSON (already
+    decoded, and without the invalid values)."""
     pixel = parsed.pixel
-    bits = _int(ds, 0x00280100, 8)
+    bits = _json_int(js, "00280100", 8)
     if pixel.tag == 0x7FE00008:
         bits = 32
     elif pixel.tag == 0x7FE00009:
         bits = 64
     frame_bits = frame_index.native_frame_bits(
-        _int(ds, 0x00280010, 0),
-        _int(ds, 0x00280011, 0),
-        _int(ds, 0x00280002, 1),
+        _json_int(js, "00280010", 0),
+        _json_int(js, "00280011", 0),
+        _json_int(js, "00280002", 1),
         bits,
         _raw_text(ds, 0x00280004).strip("\x00 "),
     )
     extended = None
     if 0x7FE00001 in ds._dict and 0x7FE00002 in ds._dict:
         extended = (list(_uint64s(ds[0x7FE00001].value)), list(_uint64s(ds[0x7FE00002].value)))
-    return frame_index.index_frames(pixel, _int(ds, 0x00280008, 1), frame_bits, read_at, extended)
+    frames = _json_int(js, "00280008", 1)
+    return frame_index.index_frames(pixel, frames, frame_bits, read_at, extended)
+
+
+def _json_int(js: dict, key: str, default: int) -> int:
+    value = (js.get(key) or {}).get("Value") or [None]
+    return value[0] if isinstance(value[0], int) and not isinstance(value[0], bool) else default
 
 
 def _uint64s(data: bytes):
@@ -162,18 +173,15 @@ def _uint64s(data: bytes):
 
 
 def _raw_text(ds: Dataset, tag: int) -> str:
-    if tag not in ds._dict:
+    raw = ds._dict.get(tag)
+    if raw is None:
         return ""
+    value = getattr(raw, "value", None)
+    if isinstance(raw, RawDataElement) and isinstance(value, bytes):
+        if value.isascii() and b"\\" not in value:  # one plain value: its text, as pydicom's
+            return value.decode("ascii")  # (callers strip the padding)
     try:
         value = ds[tag].value
     except Exception:
         return ""
     return "" if value is None else str(value)
-
-
-def _int(ds: Dataset, tag: int, default: int) -> int:
-    try:
-        value = ds[tag].value if tag in ds._dict else None
-        return int(value) if value not in (None, "") else default
-    except Exception:
-        return default
