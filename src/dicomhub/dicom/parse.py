@@ -14,8 +14,13 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from dicomhub.errors import InvalidDicom
 
@@ -49,7 +54,7 @@ def read_part10(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, defer_size=defer_size)
+            ds = _read_common(fp, defer_size) or pydicom.dcmread(fp, defer_size=defer_size)
     except RecursionError:
         raise InvalidDicom("the data set nests sequences too deep to be read") from None
     except Exception as exc:  # pydicom raises many kinds for broken input
@@ -73,6 +78,44 @@ def read_part10(
                 )
                 break
     return ParsedFile(ds, ts, file_size, deflated, pixel)
+
+
+def _read_common(fp: BinaryIO, defer_size: int) -> Dataset | None:
+    """The common file (preamble, explicit VR meta group, a little endian data set) read with
+    pydicom's element reader but without dcmread's general machinery (file meta validation,
+    FileDataset), which costs as much as the data set itself for a small instance. None, with
+    ``fp`` back where it was, for anything else: dcmread decides (the data set is then read
+    the same way, see the differential test)."""
+    start = fp.tell()
+    syntax = _meta_syntax(fp)
+    if syntax not in _COMMON_SYNTAXES and not (
+        syntax is not None and syntax.startswith(_ENCAPSULATED)
+    ):
+        fp.seek(start)
+        return None
+    data_start = fp.tell()
+    first = fp.read(2)
+    fp.seek(start + 132)
+    meta = read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+    found = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\x00 ")
+    if fp.tell() != data_start or found != syntax or first == b"\x00\x00":  # a command set
+        fp.seek(start)
+        return None
+    implicit = syntax == ImplicitVRLittleEndian
+    dataset = read_dataset(fp, implicit, True, defer_size=defer_size)
+    end = fp.tell()
+    fp.seek(start)
+    preamble = fp.read(128)
+    fp.seek(end)
+    # as dcmread: a FileDataset (deferred values are read back through ``fp``), the encoding the
+    # syntax names, and (0008,0005) converted
+    ds = FileDataset(fp, dataset, preamble, meta, implicit, True)
+    ds.set_original_encoding(implicit, True, ds._character_set)
+    return ds
+
+
+_COMMON_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
+_ENCAPSULATED = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K, MPEG...: explicit LE
 
 
 def _check_complete(ds: Dataset, file_size: int) -> None:
