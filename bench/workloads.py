@@ -29,6 +29,8 @@ LOAD = (4, 20)  # how setup data is sent: 4 clients, 20 instances per request
 class Profile:
     image_size: int = 512  # STOW and reference-study images (512 KB, CT-like)
     stow_instances: int = 400  # per STOW case
+    stow_small_instances: int = 2000  # small images sent one per request
+    stow_small_size: int = 64
     reference_series: int = 500  # instances in the reference study's long series
     frames: int = 1000  # frames of the multi-frame instance
     frame_size: int = 256  # rows = columns of each frame (and of the single-frame instance)
@@ -46,6 +48,8 @@ PROFILES = {
     "smoke": Profile(
         image_size=64,
         stow_instances=40,
+        stow_small_instances=40,
+        stow_small_size=16,
         reference_series=12,
         frames=20,
         frame_size=32,
@@ -91,11 +95,11 @@ class Data:
             f"{single.uid}.1": ds.instance(self.frames_study, single, 1, self.p.frame_size),
         }
 
-    def stow_studies(self, case: int) -> list[ds.Study]:
+    def stow_studies(self, case: int, instances: int | None = None) -> list[ds.Study]:
         per_study = 40
         return [
             ds.study(ds.GROUPS["stow"] + case, i, (20, 20))
-            for i in range(max(1, self.p.stow_instances // per_study))
+            for i in range(max(1, (instances or self.p.stow_instances) // per_study))
         ]
 
     def stow_files(self, case: int) -> list[tuple[str, bytes]]:
@@ -185,6 +189,21 @@ def stow(client: Client, data: Data) -> list[dict]:
                 timing.summary("instances"),
             )
         )
+    case = len(STOW_CASES)  # small images, one per request, as a modality sends them
+    studies = data.stow_studies(case, data.p.stow_small_instances)
+    files = [f for st in studies for f in ds.instances(st, data.p.stow_small_size)]
+    timing = send_instances(client, files, 4, 1)
+    data.stored += studies
+    size = data.p.stow_small_size
+    out.append(
+        _result(
+            "stow-small-4x1",
+            f"STOW {len(files):,} small instances ({size}x{size}), 4 clients, 1 per request",
+            "instances_per_s",
+            "higher",
+            timing.summary("instances"),
+        )
+    )
     return out
 
 
