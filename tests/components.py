@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -240,10 +241,17 @@ class Unavailable(Exception):
 
 class TcpProxy:
     """A TCP relay to ``target`` on a free local port that a test can cut (every connection
-    dropped, new ones refused) and restore: a dependency going away and coming back."""
+    dropped, new ones refused) and restore: a dependency going away and coming back.
 
-    def __init__(self, host: str, port: int):
+    ``delay`` (seconds) holds every chunk that long before passing it on, in both directions,
+    as a network with that one-way latency would (chunks in flight overlap, so the delay does not
+    add up per chunk). ``round_trips`` counts the times a client spoke again after the server had
+    answered: the request/response exchanges a protocol like PostgreSQL's costs."""
+
+    def __init__(self, host: str, port: int, delay: float = 0.0):
         self.target = (host, port)
+        self.delay = delay
+        self.round_trips = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._open: set[socket.socket] = set()
@@ -284,22 +292,56 @@ class TcpProxy:
                     client.close()
                     continue
                 self._open |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            turn = ["server"]  # who spoke last on this connection
+            for a, b, side in ((client, upstream, "client"), (upstream, client, "server")):
+                threading.Thread(target=self._pipe, args=(a, b, side, turn), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, side: str, turn: list) -> None:
+        send, done = self._sender(sink)
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if turn[0] != side:
+                    turn[0] = side
+                    if side == "client":
+                        with self._lock:
+                            self.round_trips += 1
+                send(data)
         except OSError:
             pass
         finally:
+            done()
             with self._lock:
                 for s in (source, sink):
                     with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
                     s.close()
                     self._open.discard(s)
+
+    def _sender(self, sink: socket.socket):
+        """(send, done): pass chunks on at once, or each ``delay`` after it arrived."""
+        if not self.delay:
+            return sink.sendall, lambda: None
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+        finished = threading.Event()
+
+        def forward() -> None:
+            try:
+                while (item := chunks.get()) is not None:
+                    due, data = item
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                finished.set()
+
+        threading.Thread(target=forward, daemon=True).start()
+
+        def done() -> None:
+            chunks.put(None)
+            finished.wait(5)  # what is in flight arrives before the connection closes
+
+        return lambda data: chunks.put((time.monotonic() + self.delay, data)), done
 
 
 @dataclass(frozen=True)
