@@ -195,15 +195,17 @@ def test_stale_uploads_are_abandoned_once(nodes):
 
 
 def test_a_change_feed_entry_is_never_overtaken():
-    """PostgreSQL hands out sequence numbers before commit: a writer that has taken its number
-    and not committed yet holds back later writers, so no reader sees N+1 before N."""
+    """PostgreSQL: a write that has written its change-feed entry and not committed yet holds
+    nobody back, and readers do not see its entry until it commits; then it comes after every
+    entry seen before, numbered without a gap. A write that began earlier (its transaction has
+    the lower id) but wrote its entry after another write committed comes after that one: the
+    other may be what it depends on (e.g. the delete of the instance it stores again)."""
     import asyncpg
 
-    from dicomhub.storage.dialect import POSTGRES
     from dicomhub.storage.postgres_index import numbered
     from dicomhub.storage.sql_queries import INSERT_CHANGE
 
-    item = new_instance(instance(uid(4), uid(4, 1), uid(4, 1, 1)))
+    items = [new_instance(instance(uid(4), uid(4, 1), uid(4, 1, n))) for n in range(3)]
     with index_database("postgresql") as url:
 
         async def run():
@@ -211,20 +213,21 @@ def test_a_change_feed_entry_is_never_overtaken():
             await node.start()
             slow = await asyncpg.connect(url)
             try:
+                await store(node, items[0])
                 tx = slow.transaction()
                 await tx.start()
-                await slow.execute(POSTGRES.feed_lock)  # a writer that took its sequence...
+                await slow.execute("SELECT pg_current_xact_id()")  # begins first (lower id)...
+                await store(node, items[1])  # ...not held back by it
                 await slow.execute(numbered(INSERT_CHANGE), 0, 0, "p", "1.2", "1.2.3", "1.2.3.4", 1)
-                later = asyncio.create_task(store(node, item))
-                await asyncio.sleep(0.5)
-                held_back = not later.done()
-                await tx.commit()  # ...and commits only now
-                await later
-                return held_back, [e.sequence for e in await node.changefeed(0, 10, True)]
+                await store(node, items[2])
+                seen = [(e.sequence, e.id.sop) for e in await node.changefeed(0, 10, True)]
+                await tx.commit()  # ...and commits last
+                return seen, [(e.sequence, e.id.sop) for e in await node.changefeed(0, 10, True)]
             finally:
                 await slow.close()
                 await node.close()
 
-        held_back, sequences = asyncio.run(run())
-    assert held_back
-    assert sequences == sorted(sequences) and len(sequences) == 2
+        seen, after = asyncio.run(run())
+    sops = [i.id.sop for i in items]
+    assert seen == [(1, sops[0]), (2, sops[1]), (3, sops[2])]
+    assert after == [*seen, (4, "1.2.3.4")]

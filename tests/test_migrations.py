@@ -62,6 +62,10 @@ PG_STRUCTURE = {
         SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
         FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
         WHERE n.nspname = 'public'""",
+    "functions": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public'""",
 }
 
 
@@ -91,6 +95,7 @@ def test_postgresql_migrations_build_the_declared_schema():
         migrated, expected = asyncio.run(run())
     assert migrated == expected
     assert any(row[0] == "blob_upload" for row in migrated["columns"])
+    assert any(row[0] == "dicomhub_number_changes" for row in migrated["functions"])
 
 
 def test_a_newer_schema_is_refused(tmp_path):

@@ -83,16 +83,19 @@ class ExtendedTagsService:
     ) -> dict:
         """Index the instances stored before the tags were added, in batches, from where the
         last attempt stopped; then the tags are Ready."""
-        keys, until = payload["tagKeys"], payload["until"]
-        after = (checkpoint or {}).get("after", 0)
-        done = (checkpoint or {}).get("done", 0)
+        keys = payload["tagKeys"]
+        checkpoint = checkpoint or {}
+        after, done = checkpoint.get("after", 0), checkpoint.get("done", 0)
+        # Stores that ran while the tags were added may not have indexed them: cover what they
+        # stored too (a bound fixed once, then kept by the checkpoint).
+        until = checkpoint.get("until") or max(payload["until"], await self.index.settled_version())
         total = max(1, await self.index.count_until(until))
         while True:
             last, count = await self.index.reindex_batch(keys, after, until, BATCH)
             if last is None:
                 break
             after, done = last, done + count
-            progress(done * 100 // total, {"after": after, "done": done})
+            progress(done * 100 // total, {"after": after, "done": done, "until": until})
         await self.index.mark_extended_tags_ready(keys)
         self._searchable = None
         return {"indexedInstances": done}

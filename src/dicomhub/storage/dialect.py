@@ -13,10 +13,10 @@ class Dialect:
     partition_hint: str  # prefix that keeps the planner off a scan of the partition column
     nulls_first: str  # added to ORDER BY ... ASC so that NULLs sort first, as on SQLite
     nulls_last: str  # and to ... DESC, so that they sort last
-    # Taken just before a transaction writes change-feed rows, and held until it commits: the
-    # feed's sequence then follows commit order, so a reader never sees a later entry before an
-    # earlier one commits. None where writes are serial anyway.
-    feed_lock: str | None
+    # Run before reading the change feed: numbers the entries committed since (PostgreSQL, where
+    # writes run side by side and write their entries unnumbered). None where writes are serial
+    # and an entry is numbered as it is written, in commit order (SQLite).
+    number_changes: str | None
     skip_locked: str  # added to the SELECT that picks a job, so that workers never wait on one
 
     def pattern(self, glob: str) -> str:
@@ -53,7 +53,7 @@ SQLITE = Dialect(
     partition_hint="+",
     nulls_first="",
     nulls_last="",
-    feed_lock=None,
+    number_changes=None,
     skip_locked="",  # one writer at a time: claims are serial anyway
 )
 POSTGRES = Dialect(
@@ -63,6 +63,6 @@ POSTGRES = Dialect(
     partition_hint="",
     nulls_first=" NULLS FIRST",
     nulls_last=" NULLS LAST",
-    feed_lock="SELECT pg_advisory_xact_lock(7340115)",  # any constant: the feed's one lock
+    number_changes="SELECT dicomhub_number_changes()",  # migration 0006
     skip_locked=" FOR UPDATE SKIP LOCKED",
 )

@@ -1,9 +1,11 @@
 """Extended query tags in the index (operations of ``index_ops``'s kind, SQL kept as data).
 
 A tag is added with status Adding and a reindex job in one transaction; instances stored from
-then on are indexed as they arrive, and the job indexes those stored before (versions up to
-``indexed_until``), in batches, then marks the tag Ready. A value that fails validation is
-recorded as an error of that instance; the tag stays usable for the others.
+then on are indexed as they arrive, and the job indexes those stored before, in batches, then
+marks the tag Ready. A store that ran while the tag was added may not have seen it: the job
+covers versions up to the highest stored once every such store has ended (``settled_version``
+of the index). A value that fails validation is recorded as an error of that instance; the tag
+stays usable for the others.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from dicomhub.dicom.levels import Level
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
 from dicomhub.model import JobType
 from dicomhub.storage import job_ops as jobs
-from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.statements import Op, lock, many, one, rows, run
+from dicomhub.storage.statements import Op, many, one, rows, run
 
 TABLE = {
     Level.STUDY: "extended_query_tag_study",
@@ -82,15 +83,14 @@ def tag_of(row) -> ExtendedTag:
 
 
 def add(
-    d: Dialect,
     tags: list[ExtendedTag],
     max_tags: int,
     operation_id: str,
     now: datetime,
     max_attempts: int,
 ) -> Op:
-    """Add tags (status Adding) and their reindex job, all or nothing. Under the feed lock, so
-    that every store either sees the tags or is covered by the reindex (see index_ops.commit)."""
+    """Add tags (status Adding) and their reindex job, all or nothing. ``indexed_until`` and the
+    job's ``until`` are the highest version stored now: a lower bound of what the job covers."""
     if len({t.path for t in tags}) != len(tags):
         raise InvalidRequest("a tag is given twice")
     existing = {r["path"] for r in (yield rows(SELECT_TAGS))}
@@ -99,8 +99,7 @@ def add(
         raise Conflict(f"extended query tag(s) {', '.join(taken)} exist already")
     if len(existing) + len(tags) > max_tags:
         raise InvalidRequest(f"at most {max_tags} extended query tags can be added")
-    yield from lock(d.feed_lock)
-    until = (yield one(MAX_VERSION))[0]
+    until = yield from max_version()
     keys = []
     for t in tags:
         row = yield one(
@@ -208,6 +207,10 @@ def reindex_batch(tag_keys: list[int], after: int, until: int, limit: int) -> Op
 
 def count_until(until: int) -> Op:
     return (yield one(COUNT_UNTIL, until))[0]
+
+
+def max_version() -> Op:
+    return (yield one(MAX_VERSION))[0]
 
 
 def mark_ready(tag_keys: list[int]) -> Op:

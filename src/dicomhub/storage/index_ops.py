@@ -20,7 +20,7 @@ from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
 from dicomhub.storage import eqt_ops
 from dicomhub.storage import sql_queries as q
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.statements import Op, lock, many, one, rows, run
+from dicomhub.storage.statements import Op, many, one, rows, run
 
 # -- store -------------------------------------------------------------------------------------
 
@@ -37,7 +37,8 @@ def release_versions(versions: list[int]) -> Op:
     yield many(q.FINISH_UPLOAD_QUIETLY, [(v,) for v in versions])
 
 
-def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
+def commit(version: int, instance: NewInstance) -> Op:
+    """Make a reserved store visible with its change-feed entry."""
     i = instance.id
     if (yield one(q.FINISH_UPLOAD, version)) is None:
         raise Unavailable("index", f"the store of SOP instance {i.sop} was abandoned (too slow)")
@@ -68,9 +69,8 @@ def commit(d: Dialect, version: int, instance: NewInstance) -> Op:
     (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
     yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
     yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
-    yield from lock(d.feed_lock)  # held to commit: the feed follows commit order
-    # Under the feed lock, which adding an extended query tag takes too: either this store sees
-    # the new tag here, or it has committed before the tag's reindex decides what to cover.
+    # Read after the first write (FINISH_UPLOAD): a store that does not see a tag added now is
+    # waited for by the tag's reindex (IndexStore.settled_version).
     yield from eqt_ops.index_instance(
         version, series_key, study_key, instance.metadata, instance.invalid
     )
@@ -109,7 +109,8 @@ def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
 
 
 def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
-    """The change-feed rows of a write, after the feed lock."""
+    """The change-feed rows of a write: its last statement, after every write they may depend
+    on (on PostgreSQL they are numbered in the order written, see dicomhub_number_changes)."""
     now = to_micros(utcnow())
     yield many(
         q.INSERT_CHANGE,
@@ -120,7 +121,7 @@ def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
 # -- delete ------------------------------------------------------------------------------------
 
 
-def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
+def delete(scope: Scope, cleanup_after: datetime) -> Op:
     sql, params = q.scoped(q.SELECT_INSTANCES, scope)
     found = yield rows(sql, *params)
     if not found:
@@ -144,9 +145,19 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
          r["version"])
         for r in found
     ]  # fmt: skip
-    yield from lock(d.feed_lock)  # held to commit: the feed follows commit order
     yield from _log_changes(Action.DELETE, changes)
     return len(found)
+
+
+# -- change feed -------------------------------------------------------------------------------
+
+
+def changes(d: Dialect, sql: str, params: tuple) -> Op:
+    """Read the change feed (``sql``: one of CHANGEFEED_*), numbering first what has committed
+    since the last read where entries are written unnumbered."""
+    if d.number_changes:
+        yield one(d.number_changes)
+    return (yield rows(sql, *params))
 
 
 # -- reads -------------------------------------------------------------------------------------

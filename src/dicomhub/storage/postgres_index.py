@@ -3,8 +3,9 @@ deployments with several nodes.
 
 A pool of asyncpg connections; every write operation runs in a transaction of its own and is run
 again from the start when PostgreSQL aborts it for a deadlock, a serialization failure or a row
-that a concurrent transaction removed. Migrations run under an advisory lock, so nodes starting
-together upgrade the schema once.
+that a concurrent transaction removed. No write takes a lock beyond the rows it writes: the
+change feed is numbered by its readers (``Dialect.number_changes``). Migrations run under an
+advisory lock, so nodes starting together upgrade the schema once.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ RETRYABLE = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.ForeignKeyViolationError,
+)
+# While a reindex waits for the writes older than it to end (settled_version).
+SETTLE_POLL = 0.05
+SNAPSHOT = (  # the oldest transaction running, and the next to be given an id
+    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
+    "FROM pg_current_snapshot() s"
 )
 
 
@@ -107,6 +114,17 @@ class PostgresIndex(SqlIndex):
                 "INSERT INTO schema_version (version) VALUES ($1)", [(n,) for n, _ in pending]
             )
             return migrations.latest(ENGINE) if pending else current
+
+    # -- extended query tags -------------------------------------------------------------------
+
+    async def settled_version(self) -> int:
+        """A store reads the tags after its first write, so a store that did not see a tag has
+        a transaction id below the next one to be given out once the tag was added: wait until
+        every transaction below that has ended (the oldest one running is past it)."""
+        _, horizon = await self._read(st.single, st.one(SNAPSHOT))
+        while (await self._read(st.single, st.one(SNAPSHOT)))[0] < horizon:
+            await asyncio.sleep(SETTLE_POLL)
+        return await super().settled_version()
 
     # -- drivers -------------------------------------------------------------------------------
 

@@ -253,4 +253,9 @@ class IndexStore(Protocol):
 
     async def count_until(self, version: int) -> int: ...
 
+    async def settled_version(self) -> int:
+        """The highest stored version, read once every store running now has ended: what the
+        reindex of a tag added before the call must cover (a store either saw the tag or has
+        committed by then). May wait as long as the longest running write."""
+
     async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None: ...

@@ -59,7 +59,7 @@ class SqlIndex:
             await self._write(ops.release_versions, versions)
 
     async def commit(self, version: int, instance: NewInstance) -> None:
-        await self._write(ops.commit, self.dialect, version, instance)
+        await self._write(ops.commit, version, instance)
 
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
@@ -88,7 +88,7 @@ class SqlIndex:
     # -- delete --------------------------------------------------------------------------------
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        return await self._write(ops.delete, self.dialect, scope, cleanup_after)
+        return await self._write(ops.delete, scope, cleanup_after)
 
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
         found = await self._rows(q.DUE_BLOB_DELETIONS, (to_micros(now), limit))
@@ -119,11 +119,11 @@ class SqlIndex:
             hi = to_micros(end) if end else 2**62
             sql, params = q.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
         sql = sql.format(metadata="i.metadata" if include_metadata else "NULL")
-        return [_entry(r) for r in await self._rows(sql, params)]
+        return [_entry(r) for r in await self._read(ops.changes, self.dialect, sql, params)]
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None:
         sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
-        found = await self._rows(sql, ())
+        found = await self._read(ops.changes, self.dialect, sql, ())
         return _entry(found[0]) if found else None
 
     # -- background jobs -----------------------------------------------------------------------
@@ -182,9 +182,7 @@ class SqlIndex:
     # -- extended query tags -------------------------------------------------------------------
 
     async def add_extended_tags(self, tags, max_tags, operation_id, now, max_attempts) -> str:
-        return await self._write(
-            eqt.add, self.dialect, tags, max_tags, operation_id, now, max_attempts
-        )
+        return await self._write(eqt.add, tags, max_tags, operation_id, now, max_attempts)
 
     async def extended_tag(self, path: str):
         return await self._read(eqt.find, path)
@@ -209,6 +207,10 @@ class SqlIndex:
 
     async def count_until(self, version: int) -> int:
         return await self._read(eqt.count_until, version)
+
+    async def settled_version(self) -> int:
+        # One writer at a time: a store that did not see a tag committed before the tag did.
+        return await self._read(eqt.max_version)
 
     async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None:
         await self._write(eqt.mark_ready, tag_keys)

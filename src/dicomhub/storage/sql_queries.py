@@ -133,14 +133,19 @@ LEFT JOIN study st ON st.partition_name = c.partition_name AND st.study_uid = c.
 LEFT JOIN series se ON se.study_key = st.study_key AND se.series_uid = c.series_uid
 LEFT JOIN instance i ON i.series_key = se.series_key AND i.sop_uid = c.sop_uid
 """
+# Readers see numbered entries only (on PostgreSQL an entry has no sequence until
+# dicomhub_number_changes numbers it after its transaction committed).
 CHANGEFEED_BY_SEQUENCE = (
     _CHANGE_COLUMNS + "WHERE c.sequence > ? AND c.sequence <= ? ORDER BY c.sequence"
 )
 CHANGEFEED_BY_TIME = (
     _CHANGE_COLUMNS
-    + "WHERE c.timestamp >= ? AND c.timestamp < ? ORDER BY c.timestamp, c.sequence LIMIT ? OFFSET ?"
+    + "WHERE c.timestamp >= ? AND c.timestamp < ? AND c.sequence IS NOT NULL "
+    + "ORDER BY c.timestamp, c.sequence LIMIT ? OFFSET ?"
 )
-CHANGEFEED_LATEST = _CHANGE_COLUMNS + "ORDER BY c.sequence DESC LIMIT 1"
+CHANGEFEED_LATEST = (
+    _CHANGE_COLUMNS + "WHERE c.sequence IS NOT NULL ORDER BY c.sequence DESC LIMIT 1"
+)
 
 # Migrations that need stored data re-derived (e.g. new search columns) run this afterwards.
 ALL_INSTANCES = "SELECT version, series_key, metadata FROM instance ORDER BY version"

@@ -39,13 +39,6 @@ def single(stmt: Stmt) -> Op:
     return (yield stmt)
 
 
-def lock(sql: str | None) -> Op:
-    """Take a lock held to the end of the transaction (``Dialect.feed_lock``), where the engine
-    needs one."""
-    if sql:
-        yield one(sql)
-
-
 async def drive_async(execute, op: Op) -> Any:
     """Run ``op`` with an asynchronous ``execute(stmt) -> result``."""
     result = None
