@@ -151,26 +151,37 @@ def searchable() -> Op:
 # -- indexing ------------------------------------------------------------------------------------
 
 
+def indexing() -> Op:
+    """The tags a newly stored instance is indexed under: those being added or ready."""
+    return [tag_of(r) for r in (yield rows(INDEXING))]
+
+
 def index_instance(
     version: int, series_key: int, study_key: int, metadata: bytes | str, invalid: dict[str, str]
 ) -> Op:
     """Index a newly stored instance under every tag being added or ready."""
-    tags = [tag_of(r) for r in (yield rows(INDEXING))]
+    tags = yield from indexing()
     if tags:
         yield from _index(tags, version, series_key, study_key, json.loads(metadata), invalid)
+
+
+def assess(tags: list[ExtendedTag], js, invalid: dict[str, str]):
+    """(tag, rows, problem) of each tag in an instance (DICOM JSON ``js``): the rows to index
+    (see extended_tags.values), or why its value is invalid. ``invalid``: the values STOW left
+    out of the metadata as invalid (tag path -> why)."""
+    for tag in tags:
+        if tag.path in invalid:
+            yield tag, [], f"{tag.path} {invalid[tag.path]}"
+        else:
+            yield tag, *et.values(js, tag)
 
 
 def _index(
     tags: list[ExtendedTag], version: int, series_key: int, study_key: int, js, invalid
 ) -> Op:
-    """``invalid``: the values STOW left out of the metadata as invalid (tag path -> why)."""
     owners = {Level.STUDY: study_key, Level.SERIES: series_key, Level.INSTANCE: version}
     now = to_micros(utcnow())
-    for tag in tags:
-        if tag.path in invalid:
-            found, problem = [], f"{tag.path} {invalid[tag.path]}"
-        else:
-            found, problem = et.values(js, tag)
+    for tag, found, problem in assess(tags, js, invalid):
         yield run(DROP_ERROR, tag.key, version)
         if problem is not None:
             yield run(INSERT_ERROR, tag.key, version, now, problem)

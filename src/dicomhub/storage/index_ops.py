@@ -38,7 +38,8 @@ def release_versions(versions: list[int]) -> Op:
 
 
 def commit(version: int, instance: NewInstance) -> Op:
-    """Make a reserved store visible with its change-feed entry."""
+    """Make a reserved store visible with its change-feed entry (SQLite; PostgreSQL runs the same
+    steps in one statement, see pg_commit)."""
     i = instance.id
     if (yield one(q.FINISH_UPLOAD, version)) is None:
         raise Unavailable("index", f"the store of SOP instance {i.sop} was abandoned (too slow)")
@@ -98,14 +99,20 @@ def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
     merged = sk.merge_docs(old, new)
     if merged == old:
         return
-    js = json.loads(merged)
     table = q.LEVEL_ATTRIBUTES[level]
-    normalised = sk.columns(level, js)
+    normalised, side = level_fields(level, merged)
     yield run(table.update, *[normalised[name] for name in table.columns], merged, key)
     yield run(table.clear_side, key)
-    side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
     if side:
         yield many(table.insert_side, [(key, *row) for row in side])
+
+
+def level_fields(level: Level, doc: str) -> tuple[dict[str, Any], list[tuple]]:
+    """What a study or series with document ``doc`` is matched on: its columns (column ->
+    normalised value) and side rows (name words, request items)."""
+    js = json.loads(doc)
+    side = sk.words(js) if level is Level.STUDY else sk.request_items(js)
+    return sk.columns(level, js), side
 
 
 def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:

@@ -4,8 +4,9 @@ deployments with several nodes.
 A pool of asyncpg connections; every write operation runs in a transaction of its own and is run
 again from the start when PostgreSQL aborts it for a deadlock, a serialization failure or a row
 that a concurrent transaction removed. No write takes a lock beyond the rows it writes: the
-change feed is numbered by its readers (``Dialect.number_changes``). Migrations run under an
-advisory lock, so nodes starting together upgrade the schema once.
+change feed is numbered by its readers (``Dialect.number_changes``), and a store commits in one
+statement (``pg_commit``). Migrations run under an advisory lock, so nodes starting together
+upgrade the schema once.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.errors import Unavailable
+from dicomhub.model import NewInstance
+from dicomhub.storage import eqt_ops as eqt
 from dicomhub.storage import index_ops as ops
-from dicomhub.storage import migrations
+from dicomhub.storage import migrations, pg_commit
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import POSTGRES
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
@@ -62,12 +66,14 @@ class PostgresIndex(SqlIndex):
         self.pool_size = pool_size
         self.migrate = migrate
         self._pool: asyncpg.Pool | None = None
+        self._indexing: list[ExtendedTag] | None = None  # the tags stores index, as last read
 
     async def start(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size, timeout=10, command_timeout=300
-            )
+                self.url, min_size=1, max_size=self.pool_size, timeout=10, command_timeout=300,
+                reset=_keep_session,
+            )  # fmt: skip
         except UNAVAILABLE as exc:
             raise Unavailable("index", f"cannot connect to PostgreSQL: {exc}") from exc
         current = await self.upgrade() if self.migrate else await self.version()
@@ -115,7 +121,17 @@ class PostgresIndex(SqlIndex):
             )
             return migrations.latest(ENGINE) if pending else current
 
-    # -- extended query tags -------------------------------------------------------------------
+    # -- store and reindex ---------------------------------------------------------------------
+
+    async def commit(self, version: int, instance: NewInstance) -> None:
+        await pg_commit.commit(self._statement, self._indexing_tags, version, instance)
+
+    async def _indexing_tags(self, fresh: bool) -> list[ExtendedTag]:
+        """The extended query tags stores index, read when they were found to have changed
+        (dicomhub_store checks them in its transaction)."""
+        if fresh or self._indexing is None:
+            self._indexing = await self._read(eqt.indexing)
+        return self._indexing
 
     async def settled_version(self) -> int:
         """A store reads the tags after its first write, so a store that did not see a tag has
@@ -136,14 +152,20 @@ class PostgresIndex(SqlIndex):
                 return await _drive(conn, op(*args))
 
     async def _write(self, op: OpFactory, *args: Any) -> Any:
-        for attempt in range(RETRIES):
-            try:
-                async with self._connection() as conn, conn.transaction():
-                    return await _drive(conn, op(*args))
-            except RETRYABLE:
-                if attempt == RETRIES - 1:
-                    raise
-                await asyncio.sleep(0.01 * 2**attempt)
+        async def run() -> Any:
+            async with self._connection() as conn, conn.transaction():
+                return await _drive(conn, op(*args))
+
+        return await _retrying(run)
+
+    async def _statement(self, sql: str, *args: Any) -> None:
+        """Run one statement as a transaction of its own: one round trip."""
+
+        async def run() -> None:
+            async with self._connection() as conn:
+                await conn.execute(sql, *args)
+
+        await _retrying(run)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -158,6 +180,23 @@ class PostgresIndex(SqlIndex):
             raise _unavailable(exc) from exc
         finally:
             await self._pool.release(conn)
+
+
+async def _retrying(run: Callable[[], Awaitable[Any]]) -> Any:
+    """``run()``, again from the start when PostgreSQL aborted its transaction for a conflict."""
+    for attempt in range(RETRIES):
+        try:
+            return await run()
+        except RETRYABLE:
+            if attempt == RETRIES - 1:
+                raise
+            await asyncio.sleep(0.01 * 2**attempt)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, beyond rolling back an open transaction:
+    nothing. The index never changes a session's state (no SET, LISTEN, cursors or session
+    locks), and asyncpg's default reset costs a round trip per operation."""
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
