@@ -231,3 +231,41 @@ def test_a_change_feed_entry_is_never_overtaken():
     sops = [i.id.sop for i in items]
     assert seen == [(1, sops[0]), (2, sops[1]), (3, sops[2])]
     assert after == [*seen, (4, "1.2.3.4")]
+
+
+def test_concurrent_deletes_of_one_instance_remove_it_once():
+    """PostgreSQL: two nodes that both found an instance to delete (a third transaction holds
+    its row meanwhile) remove it once: one deletes it with its emptied series and study, the
+    other then finds it gone; the feed and the blob queue have it once."""
+    import asyncpg
+
+    item = new_instance(instance(uid(5), uid(5, 1), uid(5, 1, 1)))
+    with index_database("postgresql") as url:
+
+        async def run():
+            a, b = open_index(url), open_index(url)
+            await a.start()
+            await b.start()
+            holder = await asyncpg.connect(url)
+            try:
+                version = await store(a, item)
+                tx = holder.transaction()
+                await tx.start()
+                await holder.execute("SELECT FROM instance WHERE version = $1 FOR UPDATE", version)
+                scope = Scope(uid(5), uid(5, 1), uid(5, 1, 1))
+                deletes = [asyncio.create_task(n.delete(scope, utcnow())) for n in (a, b)]
+                await asyncio.sleep(0.5)  # both have found the instance and wait
+                await tx.commit()
+                removed = sorted(await asyncio.gather(*deletes))
+                feed = [e.action.name for e in await a.changefeed(0, 10, True)]
+                left = await holder.fetchval("SELECT count(*) FROM series")
+                queued = await a.due_blob_deletions(utcnow() + timedelta(seconds=1), 10)
+                return removed, feed, left, len(queued)
+            finally:
+                await holder.close()
+                await a.close()
+                await b.close()
+
+        removed, feed, left, queued = asyncio.run(run())
+    assert removed == [0, 1]
+    assert feed == ["CREATE", "DELETE"] and left == 0 and queued == 1

@@ -18,6 +18,7 @@ class Dialect:
     # and an entry is numbered as it is written, in commit order (SQLite).
     number_changes: str | None
     skip_locked: str  # added to the SELECT that picks a job, so that workers never wait on one
+    for_update: str  # added to a SELECT that locks the rows it reads until the end
 
     def pattern(self, glob: str) -> str:
         """A query's GLOB pattern (``*``, ``?``, ``[[]`` for a literal ``[``) in this engine's
@@ -55,6 +56,7 @@ SQLITE = Dialect(
     nulls_last="",
     number_changes=None,
     skip_locked="",  # one writer at a time: claims are serial anyway
+    for_update="",
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -65,4 +67,5 @@ POSTGRES = Dialect(
     nulls_last=" NULLS LAST",
     number_changes="SELECT dicomhub_number_changes()",  # migration 0006
     skip_locked=" FOR UPDATE SKIP LOCKED",
+    for_update=" FOR UPDATE",
 )

@@ -128,9 +128,21 @@ def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
 # -- delete ------------------------------------------------------------------------------------
 
 
-def delete(scope: Scope, cleanup_after: datetime) -> Op:
+def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
     sql, params = q.scoped(q.SELECT_INSTANCES, scope)
     found = yield rows(sql, *params)
+    if not found:
+        return 0
+    # Lock the studies, then the series, that may be removed, before changing anything: a store
+    # locks them in that order too (dicomhub_store reads them FOR KEY SHARE), so a store and a
+    # delete wait for each other one way only, never both ways (a deadlock), and a store never
+    # refers to a study or series just removed. Then read the instances again: a concurrent
+    # delete of them has ended by now.
+    series = sorted({r["series_key"] for r in found})
+    yield rows(q.in_list(q.LOCK_STUDIES, len(series)) + d.for_update, *series)
+    locked = yield rows(q.in_list(q.LOCK_SERIES, len(series)) + d.for_update, *series)
+    keys = {r[0] for r in locked}
+    found = [r for r in (yield rows(sql, *params)) if r["series_key"] in keys]
     if not found:
         return 0
     due = to_micros(cleanup_after)

@@ -88,7 +88,7 @@ class SqlIndex:
     # -- delete --------------------------------------------------------------------------------
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        return await self._write(ops.delete, scope, cleanup_after)
+        return await self._write(ops.delete, self.dialect, scope, cleanup_after)
 
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
         found = await self._rows(q.DUE_BLOB_DELETIONS, (to_micros(now), limit))

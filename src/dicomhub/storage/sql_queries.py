@@ -101,6 +101,13 @@ UPDATE study SET instance_count = instance_count - ?, series_count = series_coun
     revision = revision + 1
 WHERE study_key = ?
 """
+# Rows a delete may remove (of the series {keys}), locked first, studies then series, as stores
+# lock them (see index_ops.delete).
+LOCK_STUDIES = (
+    "SELECT study_key FROM study "
+    "WHERE study_key IN (SELECT study_key FROM series WHERE series_key IN ({keys})) ORDER BY 1"
+)
+LOCK_SERIES = "SELECT series_key FROM series WHERE series_key IN ({keys}) ORDER BY 1"
 DELETE_EMPTY_SERIES = "DELETE FROM series WHERE series_key = ? AND instance_count = 0"
 DELETE_EMPTY_STUDY = "DELETE FROM study WHERE study_key = ? AND instance_count = 0"
 
@@ -158,6 +165,11 @@ RESET_LEVELS = (
     "DELETE FROM person_name_word",
     "DELETE FROM series_request",
 )
+
+
+def in_list(sql: str, count: int) -> str:
+    """``sql`` with its ``{keys}`` as ``count`` parameters."""
+    return sql.replace("{keys}", ", ".join("?" * count))
 
 
 def uid_clauses(

@@ -81,9 +81,14 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'store % was abandoned', p_version USING ERRCODE = 'DH001';
     END IF;
-    LOOP  -- a concurrent store may add the study between the two statements: then read it
+    -- Study, then series, locked against their removal by a delete (which locks them in the
+    -- same order, see index_ops.delete) from here on; one a delete removes meanwhile is not
+    -- found, and made anew. A concurrent store may add it between the two statements of a
+    -- loop: then the next round finds it.
+    LOOP
         SELECT study_key INTO v_study
-        FROM study WHERE partition_name = p_partition AND study_uid = p_study_uid;
+        FROM study WHERE partition_name = p_partition AND study_uid = p_study_uid
+        FOR KEY SHARE;
         EXIT WHEN FOUND;
         INSERT INTO study (partition_name, study_uid) VALUES (p_partition, p_study_uid)
         ON CONFLICT DO NOTHING RETURNING study_key INTO v_study;
@@ -91,7 +96,8 @@ BEGIN
     END LOOP;
     LOOP
         SELECT series_key INTO v_series
-        FROM series WHERE study_key = v_study AND series_uid = p_series_uid;
+        FROM series WHERE study_key = v_study AND series_uid = p_series_uid
+        FOR KEY SHARE;
         EXIT WHEN FOUND;
         INSERT INTO series (study_key, series_uid) VALUES (v_study, p_series_uid)
         ON CONFLICT DO NOTHING RETURNING series_key INTO v_series;
