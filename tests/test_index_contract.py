@@ -269,3 +269,41 @@ def test_concurrent_deletes_of_one_instance_remove_it_once():
         removed, feed, left, queued = asyncio.run(run())
     assert removed == [0, 1]
     assert feed == ["CREATE", "DELETE"] and left == 0 and queued == 1
+
+
+def test_a_reindex_covers_the_stores_running_when_a_tag_was_added():
+    """PostgreSQL: settled_version (what a new tag's reindex covers) is read once every
+    transaction that had begun writing when asked has ended (a store among them may not have
+    seen the tag), and includes what they stored; a write begun later is not waited for."""
+    import asyncpg
+
+    items = [new_instance(instance(uid(7), uid(7, 1), uid(7, 1, n))) for n in range(2)]
+    with index_database("postgresql") as url:
+
+        async def run():
+            node = open_index(url)
+            await node.start()
+            early, late = await asyncpg.connect(url), await asyncpg.connect(url)
+            try:
+                await store(node, items[0])
+                running = early.transaction()
+                await running.start()
+                await early.execute("SELECT pg_current_xact_id()")  # has begun writing
+                bound = asyncio.create_task(node.settled_version())
+                await asyncio.sleep(0.5)
+                waited = not bound.done()
+                later = late.transaction()
+                await later.start()
+                await late.execute("SELECT pg_current_xact_id()")
+                version = await store(node, items[1])
+                await running.commit()
+                settled = await asyncio.wait_for(bound, 10)  # while the later one still runs
+                await later.rollback()
+                return waited, settled, version
+            finally:
+                await early.close()
+                await late.close()
+                await node.close()
+
+        waited, settled, version = asyncio.run(run())
+    assert waited and settled == version

@@ -51,10 +51,8 @@ RETRYABLE = (
 )
 # While a reindex waits for the writes older than it to end (settled_version).
 SETTLE_POLL = 0.05
-SNAPSHOT = (  # the oldest transaction running, and the next to be given an id
-    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
-    "FROM pg_current_snapshot() s"
-)
+NEW_XID = "SELECT pg_current_xact_id()::text::bigint"
+OLDEST_XID = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 class PostgresIndex(SqlIndex):
@@ -134,11 +132,14 @@ class PostgresIndex(SqlIndex):
         return self._indexing
 
     async def settled_version(self) -> int:
-        """A store reads the tags after its first write, so a store that did not see a tag has
-        a transaction id below the next one to be given out once the tag was added: wait until
-        every transaction below that has ended (the oldest one running is past it)."""
-        _, horizon = await self._read(st.single, st.one(SNAPSHOT))
-        while (await self._read(st.single, st.one(SNAPSHOT)))[0] < horizon:
+        """A store reads the tags after its first write, so a store that did not see a tag
+        added before this call got its transaction id before this call: below ``horizon``, an
+        id given out now. Wait until no transaction below it is running. (A snapshot's oldest
+        running id counts only ids below the newest ended transaction, which the horizon's
+        own is once it has ended; its upper bound, xmax, is no horizon: a transaction newer
+        than every ended one may be running above it.)"""
+        horizon = (await self._write(st.single, st.one(NEW_XID)))[0]
+        while (await self._read(st.single, st.one(OLDEST_XID)))[0] < horizon:
             await asyncio.sleep(SETTLE_POLL)
         return await super().settled_version()
 
