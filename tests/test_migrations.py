@@ -126,3 +126,39 @@ def test_db_upgrade_command_and_start_without_migrating():
 async def _start_and_close(index) -> None:
     await index.start()
     await index.close()
+
+
+def test_change_feed_entries_keep_their_numbers_across_the_upgrade():
+    """PostgreSQL: entries numbered before migration 6 (numbered as written, with a gap where a
+    write failed) keep their numbers; the next entry follows the last."""
+    from tests.synthetic import instance, uid
+    from tests.test_index_contract import new_instance, store
+
+    with index_database("postgresql", migrated=False) as url:
+
+        async def run():
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+                for number, sql in migrations.scripts("postgresql"):
+                    if number <= 5:
+                        await conn.execute(sql)
+                        await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+                await conn.executemany(
+                    "INSERT INTO changefeed (sequence, timestamp, action, partition_name, "
+                    "study_uid, series_uid, sop_uid, version) VALUES ($1, $1, 0, 'p', 's', "
+                    "'se', $2, $1)",
+                    [(1, "a"), (2, "b"), (4, "c")],
+                )
+            finally:
+                await conn.close()
+            index = PostgresIndex(url)
+            await index.start()
+            try:
+                await store(index, new_instance(instance(uid(6), uid(6, 1), uid(6, 1, 1))))
+                return [(e.sequence, e.id.sop) for e in await index.changefeed(0, 10, True)]
+            finally:
+                await index.close()
+
+        feed = asyncio.run(run())
+    assert feed == [(1, "a"), (2, "b"), (4, "c"), (5, uid(6, 1, 1))]
