@@ -25,7 +25,7 @@ from tests import components
 from tests.conftest import index_database
 from tests.synthetic import instance, uid
 from tests.test_extended_tags import TAGS, with_private
-from tests.test_index_contract import new_instance
+from tests.test_index_contract import new_instance, store
 
 # What the two engines may differ in: keys given out in another order, clocks.
 UNCOMPARED = {"created", "timestamp", "id"}
@@ -136,8 +136,10 @@ def test_the_commit_leaves_the_index_as_on_sqlite(tmp_path):
 
 def test_a_store_costs_at_most_3_round_trips():
     """Counted on a relay between the index and PostgreSQL: the commit of a store into a new
-    study, a new series, an existing series, and one whose study document must be merged with
-    a different one (versions are reserved a block at a time, one round trip per block)."""
+    study, a new series, an existing series, one whose study document must be merged with a
+    different one, one into a study whose document another node changed, and the first after
+    another node added an extended query tag (versions are reserved a block at a time, one round
+    trip per block)."""
     with index_database("postgresql") as url:
         pg = urlsplit(url)
         relay = components.TcpProxy(pg.hostname, pg.port)
@@ -145,29 +147,40 @@ def test_a_store_costs_at_most_3_round_trips():
 
         async def run() -> dict[str, int]:
             index = PostgresIndex(relayed, pool_size=1)  # one connection: statements prepared
+            other = open_index(url)
             await index.start()
+            await other.start()
             try:
-                versions = await index.reserve_versions("Microsoft.Default", 10)
-                cases = {
-                    "warm-up": instance(uid(91), uid(91, 1), uid(91, 1, 1)),
-                    "new study": instance(uid(92), uid(92, 1), uid(92, 1, 1)),
-                    "new series": instance(uid(92), uid(92, 2), uid(92, 2, 1)),
-                    "existing series": instance(uid(92), uid(92, 2), uid(92, 2, 2)),
-                    "merged study": instance(
-                        uid(92), uid(92, 2), uid(92, 2, 3), StudyDescription="other"
-                    ),
-                }
+                versions = iter(await index.reserve_versions("Microsoft.Default", 10))
                 counted = {}
-                for (case, data), version in zip(cases.items(), versions, strict=False):
-                    before = relay.round_trips
+
+                async def count(case: str, data: bytes) -> None:
+                    version, before = next(versions), relay.round_trips
                     await index.commit(version, new_instance(data))
                     counted[case] = relay.round_trips - before
+
+                await count("warm-up", instance(uid(91), uid(91, 1), uid(91, 1, 1)))
+                await count("new study", instance(uid(92), uid(92, 1), uid(92, 1, 1)))
+                await count("new series", instance(uid(92), uid(92, 2), uid(92, 2, 1)))
+                await count("existing series", instance(uid(92), uid(92, 2), uid(92, 2, 2)))
+                await count("merged study", instance(uid(92), uid(92, 2), uid(92, 2, 3),
+                                                     StudyDescription="one"))  # fmt: skip
+                await store(other, new_instance(instance(uid(92), uid(92, 3), uid(92, 3, 1),
+                                                         StudyDescription="two")))  # fmt: skip
+                await count("changed by another node", instance(uid(92), uid(92, 2),
+                                                                uid(92, 2, 5)))  # fmt: skip
+                tag = et.parse_new({"path": "AcquisitionDate", "level": "Instance"}, frozenset())
+                await other.add_extended_tags([tag], 10, "op", datetime.now(UTC), 1)
+                await count("tags changed", instance(uid(92), uid(92, 2), uid(92, 2, 4),
+                                                     AcquisitionDate="20200101"))  # fmt: skip
                 return counted
             finally:
                 await index.close()
+                await other.close()
                 relay.close()
 
         counted = asyncio.run(run())
     del counted["warm-up"]
     assert all(n <= 3 for n in counted.values()), counted
-    assert counted["existing series"] == 1, counted
+    assert counted["existing series"] == counted["merged study"] == 1, counted
+    assert counted["changed by another node"] == 2 and counted["tags changed"] == 3, counted

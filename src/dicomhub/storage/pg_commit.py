@@ -1,18 +1,20 @@
 """A store's commit on PostgreSQL in one round trip, in the common case.
 
-``dicomhub_store`` (migration 0006) runs the steps of ``index_ops.commit`` in one statement, so
+``dicomhub_store`` (migration 0007) runs the steps of ``index_ops.commit`` in one statement, so
 in a transaction of its own; what needs Python comes in as arguments, computed here: the study's
 and series' matching columns and side rows (from their documents, cached), and the values of the
-extended query tags (for the tags this process last read). When the function finds either out of
-date it writes nothing and says so (an error code), and the commit is sent again with them
-brought up to date: a second round trip when a study's or series' document has to be merged
-with a different one, or the tags changed.
+extended query tags (for the tags this process last read). The documents are merged into those
+this process last saw stored for the study and series (``Documents``). When the function finds
+either out of date it writes nothing and says so (an error code), and the commit is sent again
+with them brought up to date: two round trips when another node changed the study's or series'
+document, three when the tags changed (they are read again).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from dicomhub.clock import to_micros, utcnow
@@ -20,7 +22,7 @@ from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, Unavailable
-from dicomhub.model import NewInstance
+from dicomhub.model import InstanceId, NewInstance
 from dicomhub.storage import eqt_ops
 from dicomhub.storage.index_ops import level_fields
 
@@ -33,20 +35,49 @@ ATTEMPTS = 20
 Bases = dict[Level, str | None]  # the study's and series' documents a commit merges into
 
 
+class Documents:
+    """The study and series documents this process last saw stored, by UIDs: what the next
+    store into them merges into. A guess, checked by dicomhub_store; right as long as no other
+    node changed them, so a study whose instances differ in their study attributes costs one
+    round trip per store, not two."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self._known: OrderedDict[tuple, str | None] = OrderedDict()
+
+    def bases(self, i: InstanceId) -> Bases:
+        return {level: self._known.get(_key(level, i)) for level in (Level.STUDY, Level.SERIES)}
+
+    def remember(self, i: InstanceId, docs: Bases) -> None:
+        for level, doc in docs.items():
+            self._known[_key(level, i)] = doc
+            self._known.move_to_end(_key(level, i))
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+
+def _key(level: Level, i: InstanceId) -> tuple:
+    return (i.partition, i.study) if level is Level.STUDY else (i.partition, i.study, i.series)
+
+
 async def commit(
     execute: Callable[..., Awaitable],
     tags: Callable[[bool], Awaitable[list[ExtendedTag]]],
+    documents: Documents,
     version: int,
     instance: NewInstance,
 ) -> None:
     """Commit a reserved store: ``execute(sql, *args)`` runs a statement (as its own
     transaction, raising asyncpg's errors); ``tags(fresh)`` gives the tags to index, read anew
     when ``fresh``."""
-    bases: Bases = {Level.STUDY: None, Level.SERIES: None}
+    bases = documents.bases(instance.id)
     fresh = False
     for _ in range(ATTEMPTS):
+        indexing, fresh = await tags(fresh), False
+        docs = merged(instance, bases)
         try:
-            await execute(STORE, *arguments(version, instance, await tags(fresh), bases))
+            await execute(STORE, *arguments(version, instance, indexing, bases, docs))
+            documents.remember(instance.id, docs)  # what the study and series hold now
             return
         except Exception as exc:
             code = getattr(exc, "sqlstate", None)
@@ -66,7 +97,16 @@ async def commit(
     raise Unavailable("index", f"the store of SOP instance {instance.id.sop} kept conflicting")
 
 
-def arguments(version: int, instance: NewInstance, tags: list[ExtendedTag], bases: Bases):
+def merged(instance: NewInstance, bases: Bases) -> Bases:
+    """The study's and series' documents once ``instance`` is merged into ``bases``."""
+    record = instance.search
+    new = {Level.STUDY: record.study_doc, Level.SERIES: record.series_doc}
+    return {level: sk.merge_docs(bases[level], new[level]) for level in new}
+
+
+def arguments(
+    version: int, instance: NewInstance, tags: list[ExtendedTag], bases: Bases, docs: Bases
+) -> tuple:
     i, record = instance.id, instance.search
     now = to_micros(utcnow())
     return (
@@ -75,16 +115,14 @@ def arguments(version: int, instance: NewInstance, tags: list[ExtendedTag], base
         instance.metadata, instance.frames, instance.bulk,
         record.instance.get("instance_number"), record.instance.get("acquisition_datetime"),
         record.instance_doc, json.dumps(instance.invalid) if instance.invalid else None,
-        *_level(Level.STUDY, bases[Level.STUDY], record.study_doc),
-        *_level(Level.SERIES, bases[Level.SERIES], record.series_doc),
+        *_level(Level.STUDY, bases, docs), *_level(Level.SERIES, bases, docs),
         *_tag_values(tags, instance),
     )  # fmt: skip
 
 
-def _level(level: Level, base: str | None, new: str) -> tuple:
+def _level(level: Level, bases: Bases, docs: Bases) -> tuple:
     """(base, merged document, its columns as JSON, its side rows as two arrays)."""
-    doc = sk.merge_docs(base, new)
-    return base, doc, *_level_fields(level, doc)
+    return bases[level], docs[level], *_level_fields(level, docs[level])
 
 
 @functools.lru_cache(maxsize=512)

@@ -65,6 +65,7 @@ class PostgresIndex(SqlIndex):
         self.migrate = migrate
         self._pool: asyncpg.Pool | None = None
         self._indexing: list[ExtendedTag] | None = None  # the tags stores index, as last read
+        self._documents = pg_commit.Documents()
 
     async def start(self) -> None:
         try:
@@ -122,7 +123,9 @@ class PostgresIndex(SqlIndex):
     # -- store and reindex ---------------------------------------------------------------------
 
     async def commit(self, version: int, instance: NewInstance) -> None:
-        await pg_commit.commit(self._statement, self._indexing_tags, version, instance)
+        await pg_commit.commit(
+            self._statement, self._indexing_tags, self._documents, version, instance
+        )
 
     async def _indexing_tags(self, fresh: bool) -> list[ExtendedTag]:
         """The extended query tags stores index, read when they were found to have changed
