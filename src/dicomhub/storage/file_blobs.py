@@ -117,10 +117,7 @@ class FileBlobStore:
             try:
                 for key in keys:
                     files.append(self._open(key))
-                    # It will be sent whole, by the kernel, from the event loop's thread, which
-                    # must not wait for the disk: have it read into the page cache now.
-                    if hasattr(os, "posix_fadvise"):  # not on macOS
-                        os.posix_fadvise(files[-1].fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+                    _read_ahead(files[-1].fileno())
             except BaseException:
                 for f in files:
                     f.close()
@@ -156,6 +153,21 @@ class FileBlobStore:
             raise NotFound(f"blob {key} is missing") from exc
         except OSError as exc:
             raise Unavailable("blob store", str(exc)) from exc
+
+
+def _read_ahead(fd: int) -> None:
+    """Have the file read into the page cache, unless its first page is there already (the
+    common case, and a test much cheaper than the advice): it will be sent whole, by the kernel,
+    from the event loop's thread, which must not wait for the disk."""
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        return
+    except BlockingIOError:
+        pass  # not cached
+    except (AttributeError, OSError):
+        pass  # no RWF_NOWAIT here (not Linux, or not this file system)
+    if hasattr(os, "posix_fadvise"):  # not on macOS
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
 
 def _fsync_dir(path: Path) -> None:
