@@ -47,14 +47,13 @@ def big(study: str, series: str, rows: int) -> bytes:
 
 
 @contextlib.contextmanager
-def serving(tmp_path, loop: str = "uvloop", **options):
+def serving(tmp_path, loop: str = "uvloop", http=HttpToolsProtocol, **options):
     settings = Settings(data_dir=str(tmp_path / "data"))
     app = create_app(settings, build_archive(settings))
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=HttpToolsProtocol, loop=loop,
-        log_level="warning", **options,
-    )  # fmt: skip
+        app, host="127.0.0.1", port=port, http=http, loop=loop, log_level="warning", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -238,9 +237,10 @@ def blob_files(settings) -> set[str]:
     return out
 
 
-def test_a_client_that_leaves_costs_no_error_and_no_open_file(tmp_path, caplog):
+@pytest.mark.parametrize("http", [HttpToolsProtocol, "httptools"], ids=["zero-copy", "reads"])
+def test_a_client_that_leaves_costs_no_error_and_no_open_file(tmp_path, caplog, http):
     uid, files = study(60)
-    with serving(tmp_path) as (port, settings), caplog.at_level(logging.WARNING):
+    with serving(tmp_path, http=http) as (port, settings), caplog.at_level(logging.WARNING):
         store(port, files)
         for _ in range(3):
             with socket.socket() as s:

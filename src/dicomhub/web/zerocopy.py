@@ -26,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from dicomhub.web.common import ZEROCOPY
 
+_SENDFILE = hasattr(os, "sendfile")  # not on Windows: responses stream as before
 HOLD = 16 * 1024  # a body message this small waits for the next one
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the file's bytes follow in the same packets
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
@@ -38,7 +39,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         self._out: _SocketOut | None = None
-        if sock is not None and not transport.get_extra_info("sslcontext"):
+        if sock is not None and _SENDFILE and not transport.get_extra_info("sslcontext"):
             self._out = _SocketOut(self.loop, transport, sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
