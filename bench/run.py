@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -22,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report, workloads
-from bench.client import Client, Request, check
+from bench import native, report, workloads
+from bench.client import Client, check
 from bench.servers import Dicomhub, Loopback, Orthanc, Server, orthanc_available
 
 
@@ -47,12 +46,21 @@ def page_cache(workdir: Path, files: dict[str, bytes], repeat: int = 3) -> dict:
     return {"mb_per_s": round(total / statistics.median(times[1:]) / 1e6, 1)}
 
 
-def loopback(workdir: Path, size: int, repeat: int) -> dict:
-    """A raw HTTP transfer of the study's size over loopback, read by the benchmark's client."""
+def loopback(workdir: Path, data: workloads.Data, profile: workloads.Profile) -> dict:
+    """A raw HTTP transfer of the study's size over loopback (the same request: path and Accept
+    header), read by each of the benchmark's clients: the ceilings for retrieval."""
+    size = sum(len(b) for b in data.reference_files.values())
+    request = workloads.study_request(data)
     with Loopback(workdir / "loopback", size) as server:
-        timing, responses = Client(server.base_url).run([Request("GET", "/")] * repeat)
-    check(all(len(r.body) == size for r in responses), "loopback: short body")
-    return timing.summary("transfers")
+        client = Client(server.base_url)
+        timing, responses = client.run([request] * (profile.retrieve_repeat + 2))
+        check(all(len(r.body) == size for r in responses), "loopback: short body")
+        out = {"loopback_http": timing.summary("transfers")}
+        if native.curl_available() is None:
+            timing, first = native.fetch(client, request, profile.native_repeat)
+            check(len(first.body) == size, "loopback (curl): short body")
+            out["loopback_http_native"] = timing.summary("transfers")
+    return out
 
 
 def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
@@ -85,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count(),
-        help="dicomhub server processes (default: one per core, as Orthanc uses every core)",
+        help="dicomhub server processes (default: what `dicomhub serve` chooses by itself)",
     )
     parser.add_argument(
         "--only",
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = data.reference_files
     print(f"data set ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
-    extra = ["--workers", str(args.workers)]
+    extra = [] if args.workers is None else ["--workers", str(args.workers)]
     servers: list[Server] = [Dicomhub(workdir / "dicomhub", extra=extra)]
     servers += [
         Dicomhub(workdir / f"dicomhub-{i}", url, extra) for i, url in enumerate(args.index_url)
@@ -118,15 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         skipped["Orthanc"] = why
     else:
         servers.append(Orthanc(workdir / "orthanc"))
+    if native.curl_available():
+        skipped["curl"] = f"{native.curl_available()}: no native-client measurements"
 
     results = {
         "machine": report.machine(),
         "profile": {"name": args.profile, "workers": args.workers, **dataclasses.asdict(profile)},
         "ceilings": {
             "page_cache": page_cache(workdir, reference),
-            "loopback_http": loopback(
-                workdir, sum(len(b) for b in reference.values()), profile.retrieve_repeat + 2
-            ),
+            **loopback(workdir, data, profile),
         },
         "servers": {},
         "skipped": skipped,

@@ -17,6 +17,7 @@ from typing import Any
 import pydicom
 
 from bench import dataset as ds
+from bench import native
 from bench.client import Client, Request, Response, check, multipart, parts
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -40,6 +41,7 @@ class Profile:
     frame_repeat: int = 100  # requests per frame case
     metadata_repeat: int = 5
     retrieve_repeat: int = 3
+    native_repeat: int = 10  # whole-study transfers timed with curl (bodies not kept)
     convert_repeat: int = 40  # instances transcoded, frames rendered
 
 
@@ -59,6 +61,7 @@ PROFILES = {
         frame_repeat=3,
         metadata_repeat=2,
         retrieve_repeat=1,
+        native_repeat=2,
         convert_repeat=3,
     ),
 }
@@ -376,25 +379,54 @@ def _digests(bodies) -> Counter:
     return Counter(hashlib.sha1(b).hexdigest() for b in bodies)
 
 
-def retrieve(client: Client, data: Data) -> list[dict]:
-    ref = data.reference
+def study_request(data: Data) -> Request:
+    """The whole reference study, as stored: what both clients and the loopback ceiling fetch."""
     accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
-    requests = [Request("GET", f"/studies/{ref.uid}", accept)] * data.p.retrieve_repeat
-    timing, responses = client.run(requests)
+    return Request("GET", f"/studies/{data.reference.uid}", accept)
+
+
+def _per_mb(summary: dict, megabytes: float) -> dict:
+    """The server's CPU per MB sent, beside its CPU per study."""
+    per_study = summary.get("server_cpu_ms_per_unit")
+    per_mb = None if per_study is None else round(per_study / megabytes, 3)
+    return {**summary, "server_cpu_ms_per_mb": per_mb}
+
+
+def retrieve(client: Client, data: Data) -> list[dict]:
+    """The reference study, whole: with the Python client, then with curl (a native client)
+    when it is installed. Every part of one answer per client must be a stored file (SHA-1);
+    curl's timed answers must have that answer's size."""
+    request = study_request(data)
     expected = _digests(data.reference_files.values())
+    megabytes = sum(len(b) for b in data.reference_files.values()) / 1e6
+    label = f"whole-study WADO-RS, {len(expected)} instances, {megabytes:.0f} MB"
+    timing, responses = client.run([request] * data.p.retrieve_repeat)
     for response in responses:
         check(response.status == 200, f"study retrieval: HTTP {response.status}")
         check(_digests(parts(response)) == expected, "study retrieval: instances differ")
-    megabytes = sum(len(b) for b in data.reference_files.values()) / 1e6
-    return [
+    out = [
         _result(
             "retrieve-study",
-            f"whole-study WADO-RS, {len(expected)} instances, {megabytes:.0f} MB",
+            f"{label}, Python client",
             "mb_per_s",
             "higher",
-            timing.summary("studies"),
+            _per_mb(timing.summary("studies"), megabytes),
         )
     ]
+    if native.curl_available() is None:
+        timing, first = native.fetch(client, request, data.p.native_repeat, client.cpu)
+        check(first.status == 200, f"study retrieval (curl): HTTP {first.status}")
+        check(_digests(parts(first)) == expected, "study retrieval (curl): instances differ")
+        out.append(
+            _result(
+                "retrieve-study-native",
+                f"{label}, curl",
+                "mb_per_s",
+                "higher",
+                _per_mb(timing.summary("studies"), megabytes),
+            )
+        )
+    return out
 
 
 JPEG_LS = "1.2.840.10008.1.2.4.80"

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.report import TARGETS
+from bench.native import curl_available
+from bench.report import NATIVE, TARGETS
 from bench.servers import orthanc_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +37,18 @@ def test_smoke_run_against_orthanc(tmp_path):
         "convert-jpegls",
         "render-frame",
     } <= set(ids["dicomhub"])
+    native = curl_available() is None  # curl measures retrieval beside the Python client
+    assert ("retrieve-study-native" in ids["dicomhub"]) == native
     for server in servers.values():
         for r in server["workloads"]:
             assert r[r["metric"]] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
-    assert [t["id"] for t in results["targets"]] == [t[0] for t in TARGETS]
+            if r["id"].startswith("retrieve-study"):
+                assert r["server_cpu_ms_per_mb"] is not None
+    wanted = [t[0] for t in TARGETS if native or not t[0].endswith(NATIVE)]
+    assert [t["id"] for t in results["targets"]] == wanted
     assert results["ceilings"]["loopback_http"]["mb_per_s"] > 0
+    assert ("loopback_http_native" in results["ceilings"]) == native
+    assert results["profile"]["workers"] is None  # dicomhub as `serve` starts by default
     assert "| workload |" in out.with_suffix(".md").read_text()
 
 

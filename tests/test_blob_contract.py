@@ -95,6 +95,28 @@ def test_missing_and_delete(blobs, tmp_path):
         asyncio.run(blobs.read("gh/0004_4.dcm"))
 
 
+def test_many_at_once_and_local_files(blobs, tmp_path):
+    """A study's objects fetched together; local files (the file store only) for the kernel to
+    send."""
+    data = [os.urandom(n) for n in (10, 70_000, 3)]
+    keys = [f"ij/000{n}_5.dcm" for n in range(len(data))]
+    for key, value in zip(keys, data, strict=True):
+        put(blobs, tmp_path, key, value)
+    assert asyncio.run(blobs.read_many(keys)) == data
+    assert asyncio.run(blobs.read_many([])) == []
+    with pytest.raises(NotFound):
+        asyncio.run(blobs.read_many([keys[0], "00/missing.dcm"]))
+    files = asyncio.run(blobs.open_local(keys))
+    assert (files is not None) == (blobs.__class__.__name__ == "FileBlobStore")
+    if files is not None:
+        for f, value in zip(files, data, strict=True):
+            with f:
+                assert f.read() == value
+        assert asyncio.run(blobs.open_local([])) == []
+        with pytest.raises(NotFound):
+            asyncio.run(blobs.open_local([keys[0], "00/missing.dcm"]))
+
+
 def test_check(blobs):
     asyncio.run(blobs.check())
 

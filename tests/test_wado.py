@@ -212,3 +212,59 @@ def test_invalid_uids(client, study):
 def test_unknown_route_and_method(client):
     assert client.get("/v3/studies").status_code == 404
     assert client.put("/v2/studies").status_code == 405
+
+
+def _study_of(count: int, *extra: bytes) -> tuple[str, list[bytes]]:
+    study, series = "1.2.826.0.1.3680043.10.998.1", "1.2.826.0.1.3680043.10.998.1.1"
+    files = [with_new_uids(CT, study, series) for _ in range(count)]
+    return study, files + [with_new_uids(e, study, series) for e in extra]
+
+
+STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+
+
+def _batched_study(http) -> None:
+    """More instances than one batch of reads, and one converted in the middle (a batch of its
+    own): every part arrives, in storage order, as stored or converted."""
+    study, files = _study_of(45)
+    jpeg = with_new_uids(JPEG, study, read(files[0]).SeriesInstanceUID)
+    files = files[:20] + [jpeg] + files[20:]
+    assert stow(http, *files).status_code == 200
+    r = http.get(f"/v2/studies/{study}", headers={"Accept": STORED})
+    assert r.status_code == 200
+    assert [body for _, body in parts(r)] == files
+    assert int(r.headers["content-length"]) == len(r.content)
+    r = http.get(f"/v2/studies/{study}", headers={"Accept": EXPLICIT})
+    got = [body for _, body in parts(r)]
+    assert got[:20] == files[:20] and got[21:] == files[21:]
+    assert (read(got[20]).pixel_array == read(jpeg).pixel_array).all()
+
+
+def test_study_in_batches_from_memory(client):
+    _batched_study(client)
+
+
+def test_study_in_batches_from_files(file_client):
+    with file_client() as http:
+        _batched_study(http)
+
+
+def test_missing_blob_before_and_after_the_response_starts(file_client, tmp_path):
+    with file_client() as http:
+        study, files = _study_of(40)
+        assert stow(http, *files).status_code == 200
+        blobs = sorted(
+            (tmp_path / "data" / "blobs").rglob("*.dcm"), key=lambda p: p.stat().st_mtime
+        )
+        blobs[-1].unlink()  # in a later batch: the response has started, it is cut short
+        with pytest.raises(RuntimeError, match="response already started") as cut:
+            http.get(f"/v2/studies/{study}")
+        assert "missing" in str(cut.value.__cause__)
+        blobs[0].unlink()  # in the first batch: its status
+        r = http.get(f"/v2/studies/{study}")
+        assert r.status_code == 404 and "missing" in r.json()["detail"]
+
+
+def _mtime(path) -> float:
+    return path.stat().st_mtime

@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
+            # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile)
+            http="dicomhub.web.zerocopy:HttpToolsProtocol",
         )
         if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
             sys.exit("dicomhub serve: HTTPS needs both --tls-certfile and --tls-keyfile")

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dicomhub.dicom import bulkdata
 from dicomhub.dicom.frames import FrameIndex, extract_bits
@@ -45,6 +46,16 @@ class RetrieveService:
     ) -> AsyncIterator[bytes]:
         """The stored file (or a byte range of it), streamed."""
         return self.blobs.stream(instance.blob_key, offset, length)
+
+    async def local_files(self, instances: list[StoredInstance]) -> list[BinaryIO] | None:
+        """The stored files, open, when the blob store keeps local files: the web layer hands
+        them to the kernel to send (zero-copy). None otherwise; NotFound when one is missing."""
+        return await self.blobs.open_local([i.blob_key for i in instances])
+
+    async def contents(self, instances: list[StoredInstance]) -> list[bytes]:
+        """The stored files, whole, fetched together (one thread hop for local files, concurrent
+        requests for object stores)."""
+        return await self.blobs.read_many([i.blob_key for i in instances])
 
     async def metadata(self, scope: Scope, base_url: str) -> Metadata:
         items, etag = await self.index.metadata(scope)

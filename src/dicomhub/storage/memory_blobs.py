@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from dicomhub.errors import NotFound, Unavailable
 
@@ -38,6 +39,12 @@ class MemoryBlobStore:
             yield data[start : start + chunk_size]
 
     async def local_path(self, key: str) -> Path | None:
+        return None
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes]:
+        return [self._get(key) for key in keys]
+
+    async def open_local(self, keys: Sequence[str]) -> list[BinaryIO] | None:
         return None
 
     async def delete(self, key: str) -> None:

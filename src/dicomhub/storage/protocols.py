@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
@@ -52,6 +52,13 @@ class BlobStore(Protocol):
 
     async def local_path(self, key: str) -> Path | None:
         """A local file holding the object, if the backend has one (file store), else None."""
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes]:
+        """Whole objects, fetched together (one thread hop, or concurrent requests)."""
+
+    async def open_local(self, keys: Sequence[str]) -> list[BinaryIO] | None:
+        """The objects' local files opened for reading, for zero-copy sends (the caller closes
+        them); None when the backend keeps no local files. Raises NotFound when one is missing."""
 
     async def delete(self, key: str) -> None:
         """Remove the object; removing a missing object is not an error."""

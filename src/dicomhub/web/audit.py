@@ -23,7 +23,7 @@ from dicomhub.clock import utcnow
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ACTIONS, AuditEntry, AuditQuery
-from dicomhub.web.common import archive, page, param, time_param
+from dicomhub.web.common import ZEROCOPY, archive, page, param, time_param
 from dicomhub.web.errors import problem
 
 HEADER_PREFIXES = (b"x-dicomhub-audit-", b"x-ms-azuredicom-audit-")
@@ -63,6 +63,8 @@ class AuditMiddleware:
                 counts["status"] = message["status"]
             elif message["type"] == "http.response.body":
                 counts["out"] += len(message.get("body", b""))
+            elif message["type"] == ZEROCOPY:
+                counts["out"] += message["count"]
             await send(message)
 
         headers, refusal = _caller_headers(scope)

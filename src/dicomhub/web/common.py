@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from typing import BinaryIO
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.mediatype import parse_accept
@@ -17,6 +21,7 @@ from dicomhub.errors import InvalidRequest, NotAcceptable, RangeNotSatisfiable
 from dicomhub.model import Scope, StoredInstance
 
 DICOM_JSON = "application/dicom+json"
+ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -160,3 +165,57 @@ def multipart_response(parts: list[bytes], part_type: str, headers: dict[str, st
 
 def multipart_type(part_type: str, boundary: str) -> str:
     return f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+def zero_copy(request: Request) -> bool:
+    """Does the server send files for us (the ASGI zero-copy send extension)?"""
+    return ZEROCOPY in request.scope.get("extensions", {})
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """``count`` bytes of an open local file from ``offset``, in a response body: the server's
+    kernel sends them (only produced when ``zero_copy``). The response closes the file."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+
+Body = FileRange | AsyncIterator[bytes]
+
+
+async def pieces(source: Body) -> AsyncIterator[bytes | FileRange]:
+    """A body of one source, for ``StreamedResponse``."""
+    if isinstance(source, FileRange):
+        yield source
+    else:
+        async for chunk in source:
+            yield chunk
+
+
+class StreamedResponse(StreamingResponse):
+    """A StreamingResponse whose body yields bytes and ``FileRange`` pieces (the latter sent by
+    the server's zero-copy extension)."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for piece in self.body_iterator:
+            if isinstance(piece, FileRange):
+                try:
+                    await send(
+                        {
+                            "type": ZEROCOPY,
+                            "file": piece.file,
+                            "offset": piece.offset,
+                            "count": piece.count,
+                            "more_body": True,
+                        }
+                    )
+                finally:
+                    piece.file.close()
+            else:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

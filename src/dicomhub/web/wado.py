@@ -6,16 +6,18 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from dicomhub.archive.retrieve import parse_frame_list
 from dicomhub.dicom import codecs
 from dicomhub.dicom.codecs import EXPLICIT_VR_LE
 from dicomhub.dicom.mediatype import Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
-from dicomhub.errors import NotAcceptable, NotFound
-from dicomhub.model import StoredInstance
+from dicomhub.errors import NotFound
 from dicomhub.web.common import (
+    Body,
+    FileRange,
+    StreamedResponse,
     archive,
     base_url,
     cache_headers,
@@ -24,11 +26,13 @@ from dicomhub.web.common import (
     not_modified,
     not_modified_response,
     parse_range,
+    pieces,
     require_json_accept,
     scope_of,
+    zero_copy,
 )
+from dicomhub.web.parts import DICOM, MultipartBody, Part, primed
 
-DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = "7FE00010"
@@ -50,59 +54,28 @@ async def retrieve(request: Request) -> Response:
         # a conversion: its header tells exactly what the instance can be converted to
         targets = pixels.targets(instances[0], await pixels.info(instances[0]))
         choice = negotiate(accept, [replace(items[0], targets=targets)], single)
-    parts = [_Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
+    parts = [Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
     headers = cache_headers(instances[0]) if single else {}
     if single and not_modified(request, headers["ETag"]):
         return not_modified_response(headers["ETag"])
-    first = await parts[0].open(fallback=choice.multipart)
+    local = zero_copy(request)
     if not choice.multipart:
+        content = await parts[0].open(fallback=False, local=local)
         if parts[0].size is not None:
             headers["Content-Length"] = str(parts[0].size)
-        return StreamingResponse(first, media_type=parts[0].media, headers=headers)
+        return StreamedResponse(pieces(content), media_type=parts[0].media, headers=headers)
     boundary = new_boundary()
-
-    async def body() -> AsyncIterator[bytes]:
-        for n, part in enumerate(parts):
-            stream = first if n == 0 else await part.open(fallback=True)
-            yield part_header(boundary, part.media)
-            async for chunk in stream:
-                yield chunk
-            yield PART_END
-        yield closing(boundary)
-
+    body = MultipartBody(the_archive.retrieve, parts, boundary, local)
+    await body.prime()  # a missing blob or an unavailable store: its status, not a cut response
     if all(p.size is not None for p in parts):
         # The length is known before the first byte: clients can show progress, and the body
         # is sent without chunked framing.
         heads = sum(len(part_header(boundary, p.media)) + len(PART_END) for p in parts)
         length = heads + sum(p.size for p in parts) + len(closing(boundary))
         headers["Content-Length"] = str(length)
-    return StreamingResponse(body(), media_type=multipart_type(DICOM, boundary), headers=headers)
-
-
-class _Part:
-    """One instance of a retrieve response, as stored or converted."""
-
-    def __init__(self, the_archive, instance: StoredInstance, syntax: str):
-        self.archive, self.instance, self.syntax = the_archive, instance, syntax
-        self.converted = syntax != instance.transfer_syntax
-        self.size = None if self.converted else instance.size
-
-    @property
-    def media(self) -> str:
-        return f"{DICOM}; transfer-syntax={self.syntax}"
-
-    async def open(self, fallback: bool = False) -> AsyncIterator[bytes]:
-        """The part's bytes; with ``fallback``, an instance that cannot be converted (known only
-        once its header is read) goes as stored, and its part's Content-Type says so."""
-        if self.converted:
-            try:
-                return await self.archive.pixels.instance(self.instance, self.syntax)
-            except NotAcceptable:
-                if not fallback:
-                    raise
-                self.syntax, self.converted = self.instance.transfer_syntax, False
-                self.size = self.instance.size
-        return await primed(self.archive.retrieve.content(self.instance))
+    return StreamedResponse(
+        body.pieces(), media_type=multipart_type(DICOM, boundary), headers=headers
+    )
 
 
 async def metadata(request: Request) -> Response:
@@ -159,10 +132,13 @@ async def bulkdata(request: Request) -> Response:
     if location is None:
         data = await retrieve.bulkdata_by_parsing(instance, path)
 
-        async def content(start: int, size: int) -> AsyncIterator[bytes]:
+        async def parsed(start: int, size: int) -> AsyncIterator[bytes]:
             yield data[start : start + size]
 
-        return await _bulk_response(request, accept, len(data), headers, content)
+        async def from_memory(start: int, size: int) -> Body:
+            return parsed(start, size)
+
+        return await _bulk_response(request, accept, len(data), headers, from_memory)
     offset, length = location
     if path.strip("/").upper() == PIXEL_DATA and (
         length == UNDEFINED_LENGTH or _pixel_conversion_asked(accept)
@@ -172,17 +148,19 @@ async def bulkdata(request: Request) -> Response:
         )
         data = await archive(request).pixels.frames(instance, None, syntax)
         return multipart_response(data, f"{media}; transfer-syntax={syntax}", headers)
-    return await _bulk_response(
-        request,
-        accept,
-        length,
-        headers,
-        lambda start, size: retrieve.content(instance, offset + start, size),
-    )
+
+    async def stored(start: int, size: int) -> Body:
+        if zero_copy(request):
+            files = await retrieve.local_files([instance])
+            if files is not None:
+                return FileRange(files[0], offset + start, size)
+        return await primed(retrieve.content(instance, offset + start, size))
+
+    return await _bulk_response(request, accept, length, headers, stored)
 
 
 async def _bulk_response(request, accept, size, headers, content) -> Response:
-    """``content(start, length)`` streams that range of the value."""
+    """``await content(start, length)`` is that range of the value (its store has answered)."""
     # Bulk data other than pixel data has no transfer syntax: ignore the parameter.
     accept = [MediaType(m.type, {"type": m.params.get("type", "*/*")}, m.q) for m in accept]
     choice = negotiate(accept, [Item(EXPLICIT_VR_LE, frames=True)], single_allowed=True)
@@ -192,41 +170,25 @@ async def _bulk_response(request, accept, size, headers, content) -> Response:
     if ranged:
         headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
     headers["Accept-Ranges"] = "bytes"
+    value = await content(start, length)
     if not choice.multipart:
         headers["Content-Length"] = str(length)
-        return StreamingResponse(
-            await primed(content(start, length)),
-            status_code=status,
-            media_type=OCTETS,
-            headers=headers,
+        return StreamedResponse(
+            pieces(value), status_code=status, media_type=OCTETS, headers=headers
         )
     boundary = new_boundary()
-    value = await primed(content(start, length))
+    head, tail = part_header(boundary, OCTETS), PART_END + closing(boundary)
+    headers["Content-Length"] = str(len(head) + length + len(tail))
 
-    async def body() -> AsyncIterator[bytes]:
-        yield part_header(boundary, OCTETS)
-        async for piece in value:
+    async def body() -> AsyncIterator[bytes | FileRange]:
+        yield head
+        async for piece in pieces(value):
             yield piece
-        yield PART_END
-        yield closing(boundary)
+        yield tail
 
-    return StreamingResponse(
+    return StreamedResponse(
         body(), status_code=status, media_type=multipart_type(OCTETS, boundary), headers=headers
     )
-
-
-async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``stream`` with its first chunk read already: a missing blob or an unavailable store
-    fails the request with its proper status before the response starts."""
-    first = await anext(stream, None)
-
-    async def whole() -> AsyncIterator[bytes]:
-        if first is not None:
-            yield first
-        async for chunk in stream:
-            yield chunk
-
-    return whole()
 
 
 def _pixel_conversion_asked(accept: list[MediaType]) -> bool:

@@ -1,0 +1,197 @@
+"""uvicorn's HTTP protocol with the ASGI zero-copy send extension (``http.response.zerocopysend``).
+
+uvicorn does not offer the extension, so every byte of a stored file a response sends passes
+through Python: read from the page cache into a buffer, then copied into the socket, in hops
+between the event loop and a thread. With the extension the kernel moves the file's pages to the
+socket (``sendfile(2)``): no buffer, no copy in user space, one system call per socket buffer
+full. The message (see the ASGI extensions spec)::
+
+    {"type": "http.response.zerocopysend", "file": <open file>, "offset": int, "count": int,
+     "more_body": bool}
+
+Serve with ``uvicorn.run(..., http="dicomhub.web.zerocopy:HttpToolsProtocol")``. Responses that
+do not use the extension are untouched. Over TLS the kernel cannot encrypt what it sends, so the
+extension is not offered there and responses stream as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from dicomhub.web.common import ZEROCOPY
+
+_SENDFILE = hasattr(os, "sendfile")  # not on Windows: responses stream as before
+HOLD = 16 * 1024  # a body message this small waits for the next one
+_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the file's bytes follow in the same packets
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+class HttpToolsProtocol(_HttpToolsProtocol):
+    """uvicorn's httptools protocol, offering ``http.response.zerocopysend`` on plain TCP."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self._out: _SocketOut | None = None
+        if sock is not None and _SENDFILE and not transport.get_extra_info("sslcontext"):
+            self._out = _SocketOut(self.loop, transport, sock.fileno())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._out is not None:
+            self._out.close()
+        super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
+        if self._out is not None and not self._out.closed:
+            cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}  # type: ignore[typeddict-item]
+            cycle.send = _ZeroCopySend(cycle, self._out)  # type: ignore[method-assign]
+        super()._start_asgi_task(cycle, app)
+
+
+class _ZeroCopySend:
+    """A cycle's ``send``: zero-copy messages here, everything else to uvicorn's own. A small body
+    message waits for the next message: before a file, it goes out in the file's first packet
+    (MSG_MORE), not alone; otherwise with or before the next body."""
+
+    def __init__(self, cycle: RequestResponseCycle, out: _SocketOut):
+        self.cycle, self.out, self.send = cycle, out, cycle.send
+        self.held = b""  # bytes on the wire (framed when chunked), not yet written
+
+    async def __call__(self, message) -> None:
+        cycle = self.cycle
+        kind = message["type"]
+        if kind == "http.response.body" and self._holds(message):
+            body = message.get("body", b"")
+            if body:
+                if cycle.chunked_encoding:
+                    self.held += b"%x\r\n%s\r\n" % (len(body), body)
+                else:
+                    cycle.expected_content_length -= len(body)
+                    self.held += body
+            return
+        if kind != ZEROCOPY:
+            self._flush()
+            await self.send(message)
+            return
+        if cycle.disconnected:
+            return
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{ZEROCOPY}' outside a response body.")
+        fd = message["file"].fileno()
+        offset = message.get("offset")
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(fd).st_size - offset
+        if cycle.scope["method"] == "HEAD":
+            count = 0
+        elif cycle.chunked_encoding:
+            if count:
+                self.held += b"%x\r\n" % count
+        elif count > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        else:
+            cycle.expected_content_length -= count
+        if count:
+            prefix, self.held = self.held, b""
+            if not await self.out.sendfile(fd, offset, count, prefix):
+                cycle.disconnected = True  # as uvicorn's own send does once the client is gone
+                cycle.message_event.set()
+                cycle.transport.close()
+                return
+            if cycle.chunked_encoding:
+                self.held = b"\r\n"
+        if not message.get("more_body", False):
+            self._flush()
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _holds(self, message) -> bool:
+        cycle = self.cycle
+        return (
+            message.get("more_body", False)
+            and len(self.held) + len(message.get("body", b"")) <= HOLD
+            and cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and cycle.scope["method"] != "HEAD"
+        )
+
+    def _flush(self) -> None:
+        if self.held and not self.cycle.disconnected:
+            self.cycle.transport.write(self.held)
+        self.held = b""
+
+
+class _SocketOut:
+    """Direct writes to a connection's socket, never interleaved with the transport's own: each
+    send starts once the transport's buffer is empty, and the transport writes nothing while
+    one runs (the response's messages are sent one after the other)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int):
+        self.loop, self.transport = loop, transport
+        # A duplicate of the socket's descriptor: the loop watches it for us without touching the
+        # transport's registration, and it stays valid (and never names another connection's
+        # socket) until we close it, even when the transport closes its own.
+        self.sock = socket.socket(fileno=os.dup(fd))
+        self.fd = self.sock.fileno()
+        self.closed = False
+        self._waiter: asyncio.Future | None = None
+
+    async def sendfile(self, fd: int, offset: int, count: int, prefix: bytes = b"") -> bool:
+        """Send ``prefix``, then ``count`` bytes of file ``fd`` from ``offset``, in the same
+        packets; False when the client is gone."""
+        while count > 0:
+            if self.closed:
+                return False
+            if self.transport.get_write_buffer_size():
+                await self._writable()
+                await asyncio.sleep(0)  # the transport flushes its buffer on this event too
+                continue
+            try:
+                if prefix:
+                    prefix = prefix[self.sock.send(prefix, _MORE) :]
+                    continue
+                sent = os.sendfile(self.fd, fd, offset, count)
+            except BlockingIOError:
+                await self._writable()
+                continue
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return False
+                raise
+            if sent == 0:
+                raise OSError(errno.EIO, f"file ended {count} bytes before the response did")
+            offset += sent
+            count -= sent
+        return not self.closed
+
+    async def _writable(self) -> None:
+        waiter = self._waiter = self.loop.create_future()
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.loop.add_writer(self.fd, ready)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if not self.closed:
+                self.loop.remove_writer(self.fd)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_writer(self.fd)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self.sock.close()
