@@ -22,11 +22,7 @@ from dicomhub.dicom import stow
 from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.parse import read_part10
-from dicomhub.errors import (
-    AlreadyExists,
-    InvalidDicom,
-    InvalidRequest,
-)
+from dicomhub.errors import AlreadyExists, InvalidDicom, InvalidRequest
 from dicomhub.model import InstanceId, NewInstance, blob_key
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import BlobStore, IndexStore
