@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,7 @@ MAX_BATCH = 256
 # as the index grows: after 1,000 writes, then each time the writes since start-up double, and at
 # least every 100,000 writes. Search plans depend on them once tables are large.
 ANALYSIS_LIMIT = 400
+STATS_RELOAD = 30  # seconds: how late a process that does not write sees new statistics
 
 
 class SqliteIndex(SqlIndex):
@@ -163,9 +165,12 @@ class SqliteIndex(SqlIndex):
 
     def _reader(self) -> sqlite3.Connection:
         conn = self._conn()
-        if getattr(self._local, "stats", 0) != self._stats:  # load statistics made by the writer
+        # Load the planner statistics the writer made: at once when it is this process, else
+        # (the writer is another process's) at most STATS_RELOAD seconds late.
+        stats = self._stats if self._remote is None else int(time.monotonic() // STATS_RELOAD)
+        if getattr(self._local, "stats", 0) != stats:
             conn.execute("ANALYZE sqlite_schema")
-            self._local.stats = self._stats
+            self._local.stats = stats
         return conn
 
     async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
