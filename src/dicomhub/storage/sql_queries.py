@@ -18,14 +18,8 @@ JOIN series se ON se.series_key = i.series_key
 JOIN study st ON st.study_key = se.study_key
 """
 
-FIND_INSTANCE = (
-    "SELECT i.version"
-    + _JOIN
-    + "WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ? AND i.sop_uid = ?"
-)
 
 # A store in progress: its version (blob keys derive from it) and when it started.
-INSERT_UPLOAD = "INSERT INTO blob_upload (partition_name, started) VALUES (?, ?) RETURNING version"
 RESERVE_VERSIONS = """
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
 INSERT INTO blob_upload (partition_name, started) SELECT ?, ? FROM n RETURNING version
