@@ -23,8 +23,9 @@ DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"
 def two_nodes(tmp_path, azurite):
     blob_url = azurite.blob_url()
     with index_database("postgresql") as index_url:
+        # job_lease: the cleanup job a killed node held is taken over soon
         settings = dict(index_url=index_url, blob_url=blob_url, upload_timeout="2",
-                        cleanup_interval="0.5", delete_delay="0")  # fmt: skip
+                        cleanup_interval="0.5", delete_delay="0", job_lease="3")  # fmt: skip
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         with (

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from dicomhub.archive.store import Versions
 from dicomhub.clock import utcnow
 from dicomhub.dicom.instance import ingest
 from dicomhub.dicom.parse import read_part10
@@ -124,6 +125,35 @@ def test_versions_are_reserved_in_blocks(nodes):
     assert {v for v, _ in pending} == set(first) | set(second)
     # the committed version's upload is finished; the refused one is still the store's to end
     assert {v for v, _ in left} == (set(first) | set(second)) - {first[0]}
+
+
+def test_an_aged_block_gives_back_its_unused_versions(nodes):
+    """A node's block of versions is used only while young; the next block replaces it and the
+    unused versions of the old one stop being uploads at once (the cleanup job, which may be
+    busy or on a dead node, is not needed for them)."""
+    _, open_both = nodes
+    partition = InstanceId(uid(5), uid(5, 1), uid(5, 1, 1)).partition
+
+    async def run():
+        a, b = await open_both()
+        try:
+            versions = Versions(a, max_age=0.05, block=4)
+            first = await versions.take(partition)
+            await asyncio.sleep(0.1)
+            second = await versions.take(partition)
+            pending = {v for v, _ in await b.stale_uploads(utcnow() + timedelta(seconds=1))}
+            await versions.release()
+            left = {v for v, _ in await b.stale_uploads(utcnow() + timedelta(seconds=1))}
+            return first, second, pending, left
+        finally:
+            await a.close()
+            await b.close()
+
+    first, second, pending, left = asyncio.run(run())
+    assert second > first + 3  # a new block
+    assert {first, second} <= pending  # taken ones stay the stores' to finish
+    assert not {v for v in pending if first < v < second}  # the old block's rest is given back
+    assert left == {first, second}
 
 
 def test_one_ordered_change_feed_across_nodes(nodes):

@@ -51,9 +51,12 @@ class Versions:
         if not self._ready(partition):
             async with self._refill:
                 if not self._ready(partition):
+                    # an aged block's unused versions are given back, not left to the cleanup job
+                    stale = self._free.pop(partition, ())
                     versions = await self.index.reserve_versions(partition, self.block)
                     self._free[partition] = deque(versions)
                     self._since[partition] = time.monotonic()
+                    await self.index.release_versions(list(stale))
         return self._free[partition].popleft()
 
     async def release(self) -> None:
