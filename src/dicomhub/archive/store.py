@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import stow
-from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest
+from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest, ingest_scanned
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.parse import read_part10
+from dicomhub.dicom.scan import scan
 from dicomhub.errors import AlreadyExists, InvalidDicom, InvalidRequest
 from dicomhub.model import InstanceId, NewInstance, blob_key
 from dicomhub.settings import Settings
@@ -231,6 +232,13 @@ class StoreService:
         return outcome
 
     def _describe(self, body: PartBody, study: str | None, strict):
+        settings = self.settings
+        if body.data is not None:  # the common file, read in one pass; anything else: pydicom
+            scanned = scan(body.data, settings.bulkdata_threshold, settings.max_elements)
+            if scanned is not None:
+                described = ingest_scanned(scanned, body.data, strict is not None, study)
+                if described is not None:
+                    return described
         with body.open() as fp:
             parsed = read_part10(
                 fp, body.size, self.settings.bulkdata_threshold, self.settings.max_inflated_size

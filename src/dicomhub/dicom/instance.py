@@ -11,8 +11,15 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomhub.dicom import frames as frame_index
-from dicomhub.dicom.json_model import MAX_ELEMENTS, compact, dumps, encode_dataset
-from dicomhub.dicom.parse import ParsedFile
+from dicomhub.dicom.json_model import (
+    MAX_ELEMENTS,
+    EncodedDataset,
+    compact,
+    dumps,
+    encode_dataset,
+)
+from dicomhub.dicom.parse import ParsedFile, PixelElement
+from dicomhub.dicom.scan import Scanned
 from dicomhub.dicom.search_keys import describe
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
 from dicomhub.errors import InvalidRequest
@@ -40,6 +47,7 @@ INDEXED = {
 
 
 INDEXED_KEYS = {f"{tag:08X}": name for name, tag in INDEXED.items()}
+PATIENT_ID = INDEXED["PatientID"]
 
 
 class InvalidInstance(InvalidRequest):
@@ -84,6 +92,56 @@ def ingest(
     the paths ``also_indexed``, e.g. extended query tags) must be valid."""
     ds = parsed.dataset
     uids = {name: clean_uid(_raw_text(ds, tag)) for name, tag in CORE_UIDS.items()}
+    _check_uids(uids, expected_study, strict and not _raw_text(ds, PATIENT_ID).strip("\x00 "))
+    base = _bulk_base(uids)
+    encoded = encode_dataset(
+        ds,
+        bulk_threshold,
+        lambda path: base + path,
+        None if parsed.deflated else read_at,
+        max_elements,
+    )
+    warnings = []
+    invalid = {path: message for path, message in encoded.errors if len(path) == 8}
+    for path, message in encoded.errors:
+        keyword = INDEXED_KEYS.get(path) or (path if path in also_indexed else None)
+        comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
+        if strict and keyword:
+            raise InvalidInstance(comment, uids["SOPClassUID"], uids["SOPInstanceUID"])
+        warnings.append(comment)
+    frames = None
+    if parsed.pixel is not None and not parsed.deflated:
+        extended = None
+        if 0x7FE00001 in ds._dict and 0x7FE00002 in ds._dict:
+            extended = (list(_uint64s(ds[0x7FE00001].value)), list(_uint64s(ds[0x7FE00002].value)))
+        photometric = _raw_text(ds, 0x00280004).strip("\x00 ")
+        frames = _frames(encoded.json, parsed.pixel, photometric, extended, read_at)
+    return _described(uids, parsed.transfer_syntax, encoded, frames, parsed.deflated,
+                      warnings, invalid)  # fmt: skip
+
+
+def ingest_scanned(
+    scanned: Scanned, data: bytes, strict: bool, expected_study: str | None
+) -> IngestedInstance | None:
+    """``ingest`` for a file ``scan`` read (every attribute valid); None when a value it
+    relies on (a UID, the photometric interpretation) is not a single one, or the pixel data
+    has an extended offset table: then ``ingest`` decides."""
+    js = scanned.json
+    uids = {name: _json_text(js, tag) for name, tag in CORE_UIDS.items()}
+    photometric = _json_text(js, 0x00280004)
+    patient = _json_text(js, PATIENT_ID)
+    if None in uids.values() or photometric is None or patient is None or "7FE00001" in js:
+        return None
+    _check_uids(uids, expected_study, strict and not patient.strip("\x00 "))
+    scanned.name_bulk(_bulk_base(uids))
+    frames = None
+    if scanned.pixel is not None:
+        frames = _frames(js, scanned.pixel, photometric, None, lambda o, n: data[o : o + n])
+    encoded = EncodedDataset(js, scanned.bulk)
+    return _described(uids, scanned.transfer_syntax, encoded, frames, False, [], {})
+
+
+def _check_uids(uids: dict[str, str], expected_study: str | None, no_patient: bool) -> None:
     sop_class, sop = uids["SOPClassUID"], uids["SOPInstanceUID"]
     for name, value in uids.items():
         if not value:
@@ -99,50 +157,38 @@ def ingest(
             sop_class,
             sop,
         )
-    if strict and not _raw_text(ds, INDEXED["PatientID"]).strip("\x00 "):
+    if no_patient:
         raise InvalidInstance(
             "DICOM100: PatientID is missing or empty (required by v1)", sop_class, sop
         )
 
-    base = bulk_path(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop) + "/bulkdata/"
-    encoded = encode_dataset(
-        ds,
-        bulk_threshold,
-        lambda path: base + path,
-        None if parsed.deflated else read_at,
-        max_elements,
-    )
-    warnings = []
-    invalid = {path: message for path, message in encoded.errors if len(path) == 8}
-    for path, message in encoded.errors:
-        keyword = INDEXED_KEYS.get(path) or (path if path in also_indexed else None)
-        comment = f"DICOM100: ({path[:4]},{path[4:8]}){path[8:]} - {message}"
-        if strict and keyword:
-            raise InvalidInstance(comment, sop_class, sop)
-        warnings.append(comment)
-    frames = None
-    if parsed.pixel is not None and not parsed.deflated:
-        frames = compact(_frames(ds, encoded.json, parsed, read_at).to_json())
+
+def _bulk_base(uids: dict[str, str]) -> str:
+    study, series = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
+    return bulk_path(study, series, uids["SOPInstanceUID"]) + "/bulkdata/"
+
+
+def _described(uids, transfer_syntax, encoded: EncodedDataset, frames, parse_on_read,
+               warnings, invalid) -> IngestedInstance:  # fmt: skip
     return IngestedInstance(
         study=uids["StudyInstanceUID"],
         series=uids["SeriesInstanceUID"],
-        sop=sop,
-        sop_class=sop_class,
-        transfer_syntax=parsed.transfer_syntax,
+        sop=uids["SOPInstanceUID"],
+        sop_class=uids["SOPClassUID"],
+        transfer_syntax=transfer_syntax,
         metadata=dumps(encoded.json),
         frames=frames,
         bulk=compact(encoded.bulk),
-        parse_on_read=parsed.deflated,
+        parse_on_read=parse_on_read,
         search=describe(encoded.json),
         warnings=warnings,
         invalid=invalid,
     )
 
 
-def _frames(ds: Dataset, js: dict, parsed: ParsedFile, read_at) -> frame_index.FrameIndex:
-    """The frame index; the image attributes are read from the instance's DICOM JSON (already
-    decoded, and without the invalid values)."""
-    pixel = parsed.pixel
+def _frames(js: dict, pixel: PixelElement, photometric: str, extended, read_at) -> str:
+    """The frame index (as JSON); the image attributes are read from the instance's DICOM JSON
+    (already decoded, and without the invalid values)."""
     bits = _json_int(js, "00280100", 8)
     if pixel.tag == 0x7FE00008:
         bits = 32
@@ -153,13 +199,17 @@ def _frames(ds: Dataset, js: dict, parsed: ParsedFile, read_at) -> frame_index.F
         _json_int(js, "00280011", 0),
         _json_int(js, "00280002", 1),
         bits,
-        _raw_text(ds, 0x00280004).strip("\x00 "),
+        photometric,
     )
-    extended = None
-    if 0x7FE00001 in ds._dict and 0x7FE00002 in ds._dict:
-        extended = (list(_uint64s(ds[0x7FE00001].value)), list(_uint64s(ds[0x7FE00002].value)))
     frames = _json_int(js, "00280008", 1)
-    return frame_index.index_frames(pixel, frames, frame_bits, read_at, extended)
+    return compact(frame_index.index_frames(pixel, frames, frame_bits, read_at, extended).to_json())
+
+
+def _json_text(js: dict, tag: int) -> str | None:
+    """A text attribute's one value from DICOM JSON ("" when absent or empty, None when it
+    has several)."""
+    values = (js.get(f"{tag:08X}") or {}).get("Value") or [""]
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
 
 
 def _json_int(js: dict, key: str, default: int) -> int:
