@@ -130,6 +130,36 @@ def azurite(folder: Path) -> Iterator[ObjectStore]:
         _stop(proc)
 
 
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+@contextlib.contextmanager
+def orthanc(folder: Path, **config) -> Iterator[str]:
+    """Orthanc (Debian) on a free port, with ``config`` added to its configuration (its DICOM
+    server when ``DicomPort`` is given; ``DicomWeb`` loads the DICOMweb plugin); yields its
+    base URL once its REST API answers."""
+    if shutil.which("Orthanc") is None:
+        raise Unavailable("Orthanc (Debian orthanc) is not installed")
+    if "DicomWeb" in config and not Path(ORTHANC_DICOMWEB).exists():
+        raise Unavailable("Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+    (http_port,) = free_ports(1)
+    settings = {
+        "Name": "peer", "HttpPort": http_port, "DicomServerEnabled": "DicomPort" in config,
+        "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "SaveJobs": False,
+        "Plugins": [ORTHANC_DICOMWEB] if "DicomWeb" in config else [], **config,
+    }  # fmt: skip
+    (folder / "orthanc.json").write_text(json.dumps(settings))
+    proc, log = _start(["Orthanc", str(folder / "orthanc.json")], folder)
+    try:
+        _wait_port(http_port, proc, log)
+        if "DicomPort" in config:
+            _wait_port(config["DicomPort"], proc, log)
+        yield f"http://127.0.0.1:{http_port}"
+    finally:
+        _stop(proc)
+
+
 @contextlib.contextmanager
 def seaweedfs(folder: Path) -> Iterator[ObjectStore]:
     binary = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")

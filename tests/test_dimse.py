@@ -17,6 +17,7 @@ import httpx
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from tests.components import Unavailable, orthanc
 from tests.conftest import ROOT, free_port, running_server
 from tests.dicomfiles import read, storable_files
 from tests.synthetic import instance, uid
@@ -640,39 +641,23 @@ def test_c_move_refusals(server, destination, find_data):
 def orthanc_peer(tmp_path_factory):
     """Orthanc (Debian) with its DICOM server on, knowing dicomhub as a modality; and a
     dicomhub that lets ORTHANC store and retrieve and may C-MOVE to it."""
-    import json
-
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc (Debian orthanc) is not installed")
-    folder = tmp_path_factory.mktemp("orthanc")
-    http_port, orthanc_port, dimse_port = free_port(), free_port(), free_port()
-    config = {
-        "Name": "peer", "HttpPort": http_port, "DicomPort": orthanc_port, "DicomAet": "ORTHANC",
-        "DicomServerEnabled": True, "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"), "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "SaveJobs": False,
-        "DicomModalities": {"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
-    }  # fmt: skip
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115
-    orthanc = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log,
-                               stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        _wait_for_port(http_port)
-        _wait_for_port(orthanc_port)
-        data = tmp_path_factory.mktemp("dicomhub-peer")
-        with running_server(
-            data,
+    orthanc_port, dimse_port = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        try:
+            orthanc_url = stack.enter_context(orthanc(
+                tmp_path_factory.mktemp("orthanc"), DicomPort=orthanc_port, DicomAet="ORTHANC",
+                DicomModalities={"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
+            ))  # fmt: skip
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+        base, _ = stack.enter_context(running_server(
+            tmp_path_factory.mktemp("dicomhub-peer"),
             dimse_port=str(dimse_port),
             dimse_callers="ORTHANC=store+find+retrieve",
             dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}",
-        ) as (base, _):
-            _wait_for_port(dimse_port)
-            yield f"http://127.0.0.1:{http_port}", base
-    finally:
-        orthanc.terminate()
-        orthanc.wait(30)
-        log.close()
+        ))  # fmt: skip
+        _wait_for_port(dimse_port)
+        yield orthanc_url, base
 
 
 def _orthanc_file(orthanc: str, sop: str) -> bytes:

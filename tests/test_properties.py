@@ -240,7 +240,7 @@ def test_media_type_and_accept_parsers_take_anything_or_say_why(text):
             pass
 
 
-@pytest.mark.parametrize("boundary", ["b", "x" * 70])
+@pytest.mark.parametrize("boundary", ["b", "x" * 70, "x" * 73, "x" * 256])
 def test_the_multipart_property_helpers_hold(boundary):
     """The encoder the properties rely on makes what the parser expects."""
     data = encode(boundary, [({"content-type": "application/dicom"}, b"\r\n--x")], b"")

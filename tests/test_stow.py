@@ -165,6 +165,16 @@ def test_non_dicom_and_truncated_parts_fail_alone(client):
     assert client.get(f"/v2/studies/{study}/metadata").status_code == 404
 
 
+def test_a_refusal_says_what_is_wrong_in_the_servers_words(client):
+    """ErrorComment names the problem (no pydicom advice such as 'Use force=True')."""
+    r = stow(client, b"this is not DICOM", CT[132:])  # not DICOM; a bare data set
+    comments = [i["00000902"]["Value"][0] for i in r.json()["00081198"]["Value"]]
+    assert len(comments) == 2
+    for comment in comments:
+        assert "preamble" in comment and "'DICM' prefix" in comment, comment
+        assert "force" not in comment, comment
+
+
 def test_part_of_another_media_type_fails_alone(client):
     r = stow(client, ("application/dicom+json", b"[]"), CT)
     assert r.status_code == 202

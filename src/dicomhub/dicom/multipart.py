@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from dicomhub.errors import InvalidRequest
 
 MAX_HEADER_BYTES = 16 * 1024
+# RFC 2046 says at most 70 characters, but real clients send longer ones (Orthanc's DICOMweb
+# client: 73, two UUIDs) and Orthanc's own server takes them: refusing breaks those clients.
+MAX_BOUNDARY = 256
 
 
 @dataclass
@@ -32,8 +35,8 @@ class PartEnd:
 
 class MultipartParser:
     def __init__(self, boundary: str):
-        if not boundary or len(boundary) > 70:
-            raise InvalidRequest("multipart boundary must be 1 to 70 characters (RFC 2046)")
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise InvalidRequest(f"multipart boundary must be 1 to {MAX_BOUNDARY} characters")
         self._dash = b"--" + boundary.encode("latin-1")
         self._delimiter = b"\r\n" + self._dash
         self._buffer = b""

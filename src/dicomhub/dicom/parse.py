@@ -6,6 +6,7 @@ file offset) and ``length``, which is all the metadata encoder and the frame ind
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 import zlib
@@ -58,7 +59,7 @@ def read_part10(
     except RecursionError:
         raise InvalidDicom("the data set nests sequences too deep to be read") from None
     except Exception as exc:  # pydicom raises many kinds for broken input
-        raise InvalidDicom(f"not a readable DICOM PS3.10 file: {exc}") from exc
+        raise InvalidDicom(f"not a readable DICOM PS3.10 file: {_why(exc)}") from exc
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\x00 ")
     if not ts:
@@ -78,6 +79,19 @@ def read_part10(
                 )
                 break
     return ParsedFile(ds, ts, file_size, deflated, pixel)
+
+
+_NO_HEADER = "missing DICOM File Meta Information header"
+_PYDICOM_ADVICE = re.compile(r"\s*Use force=True[^.]*\.?")  # advice for pydicom users, not ours
+
+
+def _why(exc: Exception) -> str:
+    """What pydicom found wrong, in the server's words (without its advice to its callers)."""
+    message = str(exc)
+    if _NO_HEADER in message:
+        return ("it does not start with the 128-byte preamble and 'DICM' prefix of a PS3.10 "
+                "file (a bare data set, or not DICOM)")  # fmt: skip
+    return _PYDICOM_ADVICE.sub("", message).strip() or exc.__class__.__name__
 
 
 def _read_common(fp: BinaryIO, defer_size: int) -> Dataset | None:
