@@ -4,11 +4,13 @@ server (each request on its own connection, so the kernel spreads them over the 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import running_server
 from tests.helpers import MULTIPART, failures, multipart
@@ -66,3 +68,53 @@ def test_one_process_per_core_by_default(tmp_path):
         while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
             time.sleep(0.1)
         assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process under ``pid`` (zombies count as gone)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] != "Z":
+                parents[int(entry.name)] = int(stat[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("signal_", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_every_process_ends_with_serve(tmp_path, signal_):
+    """The conversion workers, the multiprocessing helpers and the server processes all end
+    with ``serve``: at once on SIGTERM, soon after when the supervisor is killed."""
+    with running_server(tmp_path, workers="2") as (url, proc):
+        assert _stow(url, instance(uid(92), uid(92, 1), uid(92, 1, 1))).status_code == 200
+        rendered = f"{url}/v2/studies/{uid(92)}/series/{uid(92, 1)}/instances/{uid(92, 1, 1)}"
+        for _ in range(4):  # on new connections: both workers start their conversion pools
+            got = httpx.get(rendered + "/rendered", headers={"Accept": "image/png"})
+            assert got.status_code == 200, got.text
+        started = _descendants(proc.pid)
+        assert len(started) > 2  # the server processes and at least one conversion worker
+        proc.send_signal(signal_)
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(started), [Path(f"/proc/{p}/cmdline").read_bytes()[:120]
+                                     for p in _alive(started)]  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 from dicomhub import __version__
 from dicomhub.archive.archive import Archive
 from dicomhub.errors import DicomhubError
+from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
@@ -250,15 +251,7 @@ def worker_app():
 def _stop_with_parent() -> None:
     """A server process whose supervisor is killed (SIGKILL, OOM) stops too, instead of
     serving on alone, unsupervised, on the shared port."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if str(os.getppid()) != os.environ.get(SUPERVISOR, str(os.getppid())):
-        sys.exit(0)  # the supervisor died before the call
+    end_with_parent(int(os.environ.get(SUPERVISOR, os.getppid())))
 
 
 def _app(settings: Settings, recover: bool, dimse: bool = True):

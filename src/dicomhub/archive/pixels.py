@@ -23,6 +23,7 @@ from dicomhub.dicom.codecs import NATIVE, PixelInfo
 from dicomhub.dicom.frames import FrameIndex
 from dicomhub.dicom.transcode import Header
 from dicomhub.errors import ConversionFailed, DicomhubError, NotAcceptable, NotFound
+from dicomhub.lifetime import end_with_parent
 from dicomhub.model import StoredInstance
 
 _LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
@@ -40,8 +41,12 @@ class Converter:
     def _pool(self) -> ProcessPoolExecutor:
         pool = self._pools.get(self.workers)
         if pool is None:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-            pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            # spawn: no fork of a threaded server; the workers end with this process, however
+            # it ends (they would idle on under PID 1)
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(
+                self.workers, context, initializer=end_with_parent, initargs=(os.getpid(),)
+            )
             self._pools[self.workers] = pool
         return pool
 
