@@ -7,7 +7,10 @@ stay above a PSNR floor and say they are lossy (PS3.3 C.7.6.1.1.5).
 from __future__ import annotations
 
 import io
+import os
+import signal
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +187,24 @@ def test_what_cannot_be_produced_is_406(loaded):
     assert "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90" in r.json()["detail"]
     r = loaded.get(instance_url(f), headers={"Accept": "application/dicom; " + accept[12:]})
     assert r.status_code == 406
+
+
+def test_a_dead_conversion_worker_is_a_500_not_a_406(loaded):
+    """A worker process that dies (a codec crashing it, the OOM killer) is the server's
+    failure: 500, which monitoring sees, not 406; the next request gets a new pool."""
+    f, _, _ = by_name("CT_small.dcm")
+    accept = {"Accept": "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"}
+    assert loaded.get(instance_url(f) + "/frames/1", headers=accept).status_code == 200
+    workers = [int(c) for c in Path(f"/proc/{os.getpid()}/task").glob("*/children")
+               for c in c.read_text().split()]  # fmt: skip
+    workers = [p for p in workers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    r = loaded.get(instance_url(f) + "/frames/1", headers=accept)
+    assert r.status_code == 500, r.text
+    assert "worker process died" in r.json()["detail"]
+    assert loaded.get(instance_url(f) + "/frames/1", headers=accept).status_code == 200
 
 
 def test_study_retrieve_converts_each_instance(loaded):

@@ -29,6 +29,11 @@ class ConversionFailed(NotAcceptable):
     """Stored pixel data could not be decoded or encoded as asked."""
 
 
+class ConversionCrashed(DicomhubError):
+    """The conversion machinery failed (a worker process died, or a task could not be handed
+    to one): the server's fault, not the data's."""
+
+
 class UnsupportedMediaType(DicomhubError):
     """The request body is of a media type the resource does not take."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import multiprocessing
 import os
 from collections import OrderedDict
@@ -22,10 +23,17 @@ from dicomhub.dicom import codecs, render, transcode
 from dicomhub.dicom.codecs import NATIVE, PixelInfo
 from dicomhub.dicom.frames import FrameIndex
 from dicomhub.dicom.transcode import Header
-from dicomhub.errors import ConversionFailed, DicomhubError, NotAcceptable, NotFound
+from dicomhub.errors import (
+    ConversionCrashed,
+    ConversionFailed,
+    DicomhubError,
+    NotAcceptable,
+    NotFound,
+)
 from dicomhub.lifetime import end_with_parent
 from dicomhub.model import StoredInstance
 
+log = logging.getLogger(__name__)
 _LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
 _WINDOW = 4  # frames converted ahead of the one being sent
 
@@ -51,17 +59,30 @@ class Converter:
         return pool
 
     async def run(self, fn: Callable, *args):
-        """``fn(*args)`` in a worker process; its failure is the client's data's fault."""
+        """``fn(*args)`` in a worker process. What it raises there is the data's fault
+        (ConversionFailed, 406); a worker that dies or a task that cannot reach one is the
+        server's (ConversionCrashed, 500)."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool(), fn, *args)
-        except BrokenProcessPool as exc:  # a codec crashed its worker: start a new pool
+            return await loop.run_in_executor(self._pool(), _in_worker, fn, *args)
+        except BrokenProcessPool as exc:  # a worker died (a codec crashed it): a new pool
             self._pools.pop(self.workers, None)
-            raise ConversionFailed("the pixel data crashed its decoder") from exc
+            raise ConversionCrashed("a conversion worker process died; see the log") from exc
         except DicomhubError:
             raise
-        except Exception as exc:  # codecs raise many kinds for data they cannot handle
-            raise ConversionFailed(f"the pixel data could not be converted: {exc}") from exc
+        except Exception as exc:  # e.g. arguments or a result that cannot cross to the worker
+            log.exception("a conversion could not be run")
+            raise ConversionCrashed("a conversion could not be run; see the log") from exc
+
+
+def _in_worker(fn: Callable, *args):
+    """Runs in the worker: codecs raise many kinds for data they cannot handle."""
+    try:
+        return fn(*args)
+    except DicomhubError:
+        raise
+    except Exception as exc:
+        raise ConversionFailed(f"the pixel data could not be converted: {exc}") from None
 
 
 class PixelService:

@@ -23,6 +23,7 @@ STATUS = [  # most specific first
     (errors.PayloadTooLarge, 413, "Payload Too Large"),
     (errors.UnsupportedMediaType, 415, "Unsupported Media Type"),
     (errors.Unavailable, 503, "Service Unavailable"),
+    (errors.ConversionCrashed, 500, "Internal Server Error"),
 ]
 
 
@@ -39,6 +40,8 @@ async def on_dicomhub_error(request: Request, exc: errors.DicomhubError) -> JSON
     for kind, status, title in STATUS:
         if isinstance(exc, kind):
             headers = {}
+            if status == 500:  # the server's fault: monitoring and the log see it
+                log.error("%s %s failed: %s", request.method, request.url.path, exc)
             if status == 503:
                 headers["Retry-After"] = "5"
             if isinstance(exc, errors.RangeNotSatisfiable):

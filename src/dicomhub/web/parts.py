@@ -5,12 +5,15 @@ kernel (zero-copy, see web/zerocopy.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from dicomhub.dicom.multipart import PART_END, closing, part_header
-from dicomhub.errors import NotAcceptable
+from dicomhub.errors import ConversionCrashed, NotAcceptable
 from dicomhub.model import StoredInstance
 from dicomhub.web.common import Body, FileRange
+
+log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 # Pieces this small (part headers and ends, small instances) go out joined, up to this many
@@ -42,9 +45,11 @@ class Part:
         if self.converted:
             try:
                 return await self.archive.pixels.instance(self.instance, self.syntax)
-            except NotAcceptable:
+            except (NotAcceptable, ConversionCrashed) as exc:
                 if not fallback:
                     raise
+                if isinstance(exc, ConversionCrashed):  # the server's failure: logged
+                    log.error("converting %s failed: %s", self.instance.id.sop, exc)
                 self.syntax, self.converted = self.instance.transfer_syntax, False
                 self.size = self.instance.size
         if local:
