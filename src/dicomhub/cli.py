@@ -20,6 +20,7 @@ from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
+from dicomhub.web.forwarded import TrustedProxies
 
 
 def build_index(settings: Settings, migrate: bool | None = None, writer: bool = False):
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     if settings.fsync not in FSYNC:
         sys.exit(f"dicomhub: --fsync takes {' or '.join(FSYNC)}, not {settings.fsync!r}")
+    try:
+        TrustedProxies(settings.forwarded_allow_ips)
+    except ValueError as exc:
+        sys.exit(f"dicomhub: --forwarded-allow-ips: {exc}")
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
         from dicomhub.dimse.service import client_tls_context, tls_context
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             access_log=settings.log_level == "debug",
             # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile)
             http="dicomhub.web.zerocopy:HttpToolsProtocol",
+            proxy_headers=False,  # web/forwarded.py applies them, from --forwarded-allow-ips
         )
         if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
             sys.exit("dicomhub serve: HTTPS needs both --tls-certfile and --tls-keyfile")

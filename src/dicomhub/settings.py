@@ -63,6 +63,12 @@ class Settings:
         "plain HTTP (terminate TLS in a reverse proxy in front).",
     )
     tls_keyfile: str = _setting("", "PEM private key of tls_certfile.")
+    forwarded_allow_ips: str = _setting(
+        "127.0.0.1",
+        "Addresses or networks (comma-separated, CIDR; '*' for any) of reverse proxies whose "
+        "Forwarded and X-Forwarded-For/-Proto/-Host headers are believed: the client address "
+        "audited, and the scheme and host of RetrieveURL and BulkDataURI. Empty: none.",
+    )
     public_url: str = _setting(
         "",
         "Base URL clients reach the server at, used in RetrieveURL and BulkDataURI "

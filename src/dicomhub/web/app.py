@@ -35,6 +35,7 @@ from dicomhub.web.access import authorize
 from dicomhub.web.audit import ACTION, ROUTE
 from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors
+from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
 
 VERSIONS = (1, 2)
@@ -159,7 +160,8 @@ def create_app(
     app = Starlette(
         routes=table,
         lifespan=lifespan,
-        middleware=cors(settings)
+        middleware=forwarded(settings)
+        + cors(settings)
         + audit.audit(archive.audit, table)
         + limits(settings)
         + authentication(settings),
