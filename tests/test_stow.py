@@ -52,6 +52,9 @@ def test_empty_requests(client):
     assert r.status_code == 409  # an empty file: nothing stored
     assert failures(r) == [272]
     r = client.post("/v2/studies", content=b"", headers={"Content-Type": stow_type()})
+    assert r.status_code == 409  # an empty body, as Microsoft's server answers it
+    assert "empty" in r.json()["detail"]
+    r = client.post("/v2/studies", content=b"\r\n", headers={"Content-Type": stow_type()})
     assert r.status_code == 400  # not even a closing boundary
     r = client.post(
         "/v2/studies", content=f"--{BOUNDARY}--\r\n".encode(), headers={"Content-Type": stow_type()}
@@ -239,6 +242,56 @@ def test_v2_lenient_drops_invalid_attribute_and_warns(client):
         headers={"Accept": "application/dicom"},
     )
     assert stored.content == data  # kept in the stored file
+
+
+def test_an_invalid_attribute_v1_does_not_index_is_stored_with_200_on_v1(client):
+    """As Microsoft's v1: a non-indexed attribute's invalid value does not make a warning
+    status (the response still says which attribute was left out); v2 answers 202."""
+    for version, status in ((1, 200), (2, 202)):
+        ds = read(with_new_uids(CT))
+        ds.ContentDate = "NotADate"
+        r = stow(client, _save(ds), version=version)
+        assert r.status_code == status, (version, r.text)
+        item = r.json()["00081199"]["Value"][0]
+        assert item["00081196"]["Value"] == [1]
+
+
+def test_implicit_vr_is_stored_with_warning_45063(client):
+    """Microsoft's WarningReason for Implicit VR Little Endian: 202 on v2, 200 on v1."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    for version, status in ((1, 200), (2, 202)):
+        ds = read(with_new_uids(CT))
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        import io
+
+        out = io.BytesIO()
+        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        r = stow(client, out.getvalue(), version=version)
+        assert r.status_code == status, (version, r.text)
+        item = r.json()["00081199"]["Value"][0]
+        assert item["00081196"]["Value"] == [45063]
+        assert "00741048" not in item  # nothing was left out
+    assert stow(client, with_new_uids(CT)).status_code == 200  # explicit VR: no warning
+
+
+def test_a_multi_valued_searchable_attribute_gets_a_warning_header(client):
+    """Only the first value of a searchable attribute is indexed: HTTP Warning 299 says so."""
+    ds = read(with_new_uids(CT))
+    ds.AccessionNumber = ["ACC1", "ACC2"]
+    r = stow(client, _save(ds))
+    assert r.status_code == 200, r.text
+    assert r.headers["warning"].startswith("299 ")
+    assert "only first value is indexed" in r.headers["warning"]
+    assert "warning" not in stow(client, with_new_uids(CT)).headers
+
+
+def test_versioned_responses_list_the_api_versions(client):
+    assert stow(client, with_new_uids(CT)).headers["api-supported-versions"] == "1, 2"
+    missing = client.get("/v1/studies/1.2.3/metadata")
+    assert missing.status_code == 404
+    assert missing.headers["api-supported-versions"] == "1, 2"
+    assert "api-supported-versions" not in client.get("/health/check").headers
 
 
 def test_v1_strict_rejects_invalid_indexed_attribute(client):

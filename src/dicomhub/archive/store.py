@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pydicom.uid import ImplicitVRLittleEndian
+
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import stow
@@ -229,6 +231,8 @@ class StoreService:
             return outcome
         outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
         outcome.warnings = instance.warnings
+        outcome.implicit_vr = instance.transfer_syntax == ImplicitVRLittleEndian
+        outcome.multi_valued = instance.multi_valued
         return outcome
 
     def _describe(self, body: PartBody, study: str | None, strict):

@@ -20,7 +20,7 @@ from dicomhub.dicom.json_model import (
 )
 from dicomhub.dicom.parse import ParsedFile, PixelElement
 from dicomhub.dicom.scan import Scanned
-from dicomhub.dicom.search_keys import describe
+from dicomhub.dicom.search_keys import describe, multi_valued
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import SearchRecord
@@ -73,6 +73,7 @@ class IngestedInstance:
     search: SearchRecord
     warnings: list[str]  # ErrorComment of every attribute left out of metadata and index
     invalid: dict[str, str]  # tag path -> why, of the top-level attributes left out
+    multi_valued: bool = False  # a searchable attribute has several values (the first is indexed)
 
 
 def bulk_path(study: str, series: str, sop: str) -> str:
@@ -183,6 +184,7 @@ def _described(uids, transfer_syntax, encoded: EncodedDataset, frames, parse_on_
         search=describe(encoded.json),
         warnings=warnings,
         invalid=invalid,
+        multi_valued=multi_valued(encoded.json),
     )
 
 

@@ -217,6 +217,16 @@ def describe(js: dict[str, Any]) -> SearchRecord:
     )
 
 
+def multi_valued(js: dict[str, Any]) -> bool:
+    """Does a searchable attribute have several values? Only the first is indexed."""
+    return any(
+        len((js.get(f"{key.tag:08X}") or {}).get("Value") or ()) > 1 for key in _COLUMN_KEYS
+    )
+
+
+_COLUMN_KEYS = [k for k in KEYS if k.column is not None and k.kind is not Kind.ITEM]
+
+
 def merge_docs(old: str | None, new: str) -> str:
     """A study's or series' document after storing an instance: the new instance's values win,
     attributes it lacks keep the value an earlier instance gave."""

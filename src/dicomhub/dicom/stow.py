@@ -11,7 +11,11 @@ VALIDATION_FAILURE = 43264  # 0xA900: invalid or missing required attribute, stu
 SOP_INSTANCE_ALREADY_EXISTS = 45070  # 0xB00E
 
 # WarningReason (0008,1196) values.
-ATTRIBUTES_DROPPED = 1  # v2: invalid attributes left out of the index and metadata
+ATTRIBUTES_DROPPED = 1  # invalid attributes left out of the index and metadata
+IMPLICIT_VR = 45063  # 0xB007, "data set does not match SOP class": Microsoft's for Implicit VR
+MULTI_VALUED_WARNING = (  # the HTTP Warning (299) text, as Microsoft's server sends it
+    "One or more indexed Dicom tag(s) have multiple values, only first value is indexed."
+)
 
 STATUS_OK, STATUS_ACCEPTED, STATUS_NO_CONTENT, STATUS_CONFLICT = 200, 202, 204, 409
 
@@ -26,6 +30,14 @@ class PartOutcome:
     failure: int | None = None
     message: str | None = None
     warnings: list[str] = field(default_factory=list)  # one ErrorComment per dropped attribute
+    implicit_vr: bool = False  # stored in Implicit VR Little Endian
+    multi_valued: bool = False  # an indexed attribute has several values (the first is indexed)
+
+    @property
+    def warning_reason(self) -> int | None:
+        if self.implicit_vr:
+            return IMPLICIT_VR
+        return ATTRIBUTES_DROPPED if self.warnings else None
 
 
 def _ui(value: str) -> dict[str, Any]:
@@ -41,9 +53,10 @@ def _comments(texts: list[str]) -> dict[str, Any]:
 
 
 def build_response(
-    outcomes: list[PartOutcome], base_url: str, study_path: str | None
+    outcomes: list[PartOutcome], base_url: str, study_path: str | None, version: int
 ) -> tuple[int, dict[str, Any] | None]:
-    """HTTP status and response dataset, as Microsoft's server decides them (reference 5.6)."""
+    """HTTP status and response dataset, as Microsoft's server decides them (reference 5.6):
+    on v2 a stored instance with a WarningReason makes it 202; on v1 only failures do."""
     if not outcomes:
         return STATUS_NO_CONTENT, None
     stored = [o for o in outcomes if o.failure is None]
@@ -71,13 +84,14 @@ def build_response(
                 "00081155": _ui(o.sop_instance or ""),
                 "00081190": {"vr": "UR", "Value": [base_url + o.retrieve_path]},
             }
+            if o.warning_reason:
+                item["00081196"] = _us(o.warning_reason)
             if o.warnings:
-                item["00081196"] = _us(ATTRIBUTES_DROPPED)
                 item["00741048"] = _comments(o.warnings)
             items.append(item)
         body["00081199"] = {"vr": "SQ", "Value": items}
     if not stored:
         return STATUS_CONFLICT, body
-    if failed or any(o.warnings for o in stored):
+    if failed or (version >= 2 and any(o.warning_reason for o in stored)):
         return STATUS_ACCEPTED, body
     return STATUS_OK, body

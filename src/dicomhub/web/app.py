@@ -37,8 +37,8 @@ from dicomhub.web.auth import authentication
 from dicomhub.web.cors import cors
 from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
+from dicomhub.web.versions import VERSIONS, api_versions
 
-VERSIONS = (1, 2)
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{sop}"
@@ -161,6 +161,7 @@ def create_app(
         routes=table,
         lifespan=lifespan,
         middleware=forwarded(settings)
+        + api_versions()
         + cors(settings)
         + audit.audit(archive.audit, table)
         + limits(settings)

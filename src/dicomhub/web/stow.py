@@ -16,7 +16,7 @@ from dicomhub.dicom import stow
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.uids import require_uid
-from dicomhub.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomhub.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomhub.settings import Settings
 from dicomhub.web.audit import note
 from dicomhub.web.common import archive, base_url, require_json_accept, version
@@ -33,13 +33,17 @@ async def store(request: Request) -> Response:
     parts = received_parts(
         request.stream(), request.headers.get("content-type"), request.app.state.settings
     )
-    outcomes = await archive(request).store.store_parts(parts, study, strict=version(request) == 1)
+    n = version(request)
+    outcomes = await archive(request).store.store_parts(parts, study, strict=n == 1)
     _audit(request, outcomes)
     study_path = f"studies/{study}" if study else None
-    status, body = stow.build_response(outcomes, base_url(request), study_path)
+    status, body = stow.build_response(outcomes, base_url(request), study_path, n)
+    headers = {}
+    if any(o.multi_valued for o in outcomes if o.failure is None):
+        headers["Warning"] = f'299 {request.url.netloc} "{stow.MULTI_VALUED_WARNING}"'
     if body is None:
-        return Response(status_code=status)
-    return JSONResponse(body, status_code=status, media_type=media_type)
+        return Response(status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 
 async def received_parts(
@@ -84,8 +88,10 @@ async def received_parts(
     body: PartBody | None = None
     count = 0
     part_type = root_type
+    received = False
     try:
         async for chunk in chunks:
+            received = received or bool(chunk)
             for event in parser.feed(chunk):
                 if isinstance(event, PartStart):
                     if count == settings.max_parts:
@@ -104,6 +110,8 @@ async def received_parts(
                     yield part
             if parser.finished:
                 break
+        if not received:  # as Microsoft's server answers it (reference 5.6)
+            raise Conflict("the request body is empty: nothing to store")
         parser.close()
     finally:
         if body is not None:
