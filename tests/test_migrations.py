@@ -162,3 +162,83 @@ def test_change_feed_entries_keep_their_numbers_across_the_upgrade():
 
         feed = asyncio.run(run())
     assert feed == [(1, "a"), (2, "b"), (4, "c"), (5, uid(6, 1, 1))]
+
+
+STALE, FRESH = "STALE", "FRESH"  # a study row's patient_id, and what its instance's metadata says
+
+
+def _rows() -> list[tuple[str, dict]]:
+    """One study, series and instance, as rows (a schema version takes the columns it has)."""
+    from tests.synthetic import instance, uid
+    from tests.test_index_contract import new_instance
+
+    item = new_instance(instance(uid(8), uid(8, 1), uid(8, 1, 1), PatientID=FRESH))
+    return [
+        ("study", {"study_key": 1, "partition_name": item.id.partition, "study_uid": uid(8),
+                   "patient_id": STALE, "instance_count": 1, "series_count": 1}),
+        ("series", {"series_key": 1, "study_key": 1, "series_uid": uid(8, 1),
+                    "instance_count": 1}),
+        ("instance", {"version": 1, "series_key": 1, "sop_uid": uid(8, 1, 1), "status": 1,
+                      "created": 0, "metadata": item.metadata, "size": 1}),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_an_upgrade_rebuilds_search_data_only_across_a_migration_that_needs_it(engine, tmp_path):
+    """From every earlier schema version, with data in it: the search data is derived anew from
+    the stored metadata only when a migration in between changed it (SQLite's 2), never on
+    PostgreSQL, whose migration numbers mean other things."""
+    for start in range(1, migrations.latest(engine)):
+        rows = _rows()
+        if engine == "sqlite":
+            path = tmp_path / f"v{start}.sqlite"
+            conn = sqlite3.connect(path)
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for number, sql in migrations.scripts("sqlite")[:start]:
+                conn.executescript(sql)
+                conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
+
+            for table, values in rows:
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                names = [c for c in values if c in have]
+                marks = ", ".join("?" * len(names))
+                conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})",
+                             [values[c] for c in names])  # fmt: skip
+            conn.commit()
+            conn.close()
+            asyncio.run(_start_and_close(SqliteIndex(str(path))))
+            conn = sqlite3.connect(path)
+            found = conn.execute("SELECT patient_id FROM study").fetchone()[0]
+            conn.close()
+        else:
+            with index_database("postgresql", migrated=False) as url:
+                found = asyncio.run(_postgres_upgrade(url, start, rows))
+        expected = FRESH if engine == "sqlite" and start < 2 else STALE  # SQLite's 2 added them
+        assert found == expected, (engine, start)
+
+
+async def _postgres_upgrade(url: str, start: int, rows) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        for number, sql in migrations.scripts("postgresql")[:start]:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+        for table, values in rows:
+            have = {r[0] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+                table)}  # fmt: skip
+            names = [c for c in values if c in have]
+            await conn.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                f"({', '.join(f'${i + 1}' for i in range(len(names)))})",
+                *[values[c] for c in names],
+            )
+    finally:
+        await conn.close()
+    await _start_and_close(PostgresIndex(url))
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT patient_id FROM study")
+    finally:
+        await conn.close()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-# Migrations after which search columns, level documents and counters are derived anew from
-# the stored metadata (by the current code, once every script has run).
-REBUILDS_SEARCH = {2}
+# Per engine (their numbers mean different things), the migrations after which search
+# columns, level documents and counters are derived anew from the stored metadata (by the
+# current code, once every script has run): SQLite's 0002_search added them; PostgreSQL's
+# schema had them from its first migration.
+REBUILDS_SEARCH = {"sqlite": {2}, "postgresql": set()}
 
 
 def _folder(engine: str):
@@ -39,4 +41,4 @@ def declared_schema(engine: str) -> str:
 
 
 def needs_rebuild(current: int, engine: str) -> bool:
-    return current > 0 and any(current < n <= latest(engine) for n in REBUILDS_SEARCH)
+    return current > 0 and any(current < n <= latest(engine) for n in REBUILDS_SEARCH[engine])
