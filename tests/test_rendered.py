@@ -122,6 +122,52 @@ def test_default_rendering_matches_pydicom(client, name):
         assert close(got.reshape(expected.shape), expected)
 
 
+def _implicit(name: str) -> TestFile:
+    """A test file re-encoded as Implicit VR Little Endian (what C-STORE commonly delivers),
+    with file meta added where it had none, under new UIDs."""
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+
+    ds = read(open(get_testdata_file(name), "rb").read(), force=True)  # noqa: SIM115
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return TestFile(name, out.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                    ds.SOPInstanceUID)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", ["gdcm-US-ALOKA-16.dcm", "OT-PAL-8-face.dcm", "vlut_04.dcm", "mlut_18.dcm"]
+)
+def test_implicit_vr_palettes_and_luts_render(client, name):
+    """Palette descriptors and LUT items of an Implicit VR instance reach the renderer with
+    their values and byte order: the image matches pydicom's, and so does the thumbnail's
+    existence."""
+    f = _implicit(name)
+    assert stow(client, f.data).status_code in (200, 202)
+    got = png(client, url(f, "/rendered"))
+    expected = reference(f)
+    assert close(got.reshape(expected.shape), expected)
+    thumb = client.get(url(f, "/thumbnail"), headers={"Accept": "image/jpeg"})
+    assert thumb.status_code == 200, thumb.text
+
+
+def test_an_invalid_image_pixel_module_is_named(client):
+    """badVR.dcm has pixel data but NumberOfFrames '1A': 406 saying so, not 'no pixel data'."""
+    f = next(f for f in storable_files() if f.name == "badVR.dcm")
+    assert stow(client, f.data).status_code in (200, 202)
+    for suffix in ("/rendered", "/thumbnail"):
+        r = client.get(url(f, suffix), headers={"Accept": "image/jpeg"})
+        assert r.status_code == 406, r.text
+        assert "NumberOfFrames '1A' is not an integer" in r.json()["detail"]
+
+
 @pytest.mark.parametrize("function", ["linear", "linear-exact", "sigmoid"])
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "RG3_J2KR.dcm", "mlut_18.dcm"])
 def test_requested_window(client, name, function):

@@ -138,6 +138,10 @@ def describe(uid: str) -> str:
     return f"{syntax.name} ({uid})" if syntax else uid
 
 
+_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel",
+                 "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PixelInfo:
     """The Image Pixel module (PS3.3 C.7.6.3) of an instance's integer Pixel Data."""
@@ -172,6 +176,21 @@ class PixelInfo:
             )
         except (AttributeError, TypeError, ValueError):
             return None
+
+    @staticmethod
+    def defect(ds: Dataset) -> str:
+        """Why ``of`` found no complete Image Pixel module in ``ds``."""
+        for keyword in _PIXEL_MODULE:
+            value = ds.get(keyword)
+            if value is None or value == "":
+                if keyword in ("Rows", "Columns", "BitsAllocated"):
+                    return f"{keyword} is missing"
+                continue
+            try:
+                int(value)
+            except (TypeError, ValueError):
+                return f"{keyword} {str(value)[:32]!r} is not an integer"
+        return "it is incomplete"
 
     @property
     def valid(self) -> bool:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -94,10 +97,13 @@ def _float(text: str, name: str) -> float:
     return value
 
 
-def presentation(header: Dataset, frame: int) -> Dataset:
+def presentation(header: Dataset, frame: int) -> bytes:
     """The attributes rendering frame ``frame`` (1-based) needs: the Image Pixel and
     presentation attributes of group 0028, with an enhanced multi-frame instance's shared and
-    per-frame rescale and window in place (PS3.3 C.7.6.16)."""
+    per-frame rescale and window in place (PS3.3 C.7.6.16). Encoded as an Explicit VR Little
+    Endian data set: what crosses to the worker process is bytes (pydicom's converted values
+    need not pickle), and palette and LUT data keep a known VR and byte order however the
+    instance was stored (``look`` reads them back)."""
     ds = Dataset()
     for element in header:
         if element.tag.group == 0x0028 or element.tag in _PRESENTATION:
@@ -107,7 +113,19 @@ def presentation(header: Dataset, frame: int) -> Dataset:
             if tag in groups and groups[tag].value:
                 for element in groups[tag].value[0]:
                     ds.add(element)
-    return ds
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_dataset(out, correct_ambiguous_vr(ds, True))
+    return out.getvalue()
+
+
+def look(data: bytes) -> Dataset:
+    """The presentation attributes ``presentation`` encoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True)
 
 
 def _functional_groups(header: Dataset, frame: int) -> list[Dataset]:
@@ -122,9 +140,11 @@ def _functional_groups(header: Dataset, frame: int) -> list[Dataset]:
 
 
 def render(
-    info: PixelInfo, source: str, frames: list[bytes], looks: list[Dataset], params: Params
+    info: PixelInfo, source: str, frames: list[bytes], encoded: list[bytes], params: Params
 ) -> bytes:
-    """Frames (each with its presentation attributes) as one image, or an animated GIF."""
+    """Frames (each with its presentation attributes, see ``presentation``) as one image, or an
+    animated GIF."""
+    looks = [look(data) for data in encoded]
     images = [
         _viewport(Image.fromarray(to_8bit(info, source, f, ds, params.window)), params.viewport)
         for f, ds in zip(frames, looks, strict=True)
