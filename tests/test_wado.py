@@ -97,6 +97,37 @@ def test_instance_single_part_with_cache_headers(loaded):
     assert again.status_code == 304
 
 
+def test_each_representation_has_its_own_etag(loaded):
+    """An as-stored file and a conversion of the same URL carry different validators, so
+    If-None-Match never answers 304 to a client holding the other; every negotiated response
+    varies with Accept (instance, frames, rendered, bulk data)."""
+    client, _ = loaded
+    cases = [
+        ("", "application/dicom; transfer-syntax=*",
+         "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
+        ("/frames/1", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50",
+         "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"),
+        ("/rendered", "image/png", "image/jpeg"),
+        ("/bulkdata/7FE00010", "multipart/related; type=\"image/jpeg\"; "
+         "transfer-syntax=1.2.840.10008.1.2.4.50",
+         "multipart/related; type=\"application/octet-stream\"; "
+         "transfer-syntax=1.2.840.10008.1.2.1"),
+    ]  # fmt: skip
+    for suffix, one, other in cases:
+        a = client.get(url(JPEG, suffix), headers={"Accept": one})
+        b = client.get(url(JPEG, suffix), headers={"Accept": other})
+        assert a.status_code == b.status_code == 200, (suffix, a.text, b.text)
+        assert a.content != b.content, suffix
+        assert a.headers["etag"] != b.headers["etag"], suffix
+        assert a.headers["vary"] == b.headers["vary"] == "Accept", suffix
+        held_a = {"Accept": other, "If-None-Match": a.headers["etag"]}
+        assert client.get(url(JPEG, suffix), headers=held_a).status_code == 200, suffix
+        held_b = {"Accept": other, "If-None-Match": b.headers["etag"]}
+        again = client.get(url(JPEG, suffix), headers=held_b)
+        assert again.status_code == 304, suffix
+        assert again.headers["etag"] == b.headers["etag"] and again.headers["vary"] == "Accept"
+
+
 def test_series_level_retrieve(loaded):
     client, second = loaded
     r = client.get(url(CT, level="series"))

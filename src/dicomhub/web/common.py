@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -97,22 +98,39 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def not_modified(request: Request, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2: weak comparison) names ``etag``."""
     wanted = request.headers.get("if-none-match")
     if not wanted:
         return False
-    return wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]
+    return wanted.strip() == "*" or _opaque(etag) in [_opaque(t) for t in wanted.split(",")]
 
 
-def cache_headers(instance: StoredInstance) -> dict[str, str]:
-    """Stored instances never change: their version is a strong validator."""
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def cache_headers(
+    instance: StoredInstance, representation: str = "", weak: bool = False
+) -> dict[str, str]:
+    """Stored instances never change, so their version validates what is made of them; each
+    representation of a resource (media type, transfer syntax, rendering parameters; empty:
+    the stored file itself) gets a validator of its own, so that a client or cache holding one
+    is never told (304) it holds another, and the response varies with Accept. A multipart
+    body's boundary is new each time: its validator is weak."""
+    tag = str(instance.version)
+    if representation:
+        tag += "-" + hashlib.sha256(representation.encode()).hexdigest()[:16]
     return {
-        "ETag": f'"{instance.version}"',
+        "ETag": f'{"W/" if weak else ""}"{tag}"',
         "Last-Modified": format_datetime(instance.created, usegmt=True),
+        "Vary": "Accept",
     }
 
 
-def not_modified_response(etag: str) -> Response:
-    return Response(status_code=304, headers={"ETag": etag})
+def not_modified_response(headers: dict[str, str]) -> Response:
+    kept = ("ETag", "Vary", "Last-Modified")
+    return Response(status_code=304, headers={k: v for k, v in headers.items() if k in kept})
 
 
 def param(q, name: str) -> str | None:

@@ -48,9 +48,11 @@ async def rendered(request: Request) -> Response:
     if scope.sop is None:
         return await _several(request, [i for i in instances if has_pixels(i)])
     instance = instances[0]
-    headers = cache_headers(instance) | {"Vary": "Accept"}
+    # one representation per Accept and parameters (rendering is a function of them)
+    representation = f"rendered; {request.headers.get('accept', '*/*')}; {request.url.query}"
+    headers = cache_headers(instance, representation, weak=True)
     if not_modified(request, headers["ETag"]):
-        return not_modified_response(headers["ETag"])
+        return not_modified_response(headers)
     if "frames" not in request.path_params and not has_pixels(instance):
         return await _document(request, instance, headers)
     stored = SYNTAXES.get(instance.transfer_syntax)

@@ -55,9 +55,13 @@ async def retrieve(request: Request) -> Response:
         targets = pixels.targets(instances[0], await pixels.info(instances[0]))
         choice = negotiate(accept, [replace(items[0], targets=targets)], single)
     parts = [Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
-    headers = cache_headers(instances[0]) if single else {}
-    if single and not_modified(request, headers["ETag"]):
-        return not_modified_response(headers["ETag"])
+    headers = {"Vary": "Accept"}
+    if single:
+        as_stored = not choice.multipart and not parts[0].converted
+        headers = cache_headers(instances[0], "" if as_stored else parts[0].media,
+                                weak=choice.multipart)  # fmt: skip
+        if not_modified(request, headers["ETag"]):
+            return not_modified_response(headers)
     local = zero_copy(request)
     if not choice.multipart:
         content = await parts[0].open(fallback=False, local=local)
@@ -81,9 +85,10 @@ async def retrieve(request: Request) -> Response:
 async def metadata(request: Request) -> Response:
     media_type = require_json_accept(request)
     result = await archive(request).retrieve.metadata(scope_of(request), base_url(request))
+    headers = {"ETag": result.etag, "Vary": "Accept"}
     if not_modified(request, result.etag):
-        return not_modified_response(result.etag)
-    return Response(result.body, media_type=media_type, headers={"ETag": result.etag})
+        return not_modified_response(headers)
+    return Response(result.body, media_type=media_type, headers=headers)
 
 
 async def frames(request: Request) -> Response:
@@ -94,9 +99,9 @@ async def frames(request: Request) -> Response:
     media, syntax, multipart = await _negotiate_frames(
         request, the_archive, instance, single_allowed=len(numbers) == 1
     )
-    headers = cache_headers(instance)
+    headers = cache_headers(instance, f"{media}; transfer-syntax={syntax}", weak=multipart)
     if not_modified(request, headers["ETag"]):
-        return not_modified_response(headers["ETag"])
+        return not_modified_response(headers)
     data = await the_archive.pixels.frames(instance, numbers, syntax)
     if not multipart:
         return Response(data[0], media_type=f"{media}; transfer-syntax={syntax}", headers=headers)
@@ -125,9 +130,12 @@ async def bulkdata(request: Request) -> Response:
     instance = (await retrieve.instances(scope))[0]
     path = request.path_params["path"]
     accept = parse_accept(request.headers.get("accept"))
-    headers = cache_headers(instance)
+    # one representation per Accept (negotiation is a function of it and the instance); weak:
+    # a multipart answer's boundary is new each time
+    representation = "bulkdata; " + request.headers.get("accept", "*/*")
+    headers = cache_headers(instance, representation, weak=True)
     if not_modified(request, headers["ETag"]):
-        return not_modified_response(headers["ETag"])
+        return not_modified_response(headers)
     location = retrieve.bulkdata_location(instance, path)
     if location is None:
         data = await retrieve.bulkdata_by_parsing(instance, path)
