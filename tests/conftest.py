@@ -38,6 +38,32 @@ def pytest_sessionfinish(session, exitstatus):
         context.__exit__(None, None, None)
 
 
+# The real components the tiers of the suite need; each ran, or why its tests were skipped.
+TIERS = ("PostgreSQL", "Azurite", "SeaweedFS", "FHIR server", "Orthanc", "DCMTK")
+_tiers: dict[str, str] = {}
+
+
+def ran(component: str) -> None:
+    _tiers[component] = "ran"
+
+
+def unavailable(exc: components.Unavailable):
+    """A component a test needs cannot run here: the test is skipped, naming it; under CI
+    (``CI=true``) it fails instead, since CI must run every tier."""
+    if _tiers.get(exc.component) != "ran":
+        _tiers[exc.component] = f"skipped: {exc}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI needs every tier: {exc}", pytrace=False)
+    pytest.skip(str(exc))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which tiers ran (a green run with a tier skipped is not a full run)."""
+    terminalreporter.section("tiers")
+    for tier in TIERS:
+        terminalreporter.write_line(f"{tier}: {_tiers.get(tier, 'not needed by the tests run')}")
+
+
 @contextlib.contextmanager
 def index_database(kind: str, migrated: bool = True):
     """The URL of an empty index of ``kind``: in-memory SQLite, or a database of its own on
@@ -50,7 +76,8 @@ def index_database(kind: str, migrated: bool = True):
         database = components.postgres_database(_postgres_template() if migrated else None)
         url = database.__enter__()
     except components.Unavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(exc)
+    ran("PostgreSQL")
     try:
         yield url
     finally:
@@ -136,11 +163,12 @@ def running_server(data: Path, **env_settings: str):
         log.close()
 
 
-def _component(start, tmp_path_factory, name):
+def _component(start, tmp_path_factory, name, tier):
     """A session-wide component (see components.py), its credentials in this process's
     environment; skipped with the reason when it cannot run here."""
     try:
         with start(tmp_path_factory.mktemp(name)) as store:
+            ran(tier)
             saved = {k: os.environ.get(k) for k in store.env}
             os.environ.update(store.env)
             yield store
@@ -150,22 +178,22 @@ def _component(start, tmp_path_factory, name):
                 else:
                     os.environ[k] = v
     except components.Unavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(exc)
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
-    yield from _component(components.azurite, tmp_path_factory, "azurite")
+    yield from _component(components.azurite, tmp_path_factory, "azurite", "Azurite")
 
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
-    yield from _component(components.seaweedfs, tmp_path_factory, "seaweedfs")
+    yield from _component(components.seaweedfs, tmp_path_factory, "seaweedfs", "SeaweedFS")
 
 
 @pytest.fixture(scope="session")
 def fhir_server(tmp_path_factory):
-    yield from _component(components.fhir_server, tmp_path_factory, "fhir")
+    yield from _component(components.fhir_server, tmp_path_factory, "fhir", "FHIR server")
 
 
 BACKENDS = ["embedded", "scale-out"]

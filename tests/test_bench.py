@@ -9,16 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from bench.native import curl_available
 from bench.report import NATIVE, TARGETS
 from bench.servers import orthanc_available
 
+from tests.components import Unavailable
+from tests.conftest import ran, unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(orthanc_available() is not None, reason=str(orthanc_available()))
 def test_smoke_run_against_orthanc(tmp_path):
+    if orthanc_available() is not None:
+        unavailable(Unavailable("Orthanc", str(orthanc_available())))
+    ran("Orthanc")
     out = tmp_path / "results.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--profile", "smoke", "--out", str(out)],

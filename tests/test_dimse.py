@@ -18,13 +18,18 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.components import Unavailable, orthanc
-from tests.conftest import ROOT, free_port, running_server
+from tests.conftest import ROOT, free_port, ran, running_server, unavailable
 from tests.dicomfiles import read, storable_files
 from tests.synthetic import instance, uid
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("dcmsend") is None, reason="DCMTK (Debian dcmtk) is not installed"
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def dcmtk_installed():
+    if shutil.which("dcmsend") is None:
+        unavailable(Unavailable("DCMTK", "Debian dcmtk is not installed"))
+    ran("DCMTK")
+
+
 CALLERS = "MODALITY=store,VIEWER=find+retrieve,ROGUE@10.9.9.9=store"
 # pynetdicom aborts the association on these RLE files as DCMTK sends them (it reports a C-STORE
 # of SOP Class '31', which the files do not hold): nothing is stored; storescp takes them.
@@ -649,7 +654,8 @@ def orthanc_peer(tmp_path_factory):
                 DicomModalities={"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
             ))  # fmt: skip
         except Unavailable as exc:
-            pytest.skip(str(exc))
+            unavailable(exc)
+        ran("Orthanc")
         base, _ = stack.enter_context(running_server(
             tmp_path_factory.mktemp("dicomhub-peer"),
             dimse_port=str(dimse_port),

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.components import Unavailable, orthanc
-from tests.conftest import running_server
+from tests.conftest import ran, running_server, unavailable
 from tests.dicomfiles import load, read, with_new_uids
 from tests.synthetic import uid
 
@@ -27,7 +27,8 @@ def peers(tmp_path_factory):
             url = stack.enter_context(orthanc(tmp_path_factory.mktemp("orthanc"),
                                               DicomWeb=dicomweb))  # fmt: skip
         except Unavailable as exc:
-            pytest.skip(str(exc))
+            unavailable(exc)
+        ran("Orthanc")
         yield url, base
 
 
