@@ -70,7 +70,7 @@ STUDY_TYPES = [  # (modalities of the study's series, study description, body pa
     (("MG",), "MG SCREENING BILATERAL", "BREAST"),
     (("DX",), "XR CHEST PA", "CHEST"),
     (("NM",), "NM BONE SCAN", "WHOLEBODY"),
-]  # fmt: skip
+]
 GROUPS = {"reference": 1, "frames": 2, "search": 3, "stow": 10}  # stow runs use 10, 11, ...
 
 

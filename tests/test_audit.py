@@ -47,9 +47,13 @@ def bearer(issuer: Issuer, *roles: str, **claims) -> dict[str, str]:
 @pytest.fixture
 def client(issuer, tmp_path, index_url):
     settings = Settings(
-        data_dir=str(tmp_path), index_url=index_url, blob_url="memory://",
-        auth_issuer=issuer.url, auth_audience=AUDIENCE, delete_delay=0,
-    )  # fmt: skip
+        data_dir=str(tmp_path),
+        index_url=index_url,
+        blob_url="memory://",
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
+        delete_delay=0,
+    )
     with TestClient(create_app(settings, build_archive(settings))) as c:
         yield c
 
@@ -79,17 +83,29 @@ def test_every_kind_of_request_is_audited(client, issuer):
         ("GET", "/v2/extendedquerytags", reader, 200, "read", "viewer"),
         ("DELETE", instance_path, reader, 403, "delete", "viewer"),
         ("DELETE", instance_path, None, 401, "delete", None),
-        ("GET", f"/v2/studies/{STUDY}/metadata", {"Authorization": "Bearer x.y.z"}, 401,
-         "read", None),
+        (
+            "GET",
+            f"/v2/studies/{STUDY}/metadata",
+            {"Authorization": "Bearer x.y.z"},
+            401,
+            "read",
+            None,
+        ),
         ("DELETE", instance_path, admin, 204, "delete", "admin"),
         ("GET", instance_path + "/bulkdata/7FE00010", reader, 404, "read", "viewer"),
         ("POST", "/v2/extendedquerytags", admin, 202, "manageExtendedQueryTags", "admin"),
-        ("DELETE", "/v2/extendedquerytags/PatientWeight", reader, 403, "manageExtendedQueryTags",
-         "viewer"),
+        (
+            "DELETE",
+            "/v2/extendedquerytags/PatientWeight",
+            reader,
+            403,
+            "manageExtendedQueryTags",
+            "viewer",
+        ),
         ("GET", "/v2/operations/" + "0" * 32, reader, 404, "read", "viewer"),
         ("GET", "/v2/fhir/status", reader, 403, "admin", "viewer"),
         ("GET", "/metrics", admin, 200, "admin", "admin"),
-    ]  # fmt: skip
+    ]
     sizes = []  # (sent, received) of each call
     for method, path, headers, status, _, _ in calls:
         headers = dict(headers or {})
@@ -109,8 +125,10 @@ def test_every_kind_of_request_is_audited(client, issuer):
         entries, calls, sizes, strict=False
     ):
         assert (entry["method"], entry["path"], entry["status"]) == (
-            method, path.split("?")[0], status
-        )  # fmt: skip
+            method,
+            path.split("?")[0],
+            status,
+        )
         assert entry["action"] == action, entry
         assert entry["principal"] == principal, entry
         assert entry["protocol"] == "http" and entry["address"] == "testclient"
@@ -144,8 +162,11 @@ def test_no_token_ever_reaches_the_log(client, issuer):
 
 def test_caller_audit_headers_are_kept_within_limits(client, issuer):
     reader = bearer(issuer, "globalReader")
-    headers = {**reader, "X-Dicomhub-Audit-Purpose": "second opinion",
-               "X-MS-AZUREDICOM-AUDIT-Ticket": "INC-1234"}  # fmt: skip
+    headers = {
+        **reader,
+        "X-Dicomhub-Audit-Purpose": "second opinion",
+        "X-MS-AZUREDICOM-AUDIT-Ticket": "INC-1234",
+    }
     assert client.get("/v2/studies", headers=headers).status_code == 200
     many = {**reader, **{f"X-Dicomhub-Audit-H{i}": "x" for i in range(11)}}
     r = client.get("/v2/studies", headers=many)
@@ -162,8 +183,14 @@ def test_caller_audit_headers_are_kept_within_limits(client, issuer):
 def test_the_audit_api_is_admin_only_and_filters(client, issuer):
     assert client.get("/v2/audit", headers=bearer(issuer, "globalReader")).status_code == 403
     assert client.get("/v2/audit").status_code == 401
-    assert stow(client, instance(STUDY, SERIES, SOPS[0]),
-                headers=bearer(issuer, "globalWriter", sub="w")).status_code == 200  # fmt: skip
+    assert (
+        stow(
+            client,
+            instance(STUDY, SERIES, SOPS[0]),
+            headers=bearer(issuer, "globalWriter", sub="w"),
+        ).status_code
+        == 200
+    )
     other = uid(71, 1)
     for sub in ("r1", "r2"):
         client.get(f"/v2/studies/{other}/metadata", headers=bearer(issuer, "globalReader", sub=sub))
@@ -181,9 +208,16 @@ def test_the_audit_api_is_admin_only_and_filters(client, issuer):
     assert audit(client, issuer, since=later.isoformat()) == []
     assert len(audit(client, issuer, until=later.isoformat())) > len(everything)
     admin = bearer(issuer, "globalAdmin")
-    for bad in ({"limit": "0"}, {"limit": "1001"}, {"since": "yesterday"},
-                {"until": "2024-01-01T00:00:00"}, {"action": "fly"}, {"status": "4041"},
-                {"study": "not-a-uid"}, {"offset": "-1"}):  # fmt: skip
+    for bad in (
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"since": "yesterday"},
+        {"until": "2024-01-01T00:00:00"},
+        {"action": "fly"},
+        {"status": "4041"},
+        {"study": "not-a-uid"},
+        {"offset": "-1"},
+    ):
         r = client.get("/v2/audit", params=bad, headers=admin)
         assert r.status_code == 400, (bad, r.text)
 

@@ -89,9 +89,14 @@ def _hs256(issuer: Issuer, secret: bytes, now: int) -> str:
 def every_route(app) -> list[tuple[str, str]]:
     """(method, concrete path) of every route of the app."""
     values = {
-        "study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5", "frames": "1",
-        "path": "7FE00010", "tag": "00101010", "operation": "0" * 32,
-    }  # fmt: skip
+        "study": "1.2.3",
+        "series": "1.2.3.4",
+        "sop": "1.2.3.4.5",
+        "frames": "1",
+        "path": "7FE00010",
+        "tag": "00101010",
+        "operation": "0" * 32,
+    }
     out = []
     for route in app.routes:
         if not isinstance(route, Route):
@@ -182,16 +187,34 @@ def test_a_refused_store_or_delete_changes_nothing(client, issuer):
 def test_a_role_file_with_another_claim(issuer, tmp_path):
     """Keycloak-style nested roles claim; notDataActions take away what dataActions grant."""
     roles = tmp_path / "roles.json"
-    roles.write_text(json.dumps({"roles": [
-        {"name": "radiologist", "dataActions": ["*"], "notDataActions": ["delete", "admin"],
-         "scopes": ["/"]},
-        {"name": "auditor", "dataActions": ["admin"], "notDataActions": [], "scopes": ["/"]},
-    ]}))  # fmt: skip
+    roles.write_text(
+        json.dumps(
+            {
+                "roles": [
+                    {
+                        "name": "radiologist",
+                        "dataActions": ["*"],
+                        "notDataActions": ["delete", "admin"],
+                        "scopes": ["/"],
+                    },
+                    {
+                        "name": "auditor",
+                        "dataActions": ["admin"],
+                        "notDataActions": [],
+                        "scopes": ["/"],
+                    },
+                ]
+            }
+        )
+    )
     settings = Settings(
-        data_dir=str(tmp_path), blob_url="memory://", auth_issuer=issuer.url,
-        auth_audience=AUDIENCE, auth_roles_claim="realm_access.roles",
+        data_dir=str(tmp_path),
+        blob_url="memory://",
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
+        auth_roles_claim="realm_access.roles",
         auth_roles_file=str(roles),
-    )  # fmt: skip
+    )
     with TestClient(create_app(settings, build_archive(settings))) as c:
 
         def status(method, path, *names, claim="realm_access"):
@@ -207,9 +230,13 @@ def test_a_role_file_with_another_claim(issuer, tmp_path):
         assert status("GET", "/v2/studies", "radiologist", claim="roles") == 403
     # a space-separated string claim (OAuth2 scope style)
     settings = Settings(
-        data_dir=str(tmp_path), blob_url="memory://", auth_issuer=issuer.url,
-        auth_audience=AUDIENCE, auth_roles_claim="scp", auth_roles_file=str(roles),
-    )  # fmt: skip
+        data_dir=str(tmp_path),
+        blob_url="memory://",
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
+        auth_roles_claim="scp",
+        auth_roles_file=str(roles),
+    )
     with TestClient(create_app(settings, build_archive(settings))) as c:
         token = issuer.token(scp="openid radiologist")
         r = c.get("/v2/studies", headers={"Authorization": f"Bearer {token}"})
@@ -231,9 +258,11 @@ def test_a_bad_role_file_stops_the_start(issuer, tmp_path, document, error):
     roles = tmp_path / "roles.json"
     roles.write_text(json.dumps(document))
     settings = Settings(
-        data_dir=str(tmp_path), auth_issuer=issuer.url, auth_audience=AUDIENCE,
+        data_dir=str(tmp_path),
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
         auth_roles_file=str(roles),
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match=error):
         create_app(settings, build_archive(settings))
 
@@ -254,9 +283,12 @@ def test_keys_rotate(issuer, tmp_path):
     """A token signed with a key the cached JWKS lacks makes the validator fetch the keys again,
     at most once per auth_key_refresh seconds."""
     settings = Settings(
-        data_dir=str(tmp_path), blob_url="memory://", auth_issuer=issuer.url,
-        auth_audience=AUDIENCE, auth_key_refresh=0.5,
-    )  # fmt: skip
+        data_dir=str(tmp_path),
+        blob_url="memory://",
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
+        auth_key_refresh=0.5,
+    )
     with TestClient(create_app(settings, build_archive(settings))) as client:
         first = {"Authorization": "Bearer " + issuer.token()}
         assert client.get("/v2/studies", headers=first).status_code == 200
@@ -272,9 +304,11 @@ def test_keys_rotate(issuer, tmp_path):
 def test_settings_refuse_symmetric_algorithms(tmp_path, issuer):
     for algorithms in ("HS256", "RS256,none", ""):
         settings = Settings(
-            data_dir=str(tmp_path), auth_issuer=issuer.url, auth_audience=AUDIENCE,
+            data_dir=str(tmp_path),
+            auth_issuer=issuer.url,
+            auth_audience=AUDIENCE,
             auth_algorithms=algorithms,
-        )  # fmt: skip
+        )
         with pytest.raises(ValueError):
             create_app(settings, build_archive(settings))
     settings = Settings(data_dir=str(tmp_path), auth_issuer=issuer.url)
@@ -284,8 +318,18 @@ def test_settings_refuse_symmetric_algorithms(tmp_path, issuer):
 
 def test_serve_refuses_to_expose_an_unauthenticated_archive(tmp_path):
     port = free_port()
-    command = [sys.executable, "-m", "dicomhub", "serve", "--host", "0.0.0.0", "--port", str(port),
-               "--data-dir", str(tmp_path)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dicomhub",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+    ]
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "without authentication" in refused.stderr
     allowed = subprocess.Popen(

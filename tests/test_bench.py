@@ -26,8 +26,11 @@ def test_smoke_run_against_orthanc(tmp_path):
     out = tmp_path / "results.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--profile", "smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(out.read_text())
     servers = results["servers"]
@@ -60,8 +63,11 @@ def test_scale_mode_smoke(tmp_path):
     out = tmp_path / "scale.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "scale", "--instances", "300", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r["stored"] for r in results["ingest"]][-1] == 300
@@ -71,10 +77,22 @@ def test_scale_mode_smoke(tmp_path):
 def test_search_plans_smoke(tmp_path):
     """bench/search.py writes an index straight into the schema: it must follow migrations."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.search", "--instances", "400", "--repeat", "1",
-         "--db", str(tmp_path / "search.sqlite")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.search",
+            "--instances",
+            "400",
+            "--repeat",
+            "1",
+            "--db",
+            str(tmp_path / "search.sqlite"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # exit status 1 means a keyed search scanned a table: on 400 instances the planner may
     # rightly prefer that, so only a crash fails here
     assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr[-3000:]

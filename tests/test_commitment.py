@@ -37,8 +37,9 @@ def reports():
     ae = AE(ae_title="MODALITY")
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     port = free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False,
-                          evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])  # fmt: skip
+    scp = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
     yield port, arrived
     scp.shutdown()
 
@@ -70,8 +71,14 @@ def request(transaction: str, references: list[tuple[str, str]]) -> Dataset:
     return info
 
 
-def ask(port: int, calling: str, info, action: int = 1, instance_uid: str = WELL_KNOWN,
-        wait_for_report: bool = False):  # fmt: skip
+def ask(
+    port: int,
+    calling: str,
+    info,
+    action: int = 1,
+    instance_uid: str = WELL_KNOWN,
+    wait_for_report: bool = False,
+):
     """Send the N-ACTION; its status, and the report when it came on the same association."""
     arrived: queue.Queue = queue.Queue()
 
@@ -81,8 +88,9 @@ def ask(port: int, calling: str, info, action: int = 1, instance_uid: str = WELL
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB",
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])  # fmt: skip
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="DICOMHUB", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
     assert assoc.is_established
     try:
         status, _ = assoc.send_n_action(info, action, StorageCommitmentPushModel, instance_uid)
@@ -148,7 +156,7 @@ def test_an_undeliverable_report_is_audited(server):
             e
             for e in audit(base, "KEEPER", "N-EVENT-REPORT")
             if e["detail"]["transaction"] == uid(70, 102)
-        ]  # fmt: skip
+        ]
     )
     assert lost[0]["status"] == 0x0110 and lost[0]["detail"]["failed"] == 0
     assert lost[0]["detail"]["message"] == "the report was not delivered"

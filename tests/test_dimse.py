@@ -41,8 +41,7 @@ def destination(tmp_path_factory):
     """DCMTK's storescp, bit-preserving, as the C-MOVE destination DEST: (port, its folder)."""
     folder = tmp_path_factory.mktemp("dest")
     port = free_port()
-    scp = subprocess.Popen(["storescp", "+B", "+xa", "-aet", "DEST", "-od", str(folder),
-                            str(port)])  # fmt: skip
+    scp = subprocess.Popen(["storescp", "+B", "+xa", "-aet", "DEST", "-od", str(folder), str(port)])
     _wait_for_port(port)
     yield port, folder
     scp.terminate()
@@ -54,8 +53,8 @@ def server(tmp_path_factory, destination):
     port = free_port()
     data = tmp_path_factory.mktemp("dimse")
     peers = f"DEST=127.0.0.1:{destination[0]},GONE=127.0.0.1:{free_port()}"
-    with running_server(data, dimse_port=str(port), dimse_callers=CALLERS,
-                        dimse_peers=peers) as (base, proc):  # fmt: skip
+    settings = dict(dimse_port=str(port), dimse_callers=CALLERS, dimse_peers=peers)
+    with running_server(data, **settings) as (base, proc):
         _wait_for_port(port)
         yield base, port, proc
 
@@ -114,8 +113,17 @@ def test_dcmsend_stores_exactly_what_was_sent(server, tmp_path):
         _wait_for_port(peer)
         for target in (peer, port):
             for path in paths:  # an association each: one aborted loses no other file
-                dcmtk("dcmsend", "-aet", "MODALITY", "-aec", "DICOMHUB", "--decompress-never",
-                      "127.0.0.1", str(target), path)  # fmt: skip
+                dcmtk(
+                    "dcmsend",
+                    "-aet",
+                    "MODALITY",
+                    "-aec",
+                    "DICOMHUB",
+                    "--decompress-never",
+                    "127.0.0.1",
+                    str(target),
+                    path,
+                )
     finally:
         scp.terminate()
         scp.wait(10)
@@ -207,8 +215,12 @@ def test_a_bad_caller_list_is_refused(spec):
 
 def test_junk_never_takes_the_adapter_down(server):
     _, port, proc = server
-    for junk in (b"\x00" * 10, b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00" + b"\xff" * 4 + b"x" * 100,
-                 struct.pack(">BBI", 1, 0, 0xFFFFFFFF) + b"\x00" * 64):  # fmt: skip
+    for junk in (
+        b"\x00" * 10,
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x01\x00" + b"\xff" * 4 + b"x" * 100,
+        struct.pack(">BBI", 1, 0, 0xFFFFFFFF) + b"\x00" * 64,
+    ):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(junk)
             try:
@@ -240,8 +252,18 @@ def test_an_aborted_association_is_audited(server):
 
 
 def test_an_open_dimse_service_stays_on_loopback(tmp_path):
-    command = [sys.executable, "-m", "dicomhub", "dimse", "--host", "0.0.0.0",
-               "--dimse-port", str(free_port()), "--data-dir", str(tmp_path)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dicomhub",
+        "dimse",
+        "--host",
+        "0.0.0.0",
+        "--dimse-port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path),
+    ]
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "--dimse-callers" in refused.stderr
     bad_list = [*command, "--dimse-callers", "CT1=fly"]
@@ -291,10 +313,19 @@ def find_data(server):
         for n, (patient, name, date, modality, series) in enumerate(FIND_STUDIES):
             study = uid(62, n)
             parts = [
-                instance(study, uid(62, n, s), uid(62, n, s, i), PatientID=patient,
-                         PatientName=name, StudyDate=date, Modality=modality, InstanceNumber=i)
-                for s in range(series) for i in range(2)
-            ]  # fmt: skip
+                instance(
+                    study,
+                    uid(62, n, s),
+                    uid(62, n, s, i),
+                    PatientID=patient,
+                    PatientName=name,
+                    StudyDate=date,
+                    Modality=modality,
+                    InstanceNumber=i,
+                )
+                for s in range(series)
+                for i in range(2)
+            ]
             from tests.helpers import stow
 
             assert stow(http, *parts).status_code == 200
@@ -305,8 +336,19 @@ def find_data(server):
 def findscu(port: int, tmp_path, model: str, level: str, **keys: str) -> list:
     out = tmp_path / f"find-{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    args = ["findscu", model, "-aet", "VIEWER", "-aec", "DICOMHUB", "-X", "-od", str(out),
-            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    args = [
+        "findscu",
+        model,
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "DICOMHUB",
+        "-X",
+        "-od",
+        str(out),
+        "-k",
+        f"QueryRetrieveLevel={level}",
+    ]
     for key, value in keys.items():
         args += ["-k", f"{key}={value}"]
     done = dcmtk(*args, "127.0.0.1", str(port))
@@ -339,8 +381,11 @@ def values(results, tag: str) -> set[str]:
 )
 def test_c_find_matches_what_qido_matches(server, find_data, tmp_path, level, keys, path):
     base, port, _ = server
-    returned = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
-                "IMAGE": "SOPInstanceUID"}[level]  # fmt: skip
+    returned = {
+        "STUDY": "StudyInstanceUID",
+        "SERIES": "SeriesInstanceUID",
+        "IMAGE": "SOPInstanceUID",
+    }[level]
     tag = {"STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}[level]
     found = findscu(port, tmp_path, "-S", level, **{returned: "", "PatientName": "", **keys})
     expected = values(qido(base, path, **keys), tag)
@@ -348,23 +393,36 @@ def test_c_find_matches_what_qido_matches(server, find_data, tmp_path, level, ke
     assert {str(ds[returned].value) for ds in found} == expected
     for ds in found:  # the keys asked for, and only those
         assert ds.QueryRetrieveLevel == level
-        assert {e.keyword for e in ds} <= {"SpecificCharacterSet", "QueryRetrieveLevel",
-                                           returned, "PatientName", *keys}  # fmt: skip
+        assert {e.keyword for e in ds} <= {
+            "SpecificCharacterSet",
+            "QueryRetrieveLevel",
+            returned,
+            "PatientName",
+            *keys,
+        }
         assert str(ds.PatientName).startswith("Find^")
 
 
 def test_c_find_in_a_study_and_a_series(server, find_data, tmp_path):
     base, port, _ = server
     study = find_data[0]
-    series = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
-                     SeriesInstanceUID="", Modality="")  # fmt: skip
+    series = findscu(
+        port, tmp_path, "-S", "SERIES", StudyInstanceUID=study, SeriesInstanceUID="", Modality=""
+    )
     assert {str(s.SeriesInstanceUID) for s in series} == values(
         qido(base, f"/v2/studies/{study}/series"), "0020000E"
     )
     assert {s.Modality for s in series} == {"CT"}
     first = uid(62, 0, 0)
-    images = findscu(port, tmp_path, "-S", "IMAGE", StudyInstanceUID=study,
-                     SeriesInstanceUID=first, SOPInstanceUID="")  # fmt: skip
+    images = findscu(
+        port,
+        tmp_path,
+        "-S",
+        "IMAGE",
+        StudyInstanceUID=study,
+        SeriesInstanceUID=first,
+        SOPInstanceUID="",
+    )
     assert {str(i.SOPInstanceUID) for i in images} == {uid(62, 0, 0, 0), uid(62, 0, 0, 1)}
 
 
@@ -376,20 +434,41 @@ def test_c_find_sequence_keys(server, tmp_path):
     base, port, _ = server
     study = uid(67, 1)
     requests = {0: "RP7", 1: "RP8"}
-    parts = [instance(study, uid(67, 2, s), uid(67, 3, s), RequestAttributesSequence=[
-        {"RequestedProcedureID": rp, "ScheduledProcedureStepID": f"SPS{s}"}
-    ]) for s, rp in requests.items()]  # fmt: skip
+    parts = [
+        instance(
+            study,
+            uid(67, 2, s),
+            uid(67, 3, s),
+            RequestAttributesSequence=[
+                {"RequestedProcedureID": rp, "ScheduledProcedureStepID": f"SPS{s}"}
+            ],
+        )
+        for s, rp in requests.items()
+    ]
     with httpx.Client(base_url=base) as http:
         assert stow(http, *parts).status_code == 200
-    found = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
-                    SeriesInstanceUID="",
-                    **{"RequestAttributesSequence[0].RequestedProcedureID": "RP8"})  # fmt: skip
+    found = findscu(
+        port,
+        tmp_path,
+        "-S",
+        "SERIES",
+        StudyInstanceUID=study,
+        SeriesInstanceUID="",
+        **{"RequestAttributesSequence[0].RequestedProcedureID": "RP8"},
+    )
     expected = qido(base, f"/v2/studies/{study}/series", **{"00400275.00401001": "RP8"})
     assert [str(ds.SeriesInstanceUID) for ds in found] == [uid(67, 2, 1)]
     assert values(expected, "0020000E") == {uid(67, 2, 1)}
     assert found[0].RequestAttributesSequence[0].RequestedProcedureID == "RP8"
-    returned = findscu(port, tmp_path, "-S", "SERIES", StudyInstanceUID=study,
-                       SeriesInstanceUID=uid(67, 2, 0), RequestAttributesSequence="")  # fmt: skip
+    returned = findscu(
+        port,
+        tmp_path,
+        "-S",
+        "SERIES",
+        StudyInstanceUID=study,
+        SeriesInstanceUID=uid(67, 2, 0),
+        RequestAttributesSequence="",
+    )
     [item] = returned[0].RequestAttributesSequence
     assert (item.RequestedProcedureID, item.ScheduledProcedureStepID) == ("RP7", "SPS0")
 
@@ -398,8 +477,10 @@ def test_c_find_patient_level(server, find_data, tmp_path):
     _, port, _ = server
     patients = findscu(port, tmp_path, "-P", "PATIENT", PatientID="FIND*", PatientName="")
     assert sorted((str(p.PatientID), str(p.PatientName)) for p in patients) == [
-        ("FIND1", "Find^Alice"), ("FIND2", "Find^Bob"), ("FIND3", "Find^Bea")
-    ]  # fmt: skip
+        ("FIND1", "Find^Alice"),
+        ("FIND2", "Find^Bob"),
+        ("FIND3", "Find^Bea"),
+    ]
 
 
 def test_c_find_statuses_and_audit(server, find_data):
@@ -429,8 +510,10 @@ def test_c_find_statuses_and_audit(server, find_data):
     entries = httpx.get(base + "/v2/audit", params={"action": "read", "limit": 1000}).json()
     finds = [e for e in entries if e["method"] == "C-FIND"]
     assert (finds[-4]["principal"], finds[-4]["status"], finds[-4]["detail"]["matches"]) == (
-        "VIEWER", 0, 1
-    )  # fmt: skip
+        "VIEWER",
+        0,
+        1,
+    )
     assert [e["status"] for e in finds[-3:]] == [0xA900, 0xA900, 0x0124]
 
 
@@ -443,9 +526,25 @@ def test_c_find_cancel(server, find_data, tmp_path):
     parts = [instance(uid(63, 1), uid(63, 2), uid(63, 3, i), PatientID="MANY") for i in range(1500)]
     with httpx.Client(base_url=base, timeout=120) as http:
         assert stow(http, *parts).status_code == 200
-    done = dcmtk("findscu", "-v", "-S", "-aet", "VIEWER", "-aec", "DICOMHUB", "--cancel", "1",
-                 "-k", "QueryRetrieveLevel=IMAGE", "-k", "PatientID=MANY", "-k",
-                 "SOPInstanceUID=", "127.0.0.1", str(port))  # fmt: skip
+    done = dcmtk(
+        "findscu",
+        "-v",
+        "-S",
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "DICOMHUB",
+        "--cancel",
+        "1",
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        "PatientID=MANY",
+        "-k",
+        "SOPInstanceUID=",
+        "127.0.0.1",
+        str(port),
+    )
     text = done.stdout + done.stderr
     assert "Cancel" in text, text[-2000:]
     assert text.count("Find Response:") < 1500
@@ -457,8 +556,18 @@ def test_c_find_cancel(server, find_data, tmp_path):
 def getscu(port: int, out, level: str, calling: str = "VIEWER", **keys: str):
     out.mkdir()
     model = "-P" if level == "PATIENT" else "-S"
-    args = ["getscu", model, "-aet", calling, "-aec", "DICOMHUB", "-od", str(out),
-            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    args = [
+        "getscu",
+        model,
+        "-aet",
+        calling,
+        "-aec",
+        "DICOMHUB",
+        "-od",
+        str(out),
+        "-k",
+        f"QueryRetrieveLevel={level}",
+    ]
     for key, value in keys.items():
         args += ["-k", f"{key}={value}"]
     return dcmtk(*args, "127.0.0.1", str(port))
@@ -469,30 +578,44 @@ def getscu(port: int, out, level: str, calling: str = "VIEWER", **keys: str):
     [
         ("STUDY", {"StudyInstanceUID": uid(62, 0)}, 4),
         ("SERIES", {"StudyInstanceUID": uid(62, 0), "SeriesInstanceUID": uid(62, 0, 1)}, 2),
-        ("IMAGE", {"StudyInstanceUID": uid(62, 2), "SeriesInstanceUID": uid(62, 2, 0),
-                   "SOPInstanceUID": uid(62, 2, 0, 1)}, 1),
+        (
+            "IMAGE",
+            {
+                "StudyInstanceUID": uid(62, 2),
+                "SeriesInstanceUID": uid(62, 2, 0),
+                "SOPInstanceUID": uid(62, 2, 0, 1),
+            },
+            1,
+        ),
         ("STUDY", {"StudyInstanceUID": f"{uid(62, 1)}\\{uid(62, 3)}"}, 4),
         ("PATIENT", {"PatientID": "FIND2"}, 4),
     ],
-)  # fmt: skip
+)
 def test_c_get_sends_the_stored_instances(server, find_data, tmp_path, level, keys, count):
     base, port, _ = server
     done = getscu(port, tmp_path / "got", level, **keys)
     assert done.returncode == 0, done.stderr
-    got = {str(read(p.read_bytes()).SOPInstanceUID): p.read_bytes() for p in
-           (tmp_path / "got").iterdir()}  # fmt: skip
+    got = {
+        str(read(p.read_bytes()).SOPInstanceUID): p.read_bytes()
+        for p in (tmp_path / "got").iterdir()
+    }
     assert len(got) == count
     for sop, data in got.items():
         ds = read(data)
         r = httpx.get(
             f"{base}/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{sop}", headers={"Accept": "application/dicom; transfer-syntax=*"}
-        )  # fmt: skip
+            f"/instances/{sop}",
+            headers={"Accept": "application/dicom; transfer-syntax=*"},
+        )
         assert dataset_part(r.content) == dataset_part(data), sop
 
 
-COMPRESSED = ["JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm",
-              "MR_small_jpeg_ls_lossless.dcm"]  # fmt: skip
+COMPRESSED = [
+    "JPEG2000.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+]
 
 
 def _stored_and_converted(base: str, name: str, study: str) -> bytes:
@@ -533,14 +656,14 @@ def test_c_move_converts_what_the_destination_refuses(tmp_path, name):
     compressed instance arrives in Explicit VR Little Endian, as WADO-RS converts it."""
     folder, dest_port, port = tmp_path / "plain", free_port(), free_port()
     folder.mkdir()
-    scp = subprocess.Popen(["storescp", "+B", "-aet", "PLAIN", "-od", str(folder),
-                            str(dest_port)])  # fmt: skip
+    scp = subprocess.Popen(["storescp", "+B", "-aet", "PLAIN", "-od", str(folder), str(dest_port)])
     try:
         _wait_for_port(dest_port)
         data = tmp_path / "data"
         data.mkdir()
-        with running_server(data, dimse_port=str(port),
-                            dimse_peers=f"PLAIN=127.0.0.1:{dest_port}") as (base, _):  # fmt: skip
+        with running_server(
+            data, dimse_port=str(port), dimse_peers=f"PLAIN=127.0.0.1:{dest_port}"
+        ) as (base, _):
             _wait_for_port(port)
             converted = _stored_and_converted(base, name, uid(68, 1))
             done = movescu(port, "STUDY", "PLAIN", StudyInstanceUID=uid(68, 1))
@@ -555,8 +678,9 @@ def test_c_move_converts_what_the_destination_refuses(tmp_path, name):
 
 def test_c_get_refusals(server, find_data, tmp_path):
     base, port, _ = server
-    denied = getscu(port, tmp_path / "denied", "STUDY", calling="MODALITY",
-                    StudyInstanceUID=uid(62, 0))  # fmt: skip
+    denied = getscu(
+        port, tmp_path / "denied", "STUDY", calling="MODALITY", StudyInstanceUID=uid(62, 0)
+    )
     assert "0x124" in denied.stderr, denied.stderr  # Refused: not authorized
     assert not any((tmp_path / "denied").iterdir())
     universal = getscu(port, tmp_path / "universal", "STUDY", PatientID="FIND1")
@@ -565,8 +689,9 @@ def test_c_get_refusals(server, find_data, tmp_path):
     entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
     gets = [e for e in entries if e["method"] == "C-GET"]
     assert [(e["principal"], e["status"]) for e in gets[-2:]] == [
-        ("MODALITY", 0x0124), ("VIEWER", 0xA900)
-    ]  # fmt: skip
+        ("MODALITY", 0x0124),
+        ("VIEWER", 0xA900),
+    ]
 
 
 # -- C-MOVE ---------------------------------------------------------------------------------
@@ -574,8 +699,19 @@ def test_c_get_refusals(server, find_data, tmp_path):
 
 def movescu(port: int, level: str, destination: str, calling: str = "VIEWER", **keys: str):
     model = "-P" if level == "PATIENT" else "-S"
-    args = ["movescu", "-v", model, "-aet", calling, "-aec", "DICOMHUB", "-aem", destination,
-            "-k", f"QueryRetrieveLevel={level}"]  # fmt: skip
+    args = [
+        "movescu",
+        "-v",
+        model,
+        "-aet",
+        calling,
+        "-aec",
+        "DICOMHUB",
+        "-aem",
+        destination,
+        "-k",
+        f"QueryRetrieveLevel={level}",
+    ]
     for key, value in keys.items():
         args += ["-k", f"{key}={value}"]
     return dcmtk(*args, "127.0.0.1", str(port))
@@ -602,8 +738,10 @@ def test_c_move_sends_a_study_to_a_peer(server, destination, find_data):
     entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
     move = [e for e in entries if e["method"] == "C-MOVE"][-1]
     assert (move["status"], move["detail"]["destination"], move["detail"]["instances"]) == (
-        0, "DEST", 4
-    )  # fmt: skip
+        0,
+        "DEST",
+        4,
+    )
 
 
 def test_c_move_refusals(server, destination, find_data):
@@ -625,13 +763,18 @@ def test_c_move_refusals(server, destination, find_data):
     assert "0x124" in denied.stdout + denied.stderr
     assert set(destination[1].iterdir()) == before
     # entries reach the log in batches: wait for them
-    expected = [("MODALITY", "DEST", 0x0124), ("VIEWER", "DEST", 0), ("VIEWER", "GONE", 0xA801),
-                ("VIEWER", "NOWHERE", 0xA801)]  # fmt: skip
+    expected = [
+        ("MODALITY", "DEST", 0x0124),
+        ("VIEWER", "DEST", 0),
+        ("VIEWER", "GONE", 0xA801),
+        ("VIEWER", "NOWHERE", 0xA801),
+    ]
     deadline = time.monotonic() + 10
     while True:
         entries = httpx.get(base + "/v2/audit", params={"limit": 1000}).json()
-        moves = [e for e in entries if e["method"] == "C-MOVE"
-                 and e["detail"].get("instances", -1) != 4]  # fmt: skip
+        moves = [
+            e for e in entries if e["method"] == "C-MOVE" and e["detail"].get("instances", -1) != 4
+        ]
         seen = sorted((e["principal"], e["detail"]["destination"], e["status"]) for e in moves)
         if seen == expected or time.monotonic() > deadline:
             break
@@ -649,19 +792,25 @@ def orthanc_peer(tmp_path_factory):
     orthanc_port, dimse_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         try:
-            orthanc_url = stack.enter_context(orthanc(
-                tmp_path_factory.mktemp("orthanc"), DicomPort=orthanc_port, DicomAet="ORTHANC",
-                DicomModalities={"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
-            ))  # fmt: skip
+            orthanc_url = stack.enter_context(
+                orthanc(
+                    tmp_path_factory.mktemp("orthanc"),
+                    DicomPort=orthanc_port,
+                    DicomAet="ORTHANC",
+                    DicomModalities={"dicomhub": ["DICOMHUB", "127.0.0.1", dimse_port]},
+                )
+            )
         except Unavailable as exc:
             unavailable(exc)
         ran("Orthanc")
-        base, _ = stack.enter_context(running_server(
-            tmp_path_factory.mktemp("dicomhub-peer"),
-            dimse_port=str(dimse_port),
-            dimse_callers="ORTHANC=store+find+retrieve",
-            dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}",
-        ))  # fmt: skip
+        base, _ = stack.enter_context(
+            running_server(
+                tmp_path_factory.mktemp("dicomhub-peer"),
+                dimse_port=str(dimse_port),
+                dimse_callers="ORTHANC=store+find+retrieve",
+                dimse_peers=f"ORTHANC=127.0.0.1:{orthanc_port}",
+            )
+        )
         _wait_for_port(dimse_port)
         yield orthanc_url, base
 
@@ -678,8 +827,9 @@ def _elements(data: bytes) -> dict:
     it stores, so the two are compared element by element (the byte-for-byte comparison is
     the storescp test's)."""
     ds = read(data)
-    return {e.tag: (e.VR, e.value) for e in ds.iterall()
-            if e.tag.element != 0 and e.tag != 0xFFFCFFFC}  # fmt: skip
+    return {
+        e.tag: (e.VR, e.value) for e in ds.iterall() if e.tag.element != 0 and e.tag != 0xFFFCFFFC
+    }
 
 
 def _dicomhub_file(base: str, ds) -> bytes:
@@ -700,8 +850,11 @@ def test_orthanc_stores_to_dicomhub(orthanc_peer):
     orthanc, base = orthanc_peer
     names = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"]
     ids = [httpx.post(orthanc + "/instances", content=load(n)).json()["ID"] for n in names]
-    r = httpx.post(orthanc + "/modalities/dicomhub/store", timeout=120,
-                   json={"Resources": ids, "Synchronous": True})  # fmt: skip
+    r = httpx.post(
+        orthanc + "/modalities/dicomhub/store",
+        timeout=120,
+        json={"Resources": ids, "Synchronous": True},
+    )
     assert r.status_code == 200, r.text
     for name in names:
         ds = read(load(name))
@@ -718,13 +871,22 @@ def test_dicomhub_moves_a_study_to_orthanc(orthanc_peer):
 
     orthanc, base = orthanc_peer
     study = uid(64, 1)
-    parts = [instance(study, uid(64, 2, s), uid(64, 3, s, i), PatientID="PEER", InstanceNumber=i)
-             for s in range(2) for i in range(3)]  # fmt: skip
+    parts = [
+        instance(study, uid(64, 2, s), uid(64, 3, s, i), PatientID="PEER", InstanceNumber=i)
+        for s in range(2)
+        for i in range(3)
+    ]
     with httpx.Client(base_url=base) as http:
         assert stow(http, *parts).status_code == 200
-    r = httpx.post(orthanc + "/modalities/dicomhub/move", timeout=120, json={
-        "Level": "Study", "Resources": [{"StudyInstanceUID": study}], "TargetAet": "ORTHANC",
-    })  # fmt: skip
+    r = httpx.post(
+        orthanc + "/modalities/dicomhub/move",
+        timeout=120,
+        json={
+            "Level": "Study",
+            "Resources": [{"StudyInstanceUID": study}],
+            "TargetAet": "ORTHANC",
+        },
+    )
     assert r.status_code == 200, r.text
     for data in parts:
         ds = read(data)
@@ -747,8 +909,11 @@ def test_orthanc_asks_dicomhub_for_storage_commitment(orthanc_peer):
         assert stow(http, *(instance(study, uid(65, 2), sop) for sop in sops)).status_code == 200
     ct, missing = "1.2.840.10008.5.1.4.1.1.2", uid(65, 9)
     asked = [[ct, sop] for sop in sops] + [[ct, missing]]
-    r = httpx.post(orthanc + "/modalities/dicomhub/storage-commitment",
-                   json={"DicomInstances": asked}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        orthanc + "/modalities/dicomhub/storage-commitment",
+        json={"DicomInstances": asked},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     path = r.json()["Path"]
     deadline = time.monotonic() + 30
@@ -772,8 +937,10 @@ def test_a_bad_peer_list_is_refused(spec):
     from dicomhub.dimse.callers import Peer
 
     assert parse_peers("A=h:104, B=10.0.0.5:11112,C=tls://pacs:2762") == {
-        "A": Peer("h", 104), "B": Peer("10.0.0.5", 11112), "C": Peer("pacs", 2762, tls=True)
-    }  # fmt: skip
+        "A": Peer("h", 104),
+        "B": Peer("10.0.0.5", 11112),
+        "C": Peer("pacs", 2762, tls=True),
+    }
 
 
 def test_dimse_peer_is_repeatable(monkeypatch):
@@ -786,9 +953,24 @@ def test_dimse_peer_is_repeatable(monkeypatch):
     _, settings = parse_command_line(["serve", "--dimse-peers", "X=h:7", "--dimse-peer", "A=h:9"])
     assert settings.dimse_peers == "X=h:7,A=h:9"
     assert parse_command_line(["serve"])[1].dimse_peers == "ENV=h:1"
-    bad = subprocess.run([sys.executable, "-m", "dicomhub", "dimse", "--dimse-port", "11112",
-                          "--dimse-peer", "A=h:104", "--dimse-peer", "nonsense"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomhub",
+            "dimse",
+            "--dimse-port",
+            "11112",
+            "--dimse-peer",
+            "A=h:104",
+            "--dimse-peer",
+            "nonsense",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "'nonsense'" in bad.stderr
 
 
@@ -804,23 +986,44 @@ def test_dicom_tls(tmp_path):
     data.mkdir()
     secure, secure_port = tmp_path / "secure", free_port()  # a C-MOVE destination over TLS
     secure.mkdir()
-    scp = subprocess.Popen(["storescp", "+B", "+tls", key, cert, "+cf", cert, "-aet", "SECURE",
-                            "-od", str(secure), str(secure_port)])  # fmt: skip
+    scp = subprocess.Popen(
+        [
+            "storescp",
+            "+B",
+            "+tls",
+            key,
+            cert,
+            "+cf",
+            cert,
+            "-aet",
+            "SECURE",
+            "-od",
+            str(secure),
+            str(secure_port),
+        ]
+    )
     with contextlib.ExitStack() as stack:
         stack.callback(scp.wait, 10)
         stack.callback(scp.terminate)
-        base, _ = stack.enter_context(running_server(
-            data, dimse_port=str(port), dimse_tls_certfile=cert, dimse_tls_keyfile=key,
-            dimse_tls_ca=cert, dimse_peers=f"SECURE=tls://127.0.0.1:{secure_port}",
-        ))  # fmt: skip
+        base, _ = stack.enter_context(
+            running_server(
+                data,
+                dimse_port=str(port),
+                dimse_tls_certfile=cert,
+                dimse_tls_keyfile=key,
+                dimse_tls_ca=cert,
+                dimse_peers=f"SECURE=tls://127.0.0.1:{secure_port}",
+            )
+        )
         _wait_for_port(port)
         tls = ["+tls", key, cert, "+cf", cert]
         ok = dcmtk("echoscu", *tls, "-aec", "DICOMHUB", "127.0.0.1", str(port))
         assert ok.returncode == 0, ok.stderr
         plain = dcmtk("echoscu", "-to", "5", "-aec", "DICOMHUB", "127.0.0.1", str(port))
         assert plain.returncode != 0
-        anonymous = dcmtk("echoscu", "+tla", "+cf", cert, "-aec", "DICOMHUB", "127.0.0.1",
-                          str(port))  # fmt: skip
+        anonymous = dcmtk(
+            "echoscu", "+tla", "+cf", cert, "-aec", "DICOMHUB", "127.0.0.1", str(port)
+        )
         assert anonymous.returncode != 0
         path = tmp_path / "one.dcm"
         path.write_bytes(instance(uid(65, 1), uid(65, 2), uid(65, 3)))
@@ -861,14 +1064,31 @@ def test_c_move_cancel(server, destination, find_data):
     from tests.helpers import stow
 
     base, port, _ = server
-    parts = [instance(uid(66, 1), uid(66, 2), uid(66, 3, i), PatientID="MOVEMANY")
-             for i in range(1500)]  # fmt: skip
+    parts = [
+        instance(uid(66, 1), uid(66, 2), uid(66, 3, i), PatientID="MOVEMANY") for i in range(1500)
+    ]
     with httpx.Client(base_url=base, timeout=120) as http:
         assert stow(http, *parts).status_code == 200
     before = len(list(destination[1].iterdir()))
-    done = dcmtk("movescu", "-v", "-S", "-aet", "VIEWER", "-aec", "DICOMHUB", "-aem", "DEST",
-                 "--cancel", "1", "-k", "QueryRetrieveLevel=STUDY", "-k",
-                 f"StudyInstanceUID={uid(66, 1)}", "127.0.0.1", str(port))  # fmt: skip
+    done = dcmtk(
+        "movescu",
+        "-v",
+        "-S",
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "DICOMHUB",
+        "-aem",
+        "DEST",
+        "--cancel",
+        "1",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={uid(66, 1)}",
+        "127.0.0.1",
+        str(port),
+    )
     assert "Cancel" in done.stderr, done.stderr[-2000:]
     assert len(list(destination[1].iterdir())) - before < 1500
 
@@ -881,8 +1101,9 @@ def test_the_association_limit(tmp_path):
     from pynetdicom.sop_class import Verification
 
     port = free_port()
-    with running_server(tmp_path, dimse_port=str(port), dimse_max_associations="1",
-                        dimse_timeout="30") as (base, _):  # fmt: skip
+    with running_server(
+        tmp_path, dimse_port=str(port), dimse_max_associations="1", dimse_timeout="30"
+    ) as (base, _):
         ae = AE(ae_title="FIRST")
         ae.add_requested_context(Verification)
         deadline = time.monotonic() + 30

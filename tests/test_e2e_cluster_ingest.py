@@ -137,16 +137,26 @@ def test_eight_clients_on_two_nodes_store_5x_what_one_client_does(tmp_path):
 
         def rate(clients: int) -> float:
             bodies = [
-                [multipart(*[instance(uid(study), uid(study, 1), uid(study, 1, r, n))
-                             for n in range(per_request)]) for r in range(requests)]
+                [
+                    multipart(
+                        *[
+                            instance(uid(study), uid(study, 1), uid(study, 1, r, n))
+                            for n in range(per_request)
+                        ]
+                    )
+                    for r in range(requests)
+                ]
                 for study in itertools.islice(studies, clients)
-            ]  # fmt: skip
+            ]
 
             def send(worker: int) -> None:
                 with httpx.Client(timeout=60) as client:
                     for body in bodies[worker]:
-                        r = client.post(nodes[worker % 2] + "/v2/studies", content=body,
-                                        headers={"Content-Type": MULTIPART})  # fmt: skip
+                        r = client.post(
+                            nodes[worker % 2] + "/v2/studies",
+                            content=body,
+                            headers={"Content-Type": MULTIPART},
+                        )
                         assert r.status_code == 200, r.text
 
             start = time.perf_counter()

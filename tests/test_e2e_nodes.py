@@ -24,8 +24,14 @@ def two_nodes(tmp_path, azurite):
     blob_url = azurite.blob_url()
     with index_database("postgresql") as index_url:
         # job_lease: the cleanup job a killed node held is taken over soon
-        settings = dict(index_url=index_url, blob_url=blob_url, upload_timeout="2",
-                        cleanup_interval="0.5", delete_delay="0", job_lease="3")  # fmt: skip
+        settings = dict(
+            index_url=index_url,
+            blob_url=blob_url,
+            upload_timeout="2",
+            cleanup_interval="0.5",
+            delete_delay="0",
+            job_lease="3",
+        )
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         with (
@@ -49,8 +55,10 @@ def test_one_server_on_two_nodes(two_nodes):
         other = b if n % 2 else a
         found = httpx.get(other + "/v2/instances", params={"SOPInstanceUID": uid(50, 1, n)})
         assert len(found.json()) == 1
-        got = httpx.get(f"{other}/v2/studies/{study}/series/{uid(50, 1)}/instances/"
-                        f"{uid(50, 1, n)}", headers={"Accept": "application/dicom"})  # fmt: skip
+        got = httpx.get(
+            f"{other}/v2/studies/{study}/series/{uid(50, 1)}/instances/{uid(50, 1, n)}",
+            headers={"Accept": "application/dicom"},
+        )
         assert got.status_code == 200 and got.content == data
     feeds = [httpx.get(node + "/v2/changefeed", params={"limit": 100}).json() for node in (a, b)]
     assert feeds[0] == feeds[1]  # one feed

@@ -18,8 +18,12 @@ from tests.synthetic import instance, uid
 
 
 def _stow(url: str, body: bytes) -> httpx.Response:
-    return httpx.post(url + "/v2/studies", content=multipart(body),
-                      headers={"Content-Type": MULTIPART}, timeout=60)  # fmt: skip
+    return httpx.post(
+        url + "/v2/studies",
+        content=multipart(body),
+        headers={"Content-Type": MULTIPART},
+        timeout=60,
+    )
 
 
 def test_workers_share_one_archive(tmp_path):
@@ -31,9 +35,16 @@ def test_workers_share_one_archive(tmp_path):
             stored = list(pool.map(lambda b: _stow(url, b), bodies))
             assert [r.status_code for r in stored] == [200] * 40
             # visible at once, whichever worker answers
-            seen = list(pool.map(lambda s: httpx.get(
-                f"{url}/v2/studies/{uid(90)}/series/{uid(90, 1)}/instances/{s}/metadata"
-            ).status_code, sops))  # fmt: skip
+            seen = list(
+                pool.map(
+                    lambda s: (
+                        httpx.get(
+                            f"{url}/v2/studies/{uid(90)}/series/{uid(90, 1)}/instances/{s}/metadata"
+                        ).status_code
+                    ),
+                    sops,
+                )
+            )
             assert seen == [200] * 40
             # the same new instance sent twice at once: one success, one duplicate or pending
             for n in range(5):
@@ -116,5 +127,6 @@ def test_every_process_ends_with_serve(tmp_path, signal_):
         deadline = time.monotonic() + 15
         while _alive(started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(started), [Path(f"/proc/{p}/cmdline").read_bytes()[:120]
-                                     for p in _alive(started)]  # fmt: skip
+        assert not _alive(started), [
+            Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in _alive(started)
+        ]

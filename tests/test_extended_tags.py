@@ -32,15 +32,38 @@ def with_private(data: bytes, creator: str, value: str) -> bytes:
 def dataset() -> list[bytes]:
     """Four studies, one instance each, with the attributes the tags below index."""
     attrs = [
-        dict(PatientWeight="70.5", BodyPartExamined="CHEST", OperatorsName="Smith^Anna",
-             AcquisitionDate="20200105", PatientAge="045Y", ProtocolName="Thorax routine"),
-        dict(PatientWeight="82", BodyPartExamined="HEAD", OperatorsName="Jones^Bob",
-             AcquisitionDate="20200301", PatientAge="060Y", ProtocolName="Head trauma"),
-        dict(PatientWeight="55.25", BodyPartExamined="CHEST", OperatorsName="Müller^Anne",
-             AcquisitionDate="20210710", PatientAge="030Y", ProtocolName="Thorax low dose"),
-        dict(BodyPartExamined="ABDOMEN", OperatorsName="Smith^Carl", AcquisitionDate="20211231",
-             PatientAge="045Y", ProtocolName="Abdomen"),
-    ]  # fmt: skip
+        dict(
+            PatientWeight="70.5",
+            BodyPartExamined="CHEST",
+            OperatorsName="Smith^Anna",
+            AcquisitionDate="20200105",
+            PatientAge="045Y",
+            ProtocolName="Thorax routine",
+        ),
+        dict(
+            PatientWeight="82",
+            BodyPartExamined="HEAD",
+            OperatorsName="Jones^Bob",
+            AcquisitionDate="20200301",
+            PatientAge="060Y",
+            ProtocolName="Head trauma",
+        ),
+        dict(
+            PatientWeight="55.25",
+            BodyPartExamined="CHEST",
+            OperatorsName="Müller^Anne",
+            AcquisitionDate="20210710",
+            PatientAge="030Y",
+            ProtocolName="Thorax low dose",
+        ),
+        dict(
+            BodyPartExamined="ABDOMEN",
+            OperatorsName="Smith^Carl",
+            AcquisitionDate="20211231",
+            PatientAge="045Y",
+            ProtocolName="Abdomen",
+        ),
+    ]
     files = []
     for n, a in enumerate(attrs):
         data = instance(STUDY[n], uid(80, n, 1), uid(80, n, 1, 1), **a)
@@ -92,8 +115,14 @@ def tagged(client):
 def test_listing_and_one_tag(tagged):
     listed = tagged.get("/v2/extendedquerytags").json()
     assert [t["path"] for t in listed] == [
-        "00101030", "00180015", "00081070", "00080022", "00101010", "00181030", "00091001",
-    ]  # fmt: skip
+        "00101030",
+        "00180015",
+        "00081070",
+        "00080022",
+        "00101010",
+        "00181030",
+        "00091001",
+    ]
     assert {t["status"] for t in listed} == {"Ready"} and "operation" not in listed[0]
     weight = tagged.get("/v1/extendedquerytags/00101030").json()
     assert weight == tagged.get("/v1/extendedquerytags/patientweight").json()
@@ -133,8 +162,10 @@ def test_searching_by_extended_tags(tagged, params, expected):
     """Each key is searched at its tag's level (as built-in keys: a study search does not
     match series attributes); results are named by their study."""
     levels = {"AcquisitionDate": "instances", "PatientWeight": "studies", "PatientAge": "studies"}
-    resource = min((levels.get(k, "series") for k in params if k != "fuzzymatching"),
-                   key=["instances", "series", "studies"].index)  # fmt: skip
+    resource = min(
+        (levels.get(k, "series") for k in params if k != "fuzzymatching"),
+        key=["instances", "series", "studies"].index,
+    )
     r = tagged.get(f"/v2/{resource}", params={**params, "includefield": "StudyInstanceUID"})
     assert r.status_code == 200, r.text
     assert "Warning" not in r.headers  # every key was used
@@ -149,8 +180,9 @@ def test_series_search_and_count(tagged):
 
 
 def test_new_instances_are_indexed_on_arrival(tagged):
-    data = instance(uid(80, 9), uid(80, 9, 1), uid(80, 9, 1, 1), PatientWeight="99.5",
-                    BodyPartExamined="KNEE")  # fmt: skip
+    data = instance(
+        uid(80, 9), uid(80, 9, 1), uid(80, 9, 1, 1), PatientWeight="99.5", BodyPartExamined="KNEE"
+    )
     assert stow(tagged, data).status_code == 200
     assert studies(tagged, PatientWeight="99.5") == [uid(80, 9)]
     found = tagged.get("/v2/series", params={"BodyPartExamined": "KNEE"}).json()
@@ -365,13 +397,25 @@ def test_v1_refuses_invalid_values_of_extended_tags(tagged):
 def test_uid_time_datetime_and_integer_tags(client):
     frames = [uid(86, 0, 9), uid(86, 1, 9), uid(86, 2, 9)]
     attrs = [
-        dict(FrameOfReferenceUID=frames[0], AcquisitionTime="083000", Rows=256,
-             InstanceCoercionDateTime="20200105120000+0100"),
-        dict(FrameOfReferenceUID=frames[1], AcquisitionTime="141500.5", Rows=512,
-             InstanceCoercionDateTime="20200105120000-0500"),
-        dict(FrameOfReferenceUID=frames[2], AcquisitionTime="2359", Rows=1024,
-             InstanceCoercionDateTime="2021"),
-    ]  # fmt: skip
+        dict(
+            FrameOfReferenceUID=frames[0],
+            AcquisitionTime="083000",
+            Rows=256,
+            InstanceCoercionDateTime="20200105120000+0100",
+        ),
+        dict(
+            FrameOfReferenceUID=frames[1],
+            AcquisitionTime="141500.5",
+            Rows=512,
+            InstanceCoercionDateTime="20200105120000-0500",
+        ),
+        dict(
+            FrameOfReferenceUID=frames[2],
+            AcquisitionTime="2359",
+            Rows=1024,
+            InstanceCoercionDateTime="2021",
+        ),
+    ]
     files = [
         instance(uid(86, n), uid(86, n, 1), uid(86, n, 1, 1), **a) for n, a in enumerate(attrs)
     ]

@@ -47,8 +47,11 @@ def audited_address(base: str, study: str) -> str:
     return next(e["address"] for e in entries if study in e["path"])
 
 
-NGINX = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org",
-         "X-Forwarded-For": "192.0.2.60"}  # fmt: skip
+NGINX = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "pacs.example.org",
+    "X-Forwarded-For": "192.0.2.60",
+}
 RFC7239 = {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https;host=viewer.example.org:8443'}
 
 

@@ -53,8 +53,11 @@ def test_the_hostile_corpus(tmp_path):
         running_server(tmp_path, **hostile.LIMITS) as (base, proc),
         httpx.Client(base_url=base, timeout=60) as http,
     ):
-        stored = http.post("/v2/studies", content=hostile.parts(hostile.BASE),
-                           headers={"Content-Type": hostile.MULTIPART})  # fmt: skip
+        stored = http.post(
+            "/v2/studies",
+            content=hostile.parts(hostile.BASE),
+            headers={"Content-Type": hostile.MULTIPART},
+        )
         assert stored.status_code == 200, stored.text
         before = snapshot(http)
         assert before[3] == hostile.BASE
@@ -75,8 +78,11 @@ def test_the_hostile_corpus(tmp_path):
 def test_the_deepest_nesting_allowed_is_stored(tmp_path, depth):
     """The nesting limit is a limit, not a ban on sequences: 64 levels are stored and served."""
     with running_server(tmp_path) as (base, _), httpx.Client(base_url=base, timeout=60) as http:
-        r = http.post("/v2/studies", content=hostile.parts(hostile.nested(depth)),
-                      headers={"Content-Type": hostile.MULTIPART})  # fmt: skip
+        r = http.post(
+            "/v2/studies",
+            content=hostile.parts(hostile.nested(depth)),
+            headers={"Content-Type": hostile.MULTIPART},
+        )
         assert r.status_code == 200, r.text
         metadata = http.get(f"/v2/studies/{hostile.uid(81, 1)}/metadata").json()[0]
         level, seen = metadata, 0

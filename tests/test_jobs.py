@@ -163,8 +163,13 @@ def test_worker_process_runs_the_blob_cleanup(tmp_path):
     same index and blob store removes it."""
     blobs = tmp_path / "blobs"
     with index_database("postgresql") as url:
-        settings = dict(index_url=url, blob_url=f"file://{blobs}", delete_delay="0",
-                        cleanup_interval="0.2", job_poll_interval="0.1")  # fmt: skip
+        settings = dict(
+            index_url=url,
+            blob_url=f"file://{blobs}",
+            delete_delay="0",
+            cleanup_interval="0.2",
+            job_poll_interval="0.1",
+        )
         (tmp_path / "node").mkdir()
         with running_server(tmp_path / "node", background_jobs="false", **settings) as (base, _):
             data = instance(uid(70), uid(70, 1), uid(70, 1, 1))

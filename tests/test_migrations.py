@@ -174,13 +174,31 @@ def _rows() -> list[tuple[str, dict]]:
 
     item = new_instance(instance(uid(8), uid(8, 1), uid(8, 1, 1), PatientID=FRESH))
     return [
-        ("study", {"study_key": 1, "partition_name": item.id.partition, "study_uid": uid(8),
-                   "patient_id": STALE, "instance_count": 1, "series_count": 1}),
-        ("series", {"series_key": 1, "study_key": 1, "series_uid": uid(8, 1),
-                    "instance_count": 1}),
-        ("instance", {"version": 1, "series_key": 1, "sop_uid": uid(8, 1, 1), "status": 1,
-                      "created": 0, "metadata": item.metadata, "size": 1}),
-    ]  # fmt: skip
+        (
+            "study",
+            {
+                "study_key": 1,
+                "partition_name": item.id.partition,
+                "study_uid": uid(8),
+                "patient_id": STALE,
+                "instance_count": 1,
+                "series_count": 1,
+            },
+        ),
+        ("series", {"series_key": 1, "study_key": 1, "series_uid": uid(8, 1), "instance_count": 1}),
+        (
+            "instance",
+            {
+                "version": 1,
+                "series_key": 1,
+                "sop_uid": uid(8, 1, 1),
+                "status": 1,
+                "created": 0,
+                "metadata": item.metadata,
+                "size": 1,
+            },
+        ),
+    ]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
@@ -202,8 +220,10 @@ def test_an_upgrade_rebuilds_search_data_only_across_a_migration_that_needs_it(e
                 have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
                 names = [c for c in values if c in have]
                 marks = ", ".join("?" * len(names))
-                conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})",
-                             [values[c] for c in names])  # fmt: skip
+                conn.execute(
+                    f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})",
+                    [values[c] for c in names],
+                )
             conn.commit()
             conn.close()
             asyncio.run(_start_and_close(SqliteIndex(str(path))))
@@ -225,9 +245,13 @@ async def _postgres_upgrade(url: str, start: int, rows) -> str:
             await conn.execute(sql)
             await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
         for table, values in rows:
-            have = {r[0] for r in await conn.fetch(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
-                table)}  # fmt: skip
+            have = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+                    table,
+                )
+            }
             names = [c for c in values if c in have]
             await conn.execute(
                 f"INSERT INTO {table} ({', '.join(names)}) VALUES "

@@ -30,10 +30,17 @@ from tests.test_index_contract import new_instance, store
 # What the two engines may differ in: keys given out in another order, clocks.
 UNCOMPARED = {"created", "timestamp", "id"}
 TABLES = [
-    "study", "series", "instance", "person_name_word", "series_request", "changefeed",
-    "extended_query_tag_study", "extended_query_tag_series", "extended_query_tag_instance",
+    "study",
+    "series",
+    "instance",
+    "person_name_word",
+    "series_request",
+    "changefeed",
+    "extended_query_tag_study",
+    "extended_query_tag_series",
+    "extended_query_tag_instance",
     "extended_query_tag_error",
-]  # fmt: skip
+]
 
 
 def items() -> list[NewInstance]:
@@ -41,21 +48,69 @@ def items() -> list[NewInstance]:
     names (words), request items, values of extended query tags at every level, an invalid
     one, and a newer instance's study value replacing an older one's."""
     specs = [
-        (1, 1, 1, dict(PatientName="Doe^Jane", PatientWeight="70.5", BodyPartExamined="CHEST",
-                       OperatorsName="Smith^Anna", AcquisitionDate="20200105")),
-        (1, 1, 2, dict(PatientName="Doe^Jane", PatientWeight="70.5", BodyPartExamined="CHEST",
-                       OperatorsName="Smith^Anna", AcquisitionDate="20200106")),
-        (1, 1, 3, dict(PatientName="Doe^Jane", StudyDescription="Chest", PatientWeight="71",
-                       BodyPartExamined="chest", SeriesDescription="late")),
-        (1, 2, 1, dict(PatientName="Doe^J", ReferringPhysicianName="Who^Doctor",
-                       RequestAttributesSequence=[
-                           {"ScheduledProcedureStepID": "S1", "RequestedProcedureID": "R1"},
-                           {"ScheduledProcedureStepID": "S2"}])),
-        (1, 2, 2, dict(PatientName="Doe^J", RequestAttributesSequence=[
-                           {"ScheduledProcedureStepID": "S3", "RequestedProcedureID": "R3"}])),
+        (
+            1,
+            1,
+            1,
+            dict(
+                PatientName="Doe^Jane",
+                PatientWeight="70.5",
+                BodyPartExamined="CHEST",
+                OperatorsName="Smith^Anna",
+                AcquisitionDate="20200105",
+            ),
+        ),
+        (
+            1,
+            1,
+            2,
+            dict(
+                PatientName="Doe^Jane",
+                PatientWeight="70.5",
+                BodyPartExamined="CHEST",
+                OperatorsName="Smith^Anna",
+                AcquisitionDate="20200106",
+            ),
+        ),
+        (
+            1,
+            1,
+            3,
+            dict(
+                PatientName="Doe^Jane",
+                StudyDescription="Chest",
+                PatientWeight="71",
+                BodyPartExamined="chest",
+                SeriesDescription="late",
+            ),
+        ),
+        (
+            1,
+            2,
+            1,
+            dict(
+                PatientName="Doe^J",
+                ReferringPhysicianName="Who^Doctor",
+                RequestAttributesSequence=[
+                    {"ScheduledProcedureStepID": "S1", "RequestedProcedureID": "R1"},
+                    {"ScheduledProcedureStepID": "S2"},
+                ],
+            ),
+        ),
+        (
+            1,
+            2,
+            2,
+            dict(
+                PatientName="Doe^J",
+                RequestAttributesSequence=[
+                    {"ScheduledProcedureStepID": "S3", "RequestedProcedureID": "R3"}
+                ],
+            ),
+        ),
         (2, 1, 1, dict(PatientName="Roe^Richard", PatientAge="045Y", ProtocolName="Head")),
         (2, 1, 2, dict(PatientName="Roe^Richard", PatientAge="045Y", AcquisitionDate="2020")),
-    ]  # fmt: skip
+    ]
     out = []
     for study, series, sop, attrs in specs:
         ids = uid(90, study), uid(90, study, series), uid(90, study, series, sop)
@@ -96,8 +151,10 @@ def comparable(tables: dict[str, list[dict]]) -> dict[str, list]:
     out = {}
     for table, rows in tables.items():
         keys = {"study_key": studies, "series_key": series, "owner_key": owners.get(table, {})}
-        rows = [{k: keys[k].get(v, v) if k in keys else v for k, v in r.items()
-                 if k not in UNCOMPARED} for r in rows]  # fmt: skip
+        rows = [
+            {k: keys[k].get(v, v) if k in keys else v for k, v in r.items() if k not in UNCOMPARED}
+            for r in rows
+        ]
         out[table] = sorted(rows, key=repr)
     return out
 
@@ -106,8 +163,9 @@ def sqlite_tables(path) -> dict:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
-        return comparable({t: [dict(r) for r in conn.execute(f"SELECT * FROM {t}")]
-                           for t in TABLES})  # fmt: skip
+        return comparable(
+            {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t}")] for t in TABLES}
+        )
     finally:
         conn.close()
 
@@ -115,8 +173,9 @@ def sqlite_tables(path) -> dict:
 async def postgres_tables(url: str) -> dict:
     conn = await asyncpg.connect(url)
     try:
-        return comparable({t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t}")]
-                           for t in TABLES})  # fmt: skip
+        return comparable(
+            {t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t}")] for t in TABLES}
+        )
     finally:
         await conn.close()
 
@@ -163,16 +222,23 @@ def test_a_store_costs_at_most_3_round_trips():
                 await count("new study", instance(uid(92), uid(92, 1), uid(92, 1, 1)))
                 await count("new series", instance(uid(92), uid(92, 2), uid(92, 2, 1)))
                 await count("existing series", instance(uid(92), uid(92, 2), uid(92, 2, 2)))
-                await count("merged study", instance(uid(92), uid(92, 2), uid(92, 2, 3),
-                                                     StudyDescription="one"))  # fmt: skip
-                await store(other, new_instance(instance(uid(92), uid(92, 3), uid(92, 3, 1),
-                                                         StudyDescription="two")))  # fmt: skip
-                await count("changed by another node", instance(uid(92), uid(92, 2),
-                                                                uid(92, 2, 5)))  # fmt: skip
+                await count(
+                    "merged study",
+                    instance(uid(92), uid(92, 2), uid(92, 2, 3), StudyDescription="one"),
+                )
+                await store(
+                    other,
+                    new_instance(
+                        instance(uid(92), uid(92, 3), uid(92, 3, 1), StudyDescription="two")
+                    ),
+                )
+                await count("changed by another node", instance(uid(92), uid(92, 2), uid(92, 2, 5)))
                 tag = et.parse_new({"path": "AcquisitionDate", "level": "Instance"}, frozenset())
                 await other.add_extended_tags([tag], 10, "op", datetime.now(UTC), 1)
-                await count("tags changed", instance(uid(92), uid(92, 2), uid(92, 2, 4),
-                                                     AcquisitionDate="20200101"))  # fmt: skip
+                await count(
+                    "tags changed",
+                    instance(uid(92), uid(92, 2), uid(92, 2, 4), AcquisitionDate="20200101"),
+                )
                 return counted
             finally:
                 await index.close()

@@ -108,8 +108,25 @@ def test_multipart_parser_rejects_junk_cleanly(data, cuts):
 
 # -- DICOM JSON -----------------------------------------------------------------------------
 
-STRING_VRS = ["AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-              "UI", "UR", "UT"]  # fmt: skip
+STRING_VRS = [
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+]
 BINARY_VRS = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8}
 # raw value bytes close to what trips encoders: separators, padding, signs, dots, exponents
 value_bytes = st.lists(
@@ -191,10 +208,27 @@ def test_a_damaged_file_is_refused_cleanly(data, edits, cut):
 
 # -- QIDO-RS and media types ----------------------------------------------------------------
 
-KEYS = ["PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "Modality",
-        "ModalitiesInStudy", "StudyInstanceUID", "SeriesNumber", "AcquisitionDateTime",
-        "includefield", "limit", "offset", "fuzzymatching", "orderby", "00100020", "0020000D",
-        "00081032.00080100", "Unknown"]  # fmt: skip
+KEYS = [
+    "PatientID",
+    "PatientName",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "Modality",
+    "ModalitiesInStudy",
+    "StudyInstanceUID",
+    "SeriesNumber",
+    "AcquisitionDateTime",
+    "includefield",
+    "limit",
+    "offset",
+    "fuzzymatching",
+    "orderby",
+    "00100020",
+    "0020000D",
+    "00081032.00080100",
+    "Unknown",
+]
 values = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 
 

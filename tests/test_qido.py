@@ -286,10 +286,22 @@ def test_study_results_carry_the_defaults_and_computed_attributes(qido):
     (study,) = search(qido, f"/v2/studies?StudyInstanceUID={S1}").json()
     assert list(study) == sorted(study)  # tag order
     for tag in (
-        "00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00081030",
-        "00081190", "00100010", "00100020", "00100030", "0020000D", "00200010", "00201206",
+        "00080020",
+        "00080030",
+        "00080050",
+        "00080056",
+        "00080061",
+        "00080090",
+        "00081030",
+        "00081190",
+        "00100010",
+        "00100020",
+        "00100030",
+        "0020000D",
+        "00200010",
+        "00201206",
         "00201208",
-    ):  # fmt: skip
+    ):
         assert tag in study, tag
     assert value(study, "00080061") == ["CT", "SR"]
     assert value(study, "00201206") == [2] and value(study, "00201208") == [3]
@@ -359,8 +371,13 @@ def test_order_and_count(qido):
     assert labels(search(qido, "/v2/studies?orderby=-StudyDate").json()) == ["2", "1", "3", "4"]
     assert labels(search(qido, "/v2/studies?orderby=StudyDate").json()) == ["4", "3", "1", "2"]
     assert labels(search(qido, "/v2/series?orderby=-SeriesNumber,PatientID").json()) == [
-        "3.2", "3.1", "1.2", "1.1", "2.1", "4.1",
-    ]  # fmt: skip
+        "3.2",
+        "3.1",
+        "1.2",
+        "1.1",
+        "2.1",
+        "4.1",
+    ]
     by_time = search(qido, "/v2/studies?orderby=-StudyDate&limit=1&offset=1").json()
     assert labels(by_time) == ["1"]
     assert qido.get("/v2/studies/count?PatientName=doe*").json() == {"count": 2}

@@ -138,8 +138,9 @@ def _implicit(name: str) -> TestFile:
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
-    return TestFile(name, out.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID,
-                    ds.SOPInstanceUID)  # fmt: skip
+    return TestFile(
+        name, out.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,10 @@ def test_fsync_setting(tmp_path, monkeypatch, fsync):
         assert r.status_code == 200
         synced_by_store = len(synced)
         study, series, sop = ids(CT)
-        got = client.get(f"/v2/studies/{study}/series/{series}/instances/{sop}",
-                         headers={"Accept": "application/dicom"})  # fmt: skip
+        got = client.get(
+            f"/v2/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Accept": "application/dicom"},
+        )
         assert got.content == CT
         index = client.app.state.archive.index
         (mode,) = client.portal.call(index._read, st.single, st.one("PRAGMA synchronous"))
@@ -105,8 +107,18 @@ def test_a_bad_fsync_value_stops_the_start(tmp_path):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "dicomhub", "serve", "--fsync", "sometimes",
-         "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dicomhub",
+            "serve",
+            "--fsync",
+            "sometimes",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "--fsync takes instance or off" in done.stderr

@@ -56,8 +56,16 @@ def test_https_with_a_self_signed_certificate(tmp_path):
     certfile, keyfile = self_signed(tmp_path)
     port = free_port()
     env = dict(os.environ, DICOMHUB_TLS_CERTFILE=certfile, DICOMHUB_TLS_KEYFILE=keyfile)
-    command = [sys.executable, "-m", "dicomhub", "serve", "--port", str(port),
-               "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dicomhub",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     proc = subprocess.Popen(command, env=env, cwd=ROOT)
     url = f"https://127.0.0.1:{port}"
     try:

@@ -195,8 +195,11 @@ def test_a_dead_conversion_worker_is_a_500_not_a_406(loaded):
     f, _, _ = by_name("CT_small.dcm")
     accept = {"Accept": "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"}
     assert loaded.get(instance_url(f) + "/frames/1", headers=accept).status_code == 200
-    workers = [int(c) for c in Path(f"/proc/{os.getpid()}/task").glob("*/children")
-               for c in c.read_text().split()]  # fmt: skip
+    workers = [
+        int(c)
+        for c in Path(f"/proc/{os.getpid()}/task").glob("*/children")
+        for c in c.read_text().split()
+    ]
     workers = [p for p in workers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert workers
     for pid in workers:

@@ -103,16 +103,24 @@ def test_each_representation_has_its_own_etag(loaded):
     varies with Accept (instance, frames, rendered, bulk data)."""
     client, _ = loaded
     cases = [
-        ("", "application/dicom; transfer-syntax=*",
-         "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
-        ("/frames/1", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50",
-         "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"),
+        (
+            "",
+            "application/dicom; transfer-syntax=*",
+            "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+        ),
+        (
+            "/frames/1",
+            "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50",
+            "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
+        ),
         ("/rendered", "image/png", "image/jpeg"),
-        ("/bulkdata/7FE00010", "multipart/related; type=\"image/jpeg\"; "
-         "transfer-syntax=1.2.840.10008.1.2.4.50",
-         "multipart/related; type=\"application/octet-stream\"; "
-         "transfer-syntax=1.2.840.10008.1.2.1"),
-    ]  # fmt: skip
+        (
+            "/bulkdata/7FE00010",
+            'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            'multipart/related; type="application/octet-stream"; '
+            "transfer-syntax=1.2.840.10008.1.2.1",
+        ),
+    ]
     for suffix, one, other in cases:
         a = client.get(url(JPEG, suffix), headers={"Accept": one})
         b = client.get(url(JPEG, suffix), headers={"Accept": other})

@@ -73,9 +73,14 @@ def serving_app(app, loop: str = "uvloop"):
     """A bare ASGI app under the protocol."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=HttpToolsProtocol, loop=loop, log_level="warning",
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=HttpToolsProtocol,
+        loop=loop,
+        log_level="warning",
         lifespan="off",
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -361,8 +366,14 @@ def test_kernel_sends_wait_for_what_the_transport_still_holds(tmp_path, sends, l
             for n, piece in enumerate(pieces):
                 if n in (1, 3):  # from the file
                     message = {"file": f, "offset": 0 if n == 1 else len(pieces[1])}
-                    await send({"type": "http.response.zerocopysend", **message,
-                                "count": len(piece), "more_body": True})  # fmt: skip
+                    await send(
+                        {
+                            "type": "http.response.zerocopysend",
+                            **message,
+                            "count": len(piece),
+                            "more_body": True,
+                        }
+                    )
                 else:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -186,12 +186,23 @@ class AuditEntry:
 
 
 _AUDIT_KEYS = (
-    ("protocol", "protocol"), ("method", "method"), ("path", "path"), ("status", "status"),
-    ("principal", "principal"), ("client", "client"), ("address", "address"),
-    ("route", "route"), ("action", "action"), ("study", "studyInstanceUid"),
-    ("series", "seriesInstanceUid"), ("instance", "sopInstanceUid"), ("bytes_in", "bytesIn"),
-    ("bytes_out", "bytesOut"), ("duration_ms", "durationMs"), ("detail", "detail"),
-)  # fmt: skip
+    ("protocol", "protocol"),
+    ("method", "method"),
+    ("path", "path"),
+    ("status", "status"),
+    ("principal", "principal"),
+    ("client", "client"),
+    ("address", "address"),
+    ("route", "route"),
+    ("action", "action"),
+    ("study", "studyInstanceUid"),
+    ("series", "seriesInstanceUid"),
+    ("instance", "sopInstanceUid"),
+    ("bytes_in", "bytesIn"),
+    ("bytes_out", "bytesOut"),
+    ("duration_ms", "durationMs"),
+    ("detail", "detail"),
+)
 
 
 @dataclass(frozen=True)

@@ -293,8 +293,10 @@ class RenderService:
         info = await pixels.info(instance)
         if info is None and has_pixels(instance):
             defect = PixelInfo.defect((await pixels.header(instance)).dataset)
-            raise NotAcceptable(f"SOP instance {instance.id.sop} cannot be rendered: its Image "
-                                f"Pixel module is invalid ({defect})")  # fmt: skip
+            raise NotAcceptable(
+                f"SOP instance {instance.id.sop} cannot be rendered: its Image "
+                f"Pixel module is invalid ({defect})"
+            )
         if info is None:
             raise NotFound(f"SOP instance {instance.id.sop} has no pixel data to render")
         source = codecs.frame_syntax(instance.transfer_syntax)

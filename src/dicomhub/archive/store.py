@@ -253,9 +253,14 @@ class StoreService:
                 return fp.read(length)
 
             return ingest(
-                parsed, read_at, self.settings.bulkdata_threshold, strict is not None, study,
-                also_indexed=strict or frozenset(), max_elements=self.settings.max_elements,
-            )  # fmt: skip
+                parsed,
+                read_at,
+                self.settings.bulkdata_threshold,
+                strict is not None,
+                study,
+                also_indexed=strict or frozenset(),
+                max_elements=self.settings.max_elements,
+            )
 
     async def _release(self, version: int) -> None:
         try:

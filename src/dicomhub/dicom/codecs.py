@@ -138,8 +138,16 @@ def describe(uid: str) -> str:
     return f"{syntax.name} ({uid})" if syntax else uid
 
 
-_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel",
-                 "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames")  # fmt: skip
+_PIXEL_MODULE = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "SamplesPerPixel",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+)
 
 
 @dataclass(frozen=True)

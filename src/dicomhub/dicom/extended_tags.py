@@ -21,13 +21,31 @@ from dicomhub.errors import InvalidRequest
 
 MAX_VALUES = 64  # values of one attribute indexed for one instance (the rest are ignored)
 KINDS = {
-    "AE": Kind.TEXT, "AS": Kind.TEXT, "CS": Kind.TEXT, "LO": Kind.TEXT, "SH": Kind.TEXT,
-    "UI": Kind.UID, "PN": Kind.PN, "DA": Kind.DATE, "TM": Kind.TIME, "DT": Kind.DATETIME,
-    "DS": Kind.NUMBER, "FD": Kind.NUMBER, "FL": Kind.NUMBER, "IS": Kind.NUMBER,
-    "SL": Kind.NUMBER, "SS": Kind.NUMBER, "UL": Kind.NUMBER, "US": Kind.NUMBER,
-}  # fmt: skip
-_BINARY_INTEGERS = {"SL": (-(2**31), 2**31 - 1), "SS": (-(2**15), 2**15 - 1),
-                    "UL": (0, 2**32 - 1), "US": (0, 2**16 - 1)}  # fmt: skip
+    "AE": Kind.TEXT,
+    "AS": Kind.TEXT,
+    "CS": Kind.TEXT,
+    "LO": Kind.TEXT,
+    "SH": Kind.TEXT,
+    "UI": Kind.UID,
+    "PN": Kind.PN,
+    "DA": Kind.DATE,
+    "TM": Kind.TIME,
+    "DT": Kind.DATETIME,
+    "DS": Kind.NUMBER,
+    "FD": Kind.NUMBER,
+    "FL": Kind.NUMBER,
+    "IS": Kind.NUMBER,
+    "SL": Kind.NUMBER,
+    "SS": Kind.NUMBER,
+    "UL": Kind.NUMBER,
+    "US": Kind.NUMBER,
+}
+_BINARY_INTEGERS = {
+    "SL": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1),
+}
 LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTANCE}
 
 

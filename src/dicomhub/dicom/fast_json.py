@@ -74,8 +74,9 @@ def _numbers(vr: str, value: bytes, little_endian: bool) -> dict[str, Any] | Non
         return None
     if not value:
         return {"vr": vr}
-    numbers = list(struct.unpack(f"{'<' if little_endian else '>'}{len(value) // size}{code}",
-                                 value))  # fmt: skip
+    numbers = list(
+        struct.unpack(f"{'<' if little_endian else '>'}{len(value) // size}{code}", value)
+    )
     if vr in ("FL", "FD") and not all(map(math.isfinite, numbers)):
         return None
     return {"vr": vr, "Value": numbers}

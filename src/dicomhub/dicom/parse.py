@@ -89,8 +89,10 @@ def _why(exc: Exception) -> str:
     """What pydicom found wrong, in the server's words (without its advice to its callers)."""
     message = str(exc)
     if _NO_HEADER in message:
-        return ("it does not start with the 128-byte preamble and 'DICM' prefix of a PS3.10 "
-                "file (a bare data set, or not DICOM)")  # fmt: skip
+        return (
+            "it does not start with the 128-byte preamble and 'DICM' prefix of a PS3.10 "
+            "file (a bare data set, or not DICOM)"
+        )
     return _PYDICOM_ADVICE.sub("", message).strip() or exc.__class__.__name__
 
 

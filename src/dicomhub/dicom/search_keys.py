@@ -82,9 +82,7 @@ KEYS = [
     Key("PerformedProcedureStepStartDate", Level.SERIES, Kind.DATE, "pps_start_date"),
     Key("PerformedProcedureStepStartTime", Level.SERIES, Kind.TIME, "pps_start_time"),
     Key("ManufacturerModelName", Level.SERIES, Kind.TEXT, "manufacturer_model_name"),
-    Key(
-        "ScheduledProcedureStepID", Level.SERIES, Kind.ITEM, "scheduled_step_id", REQUEST_SEQUENCE
-    ),
+    Key("ScheduledProcedureStepID", Level.SERIES, Kind.ITEM, "scheduled_step_id", REQUEST_SEQUENCE),
     Key(
         "RequestedProcedureID", Level.SERIES, Kind.ITEM, "requested_procedure_id", REQUEST_SEQUENCE
     ),
@@ -92,7 +90,7 @@ KEYS = [
     Key("SOPClassUID", Level.INSTANCE, Kind.UID, "sop_class_uid"),
     Key("InstanceNumber", Level.INSTANCE, Kind.INT, "instance_number"),
     Key("AcquisitionDateTime", Level.INSTANCE, Kind.DATETIME, "acquisition_datetime"),
-]  # fmt: skip
+]
 KEYS_BY_PATH = {k.path.lower(): k for k in KEYS}
 PN_KEYS = [k for k in KEYS if k.kind is Kind.PN]
 
@@ -157,15 +155,25 @@ def datetime_bounds(value: str, default_offset: str | None = None) -> tuple[str,
             sign, oh, om = offset.groups()
     try:
         low = dt.datetime(
-            int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0),
-            min(int(ss or 0), 59), int((frac or "").ljust(6, "0")),
-        )  # fmt: skip
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hh or 0),
+            int(mm or 0),
+            min(int(ss or 0), 59),
+            int((frac or "").ljust(6, "0")),
+        )
         end_month = int(month or 12)
         last_day = _last_day(int(year), end_month) if day is None else int(day)
         high = dt.datetime(
-            int(year), end_month, last_day, int(hh or 23), int(mm or 59), min(int(ss or 59), 59),
+            int(year),
+            end_month,
+            last_day,
+            int(hh or 23),
+            int(mm or 59),
+            min(int(ss or 59), 59),
             int((frac or "").ljust(6, "9")),
-        )  # fmt: skip
+        )
     except ValueError:
         return None
     if sign:
@@ -219,9 +227,7 @@ def describe(js: dict[str, Any]) -> SearchRecord:
 
 def multi_valued(js: dict[str, Any]) -> bool:
     """Does a searchable attribute have several values? Only the first is indexed."""
-    return any(
-        len((js.get(f"{key.tag:08X}") or {}).get("Value") or ()) > 1 for key in _COLUMN_KEYS
-    )
+    return any(len((js.get(f"{key.tag:08X}") or {}).get("Value") or ()) > 1 for key in _COLUMN_KEYS)
 
 
 _COLUMN_KEYS = [k for k in KEYS if k.column is not None and k.kind is not Kind.ITEM]

@@ -115,8 +115,12 @@ class Commitments:
             if status == SUCCESS:
                 break
         if status != SUCCESS:
-            log.warning("storage commitment %s: the report to %s was not delivered (%s)",
-                        request.transaction, caller[0], detail["via"])  # fmt: skip
+            log.warning(
+                "storage commitment %s: the report to %s was not delivered (%s)",
+                request.transaction,
+                caller[0],
+                detail["via"],
+            )
             detail["message"] = "the report was not delivered"
         outcome = PROCESSING_FAILURE if status is None else status
         service.record(caller, "N-EVENT-REPORT", outcome, clock, detail)
@@ -127,8 +131,9 @@ class Commitments:
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.dimse_timeout
         ae.add_requested_context(commitment.SOP_CLASS)
         role = build_role(commitment.SOP_CLASS, scu_role=False, scp_role=True)
-        assoc = ae.associate(peer.host, peer.port, ae_title=ae_title, ext_neg=[role],
-                             **self.service.tls_args(peer))  # fmt: skip
+        assoc = ae.associate(
+            peer.host, peer.port, ae_title=ae_title, ext_neg=[role], **self.service.tls_args(peer)
+        )
         if not assoc.is_established:
             return None
         try:
@@ -143,8 +148,10 @@ async def failures(archive, request: Request, max_limit: int) -> dict[str, int]:
     stored: dict[str, set[str]] = {}
     uids = list(dict.fromkeys(sop for _, sop in request.references))
     for start in range(0, len(uids), CHUNK):
-        params = [("SOPInstanceUID", "\\".join(uids[start : start + CHUNK])),
-                  ("limit", str(max_limit))]  # fmt: skip
+        params = [
+            ("SOPInstanceUID", "\\".join(uids[start : start + CHUNK])),
+            ("limit", str(max_limit)),
+        ]
         query = parse_query(params, Level.INSTANCE, max_limit=max_limit)
         page = await archive.search.search(query, "")
         for result in page.results:

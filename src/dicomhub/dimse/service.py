@@ -65,12 +65,18 @@ from dicomhub.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind,
-               StudyRootQueryRetrieveInformationModelFind]  # fmt: skip
-GET_MODELS = [PatientRootQueryRetrieveInformationModelGet,
-              StudyRootQueryRetrieveInformationModelGet]  # fmt: skip
-MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove,
-               StudyRootQueryRetrieveInformationModelMove]  # fmt: skip
+FIND_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+]
+GET_MODELS = [
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+MOVE_MODELS = [
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+]
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 ACSE_TIMEOUT = 10.0  # seconds to the A-ASSOCIATE-RQ (and other ACSE messages)
 # the data actions of the HTTP routes that do the same
@@ -82,8 +88,12 @@ ACTIONS = {
     "N-ACTION": WRITE,
     "N-EVENT-REPORT": WRITE,
 }  # storage commitment: by storers
-NATIVE = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian,
-          ExplicitVRBigEndian]  # fmt: skip
+NATIVE = [
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
 # arrive as they were made, then the native ones in this order (Implicit VR loses the VRs).
 PREFERRED = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
@@ -256,9 +266,10 @@ class DimseService:
             accepted: list = []  # the destination association's, once it is accepted
             options = {
                 "contexts": _move_contexts(found),
-                "evt_handlers": [(evt.EVT_ACCEPTED, lambda e: accepted.extend(
-                    e.assoc.accepted_contexts))],
-            }  # fmt: skip
+                "evt_handlers": [
+                    (evt.EVT_ACCEPTED, lambda e: accepted.extend(e.assoc.accepted_contexts))
+                ],
+            }
             yield peer.host, peer.port, options | self.tls_args(peer)
             # pynetdicom associates with the destination after the count (unless there is
             # nothing to send): until resumed past it, the destination was not reached
@@ -320,29 +331,60 @@ class DimseService:
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    def _audit(self, event, command: str, outcome, status: int, size: int, clock: float,
-               detail: dict | None = None):  # fmt: skip
+    def _audit(
+        self,
+        event,
+        command: str,
+        outcome,
+        status: int,
+        size: int,
+        clock: float,
+        detail: dict | None = None,
+    ):
         uids = (outcome.retrieve_path or "").split("/")[1::2] if outcome else []
         study, series, sop = (uids + [None, None, None])[:3]
         detail = dict(detail or {})
         if outcome and outcome.message:
             detail["message"] = outcome.message
         instance = sop or (outcome.sop_instance if outcome else None)
-        self.record(caller_of(event), command, status, clock, detail, bytes_in=size, study=study,
-                    series=series, instance=instance)  # fmt: skip
+        self.record(
+            caller_of(event),
+            command,
+            status,
+            clock,
+            detail,
+            bytes_in=size,
+            study=study,
+            series=series,
+            instance=instance,
+        )
 
-    def record(self, caller: tuple[str, str], command: str, status: int, clock: float,
-               detail: dict, **fields) -> None:  # fmt: skip
+    def record(
+        self,
+        caller: tuple[str, str],
+        command: str,
+        status: int,
+        clock: float,
+        detail: dict,
+        **fields,
+    ) -> None:
         """Audit a DIMSE operation of ``caller`` (AE title, address), from any thread."""
         if self.archive.audit is None:
             return
         ae_title, address = caller
         entry = AuditEntry(
-            time=utcnow(), protocol="dimse", method=command,
-            path=f"{ae_title}->{self.settings.dimse_aet}", status=status, principal=ae_title,
-            address=address, action=ACTIONS.get(command),
-            duration_ms=round((time.perf_counter() - clock) * 1000, 3), detail=detail, **fields,
-        )  # fmt: skip
+            time=utcnow(),
+            protocol="dimse",
+            method=command,
+            path=f"{ae_title}->{self.settings.dimse_aet}",
+            status=status,
+            principal=ae_title,
+            address=address,
+            action=ACTIONS.get(command),
+            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            detail=detail,
+            **fields,
+        )
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
 
 

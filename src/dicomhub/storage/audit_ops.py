@@ -31,10 +31,24 @@ def add(entries: list[AuditEntry]) -> Op:
 
 def _row(e: AuditEntry) -> tuple:
     return (
-        to_micros(e.time), e.protocol, e.method, e.path, e.status, e.principal, e.client,
-        e.address, e.route, e.action, e.study, e.series, e.instance, e.bytes_in, e.bytes_out,
-        e.duration_ms, json.dumps(e.detail) if e.detail else None,
-    )  # fmt: skip
+        to_micros(e.time),
+        e.protocol,
+        e.method,
+        e.path,
+        e.status,
+        e.principal,
+        e.client,
+        e.address,
+        e.route,
+        e.action,
+        e.study,
+        e.series,
+        e.instance,
+        e.bytes_in,
+        e.bytes_out,
+        e.duration_ms,
+        json.dumps(e.detail) if e.detail else None,
+    )
 
 
 def find(query: AuditQuery) -> Op:
@@ -69,7 +83,7 @@ def find(query: AuditQuery) -> Op:
             duration_ms=r["duration_ms"],
             detail=json.loads(r["detail"]) if r["detail"] else {},
             id=r["entry_id"],
-        )  # fmt: skip
+        )
         for r in found
     ]
 

@@ -211,8 +211,9 @@ def reindex_batch(tag_keys: list[int], after: int, until: int, limit: int) -> Op
     found = yield rows(BATCH, after, until, limit)
     for r in found:
         invalid = json.loads(r["invalid"]) if r["invalid"] else {}
-        yield from _index(tags, r["version"], r["series_key"], r["study_key"],
-                          json.loads(r["metadata"]), invalid)  # fmt: skip
+        yield from _index(
+            tags, r["version"], r["series_key"], r["study_key"], json.loads(r["metadata"]), invalid
+        )
     return (found[-1]["version"] if found else None), len(found)
 
 

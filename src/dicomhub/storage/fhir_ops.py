@@ -107,7 +107,7 @@ def failures(target: str, offset: int, limit: int) -> Op:
             r["error"],
             json.loads(r["outcome"]) if r["outcome"] else None,
             from_micros(r["at"]),
-        )  # fmt: skip
+        )
         for r in found
     ]
 

@@ -160,10 +160,12 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
         yield run(q.DELETE_EMPTY_SERIES, series_key)
         yield run(q.DELETE_EMPTY_STUDY, study_key)
     changes = [
-        (InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
-         r["version"])
+        (
+            InstanceId(r["study_uid"], r["series_uid"], r["sop_uid"], r["partition_name"]),
+            r["version"],
+        )
         for r in found
-    ]  # fmt: skip
+    ]
     yield from _log_changes(Action.DELETE, changes)
     return len(found)
 

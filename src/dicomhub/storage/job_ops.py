@@ -63,9 +63,16 @@ def enqueue(
     """Add a job; for a singleton kind, the pending or running one's id when there is one."""
     micros = to_micros(now)
     row = yield one(
-        INSERT, id, kind, micros, micros, json.dumps(payload), max_attempts, micros,
+        INSERT,
+        id,
+        kind,
+        micros,
+        micros,
+        json.dumps(payload),
+        max_attempts,
+        micros,
         kind if singleton else None,
-    )  # fmt: skip
+    )
     if row is not None:
         return row[0]
     return (yield one(SINGLETON, kind))[0]
@@ -110,9 +117,16 @@ def finish(
     else:
         status, percent = OperationStatus.FAILED, None
     yield run(
-        FINISH, str(status), percent, _json(results), json.dumps(errors),
-        to_micros(retry_at or now), to_micros(now), status != OperationStatus.NOT_STARTED, id,
-    )  # fmt: skip
+        FINISH,
+        str(status),
+        percent,
+        _json(results),
+        json.dumps(errors),
+        to_micros(retry_at or now),
+        to_micros(now),
+        status != OperationStatus.NOT_STARTED,
+        id,
+    )
     return True
 
 

@@ -110,14 +110,27 @@ def arguments(
     i, record = instance.id, instance.search
     now = to_micros(utcnow())
     return (
-        version, i.partition, i.study, i.series, i.sop, instance.sop_class,
-        instance.transfer_syntax, instance.size, now, int(instance.parse_on_read),
-        instance.metadata, instance.frames, instance.bulk,
-        record.instance.get("instance_number"), record.instance.get("acquisition_datetime"),
-        record.instance_doc, json.dumps(instance.invalid) if instance.invalid else None,
-        *_level(Level.STUDY, bases, docs), *_level(Level.SERIES, bases, docs),
+        version,
+        i.partition,
+        i.study,
+        i.series,
+        i.sop,
+        instance.sop_class,
+        instance.transfer_syntax,
+        instance.size,
+        now,
+        int(instance.parse_on_read),
+        instance.metadata,
+        instance.frames,
+        instance.bulk,
+        record.instance.get("instance_number"),
+        record.instance.get("acquisition_datetime"),
+        record.instance_doc,
+        json.dumps(instance.invalid) if instance.invalid else None,
+        *_level(Level.STUDY, bases, docs),
+        *_level(Level.SERIES, bases, docs),
         *_tag_values(tags, instance),
-    )  # fmt: skip
+    )
 
 
 def _level(level: Level, bases: Bases, docs: Bases) -> tuple:

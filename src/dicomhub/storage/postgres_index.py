@@ -70,9 +70,13 @@ class PostgresIndex(SqlIndex):
     async def start(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size, timeout=10, command_timeout=300,
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=10,
+                command_timeout=300,
                 reset=_keep_session,
-            )  # fmt: skip
+            )
         except UNAVAILABLE as exc:
             raise Unavailable("index", f"cannot connect to PostgreSQL: {exc}") from exc
         current = await self.upgrade() if self.migrate else await self.version()

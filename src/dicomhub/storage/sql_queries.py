@@ -171,8 +171,11 @@ def uid_clauses(
 ) -> tuple[list[str], list]:
     """WHERE clauses (over st, se, i) fixing the UIDs that are given."""
     where, params = [], []
-    for clause, uid in (("st.study_uid = ?", study), ("se.series_uid = ?", series),
-                        ("i.sop_uid = ?", sop)):  # fmt: skip
+    for clause, uid in (
+        ("st.study_uid = ?", study),
+        ("se.series_uid = ?", series),
+        ("i.sop_uid = ?", sop),
+    ):
         if uid is not None:
             where.append(clause)
             params.append(uid)

@@ -49,8 +49,15 @@ TAG = "/extendedquerytags/{tag}"
 class ActionRoute(Route):
     """A route that declares the data action it needs (None: any caller) and checks it."""
 
-    def __init__(self, path: str, endpoint, methods: list[str], name: str, action: str | None,
-                 version: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        endpoint,
+        methods: list[str],
+        name: str,
+        action: str | None,
+        version: int | None = None,
+    ):
         async def guarded(request):
             request.scope[ROUTE] = name
             request.scope[ACTION] = action

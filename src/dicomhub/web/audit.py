@@ -89,15 +89,24 @@ class AuditMiddleware:
             detail["caller"] = headers
         client = scope.get("client")
         return AuditEntry(
-            time=started, protocol="http", method=scope["method"], path=scope["path"],
-            status=counts["status"], principal=principal.subject if principal else None,
+            time=started,
+            protocol="http",
+            method=scope["method"],
+            path=scope["path"],
+            status=counts["status"],
+            principal=principal.subject if principal else None,
             client=principal.client if principal else None,
-            address=client[0] if client else None, route=scope.get(ROUTE),
-            action=scope.get(ACTION), study=study,
-            series=params.get("series"), instance=params.get("sop"), bytes_in=counts["in"],
-            bytes_out=counts["out"], duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            address=client[0] if client else None,
+            route=scope.get(ROUTE),
+            action=scope.get(ACTION),
+            study=study,
+            series=params.get("series"),
+            instance=params.get("sop"),
+            bytes_in=counts["in"],
+            bytes_out=counts["out"],
+            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
             detail=detail,
-        )  # fmt: skip
+        )
 
 
 def _caller_headers(scope: Scope) -> tuple[dict[str, str], str | None]:

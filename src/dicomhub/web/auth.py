@@ -26,8 +26,18 @@ from dicomhub.web.errors import problem
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health/check",)  # load balancers probe it without a token
-ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-              "EdDSA"}  # fmt: skip
+ASYMMETRIC = {
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+}
 
 
 class Unauthenticated(Exception):

@@ -58,8 +58,9 @@ async def retrieve(request: Request) -> Response:
     headers = {"Vary": "Accept"}
     if single:
         as_stored = not choice.multipart and not parts[0].converted
-        headers = cache_headers(instances[0], "" if as_stored else parts[0].media,
-                                weak=choice.multipart)  # fmt: skip
+        headers = cache_headers(
+            instances[0], "" if as_stored else parts[0].media, weak=choice.multipart
+        )
         if not_modified(request, headers["ETag"]):
             return not_modified_response(headers)
     local = zero_copy(request)

@@ -75,9 +75,13 @@ class JobRunner:
             while not (await asyncio.wait({work}, timeout=self.lease.total_seconds() / 3))[0]:
                 now = utcnow()
                 kept = await self.index.renew_job(
-                    operation.id, self.owner, now, now + self.lease, context.percent,
+                    operation.id,
+                    self.owner,
+                    now,
+                    now + self.lease,
+                    context.percent,
                     context.checkpoint,
-                )  # fmt: skip
+                )
                 if not kept:
                     log.warning("lost the lease of job %s; stopping it", operation.id)
                     work.cancel()
