@@ -83,8 +83,12 @@ def _file(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = syntax
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
-               little_endian=syntax != ExplicitVRBigEndian)  # fmt: skip
+    ds.save_as(
+        out,
+        enforce_file_format=True,
+        implicit_vr=syntax == ImplicitVRLittleEndian,
+        little_endian=syntax != ExplicitVRBigEndian,
+    )
     return out.getvalue()
 
 
@@ -115,30 +119,50 @@ def test_what_modalities_send_is_taken_on():
     study = bench_data.study(1, 1, (2,))
     bench = next(bench_data.instances(study, 32))[1]
     with_sequences = ct(
-        ReferencedImageSequence=Sequence([item(ReferencedSOPClassUID="1.2.3",
-                                               ReferencedSOPInstanceUID="1.2.3.4")] * 2),
-        ProcedureCodeSequence=Sequence([item(CodeValue="X", CodeMeaning="Y",
-                                             PurposeOfReferenceCodeSequence=Sequence([item(
-                                                 CodeValue="Z", EncapsulatedDocument=b"")]))]),
-        IconImageSequence=Sequence([item(Rows=64, Columns=64, BitsAllocated=8,
-                                             PixelData=b"\x01" * 4096)]),
+        ReferencedImageSequence=Sequence(
+            [item(ReferencedSOPClassUID="1.2.3", ReferencedSOPInstanceUID="1.2.3.4")] * 2
+        ),
+        ProcedureCodeSequence=Sequence(
+            [
+                item(
+                    CodeValue="X",
+                    CodeMeaning="Y",
+                    PurposeOfReferenceCodeSequence=Sequence(
+                        [item(CodeValue="Z", EncapsulatedDocument=b"")]
+                    ),
+                )
+            ]
+        ),
+        IconImageSequence=Sequence(
+            [item(Rows=64, Columns=64, BitsAllocated=8, PixelData=b"\x01" * 4096)]
+        ),
         ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
-        WindowCenter=[40, 400.5], PixelSpacing=[0.5, 0.5], SliceThickness="1.25",
-    )  # fmt: skip
+        WindowCenter=[40, 400.5],
+        PixelSpacing=[0.5, 0.5],
+        SliceThickness="1.25",
+    )
     with_sequences.add_new(0x00091010, "LO", "ACME 1.0")
     with_sequences.add_new(0x00091011, "LO", "ACME")
     with_sequences.add_new(0x00091012, "OB", b"\x00\x01" * 10)
-    encapsulated = ct(PixelData=encapsulate([b"\xff\xd8" + bytes(100) + b"\xff\xd9"] * 3),
-                      NumberOfFrames=3, PhotometricInterpretation="YBR_FULL_422",
-                      BitsAllocated=8, BitsStored=8, HighBit=7, SamplesPerPixel=3)  # fmt: skip
+    encapsulated = ct(
+        PixelData=encapsulate([b"\xff\xd8" + bytes(100) + b"\xff\xd9"] * 3),
+        NumberOfFrames=3,
+        PhotometricInterpretation="YBR_FULL_422",
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        SamplesPerPixel=3,
+    )
     inline_pixels = ct(Rows=8, Columns=8)
     inline_pixels.PixelData = bytes(128)
     files = [
         bench,
         instance(uid(2), uid(2, 1), uid(2, 1, 1)),
         _file(with_sequences),
-        _file(ct(ReferencedImageSequence=Sequence([item(ReferencedSOPClassUID="1.2")])),
-              ImplicitVRLittleEndian),  # fmt: skip
+        _file(
+            ct(ReferencedImageSequence=Sequence([item(ReferencedSOPClassUID="1.2")])),
+            ImplicitVRLittleEndian,
+        ),
         _file(encapsulated, JPEGBaseline8Bit),
         _file(inline_pixels),
         _file(ct(SpecificCharacterSet="ISO_IR 192", PatientName="DOE^JOHN")),
@@ -164,8 +188,17 @@ def test_what_modalities_send_is_taken_on():
         instance(uid(3), uid(3, 1), uid(3, 1, 1)) + b"\x01\x02",  # bytes after the end
         b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\x00",  # no data set
     ],
-    ids=["latin1", "iso2022", "invalid-date", "pn-groups", "big-endian", "multi-uid",
-         "truncated", "tail", "empty"],  # fmt: skip
+    ids=[
+        "latin1",
+        "iso2022",
+        "invalid-date",
+        "pn-groups",
+        "big-endian",
+        "multi-uid",
+        "truncated",
+        "tail",
+        "empty",
+    ],
 )
 def test_the_unusual_is_left_to_pydicom(data):
     assert fast(data) is None
@@ -196,3 +229,30 @@ def test_equal_to_the_pydicom_path_on_generated_files(attributes, implicit, nest
     if nested:
         ds.ReferencedStudySequence = Sequence([item(**attributes)] if attributes else [])
     same(_file(ds, ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
+
+
+_BENCH_FILE = next(bench_data.instances(bench_data.study(1, 2, (1,)), 32))[1]
+_HEADER_END = scan(_BENCH_FILE, THRESHOLD, 1_000_000).pixel.offset  # element headers, values
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(132, _HEADER_END - 1), st.integers(0, 255)), min_size=1, max_size=3
+    )
+)
+def test_damaged_headers_are_declined_or_read_alike(changes):
+    """Bytes changed in the file meta group and the data set's elements (found this way: a VR
+    the meta group reader does not know; a UID padded with other whitespace): the scan never
+    fails, and what it takes on it reads as pydicom's path does."""
+    data = bytearray(_BENCH_FILE)
+    for at, value in changes:
+        data[at] = value
+    same(bytes(data))
+
+
+def test_a_uid_padded_with_other_whitespace_is_read_as_pydicom_reads_it():
+    data = _BENCH_FILE.replace(
+        b"1.2.826.0.1.3680043.10.5433.1.2.1.1\x00", b"1.2.826.0.1.3680043.10.5433.1.2.1.1\x0b"
+    )
+    assert data != _BENCH_FILE and same(data)

@@ -117,8 +117,9 @@ def ingest(
             extended = (list(_uint64s(ds[0x7FE00001].value)), list(_uint64s(ds[0x7FE00002].value)))
         photometric = _raw_text(ds, 0x00280004).strip("\x00 ")
         frames = _frames(encoded.json, parsed.pixel, photometric, extended, read_at)
-    return _described(uids, parsed.transfer_syntax, encoded, frames, parsed.deflated,
-                      warnings, invalid)  # fmt: skip
+    return _described(
+        uids, parsed.transfer_syntax, encoded, frames, parsed.deflated, warnings, invalid
+    )
 
 
 def ingest_scanned(
@@ -128,16 +129,19 @@ def ingest_scanned(
     relies on (a UID, the photometric interpretation) is not a single one, or the pixel data
     has an extended offset table: then ``ingest`` decides."""
     js = scanned.json
-    uids = {name: _json_text(js, tag) for name, tag in CORE_UIDS.items()}
+    texts = {name: _json_text(js, tag) for name, tag in CORE_UIDS.items()}
     photometric = _json_text(js, 0x00280004)
     patient = _json_text(js, PATIENT_ID)
-    if None in uids.values() or photometric is None or patient is None or "7FE00001" in js:
+    if None in texts.values() or photometric is None or patient is None or "7FE00001" in js:
         return None
+    uids = {name: clean_uid(text) for name, text in texts.items()}  # as ``ingest`` reads them
     _check_uids(uids, expected_study, strict and not patient.strip("\x00 "))
     scanned.name_bulk(_bulk_base(uids))
     frames = None
     if scanned.pixel is not None:
-        frames = _frames(js, scanned.pixel, photometric, None, lambda o, n: data[o : o + n])
+        frames = _frames(
+            js, scanned.pixel, photometric.strip("\x00 "), None, lambda o, n: data[o : o + n]
+        )
     encoded = EncodedDataset(js, scanned.bulk)
     return _described(uids, scanned.transfer_syntax, encoded, frames, False, [], {})
 
@@ -169,8 +173,9 @@ def _bulk_base(uids: dict[str, str]) -> str:
     return bulk_path(study, series, uids["SOPInstanceUID"]) + "/bulkdata/"
 
 
-def _described(uids, transfer_syntax, encoded: EncodedDataset, frames, parse_on_read,
-               warnings, invalid) -> IngestedInstance:  # fmt: skip
+def _described(
+    uids, transfer_syntax, encoded: EncodedDataset, frames, parse_on_read, warnings, invalid
+) -> IngestedInstance:
     return IngestedInstance(
         study=uids["StudyInstanceUID"],
         series=uids["SeriesInstanceUID"],

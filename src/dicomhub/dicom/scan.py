@@ -34,13 +34,11 @@ from dicomhub.dicom.parse import PIXEL_TAGS, UNDEFINED_LENGTH, PixelElement
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 ENCAPSULATED = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K, MPEG...: explicit LE
-LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
-                             "UT", "UV"})  # fmt: skip
-INLINE_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+LONG_LENGTH_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+INLINE_BINARY_VRS = frozenset("OB OD OF OL OV OW".split())
 KNOWN_VRS = (LONG_LENGTH_VRS - {"UN"}) | frozenset(  # UN: pydicom looks the VR up
-    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL",
-     "SS", "ST", "TM", "UI", "UL", "US"}
-)  # fmt: skip
+    "AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
+)
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 CHARSET = 0x00080005
 # The instances of a study repeat most values (patient, study, series, image attributes): short
@@ -108,9 +106,12 @@ class _Scan:
         and where the data set starts."""
         data, syntax = self.data, None
         while data[pos : pos + 2] == b"\x02\x00":
-            _, element, vr, length = _HEADER.unpack_from(data, pos)
+            _, element, vr_bytes, length = _HEADER.unpack_from(data, pos)
+            vr = vr_bytes.decode("ascii")
+            if vr not in KNOWN_VRS and vr != "UN":
+                raise Unusual  # pydicom reads such a meta group its own way
             pos += 8
-            if vr.decode("ascii") in LONG_LENGTH_VRS:
+            if vr in LONG_LENGTH_VRS:
                 (length,) = _LONG.unpack_from(data, pos)
                 pos += 4
             if length == UNDEFINED_LENGTH or pos + length > len(data):
@@ -161,8 +162,9 @@ class _Scan:
             if vr == "SQ":
                 if element == 0:
                     raise Unusual
-                js[key] = self._sequence(pos, None if length == UNDEFINED_LENGTH else length,
-                                         prefix + key, depth)  # fmt: skip
+                js[key] = self._sequence(
+                    pos, None if length == UNDEFINED_LENGTH else length, prefix + key, depth
+                )
                 pos = self.pos
                 continue
             if length == UNDEFINED_LENGTH:
