@@ -197,3 +197,55 @@ def _eventually(probe, timeout: float = 30):
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.2)
     return found
+
+
+def test_a_transaction_uid_is_never_reused(server):
+    """PS3.4 J.3.2: a Transaction UID shall not be reused; the second request is refused
+    (0x0110) and gets no report, on this node or any other (the record is in the index)."""
+    base, port = server
+    asked = request(uid(70, 300), [(CT, SOPS[0])])
+    assert ask(port, "KEEPER", asked, wait_for_report=True)[0] == 0x0000
+    status, report = ask(port, "KEEPER", asked)
+    assert status == 0x0110 and report is None
+    refused = [a for a in audit(base, "KEEPER", "N-ACTION") if a["status"] == 0x0110]
+    assert refused[-1]["detail"]["message"] == "the Transaction UID was used before (PS3.4 J.3.2)"
+    reports = audit(base, "KEEPER", "N-EVENT-REPORT")
+    assert len([r for r in reports if r["detail"]["transaction"] == uid(70, 300)]) == 1
+
+
+def test_a_pending_report_survives_a_killed_server(tmp_path):
+    """The report to a peer is a job in the index: the server is killed before it could deliver
+    (the peer was down); started again, with the peer up, it delivers the report."""
+    port, peer_port = free_port(), free_port()
+    settings = dict(
+        dimse_port=str(port),
+        dimse_callers="MODALITY=store",
+        job_lease="2",
+        dimse_peers=f"MODALITY=127.0.0.1:{peer_port}",
+    )
+    with running_server(tmp_path, **settings) as (base, proc):
+        body = multipart(instance(STUDY, SERIES, SOPS[0]))
+        stored = httpx.post(base + "/v2/studies", content=body, headers={"Content-Type": MULTIPART})
+        assert stored.status_code == 200
+        asked = request(uid(70, 400), [(CT, SOPS[0]), (CT, uid(70, 9))])
+        assert ask(port, "MODALITY", asked)[0] == 0x0000
+        _eventually(lambda: audit(base, "MODALITY", "N-EVENT-REPORT"))  # one failed attempt
+        proc.kill()
+        proc.wait(10)
+    arrived: queue.Queue = queue.Queue()
+    ae = AE(ae_title="MODALITY")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    handler = (evt.EVT_N_EVENT_REPORT, lambda e: arrived.put(e.event_information) or (0, None))
+    scp = ae.start_server(("127.0.0.1", peer_port), block=False, evt_handlers=[handler])
+    try:
+        with running_server(tmp_path, **settings) as (base, _):
+            info = arrived.get(timeout=60)
+            assert info.TransactionUID == uid(70, 400)
+            assert references(info, "ReferencedSOPSequence") == [(CT, SOPS[0], None)]
+            assert references(info, "FailedSOPSequence") == [(CT, uid(70, 9), 0x0112)]
+            delivered = _eventually(
+                lambda: [e for e in audit(base, "MODALITY", "N-EVENT-REPORT") if e["status"] == 0]
+            )
+            assert delivered[0]["detail"]["transaction"] == uid(70, 400)
+    finally:
+        scp.shutdown()

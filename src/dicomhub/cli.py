@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"dicomhub: --forwarded-allow-ips: {exc}")
     if settings.dimse_port:
         from dicomhub.dimse.callers import Callers, parse_peers
-        from dicomhub.dimse.service import client_tls_context, tls_context
+        from dicomhub.dimse.tls import client_tls_context, tls_context
 
         try:
             Callers(settings.dimse_callers)

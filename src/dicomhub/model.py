@@ -95,6 +95,8 @@ class JobType(StrEnum):
 
     BLOB_CLEANUP = "blob-cleanup"  # deleted instances' blobs, and stores that never finished
     REINDEX = "reindex"  # instances stored before extended query tags were added
+    STORAGE_COMMITMENT = "storage-commitment"  # a report to a requester in --dimse-peers
+    COMMITMENT_ANSWERED = "storage-commitment-answered"  # the record of a Transaction UID
 
 
 class OperationStatus(StrEnum):

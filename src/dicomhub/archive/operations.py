@@ -16,11 +16,13 @@ class OperationsService:
     def __init__(self, index: IndexStore):
         self.index = index
 
-    async def start(self, kind: str, payload: dict | None = None, singleton: bool = False) -> str:
+    async def start(
+        self, kind: str, payload: dict | None = None, singleton: bool = False, id: str = ""
+    ) -> str | None:
         """Queue a job; its operation id (for a singleton kind, that of the one already
-        queued or running, if any)."""
+        queued or running, if any). With an ``id`` of its own, None when that id was used."""
         return await self.index.enqueue_job(
-            uuid.uuid4().hex, kind, payload or {}, MAX_ATTEMPTS, utcnow(), singleton
+            id or uuid.uuid4().hex, kind, payload or {}, MAX_ATTEMPTS, utcnow(), singleton
         )
 
     async def get(self, operation_id: str) -> Operation:

@@ -1,17 +1,21 @@
 """Storage Commitment Push Model as SCP (PS3.4 J.3): an N-ACTION asks the archive to commit
 instances; an N-EVENT-REPORT answers, per instance.
 
-The N-ACTION is answered at once. The archive then looks every instance up in the index (an
-instance is committed when it is stored with the SOP Class the request names: its blob was
-durable before its index row existed). The report goes to a requester listed in
-``--dimse-peers`` on a new association, in which dicomhub takes the SCP role, tried again after
-each of ``RETRY_DELAYS``; to any other requester on its own association, if it still holds it
-open. A report that cannot be delivered is logged and audited as such.
+The N-ACTION is answered at once, once its Transaction UID is recorded in the index as an
+operation named after it: a Transaction UID used before is refused (PS3.4 J.3.2: it shall not
+be reused). The archive then looks every instance up in the index (an instance is committed
+when it is stored with the SOP Class the request names: its blob was durable before its index
+row existed). The report to a requester listed in ``--dimse-peers`` is a job (``deliver``): any
+node's job runner sends it on a new association, in which dicomhub takes the SCP role, and
+tries again with the runner's backoff; it survives a restart or a killed node. To any other
+requester it goes on its own association, if it still holds it open. A report that cannot be
+delivered is logged and audited as such.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from concurrent.futures import Future
@@ -24,7 +28,8 @@ from dicomhub.dicom import commitment
 from dicomhub.dicom.commitment import Request, parse_request, report
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
-from dicomhub.dimse.callers import Peer, caller_of
+from dicomhub.dimse.audit import audit_entry
+from dicomhub.dimse.callers import Peer, caller_of, parse_peers
 from dicomhub.dimse.status import (
     INVALID_OBJECT_INSTANCE,
     NO_SUCH_ACTION,
@@ -33,14 +38,21 @@ from dicomhub.dimse.status import (
     SUCCESS,
     status_of,
 )
-from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.dimse.tls import tls_args
+from dicomhub.errors import DicomhubError, InvalidRequest, Unavailable
+from dicomhub.model import JobType
 
 log = logging.getLogger(__name__)
 
 MAX_REFERENCES = 100_000  # instances in one request (0x0213 above)
-RETRY_DELAYS = (10.0, 60.0)  # before the second and third new associations
 REPLY_TIMEOUT = 10.0  # for a report on the request's association
+RECORD_TIMEOUT = 30.0  # for the index to record the transaction
 CHUNK = 100  # SOP Instance UIDs looked up in one query
+
+
+def operation_id(transaction: str) -> str:
+    """The operation of a Transaction UID: one per UID, so a reused one is found."""
+    return "commitment-" + hashlib.sha256(transaction.encode()).hexdigest()[:32]
 
 
 class Commitments:
@@ -66,10 +78,15 @@ class Commitments:
             else:
                 asked = self._parse(event)
                 detail.update(transaction=asked.transaction, instances=len(asked.references))
-                answer = self._answer(event.assoc, (caller, address), asked)
-                future = asyncio.run_coroutine_threadsafe(answer, self.service.loop)
-                self.pending.add(future)
-                future.add_done_callback(self.pending.discard)
+                peer = self.service.peers.get(caller)
+                if not self._record(asked, (caller, address), peer is not None):
+                    status = PROCESSING_FAILURE
+                    detail["message"] = "the Transaction UID was used before (PS3.4 J.3.2)"
+                elif peer is None:  # the request's association is the only way back
+                    answer = self._answer(event.assoc, (caller, address), asked)
+                    future = asyncio.run_coroutine_threadsafe(answer, self.service.loop)
+                    self.pending.add(future)
+                    future.add_done_callback(self.pending.discard)
         except DicomhubError as exc:
             status, detail["message"] = status_of(exc, action=True), str(exc)
         self.service.record((caller, address), "N-ACTION", status, clock, detail)
@@ -79,6 +96,25 @@ class Commitments:
         """Stop the reports still to be sent (at shutdown)."""
         for future in list(self.pending):
             future.cancel()
+
+    def _record(self, request: Request, caller: tuple[str, str], to_peer: bool) -> bool:
+        """Record the transaction (for a peer, as the job that delivers its report); False when
+        its Transaction UID was used before."""
+        payload = {
+            "transaction": request.transaction,
+            "references": [list(r) for r in request.references],
+            "requester": list(caller),
+        }
+        kind = JobType.STORAGE_COMMITMENT if to_peer else JobType.COMMITMENT_ANSWERED
+        started = self.service.archive.operations.start(
+            str(kind), payload, id=operation_id(request.transaction)
+        )
+        future = asyncio.run_coroutine_threadsafe(started, self.service.loop)
+        try:
+            return future.result(RECORD_TIMEOUT) is not None
+        except TimeoutError:
+            future.cancel()
+            raise Unavailable("index", "recording the transaction took too long") from None
 
     @staticmethod
     def _parse(event) -> Request:
@@ -90,30 +126,12 @@ class Commitments:
             raise InvalidRequest(f"the Action Information cannot be read: {exc}") from exc
 
     async def _answer(self, assoc, caller: tuple[str, str], request: Request) -> None:
+        """The report on the request's association (a requester that is no peer)."""
         clock = time.perf_counter()
         service = self.service
-        try:
-            failed = await failures(service.archive, request, service.settings.qido_max_limit)
-        except Exception:  # noqa: BLE001 - reported as failures, never silently dropped
-            log.exception("storage commitment %s: the lookup failed", request.transaction)
-            failed = {sop: PROCESSING_FAILURE for _, sop in request.references}
-        event_type, info = report(request, failed, service.settings.dimse_aet)
-        detail = {
-            "transaction": request.transaction,
-            "committed": len(request.references) - len(failed),
-            "failed": len(failed),
-        }
-        peer = service.peers.get(caller[0])
-        status = None
-        if peer is None:  # the request's association is the only way back
-            status = await asyncio.to_thread(_send_back, assoc, event_type, info)
-            detail["via"] = "the request's association"
-        for delay in (0.0, *RETRY_DELAYS) if peer is not None else ():
-            await asyncio.sleep(delay)
-            status = await asyncio.to_thread(self._send_new, peer, caller[0], event_type, info)
-            detail["via"] = f"a new association to {peer}"
-            if status == SUCCESS:
-                break
+        event_type, info, detail = await _report(service.archive, request)
+        status = await asyncio.to_thread(_send_back, assoc, event_type, info)
+        detail["via"] = "the request's association"
         if status != SUCCESS:
             log.warning(
                 "storage commitment %s: the report to %s was not delivered (%s)",
@@ -125,21 +143,62 @@ class Commitments:
         outcome = PROCESSING_FAILURE if status is None else status
         service.record(caller, "N-EVENT-REPORT", outcome, clock, detail)
 
-    def _send_new(self, peer: Peer, ae_title: str, event_type: int, info: Dataset):
-        settings = self.service.settings
-        ae = AE(ae_title=settings.dimse_aet)
-        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.dimse_timeout
-        ae.add_requested_context(commitment.SOP_CLASS)
-        role = build_role(commitment.SOP_CLASS, scu_role=False, scp_role=True)
-        assoc = ae.associate(
-            peer.host, peer.port, ae_title=ae_title, ext_neg=[role], **self.service.tls_args(peer)
-        )
-        if not assoc.is_established:
-            return None
-        try:
-            return _send(assoc, event_type, info)
-        finally:
-            assoc.release()
+
+async def deliver(archive, payload: dict) -> dict:
+    """The job of a report to a requester in ``--dimse-peers``: look the instances up, send the
+    report on a new association; one that is not delivered raises, and the job runner tries
+    again later (with backoff, up to the job's attempts)."""
+    clock = time.perf_counter()
+    settings = archive.settings
+    request = Request(payload["transaction"], [tuple(r) for r in payload["references"]])
+    caller = tuple(payload["requester"])
+    peer = parse_peers(settings.dimse_peers).get(caller[0])
+    if peer is None:
+        raise Unavailable("dimse", f"{caller[0]} is no longer in --dimse-peers")
+    event_type, info, detail = await _report(archive, request)
+    status = await asyncio.to_thread(_send_new, settings, peer, caller[0], event_type, info)
+    detail["via"] = f"a new association to {peer}"
+    if status != SUCCESS:
+        detail["message"] = "the report was not delivered (tried again later)"
+    if archive.audit is not None:
+        outcome = PROCESSING_FAILURE if status is None else status
+        entry = audit_entry(settings.dimse_aet, caller, "N-EVENT-REPORT", outcome, clock, detail)
+        archive.audit.record(entry)
+    if status != SUCCESS:
+        raise Unavailable("dimse", f"the storage commitment report to {peer} was not delivered")
+    return detail
+
+
+async def _report(archive, request: Request) -> tuple[int, Dataset, dict]:
+    """The report's Event Type ID and Event Information, and its audit detail."""
+    try:
+        failed = await failures(archive, request, archive.settings.qido_max_limit)
+    except Exception:  # noqa: BLE001 - reported as failures, never silently dropped
+        log.exception("storage commitment %s: the lookup failed", request.transaction)
+        failed = {sop: PROCESSING_FAILURE for _, sop in request.references}
+    event_type, info = report(request, failed, archive.settings.dimse_aet)
+    detail = {
+        "transaction": request.transaction,
+        "committed": len(request.references) - len(failed),
+        "failed": len(failed),
+    }
+    return event_type, info, detail
+
+
+def _send_new(settings, peer: Peer, ae_title: str, event_type: int, info: Dataset):
+    ae = AE(ae_title=settings.dimse_aet)
+    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.dimse_timeout
+    ae.add_requested_context(commitment.SOP_CLASS)
+    role = build_role(commitment.SOP_CLASS, scu_role=False, scp_role=True)
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=ae_title, ext_neg=[role], **tls_args(settings, peer)
+    )
+    if not assoc.is_established:
+        return None
+    try:
+        return _send(assoc, event_type, info)
+    finally:
+        assoc.release()
 
 
 async def failures(archive, request: Request, max_limit: int) -> dict[str, int]:

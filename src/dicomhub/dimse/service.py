@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import time
 
 from pydicom.uid import (
@@ -41,9 +40,9 @@ from pynetdicom.sop_class import (
 
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.spool import PartBody
-from dicomhub.clock import utcnow
 from dicomhub.dicom import commitment, stow
 from dicomhub.dimse import retrieve
+from dicomhub.dimse.audit import audit_entry
 from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_peers
 from dicomhub.dimse.commitment import Commitments
 from dicomhub.dimse.find import find
@@ -59,8 +58,8 @@ from dicomhub.dimse.status import (
     UNREACHABLE,
     status_of,
 )
+from dicomhub.dimse.tls import tls_args, tls_context
 from dicomhub.errors import DicomhubError
-from dicomhub.model import READ, WRITE, AuditEntry
 from dicomhub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,15 +78,6 @@ MOVE_MODELS = [
 ]
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 ACSE_TIMEOUT = 10.0  # seconds to the A-ASSOCIATE-RQ (and other ACSE messages)
-# the data actions of the HTTP routes that do the same
-ACTIONS = {
-    "C-STORE": WRITE,
-    "C-FIND": READ,
-    "C-GET": READ,
-    "C-MOVE": READ,
-    "N-ACTION": WRITE,
-    "N-EVENT-REPORT": WRITE,
-}  # storage commitment: by storers
 NATIVE = [
     ExplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
@@ -153,9 +143,7 @@ class DimseService:
 
     def tls_args(self, peer: Peer) -> dict:
         """The ``associate()`` options for an association dicomhub opens to ``peer``."""
-        if not peer.tls:
-            return {}
-        return {"tls_args": (client_tls_context(self.settings), peer.host)}
+        return tls_args(self.settings, peer)
 
     # -- handlers (in pynetdicom's association threads) -----------------------------------
 
@@ -371,47 +359,10 @@ class DimseService:
         """Audit a DIMSE operation of ``caller`` (AE title, address), from any thread."""
         if self.archive.audit is None:
             return
-        ae_title, address = caller
-        entry = AuditEntry(
-            time=utcnow(),
-            protocol="dimse",
-            method=command,
-            path=f"{ae_title}->{self.settings.dimse_aet}",
-            status=status,
-            principal=ae_title,
-            address=address,
-            action=ACTIONS.get(command),
-            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
-            detail=detail,
-            **fields,
+        entry = audit_entry(
+            self.settings.dimse_aet, caller, command, status, clock, detail, **fields
         )
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """DICOM TLS (PS3.15 B.1, BCP 195: TLS 1.2 or later) when a certificate is set; peers must
-    present a certificate signed by dimse_tls_ca when it is set."""
-    if not (settings.dimse_tls_certfile or settings.dimse_tls_keyfile):
-        return None
-    if not (settings.dimse_tls_certfile and settings.dimse_tls_keyfile):
-        raise ValueError("DICOM TLS needs both dimse_tls_certfile and dimse_tls_keyfile")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.dimse_tls_certfile, settings.dimse_tls_keyfile)
-    if settings.dimse_tls_ca:
-        context.load_verify_locations(settings.dimse_tls_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def client_tls_context(settings: Settings) -> ssl.SSLContext:
-    """DICOM TLS to a peer: its certificate is verified (against dimse_tls_ca, else the
-    system's CAs, and its host name); dicomhub presents its own certificate when it has one."""
-    context = ssl.create_default_context(cafile=settings.dimse_tls_ca or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.dimse_tls_certfile and settings.dimse_tls_keyfile:
-        context.load_cert_chain(settings.dimse_tls_certfile, settings.dimse_tls_keyfile)
-    return context
 
 
 def _move_contexts(found: list) -> list:

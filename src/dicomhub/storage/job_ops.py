@@ -60,7 +60,8 @@ PURGE = (
 def enqueue(
     id: str, kind: str, payload: dict, max_attempts: int, now: datetime, singleton: bool
 ) -> Op:
-    """Add a job; for a singleton kind, the pending or running one's id when there is one."""
+    """Add a job; for a singleton kind, the pending or running one's id when there is one;
+    None when a job with this ``id`` exists (ids chosen by meaning, e.g. a Transaction UID's)."""
     micros = to_micros(now)
     row = yield one(
         INSERT,
@@ -75,6 +76,8 @@ def enqueue(
     )
     if row is not None:
         return row[0]
+    if not singleton:
+        return None
     return (yield one(SINGLETON, kind))[0]
 
 

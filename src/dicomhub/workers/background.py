@@ -36,7 +36,20 @@ def handlers(archive: Archive) -> dict[str, Handler]:
             context.operation.payload, context.checkpoint, context.progress
         )
 
-    return {JobType.BLOB_CLEANUP: blob_cleanup, JobType.REINDEX: reindex}
+    async def storage_commitment(context: JobContext) -> dict:
+        from dicomhub.dimse.commitment import deliver  # pynetdicom: only loaded when needed
+
+        return await deliver(archive, context.operation.payload)
+
+    async def answered(context: JobContext) -> dict:
+        return {}  # the report went on the request's association: this is its record
+
+    return {
+        JobType.BLOB_CLEANUP: blob_cleanup,
+        JobType.REINDEX: reindex,
+        JobType.STORAGE_COMMITMENT: storage_commitment,
+        JobType.COMMITMENT_ANSWERED: answered,
+    }
 
 
 async def run_background(archive: Archive, settings: Settings) -> None:
