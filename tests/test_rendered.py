@@ -32,6 +32,7 @@ NAMES = [
     "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline YBR_FULL
     "liver.dcm",  # 1-bit, 3 frames, enhanced
     "emri_small_jpeg_2k_lossless.dcm",  # 10 frames
+    "SC_rgb_small_odd_big_endian.dcm",  # 8-bit RGB in big endian OW, odd length
 ]
 FILES = {f.name: f for f in storable_files(extra=True) if f.name in NAMES}
 

@@ -131,13 +131,35 @@ class PixelService:
         self, instance: StoredInstance, numbers: list[int] | None, target: str
     ) -> list[bytes]:
         """Frames of the instance (1-based; None: all) in ``target``."""
-        stored = await self.retrieve.frames(instance, numbers)
         source = codecs.frame_syntax(instance.transfer_syntax)
         if target == source:
-            return stored
+            return await self.retrieve.frames(instance, numbers)
         info = await self._convertible(instance, target)
+        stored = await self.to_decode(instance, info, source, numbers)
         jobs = [self.converter.run(codecs.convert, info, source, target, f) for f in stored]
         return [data for data, _ in await asyncio.gather(*jobs)]
+
+    async def to_decode(
+        self, instance: StoredInstance, info: PixelInfo, source: str, numbers: list[int] | None
+    ) -> list[bytes]:
+        """The stored frames as the decoder needs them. 8-bit samples in big endian OW are
+        swapped in 16-bit words, so the one frame of odd length has its last sample in the pad
+        byte after it: that frame is read with its pad (pydicom decodes it so too)."""
+        index = _frame_index(instance)
+        if (
+            source == codecs.BIG_ENDIAN
+            and info.pixel_vr == "OW"
+            and info.bits_allocated == 8
+            and info.frames == 1
+            and index is not None
+            and index.native is not None
+            and codecs.frame_bytes(info) % 2
+        ):
+            offset, length, _ = index.native
+            if numbers is not None and numbers != [1]:
+                return await self.retrieve.frames(instance, numbers)  # says which is missing
+            return [await self.retrieve.blobs.read(instance.blob_key, offset, length)]
+        return await self.retrieve.frames(instance, numbers)
 
     async def instance(self, instance: StoredInstance, target: str) -> AsyncIterator[bytes]:
         """The instance as a PS3.10 file in ``target``, streamed. What can go wrong before the
@@ -225,7 +247,7 @@ class PixelService:
             if instance.parse_on_read:
                 frame = next(stored)
             else:
-                frame = (await self.retrieve.frames(instance, [number]))[0]
+                frame = (await self.to_decode(instance, info, source, [number]))[0]
             job = self.converter.run(codecs.convert, info, source, target, frame)
             pending.append(asyncio.ensure_future(job))
             if len(pending) >= _WINDOW:
@@ -302,7 +324,7 @@ class RenderService:
         source = codecs.frame_syntax(instance.transfer_syntax)
         if not codecs.decodable(source):
             raise NotAcceptable(f"pixel data in {codecs.describe(source)} cannot be rendered")
-        stored = await pixels.retrieve.frames(instance, numbers)
+        stored = await pixels.to_decode(instance, info, source, numbers)
         dataset = (await pixels.header(instance)).dataset
         looks = [render.presentation(dataset, n) for n in numbers]
         return await pixels.converter.run(render.render, info, source, stored, looks, params)

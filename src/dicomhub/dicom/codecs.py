@@ -237,7 +237,7 @@ def cannot_encode(info: PixelInfo, source: str, target: str) -> str | None:
     if not info.valid:
         return "the Image Pixel module is incomplete or unsupported"
     if source == BIG_ENDIAN and info.pixel_vr == "OW" and info.bits_allocated == 8:
-        if frame_bytes(info) % 2:
+        if frame_bytes(info) % 2 and info.frames > 1:  # one frame is read with its pad byte
             return "8-bit big endian OW frames of odd length cannot be read"
     if target in NATIVE:
         return None
