@@ -38,6 +38,16 @@ def pytest_sessionfinish(session, exitstatus):
         context.__exit__(None, None, None)
 
 
+@pytest.fixture
+def clock():
+    """This process's clock (dicomhub.clock), to move forward instead of sleeping past a lease,
+    delay or lifetime; set back when the test ends."""
+    from dicomhub import clock as the_clock
+
+    yield the_clock
+    the_clock.reset()
+
+
 # The real components the tiers of the suite need; each ran, or why its tests were skipped.
 TIERS = ("PostgreSQL", "Azurite", "SeaweedFS", "FHIR server", "Orthanc", "DCMTK")
 _tiers: dict[str, str] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def test_delete_levels(file_client, tmp_path):
         assert removed == 3 and blobs(tmp_path) == []
 
 
-def test_cleanup_queue_survives_restart(file_client, tmp_path):
+def test_cleanup_queue_survives_restart(file_client, tmp_path, clock):
     with file_client(delete_delay=1) as client:
         stow(client, CT)
         study, _, _ = ids(CT)
@@ -59,7 +58,7 @@ def test_cleanup_queue_survives_restart(file_client, tmp_path):
         archive = client.app.state.archive
         assert client.portal.call(archive.cleanup.delete_due_blobs) == 0  # not due yet
     assert len(blobs(tmp_path)) == 1
-    time.sleep(1.1)
+    clock.advance(1.1)  # the deletion is due
     with file_client() as client:  # a new process: the queue is in the index
         archive = client.app.state.archive
         assert client.portal.call(archive.cleanup.delete_due_blobs) == 1

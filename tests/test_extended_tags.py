@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 
 import pydicom
 import pytest
@@ -312,7 +311,7 @@ def test_includefield_returns_extended_tags(tagged):
     assert "00101010" not in plain  # only when asked for
 
 
-def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch):
+def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, clock):
     from dicomhub.archive import extended_tags as service
 
     assert stow(client, *dataset()).status_code == 200
@@ -341,7 +340,7 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch):
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
     assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Adding"
     resumed_from = len(batches)
-    time.sleep(0.7)
+    clock.advance(1)  # the dead worker's lease runs out
     second = JobRunner(archive.index, handlers(archive), lease=0.6)
     assert client.portal.call(second.run_once) is True
     done = client.get(f"/v2/operations/{operation}").json()

@@ -5,7 +5,6 @@ replays, refusals, outages, two nodes and two deployments."""
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 
 import httpx
@@ -290,7 +289,7 @@ def test_two_deployments_feed_one_fhir_server(tmp_path, fhir_server):
         ("oauth2", "oauth2:hub:secret", {"fhir_client_id": "hub", "fhir_client_secret": "secret"}),
     ],
 )
-def test_authentication(tmp_path, kind, server_auth, settings):
+def test_authentication(tmp_path, kind, server_auth, settings, clock):
     """Each kind of authentication against a FHIR server that demands it; without the right
     credentials the sync stops (transient: 401 may be a rotated secret) and keeps its place."""
     from dicomhub.fhir.client import FhirError
@@ -312,7 +311,7 @@ def test_authentication(tmp_path, kind, server_auth, settings):
             stow(client, *files)
             assert sync(client) == 1
             if kind == "oauth2":  # the token (valid 2 s) is renewed when it runs out
-                time.sleep(2.5)
+                clock.advance(2.5)
                 stow(client, *study(f"AUTH-{kind}", "A3", 1))
                 assert sync(client) == 1
                 assert httpx.get(f"{server.url}/oauth/issued").json()["issued"] == 2

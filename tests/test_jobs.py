@@ -71,7 +71,7 @@ def test_failures_are_retried_with_backoff_then_fail(client):
     assert client.portal.call(runner.run_once) is False  # failed for good
 
 
-def test_a_killed_runners_job_is_resumed_by_another(client):
+def test_a_killed_runners_job_is_resumed_by_another(client, clock):
     archive = client.app.state.archive
     op = client.portal.call(archive.operations.start, "long", {"items": 10})
     done: list[int] = []
@@ -91,7 +91,11 @@ def test_a_killed_runners_job_is_resumed_by_another(client):
 
     async def kill_first() -> None:
         task = asyncio.create_task(first.run_once())
-        await asyncio.sleep(0.8)  # long enough to renew the lease with its checkpoint
+        for _ in range(300):  # until the lease renewal has saved the checkpoint
+            saved = await archive.index.operation(op)
+            if saved.percent_complete == 30:
+                break
+            await asyncio.sleep(0.05)
         task.cancel()  # the runner dies: its lease is not released
         await asyncio.gather(task, return_exceptions=True)
 
@@ -99,7 +103,7 @@ def test_a_killed_runners_job_is_resumed_by_another(client):
     state = client.get(f"/v2/operations/{op}").json()
     assert state["status"] == "running" and state["percentComplete"] == 30
     assert client.portal.call(second.run_once) is False  # the lease has not run out yet
-    time.sleep(0.7)
+    clock.advance(1)  # now it has
     assert client.portal.call(second.run_once) is True
     state = client.get(f"/v2/operations/{op}").json()
     assert state["status"] == "completed"

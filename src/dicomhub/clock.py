@@ -1,10 +1,32 @@
-"""The clock, and times as stored in the index: integer microseconds since the Unix epoch, UTC."""
+"""The clock, and times as stored in the index: integer microseconds since the Unix epoch, UTC.
 
-from datetime import UTC, datetime
+Everything that compares times (leases, delays, token lifetimes) reads them here, so that tests
+can move this process's clock forward (``advance``) instead of sleeping past them.
+"""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+_offset = 0.0  # seconds this process's clock runs ahead (tests only; 0 in the server)
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(UTC) + timedelta(seconds=_offset)
+
+
+def monotonic() -> float:
+    return time.monotonic() + _offset
+
+
+def advance(seconds: float) -> None:
+    """Move this process's clock forward (tests: a lease, delay or lifetime passes at once)."""
+    global _offset
+    _offset += seconds
+
+
+def reset() -> None:
+    global _offset
+    _offset = 0.0
 
 
 def to_micros(value: datetime) -> int:

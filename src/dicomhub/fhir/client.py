@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from dicomhub import clock
 
 FHIR_JSON = "application/fhir+json"
 
@@ -84,7 +85,7 @@ class FhirClient:
 
     async def _access_token(self) -> str:
         """OAuth2 client credentials (RFC 6749 4.4), cached until shortly before expiry."""
-        if self._token and self._token[1] > time.monotonic():
+        if self._token and self._token[1] > clock.monotonic():
             return self._token[0]
         data = {"grant_type": "client_credentials"}
         if self.auth.scope:
@@ -105,7 +106,7 @@ class FhirClient:
             )
         lifetime = float(body.get("expires_in", 300))
         margin = min(30.0, lifetime / 10)  # renewed a little before it runs out
-        self._token = (body["access_token"], time.monotonic() + lifetime - margin)
+        self._token = (body["access_token"], clock.monotonic() + lifetime - margin)
         return self._token[0]
 
 

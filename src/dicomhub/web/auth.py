@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import urllib.request
 from dataclasses import dataclass
 
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomhub import clock
 from dicomhub.settings import Settings
 from dicomhub.web.access import Roles
 from dicomhub.web.errors import problem
@@ -109,13 +109,13 @@ class TokenValidator:
     def _signing_key(self, token: str):
         if self._keys is None:
             reason = "the issuer's discovery document cannot be read now"
-            if time.monotonic() - self._discovery_failed < self.refresh:
+            if clock.monotonic() - self._discovery_failed < self.refresh:
                 raise IssuerUnavailable(reason)  # asked again only every auth_key_refresh s
             try:
                 url = self._jwks_url or self._discover()
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("the issuer's discovery document could not be read: %s", exc)
-                self._discovery_failed = time.monotonic()
+                self._discovery_failed = clock.monotonic()
                 raise IssuerUnavailable(reason) from exc
             self._keys = jwt.PyJWKClient(url, lifespan=300, cooldown_duration=self.refresh)
         try:
