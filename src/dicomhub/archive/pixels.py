@@ -151,13 +151,12 @@ class PixelService:
             and info.pixel_vr == "OW"
             and info.bits_allocated == 8
             and info.frames == 1
+            and numbers in (None, [1])
             and index is not None
             and index.native is not None
             and codecs.frame_bytes(info) % 2
         ):
             offset, length, _ = index.native
-            if numbers is not None and numbers != [1]:
-                return await self.retrieve.frames(instance, numbers)  # says which is missing
             return [await self.retrieve.blobs.read(instance.blob_key, offset, length)]
         return await self.retrieve.frames(instance, numbers)
 

@@ -19,8 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicomhub.settings import Settings
 
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?\Z")
-_SCHEMES = {"http": {"http", "https"}, "websocket": {"ws", "wss"}}
-_SECURE = {"https": "wss", "http": "ws"}  # a proxy says https for a WebSocket upgrade too
+_SCHEMES = {"http", "https"}
 
 
 class TrustedProxies:
@@ -46,7 +45,7 @@ class ForwardedHeaders:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        if scope["type"] in _SCHEMES and client and client[0] in self.trusted:
+        if scope["type"] == "http" and client and client[0] in self.trusted:
             scope = self._applied(scope)
         await self.app(scope, receive, send)
 
@@ -65,9 +64,7 @@ class ForwardedHeaders:
         said = {k: v for k, v in said.items() if v}
         scope = dict(scope)
         proto = said.get("proto", "").lower()
-        if scope["type"] == "websocket":
-            proto = _SECURE.get(proto, proto)
-        if proto in _SCHEMES[scope["type"]]:
+        if proto in _SCHEMES:
             scope["scheme"] = proto
         host = said.get("host", "")
         if _HOST.match(host):
