@@ -450,6 +450,7 @@ def test_media_types_and_bad_urls(qido):
         .startswith("application/json")
     )
     assert qido.get("/v2/studies").headers["content-type"].startswith("application/dicom+json")
+    assert qido.get("/v2/studies").headers["vary"] == "Accept"  # the media type is negotiated
     accept = {"Accept": 'multipart/related; type="application/dicom+xml"'}
     assert qido.get("/v2/studies", headers=accept).status_code == 406
     assert qido.get("/v2/studies/not-a-uid/series").status_code == 400

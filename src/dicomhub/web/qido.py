@@ -57,6 +57,7 @@ async def _search(request: Request, level: Level) -> Response:
         texts.append(MORE_RESULTS)
     if texts:
         headers["Warning"] = ", ".join(f'299 {service}: "{t}"' for t in texts)
+    headers["Vary"] = "Accept"  # application/dicom+json or application/json
     return Response(dumps(page.results), media_type=media, headers=headers)
 
 
