@@ -10,6 +10,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import BinaryIO
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
@@ -207,9 +208,19 @@ async def pieces(source: Body) -> AsyncIterator[bytes | FileRange]:
     """A body of one source, for ``StreamedResponse``."""
     if isinstance(source, FileRange):
         yield source
-    else:
+        return
+    try:
         async for chunk in source:
             yield chunk
+    finally:
+        await close_stream(source)
+
+
+async def close_stream(source) -> None:
+    """Close a stream (an async generator that may hold an open file) left part-way."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class StreamedResponse(StreamingResponse):
@@ -217,6 +228,13 @@ class StreamedResponse(StreamingResponse):
     the server's zero-copy extension)."""
 
     async def stream_response(self, send: Send) -> None:
+        try:
+            await self._stream(send)
+        finally:  # a client that left: its files are closed now, not whenever the GC runs
+            with anyio.CancelScope(shield=True):
+                await close_stream(self.body_iterator)
+
+    async def _stream(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )

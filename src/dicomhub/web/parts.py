@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dicomhub.dicom.multipart import PART_END, closing, part_header
 from dicomhub.errors import ConversionCrashed, NotAcceptable
 from dicomhub.model import StoredInstance
-from dicomhub.web.common import Body, FileRange
+from dicomhub.web.common import Body, FileRange, close_stream
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,13 @@ def _alone(part: Part, local: bool) -> bool:
 
 
 def _close(sources) -> None:
+    """Close the files of sources not (or not wholly) sent; a stream's generator closes its
+    own, soon (a task of its own: this may run where nothing can be awaited)."""
     for source in sources or []:
         if isinstance(source, FileRange):
             source.file.close()
+        elif hasattr(source, "aclose"):
+            asyncio.ensure_future(source.aclose())
 
 
 async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -199,9 +203,12 @@ async def primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     first = await anext(stream, None)
 
     async def whole() -> AsyncIterator[bytes]:
-        if first is not None:
-            yield first
-        async for chunk in stream:
-            yield chunk
+        try:
+            if first is not None:
+                yield first
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await close_stream(stream)
 
     return whole()
