@@ -122,8 +122,7 @@ class MultipartBody:
                 yield piece
         finally:
             _close(sources)
-            if ahead is not None:
-                ahead.cancel()
+            if ahead is not None:  # not cancelled: its thread would open files nobody closes
                 ahead.add_done_callback(
                     lambda f: f.cancelled() or f.exception() or _close(f.result())
                 )
