@@ -35,7 +35,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 ENCAPSULATED = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K, MPEG...: explicit LE
 LONG_LENGTH_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-INLINE_BINARY_VRS = frozenset("OB OD OF OL OV OW".split())
+INLINE_BINARY_VRS = BULK_VRS - {"UN"}  # inline when short: base64 (UN: pydicom looks it up)
 KNOWN_VRS = (LONG_LENGTH_VRS - {"UN"}) | frozenset(  # UN: pydicom looks the VR up
     "AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
 )
