@@ -47,7 +47,8 @@ class Settings:
     fsync: str = _setting(
         "instance",
         "When stored data reaches the disk. instance: each instance's file (and its folder "
-        "entry) and the index commit are synced before the store is acknowledged. off: the "
+        "entry: by the file's own sync on ext4, XFS and Btrfs, by a sync of the folder "
+        "elsewhere) and the index commit are synced before the store is acknowledged. off: the "
         "operating system writes them back later; faster, but a power cut or an OS crash can "
         "lose or truncate instances acknowledged in the seconds before it (a crash of dicomhub "
         "alone loses nothing). Object stores and PostgreSQL keep their own durability.",

@@ -1,6 +1,12 @@
 """BlobStore on a local folder. A put never replaces an existing object: bytes are written to a
 new file under their key (keys come from versions, never reused, and are read only once the
-index commits them), a spooled file is hard-linked in."""
+index commits them), a spooled file is hard-linked in.
+
+Durability: a new file is synced, and its folder too, unless the folder is on a file system
+whose fsync of a newly created file also makes its folder entry durable (ext4, XFS, Btrfs:
+their journals, or ext4's sync of a new entry's parent without one, commit the create with
+the file), where a second sync would only cost another flush per instance. A hard link is not
+a create of the file it links, so its folder is always synced."""
 
 from __future__ import annotations
 
@@ -22,12 +28,16 @@ class FileBlobStore:
         returns; off, the operating system writes it back later (a power cut can lose it)."""
         self.root = root
         self.fsync = fsync
+        self.sync_new_entries = fsync  # known once the folder exists (start)
 
     def _path(self, key: str) -> Path:
         return self.root / key
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        if self.fsync:
+            kind = await asyncio.to_thread(file_system, self.root)
+            self.sync_new_entries = kind not in ENTRY_SYNCED_WITH_FILE
 
     async def put(self, key: str, body: bytes | Path) -> None:
         target = self._path(key)
@@ -35,9 +45,11 @@ class FileBlobStore:
         def write() -> None:
             if isinstance(body, Path):
                 _link(body, target, self.fsync)
-            else:
-                _create(target, body, self.fsync)
-            if self.fsync:
+                if self.fsync:
+                    _fsync_dir(target.parent)
+                return
+            _create(target, body, self.fsync)
+            if self.sync_new_entries:
                 _fsync_dir(target.parent)
 
         try:
@@ -205,6 +217,39 @@ def _read_ahead(fd: int) -> None:
         pass  # no RWF_NOWAIT here (not Linux, or not this file system)
     if hasattr(os, "posix_fadvise"):  # not on macOS
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+
+
+# File systems whose fsync of a newly created file also makes its folder entry durable.
+ENTRY_SYNCED_WITH_FILE = frozenset({"ext4", "xfs", "btrfs"})
+
+
+def file_system(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the file system ``path`` is on (Linux: the mount that holds it in
+    /proc/self/mountinfo); None where that cannot be told."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    where = os.path.realpath(path)
+    best, kind = "", None
+    for line in mountinfo.splitlines():
+        fields, sep, rest = line.partition(" - ")
+        fields = fields.split()
+        if not sep or len(fields) < 5 or not rest:
+            continue
+        mount = _unescape(fields[4])
+        inside = where == mount or where.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):  # the longest, and the last mounted of equals
+            best, kind = mount, rest.split()[0]
+    return kind
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
 
 
 def _fsync_dir(path: Path) -> None:
