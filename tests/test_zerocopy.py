@@ -5,6 +5,7 @@ no error and no open file; a missing file fails as without it; TLS goes without 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.client
@@ -407,3 +408,58 @@ def _unchunk(body: bytes) -> bytes:
         out += body[end + 2 : end + 2 + size]
         assert body[end + 2 + size : end + 4 + size] == b"\r\n"
         pos = end + 4 + size
+
+
+def _first_recv(port: int, request: bytes) -> bytes:
+    with socket.socket() as s:
+        s.settimeout(30)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+        return s.recv(65536)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_head_leaves_with_the_body(loop):
+    """The response head waits for the body and leaves in the same write (one packet, one wake-up
+    of the client), even when the app takes its time between the two."""
+
+    async def app(scope, receive, send):
+        headers = [(b"content-length", b"8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await asyncio.sleep(0.3)  # uvicorn alone would have written the head by now
+        await send({"type": "http.response.body", "body": b"the body", "more_body": False})
+
+    with serving_app(app, loop) as port:
+        first = _first_recv(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"\r\n\r\nthe body")
+
+
+def test_a_100_continue_is_not_held():
+    """The interim response to ``Expect: 100-continue`` goes out before the response starts (the
+    client waits for it to send its body)."""
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body[::-1], "more_body": False})
+
+    with serving_app(app) as port, socket.socket() as s:
+        s.settimeout(30)
+        s.connect(("127.0.0.1", port))
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        raw = b""
+        while not raw.endswith(b"olleh"):
+            chunk = s.recv(65536)
+            assert chunk
+            raw += chunk
+    assert raw.startswith(b"HTTP/1.1 200")

@@ -50,34 +50,67 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
         if self._out is not None and not self._out.closed:
             cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}  # type: ignore[typeddict-item]
+            cycle.transport = _Held(cycle.transport)  # type: ignore[assignment]
             cycle.send = _ZeroCopySend(cycle, self._out)  # type: ignore[method-assign]
         super()._start_asgi_task(cycle, app)
 
 
+class _Held:
+    """A cycle's transport as uvicorn's ``send`` sees it. Once the response starts, its writes wait
+    here until ``flush``: the head goes out with the body (or in a file's first packet), in one
+    system call and one packet, not one for the head and one for the body."""
+
+    def __init__(self, transport: asyncio.Transport):
+        self.transport = transport
+        self.holding = False  # not before the response starts: "100 Continue" goes out at once
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self.holding:
+            self.transport.write(data)
+        elif data:
+            self.parts.append(data)
+            self.size += len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        return out
+
+    def flush(self) -> None:
+        parts, self.parts, self.size = self.parts, [], 0
+        if parts and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+
 class _ZeroCopySend:
-    """A cycle's ``send``: zero-copy messages here, everything else to uvicorn's own. A small body
-    message waits for the next message: before a file, it goes out in the file's first packet
-    (MSG_MORE), not alone; otherwise with or before the next body."""
+    """A cycle's ``send``: zero-copy messages here, everything else to uvicorn's own, whose writes
+    are held (``_Held``) while what they add up to is small and more follows: the head waits for
+    the body, a small body message for the next message; before a file they go out in the file's
+    first packet (MSG_MORE)."""
 
     def __init__(self, cycle: RequestResponseCycle, out: _SocketOut):
         self.cycle, self.out, self.send = cycle, out, cycle.send
-        self.held = b""  # bytes on the wire (framed when chunked), not yet written
+        self.held: _Held = cycle.transport  # type: ignore[assignment]
 
     async def __call__(self, message) -> None:
         cycle = self.cycle
         kind = message["type"]
-        if kind == "http.response.body" and self._holds(message):
-            body = message.get("body", b"")
-            if body:
-                if cycle.chunked_encoding:
-                    self.held += b"%x\r\n%s\r\n" % (len(body), body)
-                else:
-                    cycle.expected_content_length -= len(body)
-                    self.held += body
-            return
         if kind != ZEROCOPY:
-            self._flush()
+            if kind == "http.response.start":
+                self.held.holding = True
             await self.send(message)
+            more = kind == "http.response.start" or message.get("more_body", False)
+            if not more or self.held.size > HOLD or cycle.response_complete:
+                self.held.flush()
             return
         if cycle.disconnected:
             return
@@ -94,39 +127,21 @@ class _ZeroCopySend:
             count = 0
         elif cycle.chunked_encoding:
             if count:
-                self.held += b"%x\r\n" % count
+                self.held.write(b"%x\r\n" % count)
         elif count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
         else:
             cycle.expected_content_length -= count
         if count:
-            prefix, self.held = self.held, b""
-            if not await self.out.sendfile(fd, offset, count, prefix):
+            if not await self.out.sendfile(fd, offset, count, self.held.take()):
                 cycle.disconnected = True  # as uvicorn's own send does once the client is gone
                 cycle.message_event.set()
                 cycle.transport.close()
                 return
             if cycle.chunked_encoding:
-                self.held = b"\r\n"
+                self.held.write(b"\r\n")
         if not message.get("more_body", False):
-            self._flush()
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _holds(self, message) -> bool:
-        cycle = self.cycle
-        return (
-            message.get("more_body", False)
-            and len(self.held) + len(message.get("body", b"")) <= HOLD
-            and cycle.response_started
-            and not cycle.response_complete
-            and not cycle.disconnected
-            and cycle.scope["method"] != "HEAD"
-        )
-
-    def _flush(self) -> None:
-        if self.held and not self.cycle.disconnected:
-            self.cycle.transport.write(self.held)
-        self.held = b""
+            await self({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _SocketOut:
