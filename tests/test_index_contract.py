@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from dicomhub.archive.store import Versions
+from dicomhub.archive.store import Commits, Versions
 from dicomhub.clock import utcnow
 from dicomhub.dicom.instance import ingest
 from dicomhub.dicom.parse import read_part10
@@ -96,6 +96,81 @@ def test_concurrent_stores_of_one_instance_one_wins(nodes):
     results, found = asyncio.run(run())
     assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "NoneType"]
     assert len(found) == 1
+
+
+def test_commit_each_fails_stores_alone_and_keeps_their_order(nodes):
+    """Stores committed together: each one's outcome is its own (a duplicate or an abandoned
+    store fails alone, the others are stored), and the change feed lists them in their order."""
+    _, open_both = nodes
+    items = [new_instance(instance(uid(6), uid(6, 1), uid(6, 1, n))) for n in range(3)]
+
+    async def run():
+        a, b = await open_both()
+        try:
+            p = items[0].id.partition
+            versions = await a.reserve_versions(p, 5)
+            assert await a.abandon(versions[3]) is True
+            outcomes = await a.commit_each(
+                [
+                    (versions[0], items[0]),
+                    (versions[1], items[0]),  # a duplicate of the first
+                    (versions[2], items[1]),
+                    (versions[3], items[2]),  # abandoned before
+                    (versions[4], items[2]),
+                ]
+            )
+            stored = await b.instances(Scope(items[0].id.study))
+            feed = await b.changefeed(0, 100, by_sequence=True)
+            left = await b.stale_uploads(utcnow() + timedelta(seconds=1))
+            return versions, outcomes, stored, feed, left
+        finally:
+            await a.close()
+            await b.close()
+
+    versions, outcomes, stored, feed, left = asyncio.run(run())
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds == ["NoneType", "AlreadyExists", "NoneType", "StoreAbandoned", "NoneType"]
+    expected = [(items[0].id.sop, versions[0]), (items[1].id.sop, versions[2])]
+    expected.append((items[2].id.sop, versions[4]))
+    assert [(s.id.sop, s.version) for s in stored] == expected
+    assert [e.id.sop for e in feed] == [sop for sop, _ in expected]
+    assert {v for v, _ in left} == {versions[1]}  # the duplicate's store is still its to end
+
+
+def test_a_request_commits_the_parts_ready_together_in_one_write(nodes):
+    """The commits of one request's parts queued while the index is busy go in one index write,
+    in the order queued; a duplicate among them fails alone."""
+    _, open_both = nodes
+    items = [new_instance(instance(uid(7), uid(7, 1), uid(7, 1, n))) for n in range(6)]
+    items.insert(3, items[1])
+
+    async def run():
+        a, b = await open_both()
+        batches = []
+        real = a.commit_each
+
+        async def counted(stores):
+            batches.append(len(stores))
+            return await real(stores)
+
+        a.commit_each = counted
+        try:
+            versions = await a.reserve_versions(items[0].id.partition, len(items))
+            commits = Commits(a)
+            queued = [commits.queue(v, item) for v, item in zip(versions, items, strict=True)]
+            outcomes = await asyncio.gather(*queued, return_exceptions=True)
+            feed = await b.changefeed(0, 100, by_sequence=True)
+            return batches, outcomes, feed
+        finally:
+            await a.close()
+            await b.close()
+
+    batches, outcomes, feed = asyncio.run(run())
+    assert batches == [len(items)]
+    assert [type(o).__name__ for o in outcomes] == ["NoneType"] * 3 + ["AlreadyExists"] + [
+        "NoneType"
+    ] * 3
+    assert [e.id.sop for e in feed] == [i.id.sop for i in items[:3] + items[4:]]
 
 
 def test_versions_are_reserved_in_blocks(nodes):

@@ -73,5 +73,16 @@ class Unavailable(DicomhubError):
         return type(self), (self.dependency, self.message)
 
 
+class StoreAbandoned(Unavailable):
+    """A store committed after the upload timeout, when its version was already given up."""
+
+    def __init__(self, sop: str):
+        super().__init__("index", f"the store of SOP instance {sop} was abandoned (too slow)")
+        self.sop = sop
+
+    def __reduce__(self):
+        return type(self), (self.sop,)
+
+
 class AlreadyExists(Conflict):
     """The SOP instance is already stored."""

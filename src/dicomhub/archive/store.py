@@ -88,10 +88,11 @@ class PartOrder:
     of two parts with the same SOP Instance UID the earlier one is stored and the later one is a
     duplicate (45070), whichever finished parsing first."""
 
-    def __init__(self, previous: PartOrder | None):
+    def __init__(self, previous: PartOrder | None, commits: Commits):
         self.previous = previous
+        self.commits = commits  # the request's
         self.reserved = asyncio.Event()  # this part and every earlier one have their version
-        self.done = asyncio.Event()  # this part and every earlier one have settled
+        self.queued = asyncio.Event()  # ... have queued their commit, or settled without one
 
     async def before_reserve(self) -> None:
         if self.previous is not None:
@@ -99,13 +100,51 @@ class PartOrder:
 
     async def before_commit(self) -> None:
         if self.previous is not None:
-            await self.previous.done.wait()
+            await self.previous.queued.wait()
 
     async def finish(self) -> None:
         await self.before_reserve()
         self.reserved.set()
         await self.before_commit()
-        self.done.set()
+        self.queued.set()
+
+
+class Commits:
+    """The commits of one request's parts, in the order queued: those queued while the index
+    writes a batch go together in the next (one index write, not one per part)."""
+
+    def __init__(self, index: IndexStore):
+        self.index = index
+        self.waiting: list[tuple[int, NewInstance, asyncio.Future]] = []
+        self.writing: asyncio.Task | None = None
+
+    def queue(self, version: int, instance: NewInstance) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((version, instance, future))
+        if self.writing is None:
+            self.writing = asyncio.create_task(self._write())
+        return future
+
+    async def _write(self) -> None:
+        batch: list[tuple[int, NewInstance, asyncio.Future]] = []
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    outcomes = await self.index.commit_each([(v, i) for v, i, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - the outcome of each of the batch
+                    outcomes = [exc] * len(batch)
+                for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
+        finally:
+            self.writing = None
+            for _, _, future in batch + self.waiting:
+                future.cancel()  # only those still waiting: the loop is going away
 
 
 class StoreService:
@@ -130,8 +169,9 @@ class StoreService:
         built in or an extended query tag, is refused.
 
         Up to PIPELINE parts are parsed and written at once (the next part is not taken before
-        a slot is free); each commits after the one before it, so stored order (the change
-        feed, default search order) is the order of the parts. Parts already received are
+        a slot is free); each commits after the one before it (those ready together in one
+        index write), so stored order (the change feed, default search order) is the order of
+        the parts. Parts already received are
         stored whatever happens to the request (a store is never cut in half): an error of
         ``parts`` (a malformed body) or a cancelled request stops taking parts, not storing
         those taken."""
@@ -141,10 +181,11 @@ class StoreService:
         stores: list[asyncio.Task] = []
         slots = asyncio.Semaphore(PIPELINE)
         order: PartOrder | None = None
+        commits = Commits(self.index)
         try:
             async for part in parts:
                 await slots.acquire()
-                order = PartOrder(order)
+                order = PartOrder(order, commits)
                 stores.append(
                     asyncio.create_task(self._finish_part(part, study, paths, slots, order))
                 )
@@ -220,9 +261,14 @@ class StoreService:
             order.reserved.set()
         try:
             await self.blobs.put(blob_key(ident.partition, version), body.path or body.data)
-            if order is not None:
+            record = _new_instance(ident, instance, body.size)
+            if order is None:
+                await self.index.commit(version, record)
+            else:
                 await order.before_commit()
-            await self.index.commit(version, _new_instance(ident, instance, body.size))
+                committed = order.commits.queue(version, record)
+                order.queued.set()
+                await committed
         except BaseException as exc:
             await asyncio.shield(self._release(version))
             if not isinstance(exc, AlreadyExists):

@@ -15,7 +15,7 @@ from typing import Any
 from dicomhub.clock import to_micros, utcnow
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
-from dicomhub.errors import AlreadyExists, Unavailable
+from dicomhub.errors import AlreadyExists, StoreAbandoned
 from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
 from dicomhub.storage import eqt_ops
 from dicomhub.storage import sql_queries as q
@@ -42,7 +42,7 @@ def commit(version: int, instance: NewInstance) -> Op:
     steps in one statement, see pg_commit)."""
     i = instance.id
     if (yield one(q.FINISH_UPLOAD, version)) is None:
-        raise Unavailable("index", f"the store of SOP instance {i.sop} was abandoned (too slow)")
+        raise StoreAbandoned(i.sop)
     study_key = yield from _key(q.INSERT_STUDY, q.STUDY_KEY, i.partition, i.study)
     series_key = yield from _key(q.INSERT_SERIES, q.SERIES_KEY, study_key, i.series)
     record = instance.search
@@ -76,6 +76,23 @@ def commit(version: int, instance: NewInstance) -> Op:
         version, series_key, study_key, instance.metadata, instance.invalid
     )
     yield from _log_changes(Action.CREATE, [(i, version)])
+
+
+def commit_each(stores: list[tuple[int, NewInstance]]) -> Op:
+    """``commit`` of each store in turn, each in a savepoint of its own: a store that fails
+    (already stored, abandoned) is undone alone. Its error, or None, for each store."""
+    outcomes: list[Exception | None] = []
+    for version, instance in stores:
+        yield run("SAVEPOINT store")
+        try:
+            yield from commit(version, instance)
+        except (AlreadyExists, StoreAbandoned) as exc:
+            yield run("ROLLBACK TO store")
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+        yield run("RELEASE store")
+    return outcomes
 
 
 def abandon(version: int) -> Op:

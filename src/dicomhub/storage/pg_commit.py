@@ -21,7 +21,7 @@ from dicomhub.clock import to_micros, utcnow
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
-from dicomhub.errors import AlreadyExists, Unavailable
+from dicomhub.errors import AlreadyExists, StoreAbandoned, Unavailable
 from dicomhub.model import InstanceId, NewInstance
 from dicomhub.storage import eqt_ops
 from dicomhub.storage.index_ops import level_fields
@@ -82,9 +82,7 @@ async def commit(
         except Exception as exc:
             code = getattr(exc, "sqlstate", None)
             if code == ABANDONED:
-                raise Unavailable(
-                    "index", f"the store of SOP instance {instance.id.sop} was abandoned (too slow)"
-                ) from None
+                raise StoreAbandoned(instance.id.sop) from None
             if code == STORED:
                 raise AlreadyExists(f"SOP instance {instance.id.sop} is already stored") from None
             if code == DOCUMENTS_CHANGED:

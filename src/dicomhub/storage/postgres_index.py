@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from dicomhub.dicom.extended_tags import ExtendedTag
-from dicomhub.errors import Unavailable
+from dicomhub.errors import AlreadyExists, StoreAbandoned, Unavailable
 from dicomhub.model import NewInstance
 from dicomhub.storage import eqt_ops as eqt
 from dicomhub.storage import index_ops as ops
@@ -130,6 +130,20 @@ class PostgresIndex(SqlIndex):
         await pg_commit.commit(
             self._statement, self._indexing_tags, self._documents, version, instance
         )
+
+    async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
+        """One store after the other, each one statement, a transaction of its own; when the
+        database fails one, the later ones are not tried (they fail with it)."""
+        outcomes: list[Exception | None] = []
+        for n, (version, instance) in enumerate(stores):
+            try:
+                await self.commit(version, instance)
+                outcomes.append(None)
+            except (AlreadyExists, StoreAbandoned) as exc:
+                outcomes.append(exc)
+            except Unavailable as exc:
+                return outcomes + [exc] * (len(stores) - n)
+        return outcomes
 
     async def _indexing_tags(self, fresh: bool) -> list[ExtendedTag]:
         """The extended query tags stores index, read when they were found to have changed

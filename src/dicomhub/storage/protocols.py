@@ -99,6 +99,11 @@ class IndexStore(Protocol):
         transaction. Raises AlreadyExists when the instance is stored already (of concurrent
         stores of one instance, exactly one succeeds)."""
 
+    async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
+        """``commit`` of each store, in order, in as few index writes as the engine allows: for
+        each, None or the error that failed it alone (AlreadyExists, StoreAbandoned); an
+        error of the index itself fails the rest."""
+
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had
         already committed or been abandoned."""

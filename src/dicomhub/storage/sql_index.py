@@ -61,6 +61,9 @@ class SqlIndex:
     async def commit(self, version: int, instance: NewInstance) -> None:
         await self._write(ops.commit, version, instance)
 
+    async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
+        return await self._write(ops.commit_each, stores)
+
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
 
