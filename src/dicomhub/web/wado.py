@@ -13,8 +13,9 @@ from dicomhub.dicom import codecs
 from dicomhub.dicom.codecs import EXPLICIT_VR_LE
 from dicomhub.dicom.mediatype import Choice, Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
-from dicomhub.errors import NotFound
+from dicomhub.errors import NotAcceptable, NotFound
 from dicomhub.model import StoredInstance
+from dicomhub.web import zipped
 from dicomhub.web.common import (
     Body,
     FileRange,
@@ -45,7 +46,18 @@ async def retrieve(request: Request) -> Response:
     instances = await the_archive.retrieve.instances(scope)
     single = scope.sop is not None
     accept = parse_accept(request.headers.get("accept"))
-    choice, parts = await negotiate_parts(the_archive, instances, accept, single)
+    at = zipped.zip_range(accept)
+    if at is not None:  # a ZIP, unless a range before it can be served
+        try:
+            if at == 0:
+                raise NotAcceptable("application/zip first")
+            choice, parts = await negotiate_parts(the_archive, instances, accept[:at], single)
+        except NotAcceptable:
+            zip_accept = zipped.zip_accept(accept[at])
+            _, parts = await negotiate_parts(the_archive, instances, zip_accept, single=False)
+            return await zipped.response(request, the_archive, scope, parts)
+    else:
+        choice, parts = await negotiate_parts(the_archive, instances, accept, single)
     headers = {"Vary": "Accept"}
     if single:
         as_stored = not choice.multipart and not parts[0].converted
