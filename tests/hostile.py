@@ -402,6 +402,26 @@ def corpus() -> list[Case]:
         "viewport=1,1,a,b,c,d",
     ):
         add(f"rendered ?{query}", http("GET", f"{INSTANCE}/rendered?{query}"))
+    wado = f"/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
+    for query in (
+        "",
+        "requestType=WADO",
+        f"requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID=%00",
+        f"requestType=wado&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}",
+        wado.split("?")[1] + "&frameNumber=99999999999999999999",
+        wado.split("?")[1] + "&frameNumber=%C2%B2",
+        wado.split("?")[1] + "&rows=-1",
+        wado.split("?")[1] + "&columns=1e9",
+        wado.split("?")[1] + "&region=nan,nan,nan,nan",
+        wado.split("?")[1] + "&region=0,0,inf,1",
+        wado.split("?")[1] + "&windowCenter=inf&windowWidth=1",
+        wado.split("?")[1] + "&imageQuality=abc",
+        wado.split("?")[1] + "&contentType=" + "x" * 4000,
+        wado.split("?")[1] + "&contentType=image/png;q=abc",
+        wado.split("?")[1] + "&contentType=application/dicom&transferSyntax=1..2",
+        wado.split("?")[1] + "&anonymize=yes",
+    ):
+        add(f"WADO-URI ?{query[-40:]}", http("GET", f"/wado?{query}"))
     for frames in ("0", "-1", "1,,2", "99999999999999999999", "abc", "1-3", "2"):
         add(f"frames {frames}", http("GET", f"{INSTANCE}/frames/{frames}"))
     for accept in (

@@ -21,6 +21,7 @@ from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.model import Scope, StoredInstance
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
+SOP_INSTANCE_UID = "00080018"
 _TAG_PATH = re.compile(r"^[0-9A-Fa-f]{8}(/\d{1,9}/[0-9A-Fa-f]{8})*$")
 
 
@@ -63,6 +64,17 @@ class RetrieveService:
             raise NotFound(_describe(scope) + " not found")
         body = b"[" + b",".join(items) + b"]"
         return Metadata(with_base_url(body, base_url), f'"{etag}"')
+
+    async def metadata_of(self, scope: Scope, tags: frozenset[str]) -> dict[str, dict]:
+        """The DICOM JSON of each instance in ``scope`` (by SOP Instance UID), only ``tags``
+        of it kept: what a DICOMDIR needs of a large study, without holding all its metadata."""
+        items, _ = await self.index.metadata(scope)
+        out = {}
+        for item in items:
+            data = json.loads(item)
+            sop = (data.get(SOP_INSTANCE_UID, {}).get("Value") or [""])[0]
+            out[sop] = {tag: value for tag, value in data.items() if tag in tags}
+        return out
 
     async def frames(self, instance: StoredInstance, numbers: list[int] | None) -> list[bytes]:
         """The bytes of each requested frame (1-based; None: every frame), as stored."""

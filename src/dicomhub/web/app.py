@@ -30,6 +30,7 @@ from dicomhub.web import (
     rendered,
     stow,
     wado,
+    wado_uri,
 )
 from dicomhub.web.access import authorize
 from dicomhub.web.audit import ACTION, ROUTE
@@ -115,6 +116,7 @@ def routes() -> list[BaseRoute]:
         (INSTANCE + "/thumbnail", rendered.thumbnail, ["GET"], "instance-thumbnail", READ),
         (FRAMES + "/thumbnail", rendered.thumbnail, ["GET"], "frames-thumbnail", READ),
         (INSTANCE + "/bulkdata/{path:path}", wado.bulkdata, ["GET"], "bulkdata", READ),
+        ("/wado", wado_uri.wado, ["GET"], "wado-uri", READ),
         (STUDY, delete.delete, ["DELETE"], "delete-study", DELETE),
         (SERIES, delete.delete, ["DELETE"], "delete-series", DELETE),
         (INSTANCE, delete.delete, ["DELETE"], "delete-instance", DELETE),
@@ -136,6 +138,8 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [
         ActionRoute("/health/check", health.health, ["GET"], "health", None),
         ActionRoute("/metrics", fhir.metrics, ["GET"], "metrics", ADMIN),
+        # WADO-URI clients are configured with one URL, usually without an API version
+        ActionRoute("/wado", wado_uri.wado, ["GET"], "wado-uri", READ),
     ]
     for path, endpoint, methods, name, action in table:
         out += _versioned(path, endpoint, methods, name, action)

@@ -82,6 +82,7 @@ class AuditMiddleware:
         params = scope.get("path_params") or {}
         principal = scope.get("state", {}).get("principal")
         detail = dict(scope.get(NOTES) or {})
+        # routes without UIDs in their path (STOW, WADO-URI) note the ones they touched
         study = detail.pop("study", None) or params.get("study")
         if scope.get("query_string"):
             detail["query"] = scope["query_string"][:MAX_QUERY].decode("latin-1")
@@ -100,8 +101,8 @@ class AuditMiddleware:
             route=scope.get(ROUTE),
             action=scope.get(ACTION),
             study=study,
-            series=params.get("series"),
-            instance=params.get("sop"),
+            series=detail.pop("series", None) or params.get("series"),
+            instance=detail.pop("instance", None) or params.get("sop"),
             bytes_in=counts["in"],
             bytes_out=counts["out"],
             duration_ms=round((time.perf_counter() - clock) * 1000, 3),

@@ -11,9 +11,11 @@ from starlette.responses import Response
 from dicomhub.archive.retrieve import parse_frame_list
 from dicomhub.dicom import codecs
 from dicomhub.dicom.codecs import EXPLICIT_VR_LE
-from dicomhub.dicom.mediatype import Item, MediaType, negotiate, parse_accept
+from dicomhub.dicom.mediatype import Choice, Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
-from dicomhub.errors import NotFound
+from dicomhub.errors import NotAcceptable, NotFound
+from dicomhub.model import StoredInstance
+from dicomhub.web import zipped
 from dicomhub.web.common import (
     Body,
     FileRange,
@@ -41,20 +43,21 @@ PIXEL_DATA = "7FE00010"
 async def retrieve(request: Request) -> Response:
     scope = scope_of(request)
     the_archive = archive(request)
-    pixels = the_archive.pixels
     instances = await the_archive.retrieve.instances(scope)
     single = scope.sop is not None
     accept = parse_accept(request.headers.get("accept"))
-    items = [
-        Item(i.transfer_syntax, pixels.targets(i, None), note=pixels.too_large(i))
-        for i in instances
-    ]
-    choice = negotiate(accept, items, single)
-    if single and choice.served[0][1] != instances[0].transfer_syntax:
-        # a conversion: its header tells exactly what the instance can be converted to
-        targets = pixels.targets(instances[0], await pixels.info(instances[0]))
-        choice = negotiate(accept, [replace(items[0], targets=targets)], single)
-    parts = [Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
+    at = zipped.zip_range(accept)
+    if at is not None:  # a ZIP, unless a range before it can be served
+        try:
+            if at == 0:
+                raise NotAcceptable("application/zip first")
+            choice, parts = await negotiate_parts(the_archive, instances, accept[:at], single)
+        except NotAcceptable:
+            zip_accept = zipped.zip_accept(accept[at])
+            _, parts = await negotiate_parts(the_archive, instances, zip_accept, single=False)
+            return await zipped.response(request, the_archive, scope, parts)
+    else:
+        choice, parts = await negotiate_parts(the_archive, instances, accept, single)
     headers = {"Vary": "Accept"}
     if single:
         as_stored = not choice.multipart and not parts[0].converted
@@ -65,10 +68,7 @@ async def retrieve(request: Request) -> Response:
             return not_modified_response(headers)
     local = zero_copy(request)
     if not choice.multipart:
-        content = await parts[0].open(fallback=False, local=local)
-        if parts[0].size is not None:
-            headers["Content-Length"] = str(parts[0].size)
-        return StreamedResponse(pieces(content), media_type=parts[0].media, headers=headers)
+        return await single_part(request, parts[0], headers)
     boundary = new_boundary()
     body = MultipartBody(the_archive.retrieve, parts, boundary, local)
     await body.prime()  # a missing blob or an unavailable store: its status, not a cut response
@@ -81,6 +81,35 @@ async def retrieve(request: Request) -> Response:
     return StreamedResponse(
         body.pieces(), media_type=multipart_type(DICOM, boundary), headers=headers
     )
+
+
+async def negotiate_parts(
+    the_archive, instances: list[StoredInstance], accept: list[MediaType], single: bool
+) -> tuple[Choice, list[Part]]:
+    """How each instance is served for ``accept`` (PS3.18 8.7): as stored or converted."""
+    pixels = the_archive.pixels
+    items = [
+        Item(i.transfer_syntax, pixels.targets(i, None), note=pixels.too_large(i))
+        for i in instances
+    ]
+    choice = negotiate(accept, items, single)
+    if single and choice.served[0][1] != instances[0].transfer_syntax:
+        # a conversion: its header tells exactly what the instance can be converted to
+        targets = pixels.targets(instances[0], await pixels.info(instances[0]))
+        choice = negotiate(accept, [replace(items[0], targets=targets)], single)
+    parts = [Part(the_archive, i, ts) for i, (_, ts) in zip(instances, choice.served, strict=True)]
+    return choice, parts
+
+
+async def single_part(
+    request: Request, part: Part, headers: dict[str, str], media_type: str | None = None
+) -> Response:
+    """One instance as the whole body (typed ``media_type``, else its part's type): the
+    stored file (its length known), or its conversion, streamed."""
+    content = await part.open(fallback=False, local=zero_copy(request))
+    if part.size is not None:
+        headers["Content-Length"] = str(part.size)
+    return StreamedResponse(pieces(content), media_type=media_type or part.media, headers=headers)
 
 
 async def metadata(request: Request) -> Response:
