@@ -74,7 +74,6 @@ class Context:
 
     def __init__(self, key: bytes | None = None):
         self._key = key if key is not None else secrets.token_bytes(32)
-        self._uids: dict[str, str] = {}
 
     def _hash(self, purpose: bytes, value: str) -> bytes:
         return hmac.new(self._key, purpose + b"\x00" + value.encode(), hashlib.sha256).digest()
@@ -82,13 +81,10 @@ class Context:
     def uid(self, original: str) -> str:
         """The replacement of an instance UID: ``2.25.`` and a UUID (RFC 9562 version 8, its
         122 free bits from the keyed hash) as a decimal integer (PS3.5 B.2)."""
-        found = self._uids.get(original)
-        if found is None:
-            raw = bytearray(self._hash(b"uid", original)[:16])
-            raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
-            raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
-            found = self._uids[original] = f"2.25.{int.from_bytes(raw, 'big')}"
-        return found
+        raw = bytearray(self._hash(b"uid", original)[:16])  # no table: memory stays flat
+        raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
+        return f"2.25.{int.from_bytes(raw, 'big')}"
 
     def pseudonym(self, original: str) -> str:
         """A dummy for an identifier or a name (action D on LO, SH, PN): distinct originals
@@ -98,7 +94,7 @@ class Context:
     @property
     def date_offset(self) -> timedelta:
         """The shift of every date under the modified-dates option: 1 to 10 years back,
-        whole days (so times of day stay, and so do intervals and weekdays' distances)."""
+        whole days (so intervals between dates stay, and times of day)."""
         days = int.from_bytes(self._hash(b"date-offset", "")[:8], "big") % 3288 + 365
         return timedelta(days=-days)
 
