@@ -64,6 +64,9 @@ class SqliteIndex(SqlIndex):
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._keepalive: sqlite3.Connection | None = None
+        # True: write batches run on the event loop's own thread (a loop that does nothing
+        # else: the writer of ``serve --workers``), not handed to a writer thread and back
+        self.inline_writes = False
         self._stats = 0  # generation of the planner statistics
         self._writes = 0
         self._next_analyze = 1000
@@ -99,6 +102,8 @@ class SqliteIndex(SqlIndex):
         for pool in {self._writer, self._readers} - {None}:
             pool.submit(self._close_local).result()
             pool.shutdown(wait=True)
+        if self.inline_writes:
+            self._close_local()
         if self._keepalive:
             self._keepalive.close()
         if self._turn is not None:
@@ -197,13 +202,12 @@ class SqliteIndex(SqlIndex):
         return await future
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < MAX_BATCH:
                 batch.append(self._queue.get_nowait())
             try:
-                results = await loop.run_in_executor(self._writer, self._run_batch, batch)
+                results = await self._writing(self._run_batch, batch)
             except sqlite3.Error as exc:
                 results = [Unavailable("index", str(exc))] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
@@ -217,9 +221,14 @@ class SqliteIndex(SqlIndex):
             if self._writes >= self._next_analyze:
                 self._next_analyze = self._writes + min(self._writes, 100_000)
                 try:
-                    await loop.run_in_executor(self._writer, self._analyze)
+                    await self._writing(self._analyze)
                 except sqlite3.Error:
                     log.exception("could not refresh the index statistics")
+
+    async def _writing(self, fn, *args) -> Any:
+        if self.inline_writes:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     def _run_batch(self, batch) -> list[Any]:
         """One transaction for the batch. Writers of other processes on the same file take

@@ -42,6 +42,16 @@ def _frame(message: Any) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+def _loop_factory():
+    """uvloop where it is installed (not on Windows), as the server processes use: its sockets
+    and hand-offs cost less CPU than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _portable(exc: BaseException) -> BaseException:
     """An error as it can cross the socket (a bug's own exception may not pickle)."""
     try:
@@ -78,13 +88,15 @@ class WriterService:
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _run(self) -> None:
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self._serve())
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
             index = self._make_index()
+            index.inline_writes = True  # this loop serves the writer alone
             await index.start()
             server = await asyncio.start_unix_server(
                 lambda r, w: self._connection(index, r, w), path=self.address
