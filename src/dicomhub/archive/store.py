@@ -171,10 +171,9 @@ class StoreService:
         Up to PIPELINE parts are parsed and written at once (the next part is not taken before
         a slot is free); each commits after the one before it (those ready together in one
         index write), so stored order (the change feed, default search order) is the order of
-        the parts. Parts already received are
-        stored whatever happens to the request (a store is never cut in half): an error of
-        ``parts`` (a malformed body) or a cancelled request stops taking parts, not storing
-        those taken."""
+        the parts. Parts already received are stored whatever happens to the request (a store
+        is never cut in half): an error of ``parts`` (a malformed body) or a cancelled request
+        stops taking parts, not storing those taken."""
         # v1 validates the attributes extended query tags index too: from here on, ``strict``
         # is their paths (None in v2)
         paths = await self.extended.indexed_paths() if strict else None
