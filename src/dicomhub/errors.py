@@ -1,5 +1,7 @@
 """The one exception tree. Domain words only; each border maps it (web/errors.py)."""
 
+import errno
+
 
 class DicomhubError(Exception):
     """Base of every error dicomhub raises on purpose."""
@@ -71,6 +73,18 @@ class Unavailable(DicomhubError):
 
     def __reduce__(self):  # it crosses process borders (storage/sqlite_writer.py)
         return type(self), (self.dependency, self.message)
+
+
+class InsufficientStorage(Unavailable):
+    """A write failed for lack of space (a full disk or quota): it will fail again until an
+    operator frees or adds space."""
+
+
+def storage_error(what: str, exc: OSError) -> Unavailable:
+    """The error of the tree for a failed file operation: no space is the operator's to fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(what, f"no space left: {exc}")
+    return Unavailable(what, str(exc))
 
 
 class StoreAbandoned(Unavailable):

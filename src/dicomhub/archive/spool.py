@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from dicomhub.errors import storage_error
+
 MEMORY_LIMIT = 1024 * 1024  # parts up to this size never touch the disk before their blob
 
 
@@ -42,12 +44,15 @@ class PartBody:
         if self.path is None and self.size <= self.memory_limit:
             self._chunks.append(chunk)
             return
-        if self.path is None:
-            await asyncio.to_thread(self._spill)
-        if len(chunk) > 256 * 1024:
-            await asyncio.to_thread(self._file.write, chunk)
-        else:
-            self._file.write(chunk)
+        try:
+            if self.path is None:
+                await asyncio.to_thread(self._spill)
+            if len(chunk) > 256 * 1024:
+                await asyncio.to_thread(self._file.write, chunk)
+            else:
+                self._file.write(chunk)
+        except OSError as exc:
+            raise storage_error("spool", exc) from exc
 
     def _spill(self) -> None:
         fd, name = tempfile.mkstemp(dir=self.folder, suffix=".part")

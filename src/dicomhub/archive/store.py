@@ -25,7 +25,7 @@ from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest, ingest_s
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.scan import scan
-from dicomhub.errors import AlreadyExists, InvalidDicom, InvalidRequest
+from dicomhub.errors import AlreadyExists, InsufficientStorage, InvalidDicom, InvalidRequest
 from dicomhub.model import InstanceId, NewInstance, blob_key
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import BlobStore, IndexStore
@@ -181,6 +181,7 @@ class StoreService:
         slots = asyncio.Semaphore(PIPELINE)
         order: PartOrder | None = None
         commits = Commits(self.index)
+        unread: list[stow.PartOutcome] = []
         try:
             async for part in parts:
                 await slots.acquire()
@@ -188,12 +189,15 @@ class StoreService:
                 stores.append(
                     asyncio.create_task(self._finish_part(part, study, paths, slots, order))
                 )
+        except InsufficientStorage as exc:  # no space to receive a part: the rest is not read
+            message = f"{exc}; the parts after this one were not read"
+            unread.append(stow.PartOutcome(failure=stow.OUT_OF_RESOURCES, message=message))
         finally:
             results = await asyncio.shield(asyncio.gather(*stores, return_exceptions=True))
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results
+        return results + unread
 
     async def _finish_part(self, part, study, strict, slots, order) -> stow.PartOutcome:
         try:
@@ -255,11 +259,15 @@ class StoreService:
         outcome = stow.PartOutcome(instance.sop_class, instance.sop)
         if order is not None:
             await order.before_reserve()
-        version = await self.versions.take(ident.partition)
+        try:
+            version = await self.versions.take(ident.partition)
+        except InsufficientStorage as exc:
+            return _out_of_space(outcome, exc)
         if order is not None:
             order.reserved.set()
+        key = blob_key(ident.partition, version)
         try:
-            await self.blobs.put(blob_key(ident.partition, version), body.path or body.data)
+            await self.blobs.put(key, body.path or body.data)
             record = _new_instance(ident, instance, body.size)
             if order is None:
                 await self.index.commit(version, record)
@@ -269,7 +277,12 @@ class StoreService:
                 order.queued.set()
                 await committed
         except BaseException as exc:
-            await asyncio.shield(self._release(version))
+            # refused for a duplicate or for lack of space, it surely did not commit: its blob
+            # goes now (the index may have no space for the abandon that queues its deletion)
+            refused = isinstance(exc, AlreadyExists | InsufficientStorage)
+            await asyncio.shield(self._release(version, key if refused else None))
+            if isinstance(exc, InsufficientStorage):
+                return _out_of_space(outcome, exc)
             if not isinstance(exc, AlreadyExists):
                 raise
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
@@ -307,11 +320,23 @@ class StoreService:
                 max_elements=self.settings.max_elements,
             )
 
-    async def _release(self, version: int) -> None:
+    async def _release(self, version: int, blob: str | None = None) -> None:
+        """Abandon a store; ``blob``: delete its blob now (else, if written, it goes with the
+        cleanup job)."""
+        if blob is not None:
+            try:
+                await self.blobs.delete(blob)
+            except Exception:  # the abandon below (or the cleanup job) queues it again
+                log.exception("could not delete the blob of abandoned store %s", version)
         try:
-            await self.index.abandon(version)  # its blob, if written, goes with the cleanup job
+            await self.index.abandon(version)
         except Exception:  # the cleanup job abandons it after the upload timeout
             log.exception("could not abandon store %s", version)
+
+
+def _out_of_space(outcome: stow.PartOutcome, exc: InsufficientStorage) -> stow.PartOutcome:
+    outcome.failure, outcome.message = stow.OUT_OF_RESOURCES, str(exc)
+    return outcome
 
 
 def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:

@@ -9,6 +9,7 @@ from typing import Any
 PROCESSING_FAILURE = 272  # 0x0110: not a readable DICOM file, or it could not be stored
 VALIDATION_FAILURE = 43264  # 0xA900: invalid or missing required attribute, study mismatch
 SOP_INSTANCE_ALREADY_EXISTS = 45070  # 0xB00E
+OUT_OF_RESOURCES = 42752  # 0xA700: no space left to store it
 
 # WarningReason (0008,1196) values.
 ATTRIBUTES_DROPPED = 1  # invalid attributes left out of the index and metadata

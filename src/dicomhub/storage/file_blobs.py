@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomhub.errors import NotFound, Unavailable
+from dicomhub.errors import NotFound, Unavailable, storage_error
 
 
 class FileBlobStore:
@@ -57,7 +57,7 @@ class FileBlobStore:
         except FileExistsError as exc:
             raise Unavailable("blob store", f"object {key} already exists in {self.root}") from exc
         except OSError as exc:
-            raise Unavailable("blob store", str(exc)) from exc
+            raise storage_error("blob store", exc) from exc
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         def read() -> bytes:

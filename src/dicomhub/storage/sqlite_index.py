@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dicomhub.errors import Unavailable
+from dicomhub.errors import InsufficientStorage, Unavailable
 from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
 from dicomhub.storage import statements as st
@@ -192,7 +192,7 @@ class SqliteIndex(SqlIndex):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._readers, run)
         except sqlite3.Error as exc:
-            raise Unavailable("index", str(exc)) from exc
+            raise _unavailable(exc) from exc
 
     async def _write(self, op: OpFactory, *args: Any) -> Any:
         if self._remote is not None:
@@ -209,7 +209,7 @@ class SqliteIndex(SqlIndex):
             try:
                 results = await self._writing(self._run_batch, batch)
             except sqlite3.Error as exc:
-                results = [Unavailable("index", str(exc))] * len(batch)
+                results = [_unavailable(exc)] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -256,7 +256,7 @@ class SqliteIndex(SqlIndex):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if isinstance(exc, sqlite3.Error):
-                        exc = Unavailable("index", str(exc))
+                        exc = _unavailable(exc)
                     results.append(exc)
             conn.execute("COMMIT")
         except BaseException:
@@ -264,6 +264,12 @@ class SqliteIndex(SqlIndex):
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _unavailable(exc: sqlite3.Error) -> Unavailable:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return InsufficientStorage("index", f"no space left: {exc}")
+    return Unavailable("index", str(exc))
 
 
 def _execute(conn: sqlite3.Connection, stmt: st.Stmt) -> Any:

@@ -22,6 +22,7 @@ STATUS = [  # most specific first
     (errors.Conflict, 409, "Conflict"),
     (errors.PayloadTooLarge, 413, "Payload Too Large"),
     (errors.UnsupportedMediaType, 415, "Unsupported Media Type"),
+    (errors.InsufficientStorage, 507, "Insufficient Storage"),
     (errors.Unavailable, 503, "Service Unavailable"),
     (errors.ConversionCrashed, 500, "Internal Server Error"),
 ]

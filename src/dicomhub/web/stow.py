@@ -16,7 +16,13 @@ from dicomhub.dicom import stow
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.uids import require_uid
-from dicomhub.errors import Conflict, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomhub.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from dicomhub.settings import Settings
 from dicomhub.web.audit import note
 from dicomhub.web.common import archive, base_url, require_json_accept, version
@@ -36,6 +42,9 @@ async def store(request: Request) -> Response:
     n = version(request)
     outcomes = await archive(request).store.store_parts(parts, study, strict=n == 1)
     _audit(request, outcomes)
+    full = [o for o in outcomes if o.failure == stow.OUT_OF_RESOURCES]
+    if full and all(o.failure is not None for o in outcomes):  # stored nothing: 507
+        raise InsufficientStorage("storage", f"nothing was stored ({full[0].message})")
     study_path = f"studies/{study}" if study else None
     status, body = stow.build_response(outcomes, base_url(request), study_path, n)
     headers = {}

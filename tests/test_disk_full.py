@@ -1,0 +1,96 @@
+"""A full disk (a real, small tmpfs mounted for the test): STOW answers per part (what was
+stored, what was refused for lack of space: 0xA700) or 507 when nothing could be stored, never
+500; a refused store leaves no blob behind; once space is freed, stores succeed again without
+a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from dicomhub.cli import build_archive
+from dicomhub.dicom.stow import OUT_OF_RESOURCES
+from dicomhub.settings import Settings
+from dicomhub.web.app import create_app
+from tests.dicomfiles import read
+from tests.helpers import MULTIPART, multipart
+from tests.test_zerocopy import big
+
+STUDY = "1.2.826.0.1.3680043.10.999.7"
+SERIES = STUDY + ".1"
+JSON = {"Accept": "application/dicom+json"}
+AS_STORED = {"Accept": "application/dicom; transfer-syntax=*"}
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, megabytes: int):
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def resize(where: Path, megabytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(where)], check=True)
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "blobs").rglob("*.dcm"))
+
+
+def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
+    files = [big(STUDY, SERIES, 512) for _ in range(8)]  # 8 x 513 KB into 3 MB
+    with small_disk(tmp_path / "disk", 3) as disk:
+        settings = Settings(data_dir=str(disk / "data"))
+        with TestClient(create_app(settings, build_archive(settings))) as client:
+            headers = {"Content-Type": MULTIPART, **JSON}
+            r = client.post("/v2/studies", content=multipart(*files), headers=headers)
+            assert r.status_code == 202, r.text
+            stored = r.json().get("00081199", {}).get("Value", [])
+            failed = r.json()["00081198"]["Value"]
+            assert stored and failed and len(stored) + len(failed) == len(files)
+            assert {f["00081197"]["Value"][0] for f in failed} == {OUT_OF_RESOURCES}
+            assert all("no space left" in f["00000902"]["Value"][0] for f in failed)
+            # a refused store leaves no blob: one file per stored instance, each served whole
+            assert len(stored_files(disk / "data")) == len(stored)
+            sent = {read(f).SOPInstanceUID: f for f in files}
+            for item in stored:
+                got = client.get(item["00081190"]["Value"][0], headers=AS_STORED)
+                assert got.status_code == 200
+                assert got.content == sent[item["00081155"]["Value"][0]]
+
+            # nothing fits any more: 507 with a problem document, nothing changes
+            r = client.post(
+                "/v2/studies",
+                content=files[-1],
+                headers={"Content-Type": "application/dicom", **JSON},
+            )
+            assert r.status_code == 507, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "no space left" in r.json()["detail"]
+            assert len(stored_files(disk / "data")) == len(stored)
+            found = client.get(f"/v2/studies/{STUDY}/instances", headers=JSON).json()
+            assert len(found) == len(stored)
+
+            # space freed: stores succeed again, no restart
+            resize(disk, 64)
+            r = client.post("/v2/studies", content=multipart(*files), headers=headers)
+            assert r.status_code in (200, 202), r.text
+            sops = {i["00081155"]["Value"][0] for i in r.json()["00081199"]["Value"]}
+            failed = r.json().get("00081198", {}).get("Value", [])
+            assert {f["00081197"]["Value"][0] for f in failed} <= {45070}  # the ones stored
+            assert len(sops) + len(failed) == len(files)
+            found = client.get(f"/v2/studies/{STUDY}/instances", headers=JSON).json()
+            assert len(found) == len(files)
