@@ -59,7 +59,7 @@ class UriRequest:
     window: tuple[float, float] | None = None  # center, width
     quality: int | None = None
     rendering: tuple[str, ...] = ()  # the rendering parameters given (names as in RENDERING)
-    anonymize: bool = False  # anonymize=yes (PS3.18 9.4.1.2: de-identified, Basic Profile)
+    anonymize: bool = False  # anonymize=yes (PS3.18 9.4: de-identified, Basic Profile)
 
     def params(self, media: str, image_rows: int, image_columns: int) -> Params:
         """The rendering of an image of ``image_rows`` x ``image_columns`` pixels (9.5.1.2):

@@ -75,9 +75,10 @@ async def _dicom(request: Request, uri: wado_uri.UriRequest, instance) -> Respon
 
 
 async def _anonymized(request: Request, instance: StoredInstance, part: Part) -> Response:
-    """anonymize=yes (9.4.1.2.3): the instance (as stored or converted) de-identified by the
-    Basic Profile under the server's key, so the UIDs are new (the same for every request
-    under that key: the instances of a study fetched one by one still refer to each other)."""
+    """anonymize=yes (PS3.18 9.4, 9.4.2.3): the instance (as stored or converted) de-identified
+    by the Basic Profile under the server's key, so the UIDs are new (the same for every
+    request under that key: the instances of a study fetched one by one still refer to each
+    other)."""
     the_archive = archive(request)
     representation = f"anonymize=yes; {part.media}; {deidentified.key_tag(the_archive)}"
     headers = cache_headers(instance, representation)

@@ -5,7 +5,9 @@ stays flat however large the study, and the first bytes leave before the last fi
 The archive is a DICOM File-set (PS3.10 section 8): instances at
 ``DICOM/STnnnnnn/SEnnnnnn/IMnnnnnn`` (File IDs of up to 8 uppercase characters, numbered in
 storage order: no patient data in any name) and a ``DICOMDIR`` at the root, written last from
-the index's metadata (no instance is read twice).
+the index's metadata (no instance is read twice). De-identified (``deidentify=true``), each
+instance is read whole, de-identified and sent, and the DICOMDIR is made from the
+de-identified data sets instead.
 """
 
 from __future__ import annotations
