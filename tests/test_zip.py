@@ -2,7 +2,8 @@
 `dicomhub serve`, over real sockets: every entry byte-identical to WADO-RS's instance, the
 DICOMDIR read by pydicom's FileSet and DCMTK's dcmdump (which also reads every entry),
 transfer-syntax conversion, negotiation beside multipart, and memory flat while a 192 MB study
-streams (the client reads the first bytes while the server holds a fraction of the study)."""
+streams, as stored and de-identified (the client reads the first bytes while the server holds
+a fraction of the study). test_deidentify_web.py checks the de-identified ZIP's content."""
 
 from __future__ import annotations
 
@@ -243,9 +244,33 @@ def test_a_large_study_streams_in_flat_memory(tmp_path):
             for chunk in chunks:
                 out.write(chunk)
         grown = _peak_rss_mb(proc.pid) - baseline
+        # de-identified: each instance read whole, de-identified and sent, one at a time
+        baseline = _peak_rss_mb(proc.pid)
+        deidentified = tmp_path / "deidentified.zip"
+        with (
+            httpx.stream(
+                "GET",
+                f"{url}/v2/studies/{BIG_STUDY}",
+                params={"deidentify": "true"},
+                headers={"Accept": ZIP},
+                timeout=300,
+            ) as s,
+            open(deidentified, "wb") as out,
+        ):
+            assert s.status_code == 200 and "content-length" not in s.headers
+            for chunk in s.iter_raw(64 * 1024):
+                out.write(chunk)
+        grown_deidentified = _peak_rss_mb(proc.pid) - baseline
     study_mb = COUNT * PIXELS >> 20
     assert early < 100, f"the server grew by {early:.0f} MB before sending a {study_mb} MB study"
     assert grown < 100, f"the server grew by {grown:.0f} MB sending a {study_mb} MB study"
+    assert grown_deidentified < 100, (
+        f"the server grew by {grown_deidentified:.0f} MB de-identifying a {study_mb} MB study"
+    )
+    archive = zipfile.ZipFile(deidentified)
+    assert len(archive.namelist()) == COUNT + 1 and archive.testzip() is None
+    last = dcmread(archive.open("DICOM/ST000001/SE000001/IM000024"), stop_before_pixels=True)
+    assert last.PatientIdentityRemoved == "YES" and last.StudyInstanceUID != BIG_STUDY
     assert target.stat().st_size == expected
     archive = zipfile.ZipFile(target)
     assert len(archive.namelist()) == COUNT + 1

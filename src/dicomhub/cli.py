@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -42,7 +43,37 @@ def build_archive(settings: Settings) -> Archive:
         settings.resolved_blob_url, settings.blob_multipart_threshold, settings.fsync != "off"
     )
     index = build_index(settings)
-    return Archive(settings, index, blobs, open_audit(settings.audit_log, index))
+    audit = open_audit(settings.audit_log, index)
+    return Archive(settings, index, blobs, audit, deidentify_key(settings))
+
+
+# serve's random de-identification key (no --deidentify-key-file), handed to its server
+# processes in their environment so that they all replace UIDs alike
+PROCESS_KEY = "DICOMHUB_DEIDENTIFY_PROCESS_KEY"
+MIN_KEY_BYTES = 16
+
+
+def deidentify_key(settings: Settings) -> bytes:
+    """The key of de-identified downloads: the key file's, else the one serve drew for its
+    processes, else a random one of this process's own."""
+    if settings.deidentify_key_file:
+        return load_key(settings.deidentify_key_file)
+    shared = os.environ.get(PROCESS_KEY)
+    return bytes.fromhex(shared) if shared else secrets.token_bytes(32)
+
+
+def load_key(path: str) -> bytes:
+    """A key file's bytes, trailing white space (a newline an editor adds) ignored."""
+    try:
+        key = Path(path).read_bytes().rstrip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"the key file {path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES} "
+            "(e.g. openssl rand -hex 32 > FILE)"
+        )
+    return key
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +145,12 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
 def main(argv: list[str] | None = None) -> None:
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
+    os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes
+    if settings.deidentify_key_file:
+        try:
+            load_key(settings.deidentify_key_file)
+        except ValueError as exc:
+            sys.exit(f"dicomhub: --deidentify-key-file: {exc}")
     if settings.fsync not in FSYNC:
         sys.exit(f"dicomhub: --fsync takes {' or '.join(FSYNC)}, not {settings.fsync!r}")
     try:
@@ -167,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             # its own beside them.
             asyncio.run(_recover(settings))
             os.environ.update(settings.environ(), **{SUPERVISOR: str(os.getpid())})
+            if not settings.deidentify_key_file:
+                os.environ[PROCESS_KEY] = secrets.token_hex(32)
             writer = _index_writer(settings)
             dimse = _dimse_process() if settings.dimse_port else None
             try:

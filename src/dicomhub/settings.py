@@ -210,6 +210,13 @@ class Settings:
     audit_retention_days: int = _setting(
         0, "Days index audit entries are kept (the cleanup job removes older ones). 0: forever."
     )
+    deidentify_key_file: str = _setting(
+        "",
+        "File holding the key that de-identified downloads derive their new UIDs, pseudonyms "
+        "and date offset from (at least 16 bytes; trailing white space ignored): the same on "
+        "every node and across restarts gives the same UIDs. Empty: a random key drawn at "
+        "start, shared by that serve's processes only.",
+    )
     allow_unauthenticated: bool = _setting(
         False,
         "Serve without authentication on an address other than loopback (logs a warning). "

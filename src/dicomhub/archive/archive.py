@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 
 from dicomhub.archive.audit import AuditLog
@@ -32,9 +33,13 @@ class Archive:
         index: IndexStore,
         blobs: BlobStore,
         audit: AuditSink | None = None,
+        deidentify_key: bytes | None = None,
     ):
-        """``audit``: where the audit log goes (None: no audit log)."""
+        """``audit``: where the audit log goes (None: no audit log). ``deidentify_key``: the
+        key de-identified downloads derive their UIDs from (None: a random one, this archive's
+        own)."""
         self.settings = settings
+        self.deidentify_key = deidentify_key or secrets.token_bytes(32)
         self.index = index
         self.blobs = blobs
         self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)

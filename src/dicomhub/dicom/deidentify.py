@@ -34,7 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
 from dicomhub.dicom.parse import read_part10
-from dicomhub.errors import InvalidDicom
+from dicomhub.errors import InvalidDicom, InvalidRequest
 
 # PS3.16 CID 7050 De-identification Methods (scheme DCM)
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -103,6 +103,14 @@ def deidentify(data: bytes, context: Context, options: Options = Options()) -> b
     """De-identify a PS3.10 file: the new file in the same transfer syntax, pixel data byte
     for byte as stored, file meta following the new SOP Instance UID. Raises InvalidDicom for
     anything that is not a complete PS3.10 file."""
+    return deidentify_file(data, context, options)[0]
+
+
+def deidentify_file(
+    data: bytes, context: Context, options: Options = Options()
+) -> tuple[bytes, Dataset]:
+    """As ``deidentify``, with the de-identified data set the file holds (what a DICOMDIR
+    record, or a file name, is made from)."""
     parsed = read_part10(io.BytesIO(data), len(data), len(data) + 1)
     buffer = io.BytesIO()
     try:
@@ -112,7 +120,36 @@ def deidentify(data: bytes, context: Context, options: Options = Options()) -> b
             pydicom.dcmwrite(buffer, out, enforce_file_format=True)
     except Exception as exc:  # pydicom raises many kinds for values it cannot read or write
         raise InvalidDicom(f"the instance cannot be de-identified: {exc}") from exc
-    return buffer.getvalue()
+    return buffer.getvalue(), out
+
+
+# the options by the names requests give them (docs/conformance.md 3.1.1)
+OPTION_NAMES = {
+    "retainModifiedDates": "retain_modified_dates",
+    "retainPatientCharacteristics": "retain_patient_characteristics",
+    "cleanDescriptors": "clean_descriptors",
+}
+
+
+def options_named(text: str) -> Options:
+    """Options from a comma-separated list of OPTION_NAMES (case-insensitive; empty: the
+    Basic Profile alone). Raises InvalidRequest for a name it does not know."""
+    known = {name.lower(): field for name, field in OPTION_NAMES.items()}
+    chosen = {}
+    for name in filter(None, (n.strip() for n in text.split(","))):
+        field = known.get(name.lower())
+        if field is None:
+            raise InvalidRequest(
+                f"unknown de-identification option {name[:40]!r}: the options are "
+                + ", ".join(OPTION_NAMES)
+            )
+        chosen[field] = True
+    return Options(**chosen)
+
+
+def option_names(options: Options) -> list[str]:
+    """The names of the options chosen (as OPTION_NAMES spells them)."""
+    return [name for name, field in OPTION_NAMES.items() if getattr(options, field)]
 
 
 def deidentify_dataset(ds: Dataset, context: Context, options: Options = Options()) -> Dataset:

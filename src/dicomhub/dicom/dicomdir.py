@@ -108,6 +108,21 @@ def build(files: list[FileRecord], fileset_id: str = "DICOMHUB") -> bytes:
     return _head(fileset_id, uid, first, last) + _SEQUENCE + body + _SEQUENCE_END
 
 
+def record_metadata(ds: Dataset) -> dict:
+    """The DICOM JSON of ``ds``'s attributes a DICOMDIR record is made of (TAGS): what
+    ``build`` takes for an instance whose data set is at hand (a de-identified one, whose
+    values are not the index's)."""
+    out = {}
+    for tag in TAGS:
+        elem = ds.get(int(tag, 16))
+        if elem is None or elem.VR == "SQ":
+            continue
+        texts = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value]) if v is not None]
+        values = [{"Alphabetic": t} if elem.VR == "PN" else t for t in texts if t]
+        out[tag] = {"vr": elem.VR, "Value": values} if values else {"vr": elem.VR}
+    return out
+
+
 def _value(meta: dict, tag: str):
     """The first value of ``tag`` in a DICOM JSON object, as a string ("" when absent)."""
     values = meta.get(tag, {}).get("Value") or [""]

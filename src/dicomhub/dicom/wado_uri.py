@@ -59,6 +59,7 @@ class UriRequest:
     window: tuple[float, float] | None = None  # center, width
     quality: int | None = None
     rendering: tuple[str, ...] = ()  # the rendering parameters given (names as in RENDERING)
+    anonymize: bool = False  # anonymize=yes (PS3.18 9.4: de-identified, Basic Profile)
 
     def params(self, media: str, image_rows: int, image_columns: int) -> Params:
         """The rendering of an image of ``image_rows`` x ``image_columns`` pixels (9.5.1.2):
@@ -108,13 +109,8 @@ def parse(pairs: Iterable[tuple[str, str]]) -> UriRequest:
             raise InvalidRequest(f"{name} is required")
         uids[name] = require_uid(values[name], f"{name} ({keyword})")
     anonymize = values.get("anonymize")
-    if anonymize is not None:
-        if anonymize != "yes":
-            raise InvalidRequest(f"anonymize takes only the value yes, not {anonymize[:40]!r}")
-        raise InvalidRequest(
-            "anonymize=yes is not supported yet: dicomhub does not de-identify on retrieval; "
-            "nothing was returned"
-        )
+    if anonymize is not None and anonymize != "yes":
+        raise InvalidRequest(f"anonymize takes only the value yes, not {anonymize[:40]!r}")
     syntax = values.get("transferSyntax")
     if syntax is not None and syntax != "*":
         require_uid(syntax, "transferSyntax")
@@ -138,6 +134,7 @@ def parse(pairs: Iterable[tuple[str, str]]) -> UriRequest:
         window=window,
         quality=_uint(values, "imageQuality", 1, 100),
         rendering=tuple(n for n in RENDERING if n in values),
+        anonymize=anonymize == "yes",
     )
 
 

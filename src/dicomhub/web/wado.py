@@ -13,9 +13,9 @@ from dicomhub.dicom import codecs
 from dicomhub.dicom.codecs import EXPLICIT_VR_LE
 from dicomhub.dicom.mediatype import Choice, Item, MediaType, negotiate, parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
-from dicomhub.errors import NotAcceptable, NotFound
+from dicomhub.errors import InvalidRequest, NotAcceptable, NotFound
 from dicomhub.model import StoredInstance
-from dicomhub.web import zipped
+from dicomhub.web import deidentified, zipped
 from dicomhub.web.common import (
     Body,
     FileRange,
@@ -42,6 +42,7 @@ PIXEL_DATA = "7FE00010"
 
 async def retrieve(request: Request) -> Response:
     scope = scope_of(request)
+    deidentify = deidentified.asked(request)  # a bad parameter: 400 before anything is read
     the_archive = archive(request)
     instances = await the_archive.retrieve.instances(scope)
     single = scope.sop is not None
@@ -55,9 +56,14 @@ async def retrieve(request: Request) -> Response:
         except NotAcceptable:
             zip_accept = zipped.zip_accept(accept[at])
             _, parts = await negotiate_parts(the_archive, instances, zip_accept, single=False)
-            return await zipped.response(request, the_archive, scope, parts)
+            return await zipped.response(request, the_archive, scope, parts, deidentify)
     else:
         choice, parts = await negotiate_parts(the_archive, instances, accept, single)
+    if deidentify is not None:  # served as stored, it would hand out what was asked removed
+        raise InvalidRequest(
+            f"{deidentified.FLAG}=true applies to ZIP downloads (Accept: application/zip) only; "
+            "nothing was returned"
+        )
     headers = {"Vary": "Accept"}
     if single:
         as_stored = not choice.multipart and not parts[0].converted

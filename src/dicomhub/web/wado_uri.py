@@ -13,11 +13,14 @@ from starlette.responses import Response
 
 from dicomhub.archive.pixels import has_pixels
 from dicomhub.dicom import codecs, wado_uri
+from dicomhub.dicom.deidentify import Options
 from dicomhub.dicom.mediatype import MediaType, parse_accept
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import Scope, StoredInstance
+from dicomhub.web import deidentified
 from dicomhub.web.audit import note
 from dicomhub.web.common import archive, cache_headers, not_modified, not_modified_response
+from dicomhub.web.parts import Part
 from dicomhub.web.wado import negotiate_parts, single_part
 
 
@@ -29,6 +32,9 @@ async def wado(request: Request) -> Response:
     instance = (await the_archive.retrieve.instances(scope))[0]
     offers = wado_uri.offered(_renderable(the_archive, instance), has_pixels(instance))
     media = wado_uri.select(uri, parse_accept(request.headers.get("accept")), offers)
+    if uri.anonymize:
+        await deidentified.refuse_burned_in(the_archive, scope)
+        deidentified.record(request, Options())
     if media == wado_uri.DICOM:
         return await _dicom(request, uri, instance)
     return await _rendered(request, uri, instance, media)
@@ -58,6 +64,8 @@ async def _dicom(request: Request, uri: wado_uri.UriRequest, instance) -> Respon
     params = {"transfer-syntax": uri.transfer_syntax} if uri.transfer_syntax else {}
     accept = [MediaType(wado_uri.DICOM, params)]
     _, [part] = await negotiate_parts(archive(request), [instance], accept, single=True)
+    if uri.anonymize:
+        return await _anonymized(request, instance, part)
     headers = cache_headers(instance, "" if not part.converted else part.media)
     if not_modified(request, headers["ETag"]):
         return not_modified_response(headers)
@@ -66,9 +74,29 @@ async def _dicom(request: Request, uri: wado_uri.UriRequest, instance) -> Respon
     return await single_part(request, part, headers, wado_uri.DICOM)
 
 
+async def _anonymized(request: Request, instance: StoredInstance, part: Part) -> Response:
+    """anonymize=yes (PS3.18 9.4, 9.4.2.3): the instance (as stored or converted) de-identified
+    by the Basic Profile under the server's key, so the UIDs are new (the same for every
+    request under that key: the instances of a study fetched one by one still refer to each
+    other)."""
+    the_archive = archive(request)
+    representation = f"anonymize=yes; {part.media}; {deidentified.key_tag(the_archive)}"
+    headers = cache_headers(instance, representation)
+    if not_modified(request, headers["ETag"]):
+        return not_modified_response(headers)
+    source = await part.open(fallback=False)
+    data, ds = await deidentified.deidentified(source, deidentified.context(the_archive), Options())
+    # the new UID in the name: the stored one would identify the instance
+    headers["Content-Disposition"] = f'attachment; filename="{ds.SOPInstanceUID}.dcm"'
+    return Response(data, media_type=wado_uri.DICOM, headers=headers)
+
+
 async def _rendered(request: Request, uri: wado_uri.UriRequest, instance, media: str):
     """Retrieve Rendered Instance (9.5): one frame (``frameNumber``, else the first; an animated
-    GIF of every frame when image/gif is asked without one)."""
+    GIF of every frame when image/gif is asked without one). With anonymize=yes, the same
+    image: a rendered image carries no attribute, and the Basic Profile keeps the pixel data
+    and every attribute rendering reads (pixel module, windows, LUTs), so the image rendered
+    from the de-identified instance is this one (burned-in text: see refuse_burned_in)."""
     if uri.transfer_syntax is not None:
         raise InvalidRequest(
             f"transferSyntax applies to contentType={wado_uri.DICOM} only, not to {media}"

@@ -5,23 +5,28 @@ stays flat however large the study, and the first bytes leave before the last fi
 The archive is a DICOM File-set (PS3.10 section 8): instances at
 ``DICOM/STnnnnnn/SEnnnnnn/IMnnnnnn`` (File IDs of up to 8 uppercase characters, numbered in
 storage order: no patient data in any name) and a ``DICOMDIR`` at the root, written last from
-the index's metadata (no instance is read twice).
+the index's metadata (no instance is read twice). De-identified (``deidentify=true``), each
+instance is read whole, de-identified and sent, and the DICOMDIR is made from the
+de-identified data sets instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomhub.clock import utcnow
 from dicomhub.dicom import dicomdir
+from dicomhub.dicom.deidentify import Options
 from dicomhub.dicom.dicomdir import FileRecord
 from dicomhub.dicom.mediatype import MediaType
 from dicomhub.dicom.zipstream import ZipWriter, archive_size
 from dicomhub.model import Scope, StoredInstance
+from dicomhub.web import deidentified
 from dicomhub.web.common import StreamedResponse, close_stream
 from dicomhub.web.parts import DICOM, SMALL, Part
 
@@ -57,8 +62,17 @@ def zip_accept(wanted: MediaType) -> list[MediaType]:
     return [MediaType("multipart/related", {"type": DICOM, "transfer-syntax": syntax})]
 
 
-async def response(request: Request, the_archive, scope: Scope, parts: list[Part]) -> Response:
-    """The instances of ``parts`` (negotiated with ``zip_accept``) as a ZIP file-set."""
+async def response(
+    request: Request,
+    the_archive,
+    scope: Scope,
+    parts: list[Part],
+    deidentify: Options | None = None,
+) -> Response:
+    """The instances of ``parts`` (negotiated with ``zip_accept``) as a ZIP file-set; with
+    ``deidentify``, each de-identified (see ``_deidentified``)."""
+    if deidentify is not None:
+        return await _deidentified(request, the_archive, scope, parts, deidentify)
     instances = [p.instance for p in parts]
     metadata = await the_archive.retrieve.metadata_of(scope, dicomdir.TAGS)
     ids = file_ids(instances)
@@ -138,3 +152,54 @@ class _Held:
         out = b"".join(self.pieces)
         self.pieces, self.size = [], 0
         return out
+
+
+async def _deidentified(request: Request, the_archive, scope: Scope, parts, options) -> Response:
+    """The ZIP of the instances de-identified (PS3.15 Annex E, ``options``), in one context:
+    their UIDs (the file name's too) replaced alike, so references between them resolve, and
+    the DICOMDIR made from the de-identified data sets (new UIDs, the patient's name and ID
+    as the profile leaves them: empty), not from the index. One instance is in memory at a
+    time; the archive's size is not known before the end (chunked)."""
+    await deidentified.refuse_burned_in(the_archive, scope)
+    context = deidentified.context(the_archive)
+    ids = file_ids([p.instance for p in parts])
+    # the first one before the response starts: a missing blob, or an instance that cannot be
+    # de-identified, gets its own status rather than a cut body
+    first = await deidentified.deidentified(await parts[0].open(fallback=True), context, options)
+    name = context.uid(scope.sop or scope.series or scope.study)
+    headers = {"Vary": "Accept", "Content-Disposition": f'attachment; filename="{name}.zip"'}
+    deidentified.record(request, options)
+    body = _deidentified_body(parts, ids, context, options, first)
+    return StreamedResponse(body, media_type=ZIP, headers=headers)
+
+
+# entry times of a de-identified archive: the stored times would tell when the study was made
+_NO_TIME = datetime(1980, 1, 1)
+
+
+async def _deidentified_body(parts, ids, context, options, first) -> AsyncIterator[bytes]:
+    writer = ZipWriter()
+    held = _Held()
+    records = []
+    done = first
+    for n, part in enumerate(parts):
+        if done is None:
+            source = await part.open(fallback=True)
+            done = await deidentified.deidentified(source, context, options)
+        data, ds = done
+        done = None
+        records.append(FileRecord(dicomdir.record_metadata(ds), ids[n], part.syntax))
+        del ds
+        name = "/".join(ids[n])
+        for piece in (writer.begin(name, _NO_TIME, len(data)), writer.feed(data), writer.end()):
+            if len(piece) > SMALL:  # a large file goes as it is, after what is held
+                if held.pieces:
+                    yield held.take()
+                yield piece
+            elif held.add(piece):
+                yield held.take()
+        del data
+    index = await asyncio.to_thread(dicomdir.build, records)
+    held.add(writer.whole("DICOMDIR", utcnow(), index))
+    held.add(writer.finish())
+    yield held.take()
