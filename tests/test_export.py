@@ -351,3 +351,17 @@ def test_export_over_a_real_socket(tmp_path):
                 assert time.monotonic() < deadline, state.text
                 time.sleep(0.1)
             check_export(http, state.json(), folder_reader(root / "net"), f"file://{root}/net")
+
+
+def test_export_requests_are_audited_without_their_body(make_client, tmp_path):
+    root = tmp_path / "exports"
+    client = make_client(export_allow=f"file://{root}")
+    secret = "AccountKey=c2VjcmV0"
+    azure = {"connectionString": f"BlobEndpoint=http://h/a;{secret}", "blobContainerName": "c"}
+    refused = client.post("/v2/export", json=body({"type": "azureblob", "settings": azure}))
+    assert refused.status_code == 403
+    assert client.post("/v2/export", json=body(blob(f"file://{root}"))).status_code == 202
+    entries = client.get("/v2/audit", params={"action": "export"}).json()
+    assert sorted(e["status"] for e in entries) == [202, 403]
+    assert all(e["route"] == "v2-export" and e["method"] == "POST" for e in entries)
+    assert secret not in json.dumps(entries)
