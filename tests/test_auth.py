@@ -151,6 +151,8 @@ def needed_action(method: str, path: str) -> str | None:
         return "admin"
     if "/extendedquerytags" in path and method != "GET":
         return "manageExtendedQueryTags"
+    if re.match(r"/v\d/export$", path):
+        return "export"
     return {"POST": "write", "DELETE": "delete"}.get(method, "read")
 
 

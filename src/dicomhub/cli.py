@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPEATABLE = {"export_allow"}  # list settings whose flag may be given more than once
+
+
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     for f in Settings.fields():
         flag = "--" + f.name.replace("_", "-")
@@ -105,6 +108,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
             dest=f.name,
             type=lambda raw, f=f: convert(f, raw),
             default=None,
+            action="append" if f.name in REPEATABLE else "store",
             help=f"{f.metadata['help']} [env {env}; default {f.default!r}]",
         )
     parser.add_argument(
@@ -136,6 +140,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     args.pop("action", None)
+    for name in REPEATABLE:
+        if args.get(name) is not None:
+            args[name] = ",".join(args[name])
     peers = args.pop("dimse_peer", None)
     if peers:
         args["dimse_peers"] = ",".join(filter(None, [args.get("dimse_peers"), *peers]))

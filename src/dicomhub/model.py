@@ -97,6 +97,7 @@ class JobType(StrEnum):
     REINDEX = "reindex"  # instances stored before extended query tags were added
     STORAGE_COMMITMENT = "storage-commitment"  # a report to a requester in --dimse-peers
     COMMITMENT_ANSWERED = "storage-commitment-answered"  # the record of a Transaction UID
+    EXPORT = "export"  # instances copied to a destination (POST /export)
 
 
 class OperationStatus(StrEnum):

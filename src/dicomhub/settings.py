@@ -270,6 +270,20 @@ class Settings:
     qido_strict: bool = _setting(
         False, "Reject searches with unknown or unsupported query keys (400), not ignore them."
     )
+    export_allow: str = _setting(
+        "",
+        "Destinations POST /export may write to: URL prefixes (file:///folder, s3://bucket/prefix, "
+        "az://container/prefix, gs://bucket/prefix, or an Azure container's https URL for "
+        "Microsoft's azureblob type), comma-separated; --export-allow is repeatable. An entry's "
+        "query parameters are the store's options (endpoint, region, allow_http, ...). Empty: "
+        "no export is allowed.",
+    )
+    export_request_credentials: bool = _setting(
+        False,
+        "Accept credentials in an export request's body (an azureblob connectionString with "
+        "AccountKey, a SAS in blobContainerUri); they are kept in the export's job row until it "
+        "ends. Off: such a request gets 403, credentials come from the environment only.",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     workers: int = _setting(
         0,

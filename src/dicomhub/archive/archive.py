@@ -9,6 +9,7 @@ from dicomhub.archive.audit import AuditLog
 from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
+from dicomhub.archive.export import ExportService
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.archive.operations import OperationsService
@@ -55,6 +56,7 @@ class Archive:
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
+        self.export = ExportService(settings, index, blobs, self.operations)
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
         self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
         self.audit = AuditLog(audit) if audit is not None else None

@@ -14,13 +14,14 @@ from starlette.routing import BaseRoute, Route
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError
-from dicomhub.model import ADMIN, DELETE, MANAGE_TAGS, READ, WRITE
+from dicomhub.model import ADMIN, DELETE, EXPORT, MANAGE_TAGS, READ, WRITE
 from dicomhub.settings import Settings
 from dicomhub.web import (
     audit,
     changefeed,
     delete,
     errors,
+    export,
     extended_tags,
     fhir,
     health,
@@ -122,6 +123,7 @@ def routes() -> list[BaseRoute]:
         (INSTANCE, delete.delete, ["DELETE"], "delete-instance", DELETE),
         ("/changefeed", changefeed.changefeed, ["GET"], "changefeed", READ),
         ("/changefeed/latest", changefeed.latest, ["GET"], "changefeed-latest", READ),
+        ("/export", export.export, ["POST"], "export", EXPORT),
         ("/operations/{operation}", operations.get, ["GET"], "operation", READ),
         ("/fhir/status", fhir.status, ["GET"], "fhir-status", ADMIN),
         ("/fhir/failures", fhir.failures, ["GET"], "fhir-failures", ADMIN),

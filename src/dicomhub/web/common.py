@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 from starlette.requests import Request
@@ -19,11 +20,12 @@ from dicomhub.archive.archive import Archive
 from dicomhub.dicom.mediatype import parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
 from dicomhub.dicom.uids import require_uid
-from dicomhub.errors import InvalidRequest, NotAcceptable, RangeNotSatisfiable
+from dicomhub.errors import InvalidRequest, NotAcceptable, PayloadTooLarge, RangeNotSatisfiable
 from dicomhub.model import Scope, StoredInstance
 
 DICOM_JSON = "application/dicom+json"
 ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
+MAX_JSON_BODY = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -170,6 +172,20 @@ def page(request: Request, default: int, maximum: int) -> tuple[int, int]:
     if values["offset"] < 0:
         raise InvalidRequest("offset must not be negative")
     return values["offset"], values["limit"]
+
+
+async def json_body(request: Request) -> Any:
+    """A JSON request body (at most MAX_JSON_BODY bytes)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"a JSON body may be at most {MAX_JSON_BODY} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "it nests too deep" if isinstance(exc, RecursionError) else exc
+        raise InvalidRequest(f"the body is not JSON: {reason}") from None
 
 
 def multipart_response(parts: list[bytes], part_type: str, headers: dict[str, str]) -> Response:

@@ -3,7 +3,6 @@ its query status (PATCH), deletion, and its indexing errors."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -11,15 +10,13 @@ from starlette.responses import JSONResponse, Response
 
 from dicomhub.clock import from_micros, isoformat
 from dicomhub.dicom.extended_tags import ExtendedTag
-from dicomhub.errors import InvalidRequest, PayloadTooLarge
-from dicomhub.web.common import archive, base_url, page
+from dicomhub.web.common import archive, base_url, json_body, page
 
 LIMITS = (100, 200)  # default and maximum page size (Microsoft's PaginationOptions)
-MAX_JSON_BODY = 1024 * 1024
 
 
 async def add(request: Request) -> JSONResponse:
-    operation = await archive(request).extended_tags.add(await _body(request))
+    operation = await archive(request).extended_tags.add(await json_body(request))
     return JSONResponse(
         {"id": operation, "href": f"{base_url(request)}operations/{operation}"}, status_code=202
     )
@@ -38,7 +35,7 @@ async def get(request: Request) -> JSONResponse:
 
 async def update(request: Request) -> JSONResponse:
     service = archive(request).extended_tags
-    tag = await service.update(request.path_params["tag"], await _body(request))
+    tag = await service.update(request.path_params["tag"], await json_body(request))
     return JSONResponse(_tag(request, tag))
 
 
@@ -79,16 +76,3 @@ def _tag(request: Request, tag: ExtendedTag) -> dict[str, Any]:
     if tag.operation:
         out["operation"] = {"id": tag.operation, "href": f"{root}operations/{tag.operation}"}
     return out
-
-
-async def _body(request: Request) -> Any:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise PayloadTooLarge(f"a JSON body may be at most {MAX_JSON_BODY} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        reason = "it nests too deep" if isinstance(exc, RecursionError) else exc
-        raise InvalidRequest(f"the body is not JSON: {reason}") from None

@@ -36,6 +36,10 @@ def handlers(archive: Archive) -> dict[str, Handler]:
             context.operation.payload, context.checkpoint, context.progress
         )
 
+    async def export(context: JobContext) -> dict:
+        op = context.operation
+        return await archive.export.run(op.id, op.payload, context.checkpoint, context.progress)
+
     async def storage_commitment(context: JobContext) -> dict:
         from dicomhub.dimse.commitment import deliver  # pynetdicom: only loaded when needed
 
@@ -49,6 +53,7 @@ def handlers(archive: Archive) -> dict[str, Handler]:
         JobType.REINDEX: reindex,
         JobType.STORAGE_COMMITMENT: storage_commitment,
         JobType.COMMITMENT_ANSWERED: answered,
+        JobType.EXPORT: export,
     }
 
 
