@@ -365,3 +365,24 @@ def test_export_requests_are_audited_without_their_body(make_client, tmp_path):
     assert sorted(e["status"] for e in entries) == [202, 403]
     assert all(e["route"] == "v2-export" and e["method"] == "POST" for e in entries)
     assert secret not in json.dumps(entries)
+
+
+def test_with_a_project_key_two_exports_give_the_same_uids(make_client, tmp_path):
+    """--deidentify-key-file: every export (and download) maps a UID to the same new one; the
+    key itself is never written into the job. Without it, each export has a key of its own."""
+    root = tmp_path / "exports"
+    key_file = tmp_path / "project.key"
+    key_file.write_bytes(b"k" * 32)
+
+    def exported(client) -> tuple[set[str], dict]:
+        state = export(client, body(blob(f"file://{root}"), deidentify=True))
+        index = client.app.state.archive.index
+        job = client.portal.call(index.operation, state["operationId"])
+        folder = root / state["operationId"] / "results"
+        return {p.parts[-3] for p in folder.rglob("*.dcm")}, job.payload
+
+    keyed = make_client(export_allow=f"file://{root}", deidentify_key_file=str(key_file))
+    (first, payload), (second, _) = exported(keyed), exported(keyed)
+    assert first == second and len(first) == 3 and "key" not in payload
+    other, payload = exported(make_client(export_allow=f"file://{root}"))
+    assert other.isdisjoint(first) and len(payload["key"]) == 64

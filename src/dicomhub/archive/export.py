@@ -33,8 +33,17 @@ MAX_ERROR_LINES = 10_000  # errors.log lines kept (failures past them are only c
 
 class ExportService:
     def __init__(
-        self, settings: Settings, index: IndexStore, blobs: BlobStore, ops: OperationsService
+        self,
+        settings: Settings,
+        index: IndexStore,
+        blobs: BlobStore,
+        ops: OperationsService,
+        key: bytes,
     ):
+        """``key``: the server's de-identification key, taken when the operator gave one
+        (``--deidentify-key-file``: the same UIDs across exports and nodes)."""
+        self.key = key
+        self.project_key = bool(settings.deidentify_key_file)
         self.allow = [u.strip() for u in settings.export_allow.split(",") if u.strip()]
         self.request_credentials = settings.export_request_credentials
         self.index = index
@@ -43,7 +52,9 @@ class ExportService:
 
     async def start(self, body: Any) -> str:
         """Queue the export ``body`` asks for; its operation id."""
-        payload = export_request.parse(body, self.allow, self.request_credentials)
+        payload = export_request.parse(
+            body, self.allow, self.request_credentials, self.project_key
+        )
         Sink(payload["destination"]["url"], payload["destination"]["options"])  # options valid
         operation = await self.operations.start(str(JobType.EXPORT), payload)
         assert operation is not None
@@ -59,7 +70,8 @@ class ExportService:
         dest = payload["destination"]
         sink = Sink(dest["url"], dest["options"])
         deid = payload.get("deidentify")
-        context = Context(bytes.fromhex(payload["key"])) if deid is not None else None
+        key = bytes.fromhex(payload["key"]) if payload.get("key") else self.key
+        context = Context(key) if deid is not None else None
         options = Options(**(deid or {}))
         sources = payload["sources"]
         state = checkpoint or {"source": 0, "after": None, "exported": 0, "skipped": 0}

@@ -26,9 +26,10 @@ CREDENTIALS_SETTING = "export_request_credentials (DICOMHUB_EXPORT_REQUEST_CREDE
 AZURE_HOST = ".blob.core.windows.net"
 
 
-def parse(body: Any, allow: list[str], request_credentials: bool) -> dict:
+def parse(body: Any, allow: list[str], request_credentials: bool, project_key: bool) -> dict:
     """The payload of the export job ``body`` asks for; InvalidRequest names what is wrong
-    with it, Forbidden a destination outside ``allow``."""
+    with it, Forbidden a destination outside ``allow``. ``project_key``: de-identification
+    takes the server's key (the same UIDs across exports), else one of the export's own."""
     fields = _fields(body, "the body")
     unknown = set(fields) - {"source", "sources", "destination", "deidentify"}
     if unknown:
@@ -42,9 +43,10 @@ def parse(body: Any, allow: list[str], request_credentials: bool) -> dict:
         "destination": destination(fields["destination"], allow, request_credentials),
         "deidentify": deidentify_options(fields.get("deidentify")),
     }
-    if payload["deidentify"] is not None:
+    if payload["deidentify"] is not None and not project_key:
         # One context per export, the same on whichever node resumes it (PS3.15 E: the same
-        # original UID gives the same new one throughout the export).
+        # original UID gives the same new one throughout the export). With a project key
+        # (--deidentify-key-file) the server's key serves, and is never written in the job.
         payload["key"] = secrets.token_hex(32)
     return payload
 
