@@ -52,9 +52,7 @@ class ExportService:
 
     async def start(self, body: Any) -> str:
         """Queue the export ``body`` asks for; its operation id."""
-        payload = export_request.parse(
-            body, self.allow, self.request_credentials, self.project_key
-        )
+        payload = export_request.parse(body, self.allow, self.request_credentials, self.project_key)
         Sink(payload["destination"]["url"], payload["destination"]["options"])  # options valid
         operation = await self.operations.start(str(JobType.EXPORT), payload)
         assert operation is not None
