@@ -386,3 +386,20 @@ def test_with_a_project_key_two_exports_give_the_same_uids(make_client, tmp_path
     assert first == second and len(first) == 3 and "key" not in payload
     other, payload = exported(make_client(export_allow=f"file://{root}"))
     assert other.isdisjoint(first) and len(payload["key"]) == 64
+
+
+def test_a_de_identified_export_skips_instances_with_burned_in_annotation(make_client, tmp_path):
+    """Text in pixel data is not removed: such an instance is skipped (an errors.log line), as
+    de-identified downloads refuse it; exported as stored, it goes like any other."""
+    root = tmp_path / "exports"
+    client = make_client(export_allow=f"file://{root}")
+    ids = (uid(71, 1), uid(71, 1, 1), uid(71, 1, 1, 1))
+    assert stow(client, instance(*ids, BurnedInAnnotation="YES")).status_code == 200
+    request = body(blob(f"file://{root}"), values=[ids[0]], deidentify=True)
+    state = export(client, request)
+    assert state["results"] == {**state["results"], "exported": 0, "skipped": 1}
+    log = (root / state["operationId"] / "errors.log").read_text().splitlines()
+    assert [json.loads(line)["Identifier"] for line in log] == ["/".join(ids)]
+    assert "burned-in" in json.loads(log[0])["Error"]
+    state = export(client, body(blob(f"file://{root}"), values=[ids[0]]))
+    assert state["results"]["exported"] == 1

@@ -19,7 +19,7 @@ from typing import Any
 from dicomhub.archive import export_request
 from dicomhub.archive.operations import OperationsService
 from dicomhub.clock import isoformat, utcnow
-from dicomhub.dicom.deidentify import Context, Options, deidentify
+from dicomhub.dicom.deidentify import Context, Options, deidentify_file
 from dicomhub.errors import InvalidDicom, NotFound
 from dicomhub.model import JobType, Scope, StoredInstance
 from dicomhub.settings import Settings
@@ -28,6 +28,8 @@ from dicomhub.storage.protocols import BlobStore, IndexStore
 
 BATCH = 100  # instances between checkpoints (Microsoft's batch size)
 CONCURRENCY = 8  # instances read and written at once
+# what dicomhub cannot de-identify (no Clean Pixel Data Option): skipped, as downloads refuse it
+BURNED_IN = "burned-in annotation (0028,0301 YES): not exported de-identified"
 MAX_ERROR_LINES = 10_000  # errors.log lines kept (failures past them are only counted)
 
 
@@ -134,7 +136,9 @@ class ExportService:
                     data = await self.blobs.read(instance.blob_key)
                     uids = (instance.id.study, instance.id.series, instance.id.sop)
                     if context is not None:
-                        data = await asyncio.to_thread(deidentify, data, context, options)
+                        data, ds = await asyncio.to_thread(deidentify_file, data, context, options)
+                        if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+                            return BURNED_IN  # as downloads refuse it
                         uids = tuple(context.uid(u) for u in uids)  # UIDs may carry PHI
                 except NotFound:
                     return "the stored file of the instance is missing"
