@@ -419,7 +419,8 @@ def corpus() -> list[Case]:
         wado.split("?")[1] + "&contentType=" + "x" * 4000,
         wado.split("?")[1] + "&contentType=image/png;q=abc",
         wado.split("?")[1] + "&contentType=application/dicom&transferSyntax=1..2",
-        wado.split("?")[1] + "&anonymize=yes",
+        wado.split("?")[1] + "&anonymize=maybe",
+        wado.split("?")[1] + "&anonymize=yes&anonymize=yes",
     ):
         add(f"WADO-URI ?{query[-40:]}", http("GET", f"/wado?{query}"))
     for frames in ("0", "-1", "1,,2", "99999999999999999999", "abc", "1-3", "2"):
