@@ -27,6 +27,7 @@ DICOM_JSON = "application/dicom+json"
 ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
 MAX_JSON_BODY = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_OFFSET = 2**53 - 1  # a paging offset (or change-feed sequence) any client and index can hold
 
 
 def archive(request: Request) -> Archive:
@@ -83,6 +84,9 @@ def require_json_accept(request: Request) -> str:
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single ``bytes=a-b`` range as (offset, length); None when absent (RFC 9110 14.2)."""
     if not header:
+        return None
+    unit = header.partition("=")[0].strip().lower()
+    if unit != "bytes":  # a unit the server does not know is ignored (RFC 9110 14.2)
         return None
     m = _RANGE.match(header.strip().replace(" ", ""))
     if not m or m.groups() == ("", ""):
@@ -169,9 +173,17 @@ def page(request: Request, default: int, maximum: int) -> tuple[int, int]:
             raise InvalidRequest(f"{name} must be an integer, not {raw[:40]!r}") from exc
     if not 1 <= values["limit"] <= maximum:
         raise InvalidRequest(f"limit must be between 1 and {maximum}")
-    if values["offset"] < 0:
-        raise InvalidRequest("offset must not be negative")
+    if not 0 <= values["offset"] <= MAX_OFFSET:
+        raise InvalidRequest(f"offset must be between 0 and {MAX_OFFSET}")
     return values["offset"], values["limit"]
+
+
+def header_text(text: str) -> str:
+    """``text`` as the content of a quoted string in a response header (RFC 9110 5.6.4): what
+    a client sent may hold characters a header cannot carry (non-Latin-1, controls) and
+    quotes; those are replaced and escaped, never passed through."""
+    safe = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return safe.replace("\\", "\\\\").replace('"', '\\"')
 
 
 async def json_body(request: Request) -> Any:

@@ -7,6 +7,7 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from dicomhub import errors
 
@@ -57,7 +58,19 @@ async def on_http_exception(request: Request, exc: HTTPException) -> JSONRespons
         detail = f"no resource at {request.url.path}"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem(405, _title(405), detail, {"Allow": ", ".join(_allowed(request))})
     return problem(exc.status_code, _title(exc.status_code), str(detail), exc.headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route serves on the request's path (Starlette's 405 names only the
+    first route's: /v2/studies would say GET, HEAD and leave out POST)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:

@@ -11,7 +11,7 @@ from dicomhub.dicom.json_model import dumps
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Query, parse_query
 from dicomhub.dicom.uids import require_uid
-from dicomhub.web.common import archive, base_url, require_json_accept
+from dicomhub.web.common import archive, base_url, header_text, require_json_accept
 
 MORE_RESULTS = (
     "The number of results exceeded the maximum supported by the server. "
@@ -56,7 +56,7 @@ async def _search(request: Request, level: Level) -> Response:
     if page.more and query.capped:
         texts.append(MORE_RESULTS)
     if texts:
-        headers["Warning"] = ", ".join(f'299 {service}: "{t}"' for t in texts)
+        headers["Warning"] = ", ".join(f'299 {service}: "{header_text(t)}"' for t in texts)
     headers["Vary"] = "Accept"  # application/dicom+json or application/json
     return Response(dumps(page.results), media_type=media, headers=headers)
 

@@ -1,0 +1,69 @@
+"""HTTP details a fuzzer checks (issue 27), against a real `dicomhub serve` over a real socket:
+integers from the query string are bounded (400, not 500), response headers never carry raw
+input (a QIDO Warning naming an odd parameter is escaped, and the connection stays usable), and
+a 405 names every method the path serves."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.conftest import running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("edges")) as (url, _):
+        yield urlparse(url)
+
+
+def request(server, method: str, path: str, conn=None):
+    conn = conn or http.client.HTTPConnection(server.hostname, server.port, timeout=30)
+    conn.request(method, path, headers={"Accept": "application/dicom+json, application/json"})
+    response = conn.getresponse()
+    return response, response.read(), conn
+
+
+@pytest.mark.parametrize("route", ["/v2/changefeed", "/v2/audit", "/v2/extendedquerytags"])
+@pytest.mark.parametrize("offset", ["9223372036854775808", "99999999999999999999", "-1"])
+def test_paging_offsets_are_bounded(server, route, offset):
+    response, body, _ = request(server, "GET", f"{route}?offset={offset}")
+    assert response.status == 400, body
+    assert response.getheader("content-type") == "application/problem+json"
+    assert b"offset must be between 0 and" in body
+
+
+@pytest.mark.parametrize(
+    ("parameter", "shown"),
+    [
+        ("includefield=%1B", "includefield=?"),  # a control character
+        ("%C3%A9=1", "?"),  # not Latin-1
+        ("a%22b=1", 'a\\"b'),  # a quote, escaped in the quoted string
+        ("a%5Cb=1", "a\\\\b"),  # a backslash, escaped
+    ],
+)
+def test_a_warning_never_carries_raw_input(server, parameter, shown):
+    response, _, conn = request(server, "GET", f"/v2/studies?{parameter}")
+    assert response.status == 200
+    warning = response.getheader("warning")
+    assert warning.endswith(f'ignored: {shown}"'), warning
+    again, _, _ = request(server, "GET", "/v2/studies", conn)  # the connection is still good
+    assert again.status == 200
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/v2/studies", "GET, HEAD, POST"),
+        ("PATCH", "/v2/studies/1.2.3", "DELETE, GET, HEAD, POST"),
+        ("POST", "/v2/studies/1.2.3/series/4.5", "DELETE, GET, HEAD"),
+        ("PUT", "/v2/extendedquerytags/PatientAge", "DELETE, GET, HEAD, PATCH"),
+    ],
+)
+def test_a_405_names_every_method_of_the_path(server, method, path, allowed):
+    response, body, _ = request(server, method, path)
+    assert response.status == 405, body
+    assert response.getheader("allow") == allowed
