@@ -67,3 +67,36 @@ def test_a_405_names_every_method_of_the_path(server, method, path, allowed):
     response, body, _ = request(server, method, path)
     assert response.status == 405, body
     assert response.getheader("allow") == allowed
+
+
+@pytest.fixture(scope="module")
+def small_limits(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("limits"), max_part_size="1000") as (url, _):
+        yield urlparse(url)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "declared"),
+    [
+        ("/v2/studies", "application/dicom", 3 * 2**30),  # a single file over max_part_size
+        ("/v2/extendedquerytags", "application/json", 2 * 2**20),  # JSON over 1 MiB
+    ],
+)
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(
+    small_limits, path, content_type, declared
+):
+    """The answer comes at once, without the body (none is sent here), and closes the
+    connection (its body would otherwise follow)."""
+    conn = http.client.HTTPConnection(small_limits.hostname, small_limits.port, timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", content_type)
+    conn.putheader("Content-Length", str(declared))
+    conn.putheader("Accept", "application/dicom+json, application/json")
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 413, body
+    assert response.getheader("content-type") == "application/problem+json"
+    assert response.getheader("connection") == "close"
+    assert str(declared).encode() in body
+    conn.close()

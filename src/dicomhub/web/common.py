@@ -186,8 +186,17 @@ def header_text(text: str) -> str:
     return safe.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def refuse_declared_size(request: Request, limit: int, what: str) -> None:
+    """413 before a byte of the body is read when its Content-Length already says it is over
+    ``limit`` (the body is left unread: the answer closes the connection)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"{what} may be at most {limit} bytes; this one says {declared}")
+
+
 async def json_body(request: Request) -> Any:
     """A JSON request body (at most MAX_JSON_BODY bytes)."""
+    refuse_declared_size(request, MAX_JSON_BODY, "a JSON body")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk

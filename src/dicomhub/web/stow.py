@@ -25,7 +25,13 @@ from dicomhub.errors import (
 )
 from dicomhub.settings import Settings
 from dicomhub.web.audit import note
-from dicomhub.web.common import archive, base_url, require_json_accept, version
+from dicomhub.web.common import (
+    archive,
+    base_url,
+    refuse_declared_size,
+    require_json_accept,
+    version,
+)
 
 DICOM = "application/dicom"
 
@@ -36,6 +42,10 @@ async def store(request: Request) -> Response:
     study = request.path_params.get("study")
     if study is not None:
         require_uid(study, "StudyInstanceUID")
+    content_type = request.headers.get("content-type") or ""
+    if content_type.split(";")[0].strip().lower() == DICOM:  # one file: its size is known
+        limit = request.app.state.settings.max_part_size
+        refuse_declared_size(request, limit, "a DICOM file (max_part_size)")
     parts = received_parts(
         request.stream(), request.headers.get("content-type"), request.app.state.settings
     )
