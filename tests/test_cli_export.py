@@ -153,3 +153,30 @@ def test_on_a_terminal_one_bar_is_redrawn_in_place():
     text = out.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
     assert "[###############---------------]  50%  exported 3  skipped 1" in text
+
+
+def test_a_failed_export_exits_1_and_the_token_is_sent(monkeypatch, capsys):
+    """The server's side mocked (a failed job takes minutes of retries on a real one)."""
+    seen = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(202, json={"id": "op-1", "href": "x"})
+        state = {"operationId": "op-1", "status": "failed", "percentComplete": 40}
+        return httpx.Response(200, json={**state, "results": None, "errors": ["disk full"]})
+
+    client = httpx.Client
+    monkeypatch.setattr(
+        cli_export.httpx, "Client", lambda **kw: client(transport=httpx.MockTransport(server), **kw)
+    )
+    monkeypatch.setenv("DICOMHUB_TOKEN", "t0ken")
+    args = _parser().parse_args(["export", "--url", "http://h:1/base/", "--to", "/x", A])
+    assert cli_export.run(args) == 1
+    out, err = capsys.readouterr()
+    assert "status     failed" in out and "dicomhub export: disk full" in err
+    assert [str(r.url) for r in seen] == [
+        "http://h:1/base/v2/export",
+        "http://h:1/base/v2/operations/op-1",
+    ]
+    assert all(r.headers["Authorization"] == "Bearer t0ken" for r in seen)
