@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from dicomhub.archive import export as export_module
+from dicomhub.archive import export_request
 from dicomhub.cli import build_archive, parse_command_line
 from dicomhub.dicom.deidentify import Context, Options
 from dicomhub.settings import Settings
@@ -403,3 +404,82 @@ def test_a_de_identified_export_skips_instances_with_burned_in_annotation(make_c
     assert "burned-in" in json.loads(log[0])["Error"]
     state = export(client, body(blob(f"file://{root}"), values=[ids[0]]))
     assert state["results"]["exported"] == 1
+
+
+def query_source(text) -> dict:
+    return {"type": "query", "settings": {"query": text}}
+
+
+def test_export_by_query_exports_the_studies_it_matched_at_the_request(make_client, tmp_path):
+    """A QIDO-RS study query, matched when the request arrives: a study stored afterwards
+    that matches too is not exported by the job."""
+    root = tmp_path / "exports"
+    client = make_client(export_allow=f"file://{root}")
+    request = {
+        "source": query_source("PatientID=PID-1\\PID-3&ModalitiesInStudy=CT&StudyDate=*"),
+        "destination": blob(f"file://{root}"),
+    }
+    r = client.post("/v2/export", json=request)
+    assert r.status_code == 202, r.text
+    operation = r.json()["id"]
+    late = (uid(70, 4), uid(70, 4, 1), uid(70, 4, 1, 1))
+    assert stow(client, instance(*late, PatientID="PID-1")).status_code == 200
+    job = client.portal.call(client.app.state.archive.index.operation, operation)
+    assert job.payload["sources"] == [[A], [C]] and job.payload["query"].startswith("PatientID")
+    run_jobs(client)
+    state = client.get(f"/v2/operations/{operation}").json()
+    wanted = {k for k in FILES if k[0] in (A, C)}
+    assert state["status"] == "completed" and state["percentComplete"] == 100
+    assert state["results"]["exported"] == len(wanted) and state["results"]["skipped"] == 0
+    read_file = folder_reader(root)
+    for ids in [*FILES, late]:
+        got = read_file(f"{operation}/results/{'/'.join(ids)}.dcm")
+        assert got == (wado(client, ids) if ids in wanted else None), ids
+    assert read_file(f"{operation}/errors.log") == b""
+
+
+def test_export_by_a_query_matching_nothing(make_client, tmp_path):
+    root = tmp_path / "exports"
+    client = make_client(export_allow=f"file://{root}")
+    request = {"source": query_source("PatientName=Nobody*"), "destination": blob(f"file://{root}")}
+    state = export(client, request)
+    assert state["status"] == "completed" and state["percentComplete"] == 100
+    assert state["results"]["exported"] == 0 and state["results"]["skipped"] == 0
+    assert not (root / state["operationId"] / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("StudyDate=2020-01-01x", "StudyDate"),  # as QIDO-RS answers it
+        ("StudyInstanceUID=1.2.abc", "StudyInstanceUID"),
+        ("PatientIDD=P1", "PatientIDD"),  # a search ignores it; an export would take too much
+        ("SOPInstanceUID=1.2.3", "SOPInstanceUID"),  # not a key at the study level
+        ("PatientID=P1&limit=5", "limit"),
+        ("PatientID=P1&PatientID=P2", "PatientID"),
+        ("", "settings.query"),
+        (["PatientID=P1"], "settings.query"),
+    ],
+)
+def test_a_bad_query_is_a_400_problem(make_client, tmp_path, query, named):
+    client = make_client(export_allow=f"file://{tmp_path}")
+    request = {"source": query_source(query), "destination": blob(f"file://{tmp_path}/x")}
+    r = client.post("/v2/export", json=request)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert named in r.json()["detail"]
+
+
+def test_a_query_matching_more_studies_than_an_export_takes_is_refused(
+    make_client, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(export_request, "MAX_VALUES", 2)
+    client = make_client(export_allow=f"file://{tmp_path}")
+    request = {
+        "source": query_source("ModalitiesInStudy=CT"),
+        "destination": blob(f"file://{tmp_path}"),
+    }
+    r = client.post("/v2/export", json=request)
+    assert r.status_code == 400 and "more than 2 studies" in r.json()["detail"], r.text
+    request["source"] = query_source("PatientID=PID-1\\PID-2")
+    assert client.post("/v2/export", json=request).status_code == 202

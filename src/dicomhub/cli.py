@@ -90,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(
         commands.add_parser("dimse", help="run the DIMSE service only (needs --dimse-port)")
     )
+    from dicomhub import cli_export
+
+    cli_export.add_arguments(
+        commands.add_parser(
+            "export",
+            help="export studies from a running server to a destination (an HTTP client)",
+            description="Export instances from a running dicomhub server (POST /v2/export), "
+            "follow the job and print its result. Exit status: 0 completed, 1 failed, "
+            "2 refused by the server.",
+            allow_abbrev=False,  # --token is not --token-file: no flag carries the token
+        )
+    )
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _settings_flags(db)
@@ -150,6 +162,12 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "export":  # a client of a running server: no settings, no index
+        from dicomhub import cli_export
+
+        sys.exit(cli_export.run(args))
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
     os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes

@@ -56,7 +56,9 @@ class Archive:
         self.delete = DeleteService(index, settings.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
-        self.export = ExportService(settings, index, blobs, self.operations, self.deidentify_key)
+        self.export = ExportService(
+            settings, index, blobs, self.operations, self.deidentify_key, self.extended_tags
+        )
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
         self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
         self.audit = AuditLog(audit) if audit is not None else None

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomhub.archive import export_request
+from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.operations import OperationsService
 from dicomhub.clock import isoformat, utcnow
 from dicomhub.dicom.deidentify import Context, Options, deidentify_file
-from dicomhub.errors import InvalidDicom, NotFound
+from dicomhub.errors import InvalidDicom, InvalidRequest, NotFound
 from dicomhub.model import JobType, Scope, StoredInstance
 from dicomhub.settings import Settings
 from dicomhub.storage.export_sinks import Sink
@@ -41,6 +42,7 @@ class ExportService:
         blobs: BlobStore,
         ops: OperationsService,
         key: bytes,
+        extended_tags: ExtendedTagsService,
     ):
         """``key``: the server's de-identification key, taken when the operator gave one
         (``--deidentify-key-file``: the same UIDs across exports and nodes)."""
@@ -51,14 +53,30 @@ class ExportService:
         self.index = index
         self.blobs = blobs
         self.operations = ops
+        self.extended_tags = extended_tags
 
     async def start(self, body: Any) -> str:
         """Queue the export ``body`` asks for; its operation id."""
         payload = export_request.parse(body, self.allow, self.request_credentials, self.project_key)
         Sink(payload["destination"]["url"], payload["destination"]["options"])  # options valid
+        if "query" in payload:
+            payload["sources"] = await self.studies(payload["query"])
         operation = await self.operations.start(str(JobType.EXPORT), payload)
         assert operation is not None
         return operation
+
+    async def studies(self, text: str) -> list[list[str]]:
+        """The studies a "query" source matches now, in storage order, as identifiers: the
+        job exports these, wherever and however often it is resumed."""
+        keys, _ = await self.extended_tags.searchable()
+        query = export_request.study_query(text, keys)
+        rows = await self.index.search(query, set())  # UIDs only: nothing optional needed
+        if len(rows) > query.limit:
+            raise InvalidRequest(
+                f"the query matches more than {query.limit} studies, the most one export "
+                "takes; narrow it (e.g. by StudyDate ranges) and export in parts"
+            )
+        return [[row["study_uid"]] for row in rows]
 
     async def run(
         self,

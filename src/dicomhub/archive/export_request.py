@@ -2,7 +2,9 @@
 and whether to de-identify; checked against the operator's allow list before anything is queued.
 
 The result is the job's payload: plain JSON, so a job resumed on another node needs nothing
-but its row in the index.
+but its row in the index. A query source is resolved when the request arrives (see
+``study_query``): the payload lists the studies it matched then, so a resumed job exports
+exactly those, and studies stored later are not added half-way.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+from dicomhub.dicom.levels import Level
+from dicomhub.dicom.query import Query, parse_query
+from dicomhub.dicom.search_keys import Key
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import Forbidden, InvalidRequest
 
-MAX_VALUES = 10_000  # identifiers in one request
+MAX_VALUES = 10_000  # identifiers in one request, and studies one query may match
+MAX_QUERY_CHARS = 65_536
+# QIDO controls that would pick some of the matches: an export takes all of them
+PAGING = ("limit", "offset", "orderby")
 BLOB_SCHEMES = ("file", "s3", "az", "gs")
 DEID_OPTIONS = {  # request name -> deidentify.Options field
     "retainModifiedDates": "retain_modified_dates",
@@ -38,8 +46,9 @@ def parse(body: Any, allow: list[str], request_credentials: bool, project_key: b
     source = fields.get("sources", fields.get("source"))
     if source is None or "destination" not in fields:
         raise InvalidRequest('an export request needs "source" (or "sources") and "destination"')
+    kind, what = _source(source)
     payload = {
-        "sources": sources(source),
+        kind: what,
         "destination": destination(fields["destination"], allow, request_credentials),
         "deidentify": deidentify_options(fields.get("deidentify")),
     }
@@ -51,12 +60,48 @@ def parse(body: Any, allow: list[str], request_credentials: bool, project_key: b
     return payload
 
 
+def _source(source: Any) -> tuple[str, Any]:
+    """("sources", identifiers) or ("query", its text): the payload's field for ``source``
+    (a query is resolved into "sources" by the export service, against the index)."""
+    fields = _fields(source, "source")
+    kind = str(fields.get("type", "")).lower()
+    if kind == "identifiers":
+        return "sources", sources(source)
+    if kind == "query":
+        text = _fields(fields.get("settings"), "source settings").get("query")
+        if not isinstance(text, str) or not text.strip("?& "):
+            raise InvalidRequest(
+                'a "query" source needs settings.query, a QIDO-RS study query string '
+                '(e.g. "PatientID=P1&StudyDate=20200101-20201231")'
+            )
+        if len(text) > MAX_QUERY_CHARS:
+            raise InvalidRequest(f"settings.query is longer than {MAX_QUERY_CHARS} characters")
+        return "query", text.lstrip("?")
+    raise InvalidRequest('source "type" must be "identifiers" or "query"')
+
+
+def study_query(text: str, extended: dict[str, Key]) -> Query:
+    """The study-level QIDO-RS query (PS3.18 10.6.1) of a "query" source, parsed and checked
+    as a search for studies is (``dicom.query``, the same matching rules and messages), with
+    two differences: a parameter a search would ignore (with a Warning) is refused, since
+    ignoring it would export more than was asked; and limit, offset and orderby are refused,
+    since an export takes every match (at most MAX_VALUES studies)."""
+    params = parse_qsl(text, keep_blank_values=True)
+    paging = sorted({name for name, _ in params if name.lower() in PAGING})
+    if paging:
+        raise InvalidRequest(
+            f"Invalid query parameter {paging[0]}: an export takes every matching study "
+            f"(at most {MAX_VALUES}); limit, offset and orderby are not taken"
+        )
+    query = parse_query(params, Level.STUDY, max_limit=MAX_VALUES, strict=True, extended=extended)
+    query.limit = MAX_VALUES
+    return query
+
+
 def sources(source: Any) -> list[list[str]]:
     """``{"type": "identifiers", "settings": {"values": ["study[/series[/instance]]"]}}``:
     each identifier as [study, series?, sop?], without repeats or identifiers inside another."""
     fields = _fields(source, "source")
-    if str(fields.get("type", "")).lower() != "identifiers":
-        raise InvalidRequest('source "type" must be "identifiers"')
     values = _fields(fields.get("settings"), "source settings").get("values")
     if not isinstance(values, list) or not values:
         raise InvalidRequest("source settings need a non-empty list of identifiers in values")
