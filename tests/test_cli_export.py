@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
@@ -156,27 +159,43 @@ def test_on_a_terminal_one_bar_is_redrawn_in_place():
 
 
 def test_a_failed_export_exits_1_and_the_token_is_sent(monkeypatch, capsys):
-    """The server's side mocked (a failed job takes minutes of retries on a real one)."""
-    seen = []
+    """Over a real socket, to a stand-in for the server's two routes: a real export fails only
+    after minutes of retries, with no setting to shorten them."""
+    seen: list[tuple[str, str, str | None]] = []
 
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if request.method == "POST":
-            return httpx.Response(202, json={"id": "op-1", "href": "x"})
-        state = {"operationId": "op-1", "status": "failed", "percentComplete": 40}
-        return httpx.Response(200, json={**state, "results": None, "errors": ["disk full"]})
+    class Api(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization")))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
-    client = httpx.Client
-    monkeypatch.setattr(
-        cli_export.httpx, "Client", lambda **kw: client(transport=httpx.MockTransport(server), **kw)
-    )
-    monkeypatch.setenv("DICOMHUB_TOKEN", "t0ken")
-    args = _parser().parse_args(["export", "--url", "http://h:1/base/", "--to", "/x", A])
-    assert cli_export.run(args) == 1
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(202, {"id": "op-1", "href": "x"})
+
+        def do_GET(self):
+            state = {"operationId": "op-1", "status": "failed", "percentComplete": 40}
+            self._answer(200, {**state, "results": None, "errors": ["disk full"]})
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DICOMHUB_TOKEN", "t0ken")
+        url = f"http://127.0.0.1:{server.server_port}/base/"
+        args = _parser().parse_args(["export", "--url", url, "--to", "/x", A])
+        assert cli_export.run(args) == 1
+    finally:
+        server.shutdown()
     out, err = capsys.readouterr()
     assert "status     failed" in out and "dicomhub export: disk full" in err
-    assert [str(r.url) for r in seen] == [
-        "http://h:1/base/v2/export",
-        "http://h:1/base/v2/operations/op-1",
+    assert seen == [
+        ("POST", "/base/v2/export", "Bearer t0ken"),
+        ("GET", "/base/v2/operations/op-1", "Bearer t0ken"),
     ]
-    assert all(r.headers["Authorization"] == "Bearer t0ken" for r in seen)

@@ -13,14 +13,15 @@ command line is wrong.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
-
-import httpx
 
 from dicomhub.archive.export_request import DEID_OPTIONS
 
@@ -131,22 +132,22 @@ def run(args: argparse.Namespace) -> int:
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     base = args.url.rstrip("/") + API
-    with httpx.Client(headers=headers, timeout=60) as http:
-        try:
-            operation = _start(http, base, request_body(args))
-            state = _follow(http, f"{base}/operations/{operation}", args.poll_interval, sys.stderr)
-        except Refused as exc:
-            print(f"dicomhub export: refused: {exc}", file=sys.stderr)
-            return REFUSED
-        except httpx.HTTPError as exc:
-            print(f"dicomhub export: {args.url}: {_reason(exc)}", file=sys.stderr)
-            return FAILED
-        except KeyboardInterrupt:
-            print(
-                "\ndicomhub export: stopped following; the export goes on in the server",
-                file=sys.stderr,
-            )
-            return 130
+    http = _Http(headers)
+    try:
+        operation = _start(http, base, request_body(args))
+        state = _follow(http, f"{base}/operations/{operation}", args.poll_interval, sys.stderr)
+    except Refused as exc:
+        print(f"dicomhub export: refused: {exc}", file=sys.stderr)
+        return REFUSED
+    except Unreachable as exc:
+        print(f"dicomhub export: {args.url}: {exc}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print(
+            "\ndicomhub export: stopped following; the export goes on in the server",
+            file=sys.stderr,
+        )
+        return 130
     _report(state, sys.stdout)
     if state.get("status") != "completed":
         for error in state.get("errors") or []:
@@ -160,28 +161,50 @@ def _usage(message: str) -> int:
     return REFUSED
 
 
-def _start(http: httpx.Client, base: str, body: dict) -> str:
-    r = http.post(f"{base}/export", json=body)
-    if 400 <= r.status_code < 500:
-        raise Refused(f"{r.status_code} {_detail(r)}")
-    if r.status_code != 202:
-        raise httpx.HTTPStatusError(f"{r.status_code} {_detail(r)}", request=r.request, response=r)
-    return r.json()["id"]
+class Unreachable(Exception):
+    """The server could not be reached, or failed (5xx)."""
 
 
-def _follow(http: httpx.Client, href: str, interval: float, err: TextIO) -> dict:
+class _Http:
+    """JSON over HTTP with the standard library (the CLI needs nothing more)."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+    def call(self, method: str, url: str, body: dict | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {**self.headers, **({"Content-Type": "application/json"} if data else {})}
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, _json(response.read())
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, _json(exc.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(str(exc) or exc.__class__.__name__) from exc
+        if status >= 500:
+            raise Unreachable(f"{status} {_detail(answer)}")
+        return status, answer
+
+
+def _start(http: _Http, base: str, body: dict) -> str:
+    status, answer = http.call("POST", f"{base}/export", body)
+    if 400 <= status < 500:
+        raise Refused(f"{status} {_detail(answer)}")
+    if status != 202:
+        raise Unreachable(f"{status} {_detail(answer)}")
+    return answer["id"]
+
+
+def _follow(http: _Http, href: str, interval: float, err: TextIO) -> dict:
     """The operation once it has ended, its progress shown on ``err`` meanwhile."""
     show = _Progress(err, href.rsplit("/", 1)[-1])
     failing_since: float | None = None
     while True:
         try:
-            r = http.get(href)
-            if r.status_code >= 500:
-                raise httpx.HTTPStatusError(
-                    f"{r.status_code} {_detail(r)}", request=r.request, response=r
-                )
+            status, state = http.call("GET", href)
             failing_since = None
-        except httpx.HTTPError:
+        except Unreachable:
             # a server restarting (the job goes on on its own): keep asking for a while
             now = time.monotonic()
             failing_since = failing_since or now
@@ -190,12 +213,11 @@ def _follow(http: httpx.Client, href: str, interval: float, err: TextIO) -> dict
                 raise
             time.sleep(interval)
             continue
-        if 400 <= r.status_code < 500:
+        if 400 <= status < 500:
             show.end()
-            raise Refused(f"{r.status_code} {_detail(r)}")
-        state = r.json()
+            raise Refused(f"{status} {_detail(state)}")
         show.update(state)
-        if r.status_code == 200:
+        if status == 200:
             show.end()
             return state
         time.sleep(interval)
@@ -247,15 +269,15 @@ def _report(state: dict, out: TextIO) -> None:
         print(f"{name:<11}{value}", file=out)
 
 
-def _detail(r: httpx.Response) -> str:
+def _json(data: bytes) -> Any:
     try:
-        body = r.json()
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return r.text[:500] or r.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or body)
-    return str(body)[:500]
+        return data.decode("utf-8", "replace")[:500]
 
 
-def _reason(exc: httpx.HTTPError) -> str:
-    return str(exc) or exc.__class__.__name__
+def _detail(answer: Any) -> str:
+    """What a problem document (or any answer) says."""
+    if isinstance(answer, dict):
+        return str(answer.get("detail") or answer.get("title") or answer)
+    return str(answer)[:500]
