@@ -47,6 +47,25 @@ def test_multipart_malformed(body):
         run_parser(body, 5)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 64 * 1024])
+def test_multipart_padding_after_a_boundary_is_bounded(chunk):
+    """Transport padding after a boundary is taken (a little, in any chunking) and dropped as
+    it arrives; past 16 KiB the body is refused, before it is held (it was held and scanned
+    again with every chunk: quadratic)."""
+    dash = b"--" + BOUNDARY.encode()
+    body = dash + b" \t \r\nContent-Type: application/dicom\r\n\r\nx\r\n" + dash + b"--"
+    assert [p[1] for p in run_parser(body, chunk)] == [b"x"]
+    parser = MultipartParser(BOUNDARY)
+    list(parser.feed(dash))
+    fed = 0
+    with pytest.raises(InvalidRequest, match="padding"):
+        while fed < 8 * 2**20:
+            list(parser.feed(b" " * chunk if chunk > 1 else b" "))
+            fed += chunk
+            assert len(parser._buffer) < 2
+    assert fed <= 16 * 1024 + chunk
+
+
 @pytest.mark.parametrize(
     "vr, value, ok",
     [

@@ -40,6 +40,7 @@ class MultipartParser:
         self._dash = b"--" + boundary.encode("latin-1")
         self._delimiter = b"\r\n" + self._dash
         self._buffer = b""
+        self._padding = 0  # transport padding (spaces, tabs) seen after the last boundary
         self._state = "preamble"  # preamble, after_boundary, headers, body, epilogue
 
     @property
@@ -76,8 +77,16 @@ class MultipartParser:
             return True
         if self._state == "after_boundary":
             stripped = buf.lstrip(b" \t")
+            self._padding += len(buf) - len(stripped)
+            if self._padding > MAX_HEADER_BYTES:  # linear: the padding is dropped as it comes
+                raise InvalidRequest(
+                    f"malformed multipart body: more than {MAX_HEADER_BYTES} bytes of "
+                    "padding after a boundary"
+                )
             if len(stripped) < 2:
+                self._buffer = stripped
                 return False
+            self._padding = 0
             if stripped.startswith(b"--"):
                 self._state = "epilogue"
                 self._buffer = b""
