@@ -1,11 +1,13 @@
 """A full disk (a real, small tmpfs mounted for the test): STOW answers per part (what was
 stored, what was refused for lack of space: 0xA700) or 507 when nothing could be stored, never
-500; a refused store leaves no blob behind; once space is freed, stores succeed again without
-a restart."""
+500; a refused store leaves no blob behind; the health check names the index and blob store as
+degraded; once space is freed, stores succeed again and health is back, without a restart."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import subprocess
 from pathlib import Path
 
@@ -46,12 +48,25 @@ def resize(where: Path, megabytes: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(where)], check=True)
 
 
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
 def stored_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "blobs").rglob("*.dcm"))
 
 
 def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
-    files = [big(STUDY, SERIES, 512) for _ in range(8)]  # 8 x 513 KB into 3 MB
+    # 20 x 205 KB into 3 MB: the first ones (8 written at once) fit, the last ones cannot
+    files = [big(STUDY, SERIES, 320) for _ in range(20)]
     with small_disk(tmp_path / "disk", 3) as disk:
         settings = Settings(data_dir=str(disk / "data"))
         with TestClient(create_app(settings, build_archive(settings))) as client:
@@ -71,7 +86,9 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
                 assert got.status_code == 200
                 assert got.content == sent[item["00081155"]["Value"][0]]
 
-            # nothing fits any more: 507 with a problem document, nothing changes
+            # the rest of the disk taken by something else: nothing fits any more, 507 with a
+            # problem document, and nothing changes
+            fill(disk / "other")
             r = client.post(
                 "/v2/studies",
                 content=files[-1],
@@ -83,9 +100,15 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
             assert len(stored_files(disk / "data")) == len(stored)
             found = client.get(f"/v2/studies/{STUDY}/instances", headers=JSON).json()
             assert len(found) == len(stored)
+            health = client.get("/health/check")
+            assert health.status_code == 503
+            unhealthy = {d["name"]: d["description"] for d in health.json()["details"]}
+            assert set(unhealthy) == {"index", "blob store"}
+            assert all("bytes and" in text for text in unhealthy.values())
 
             # space freed: stores succeed again, no restart
             resize(disk, 64)
+            assert client.get("/health/check").status_code == 200
             r = client.post("/v2/studies", content=multipart(*files), headers=headers)
             assert r.status_code in (200, 202), r.text
             sops = {i["00081155"]["Value"][0] for i in r.json()["00081199"]["Value"]}

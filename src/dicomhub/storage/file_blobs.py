@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomhub.errors import NotFound, Unavailable, storage_error
+from dicomhub.storage.disk import check_space
 
 
 class FileBlobStore:
@@ -146,6 +147,7 @@ class FileBlobStore:
         ok = await asyncio.to_thread(lambda: self.root.is_dir() and os.access(self.root, os.W_OK))
         if not ok:
             raise Unavailable("blob store", f"{self.root} is not a writable folder")
+        await asyncio.to_thread(check_space, "blob store", self.root)
 
     async def close(self) -> None:
         return None

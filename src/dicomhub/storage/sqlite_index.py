@@ -27,6 +27,7 @@ from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE
+from dicomhub.storage.disk import check_space
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
 from dicomhub.storage.sqlite_writer import RemoteWriter
 
@@ -158,6 +159,9 @@ class SqliteIndex(SqlIndex):
 
     async def check(self) -> None:
         await self._read(st.single, st.one("SELECT 1"))
+        if not self._memory:
+            folder = Path(self._path).resolve().parent
+            await asyncio.to_thread(check_space, "index", folder)
 
     # -- plumbing ------------------------------------------------------------------------------
 
