@@ -147,7 +147,7 @@ def needed_action(method: str, path: str) -> str | None:
     """The data action a request needs, as conformance section 7.2 documents it."""
     if path == "/health/check":
         return None
-    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/)", path):
+    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/|deleted/\$purge)", path):
         return "admin"
     if "/extendedquerytags" in path and method != "GET":
         return "manageExtendedQueryTags"

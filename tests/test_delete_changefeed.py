@@ -65,6 +65,29 @@ def test_cleanup_queue_survives_restart(file_client, tmp_path, clock):
     assert blobs(tmp_path) == []
 
 
+def test_purge_removes_deleted_files_now(file_client, tmp_path):
+    """POST /v2/deleted/$purge: an operator short of space need not wait for --delete-delay;
+    only deleted instances' files go, and the purge is audited."""
+    kept = with_new_uids(CT, study="1.2.826.0.1.3680043.10.999.55")
+    with file_client(audit_log="index") as client:
+        stow(client, CT, kept)
+        client.delete(f"/v2/studies/{ids(CT)[0]}")
+        assert len(blobs(tmp_path)) == 2  # the default delay is days
+        r = client.post("/v2/deleted/$purge")
+        assert r.status_code == 200 and r.json() == {"deletedBlobs": 1}
+        assert len(blobs(tmp_path)) == 1
+        study, series, sop = ids(kept)
+        got = client.get(
+            f"/v2/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Accept": "application/dicom; transfer-syntax=*"},
+        )
+        assert got.content == kept
+        assert client.post("/v2/deleted/$purge").json() == {"deletedBlobs": 0}
+        client.portal.call(client.app.state.archive.audit.flush)
+        entries = client.get("/v2/audit", params={"action": "admin"}).json()
+        assert [e["detail"]["deletedBlobs"] for e in entries if "purge" in e["path"]] == [1, 0]
+
+
 def test_interrupted_store_is_undone_at_start(tmp_path):
     """A crash between claim and commit: the claim and the blob go at the next start."""
     settings = Settings(data_dir=str(tmp_path / "data"))

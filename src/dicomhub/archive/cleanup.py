@@ -15,6 +15,7 @@ from dicomhub.storage.protocols import BlobStore, IndexStore
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = timedelta(hours=1)
+EVERYTHING = timedelta(days=365 * 1000)  # later than any deletion's delay
 
 
 class Cleanup:
@@ -39,11 +40,13 @@ class Cleanup:
         abandoned = await self.abandon_stale_uploads(utcnow() - self.upload_timeout)
         return {"abandonedStores": abandoned, "deletedBlobs": await self.delete_due_blobs()}
 
-    async def delete_due_blobs(self) -> int:
-        """One pass over the due part of the deletion queue; returns how many were removed."""
+    async def delete_due_blobs(self, now: bool = False) -> int:
+        """One pass over the due part of the deletion queue (``now``: all of it, whatever its
+        delay); returns how many were removed."""
         removed = 0
         while True:
-            due = await self.index.due_blob_deletions(utcnow(), self.batch_size)
+            until = utcnow() + (EVERYTHING if now else timedelta(0))
+            due = await self.index.due_blob_deletions(until, self.batch_size)
             if not due:
                 return removed
             done = []
@@ -58,5 +61,7 @@ class Cleanup:
                     await self.index.retry_blob_deletion(id_, utcnow() + RETRY_AFTER)
             await self.index.finish_blob_deletions(done)
             removed += len(done)
+            if not done:  # all failed (each retried later): the pass ends here
+                return removed
             if len(due) < self.batch_size:
                 return removed

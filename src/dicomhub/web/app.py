@@ -20,6 +20,7 @@ from dicomhub.web import (
     audit,
     changefeed,
     delete,
+    deleted,
     errors,
     export,
     extended_tags,
@@ -136,6 +137,7 @@ def routes() -> list[BaseRoute]:
         ("/api.json", openapi.api_json, ["GET"], "openapi-json", READ),
         ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml", READ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
+        ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]
     out: list[BaseRoute] = [
         ActionRoute("/health/check", health.health, ["GET"], "health", None),
