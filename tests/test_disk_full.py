@@ -1,7 +1,8 @@
 """A full disk (a real, small tmpfs mounted for the test): STOW answers per part (what was
 stored, what was refused for lack of space: 0xA700) or 507 when nothing could be stored, never
 500; a refused store leaves no blob behind; the health check names the index and blob store as
-degraded; once space is freed, stores succeed again and health is back, without a restart."""
+degraded; reads (a thumbnail whose cache write fails too) go on; once space is freed, stores
+succeed again and health is back, without a restart."""
 
 from __future__ import annotations
 
@@ -105,6 +106,12 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
             unhealthy = {d["name"]: d["description"] for d in health.json()["details"]}
             assert set(unhealthy) == {"index", "blob store"}
             assert all("bytes and" in text for text in unhealthy.values())
+
+            # reads go on; a thumbnail whose cache write finds no space is still served
+            item = stored[0]["00081190"]["Value"][0]
+            thumb = client.get(item + "/thumbnail", headers={"Accept": "image/jpeg"})
+            assert thumb.status_code == 200 and thumb.content.startswith(b"\xff\xd8")
+            assert not list((disk / "data" / "blobs").rglob("*.thumbnail.*"))
 
             # space freed: stores succeed again, no restart
             resize(disk, 64)
