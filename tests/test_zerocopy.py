@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from starlette.routing import Route
 
 from dicomhub.cli import build_archive
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartStart
@@ -463,3 +464,25 @@ def test_a_100_continue_is_not_held():
             assert chunk
             raw += chunk
     assert raw.startswith(b"HTTP/1.1 200")
+
+
+def test_a_500_says_the_connection_closes(tmp_path, caplog):
+    """An unexpected error: the ASGI server closes the connection after the 500, and the answer
+    says so (Connection: close), so a pooled client does not send its next request into a
+    reset."""
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    app = create_app(settings, build_archive(settings))
+
+    async def boom(request):
+        raise RuntimeError("a bug")
+
+    app.router.routes.append(Route("/boom", boom))
+    with caplog.at_level(logging.CRITICAL), serving_app(app) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/boom")
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 500 and b"a bug" not in body
+        assert response.getheader("connection") == "close"
+        assert response.getheader("content-type") == "application/problem+json"
+        conn.close()

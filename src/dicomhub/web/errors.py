@@ -82,7 +82,10 @@ async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return problem(500, "Internal Server Error", "the server failed; see its log")
+    # the error goes on up to the ASGI server, which closes the connection after this answer:
+    # say so, or a pooled client's next request on it meets a reset
+    headers = {"Connection": "close"}
+    return problem(500, "Internal Server Error", "the server failed; see its log", headers)
 
 
 def _title(status: int) -> str:
