@@ -6,6 +6,7 @@ a 405 names every method the path serves."""
 from __future__ import annotations
 
 import http.client
+import socket
 from urllib.parse import urlparse
 
 import pytest
@@ -71,7 +72,8 @@ def test_a_405_names_every_method_of_the_path(server, method, path, allowed):
 
 @pytest.fixture(scope="module")
 def small_limits(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("limits"), max_part_size="1000") as (url, _):
+    data = tmp_path_factory.mktemp("limits")
+    with running_server(data, max_part_size="1000", request_timeout="1") as (url, _):
         yield urlparse(url)
 
 
@@ -100,3 +102,17 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(
     assert response.getheader("connection") == "close"
     assert str(declared).encode() in body
     conn.close()
+
+
+def test_a_stalled_body_gets_408_and_the_connection_ends(small_limits):
+    """The rest of the body never came: the answer says the connection closes, and it does."""
+    with socket.create_connection((small_limits.hostname, small_limits.port), timeout=30) as s:
+        s.sendall(
+            b"POST /v2/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+            b"Content-Length: 900\r\nAccept: application/dicom+json\r\n\r\nDICM"
+        )
+        answer = b""
+        while chunk := s.recv(65536):  # ends when the server closes
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 408") and b"connection: close" in head

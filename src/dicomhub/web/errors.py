@@ -46,7 +46,7 @@ async def on_dicomhub_error(request: Request, exc: errors.DicomhubError) -> JSON
                 log.error("%s %s failed: %s", request.method, request.url.path, exc)
             if status == 503:
                 headers["Retry-After"] = "5"
-            if status == 413:  # the rest of the body is not read: the connection cannot go on
+            if status in (408, 413):  # the rest of the body is not read: the connection ends
                 headers["Connection"] = "close"
             if isinstance(exc, errors.RangeNotSatisfiable):
                 headers["Content-Range"] = f"bytes */{exc.size}"
