@@ -409,6 +409,7 @@ def corpus() -> list[Case]:
         f"requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID=%00",
         f"requestType=wado&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}",
         wado.split("?")[1] + "&frameNumber=99999999999999999999",
+        wado.split("?")[1] + "&rows=" + "9" * 5000,  # past what int() parses
         wado.split("?")[1] + "&frameNumber=%C2%B2",
         wado.split("?")[1] + "&rows=-1",
         wado.split("?")[1] + "&columns=1e9",

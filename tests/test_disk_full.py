@@ -98,6 +98,14 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
             assert r.status_code == 507, r.text
             assert r.headers["content-type"] == "application/problem+json"
             assert "no space left" in r.json()["detail"]
+            # a part too big to be held in memory finds no space in the spool either
+            r = client.post(
+                "/v2/studies",
+                content=big(STUDY, SERIES, 900),  # 1.6 MB: spooled
+                headers={"Content-Type": "application/dicom", **JSON},
+            )
+            assert r.status_code == 507, r.text
+            assert list((disk / "data" / "spool").glob("*")) == []
             assert len(stored_files(disk / "data")) == len(stored)
             found = client.get(f"/v2/studies/{STUDY}/instances", headers=JSON).json()
             assert len(found) == len(stored)

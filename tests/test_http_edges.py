@@ -116,3 +116,24 @@ def test_a_stalled_body_gets_408_and_the_connection_ends(small_limits):
             answer += chunk
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 408") and b"connection: close" in head
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/studies",
+        "/v2/studies/1.2.3/metadata",
+        "/v2/studies/1.2.3/series/4.5/instances/6.7/frames/1",
+        "/v2/studies/1.2.3/series/4.5/instances/6.7/rendered",
+        "/v2/studies/1.2.3/thumbnail",
+        "/v2/studies/1.2.3/series/4.5/instances/6.7/bulkdata/7FE00010",
+    ],
+)
+def test_deidentify_is_refused_where_it_is_not_done(server, path):
+    """De-identification is done on ZIP downloads: elsewhere the parameter is a 400, never
+    ignored (the answer would carry what the client asked to have removed)."""
+    response, body, _ = request(server, "GET", f"{path}?DeIdentify=true")
+    assert response.status == 400, body
+    assert b"ZIP download only" in body
+    response, _, _ = request(server, "GET", f"{path}?deidentify=false")
+    assert response.status in (200, 404, 406)  # as without it (nothing stored; my Accept)

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from dicomhub.archive.export_request import DEID_OPTIONS
+from dicomhub.dicom.deidentify import OPTION_NAMES
 
 TOKEN_ENV = "DICOMHUB_TOKEN"
 URL_ENV = "DICOMHUB_URL"
@@ -77,10 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deidentify-option",
         action="append",
-        choices=list(DEID_OPTIONS),
+        choices=list(OPTION_NAMES),
         default=[],
         metavar="NAME",
-        help=f"a profile option (implies --deidentify); repeatable: {', '.join(DEID_OPTIONS)}",
+        help=f"a profile option (implies --deidentify); repeatable: {', '.join(OPTION_NAMES)}",
     )
     parser.add_argument(
         "--poll-interval",

@@ -117,7 +117,7 @@ class ExportService:
             found = sorted(await self.index.instances(Scope(*ids)), key=_order)
             if not found:
                 skipped += 1
-                _error(errors, "/".join(ids), "not found")
+                _error(errors, _named(ids, context), "not found")
                 await self._errors_log(sink, operation, errors)
             todo = [i for i in found if after is None or _order(i) > tuple(after)]
             for start in range(0, len(todo), BATCH):
@@ -128,7 +128,7 @@ class ExportService:
                         exported += 1
                     else:
                         skipped += 1
-                        _error(errors, _identifier(instance), failure)
+                        _error(errors, _named(_ids(instance), context), failure)
                 if any(failures):
                     await self._errors_log(sink, operation, errors)
                 save(number, list(_order(batch[-1])), (start + len(batch)) / len(todo))
@@ -177,8 +177,14 @@ def _order(instance: StoredInstance) -> tuple[str, str]:
     return (instance.id.series, instance.id.sop)
 
 
-def _identifier(instance: StoredInstance) -> str:
-    return f"{instance.id.study}/{instance.id.series}/{instance.id.sop}"
+def _ids(instance: StoredInstance) -> list[str]:
+    return [instance.id.study, instance.id.series, instance.id.sop]
+
+
+def _named(ids: list[str], context: Context | None) -> str:
+    """An identifier as errors.log names it: de-identified exports name the new UIDs (the
+    originals may carry PHI), as their files do."""
+    return "/".join(context.uid(u) if context is not None else u for u in ids)
 
 
 def _error(errors: list[dict], identifier: str, error: str) -> None:

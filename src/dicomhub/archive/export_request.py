@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+from dicomhub.dicom.deidentify import OPTION_NAMES, option_names, options_named
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Query, parse_query
 from dicomhub.dicom.search_keys import Key
@@ -24,11 +25,6 @@ MAX_QUERY_CHARS = 65_536
 # QIDO controls that would pick some of the matches: an export takes all of them
 PAGING = ("limit", "offset", "orderby")
 BLOB_SCHEMES = ("file", "s3", "az", "gs")
-DEID_OPTIONS = {  # request name -> deidentify.Options field
-    "retainModifiedDates": "retain_modified_dates",
-    "retainPatientCharacteristics": "retain_patient_characteristics",
-    "cleanDescriptors": "clean_descriptors",
-}
 ALLOW_SETTING = "export_allow (--export-allow, DICOMHUB_EXPORT_ALLOW)"
 CREDENTIALS_SETTING = "export_request_credentials (DICOMHUB_EXPORT_REQUEST_CREDENTIALS)"
 AZURE_HOST = ".blob.core.windows.net"
@@ -131,15 +127,18 @@ def destination(dest: Any, allow: list[str], request_credentials: bool) -> dict:
     fields = _fields(dest, "destination")
     kind = str(fields.get("type", "")).lower()
     settings = _fields(fields.get("settings"), "destination settings")
-    if kind == "blob":
-        url = settings.get("url")
-        if not isinstance(url, str) or not url:
-            raise InvalidRequest('a "blob" destination needs settings.url (file://, s3://, ...)')
-        href, target, options = _blob(url), None, {}
-    elif kind == "azureblob":
-        href, target, options = _azure(settings, request_credentials)
-    else:
-        raise InvalidRequest('destination "type" must be "azureblob" or "blob"')
+    try:  # urlparse refuses some malformed URLs (a bad IPv6 host) with ValueError
+        if kind == "blob":
+            url = settings.get("url")
+            if not isinstance(url, str) or not url:
+                raise InvalidRequest('a "blob" destination needs settings.url (file://, s3://)')
+            href, target, options = _blob(url), None, {}
+        elif kind == "azureblob":
+            href, target, options = _azure(settings, request_credentials)
+        else:
+            raise InvalidRequest('destination "type" must be "azureblob" or "blob"')
+    except ValueError as exc:
+        raise InvalidRequest(f"destination: {exc}") from None
     entry = allowed(href, allow)
     return {"url": target or href, "options": {**entry, **options}, "href": href}
 
@@ -171,8 +170,9 @@ def _blob(url: str) -> str:
         raise InvalidRequest(
             "a destination url takes no query: the store's options come from " + ALLOW_SETTING
         )
-    if ".." in parsed.path.split("/") or "\\" in parsed.path:
-        raise InvalidRequest(f"destination url {url[:200]!r} may not contain '..'")
+    if "%" in parsed.path or ".." in parsed.path.split("/") or "\\" in parsed.path:
+        # the store decodes %-escapes: %2e%2e would be a '..' that no check here saw
+        raise InvalidRequest(f"destination url {url[:200]!r} may not contain '..' or '%'")
     if parsed.scheme == "file" and (parsed.netloc or not parsed.path.startswith("/")):
         raise InvalidRequest("a file destination is file:///absolute/folder")
     return f"{parsed.scheme}://{parsed.netloc}{parsed.path}".rstrip("/")
@@ -248,7 +248,7 @@ def _azure(settings: dict, request_credentials: bool) -> tuple[str, str, dict]:
 
 
 def deidentify_options(value: Any) -> dict | None:
-    """``{"options": [...]}`` (names in ``DEID_OPTIONS``) -> deidentify.Options keywords."""
+    """``{"options": [...]}`` (names in ``deidentify.OPTION_NAMES``) -> Options keywords."""
     if value is None or value is False:
         return None
     if value is True:
@@ -257,14 +257,10 @@ def deidentify_options(value: Any) -> dict | None:
     names = fields.get("options", [])
     if set(fields) - {"options"} or not isinstance(names, list):
         raise InvalidRequest('deidentify is {"options": [...]} (or true)')
-    out = {}
-    for name in names:
-        if name not in DEID_OPTIONS:
-            raise InvalidRequest(
-                f"unknown de-identification option {name!r} (known: {', '.join(DEID_OPTIONS)})"
-            )
-        out[DEID_OPTIONS[name]] = True
-    return out
+    if not all(isinstance(name, str) for name in names):
+        raise InvalidRequest("de-identification options are names (strings)")
+    chosen = options_named(",".join(names))  # the names downloads take, checked alike
+    return {field: True for name, field in OPTION_NAMES.items() if name in option_names(chosen)}
 
 
 def _fields(value: Any, what: str) -> dict[str, Any]:

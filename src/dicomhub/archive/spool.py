@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomhub.errors import storage_error
+from dicomhub.errors import DicomhubError, storage_error
 
 MEMORY_LIMIT = 1024 * 1024  # parts up to this size never touch the disk before their blob
 
@@ -78,13 +78,20 @@ class PartBody:
     def close(self) -> None:
         """The part is complete."""
         if self._file is not None and not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()  # flushes what is buffered: may find no space left
+            except OSError as exc:
+                raise storage_error("spool", exc) from exc
 
     def discard(self) -> None:
-        self.close()
-        self._chunks.clear()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        try:
+            self.close()
+        except DicomhubError:
+            pass  # its file goes anyway
+        finally:
+            self._chunks.clear()
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
 
 
 def clear_spool(folder: Path) -> int:

@@ -151,7 +151,8 @@ def _uint(values: dict[str, str], name: str, low: int, high: int | None) -> int 
     text = values.get(name)
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= (high or int(text)):
+    valid = text.isascii() and text.isdigit() and len(text) <= 18  # int() refuses 4,300 digits
+    if not valid or not low <= int(text) <= (high or int(text)):
         upper = f" to {high}" if high else " or more"
         raise InvalidRequest(f"{name} must be an integer from {low}{upper}, not {text[:40]!r}")
     return int(text)

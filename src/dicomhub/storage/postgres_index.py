@@ -141,7 +141,7 @@ class PostgresIndex(SqlIndex):
                 outcomes.append(None)
             except (AlreadyExists, StoreAbandoned) as exc:
                 outcomes.append(exc)
-            except Unavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - the stores before it are committed
                 return outcomes + [exc] * (len(stores) - n)
         return outcomes
 

@@ -13,12 +13,13 @@ from starlette.routing import BaseRoute, Route
 
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
-from dicomhub.errors import DicomhubError
+from dicomhub.errors import DicomhubError, InvalidRequest
 from dicomhub.model import ADMIN, DELETE, EXPORT, MANAGE_TAGS, READ, WRITE
 from dicomhub.settings import Settings
 from dicomhub.web import (
     audit,
     changefeed,
+    deidentified,
     delete,
     deleted,
     errors,
@@ -47,6 +48,7 @@ SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{sop}"
 FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
+DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
 
 
 class ActionRoute(Route):
@@ -61,10 +63,18 @@ class ActionRoute(Route):
         action: str | None,
         version: int | None = None,
     ):
+        base = name.split("-", 1)[1] if version is not None else name
+
         async def guarded(request):
             request.scope[ROUTE] = name
             request.scope[ACTION] = action
             authorize(request.scope, action)
+            if base not in DEIDENTIFYING and deidentified.asked(request) is not None:
+                # never ignored: the client would get the PHI it asked to have removed
+                raise InvalidRequest(
+                    f"{deidentified.FLAG}=true applies to study, series and instance retrieval "
+                    "as a ZIP download only"
+                )
             if version is not None:
                 request.scope["route_version"] = version
             return await endpoint(request)
