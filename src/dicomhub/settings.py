@@ -281,8 +281,9 @@ class Settings:
     export_request_credentials: bool = _setting(
         False,
         "Accept credentials in an export request's body (an azureblob connectionString with "
-        "AccountKey, a SAS in blobContainerUri); they are kept in the export's job row until it "
-        "ends. Off: such a request gets 403, credentials come from the environment only.",
+        "AccountKey, a SAS in blobContainerUri); they are kept in the export's job row in the "
+        "index (any node may run the job), readable by whoever reads the index. Off: such a "
+        "request gets 403, credentials come from the environment only.",
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     workers: int = _setting(
