@@ -69,7 +69,11 @@ class ActionRoute(Route):
             request.scope[ROUTE] = name
             request.scope[ACTION] = action
             authorize(request.scope, action)
-            if base not in DEIDENTIFYING and deidentified.asked(request) is not None:
+            if (
+                base not in DEIDENTIFYING
+                and _may_name(request.scope["query_string"], b"deidentify")  # cheap first
+                and deidentified.asked(request) is not None
+            ):
                 # never ignored: the client would get the PHI it asked to have removed
                 raise InvalidRequest(
                     f"{deidentified.FLAG}=true applies to study, series and instance retrieval "
@@ -81,6 +85,11 @@ class ActionRoute(Route):
 
         super().__init__(path, guarded, methods=methods, name=name)
         self.action = action
+
+
+def _may_name(query: bytes, name: bytes) -> bool:
+    """Whether a query string may hold parameter ``name`` (in any case, or %-escaped)."""
+    return b"%" in query or name in query.lower()
 
 
 def _versioned(path: str, endpoint, methods: list[str], name: str, action: str) -> list[Route]:
