@@ -99,7 +99,7 @@ class MultipartBody:
         return [next(data) if p.size <= SMALL else FileRange(next(files), 0, p.size) for p in batch]
 
     async def pieces(self) -> AsyncIterator[bytes | FileRange]:
-        joined = _Joined()
+        joined = Joined()
         sources, ahead = self.first, None
         try:
             for n, batch in enumerate(self.batches):
@@ -132,7 +132,7 @@ async def _nothing() -> list:
     return []
 
 
-class _Joined:
+class Joined:
     """Fewer, larger writes: small pieces (part headers and ends, small instances) are held and
     go out joined, up to SMALL bytes a write; a large piece goes as it is, after them."""
 

@@ -28,7 +28,7 @@ from dicomhub.dicom.zipstream import ZipWriter, archive_size
 from dicomhub.model import Scope, StoredInstance
 from dicomhub.web import deidentified
 from dicomhub.web.common import StreamedResponse, close_stream
-from dicomhub.web.parts import DICOM, SMALL, Part
+from dicomhub.web.parts import DICOM, Joined, Part
 
 ZIP = "application/zip"
 
@@ -107,51 +107,29 @@ def _records(parts: list[Part], ids: list[list[str]], metadata: dict) -> list[Fi
 
 async def _body(parts, ids, metadata, first, ready) -> AsyncIterator[bytes]:
     writer = ZipWriter()
-    held = _Held()
+    joined = Joined()  # small pieces (headers, descriptors, small files) go out joined
     source = first
     try:
         for n, part in enumerate(parts):
             if n:
                 source = await part.open(fallback=True)
             # after open: a conversion that fell back to the stored file has its size now
-            if held.add(writer.begin("/".join(ids[n]), part.instance.created, part.size)):
-                yield held.take()
+            joined.hold(writer.begin("/".join(ids[n]), part.instance.created, part.size))
             try:
                 async for chunk in source:
-                    if held.add(writer.feed(chunk)):
-                        yield held.take()
+                    for out in joined.add(writer.feed(chunk)):
+                        yield out
             finally:
                 await close_stream(source)
                 source = None
-            if held.add(writer.end()):
-                yield held.take()
+            joined.hold(writer.end())
         if ready is None:
             ready = await asyncio.to_thread(dicomdir.build, _records(parts, ids, metadata))
-        held.add(writer.whole("DICOMDIR", utcnow(), ready))
-        held.add(writer.finish())
-        yield held.take()
+        for out in _ending(writer, joined, ready):
+            yield out
     finally:
         if source is not None:
             await close_stream(source)
-
-
-class _Held:
-    """Small pieces (headers, descriptors, small files) go out joined, up to SMALL bytes."""
-
-    def __init__(self):
-        self.pieces: list[bytes] = []
-        self.size = 0
-
-    def add(self, piece: bytes) -> bool:
-        """Hold ``piece``; True when what is held should go out now."""
-        self.pieces.append(piece)
-        self.size += len(piece)
-        return self.size >= SMALL
-
-    def take(self) -> bytes:
-        out = b"".join(self.pieces)
-        self.pieces, self.size = [], 0
-        return out
 
 
 async def _deidentified(request: Request, the_archive, scope: Scope, parts, options) -> Response:
@@ -179,7 +157,7 @@ _NO_TIME = datetime(1980, 1, 1)
 
 async def _deidentified_body(parts, ids, context, options, first) -> AsyncIterator[bytes]:
     writer = ZipWriter()
-    held = _Held()
+    joined = Joined()
     records = []
     done = first
     for n, part in enumerate(parts):
@@ -191,15 +169,18 @@ async def _deidentified_body(parts, ids, context, options, first) -> AsyncIterat
         records.append(FileRecord(dicomdir.record_metadata(ds), ids[n], part.syntax))
         del ds
         name = "/".join(ids[n])
-        for piece in (writer.begin(name, _NO_TIME, len(data)), writer.feed(data), writer.end()):
-            if len(piece) > SMALL:  # a large file goes as it is, after what is held
-                if held.pieces:
-                    yield held.take()
-                yield piece
-            elif held.add(piece):
-                yield held.take()
+        joined.hold(writer.begin(name, _NO_TIME, len(data)))
+        for out in joined.add(writer.feed(data)):
+            yield out
+        joined.hold(writer.end())
         del data
     index = await asyncio.to_thread(dicomdir.build, records)
-    held.add(writer.whole("DICOMDIR", utcnow(), index))
-    held.add(writer.finish())
-    yield held.take()
+    for out in _ending(writer, joined, index):
+        yield out
+
+
+def _ending(writer: ZipWriter, joined: Joined, dicomdir_bytes: bytes) -> list[bytes]:
+    """What ends an archive: what is still held, the DICOMDIR, the central directory."""
+    joined.hold(writer.whole("DICOMDIR", utcnow(), dicomdir_bytes))
+    joined.hold(writer.finish())
+    return joined.flush()
