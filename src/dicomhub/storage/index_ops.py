@@ -46,11 +46,26 @@ def commit(version: int, instance: NewInstance) -> Op:
     study_key = yield from _key(q.INSERT_STUDY, q.STUDY_KEY, i.partition, i.study)
     series_key = yield from _key(q.INSERT_SERIES, q.SERIES_KEY, study_key, i.series)
     record = instance.search
-    inserted = yield one(
-        q.INSERT_INSTANCE,
-        version,
-        series_key,
-        i.sop,
+    inserted = yield one(q.INSERT_INSTANCE, version, series_key, i.sop, *instance_values(instance))
+    if inserted is None:
+        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
+    _, first, series_doc = yield one(q.COUNT_SERIES_STORE, series_key)
+    (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
+    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
+    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    # Read after the first write (FINISH_UPLOAD): a store that does not see a tag added now is
+    # waited for by the tag's reindex (IndexStore.settled_version).
+    yield from eqt_ops.index_instance(
+        version, series_key, study_key, instance.metadata, instance.invalid
+    )
+    yield from _log_changes(Action.CREATE, [(i, version)])
+
+
+def instance_values(instance: NewInstance) -> tuple:
+    """An instance row's values after its identity, in INSERT_INSTANCE's order (PostgreSQL's
+    dicomhub_store takes them in the same order)."""
+    record = instance.search
+    return (
         instance.sop_class,
         instance.transfer_syntax,
         instance.size,
@@ -64,18 +79,6 @@ def commit(version: int, instance: NewInstance) -> Op:
         record.instance_doc,
         json.dumps(instance.invalid) if instance.invalid else None,
     )
-    if inserted is None:
-        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
-    _, first, series_doc = yield one(q.COUNT_SERIES_STORE, series_key)
-    (study_doc,) = yield one(q.COUNT_STUDY_STORE, int(first), study_key)
-    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
-    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
-    # Read after the first write (FINISH_UPLOAD): a store that does not see a tag added now is
-    # waited for by the tag's reindex (IndexStore.settled_version).
-    yield from eqt_ops.index_instance(
-        version, series_key, study_key, instance.metadata, instance.invalid
-    )
-    yield from _log_changes(Action.CREATE, [(i, version)])
 
 
 def commit_each(stores: list[tuple[int, NewInstance]]) -> Op:

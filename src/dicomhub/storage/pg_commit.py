@@ -17,14 +17,13 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from dicomhub.clock import to_micros, utcnow
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, StoreAbandoned, Unavailable
 from dicomhub.model import InstanceId, NewInstance
 from dicomhub.storage import eqt_ops
-from dicomhub.storage.index_ops import level_fields
+from dicomhub.storage.index_ops import instance_values, level_fields
 
 STORE = "SELECT dicomhub_store(" + ", ".join(f"${n}" for n in range(1, 36)) + ")"
 ABANDONED, STORED, DOCUMENTS_CHANGED, TAGS_CHANGED = "DH001", "DH002", "DH003", "DH004"
@@ -105,26 +104,14 @@ def merged(instance: NewInstance, bases: Bases) -> Bases:
 def arguments(
     version: int, instance: NewInstance, tags: list[ExtendedTag], bases: Bases, docs: Bases
 ) -> tuple:
-    i, record = instance.id, instance.search
-    now = to_micros(utcnow())
+    i = instance.id
     return (
         version,
         i.partition,
         i.study,
         i.series,
         i.sop,
-        instance.sop_class,
-        instance.transfer_syntax,
-        instance.size,
-        now,
-        int(instance.parse_on_read),
-        instance.metadata,
-        instance.frames,
-        instance.bulk,
-        record.instance.get("instance_number"),
-        record.instance.get("acquisition_datetime"),
-        record.instance_doc,
-        json.dumps(instance.invalid) if instance.invalid else None,
+        *instance_values(instance),
         *_level(Level.STUDY, bases, docs),
         *_level(Level.SERIES, bases, docs),
         *_tag_values(tags, instance),
