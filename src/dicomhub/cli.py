@@ -20,6 +20,7 @@ from dicomhub.errors import DicomhubError
 from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
+from dicomhub.storage.export_sinks import Sink
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
 from dicomhub.web.forwarded import TrustedProxies
 
@@ -44,7 +45,7 @@ def build_archive(settings: Settings) -> Archive:
     )
     index = build_index(settings)
     audit = open_audit(settings.audit_log, index)
-    return Archive(settings, index, blobs, audit, deidentify_key(settings))
+    return Archive(settings, index, blobs, audit, deidentify_key(settings), Sink)
 
 
 # serve's random de-identification key (no --deidentify-key-file), handed to its server

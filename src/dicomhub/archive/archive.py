@@ -20,11 +20,11 @@ from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
-from dicomhub.errors import Unavailable
+from dicomhub.errors import Forbidden, Unavailable
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
-from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore
+from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
 
 
 class Archive:
@@ -35,10 +35,11 @@ class Archive:
         blobs: BlobStore,
         audit: AuditSink | None = None,
         deidentify_key: bytes | None = None,
+        export_sinks: OpenSink | None = None,
     ):
         """``audit``: where the audit log goes (None: no audit log). ``deidentify_key``: the
         key de-identified downloads derive their UIDs from (None: a random one, this archive's
-        own)."""
+        own). ``export_sinks``: opens export destinations (None: exports are refused)."""
         self.settings = settings
         self.deidentify_key = deidentify_key or secrets.token_bytes(32)
         self.index = index
@@ -57,7 +58,13 @@ class Archive:
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
         self.export = ExportService(
-            settings, index, blobs, self.operations, self.deidentify_key, self.extended_tags
+            settings,
+            index,
+            blobs,
+            self.operations,
+            self.deidentify_key,
+            self.extended_tags,
+            export_sinks or _no_exports,
         )
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
         self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
@@ -116,3 +123,7 @@ def fhir_sync(settings: Settings, index: IndexStore) -> FhirSync:
         settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
     )
     return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)
+
+
+def _no_exports(url: str, options: dict[str, str]):
+    raise Forbidden("this archive was built without export destinations")

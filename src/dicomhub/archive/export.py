@@ -24,8 +24,7 @@ from dicomhub.dicom.deidentify import Context, Options, deidentify_file
 from dicomhub.errors import InvalidDicom, InvalidRequest, NotFound
 from dicomhub.model import JobType, Scope, StoredInstance
 from dicomhub.settings import Settings
-from dicomhub.storage.export_sinks import Sink
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import BlobStore, ExportSink, IndexStore, OpenSink
 
 BATCH = 100  # instances between checkpoints (Microsoft's batch size)
 CONCURRENCY = 8  # instances read and written at once
@@ -43,9 +42,12 @@ class ExportService:
         ops: OperationsService,
         key: bytes,
         extended_tags: ExtendedTagsService,
+        sinks: OpenSink,
     ):
         """``key``: the server's de-identification key, taken when the operator gave one
-        (``--deidentify-key-file``: the same UIDs across exports and nodes)."""
+        (``--deidentify-key-file``: the same UIDs across exports and nodes). ``sinks`` opens
+        a destination (chosen in the composition root, cli.py)."""
+        self.sinks = sinks
         self.key = key
         self.project_key = bool(settings.deidentify_key_file)
         self.allow = [u.strip() for u in settings.export_allow.split(",") if u.strip()]
@@ -58,7 +60,7 @@ class ExportService:
     async def start(self, body: Any) -> str:
         """Queue the export ``body`` asks for; its operation id."""
         payload = export_request.parse(body, self.allow, self.request_credentials, self.project_key)
-        Sink(payload["destination"]["url"], payload["destination"]["options"])  # options valid
+        self.sinks(payload["destination"]["url"], payload["destination"]["options"])  # valid?
         if "query" in payload:
             payload["sources"] = await self.studies(payload["query"])
         operation = await self.operations.start(str(JobType.EXPORT), payload)
@@ -86,7 +88,7 @@ class ExportService:
         progress: Callable[[int, Any], None],
     ) -> dict:
         dest = payload["destination"]
-        sink = Sink(dest["url"], dest["options"])
+        sink = self.sinks(dest["url"], dest["options"])
         deid = payload.get("deidentify")
         key = bytes.fromhex(payload["key"]) if payload.get("key") else self.key
         context = Context(key) if deid is not None else None
@@ -138,7 +140,7 @@ class ExportService:
 
     async def _batch(
         self,
-        sink: Sink,
+        sink: ExportSink,
         operation: str,
         batch: list[StoredInstance],
         context: Context | None,
@@ -167,7 +169,7 @@ class ExportService:
 
         return list(await asyncio.gather(*(one(i) for i in batch)))
 
-    async def _errors_log(self, sink: Sink, operation: str, errors: list[dict]) -> None:
+    async def _errors_log(self, sink: ExportSink, operation: str, errors: list[dict]) -> None:
         """errors.log rewritten whole from the lines of the checkpoint: no line twice."""
         text = "".join(json.dumps(e) + "\n" for e in errors)
         await sink.put(f"{operation}/errors.log", text.encode())

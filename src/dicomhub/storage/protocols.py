@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -30,6 +30,15 @@ class AuditSink(Protocol):
         ...
 
     async def purge_audit_entries(self, before: datetime) -> None: ...
+
+
+class ExportSink(Protocol):
+    """Where an export writes (``storage/export_sinks``): unlike a blob store, it overwrites."""
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+
+OpenSink = Callable[[str, dict[str, str]], ExportSink]  # (url, options): InvalidRequest if bad
 
 
 class BlobStore(Protocol):
