@@ -96,21 +96,27 @@ def test_study_zip_holds_every_instance_as_stored(study, tmp_path):
     assert {i.PatientID for i in fileset} == patients
 
 
+def dcmdump_entries(archive: zipfile.ZipFile, folder) -> str:
+    """DCMTK's dcmdump reads every entry of ``archive`` (extracted into ``folder``) cleanly;
+    its dump of the DICOMDIR."""
+    archive.extractall(folder)
+    for name in archive.namelist():
+        out = subprocess.run(
+            ["dcmdump", "-q", str(folder / name)], capture_output=True, text=True, check=True
+        )
+        assert "Dicom-Data-Set" in out.stdout and not out.stderr, (name, out.stderr)
+    return subprocess.run(
+        ["dcmdump", str(folder / "DICOMDIR")], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_dcmdump_reads_every_entry_and_the_dicomdir(study, tmp_path):
     if shutil.which("dcmdump") is None:
         unavailable(Unavailable("DCMTK", "Debian dcmtk is not installed"))
     ran("DCMTK")
     base, files = study
     _, archive = download(f"{base}/v2/studies/{STUDY}")
-    archive.extractall(tmp_path)
-    for name in archive.namelist():
-        out = subprocess.run(
-            ["dcmdump", "-q", str(tmp_path / name)], capture_output=True, text=True, check=True
-        )
-        assert "Dicom-Data-Set" in out.stdout and not out.stderr, (name, out.stderr)
-    dump = subprocess.run(
-        ["dcmdump", str(tmp_path / "DICOMDIR")], capture_output=True, text=True, check=True
-    ).stdout
+    dump = dcmdump_entries(archive, tmp_path)
     assert dump.count('"Directory Record" IMAGE') == len(files)
     for name in archive.namelist()[:-1]:
         assert 'refFileID="' + name.replace("/", "\\") + '"' in dump
