@@ -5,6 +5,7 @@ leaves the index exactly as the commit of every other engine does (SQLite's here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import sqlite3
@@ -124,14 +125,27 @@ def described(data: bytes):
     return ingest(read_part10(io.BytesIO(data), len(data), 1024), None, 1024, False, None)
 
 
-async def fill(url: str) -> None:
-    """Add the tags (not ready: stores index tags being added too), then store, in order."""
+async def fill(url: str, together: bool = False) -> None:
+    """Add the tags (not ready: stores index tags being added too), then store, in order: one
+    commit at a time, or ``together``, all in one ``commit_each`` with an instance already
+    stored and a store abandoned among them."""
     index = open_index(url)
     await index.start()
     try:
         tags = [et.parse_new(t, frozenset()) for t in TAGS]
         await index.add_extended_tags(tags, 100, "op", datetime.now(UTC), 1)
-        for item in items():
+        if together:
+            stores = items()
+            stores[3:3] = [stores[0], items()[5]]  # a second copy, and one abandoned
+            versions = await index.reserve_versions("Microsoft.Default", len(stores))
+            assert await index.abandon(versions[4])
+            outcomes = await index.commit_each(list(zip(versions, stores, strict=True)))
+            assert [type(o).__name__ for o in outcomes[3:5]] == [
+                "AlreadyExists",
+                "StoreAbandoned",
+            ]
+            assert outcomes[:3] + outcomes[5:] == [None] * (len(stores) - 2), outcomes
+        for item in [] if together else items():
             [version] = await index.reserve_versions(item.id.partition, 1)
             await index.commit(version, item)
         [version] = await index.reserve_versions("Microsoft.Default", 1)
@@ -180,17 +194,34 @@ async def postgres_tables(url: str) -> dict:
         await conn.close()
 
 
-def test_the_commit_leaves_the_index_as_on_sqlite(tmp_path):
+@pytest.mark.parametrize("together", [False, True], ids=["one by one", "together"])
+def test_the_commit_leaves_the_index_as_on_sqlite(tmp_path, together):
     path = tmp_path / "index.sqlite"
-    asyncio.run(fill(f"sqlite://{path}"))
+    asyncio.run(fill(f"sqlite://{path}", together))
     expected = sqlite_tables(path)
     with index_database("postgresql") as url:
-        asyncio.run(fill(url))
+        asyncio.run(fill(url, together))
         found = asyncio.run(postgres_tables(url))
     assert expected["extended_query_tag_error"] and expected["person_name_word"]
     assert expected["series_request"] and expected["extended_query_tag_study"]
     for table in TABLES:
         assert found[table] == expected[table], table
+
+
+@contextlib.contextmanager
+def relayed_database():
+    """A fresh database, and its URL through a relay that counts round trips."""
+    with index_database("postgresql") as url:
+        pg = urlsplit(url)
+        relay = components.TcpProxy(pg.hostname, pg.port)
+        try:
+            yield (
+                url,
+                relay,
+                url.replace(f"@{pg.netloc.split('@')[1]}/", f"@127.0.0.1:{relay.port}/"),
+            )
+        finally:
+            relay.close()
 
 
 def test_a_store_costs_at_most_3_round_trips():
@@ -199,10 +230,7 @@ def test_a_store_costs_at_most_3_round_trips():
     different one, one into a study whose document another node changed, and the first after
     another node added an extended query tag (versions are reserved a block at a time, one round
     trip per block)."""
-    with index_database("postgresql") as url:
-        pg = urlsplit(url)
-        relay = components.TcpProxy(pg.hostname, pg.port)
-        relayed = url.replace(f"@{pg.netloc.split('@')[1]}/", f"@127.0.0.1:{relay.port}/")
+    with relayed_database() as (url, relay, relayed):
 
         async def run() -> dict[str, int]:
             index = PostgresIndex(relayed, pool_size=1)  # one connection: statements prepared
@@ -243,10 +271,61 @@ def test_a_store_costs_at_most_3_round_trips():
             finally:
                 await index.close()
                 await other.close()
-                relay.close()
 
         counted = asyncio.run(run())
     del counted["warm-up"]
     assert all(n <= 3 for n in counted.values()), counted
     assert counted["existing series"] == counted["merged study"] == 1, counted
     assert counted["changed by another node"] == 2 and counted["tags changed"] == 3, counted
+
+
+def test_stores_ready_together_commit_in_one_round_trip():
+    """commit_each: new studies and series, merged documents, an instance stored already, all
+    in one statement; a store into a study another node changed meanwhile is committed again
+    on its own (two more round trips), the others are not."""
+    with relayed_database() as (url, relay, relayed):
+
+        async def run() -> tuple[int, int, list]:
+            index = PostgresIndex(relayed, pool_size=1)
+            other = open_index(url)
+            await index.start()
+            await other.start()
+            try:
+                versions = iter(await index.reserve_versions("Microsoft.Default", 20))
+
+                async def together(*specs) -> tuple[int, list]:
+                    stores = [
+                        (next(versions), new_instance(instance(*s[:3], **s[3]))) for s in specs
+                    ]
+                    before = relay.round_trips
+                    outcomes = await index.commit_each(stores)
+                    return relay.round_trips - before, [type(o).__name__ for o in outcomes]
+
+                ids = lambda st, se, sop: (uid(93, st), uid(93, st, se), uid(93, st, se, sop))  # noqa: E731
+                await together((*ids(9, 1, 1), {}), (*ids(9, 1, 2), {}))  # statements prepared
+                await together((*ids(9, 1, 3), {}))
+                first = await together(
+                    (*ids(1, 1, 1), {"StudyDescription": "one"}),
+                    (*ids(1, 1, 2), {"StudyDescription": "two"}),
+                    (*ids(1, 2, 1), {}),
+                    (*ids(2, 1, 1), {}),
+                    (*ids(9, 1, 1), {}),  # stored already
+                )
+                await store(other, new_instance(instance(*ids(1, 3, 1), StudyDescription="x")))
+                second = await together((*ids(2, 1, 2), {}), (*ids(1, 1, 3), {}))
+                conn = await asyncpg.connect(url)
+                study = await conn.fetchrow(
+                    "SELECT instance_count, series_count, study_description FROM study"
+                    " WHERE study_uid = $1",
+                    uid(93, 1),
+                )
+                await conn.close()
+                return first, second, tuple(study)
+            finally:
+                await index.close()
+                await other.close()
+
+        first, second, study = asyncio.run(run())
+    assert first == (1, ["NoneType"] * 4 + ["AlreadyExists"]), first
+    assert second == (3, ["NoneType", "NoneType"]), second
+    assert study == (5, 3, "x"), study  # merged into what the other node stored

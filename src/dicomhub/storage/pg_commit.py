@@ -8,6 +8,10 @@ this process last saw stored for the study and series (``Documents``). When the 
 either out of date it writes nothing and says so (an error code), and the commit is sent again
 with them brought up to date: two round trips when another node changed the study's or series'
 document, three when the tags changed (they are read again).
+
+The stores of a request that are ready together commit in one statement too
+(``dicomhub_store_each``, migration 0008: one transaction, each store in a subtransaction of its
+own), each merged into the documents the one before it leaves.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dicomhub.storage import eqt_ops
 from dicomhub.storage.index_ops import instance_values, level_fields
 
 STORE = "SELECT dicomhub_store(" + ", ".join(f"${n}" for n in range(1, 36)) + ")"
+STORE_EACH = "SELECT dicomhub_store_each($1::dicomhub_store_args[])"
 ABANDONED, STORED, DOCUMENTS_CHANGED, TAGS_CHANGED = "DH001", "DH002", "DH003", "DH004"
 # Each attempt after the first follows a concurrent store that changed a document the attempt
 # merged into, or a change of the tags: more than this many means something is wrong.
@@ -92,6 +97,41 @@ async def commit(
             else:
                 raise
     raise Unavailable("index", f"the store of SOP instance {instance.id.sop} kept conflicting")
+
+
+async def commit_each(
+    fetch: Callable[..., Awaitable],
+    tags: Callable[[bool], Awaitable[list[ExtendedTag]]],
+    documents: Documents,
+    stores: list[tuple[int, NewInstance]],
+    again: Callable[[int, NewInstance], Awaitable[None]],
+) -> list[Exception | None]:
+    """Commit reserved stores in one statement (``fetch(sql, *args)`` runs it as its own
+    transaction and returns its value); the outcome of each, in order. A store the statement
+    found out of date (a document another node changed, or the tags) is committed again on its
+    own, by ``again``."""
+    indexing = await tags(False)
+    rows = []
+    for version, instance in stores:
+        bases = documents.bases(instance.id)
+        docs = merged(instance, bases)
+        rows.append(arguments(version, instance, indexing, bases, docs))
+        documents.remember(instance.id, docs)  # what the next store into them merges into
+    outcomes: list[Exception | None] = []
+    for (version, instance), code in zip(stores, await fetch(STORE_EACH, rows), strict=True):
+        if code is None:
+            outcomes.append(None)
+        elif code == ABANDONED:
+            outcomes.append(StoreAbandoned(instance.id.sop))
+        elif code == STORED:
+            outcomes.append(AlreadyExists(f"SOP instance {instance.id.sop} is already stored"))
+        else:  # DOCUMENTS_CHANGED or TAGS_CHANGED
+            try:
+                await again(version, instance)
+                outcomes.append(None)
+            except (AlreadyExists, StoreAbandoned) as exc:
+                outcomes.append(exc)
+    return outcomes
 
 
 def merged(instance: NewInstance, bases: Bases) -> Bases:

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from dicomhub.dicom.extended_tags import ExtendedTag
-from dicomhub.errors import AlreadyExists, StoreAbandoned, Unavailable
+from dicomhub.errors import Unavailable
 from dicomhub.model import NewInstance
 from dicomhub.storage import eqt_ops as eqt
 from dicomhub.storage import index_ops as ops
@@ -132,18 +132,17 @@ class PostgresIndex(SqlIndex):
         )
 
     async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
-        """One store after the other, each one statement, a transaction of its own; when the
-        database fails one, the later ones are not tried (they fail with it)."""
-        outcomes: list[Exception | None] = []
-        for n, (version, instance) in enumerate(stores):
-            try:
-                await self.commit(version, instance)
-                outcomes.append(None)
-            except (AlreadyExists, StoreAbandoned) as exc:
-                outcomes.append(exc)
-            except Exception as exc:  # noqa: BLE001 - the stores before it are committed
-                return outcomes + [exc] * (len(stores) - n)
-        return outcomes
+        """All in one statement (pg_commit.commit_each); when the database fails it, every
+        store fails with it (none is committed)."""
+        try:
+            if len(stores) == 1:
+                await self.commit(*stores[0])
+                return [None]
+            return await pg_commit.commit_each(
+                self._statement, self._indexing_tags, self._documents, stores, self.commit
+            )
+        except Exception as exc:  # noqa: BLE001 - the outcome of each store
+            return [exc] * len(stores)
 
     async def _indexing_tags(self, fresh: bool) -> list[ExtendedTag]:
         """The extended query tags stores index, read when they were found to have changed
@@ -180,14 +179,14 @@ class PostgresIndex(SqlIndex):
 
         return await _retrying(run)
 
-    async def _statement(self, sql: str, *args: Any) -> None:
-        """Run one statement as a transaction of its own: one round trip."""
+    async def _statement(self, sql: str, *args: Any) -> Any:
+        """Run one statement as a transaction of its own: one round trip; its value."""
 
-        async def run() -> None:
+        async def run() -> Any:
             async with self._connection() as conn:
-                await conn.execute(sql, *args)
+                return await conn.fetchval(sql, *args)
 
-        await _retrying(run)
+        return await _retrying(run)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
