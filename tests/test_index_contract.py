@@ -23,18 +23,7 @@ from tests.synthetic import instance, uid
 
 def new_instance(data: bytes) -> NewInstance:
     parsed = read_part10(io.BytesIO(data), len(data), 1024)
-    d = ingest(parsed, lambda o, n: data[o : o + n], 1024, False, None)
-    return NewInstance(
-        id=InstanceId(d.study, d.series, d.sop),
-        sop_class=d.sop_class,
-        transfer_syntax=d.transfer_syntax,
-        size=len(data),
-        metadata=d.metadata,
-        frames=d.frames,
-        bulk=d.bulk,
-        parse_on_read=d.parse_on_read,
-        search=d.search,
-    )
+    return ingest(parsed, lambda o, n: data[o : o + n], 1024, False, None).record
 
 
 @pytest.fixture(params=["sqlite", "sqlite-writer", "postgresql"])

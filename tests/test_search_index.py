@@ -93,21 +93,22 @@ def _version_1_index(path, files: list[bytes]) -> None:
     )
     for number, data in enumerate(files, 1):
         parsed = read_part10(io.BytesIO(data), len(data), 1024)
-        described = ingest(parsed, lambda o, n, data=data: data[o : o + n], 1024, False, None)
+        record = ingest(parsed, lambda o, n, data=data: data[o : o + n], 1024, False, None).record
+        ids = record.id
         conn.execute(
             "INSERT OR IGNORE INTO study (partition_name, study_uid, last_sequence) "
             "VALUES ('Microsoft.Default', ?, ?)",
-            (described.study, number),
+            (ids.study, number),
         )
         (study_key,) = conn.execute(
-            "SELECT study_key FROM study WHERE study_uid = ?", (described.study,)
+            "SELECT study_key FROM study WHERE study_uid = ?", (ids.study,)
         ).fetchone()
         conn.execute(
             "INSERT OR IGNORE INTO series (study_key, series_uid, last_sequence) VALUES (?, ?, ?)",
-            (study_key, described.series, number),
+            (study_key, ids.series, number),
         )
         (series_key,) = conn.execute(
-            "SELECT series_key FROM series WHERE series_uid = ?", (described.series,)
+            "SELECT series_key FROM series WHERE series_uid = ?", (ids.series,)
         ).fetchone()
         conn.execute(
             "INSERT INTO instance (version, series_key, sop_uid, status, sop_class_uid, "
@@ -116,17 +117,17 @@ def _version_1_index(path, files: list[bytes]) -> None:
             (
                 number,
                 series_key,
-                described.sop,
-                described.sop_class,
-                described.transfer_syntax,
+                ids.sop,
+                record.sop_class,
+                record.transfer_syntax,
                 len(data),
-                described.metadata,
+                record.metadata,
             ),
         )
         conn.execute(
             "INSERT INTO changefeed (timestamp, action, partition_name, study_uid, series_uid, "
             "sop_uid, version) VALUES (0, 0, 'Microsoft.Default', ?, ?, ?, ?)",
-            (described.study, described.series, described.sop, number),
+            (ids.study, ids.series, ids.sop, number),
         )
     conn.commit()
     conn.close()

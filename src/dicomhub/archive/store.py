@@ -21,12 +21,18 @@ from pydicom.uid import ImplicitVRLittleEndian
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import stow
-from dicomhub.dicom.instance import InvalidInstance, bulk_path, ingest, ingest_scanned
+from dicomhub.dicom.instance import (
+    IngestedInstance,
+    InvalidInstance,
+    bulk_path,
+    ingest,
+    ingest_scanned,
+)
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.scan import scan
 from dicomhub.errors import AlreadyExists, InsufficientStorage, InvalidDicom, InvalidRequest
-from dicomhub.model import InstanceId, NewInstance, blob_key
+from dicomhub.model import NewInstance, blob_key
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
@@ -246,17 +252,18 @@ class StoreService:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
             if body.size <= INLINE_DESCRIBE:  # parsing holds the GIL: a thread hop buys nothing
-                instance = self._describe(body, study, strict)
+                described = self._describe(body, study, strict)
             else:
-                instance = await asyncio.to_thread(self._describe, body, study, strict)
+                described = await asyncio.to_thread(self._describe, body, study, strict)
         except InvalidInstance as exc:
             return stow.PartOutcome(
                 exc.sop_class, exc.sop_instance, failure=stow.VALIDATION_FAILURE, message=str(exc)
             )
         except InvalidDicom as exc:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
-        ident = InstanceId(instance.study, instance.series, instance.sop)
-        outcome = stow.PartOutcome(instance.sop_class, instance.sop)
+        record = described.record
+        ident = record.id
+        outcome = stow.PartOutcome(record.sop_class, ident.sop)
         if order is not None:
             await order.before_reserve()
         try:
@@ -268,7 +275,6 @@ class StoreService:
         key = blob_key(ident.partition, version)
         try:
             await self.blobs.put(key, body.path or body.data)
-            record = _new_instance(ident, instance, body.size)
             if order is None:
                 await self.index.commit(version, record)
             else:
@@ -288,12 +294,12 @@ class StoreService:
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)
             return outcome
         outcome.retrieve_path = bulk_path(ident.study, ident.series, ident.sop)
-        outcome.warnings = instance.warnings
-        outcome.implicit_vr = instance.transfer_syntax == ImplicitVRLittleEndian
-        outcome.multi_valued = instance.multi_valued
+        outcome.warnings = described.warnings
+        outcome.implicit_vr = record.transfer_syntax == ImplicitVRLittleEndian
+        outcome.multi_valued = described.multi_valued
         return outcome
 
-    def _describe(self, body: PartBody, study: str | None, strict):
+    def _describe(self, body: PartBody, study: str | None, strict) -> IngestedInstance:
         settings = self.settings
         if body.data is not None:  # the common file, read in one pass; anything else: pydicom
             scanned = scan(body.data, settings.bulkdata_threshold, settings.max_elements)
@@ -337,18 +343,3 @@ class StoreService:
 def _out_of_space(outcome: stow.PartOutcome, exc: InsufficientStorage) -> stow.PartOutcome:
     outcome.failure, outcome.message = stow.OUT_OF_RESOURCES, str(exc)
     return outcome
-
-
-def _new_instance(ident: InstanceId, instance, size: int) -> NewInstance:
-    return NewInstance(
-        id=ident,
-        sop_class=instance.sop_class,
-        transfer_syntax=instance.transfer_syntax,
-        size=size,
-        metadata=instance.metadata,
-        frames=instance.frames,
-        bulk=instance.bulk,
-        parse_on_read=instance.parse_on_read,
-        search=instance.search,
-        invalid=instance.invalid,
-    )

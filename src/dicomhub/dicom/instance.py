@@ -23,7 +23,7 @@ from dicomhub.dicom.scan import Scanned
 from dicomhub.dicom.search_keys import describe, multi_valued
 from dicomhub.dicom.uids import clean_uid, is_valid_uid
 from dicomhub.errors import InvalidRequest
-from dicomhub.model import SearchRecord
+from dicomhub.model import InstanceId, NewInstance
 
 CORE_UIDS = {
     "StudyInstanceUID": 0x0020000D,
@@ -61,18 +61,11 @@ class InvalidInstance(InvalidRequest):
 
 @dataclass
 class IngestedInstance:
-    study: str
-    series: str
-    sop: str
-    sop_class: str
-    transfer_syntax: str
-    metadata: bytes
-    frames: str | None
-    bulk: str
-    parse_on_read: bool
-    search: SearchRecord
+    """What ingest makes of one instance: the record the index keeps, and what only the STOW
+    answer tells."""
+
+    record: NewInstance
     warnings: list[str]  # ErrorComment of every attribute left out of metadata and index
-    invalid: dict[str, str]  # tag path -> why, of the top-level attributes left out
     multi_valued: bool = False  # a searchable attribute has several values (the first is indexed)
 
 
@@ -118,7 +111,14 @@ def ingest(
         photometric = _raw_text(ds, 0x00280004).strip("\x00 ")
         frames = _frames(encoded.json, parsed.pixel, photometric, extended, read_at)
     return _described(
-        uids, parsed.transfer_syntax, encoded, frames, parsed.deflated, warnings, invalid
+        uids,
+        parsed.transfer_syntax,
+        parsed.file_size,
+        encoded,
+        frames,
+        parsed.deflated,
+        warnings,
+        invalid,
     )
 
 
@@ -143,7 +143,7 @@ def ingest_scanned(
             js, scanned.pixel, photometric.strip("\x00 "), None, lambda o, n: data[o : o + n]
         )
     encoded = EncodedDataset(js, scanned.bulk)
-    return _described(uids, scanned.transfer_syntax, encoded, frames, False, [], {})
+    return _described(uids, scanned.transfer_syntax, len(data), encoded, frames, False, [], {})
 
 
 def _check_uids(uids: dict[str, str], expected_study: str | None, no_patient: bool) -> None:
@@ -174,23 +174,21 @@ def _bulk_base(uids: dict[str, str]) -> str:
 
 
 def _described(
-    uids, transfer_syntax, encoded: EncodedDataset, frames, parse_on_read, warnings, invalid
+    uids, transfer_syntax, size, encoded: EncodedDataset, frames, parse_on_read, warnings, invalid
 ) -> IngestedInstance:
-    return IngestedInstance(
-        study=uids["StudyInstanceUID"],
-        series=uids["SeriesInstanceUID"],
-        sop=uids["SOPInstanceUID"],
+    record = NewInstance(
+        id=InstanceId(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]),
         sop_class=uids["SOPClassUID"],
         transfer_syntax=transfer_syntax,
+        size=size,
         metadata=dumps(encoded.json),
         frames=frames,
         bulk=compact(encoded.bulk),
         parse_on_read=parse_on_read,
         search=describe(encoded.json),
-        warnings=warnings,
         invalid=invalid,
-        multi_valued=multi_valued(encoded.json),
     )
+    return IngestedInstance(record, warnings, multi_valued(encoded.json))
 
 
 def _frames(js: dict, pixel: PixelElement, photometric: str, extended, read_at) -> str:
