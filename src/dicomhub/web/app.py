@@ -27,6 +27,7 @@ from dicomhub.web import (
     extended_tags,
     fhir,
     health,
+    metrics,
     openapi,
     operations,
     qido,
@@ -160,7 +161,7 @@ def routes() -> list[BaseRoute]:
     ]
     out: list[BaseRoute] = [
         ActionRoute("/health/check", health.health, ["GET"], "health", None),
-        ActionRoute("/metrics", fhir.metrics, ["GET"], "metrics", ADMIN),
+        ActionRoute("/metrics", metrics.metrics, ["GET"], "metrics", ADMIN),
         # WADO-URI clients are configured with one URL, usually without an API version
         ActionRoute("/wado", wado_uri.wado, ["GET"], "wado-uri", READ),
     ]

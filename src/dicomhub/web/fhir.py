@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from dicomhub.errors import NotFound
 from dicomhub.web.common import archive, page
@@ -50,22 +50,3 @@ async def failures(request: Request) -> Response:
             for f in await sync.failures(offset, limit)
         ]
     )
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the FHIR sync gauges (empty when the sync is off)."""
-    if archive(request).fhir is None:
-        return PlainTextResponse("")
-    now = await _sync(request).status()
-    lines = [
-        "# HELP dicomhub_fhir_sync_lag Change-feed entries not yet synced to FHIR.",
-        "# TYPE dicomhub_fhir_sync_lag gauge",
-        f"dicomhub_fhir_sync_lag {now.lag}",
-        "# HELP dicomhub_fhir_sync_synced_total Change-feed entries synced to FHIR.",
-        "# TYPE dicomhub_fhir_sync_synced_total counter",
-        f"dicomhub_fhir_sync_synced_total {now.state.synced}",
-        "# HELP dicomhub_fhir_sync_failures_total Changes the FHIR server refused for good.",
-        "# TYPE dicomhub_fhir_sync_failures_total counter",
-        f"dicomhub_fhir_sync_failures_total {now.state.failures}",
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
