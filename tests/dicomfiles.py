@@ -64,17 +64,23 @@ def with_new_uids(data: bytes, study: str | None = None, series: str | None = No
     return out.getvalue()
 
 
+def every_test_file():
+    """(path, bytes) of every file pydicom and pydicom-data ship, DICOM or not, in path order."""
+    for path in sorted(get_testdata_files("**/*")):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                yield path, f.read()
+
+
 @cache
 def storable_files(extra: bool = False) -> tuple[TestFile, ...]:
     """Every bundled PS3.10 file with the three UIDs, each with a distinct SOP Instance UID;
     with ``extra``, also those of pydicom-data (more codecs, larger images)."""
     seen: set[str] = set()
     out = []
-    for path in sorted(get_testdata_files("**/*")):
-        if not os.path.isfile(path) or not (extra or path.startswith(BUNDLED)):
+    for path, data in every_test_file():
+        if not (extra or path.startswith(BUNDLED)):
             continue
-        with open(path, "rb") as f:
-            data = f.read()
         try:
             ds = read(data)
         except Exception:

@@ -1,6 +1,8 @@
-"""Building STOW requests."""
+"""Building STOW requests, and storing files in a running server."""
 
 from __future__ import annotations
+
+import httpx
 
 BOUNDARY = "test-boundary-1234"
 MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -33,3 +35,25 @@ def failures(response) -> list[int]:
 def stored_uids(response) -> list[str]:
     items = response.json().get("00081199", {}).get("Value", [])
     return [i["00081155"]["Value"][0] for i in items]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of process ``pid`` so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def store_files(url: str, *files: bytes) -> None:
+    """Store each file by a plain STOW-RS request to the server at ``url``; one an earlier
+    module stored already (409) is fine."""
+    for data in files:
+        r = httpx.post(
+            url + "/v2/studies",
+            content=data,
+            headers={"Content-Type": "application/dicom"},
+            timeout=60,
+        )
+        assert r.status_code in (200, 202, 409), r.text

@@ -27,6 +27,7 @@ from dicomhub.dicom.deidentify import Context, Options
 from tests.components import Unavailable
 from tests.conftest import ran, running_server, unavailable
 from tests.dicomfiles import load, read, storable_files, with_new_uids
+from tests.helpers import store_files
 from tests.test_deidentify import (
     _UID,
     ALL_OPTIONS,
@@ -60,17 +61,6 @@ def _burned_in() -> bytes:
 BURNED_IN = _burned_in()
 
 
-def store(url: str, *files: bytes) -> None:
-    for data in files:
-        r = httpx.post(
-            url + "/v2/studies",
-            content=data,
-            headers={"Content-Type": "application/dicom"},
-            timeout=60,
-        )
-        assert r.status_code in (200, 202, 409), r.text
-
-
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
     """A server whose key is KEY, read from a key file (with the newline an editor adds)."""
@@ -78,7 +68,7 @@ def keyed(tmp_path_factory):
     key_file = data / "deidentify.key"
     key_file.write_bytes(KEY + b"\n")
     with running_server(data, deidentify_key_file=str(key_file)) as (url, _):
-        store(url, *(f.data for f in FILES.values()), CT_COPY, *STUDY, BURNED_IN)
+        store_files(url, *(f.data for f in FILES.values()), CT_COPY, *STUDY, BURNED_IN)
         yield url
 
 
@@ -388,7 +378,7 @@ def test_the_same_key_file_gives_the_same_uids_after_a_restart(keyed, tmp_path):
     key_file.write_bytes(KEY)  # without the newline: the same key
     (tmp_path / "data").mkdir()
     with running_server(tmp_path / "data", deidentify_key_file=str(key_file)) as (url, _):
-        store(url, CT.data)
+        store_files(url, CT.data)
         again = read(wado(url, CT, contentType="application/dicom", anonymize="yes").content)
     assert _uids(again) == _uids(first)
 
@@ -398,7 +388,7 @@ def test_without_a_key_file_the_processes_of_one_serve_agree(tmp_path):
     requests on new connections land on either), so a viewer still sees one set of UIDs."""
     (tmp_path / "data").mkdir()
     with running_server(tmp_path / "data", workers="2") as (url, _):
-        store(url, CT.data)
+        store_files(url, CT.data)
         with ThreadPoolExecutor(8) as pool:  # at once: both processes take some
             responses = list(
                 pool.map(

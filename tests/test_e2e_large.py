@@ -8,16 +8,9 @@ import httpx
 
 from tests.conftest import running_server
 from tests.dicomfiles import load, read
+from tests.helpers import peak_rss_mb
 
 SIZE = 512 * 1024 * 1024  # pixel data bytes
-
-
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def _large_file() -> tuple[bytes, bytes, int]:
@@ -44,7 +37,7 @@ def test_half_a_gigabyte_upload_and_download_stream(tmp_path):
             yield chunk
 
     with running_server(tmp_path) as (url, proc):
-        baseline = _peak_rss_mb(proc.pid)
+        baseline = peak_rss_mb(proc.pid)
         r = httpx.post(
             url + "/v2/studies",
             content=body(),
@@ -66,5 +59,5 @@ def test_half_a_gigabyte_upload_and_download_stream(tmp_path):
             f"{inst}/frames/{frames}", headers={"Accept": "application/octet-stream"}, timeout=60
         )
         assert last.status_code == 200 and len(last.content) == 1024 * 1024 * 2
-        grown = _peak_rss_mb(proc.pid) - baseline
+        grown = peak_rss_mb(proc.pid) - baseline
         assert grown < 100, f"server grew by {grown:.0f} MB for a {SIZE >> 20} MB instance"

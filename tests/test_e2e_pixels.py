@@ -14,6 +14,7 @@ from pydicom.encaps import generate_frames
 
 from dicomhub.dicom import codecs
 from tests.dicomfiles import storable_files
+from tests.helpers import store_files
 from tests.test_rendered import close, frame_of, reference
 
 NAMES = ("CT_small.dcm", "US1_J2KR.dcm", "emri_small_jpeg_2k_lossless.dcm", "MR_small.dcm")
@@ -23,14 +24,7 @@ FILES = {f.name: f for f in storable_files(extra=True) if f.name in NAMES}
 @pytest.fixture(scope="module")
 def dw(server):
     client = DICOMwebClient(server["url"] + "/v2")
-    for f in FILES.values():
-        r = httpx.post(
-            server["url"] + "/v2/studies",
-            content=f.data,
-            headers={"Content-Type": "application/dicom"},
-            timeout=60,
-        )
-        assert r.status_code in (200, 409), r.text  # 409: stored by an earlier module
+    store_files(server["url"], *(f.data for f in FILES.values()))
     return client
 
 

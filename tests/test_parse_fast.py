@@ -6,7 +6,6 @@ sets) to dcmread."""
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 import pydicom
@@ -14,6 +13,7 @@ from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 
 from dicomhub.dicom.parse import _read_common, read_part10
+from tests.dicomfiles import every_test_file
 
 
 def _raw(ds) -> dict:
@@ -32,11 +32,7 @@ def _values(ds) -> dict:
 
 def test_equal_to_dcmread():
     taken = declined = 0
-    for path in sorted(get_testdata_files("**/*")):
-        if not os.path.isfile(path):
-            continue
-        with open(path, "rb") as f:
-            data = f.read()
+    for path, data in every_test_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from dicomhub.dicom import codecs
 from tests.dicomfiles import read, storable_files
+from tests.helpers import store_files
 from tests.test_rendered import close, reference
 
 NAMES = (
@@ -32,14 +33,7 @@ BROWSER_PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 @pytest.fixture(scope="module")
 def base(server):
-    for f in FILES.values():
-        r = httpx.post(
-            server["url"] + "/v2/studies",
-            content=f.data,
-            headers={"Content-Type": "application/dicom"},
-            timeout=60,
-        )
-        assert r.status_code in (200, 202, 409), r.text  # 409: stored by an earlier module
+    store_files(server["url"], *(f.data for f in FILES.values()))
     return server["url"]
 
 

@@ -25,6 +25,7 @@ from dicomhub.dicom.zipstream import ZipWriter
 from tests.components import Unavailable
 from tests.conftest import ran, running_server, unavailable
 from tests.dicomfiles import load, read, with_new_uids
+from tests.helpers import peak_rss_mb
 from tests.synthetic import instance, uid
 
 CT = load("CT_small.dcm")
@@ -208,14 +209,6 @@ COUNT, PIXELS = 24, 8 * 1024 * 1024
 BIG_STUDY, BIG_SERIES = uid(92, 1), uid(92, 2)
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def _big_instance(n: int) -> bytes:
     small = instance(BIG_STUDY, BIG_SERIES, uid(92, 3, n), Rows=2048, Columns=2048)
     cut = small.rfind(b"\xe0\x7f\x10\x00")  # the Pixel Data element
@@ -232,7 +225,7 @@ def test_a_large_study_streams_in_flat_memory(tmp_path):
                 timeout=120,
             )
             assert r.status_code == 200, r.text
-        baseline = _peak_rss_mb(proc.pid)
+        baseline = peak_rss_mb(proc.pid)
         target = tmp_path / "study.zip"
         with (
             httpx.stream(
@@ -246,12 +239,12 @@ def test_a_large_study_streams_in_flat_memory(tmp_path):
             out.write(next(chunks))
             # The first bytes are here; the server holds a fraction of the study, not all of
             # it (it reads each file as the socket takes it).
-            early = _peak_rss_mb(proc.pid) - baseline
+            early = peak_rss_mb(proc.pid) - baseline
             for chunk in chunks:
                 out.write(chunk)
-        grown = _peak_rss_mb(proc.pid) - baseline
+        grown = peak_rss_mb(proc.pid) - baseline
         # de-identified: each instance read whole, de-identified and sent, one at a time
-        baseline = _peak_rss_mb(proc.pid)
+        baseline = peak_rss_mb(proc.pid)
         deidentified = tmp_path / "deidentified.zip"
         with (
             httpx.stream(
@@ -266,7 +259,7 @@ def test_a_large_study_streams_in_flat_memory(tmp_path):
             assert s.status_code == 200 and "content-length" not in s.headers
             for chunk in s.iter_raw(64 * 1024):
                 out.write(chunk)
-        grown_deidentified = _peak_rss_mb(proc.pid) - baseline
+        grown_deidentified = peak_rss_mb(proc.pid) - baseline
     study_mb = COUNT * PIXELS >> 20
     assert early < 100, f"the server grew by {early:.0f} MB before sending a {study_mb} MB study"
     assert grown < 100, f"the server grew by {grown:.0f} MB sending a {study_mb} MB study"
