@@ -72,6 +72,16 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(server, trickle)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
 
 
+def test_the_unread_body_of_an_answered_request_cannot_trickle_on(server):
+    """uvicorn reads (and drops) what is left of a body the app did not read, and would hold
+    the connection as long as it keeps coming."""
+    with socket.create_connection((server.hostname, server.port), timeout=30) as s:
+        s.sendall(b"GET /v2/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        seconds, answer = closed_after(s, trickle=b"\0" * 100)
+    assert answer.startswith(b"HTTP/1.1 20"), answer  # answered, then closed
+    assert HEADER_TIMEOUT * 0.75 <= seconds < HEADER_TIMEOUT + 20
+
+
 def test_a_kept_alive_connection_outlives_the_header_timeout(server):
     """The timeout is for sending a request's headers, not for a connection's life."""
     conn = http.client.HTTPConnection(server.hostname, server.port, timeout=30)

@@ -15,7 +15,8 @@ extension is not offered there and responses stream as before.
 
 The protocol also keeps slow and greedy clients from exhausting the process (``limit``): a
 connection must send each request's line and headers within ``header_timeout`` seconds (uvicorn
-only times out idle kept-alive connections), and a connection over ``max_connections`` is
+only times out idle kept-alive connections), and so the rest of a body the app answered without
+reading, and a connection over ``max_connections`` is
 answered 503 and closed at once, before it holds more than its socket; requests on the
 connections already open go on (uvicorn's own ``limit_concurrency`` would refuse them too).
 """
@@ -96,6 +97,13 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._heading = None
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Answered before its body was read: uvicorn reads (and drops) the rest for as long as
+        # it keeps coming, so the rest is due as headers are.
+        if self.cycle.more_body:
+            self._heading = self.loop.time()
+        super().on_response_complete()
 
     def _check_headers(self) -> None:
         """Close the connection if the headers it is sending are late; else look again when
