@@ -136,20 +136,22 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
             assert len(found) == len(files)
 
 
-def test_the_server_starts_on_a_full_disk_and_serves_reads(tmp_path):
-    """One restart on a full disk must not take reads down: `dicomhub serve` with its defaults
-    (several processes, so the index writer service too) starts, reads work, stores get 507,
-    health says degraded; freed space is used without a restart."""
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_the_server_starts_on_a_full_disk_and_serves_reads(tmp_path, workers):
+    """One restart on a full disk must not take reads down: `dicomhub serve` (several
+    processes, as by default, so the index writer service too; or one) starts, reads work,
+    stores get 507, health says degraded; freed space is used without a restart."""
     files = [big(STUDY, SERIES, 160) for _ in range(3)]
     one = {"Content-Type": "application/dicom", **JSON}
     with small_disk(tmp_path / "disk", 16) as disk:
         data = disk / "data"
         data.mkdir()
-        with running_server(data, log=tmp_path / "1.log", workers="2") as (url, _):
+        with running_server(data, log=tmp_path / "1.log", workers=workers) as (url, _):
             for f in files:
                 assert httpx.post(url + "/v2/studies", content=f, headers=one).status_code == 200
         fill(disk / "other")
-        with running_server(data, healthy=False, log=tmp_path / "2.log", workers="2") as (url, _):
+        restarted = running_server(data, False, log=tmp_path / "2.log", workers=workers)
+        with restarted as (url, _):
             found = httpx.get(f"{url}/v2/studies/{STUDY}/instances", headers=JSON)
             assert found.status_code == 200 and len(found.json()) == len(files)
             sent = {read(f).SOPInstanceUID: f for f in files}
