@@ -265,7 +265,8 @@ def _raise_file_limit() -> None:
 
 def max_connections(settings: Settings) -> int:
     """The connections one server process holds: the setting, else what the open-file limit
-    leaves room for (a connection sending a stored file holds two descriptors)."""
+    leaves room for (a connection holds two descriptors: its socket and the duplicate that
+    sends stored files, web/zerocopy.py)."""
     if settings.max_connections:
         return settings.max_connections
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
