@@ -13,12 +13,12 @@ Serve with ``uvicorn.run(..., http="dicomhub.web.zerocopy:HttpToolsProtocol")``.
 do not use the extension are untouched. Over TLS the kernel cannot encrypt what it sends, so the
 extension is not offered there and responses stream as before.
 
-The protocol also keeps slow and greedy clients from exhausting the process (``limit``): a
-connection must send each request's line and headers within ``header_timeout`` seconds (uvicorn
-only times out idle kept-alive connections), and so the rest of a body the app answered without
-reading, and a connection over ``max_connections`` is
-answered 503 and closed at once, before it holds more than its socket; requests on the
-connections already open go on (uvicorn's own ``limit_concurrency`` would refuse them too).
+The protocol also keeps slow and greedy clients from exhausting the process (``limit``). A
+connection must send each request's line and headers within ``header_timeout`` seconds, and
+so the rest of a body the app answered without reading (uvicorn only times out idle kept-alive
+connections). A connection over ``max_connections`` is answered 503 and closed at once, before
+it holds more than its socket, while requests on the connections already open go on (uvicorn's
+own ``limit_concurrency`` would refuse those too).
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         if self.cycle.more_body:
             self._heading = self.loop.time()
         super().on_response_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle.response_complete:  # the rest of an answered body came
+            self._heading = None
 
     def _check_headers(self) -> None:
         """Close the connection if the headers it is sending are late; else look again when
