@@ -137,31 +137,38 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(data: Path, **env_settings: str):
+def running_server(
+    data: Path, healthy: bool = True, preexec_fn=None, log: Path | None = None, **env_settings: str
+):
     """`dicomhub serve` as a process on a free port; yields (base URL, process). One server
-    process unless ``workers`` says otherwise (a test that kills ``process`` kills the server)."""
+    process unless ``workers`` says otherwise (a test that kills ``process`` kills the server).
+    Up once /health/check answers 200 (any answer, when not ``healthy``: a full disk). Its
+    output goes to ``log`` (default: server.log in ``data``)."""
     port = free_port()
     env_settings = {"workers": "1", **env_settings}
     env = dict(os.environ, **{f"DICOMHUB_{k.upper()}": v for k, v in env_settings.items()})
-    log = open(data / "server.log", "wb")  # noqa: SIM115
+    log_path = log or data / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicomhub", "serve", "--port", str(port), "--data-dir", str(data)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
         cwd=ROOT,
+        preexec_fn=preexec_fn,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:
         while True:
             try:
-                if httpx.get(url + "/health/check").status_code == 200:
+                status = httpx.get(url + "/health/check").status_code
+                if status == 200 or not healthy:
                     break
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((data / "server.log").read_text())
+                raise RuntimeError(log_path.read_text())
             time.sleep(0.1)
         yield url, proc
     finally:

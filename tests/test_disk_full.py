@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -19,6 +20,7 @@ from dicomhub.cli import build_archive
 from dicomhub.dicom.stow import OUT_OF_RESOURCES
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
+from tests.conftest import running_server
 from tests.dicomfiles import read
 from tests.helpers import MULTIPART, multipart
 from tests.test_zerocopy import big
@@ -132,3 +134,42 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(tmp_path):
             assert len(sops) + len(failed) == len(files)
             found = client.get(f"/v2/studies/{STUDY}/instances", headers=JSON).json()
             assert len(found) == len(files)
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_the_server_starts_on_a_full_disk_and_serves_reads(tmp_path, workers):
+    """One restart on a full disk must not take reads down: `dicomhub serve` (several
+    processes, as by default, so the index writer service too; or one) starts, reads work,
+    stores get 507, health says degraded; freed space is used without a restart."""
+    files = [big(STUDY, SERIES, 160) for _ in range(3)]
+    one = {"Content-Type": "application/dicom", **JSON}
+    with small_disk(tmp_path / "disk", 16) as disk:
+        data = disk / "data"
+        data.mkdir()
+        with running_server(data, log=tmp_path / "1.log", workers=workers) as (url, _):
+            for f in files:
+                assert httpx.post(url + "/v2/studies", content=f, headers=one).status_code == 200
+        fill(disk / "other")
+        restarted = running_server(data, False, log=tmp_path / "2.log", workers=workers)
+        with restarted as (url, _):
+            found = httpx.get(f"{url}/v2/studies/{STUDY}/instances", headers=JSON)
+            assert found.status_code == 200 and len(found.json()) == len(files)
+            sent = {read(f).SOPInstanceUID: f for f in files}
+            for item in found.json():
+                sop = item["00080018"]["Value"][0]
+                got = httpx.get(item["00081190"]["Value"][0], headers=AS_STORED)
+                assert got.status_code == 200 and got.content == sent[sop]
+            metadata = httpx.get(f"{url}/v2/studies/{STUDY}/metadata", headers=JSON)
+            assert metadata.status_code == 200 and len(metadata.json()) == len(files)
+            other = big(STUDY, SERIES, 500)  # 500 KB: more than the index's reserve
+            r = httpx.post(url + "/v2/studies", content=other, headers=one)
+            assert r.status_code == 507, r.text
+            health = httpx.get(url + "/health/check")
+            assert health.status_code == 503
+            assert {d["name"] for d in health.json()["details"]} == {"index", "blob store"}
+
+            (disk / "other").unlink()  # space freed: no restart needed
+            assert httpx.get(url + "/health/check").status_code == 200
+            assert httpx.post(url + "/v2/studies", content=other, headers=one).status_code == 200
+            found = httpx.get(f"{url}/v2/studies/{STUDY}/instances", headers=JSON)
+            assert len(found.json()) == len(files) + 1

@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 
         _check_exposure(settings)
         lock = _lock_data_dir(settings)
+        _raise_file_limit()
         options = dict(
             host=settings.host,
             port=settings.port,
@@ -245,6 +247,32 @@ def main(argv: list[str] | None = None) -> None:
         else:
             uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
+
+
+# Open files a server process needs beside its connections: the index, blobs being read or
+# written, spool files, logs, the conversion workers' pipes.
+FILES_BESIDE_CONNECTIONS = 256
+
+
+def _raise_file_limit() -> None:
+    """The soft limit on open files up to the hard one: the default soft limit (often 1,024)
+    caps the connections a process can hold far below what it can serve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit may not do
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def max_connections(settings: Settings) -> int:
+    """The connections one server process holds: the setting, else what the open-file limit
+    leaves room for (a connection holds two descriptors: its socket and the duplicate that
+    sends stored files, web/zerocopy.py)."""
+    if settings.max_connections:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(16, (soft - FILES_BESIDE_CONNECTIONS) // 2)
 
 
 def _index_writer(settings: Settings) -> sqlite_writer.WriterService | None:
@@ -327,7 +355,10 @@ def _stop_with_parent() -> None:
 
 def _app(settings: Settings, recover: bool, dimse: bool = True):
     from dicomhub.web.app import create_app
+    from dicomhub.web.zerocopy import HttpToolsProtocol
     from dicomhub.workers.background import run_background
+
+    HttpToolsProtocol.limit(settings.header_timeout, max_connections(settings))
 
     archive = build_archive(settings)
     jobs = []

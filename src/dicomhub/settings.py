@@ -94,6 +94,27 @@ class Settings:
     request_timeout: float = _setting(
         60.0, "Seconds a request body may send nothing before the request fails with 408."
     )
+    min_upload_rate: int = _setting(
+        4096,
+        "Least bytes per second a request body must come at, measured over each "
+        "upload_rate_window seconds spent waiting for it; slower fails with 408 (a body the "
+        "server is slow to take is not held against the client). 0: no minimum.",
+    )
+    upload_rate_window: float = _setting(
+        30.0, "Seconds over which min_upload_rate is measured (the first are a grace period)."
+    )
+    header_timeout: float = _setting(
+        20.0,
+        "Seconds a client may take to send a request's line and headers, from connecting (or "
+        "from a kept-alive request's first byte); then the connection is closed (with 408). "
+        "0: no limit.",
+    )
+    max_connections: int = _setting(
+        0,
+        "Most connections one server process holds; a connection over it is answered 503 and "
+        "closed at once, while requests on those open go on. 0: from the open-file limit (which "
+        "serve raises to the hard limit where allowed), leaving room for files: (limit - 256) / 2.",
+    )
     max_inflated_size: int = _setting(
         512 * 1024**2,
         "Largest a deflated data set may expand to, in bytes; a larger one (a zip bomb) fails "

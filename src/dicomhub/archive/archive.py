@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import timedelta
 
@@ -20,11 +21,13 @@ from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
-from dicomhub.errors import Forbidden, Unavailable
+from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
+
+log = logging.getLogger(__name__)
 
 
 class Archive:
@@ -78,8 +81,11 @@ class Archive:
         if recover:
             clear_spool(self.settings.spool_dir)
             if not self.index.shared:  # no other process is storing: every upload is dead
-                if await self.cleanup.abandon_stale_uploads(utcnow() + timedelta(days=1)):
-                    await self.cleanup.delete_due_blobs()
+                try:
+                    if await self.cleanup.abandon_stale_uploads(utcnow() + timedelta(days=1)):
+                        await self.cleanup.delete_due_blobs()
+                except InsufficientStorage as exc:  # a full disk: serve reads all the same
+                    log.warning("crash recovery left to the cleanup job (it retries): %s", exc)
 
     async def close(self) -> None:
         try:

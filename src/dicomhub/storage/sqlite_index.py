@@ -10,6 +10,7 @@ others and a burst of stores costs one fsync. The writers of several processes (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -27,7 +28,7 @@ from dicomhub.storage import index_ops as ops
 from dicomhub.storage import migrations
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE
-from dicomhub.storage.disk import check_space
+from dicomhub.storage.disk import LOW_SPACE, check_space
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
 from dicomhub.storage.sqlite_writer import RemoteWriter
 
@@ -39,6 +40,11 @@ MAX_BATCH = 256
 # least every 100,000 writes. Search plans depend on them once tables are large.
 ANALYSIS_LIMIT = 400
 STATS_RELOAD = 30  # seconds: how late a process that does not write sees new statistics
+# Space kept beside the index file (index.sqlite-reserve) while the disk has room to spare: a
+# WAL database cannot be opened, even to read, without room for its -shm file (32 KiB), which
+# the last connection deletes at shut-down. Opening on a full disk releases it, so a restart
+# still serves reads.
+RESERVE = 256 * 1024
 
 
 class SqliteIndex(SqlIndex):
@@ -88,6 +94,7 @@ class SqliteIndex(SqlIndex):
         )
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._migrate)
+        await asyncio.to_thread(self._keep_reserve)
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._write_loop(), name="index-writer")
 
@@ -110,8 +117,40 @@ class SqliteIndex(SqlIndex):
         if self._turn is not None:
             os.close(self._turn)
             self._turn = None
+            self._keep_reserve()  # the -shm and WAL files are gone: their space is back
+
+    def _keep_reserve(self) -> None:
+        if self._memory:
+            return
+        reserve = self._path + "-reserve"
+        try:
+            if os.path.exists(reserve) and os.path.getsize(reserve) >= RESERVE:
+                return
+            found = os.statvfs(os.path.dirname(os.path.abspath(reserve)))
+            if found.f_bavail * found.f_frsize < RESERVE + LOW_SPACE:
+                return  # no room to spare: the disk would look full for it
+            fd = os.open(reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("could not keep %s bytes in reserve at %s: %s", RESERVE, reserve, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(reserve)
 
     def _connect(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except sqlite3.OperationalError as exc:
+            try:  # a full disk has no room for the -shm file: the reserve makes some
+                os.unlink(self._path + "-reserve")
+            except OSError:
+                raise exc from None
+            log.warning("the index could not open (%s): released its reserve space", exc)
+            return self._open()
+
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self._uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -155,7 +194,10 @@ class SqliteIndex(SqlIndex):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        self._analyze()
+        try:
+            self._analyze()
+        except sqlite3.Error as exc:  # a full disk: reads go on, with older statistics
+            log.warning("could not refresh the index statistics at start-up: %s", exc)
 
     async def check(self) -> None:
         await self._read(st.single, st.one("SELECT 1"))

@@ -1,9 +1,11 @@
 """Request limits checked before routing: the URL's length (414), the headers' total size and
-count (431), and how long the client may leave the request body idle (408)."""
+count (431), and how long the client may leave the request body idle, or how slowly it may send
+it (408)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +23,8 @@ class RequestLimits:
         self.url = settings.max_url_length
         self.headers = settings.max_header_size
         self.idle = settings.request_timeout
+        self.rate = settings.min_upload_rate
+        self.window = settings.upload_rate_window
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,14 +54,18 @@ class RequestLimits:
         return None
 
     def _bounded(self, receive: Receive) -> Receive:
-        """``receive`` that fails with 408 when the body stalls for ``idle`` seconds (once the
+        """``receive`` that fails with 408 when the body stalls for ``idle`` seconds, or comes
+        slower than ``rate`` bytes/s over a ``window`` of time spent waiting for it (once the
         body is complete, receive waits for the disconnect as long as it takes)."""
         body_done = False
+        waited = 0.0  # in this window
+        received = 0
 
         async def bounded() -> Message:
-            nonlocal body_done
+            nonlocal body_done, waited, received
             if body_done:
                 return await receive()
+            started = time.monotonic()
             try:  # asyncio.timeout, not wait_for: no task per chunk
                 async with asyncio.timeout(self.idle):
                     message = await receive()
@@ -67,6 +75,16 @@ class RequestLimits:
                 ) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
+            elif self.rate:
+                waited += time.monotonic() - started
+                received += len(message.get("body", b""))
+                if waited >= self.window:
+                    if received < self.rate * waited:
+                        raise RequestTimeout(
+                            f"the request body came at {received / waited:.0f} bytes/s, less "
+                            f"than the {self.rate} required"
+                        )
+                    waited, received = 0.0, 0
             return message
 
         return bounded

@@ -12,12 +12,20 @@ full. The message (see the ASGI extensions spec)::
 Serve with ``uvicorn.run(..., http="dicomhub.web.zerocopy:HttpToolsProtocol")``. Responses that
 do not use the extension are untouched. Over TLS the kernel cannot encrypt what it sends, so the
 extension is not offered there and responses stream as before.
+
+The protocol also keeps slow and greedy clients from exhausting the process (``limit``). A
+connection must send each request's line and headers within ``header_timeout`` seconds, and
+so the rest of a body the app answered without reading (uvicorn only times out idle kept-alive
+connections). A connection over ``max_connections`` is answered 503 and closed at once, before
+it holds more than its socket, while requests on the connections already open go on (uvicorn's
+own ``limit_concurrency`` would refuse those too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 
@@ -30,22 +38,90 @@ _SENDFILE = hasattr(os, "sendfile")  # not on Windows: responses stream as befor
 HOLD = 16 * 1024  # a body message this small waits for the next one
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the file's bytes follow in the same packets
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+log = logging.getLogger(__name__)
+
+
+def _refusal(status: bytes, detail: bytes) -> bytes:
+    body = b'{"type":"about:blank","status":%s,"detail":"%s"}' % (status[:3], detail)
+    return b"HTTP/1.1 %s\r\ncontent-type: application/problem+json\r\n" % status + (
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+
+
+BUSY = _refusal(b"503 Service Unavailable", b"the server holds as many connections as it can")
+LATE = _refusal(b"408 Request Timeout", b"the request line and headers did not come in time")
 
 
 class HttpToolsProtocol(_HttpToolsProtocol):
     """uvicorn's httptools protocol, offering ``http.response.zerocopysend`` on plain TCP."""
 
+    header_timeout = 0.0  # seconds for a request's line and headers; 0: no limit
+    max_connections = 0  # connections this process holds at once; 0: no cap
+    _refused_at = -60.0  # when a refusal was last logged
+
+    @classmethod
+    def limit(cls, header_timeout: float, max_connections: int) -> None:
+        cls.header_timeout, cls.max_connections = header_timeout, max_connections
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._out: _SocketOut | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            transport.write(BUSY)
+            transport.close()
+            if self.loop.time() - HttpToolsProtocol._refused_at > 60:
+                HttpToolsProtocol._refused_at = self.loop.time()
+                log.warning("refusing connections: %d are open", len(self.connections))
+            return
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
-        self._out: _SocketOut | None = None
         if sock is not None and _SENDFILE and not transport.get_extra_info("sslcontext"):
             self._out = _SocketOut(self.loop, transport, sock.fileno())
+        if self.header_timeout:  # one timer per connection, not one per request
+            self._heading: float | None = self.loop.time()
+            self._timer = self.loop.call_later(self.header_timeout, self._check_headers)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:  # refused
+            return
+        if self._timer is not None:
+            self._timer.cancel()
         if self._out is not None:
             self._out.close()
         super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._heading = self.loop.time()  # a request's first byte: its headers are due
+
+    def on_headers_complete(self) -> None:
+        self._heading = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Answered before its body was read: uvicorn reads (and drops) the rest for as long as
+        # it keeps coming, so the rest is due as headers are.
+        if self.cycle.more_body:
+            self._heading = self.loop.time()
+        super().on_response_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.cycle.response_complete:  # the rest of an answered body came
+            self._heading = None
+
+    def _check_headers(self) -> None:
+        """Close the connection if the headers it is sending are late; else look again when
+        they would be (or in ``header_timeout`` while no request is being received)."""
+        delay = self.header_timeout
+        if self._heading is not None:
+            delay += self._heading - self.loop.time()
+            if delay <= 0:
+                if not self.transport.is_closing():
+                    self.transport.write(LATE)
+                    self.transport.close()
+                return
+        self._timer = self.loop.call_later(delay, self._check_headers)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
         if self._out is not None and not self._out.closed:
