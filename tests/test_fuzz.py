@@ -1,14 +1,18 @@
 """Schemathesis against `dicomhub serve` over a real socket: every operation of the served
-OpenAPI document (/v2/api.json), valid and invalid inputs (schemathesis's positive and
-negative modes), every check (no 5xx, no dropped connection, status codes, content types and
-bodies as the document says, invalid data refused, valid data accepted). Bounded and
-derandomised: the same cases every run. Each failure it ever found is a regression test in
-test_fuzz_corpus.py.
+OpenAPI documents (/v2/api.json, and /v1/api.json with fewer examples), valid and invalid
+inputs (schemathesis's positive and negative modes; its examples, coverage and fuzzing
+phases), every check (no 5xx, no dropped connection, status codes, content types and bodies
+as the document says, invalid data refused, valid data accepted). Bounded and derandomised:
+the same cases every run. Each failure it ever found is a regression test in
+test_fuzz_corpus.py. A failure prints the curl command that reproduces it.
 
 The server holds a few stored instances; most cases of an operation with study/series/sop in
 its path are sent with their UIDs (and frame 1), so the retrieval routes answer 200, not only
-404. Destructive operations (DELETE of a study, series or instance) are fuzzed with generated
-UIDs only: with the stored ones, what ran after them would depend on the order of the cases.
+404 (test_fuzz_reached_the_stored_instances checks it). Destructive operations run too, on
+this server's own data folder: DELETE of a study, series or instance with generated UIDs only
+(with the stored ones, what ran after them would depend on the order of the cases),
+$purge, extended query tags (added, changed, removed: nothing else depends on them here) and
+export (refused: no destination is allowed).
 """
 
 from __future__ import annotations
