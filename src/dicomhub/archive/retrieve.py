@@ -22,6 +22,7 @@ from dicomhub.model import Scope, StoredInstance
 from dicomhub.storage.protocols import BlobStore, IndexStore
 
 SOP_INSTANCE_UID = "00080018"
+FRAME_LIST = re.compile(r"[1-9][0-9]{0,9}(,[1-9][0-9]{0,9})*")
 _TAG_PATH = re.compile(r"^[0-9A-Fa-f]{8}(/\d{1,9}/[0-9A-Fa-f]{8})*$")
 
 
@@ -123,17 +124,15 @@ class RetrieveService:
 
 
 def parse_frame_list(text: str) -> list[int]:
-    """``1,3,5`` -> [1, 3, 5] (PS3.18 section 8.3.5): positive integers, comma-separated."""
-    numbers = []
-    for piece in text.split(","):
-        piece = piece.strip()
-        if not piece.isdigit() or int(piece) < 1:
-            raise InvalidRequest(
-                f"frame list {text[:100]!r} is invalid: frames are positive integers separated "
-                "by commas"
-            )
-        numbers.append(int(piece))
-    return numbers
+    """``1,3,5`` -> [1, 3, 5] (PS3.18 section 8.3.5): positive integers (ASCII digits, at most
+    10 of them: a frame count is a 32-bit number), comma-separated, as the OpenAPI document's
+    FrameList pattern says."""
+    if not FRAME_LIST.fullmatch(text):
+        raise InvalidRequest(
+            f"frame list {text[:100]!r} is invalid: frames are positive integers separated "
+            "by commas"
+        )
+    return [int(piece) for piece in text.split(",")]
 
 
 def _describe(scope: Scope) -> str:

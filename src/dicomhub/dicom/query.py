@@ -98,11 +98,14 @@ def _boolean(name: str, value: str) -> bool:
 
 
 def _number(name: str, value: str, minimum: int) -> int:
-    if not value.strip().isdigit() or int(value) < minimum or int(value) >= 2**31:
+    text = value.strip()  # ASCII digits: int() takes others (²: ValueError) and any length
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not (
+        minimum <= int(text) < 2**31
+    ):
         raise InvalidRequest(
             f"Invalid query parameter {name}: {value!r} is not an integer from {minimum}"
         )
-    return int(value)
+    return int(text)
 
 
 @cache

@@ -4,7 +4,7 @@ import re
 
 from dicomhub.errors import InvalidRequest
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # whole value (fullmatch: no trailing newline)
 MAX_UID_LENGTH = 64
 
 
@@ -14,7 +14,7 @@ def clean_uid(value: object) -> str:
 
 
 def is_valid_uid(value: str) -> bool:
-    return 0 < len(value) <= MAX_UID_LENGTH and _UID.match(value) is not None
+    return 0 < len(value) <= MAX_UID_LENGTH and _UID.fullmatch(value) is not None
 
 
 def require_uid(value: str, name: str) -> str:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Route
@@ -44,9 +45,18 @@ from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
 from dicomhub.web.versions import VERSIONS, api_versions
 
-STUDY = "/studies/{study}"
-SERIES = STUDY + "/series/{series}"
-INSTANCE = SERIES + "/instances/{sop}"
+
+class UIDConvertor(StringConvertor):
+    """A UID path segment: any segment but ``count``, the word of the QIDO count routes, so
+    that /studies/count is not also study "count" (its 405 would allow POST and DELETE)."""
+
+    regex = "(?!count(?:/|$))[^/]+"
+
+
+register_url_convertor("uid", UIDConvertor())
+STUDY = "/studies/{study:uid}"
+SERIES = STUDY + "/series/{series:uid}"
+INSTANCE = SERIES + "/instances/{sop:uid}"
 FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true

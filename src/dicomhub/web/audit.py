@@ -170,7 +170,7 @@ def _status(value: str | None) -> int | None:
     """An HTTP status (three digits) or a DIMSE status (``0x`` and four hex digits)."""
     if value is None:
         return None
-    if value.isdigit() and len(value) == 3:
+    if value.isascii() and value.isdigit() and len(value) == 3:
         return int(value)
     if len(value) == 6 and value[:2].lower() == "0x":
         try:

@@ -26,7 +26,7 @@ from dicomhub.model import Scope, StoredInstance
 DICOM_JSON = "application/dicom+json"
 ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
 MAX_JSON_BODY = 1024 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 MAX_OFFSET = 2**53 - 1  # a paging offset (or change-feed sequence) any client and index can hold
 
 
@@ -93,15 +93,21 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise InvalidRequest(f"unsupported Range {header[:100]!r}: use one bytes=first-last range")
     first, last = m.groups()
     if first == "":  # suffix: the last N bytes (none: unsatisfiable, RFC 9110 14.1.1)
-        length = min(int(last), size)
+        length = min(_position(last), size)
         if length == 0:
-            raise RangeNotSatisfiable(f"range {header!r} asks for no bytes", size)
+            raise RangeNotSatisfiable(f"range {header[:100]!r} asks for no bytes", size)
         return size - length, length
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
     if start >= size or end < start:
-        raise RangeNotSatisfiable(f"range {header!r} lies outside the {size} bytes", size)
+        raise RangeNotSatisfiable(f"range {header[:100]!r} lies outside the {size} bytes", size)
     return start, end - start + 1
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range; all past 2^63 are the same (and int() refuses to read
+    more than 4,300 digits)."""
+    return int(digits) if len(digits) <= 18 else 2**63
 
 
 def not_modified(request: Request, etag: str) -> bool:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomhub import __version__
+from dicomhub.web import changefeed
 from dicomhub.web.common import version
 
 
@@ -40,11 +41,13 @@ def for_version(number: int) -> dict:
             ref = operation.get("parameters", {}) if isinstance(operation, dict) else {}
             if isinstance(ref, dict) and "$ref" in ref:
                 operation["parameters"] = copy.deepcopy(shared[ref["$ref"].rsplit("/", 1)[1]])
-    if number == 1:  # the time-window change feed parameters exist in v2 only
+    if number == 1:  # v1 pages the change feed by sequence, without the time window
         params = doc["paths"]["/changefeed"]["get"]["parameters"]
         doc["paths"]["/changefeed"]["get"]["parameters"] = [
             p for p in params if p.get("$ref", "").split("/")[-1] not in ("startTime", "endTime")
         ]
+    default, maximum = changefeed.LIMITS[number]
+    doc["components"]["parameters"]["feedLimit"]["schema"].update(maximum=maximum, default=default)
     return doc
 
 
