@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from dicomhub.storage.file_blobs import ENTRY_SYNCED_WITH_FILE, FileBlobStore, file_system
+from dicomhub.storage.file_blobs import (
+    ENTRY_SYNCED_WITH_FILE,
+    PARTIALS,
+    FileBlobStore,
+    file_system,
+)
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
@@ -112,3 +118,28 @@ def test_without_fsync_nothing_is_synced(tmp_path, monkeypatch):
     synced = _synced_paths(monkeypatch)
     asyncio.run(store.put("ab/c_3.dcm", b"data"))
     assert synced == [] and not store.sync_new_entries
+
+
+def test_a_spool_file_from_another_file_system_is_copied_in_and_no_copy_outlives_a_start(
+    tmp_path,
+):
+    """A spooled file on another file system (/dev/shm, a tmpfs) cannot be linked: it is copied
+    into the store's .partial folder, then linked in. A copy a crash left there (untouched for an
+    hour) is removed at the next start; a recent one (another process copying) is kept."""
+    if file_system(Path("/dev/shm")) == file_system(tmp_path):
+        pytest.skip("/dev/shm is not another file system here")
+    spooled = Path("/dev/shm") / f"dicomhub-test-{os.getpid()}-{tmp_path.name}"
+    spooled.write_bytes(b"y" * 5000)
+    store = _store(tmp_path / "blobs")
+    left = tmp_path / "blobs" / PARTIALS / "0123abcd"  # as a crash mid-copy leaves it
+    left.parent.mkdir()
+    left.write_bytes(b"half")
+    recent = left.with_name("4567cdef")
+    recent.write_bytes(b"being copied")
+    os.utime(left, (0, time.time() - 3601))
+    asyncio.run(store.start())
+    assert not left.exists() and recent.exists()
+    recent.unlink()
+    asyncio.run(store.put("fg/h_3.dcm", spooled))
+    assert (tmp_path / "blobs" / "fg" / "h_3.dcm").read_bytes() == b"y" * 5000
+    assert not spooled.exists() and list((tmp_path / "blobs" / PARTIALS).iterdir()) == []

@@ -11,9 +11,11 @@ a create of the file it links, so its folder is always synced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -21,6 +23,9 @@ from typing import BinaryIO
 
 from dicomhub.errors import NotFound, Unavailable, storage_error
 from dicomhub.storage.disk import check_space
+
+PARTIALS = ".partial"  # copies being made from another file system (cleared at start-up)
+PARTIAL_AGE = 3600  # seconds after which a copy there is a crash's leftover
 
 
 class FileBlobStore:
@@ -36,6 +41,7 @@ class FileBlobStore:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_clear_partials, self.root / PARTIALS)
         if self.fsync:
             kind = await asyncio.to_thread(file_system, self.root)
             self.sync_new_entries = kind not in ENTRY_SYNCED_WITH_FILE
@@ -45,7 +51,7 @@ class FileBlobStore:
 
         def write() -> None:
             if isinstance(body, Path):
-                _link(body, target, self.fsync)
+                _link(body, target, self.fsync, self.root / PARTIALS)
                 if self.fsync:
                     _fsync_dir(target.parent)
                 return
@@ -183,8 +189,21 @@ def _create(target: Path, data: bytes, fsync: bool) -> None:
     os.close(fd)
 
 
-def _link(path: Path, target: Path, fsync: bool) -> None:
-    """Move a spooled file in: a hard link is atomic and never replaces an existing object."""
+def _clear_partials(folder: Path) -> None:
+    """Remove the copies a crash left behind: those not written to for an hour (another
+    process on this store may be making one now)."""
+    if not folder.is_dir():
+        return
+    stale = time.time() - PARTIAL_AGE
+    for copy in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if copy.stat().st_mtime < stale:
+                copy.unlink()
+
+
+def _link(path: Path, target: Path, fsync: bool, partials: Path) -> None:
+    """Move a spooled file in: a hard link is atomic and never replaces an existing object.
+    From another file system, a copy in ``partials`` (on the store's own) is linked in."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if fsync:
         with open(path, "rb+") as f:
@@ -194,7 +213,8 @@ def _link(path: Path, target: Path, fsync: bool) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        partials.mkdir(exist_ok=True)
+        partial = partials / uuid.uuid4().hex
         shutil.copyfile(path, partial)
         try:
             if fsync:
