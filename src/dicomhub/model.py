@@ -129,6 +129,40 @@ class Operation:
         return self.status in (OperationStatus.COMPLETED, OperationStatus.FAILED)
 
 
+@dataclass(frozen=True)
+class SyncState:
+    """Where the FHIR sync into one server stands."""
+
+    sequence: int  # every change up to this one is synced
+    synced: int  # changes synced so far
+    updated: datetime | None
+    holder: str | None  # the node syncing now
+    failures: int
+
+
+@dataclass(frozen=True)
+class SyncFailure:
+    """A change the FHIR server refused for good, with its answer (an OperationOutcome)."""
+
+    id: int
+    sequence: int
+    study: str
+    error: str
+    outcome: dict[str, Any] | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ExtendedTagError:
+    """An instance whose value of an extended query tag failed validation."""
+
+    study: str
+    series: str
+    instance: str  # SOP Instance UID
+    created: datetime
+    message: str
+
+
 THUMBNAIL_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif"}
 
 

@@ -12,7 +12,7 @@ from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.export import ExportService
 from dicomhub.archive.extended_tags import ExtendedTagsService
-from dicomhub.archive.fhir_sync import FhirSync
+from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.archive.operations import OperationsService
 from dicomhub.archive.pixels import Converter, PixelService, RenderService
 from dicomhub.archive.retrieve import RetrieveService
@@ -113,7 +113,7 @@ class Archive:
         return results
 
 
-def fhir_sync(settings: Settings, index: IndexStore) -> FhirSync:
+def fhir_sync(settings: Settings, index: FhirSyncIndex) -> FhirSync:
     auth = Auth(
         settings.fhir_auth,
         settings.fhir_token,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from dicomhub.model import ChangeFeedEntry
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.protocols import ChangeFeed
 
 
 class ChangeFeedService:
-    def __init__(self, index: IndexStore):
+    def __init__(self, index: ChangeFeed):
         self.index = index
 
     async def by_sequence(self, offset: int, limit: int, metadata: bool) -> list[ChangeFeedEntry]:

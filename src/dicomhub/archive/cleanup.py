@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from dicomhub.clock import utcnow
 from dicomhub.model import thumbnail_keys
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import BlobDeletions, BlobStore, Uploads
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = timedelta(hours=1)
 EVERYTHING = timedelta(days=365 * 1000)  # later than any deletion's delay
 
 
+class CleanupIndex(Uploads, BlobDeletions, Protocol):
+    """What the cleanup uses of the index: stale uploads to abandon, the blob deletion queue."""
+
+
 class Cleanup:
-    def __init__(self, index: IndexStore, blobs: BlobStore, batch_size: int, upload_timeout: float):
+    def __init__(
+        self, index: CleanupIndex, blobs: BlobStore, batch_size: int, upload_timeout: float
+    ):
         self.index = index
         self.blobs = blobs
         self.batch_size = batch_size

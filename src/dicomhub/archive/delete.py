@@ -7,11 +7,11 @@ from datetime import timedelta
 from dicomhub.clock import utcnow
 from dicomhub.errors import NotFound
 from dicomhub.model import Scope
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.protocols import Instances
 
 
 class DeleteService:
-    def __init__(self, index: IndexStore, delete_delay: int):
+    def __init__(self, index: Instances, delete_delay: int):
         self.index = index
         self.delay = timedelta(seconds=delete_delay)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dicomhub.archive import export_request
 from dicomhub.archive.extended_tags import ExtendedTagsService
@@ -24,7 +24,13 @@ from dicomhub.dicom.deidentify import Context, Options, deidentify_file
 from dicomhub.errors import InvalidDicom, InvalidRequest, NotFound
 from dicomhub.model import JobType, Scope, StoredInstance
 from dicomhub.settings import Settings
-from dicomhub.storage.protocols import BlobStore, ExportSink, IndexStore, OpenSink
+from dicomhub.storage.protocols import (
+    BlobStore,
+    ExportSink,
+    Instances,
+    InstanceSearch,
+    OpenSink,
+)
 
 BATCH = 100  # instances between checkpoints (Microsoft's batch size)
 CONCURRENCY = 8  # instances read and written at once
@@ -33,11 +39,15 @@ BURNED_IN = "burned-in annotation (0028,0301 YES): not exported de-identified"
 MAX_ERROR_LINES = 10_000  # errors.log lines kept (failures past them are only counted)
 
 
+class ExportIndex(Instances, InstanceSearch, Protocol):
+    """What an export uses of the index: a query source's studies, then their instances."""
+
+
 class ExportService:
     def __init__(
         self,
         settings: Settings,
-        index: IndexStore,
+        index: ExportIndex,
         blobs: BlobStore,
         ops: OperationsService,
         key: bytes,

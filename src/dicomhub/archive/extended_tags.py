@@ -16,7 +16,8 @@ from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import hex_path
 from dicomhub.dicom.search_keys import Key
 from dicomhub.errors import InvalidRequest, NotFound
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.model import ExtendedTagError
+from dicomhub.storage.protocols import ExtendedTagIndex
 
 CORE_TAGS = frozenset(k.tag for k in sk.KEYS)
 # Searches use the tags as this process last read them, for at most this long: a change made
@@ -27,7 +28,7 @@ BATCH = 100
 
 
 class ExtendedTagsService:
-    def __init__(self, index: IndexStore, max_tags: int):
+    def __init__(self, index: ExtendedTagIndex, max_tags: int):
         self.index = index
         self.max_tags = max_tags
         self._searchable: tuple[float, Any] | None = None  # (read at, searchable())
@@ -60,7 +61,7 @@ class ExtendedTagsService:
         self._searchable = None
         await self.index.delete_extended_tag(path(name))
 
-    async def errors(self, name: str, offset: int, limit: int) -> list:
+    async def errors(self, name: str, offset: int, limit: int) -> list[ExtendedTagError]:
         return await self.index.extended_tag_errors(path(name), offset, limit)
 
     async def searchable(self) -> tuple[dict[str, Key], dict[int, ExtendedTag]]:

@@ -13,15 +13,20 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 from dicomhub.clock import utcnow
 from dicomhub.fhir import projection
 from dicomhub.fhir.client import FhirClient, FhirError
-from dicomhub.model import Scope
-from dicomhub.storage.fhir_ops import SyncState
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.model import Scope, SyncFailure, SyncState
+from dicomhub.storage.protocols import ChangeFeed, FhirCheckpoints, Instances
 
 log = logging.getLogger(__name__)
+
+
+class FhirSyncIndex(FhirCheckpoints, ChangeFeed, Instances, Protocol):
+    """What the FHIR sync uses of the index: its checkpoint and lease, the change feed after
+    it, and the metadata of the studies the changes touch."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class Status:
 class FhirSync:
     def __init__(
         self,
-        index: IndexStore,
+        index: FhirSyncIndex,
         client: FhirClient,
         options: projection.Options,
         batch: int,
@@ -134,7 +139,7 @@ class FhirSync:
         latest = await self.index.latest_change(include_metadata=False)
         return Status(state, latest.sequence if latest else 0)
 
-    async def failures(self, offset: int, limit: int) -> list:
+    async def failures(self, offset: int, limit: int) -> list[SyncFailure]:
         return await self.index.fhir_failures(self.target, offset, limit)
 
     async def release(self, owner: str) -> None:
@@ -148,6 +153,8 @@ class FhirSync:
         if not held:
             log.warning("FHIR sync: the lease was lost to another node at sequence %d", sequence)
 
-    async def _failed(self, sequence: int, study: str, error: str, outcome) -> None:
+    async def _failed(
+        self, sequence: int, study: str, error: str, outcome: dict[str, Any] | None
+    ) -> None:
         log.warning("FHIR sync: change %d (study %s) refused: %s", sequence, study, error)
         await self.index.record_fhir_failure(self.target, sequence, study, error, outcome, utcnow())

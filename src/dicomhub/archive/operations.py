@@ -7,13 +7,13 @@ import uuid
 from dicomhub.clock import utcnow
 from dicomhub.errors import NotFound
 from dicomhub.model import Operation
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.protocols import Jobs
 
 MAX_ATTEMPTS = 5
 
 
 class OperationsService:
-    def __init__(self, index: IndexStore):
+    def __init__(self, index: Jobs):
         self.index = index
 
     async def start(

@@ -19,7 +19,7 @@ from dicomhub.dicom.frames import FrameIndex, extract_bits
 from dicomhub.dicom.json_model import with_base_url
 from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.model import Scope, StoredInstance
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import BlobStore, Instances
 
 SOP_INSTANCE_UID = "00080018"
 FRAME_LIST = re.compile(r"[1-9][0-9]{0,9}(,[1-9][0-9]{0,9})*")
@@ -33,7 +33,7 @@ class Metadata:
 
 
 class RetrieveService:
-    def __init__(self, index: IndexStore, blobs: BlobStore):
+    def __init__(self, index: Instances, blobs: BlobStore):
         self.index = index
         self.blobs = blobs
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from dicomhub.dicom import qido_results
 from dicomhub.dicom.query import Query
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.protocols import InstanceSearch
 
 
 @dataclass
@@ -17,7 +17,7 @@ class SearchPage:
 
 
 class SearchService:
-    def __init__(self, index: IndexStore):
+    def __init__(self, index: InstanceSearch):
         self.index = index
 
     async def search(self, query: Query, base_url: str) -> SearchPage:

@@ -34,7 +34,7 @@ from dicomhub.dicom.scan import scan
 from dicomhub.errors import AlreadyExists, InsufficientStorage, InvalidDicom, InvalidRequest
 from dicomhub.model import NewInstance, blob_key
 from dicomhub.settings import Settings
-from dicomhub.storage.protocols import BlobStore, IndexStore
+from dicomhub.storage.protocols import BlobStore, Uploads
 
 log = logging.getLogger(__name__)
 DICOM = "application/dicom"
@@ -50,7 +50,7 @@ class Versions:
     one index write (its commit), not two. A block is used only while young: its upload rows
     must not reach the upload timeout, after which the cleanup job abandons them."""
 
-    def __init__(self, index: IndexStore, max_age: float, block: int = VERSION_BLOCK):
+    def __init__(self, index: Uploads, max_age: float, block: int = VERSION_BLOCK):
         self.index, self.max_age, self.block = index, max_age, block
         self._free: dict[str, deque[int]] = {}
         self._since: dict[str, float] = {}
@@ -119,7 +119,7 @@ class Commits:
     """The commits of one request's parts, in the order queued: those queued while the index
     writes a batch go together in the next (one index write, not one per part)."""
 
-    def __init__(self, index: IndexStore):
+    def __init__(self, index: Uploads):
         self.index = index
         self.waiting: list[tuple[int, NewInstance, asyncio.Future]] = []
         self.writing: asyncio.Task | None = None
@@ -157,7 +157,7 @@ class StoreService:
     def __init__(
         self,
         settings: Settings,
-        index: IndexStore,
+        index: Uploads,
         blobs: BlobStore,
         extended: ExtendedTagsService,
     ):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from dicomhub.clock import to_micros, utcnow
+from dicomhub.clock import from_micros, to_micros, utcnow
 from dicomhub.dicom import extended_tags as et
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
-from dicomhub.model import JobType
+from dicomhub.model import ExtendedTagError, JobType
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage.statements import Op, many, one, rows, run
 
@@ -139,7 +139,12 @@ def delete(path: str) -> Op:
 
 def errors(path: str, offset: int, limit: int) -> Op:
     tag = yield from find(path)
-    return list((yield rows(ERRORS, tag.key, limit, offset)))
+    return [
+        ExtendedTagError(
+            r["study_uid"], r["series_uid"], r["sop_uid"], from_micros(r["created"]), r["message"]
+        )
+        for r in (yield rows(ERRORS, tag.key, limit, offset))
+    ]
 
 
 def searchable() -> Op:

@@ -8,10 +8,11 @@ refused for good are kept with its answer.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from dicomhub.clock import from_micros, to_micros
+from dicomhub.model import SyncFailure, SyncState
 from dicomhub.storage.statements import Op, one, rows, run
 
 INIT = (
@@ -44,25 +45,6 @@ FAILURES = (
 COUNT_FAILURES = "SELECT count(*) FROM fhir_failure WHERE target = ?"
 
 
-@dataclass(frozen=True)
-class SyncState:
-    sequence: int  # every change up to this one is synced
-    synced: int  # changes synced so far
-    updated: datetime | None
-    holder: str | None  # the node syncing now
-    failures: int
-
-
-@dataclass(frozen=True)
-class SyncFailure:
-    id: int
-    sequence: int
-    study: str
-    error: str
-    outcome: dict | None
-    at: datetime
-
-
 def claim(target: str, owner: str, now: datetime, lease_until: datetime, start: int) -> Op:
     """Take (or keep) the sync into ``target``; its sequence, or None when another node holds
     it. A target seen for the first time starts after ``start``."""
@@ -83,7 +65,14 @@ def release(target: str, owner: str) -> Op:
     yield run(RELEASE, target, owner)
 
 
-def fail(target: str, sequence: int, study: str, error: str, outcome, now: datetime) -> Op:
+def fail(
+    target: str,
+    sequence: int,
+    study: str,
+    error: str,
+    outcome: dict[str, Any] | None,
+    now: datetime,
+) -> Op:
     yield run(FAIL, target, sequence, study, error, _json(outcome), to_micros(now))
 
 
@@ -112,5 +101,5 @@ def failures(target: str, offset: int, limit: int) -> Op:
     ]
 
 
-def _json(value) -> str | None:
+def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value)

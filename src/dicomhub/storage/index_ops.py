@@ -54,7 +54,7 @@ def commit(version: int, instance: NewInstance) -> Op:
     yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
     yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
     # Read after the first write (FINISH_UPLOAD): a store that does not see a tag added now is
-    # waited for by the tag's reindex (IndexStore.settled_version).
+    # waited for by the tag's reindex (ExtendedTagIndex.settled_version).
     yield from eqt_ops.index_instance(
         version, series_key, study_key, instance.metadata, instance.invalid
     )

@@ -13,10 +13,13 @@ from dicomhub.model import (
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
+    ExtendedTagError,
     NewInstance,
     Operation,
     Scope,
     StoredInstance,
+    SyncFailure,
+    SyncState,
 )
 
 
@@ -78,11 +81,15 @@ class BlobStore(Protocol):
     async def close(self) -> None: ...
 
 
-class IndexStore(Protocol):
-    """The SQL index: instances, their metadata, the change feed and cleanup queues.
+# -- the index, one protocol per concern ---------------------------------------------------------
+#
+# The SQL index (``sql_index.SqlIndex``: SQLite, PostgreSQL) implements them all; each archive
+# service asks only for the ones it uses. Every change writes its change-feed rows in the same
+# transaction as the index rows.
 
-    Every change writes its change-feed rows in the same transaction as the index rows.
-    """
+
+class IndexLifecycle(Protocol):
+    """Opening, closing and probing the index."""
 
     shared: bool  # other nodes may be writing through the same database at any time
 
@@ -93,6 +100,11 @@ class IndexStore(Protocol):
 
     async def check(self) -> None:
         """Raise Unavailable when the database cannot be reached (health check)."""
+
+
+class Uploads(Protocol):
+    """The write path of a store (STOW-RS, C-STORE): a version reserved, the blob written under
+    it, then the instance committed, or the store abandoned."""
 
     async def reserve_versions(self, partition: str, count: int) -> list[int]:
         """Allocate ``count`` versions (ascending, never reused) for stores about to start: a
@@ -120,22 +132,35 @@ class IndexStore(Protocol):
     async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
         """(version, partition) of the stores started before then and not finished."""
 
+
+class Instances(Protocol):
+    """The stored instances: read (WADO-RS, FHIR sync, export) and deleted."""
+
     async def instances(self, scope: Scope) -> list[StoredInstance]:
         """Visible instances in ``scope``, in storage order; empty when none."""
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
         """Stored DICOM JSON of every visible instance in ``scope``, and an ETag for it."""
 
-    async def search(self, query: Query, needs: set[str]) -> list[dict]:
+    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
+        """Remove the instances of ``scope``; queue their blobs; return how many were removed."""
+
+
+class InstanceSearch(Protocol):
+    """QIDO-RS matching (PS3.18 section 10.6) over the searchable attributes."""
+
+    async def search(self, query: Query, needs: set[str]) -> list[dict[str, Any]]:
         """One page of matches, plus one more row when more follow. Each row has the UIDs, level
         documents and counters of its level and above, and the optional parts named in ``needs``
-        (see ``dicom.qido_results.needs``)."""
+        (see ``dicom.qido_results.needs``); ``dicom.qido_results.build`` reads it."""
 
     async def count(self, query: Query) -> int:
         """How many matches ``query`` has, ignoring its limit and offset."""
 
-    async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        """Remove the instances of ``scope``; queue their blobs; return how many were removed."""
+
+class BlobDeletions(Protocol):
+    """The queue of blobs to delete (deleted instances, abandoned stores), kept in the index so
+    that it survives restarts."""
 
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
         """(id, blob key) of queued blob deletions whose time has come."""
@@ -143,6 +168,10 @@ class IndexStore(Protocol):
     async def finish_blob_deletions(self, ids: list[int]) -> None: ...
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    """The change feed: one entry per create, update or delete, in commit order."""
 
     async def changefeed(
         self,
@@ -158,18 +187,10 @@ class IndexStore(Protocol):
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None: ...
 
-    # The audit log (see storage/audit_ops.py; the index is one AuditSink).
 
-    async def add_audit_entries(self, entries: list[AuditEntry]) -> None: ...
-
-    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
-        """Audit entries matching ``query``, oldest first."""
-        ...
-
-    async def purge_audit_entries(self, before: datetime) -> None: ...
-
-    # FHIR sync (see storage/fhir_ops.py): a checkpoint and a lease per FHIR server, and the
-    # entries it refused.
+class FhirCheckpoints(Protocol):
+    """FHIR sync state (see storage/fhir_ops.py): a checkpoint and a lease per FHIR server, and
+    the changes it refused."""
 
     async def claim_fhir_sync(
         self, target: str, owner: str, now: datetime, lease_until: datetime, start: int
@@ -196,28 +217,44 @@ class IndexStore(Protocol):
         sequence: int,
         study: str,
         error: str,
-        outcome: dict | None,
+        outcome: dict[str, Any] | None,
         now: datetime,
     ) -> None: ...
 
-    async def fhir_sync_state(self, target: str) -> Any: ...
+    async def fhir_sync_state(self, target: str) -> SyncState: ...
 
-    async def fhir_failures(self, target: str, offset: int, limit: int) -> list: ...
+    async def fhir_failures(self, target: str, offset: int, limit: int) -> list[SyncFailure]:
+        """The refused changes, newest first."""
 
-    # Background jobs (see storage/job_ops.py): leased, retried, resumable; the operations
-    # clients follow at /operations/{id}.
+
+class Jobs(Protocol):
+    """Background jobs (see storage/job_ops.py): leased, retried, resumable; the operations
+    clients follow at /operations/{id}."""
 
     async def enqueue_job(
-        self, id: str, kind: str, payload: dict, max_attempts: int, now: datetime, singleton: bool
-    ) -> str:
-        """Add a job; for a ``singleton`` kind, the id of the pending or running one if any."""
+        self,
+        id: str,
+        kind: str,
+        payload: dict[str, Any],
+        max_attempts: int,
+        now: datetime,
+        singleton: bool,
+    ) -> str | None:
+        """Add a job; its id. For a ``singleton`` kind, the id of the pending or running one
+        if any; None when a job with this ``id`` exists already (not a singleton)."""
 
     async def claim_job(self, owner: str, now: datetime, lease_until: datetime) -> Operation | None:
         """Take the lease of the oldest ready job (not started and due, or its lease expired);
         concurrent claimers never get the same job."""
 
     async def renew_job(
-        self, id: str, owner: str, now: datetime, lease_until: datetime, percent: int, checkpoint
+        self,
+        id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        percent: int,
+        checkpoint: dict[str, Any] | None,
     ) -> bool:
         """Extend the lease and record progress; False when the lease was lost."""
 
@@ -226,7 +263,7 @@ class IndexStore(Protocol):
         id: str,
         owner: str,
         now: datetime,
-        results: dict | None,
+        results: dict[str, Any] | None,
         error: str | None,
         retry_at: datetime | None,
     ) -> bool:
@@ -237,7 +274,11 @@ class IndexStore(Protocol):
     async def purge_operations(self, kind: str, before: datetime) -> None:
         """Forget finished jobs of ``kind`` last updated before then."""
 
-    # Extended query tags (see storage/eqt_ops.py). Paths are 8 uppercase hex digits.
+
+class ExtendedTagIndex(Protocol):
+    """Extended query tags (see storage/eqt_ops.py): their definitions, the errors of values
+    that failed validation, and the reindex of instances stored before a tag was added. Paths
+    are 8 uppercase hex digits."""
 
     async def add_extended_tags(
         self,
@@ -263,8 +304,10 @@ class IndexStore(Protocol):
     async def delete_extended_tag(self, path: str) -> None:
         """Remove the tag, its values and its errors."""
 
-    async def extended_tag_errors(self, path: str, offset: int, limit: int) -> list:
-        """Rows (study_uid, series_uid, sop_uid, created, message), in storage order."""
+    async def extended_tag_errors(
+        self, path: str, offset: int, limit: int
+    ) -> list[ExtendedTagError]:
+        """The tag's invalid values, in storage order. Raises NotFound."""
 
     async def reindex_batch(
         self, tag_keys: list[int], after: int, until: int, limit: int
@@ -272,7 +315,8 @@ class IndexStore(Protocol):
         """Index the next instances (versions after ``after``, up to ``until``); returns the
         last version done (None when none were left) and how many."""
 
-    async def count_until(self, version: int) -> int: ...
+    async def count_until(self, version: int) -> int:
+        """How many instances have a version up to ``version``."""
 
     async def settled_version(self) -> int:
         """The highest stored version, read once every store running now has ended: what the
@@ -280,3 +324,20 @@ class IndexStore(Protocol):
         committed by then). May wait as long as the longest running write."""
 
     async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None: ...
+
+
+class IndexStore(
+    IndexLifecycle,
+    Uploads,
+    Instances,
+    InstanceSearch,
+    BlobDeletions,
+    ChangeFeed,
+    AuditSink,
+    FhirCheckpoints,
+    Jobs,
+    ExtendedTagIndex,
+    Protocol,
+):
+    """The whole index, as the backends implement it and the composition root holds it
+    (``urls.open_index``); services take only the parts above that they use."""

@@ -1,24 +1,29 @@
-"""The IndexStore over SQL, for every engine: each method is an operation of ``index_ops``
-handed to the engine's driver (``_read`` or ``_write``)."""
+"""The IndexStore over SQL, for every engine: each method is an operation of ``index_ops`` (or
+``audit_ops``, ``fhir_ops``, ``job_ops``, ``eqt_ops``) handed to the engine's driver (``_read``
+or ``_write``). It implements every index protocol of ``protocols.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from dicomhub.clock import from_micros, to_micros
+from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
 from dicomhub.model import (
     Action,
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
+    ExtendedTagError,
     InstanceId,
     NewInstance,
     Operation,
     Scope,
     StoredInstance,
+    SyncFailure,
+    SyncState,
 )
 from dicomhub.storage import audit_ops as audit
 from dicomhub.storage import eqt_ops as eqt
@@ -46,7 +51,7 @@ class SqlIndex:
         (an engine may run it again from the start, e.g. after a deadlock)."""
         raise NotImplementedError
 
-    async def _rows(self, sql: str, params) -> list:
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return await self._read(st.single, st.rows(sql, *params))
 
     # -- store ---------------------------------------------------------------------------------
@@ -80,7 +85,7 @@ class SqlIndex:
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
         return await self._read(ops.metadata, scope, snapshot=True)
 
-    async def search(self, query: Query, needs: set[str]) -> list[dict]:
+    async def search(self, query: Query, needs: set[str]) -> list[dict[str, Any]]:
         sql, params = search_sql(query, needs, self.dialect)
         return [dict(r) for r in await self._rows(sql, params)]
 
@@ -132,17 +137,39 @@ class SqlIndex:
     # -- background jobs -----------------------------------------------------------------------
 
     async def enqueue_job(
-        self, id: str, kind: str, payload: dict, max_attempts: int, now: datetime, singleton: bool
-    ) -> str:
+        self,
+        id: str,
+        kind: str,
+        payload: dict[str, Any],
+        max_attempts: int,
+        now: datetime,
+        singleton: bool,
+    ) -> str | None:
         return await self._write(jobs.enqueue, id, kind, payload, max_attempts, now, singleton)
 
-    async def claim_job(self, owner: str, now: datetime, lease_until: datetime):
+    async def claim_job(self, owner: str, now: datetime, lease_until: datetime) -> Operation | None:
         return await self._write(jobs.claim, self.dialect, owner, now, lease_until)
 
-    async def renew_job(self, id, owner, now, lease_until, percent, checkpoint) -> bool:
+    async def renew_job(
+        self,
+        id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        percent: int,
+        checkpoint: dict[str, Any] | None,
+    ) -> bool:
         return await self._write(jobs.renew, id, owner, now, lease_until, percent, checkpoint)
 
-    async def finish_job(self, id, owner, now, results, error, retry_at) -> bool:
+    async def finish_job(
+        self,
+        id: str,
+        owner: str,
+        now: datetime,
+        results: dict[str, Any] | None,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> bool:
         return await self._write(jobs.finish, id, owner, now, results, error, retry_at)
 
     async def operation(self, id: str) -> Operation | None:
@@ -164,48 +191,77 @@ class SqlIndex:
 
     # -- FHIR sync -------------------------------------------------------------------------------
 
-    async def claim_fhir_sync(self, target, owner, now, lease_until, start: int) -> int | None:
+    async def claim_fhir_sync(
+        self, target: str, owner: str, now: datetime, lease_until: datetime, start: int
+    ) -> int | None:
         return await self._write(fhir.claim, target, owner, now, lease_until, start)
 
-    async def advance_fhir_sync(self, target, owner, sequence, count, now, lease_until) -> bool:
+    async def advance_fhir_sync(
+        self,
+        target: str,
+        owner: str,
+        sequence: int,
+        count: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> bool:
         return await self._write(fhir.advance, target, owner, sequence, count, now, lease_until)
 
     async def release_fhir_sync(self, target: str, owner: str) -> None:
         await self._write(fhir.release, target, owner)
 
-    async def record_fhir_failure(self, target, sequence, study, error, outcome, now) -> None:
+    async def record_fhir_failure(
+        self,
+        target: str,
+        sequence: int,
+        study: str,
+        error: str,
+        outcome: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
         await self._write(fhir.fail, target, sequence, study, error, outcome, now)
 
-    async def fhir_sync_state(self, target: str) -> fhir.SyncState:
+    async def fhir_sync_state(self, target: str) -> SyncState:
         return await self._read(fhir.state, target)
 
-    async def fhir_failures(self, target: str, offset: int, limit: int) -> list:
+    async def fhir_failures(self, target: str, offset: int, limit: int) -> list[SyncFailure]:
         return await self._read(fhir.failures, target, offset, limit)
 
     # -- extended query tags -------------------------------------------------------------------
 
-    async def add_extended_tags(self, tags, max_tags, operation_id, now, max_attempts) -> str:
+    async def add_extended_tags(
+        self,
+        tags: list[ExtendedTag],
+        max_tags: int,
+        operation_id: str,
+        now: datetime,
+        max_attempts: int,
+    ) -> str:
         return await self._write(eqt.add, tags, max_tags, operation_id, now, max_attempts)
 
-    async def extended_tag(self, path: str):
+    async def extended_tag(self, path: str) -> ExtendedTag:
         return await self._read(eqt.find, path)
 
-    async def extended_tags(self, offset: int, limit: int) -> list:
+    async def extended_tags(self, offset: int, limit: int) -> list[ExtendedTag]:
         return await self._read(eqt.listing, offset, limit)
 
-    async def searchable_tags(self) -> list:
+    async def searchable_tags(self) -> list[ExtendedTag]:
         return await self._read(eqt.searchable)
 
-    async def set_extended_tag_query_status(self, path: str, status: str):
+    async def set_extended_tag_query_status(self, path: str, status: str) -> ExtendedTag:
         return await self._write(eqt.set_query_status, path, status)
 
     async def delete_extended_tag(self, path: str) -> None:
         await self._write(eqt.delete, path)
 
-    async def extended_tag_errors(self, path: str, offset: int, limit: int) -> list:
+    async def extended_tag_errors(
+        self, path: str, offset: int, limit: int
+    ) -> list[ExtendedTagError]:
         return await self._read(eqt.errors, path, offset, limit)
 
-    async def reindex_batch(self, tag_keys, after: int, until: int, limit: int):
+    async def reindex_batch(
+        self, tag_keys: list[int], after: int, until: int, limit: int
+    ) -> tuple[int | None, int]:
         return await self._write(eqt.reindex_batch, tag_keys, after, until, limit)
 
     async def count_until(self, version: int) -> int:

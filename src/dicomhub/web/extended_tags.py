@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dicomhub.clock import from_micros, isoformat
+from dicomhub.clock import isoformat
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.web.common import archive, base_url, json_body, page
 
@@ -50,13 +50,13 @@ async def errors(request: Request) -> JSONResponse:
     return JSONResponse(
         [
             {
-                "studyInstanceUid": r["study_uid"],
-                "seriesInstanceUid": r["series_uid"],
-                "sopInstanceUid": r["sop_uid"],
-                "createdTime": isoformat(from_micros(r["created"])),
-                "errorMessage": r["message"],
+                "studyInstanceUid": e.study,
+                "seriesInstanceUid": e.series,
+                "sopInstanceUid": e.instance,
+                "createdTime": isoformat(e.created),
+                "errorMessage": e.message,
             }
-            for r in found
+            for e in found
         ]
     )
 

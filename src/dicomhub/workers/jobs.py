@@ -21,7 +21,7 @@ from typing import Any
 
 from dicomhub.clock import utcnow
 from dicomhub.model import Operation
-from dicomhub.storage.protocols import IndexStore
+from dicomhub.storage.protocols import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class JobContext:
         self.percent = operation.percent_complete
         self.checkpoint = operation.checkpoint
 
-    def progress(self, percent: int, checkpoint: Any = None) -> None:
+    def progress(self, percent: int, checkpoint: dict[str, Any] | None = None) -> None:
         """Saved with the next lease renewal: where a resumed job goes on from."""
         self.percent = max(0, min(99, percent))
         self.checkpoint = checkpoint
@@ -46,7 +46,7 @@ Handler = Callable[[JobContext], Awaitable[dict | None]]
 class JobRunner:
     def __init__(
         self,
-        index: IndexStore,
+        index: Jobs,
         handlers: dict[str, Handler],
         lease: float = 30.0,
         poll: float = 2.0,

@@ -1,0 +1,73 @@
+"""The index seams (storage/protocols.py): every backend has every method of every protocol, with
+the protocol's parameters; the layers above storage see it only through those protocols."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+import dicomhub
+from dicomhub.storage import protocols
+from dicomhub.storage.postgres_index import PostgresIndex
+from dicomhub.storage.sqlite_index import SqliteIndex
+
+CONCERNS = [
+    protocols.IndexLifecycle,
+    protocols.Uploads,
+    protocols.Instances,
+    protocols.InstanceSearch,
+    protocols.BlobDeletions,
+    protocols.ChangeFeed,
+    protocols.AuditSink,
+    protocols.FhirCheckpoints,
+    protocols.Jobs,
+    protocols.ExtendedTagIndex,
+]
+
+
+def methods(protocol: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(value)
+        for name, value in vars(protocol).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+
+
+def test_the_index_store_is_every_concern_and_nothing_else():
+    assert set(protocols.IndexStore.__mro__) >= set(CONCERNS)
+    assert methods(protocols.IndexStore) == {}  # no method outside a concern
+    names = [name for protocol in CONCERNS for name in methods(protocol)]
+    assert len(names) == len(set(names))  # each method in one concern
+
+
+@pytest.mark.parametrize("backend", [SqliteIndex, PostgresIndex])
+@pytest.mark.parametrize("protocol", CONCERNS, ids=lambda p: p.__name__)
+def test_backends_implement_each_concern(backend, protocol):
+    for name, wanted in methods(protocol).items():
+        found = getattr(backend, name, None)
+        assert found is not None, f"{backend.__name__} has no {name}"
+        assert inspect.iscoroutinefunction(found) == inspect.iscoroutinefunction(
+            getattr(protocol, name)
+        ), name
+        assert list(inspect.signature(found).parameters) == list(wanted.parameters), name
+    for name in vars(protocol).get("__annotations__", {}):  # attributes (``shared``)
+        assert hasattr(backend, name), f"{backend.__name__} has no {name}"
+
+
+def test_the_archive_sees_storage_only_through_its_protocols():
+    root = Path(dicomhub.__file__).parent
+    for package in ("archive", "workers", "web", "dimse", "fhir"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                for module in modules:
+                    if module.startswith("dicomhub.storage."):
+                        assert module.startswith("dicomhub.storage.protocols"), (path, module)
