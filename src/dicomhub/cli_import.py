@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from dicomhub import cli_client
 from dicomhub.cli_client import URL_ENV, Refused, Unreachable
 from dicomhub.import_progress import Progress, Tally, write_summary
-from dicomhub.import_sources import Item, meta_element, plan, read
+from dicomhub.import_sources import Item, plan, read, sop_instance_uid
 from dicomhub.import_stow import DUPLICATE, STORED, Sender
 
 DEFAULT_URL = "http://127.0.0.1:8080/v2"
@@ -223,7 +223,7 @@ class _Import:
 
     def _batches(self, todo: list[Item]) -> Iterator[list[tuple[Item, bytes, str]]]:
         """Files in requests of at most --batch files and --batch-mb megabytes, and never two
-        with one Media Storage SOP Instance UID (see import_stow.per_part)."""
+        with one SOP Instance UID (see import_stow.per_part)."""
         most = self.args.batch_mb * 1e6
         batch: list[tuple[Item, bytes, str]] = []
         size, uids = 0, set()
@@ -233,7 +233,7 @@ class _Import:
             if data is None:
                 self.tally.skip(item, why)
                 continue
-            uid = meta_element(data, 0x0003)
+            uid = sop_instance_uid(data)
             full = len(batch) >= self.args.batch or size + len(data) > most
             if batch and (full or (uid and uid in uids)):
                 yield batch
@@ -254,8 +254,8 @@ class _Import:
                     continue
                 if batch is None:
                     return
-                items, parts, _ = zip(*batch, strict=True)
-                outcomes = sender.send(list(parts))
+                items, parts, uids = zip(*batch, strict=True)
+                outcomes = sender.send(list(parts), list(uids))
                 self.tally.record(items, outcomes)
                 pairs = zip(items, outcomes, strict=True)
                 self.state.add([i.key for i, o in pairs if o.kind in (STORED, DUPLICATE)])

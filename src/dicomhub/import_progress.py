@@ -131,7 +131,7 @@ def write_summary(tally: Tally, state: Path, kept: bool, out: TextIO) -> None:
     for title, groups in _lists(tally):
         for reason, names in sorted(groups.items()):
             print(f"{title}: {reason}: {len(names)} file(s)", file=out)
-            for name in names[:LISTED]:
+            for name in sorted(names)[:LISTED]:
                 print(f"  {name}", file=out)
             if len(names) > LISTED:
                 print(f"  ... and {len(names) - LISTED} more, listed in {listing}", file=out)
@@ -144,7 +144,7 @@ def _write_listing(tally: Tally, path: Path) -> None:
     with open(path, "w") as f:
         for title, groups in _lists(tally):
             for reason, names in sorted(groups.items()):
-                f.writelines(f"{title}\t{reason}\t{name}\n" for name in names)
+                f.writelines(f"{title}\t{reason}\t{name}\n" for name in sorted(names))
 
 
 def _lists(tally: Tally) -> tuple[tuple[str, dict[str, list[str]]], ...]:

@@ -13,6 +13,8 @@ Archives are told by their name (``.zip``; ``.tar``, ``.tar.gz``, ``.tgz``, ``.t
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import struct
 import tarfile
@@ -200,3 +202,36 @@ def meta_element(data: bytes, element: int) -> str | None:
             return data[at : at + length].rstrip(b"\x00 ").decode("ascii", "replace")
         at += length
     return None
+
+
+def sop_instance_uid(data: bytes) -> str:
+    """The data set's SOP Instance UID (0008,0018), which the server answers with (the meta
+    group's may differ); "" when there is none. Found by its tag's bytes, early in the data
+    set (group 0008 comes first), so that no file needs parsing; pydicom reads the rare file
+    where that fails (deflated, unusual)."""
+    for tag, order in ((b"\x08\x00\x18\x00", "<"), (b"\x00\x08\x00\x18", ">")):
+        at = data.find(tag, 132 if data[128:132] == b"DICM" else 0)
+        if at < 0:
+            continue
+        if data[at + 4 : at + 6] == b"UI":
+            (length,) = struct.unpack_from(order + "H", data, at + 6)
+            value = data[at + 8 : at + 8 + length]
+        else:  # Implicit VR Little Endian
+            (length,) = struct.unpack_from("<L", data, at + 4)
+            value = data[at + 8 : at + 8 + min(length, 64)]
+        uid = value.rstrip(b"\x00 ")
+        if 0 < len(uid) <= 64 and not uid.strip(b"0123456789."):
+            return uid.decode("ascii")
+    return _parsed_uid(data)
+
+
+def _parsed_uid(data: bytes) -> str:
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE  # the server judges
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        return str(ds.get("SOPInstanceUID", "")).rstrip("\x00 ")
+    except Exception:
+        return ""

@@ -10,10 +10,8 @@ is asked again for a while; a request refused as a whole for who sends it or whe
 from __future__ import annotations
 
 import http.client
-import io
 import threading
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -61,8 +59,8 @@ class Sender:
         self.stop, self.reached = stop, reached
         self.connection: http.client.HTTPConnection | None = None
 
-    def send(self, parts: list[bytes]) -> list[Outcome]:
-        """The outcome of each part, in order."""
+    def send(self, parts: list[bytes], uids: list[str]) -> list[Outcome]:
+        """The outcome of each part, in order; ``uids`` are their SOP Instance UIDs."""
         boundary = new_boundary()
         chunks = []
         for part in parts:
@@ -71,7 +69,7 @@ class Sender:
         content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
         status, answer = self._post(b"".join(chunks), content_type)
         if status in ANSWERED and isinstance(answer, dict):
-            return per_part(answer, parts)
+            return per_part(answer, uids)
         if status in STOPPING:
             raise Refused(f"{status} {detail(answer)}")
         return [Outcome(REFUSED, f"HTTP {status}: {detail(answer)}")] * len(parts)
@@ -110,41 +108,26 @@ class Sender:
             self.connection = None
 
 
-def per_part(answer: dict, parts: list[bytes]) -> list[Outcome]:
+def per_part(answer: dict, uids: list[str]) -> list[Outcome]:
     """Each part's outcome from the answer's Referenced and Failed SOP Sequences, matched by
-    the data set's SOP Instance UID (the answer lists the stored and the failed apart, not in
-    part order; a request never holds two parts with one UID, or which is which could not be
-    told). Parts the server could not name take its unnamed answers, in order."""
+    the SOP Instance UID of each part (``uids``: the answer lists the stored and the failed
+    apart, not in part order, so a request never holds two parts with one UID: which is which
+    could not be told). Parts the server could not name take its unnamed answers, in order."""
     stored = answer.get("00081199", {}).get("Value") or []
     failed = answer.get("00081198", {}).get("Value") or []
-    if not failed and len(stored) == len(parts) and not any("00081196" in i for i in stored):
-        return [Outcome(STORED)] * len(parts)  # the common case: no part to read
+    if not failed and len(stored) == len(uids) and not any("00081196" in i for i in stored):
+        return [Outcome(STORED)] * len(uids)  # the common case
     said: dict[str, list[Outcome]] = defaultdict(list)
     for item in stored:
         said[_text(item, "00081155")].append(Outcome(STORED, _warning(item)))
     for item in failed:
         said[_text(item, "00081155")].append(_failure(item))
-    uids = [sop_instance_uid(part) for part in parts]
     out = [said[uid].pop(0) if uid and said.get(uid) else None for uid in uids]
     unnamed = said.pop("", []) + [outcome for outcomes in said.values() for outcome in outcomes]
     for i, outcome in enumerate(out):
         if outcome is None:  # unreadable: the server could not name it either
             out[i] = unnamed.pop(0) if unnamed else Outcome(REFUSED, "not in the server's answer")
     return out
-
-
-def sop_instance_uid(part: bytes) -> str:
-    """The data set's (what the server answers with; the meta group's may differ), "" when
-    unreadable. Read only for an answer that is not all stored."""
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True, force=True)
-        return str(ds.get("SOPInstanceUID", "")).rstrip("\x00 ")
-    except Exception:
-        return ""
 
 
 def _text(item: dict, tag: str) -> str:
