@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import re
 import shutil
 import signal
@@ -231,3 +232,34 @@ def test_the_token_comes_from_a_file_or_the_environment_and_401_403_exit_2(tmp_p
             assert summary(writer.stdout)["stored"] == 1
     finally:
         issuer.server.shutdown()
+
+
+def test_on_a_terminal_a_bar_is_redrawn_in_place(server, tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for f in storable_files()[:20]:
+        (folder / f.name).write_bytes(f.data)
+    primary, secondary = pty.openpty()  # stderr is a terminal; stdout is not
+    run = subprocess.run(
+        [sys.executable, "-m", "dicomhub", "import", "--url", server, "--batch", "2", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        cwd=tmp_path,
+        env=ENV,
+        timeout=120,
+    )
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(primary)
+    assert run.returncode == 0, run.stdout
+    text = shown.decode()
+    assert text.count("\r") >= 2 and "\x1b[K" in text and text.endswith("\n")
+    assert re.search(r"\[#{30}\] 20/20 files +\S+/\S+ MB +[\d,]+ instances/s +ETA 0:00", text)
