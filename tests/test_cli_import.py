@@ -263,3 +263,18 @@ def test_on_a_terminal_a_bar_is_redrawn_in_place(server, tmp_path):
     text = shown.decode()
     assert text.count("\r") >= 2 and "\x1b[K" in text and text.endswith("\n")
     assert re.search(r"\[#{30}\] 20/20 files +\S+/\S+ MB +[\d,]+ instances/s +ETA 0:00", text)
+
+
+def test_straight_into_a_data_folder_that_no_server_is_using(tmp_path):
+    root, sops = media(tmp_path)
+    data = tmp_path / "served"
+    run = dicomhub_import("--data-dir", str(data), str(root), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert summary(run.stdout)["stored"] == len(sops)
+    with running_server(data) as (url, _):  # what a server then serves from that folder
+        assert sorted(stored_instances(url)) == sorted(sops)
+        busy = dicomhub_import("--data-dir", str(data), str(root), cwd=tmp_path)
+        assert busy.returncode == 1
+        assert f"another dicomhub serve is using {data}" in busy.stderr
+    again = dicomhub_import("--data-dir", str(data), str(root), cwd=tmp_path)
+    assert summary(again.stdout)["duplicates"] == len(sops)

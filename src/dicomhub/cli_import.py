@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dicomhub import cli_client
-from dicomhub.cli_client import URL_ENV, Refused, Unreachable
+from dicomhub.cli_client import URL_ENV, Refused
 from dicomhub.import_progress import Progress, Tally, write_summary
 from dicomhub.import_sources import Item, plan, read, sop_instance_uid
 from dicomhub.import_stow import DUPLICATE, STORED, Sender
@@ -44,11 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files, folders (walked recursively), ZIP or tar files (.zip, .tar, .tar.gz, "
         ".tgz, .tar.bz2, .tar.xz), DICOMDIR files",
     )
-    parser.add_argument(
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
         "--url",
         default=os.environ.get(URL_ENV, DEFAULT_URL),
         help="the server's DICOMweb root (a server root with no path gets /v2) "
         f"[env {URL_ENV}; default {DEFAULT_URL}]",
+    )
+    target.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="instead of a server: store straight into this data folder (no server may be "
+        "using it; the other settings come from DICOMHUB_* variables, as for serve)",
     )
     cli_client.add_token_argument(parser)
     parser.add_argument(
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         items = plan(args.paths)
     except FileNotFoundError as exc:
         return cli_client.usage("import", f"no such file or folder: {exc}")
+    if args.data_dir:
+        url = "file://" + os.path.abspath(args.data_dir)
     state = State(Path(args.state or default_state(url, args.paths)))
     todo = [item for item in items if item.key not in state.done]
     tally = Tally(total_files=len(todo), total_bytes=sum(i.size for i in todo))
@@ -101,7 +110,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     job = _Import(url, headers, args, tally, state)
-    status = job.run(todo)
+    if args.data_dir:
+        from dicomhub.import_local import LocalArchive  # the archive's code: only loaded here
+
+        job.local = LocalArchive(args.data_dir)
+    try:
+        status = job.run(todo)
+    finally:
+        if job.local is not None:
+            job.local.close()
     state.close(remove=status == DONE)
     write_summary(tally, state.path, status != DONE, sys.stdout)
     return status
@@ -162,6 +179,7 @@ class _Import:
         self.batches: queue.Queue = queue.Queue(maxsize=2 * args.parallel)
         self.errors: list[Exception] = []
         self.reached = threading.Event()
+        self.local = None  # import_local.LocalArchive, with --data-dir
 
     def run(self, todo: list[Item]) -> int:
         threads = [threading.Thread(target=self._read, args=(todo,), daemon=True)]
@@ -245,7 +263,10 @@ class _Import:
             yield batch
 
     def _send(self) -> None:
-        sender = Sender(self.url, self.headers, self.stop, self.reached)
+        if self.local is not None:
+            sender = self.local.sender()
+        else:
+            sender = Sender(self.url, self.headers, self.stop, self.reached)
         try:
             while not self.stop.is_set():
                 try:
@@ -259,7 +280,7 @@ class _Import:
                 self.tally.record(items, outcomes)
                 pairs = zip(items, outcomes, strict=True)
                 self.state.add([i.key for i, o in pairs if o.kind in (STORED, DUPLICATE)])
-        except (Refused, Unreachable) as exc:
+        except Exception as exc:  # Refused, Unreachable, or the local archive's: stop
             self.errors.append(exc)
             self.stop.set()
         finally:

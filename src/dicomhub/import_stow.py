@@ -136,18 +136,25 @@ def _text(item: dict, tag: str) -> str:
 
 
 def _failure(item: dict) -> Outcome:
-    code = int(_text(item, "00081197") or 0)
-    if code == stow.SOP_INSTANCE_ALREADY_EXISTS:
-        return Outcome(DUPLICATE)
-    comment = _text(item, "00000902")
-    reason = f"0x{code:04X} {FAILURES.get(code, 'failure')}"
-    return Outcome(REFUSED, f"{reason}: {comment}" if comment else reason)
+    return failure(int(_text(item, "00081197") or 0), _text(item, "00000902"))
 
 
 def _warning(item: dict) -> str | None:
     if "00081196" not in item:
         return None
-    code = int(_text(item, "00081196") or 0)
     comments = [_text(c, "00000902") for c in item.get("00741048", {}).get("Value") or []]
+    return warning(int(_text(item, "00081196") or 0), comments)
+
+
+def failure(code: int, comment: str | None) -> Outcome:
+    """A FailureReason and its comment as told to the user; 0xB00E is a duplicate."""
+    if code == stow.SOP_INSTANCE_ALREADY_EXISTS:
+        return Outcome(DUPLICATE)
+    reason = f"0x{code:04X} {FAILURES.get(code, 'failure')}"
+    return Outcome(REFUSED, f"{reason}: {comment}" if comment else reason)
+
+
+def warning(code: int, comments: list[str]) -> str:
+    """A WarningReason and its comments as told to the user."""
     reason = f"0x{code:04X} {WARNINGS.get(code, 'warning')}"
     return f"{reason}: {'; '.join(comments)}" if comments else reason
