@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         items = plan(args.paths)
     except FileNotFoundError as exc:
         return cli_client.usage("import", f"no such file or folder: {exc}")
+    except KeyboardInterrupt:  # while listing the files: nothing sent yet
+        return INTERRUPTED
     if args.data_dir:
         url = "file://" + os.path.abspath(args.data_dir)
     state = State(Path(args.state or default_state(url, args.paths)))
