@@ -113,6 +113,7 @@ def write_summary(tally: Tally, state: Path, kept: bool, out: TextIO) -> None:
     state when there are many)."""
     rate, seconds, _ = tally.rates()
     warned = _count(tally.warned)
+    kept = kept and state.exists()  # nothing acknowledged yet: nothing to resume from
     lines = [
         ("stored", f"{tally.stored}" + (f" ({warned} with warnings)" if warned else "")),
         ("duplicates", tally.duplicates),
