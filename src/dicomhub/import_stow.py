@@ -3,8 +3,9 @@ request over one persistent connection, and what the answer says of each file.
 
 The standard library's ``http.client`` is enough, and keeps the command free of a runtime
 dependency. A server that fails (5xx, 503 while its database restarts) or drops the connection
-is asked again for a while; a request refused as a whole for who sends it or where (401, 403,
-404, 405) stops the import, since every other request would be refused alike.
+is asked again for a while (not one whose storage is full: 507); a request refused as a whole
+for who sends it or where (401, 403, 404, 405) stops the import, since every other request
+would be refused alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_heade
 STORED, DUPLICATE, REFUSED = "stored", "duplicate", "refused"
 ANSWERED = (stow.STATUS_OK, stow.STATUS_ACCEPTED, stow.STATUS_CONFLICT)
 STOPPING = (401, 403, 404, 405)
+INSUFFICIENT_STORAGE = 507
 RETRY_FOR = 60.0  # seconds a failing server is asked again before the import gives up
 WARNINGS = {
     stow.ATTRIBUTES_DROPPED: "attributes left out of the index",
@@ -90,6 +92,8 @@ class Sender:
                 if status < 500:
                     return status, json_or_text(answer)
                 problem = f"{status} {detail(json_or_text(answer))}"
+                if status == INSUFFICIENT_STORAGE:  # a full disk: asking again will not help
+                    raise Unreachable(problem)
                 wait = float(retry_after) if retry_after.isdigit() else delay
             if time.monotonic() + wait > deadline or self.stop.wait(wait):
                 raise Unreachable(problem)
