@@ -104,6 +104,20 @@ def _parser() -> argparse.ArgumentParser:
             allow_abbrev=False,  # --token is not --token-file: no flag carries the token
         )
     )
+    from dicomhub import cli_import
+
+    cli_import.add_arguments(
+        commands.add_parser(
+            "import",
+            help="import DICOM files into a running server over STOW-RS (an HTTP client)",
+            description="Send files, folders (recursively), ZIP and tar files and DICOMDIR "
+            "media to a running dicomhub server (STOW-RS), in parallel and resumably, and "
+            "print what was stored, already there, refused or skipped. Exit status: 0 all "
+            "stored or already there, 1 some refused or the server unreachable, 2 bad command "
+            "line or requests refused by the server (401, 403), 130 interrupted.",
+            allow_abbrev=False,  # --token is not --token-file: no flag carries the token
+        )
+    )
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _settings_flags(db)
@@ -170,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         from dicomhub import cli_export
 
         sys.exit(cli_export.run(args))
+    if args.command == "import":
+        from dicomhub import cli_import
+
+        sys.exit(cli_import.run(args))
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
     os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes

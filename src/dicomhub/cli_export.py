@@ -20,22 +20,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, TextIO
 
+from dicomhub import cli_client
+from dicomhub.cli_client import URL_ENV, Refused, Unreachable, bar, detail, json_or_text
 from dicomhub.dicom.deidentify import OPTION_NAMES
 
-TOKEN_ENV = "DICOMHUB_TOKEN"
-URL_ENV = "DICOMHUB_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
 API = "/v2"
 COMPLETED, FAILED, REFUSED = 0, 1, 2
 UNREACHABLE_FOR = 60.0  # seconds of failed polls (a server restarting) before giving up
-BAR = 30  # characters of the progress bar
-
-
-class Refused(Exception):
-    """The request was refused (4xx); the message is the problem document's detail."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(URL_ENV, DEFAULT_URL),
         help=f"the running dicomhub server [env {URL_ENV}; default {DEFAULT_URL}]",
     )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help=f"file holding the bearer token, when the server needs one [else env {TOKEN_ENV}]",
-    )
+    cli_client.add_token_argument(parser)
     parser.add_argument(
         "--deidentify",
         action="store_true",
@@ -111,15 +101,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        try:
-            text = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise SystemExit(f"dicomhub export: cannot read --token-file: {exc.strerror}") from exc
-        if not text:
-            raise SystemExit(f"dicomhub export: the token file {args.token_file} is empty")
-        return text
-    return os.environ.get(TOKEN_ENV) or None
+    return cli_client.token(args.token_file, "export")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.poll_interval <= 0:
         return _usage("--poll-interval must be positive")
     bearer = token(args)
-    headers = {"Accept": "application/json"}
-    if bearer:
-        headers["Authorization"] = f"Bearer {bearer}"
+    headers = {"Accept": "application/json", **cli_client.auth_headers(bearer)}
     base = args.url.rstrip("/") + API
     http = _Http(headers)
     try:
@@ -157,12 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _usage(message: str) -> int:
-    print(f"dicomhub export: error: {message} (see dicomhub export --help)", file=sys.stderr)
-    return REFUSED
-
-
-class Unreachable(Exception):
-    """The server could not be reached, or failed (5xx)."""
+    return cli_client.usage("export", message)
 
 
 class _Http:
@@ -177,22 +152,22 @@ class _Http:
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, _json(response.read())
+                return response.status, json_or_text(response.read())
         except urllib.error.HTTPError as exc:
-            status, answer = exc.code, _json(exc.read())
+            status, answer = exc.code, json_or_text(exc.read())
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(str(exc) or exc.__class__.__name__) from exc
         if status >= 500:
-            raise Unreachable(f"{status} {_detail(answer)}")
+            raise Unreachable(f"{status} {detail(answer)}")
         return status, answer
 
 
 def _start(http: _Http, base: str, body: dict) -> str:
     status, answer = http.call("POST", f"{base}/export", body)
     if 400 <= status < 500:
-        raise Refused(f"{status} {_detail(answer)}")
+        raise Refused(f"{status} {detail(answer)}")
     if status != 202:
-        raise Unreachable(f"{status} {_detail(answer)}")
+        raise Unreachable(f"{status} {detail(answer)}")
     return answer["id"]
 
 
@@ -215,7 +190,7 @@ def _follow(http: _Http, href: str, interval: float, err: TextIO) -> dict:
             continue
         if 400 <= status < 500:
             show.end()
-            raise Refused(f"{status} {_detail(state)}")
+            raise Refused(f"{status} {detail(state)}")
         show.update(state)
         if status == 200:
             show.end()
@@ -238,10 +213,9 @@ class _Progress:
         exported, skipped = results.get("exported", 0), results.get("skipped", 0)
         shown = (state.get("status"), percent, exported, skipped)
         if self.tty:
-            done = BAR * percent // 100
-            bar = "#" * done + "-" * (BAR - done)
             self.out.write(
-                f"\r[{bar}] {percent:3d}%  exported {exported}  skipped {skipped}  {shown[0]}\x1b[K"
+                f"\r{bar(percent / 100)} {percent:3d}%  exported {exported}  "
+                f"skipped {skipped}  {shown[0]}\x1b[K"
             )
         elif shown != self.last:
             self.out.write(
@@ -267,17 +241,3 @@ def _report(state: dict, out: TextIO) -> None:
         ("errors.log", results.get("errorHref", "-")),
     ):
         print(f"{name:<11}{value}", file=out)
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return data.decode("utf-8", "replace")[:500]
-
-
-def _detail(answer: Any) -> str:
-    """What a problem document (or any answer) says."""
-    if isinstance(answer, dict):
-        return str(answer.get("detail") or answer.get("title") or answer)
-    return str(answer)[:500]
