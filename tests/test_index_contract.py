@@ -296,8 +296,8 @@ def test_a_change_feed_entry_is_never_overtaken():
     other may be what it depends on (e.g. the delete of the instance it stores again)."""
     import asyncpg
 
+    from dicomhub.storage.instance_ops import INSERT_CHANGE
     from dicomhub.storage.postgres_index import numbered
-    from dicomhub.storage.sql_queries import INSERT_CHANGE
 
     items = [new_instance(instance(uid(4), uid(4, 1), uid(4, 1, n))) for n in range(3)]
     with index_database("postgresql") as url:

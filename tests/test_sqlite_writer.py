@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from dicomhub.errors import AlreadyExists, Unavailable
-from dicomhub.storage import index_ops
+from dicomhub.storage import instance_ops
 from dicomhub.storage.sqlite_writer import WriterService, _frame
 from dicomhub.storage.urls import open_index
 from tests.synthetic import instance, uid
@@ -82,7 +82,7 @@ def test_another_user_is_refused(writer):
                 s.connect(service.address)
                 try:
                     # a well-formed request, which the writer would run for its own user
-                    s.sendall(_frame((0, index_ops.reserve_versions, ("Microsoft.Default", 1))))
+                    s.sendall(_frame((0, instance_ops.reserve_versions, ("Microsoft.Default", 1))))
                     code = 0 if s.recv(1) == b"" else 2
                 except ConnectionError:  # hung up already
                     code = 0

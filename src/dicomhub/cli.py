@@ -398,7 +398,7 @@ async def _work(settings: Settings, command: str) -> None:
     SIGTERM or SIGINT; job work cut off mid-way is taken over by another node once its lease
     runs out."""
     from dicomhub.workers.background import run_background
-    from dicomhub.workers.fhir import run_fhir_sync
+    from dicomhub.workers.fhir_sync import run_fhir_sync
 
     archive = build_archive(settings)
     await archive.start(recover=False)

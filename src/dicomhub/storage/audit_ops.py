@@ -1,4 +1,4 @@
-"""The audit log in the index (operations of ``index_ops``'s kind, SQL kept as data)."""
+"""The audit log in the index (operations of ``instance_ops``'s kind, SQL kept as data)."""
 
 from __future__ import annotations
 

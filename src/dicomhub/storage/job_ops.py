@@ -1,4 +1,4 @@
-"""Background jobs in the index (operations of ``index_ops``'s kind, SQL kept as data).
+"""Background jobs in the index (operations of ``instance_ops``'s kind, SQL kept as data).
 
 A job is ready when it has not started and its time has come, or when it is running under a
 lease that ran out (its worker died). Claiming takes the lease; renewing it proves the worker

@@ -1,6 +1,6 @@
 """A store's commit on PostgreSQL in one round trip, in the common case.
 
-``dicomhub_store`` (migration 0007) runs the steps of ``index_ops.commit`` in one statement, so
+``dicomhub_store`` (migration 0007) runs the steps of ``instance_ops.commit`` in one statement, so
 in a transaction of its own; what needs Python comes in as arguments, computed here: the study's
 and series' matching columns and side rows (from their documents, cached), and the values of the
 extended query tags (for the tags this process last read). The documents are merged into those
@@ -26,8 +26,8 @@ from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, StoreAbandoned, Unavailable
 from dicomhub.model import InstanceId, NewInstance
-from dicomhub.storage import eqt_ops
-from dicomhub.storage.index_ops import instance_values, level_fields
+from dicomhub.storage import extended_tags_ops
+from dicomhub.storage.instance_ops import instance_values, level_fields
 
 STORE = "SELECT dicomhub_store(" + ", ".join(f"${n}" for n in range(1, 36)) + ")"
 STORE_EACH = "SELECT dicomhub_store_each($1::dicomhub_store_args[])"
@@ -180,7 +180,7 @@ def _tag_values(tags: list[ExtendedTag], instance: NewInstance) -> tuple:
     error_tags, errors, rows = [], [], []
     if tags:
         js = json.loads(instance.metadata)
-        for tag, found, problem in eqt_ops.assess(tags, js, instance.invalid):
+        for tag, found, problem in extended_tags_ops.assess(tags, js, instance.invalid):
             if problem is not None:
                 error_tags.append(tag.key)
                 errors.append(problem)

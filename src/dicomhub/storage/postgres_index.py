@@ -23,8 +23,8 @@ import asyncpg
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.errors import Unavailable
 from dicomhub.model import NewInstance
-from dicomhub.storage import eqt_ops as eqt
-from dicomhub.storage import index_ops as ops
+from dicomhub.storage import extended_tags_ops as eqt
+from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import migrations, pg_commit
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import POSTGRES

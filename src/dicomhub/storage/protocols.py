@@ -189,7 +189,7 @@ class ChangeFeed(Protocol):
 
 
 class FhirCheckpoints(Protocol):
-    """FHIR sync state (see storage/fhir_ops.py): a checkpoint and a lease per FHIR server, and
+    """FHIR sync state (see storage/fhir_sync_ops.py): a checkpoint and a lease per FHIR server, and
     the changes it refused."""
 
     async def claim_fhir_sync(
@@ -276,9 +276,9 @@ class Jobs(Protocol):
 
 
 class ExtendedTagIndex(Protocol):
-    """Extended query tags (see storage/eqt_ops.py): their definitions, the errors of values
-    that failed validation, and the reindex of instances stored before a tag was added. Paths
-    are 8 uppercase hex digits."""
+    """Extended query tags (see storage/extended_tags_ops.py): their definitions, the errors of
+    values that failed validation, and the reindex of instances stored before a tag was added.
+    Paths are 8 uppercase hex digits."""
 
     async def add_extended_tags(
         self,

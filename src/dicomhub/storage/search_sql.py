@@ -11,7 +11,7 @@ from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Condition, Match, Query
 from dicomhub.dicom.search_keys import Kind
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.sql_queries import uid_clauses
+from dicomhub.storage.instance_ops import uid_clauses
 
 ALIAS = {Level.STUDY: "st", Level.SERIES: "se", Level.INSTANCE: "i"}
 _FROM = {

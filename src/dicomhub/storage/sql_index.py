@@ -1,6 +1,9 @@
-"""The IndexStore over SQL, for every engine: each method is an operation of ``index_ops`` (or
-``audit_ops``, ``fhir_ops``, ``job_ops``, ``eqt_ops``) handed to the engine's driver (``_read``
-or ``_write``). It implements every index protocol of ``protocols.py``."""
+"""The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
+(or ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``) handed to the engine's
+driver (``_read`` or ``_write``), or one of their statements read as it is. It implements every
+index protocol of ``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations
+and the declared schema), each concept's statements with its operations in ``<concept>_ops``,
+QIDO's generated statements in ``search_sql``; ``statements`` runs operations and holds none."""
 
 from __future__ import annotations
 
@@ -26,11 +29,10 @@ from dicomhub.model import (
     SyncState,
 )
 from dicomhub.storage import audit_ops as audit
-from dicomhub.storage import eqt_ops as eqt
-from dicomhub.storage import fhir_ops as fhir
-from dicomhub.storage import index_ops as ops
+from dicomhub.storage import extended_tags_ops as eqt
+from dicomhub.storage import fhir_sync_ops as fhir
+from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
-from dicomhub.storage import sql_queries as q
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
@@ -73,13 +75,13 @@ class SqlIndex:
         return await self._write(ops.abandon, version)
 
     async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
-        found = await self._rows(q.STALE_UPLOADS, (to_micros(started_before),))
+        found = await self._rows(ops.STALE_UPLOADS, (to_micros(started_before),))
         return [(r["version"], r["partition_name"]) for r in found]
 
     # -- read ----------------------------------------------------------------------------------
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:
-        sql, params = q.scoped(q.SELECT_INSTANCES, scope)
+        sql, params = ops.scoped(ops.SELECT_INSTANCES, scope)
         return [_stored(r) for r in await self._rows(sql, params)]
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
@@ -99,15 +101,15 @@ class SqlIndex:
         return await self._write(ops.delete, self.dialect, scope, cleanup_after)
 
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
-        found = await self._rows(q.DUE_BLOB_DELETIONS, (to_micros(now), limit))
+        found = await self._rows(ops.DUE_BLOB_DELETIONS, (to_micros(now), limit))
         return [(r["id"], r["blob_key"]) for r in found]
 
     async def finish_blob_deletions(self, ids: list[int]) -> None:
         if ids:
-            await self._write(st.single, st.many(q.FINISH_BLOB_DELETION, [(i,) for i in ids]))
+            await self._write(st.single, st.many(ops.FINISH_BLOB_DELETION, [(i,) for i in ids]))
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
-        await self._write(st.single, st.run(q.RETRY_BLOB_DELETION, to_micros(not_before), id))
+        await self._write(st.single, st.run(ops.RETRY_BLOB_DELETION, to_micros(not_before), id))
 
     # -- change feed ---------------------------------------------------------------------------
 
@@ -121,16 +123,16 @@ class SqlIndex:
         include_metadata: bool = True,
     ) -> list[ChangeFeedEntry]:
         if by_sequence:
-            sql, params = q.CHANGEFEED_BY_SEQUENCE, (offset, offset + limit)
+            sql, params = ops.CHANGEFEED_BY_SEQUENCE, (offset, offset + limit)
         else:
             lo = to_micros(start) if start else -(2**62)
             hi = to_micros(end) if end else 2**62
-            sql, params = q.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
+            sql, params = ops.CHANGEFEED_BY_TIME, (lo, hi, limit, offset)
         sql = sql.format(metadata="i.metadata" if include_metadata else "NULL")
         return [_entry(r) for r in await self._read(ops.changes, self.dialect, sql, params)]
 
     async def latest_change(self, include_metadata: bool = True) -> ChangeFeedEntry | None:
-        sql = q.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
+        sql = ops.CHANGEFEED_LATEST.format(metadata="i.metadata" if include_metadata else "NULL")
         found = await self._read(ops.changes, self.dialect, sql, ())
         return _entry(found[0]) if found else None
 

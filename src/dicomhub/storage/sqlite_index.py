@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomhub.errors import InsufficientStorage, Unavailable
-from dicomhub.storage import index_ops as ops
+from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import migrations
 from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE

@@ -4,7 +4,7 @@ SQLite takes one write transaction at a time per file. N processes each writing 
 turns on the file (and each re-read what the others changed, and sync its own small batches);
 instead the supervisor process owns the only writer (``WriterService``: the index's group
 commit, run on a thread of its own) and the server processes send it their write operations
-(``RemoteWriter``) over a Unix socket: the operation (a function of ``index_ops`` and its
+(``RemoteWriter``) over a Unix socket: the operation (a function of ``instance_ops`` and its
 arguments) goes in, its result or error comes back. Reads stay in each process (WAL readers).
 
 The socket lives in a private folder (mode 0700) and the service checks that each peer runs

@@ -1,5 +1,5 @@
 """Statements as data: an index operation is a generator that yields ``Stmt``s and receives
-each one's result, so one operation runs on any engine's driver (see index_ops)."""
+each one's result, so one operation runs on any engine's driver (see instance_ops)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.model import JobType
 from dicomhub.settings import Settings
-from dicomhub.workers.fhir import run_fhir_sync
+from dicomhub.workers.fhir_sync import run_fhir_sync
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 
 KEEP_CLEANUP_OPERATIONS = timedelta(days=1)

@@ -298,7 +298,7 @@ $$;
 
 -- An instance's values of extended query tags at one level (1 study, 2 series, 3 instance),
 -- picked from the arrays by p_level: per tag, they replace the owner's values unless a newer
--- instance gave those (as eqt_ops._index does).
+-- instance gave those (as extended_tags_ops._index does).
 CREATE FUNCTION dicomhub_index_values(
     p_level integer, p_owner bigint, p_version bigint, p_tags bigint[], p_levels integer[],
     p_kinds bigint[], p_texts text[], p_numbers double precision[]
@@ -326,7 +326,7 @@ END
 $$;
 
 -- A store's commit in one statement, so in one round trip and a transaction of its own (see
--- storage/pg_commit.py, and index_ops.commit for the same steps on SQLite): end the upload,
+-- storage/pg_commit.py, and instance_ops.commit for the same steps on SQLite): end the upload,
 -- find or add the study and series, add the instance, count it, merge the study's and series'
 -- documents, index the extended query tags, write the change-feed entry. Nothing is written
 -- when it raises:

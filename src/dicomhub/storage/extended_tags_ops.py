@@ -1,4 +1,4 @@
-"""Extended query tags in the index (operations of ``index_ops``'s kind, SQL kept as data).
+"""Extended query tags in the index (operations of ``instance_ops``'s kind, SQL kept as data).
 
 A tag is added with status Adding and a reindex job in one transaction; instances stored from
 then on are indexed as they arrive, and the job indexes those stored before, in batches, then

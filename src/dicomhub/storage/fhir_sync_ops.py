@@ -1,4 +1,4 @@
-"""FHIR sync state in the index (operations of ``index_ops``'s kind, SQL kept as data).
+"""FHIR sync state in the index (operations of ``instance_ops``'s kind, SQL kept as data).
 
 One row per FHIR server: the change-feed sequence synced up to, and a lease so that one node at a
 time syncs into it (another takes over when the holder stops renewing). Entries the FHIR server
