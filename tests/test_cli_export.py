@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from dicomhub import cli_export
 from dicomhub.cli import _parser
+from dicomhub.clients import export as cli_export
 from tests.conftest import ROOT, free_port, running_server
 from tests.helpers import MULTIPART, multipart
 from tests.test_export import FILES, A, B, C

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(
         commands.add_parser("dimse", help="run the DIMSE service only (needs --dimse-port)")
     )
-    from dicomhub import cli_export
+    from dicomhub.clients import export as cli_export
 
     cli_export.add_arguments(
         commands.add_parser(
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
             allow_abbrev=False,  # --token is not --token-file: no flag carries the token
         )
     )
-    from dicomhub import cli_import
+    from dicomhub.clients import importer as cli_import
 
     cli_import.add_arguments(
         commands.add_parser(
@@ -181,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "export":  # a client of a running server: no settings, no index
-        from dicomhub import cli_export
+        from dicomhub.clients import export as cli_export
 
         sys.exit(cli_export.run(args))
     if args.command == "import":
-        from dicomhub import cli_import
+        from dicomhub.clients import importer as cli_import
 
         sys.exit(cli_import.run(args))
     command, settings = parse_command_line(argv)

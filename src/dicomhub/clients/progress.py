@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from dicomhub.cli_client import bar
-from dicomhub.import_sources import Item
-from dicomhub.import_stow import DUPLICATE, STORED, Outcome
+from dicomhub.clients.common import bar
+from dicomhub.clients.sources import Item
+from dicomhub.clients.stow import DUPLICATE, STORED, Outcome
 
 LISTED = 10  # names shown per reason; past that the full list goes to a file
 PLAIN_EVERY = 10.0  # seconds between plain progress lines, at most

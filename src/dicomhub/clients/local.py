@@ -16,8 +16,8 @@ import threading
 
 from dicomhub.archive.spool import PartBody
 from dicomhub.archive.store import Part
+from dicomhub.clients.stow import STORED, Outcome, failure, warning
 from dicomhub.dicom import stow
-from dicomhub.import_stow import STORED, Outcome, failure, warning
 from dicomhub.settings import Settings
 
 DICOM = "application/dicom"
@@ -56,7 +56,7 @@ async def _started(build_archive, settings: Settings):
 
 
 class LocalSender:
-    """What import_stow.Sender is to a server, for the local archive."""
+    """What stow.Sender is to a server, for the local archive."""
 
     def __init__(self, local: LocalArchive):
         self.local = local

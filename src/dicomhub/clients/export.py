@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
-from dicomhub import cli_client
-from dicomhub.cli_client import URL_ENV, Refused, Unreachable, bar, detail, json_or_text
+from dicomhub.clients import common
+from dicomhub.clients.common import URL_ENV, Refused, Unreachable, bar, detail, json_or_text
 from dicomhub.dicom.deidentify import OPTION_NAMES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(URL_ENV, DEFAULT_URL),
         help=f"the running dicomhub server [env {URL_ENV}; default {DEFAULT_URL}]",
     )
-    cli_client.add_token_argument(parser)
+    common.add_token_argument(parser)
     parser.add_argument(
         "--deidentify",
         action="store_true",
@@ -101,7 +101,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def token(args: argparse.Namespace) -> str | None:
-    return cli_client.token(args.token_file, "export")
+    return common.token(args.token_file, "export")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.poll_interval <= 0:
         return _usage("--poll-interval must be positive")
     bearer = token(args)
-    headers = {"Accept": "application/json", **cli_client.auth_headers(bearer)}
+    headers = {"Accept": "application/json", **common.auth_headers(bearer)}
     base = args.url.rstrip("/") + API
     http = _Http(headers)
     try:
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _usage(message: str) -> int:
-    return cli_client.usage("export", message)
+    return common.usage("export", message)
 
 
 class _Http:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from dicomhub.cli_client import Refused, Unreachable, detail, json_or_text
+from dicomhub.clients.common import Refused, Unreachable, detail, json_or_text
 from dicomhub.dicom import stow
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
 

@@ -1,8 +1,8 @@
 """``dicomhub import PATH...``: files, folders, ZIP and tar files and DICOMDIR media into a
 running server over STOW-RS (PS3.18 section 10.5), for people without a DICOMweb client.
 
-One thread reads the files in order (import_sources.py) and groups small ones into requests;
-``--parallel`` threads send them, each on a persistent connection (import_stow.py). What the
+One thread reads the files in order (sources.py) and groups small ones into requests;
+``--parallel`` threads send them, each on a persistent connection (stow.py). What the
 server acknowledged (stored, or already held) is appended to a state file as answers come, so
 the same command run again after an interruption (Ctrl-C, a lost connection) skips it; the
 state file is removed once an import ends with nothing left to do.
@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dicomhub import cli_client
-from dicomhub.cli_client import URL_ENV, Refused
-from dicomhub.import_progress import Progress, Tally, write_summary
-from dicomhub.import_sources import Item, plan, read, sop_instance_uid
-from dicomhub.import_stow import DUPLICATE, STORED, Sender
+from dicomhub.clients import common
+from dicomhub.clients.common import URL_ENV, Refused
+from dicomhub.clients.progress import Progress, Tally, write_summary
+from dicomhub.clients.sources import Item, plan, read, sop_instance_uid
+from dicomhub.clients.stow import DUPLICATE, STORED, Sender
 
 DEFAULT_URL = "http://127.0.0.1:8080/v2"
 DONE, FAILED, REFUSED, INTERRUPTED = 0, 1, 2, 130
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of a server: store straight into this data folder (no server may be "
         "using it; the other settings come from DICOMHUB_* variables, as for serve)",
     )
-    cli_client.add_token_argument(parser)
+    common.add_token_argument(parser)
     parser.add_argument(
         "--parallel",
         type=int,
@@ -90,13 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.parallel < 1 or args.batch < 1 or args.batch_mb <= 0:
-        return cli_client.usage("import", "--parallel, --batch and --batch-mb must be positive")
+        return common.usage("import", "--parallel, --batch and --batch-mb must be positive")
     url = dicomweb_root(args.url)
-    headers = cli_client.auth_headers(cli_client.token(args.token_file, "import"))
+    headers = common.auth_headers(common.token(args.token_file, "import"))
     try:
         items = plan(args.paths)
     except FileNotFoundError as exc:
-        return cli_client.usage("import", f"no such file or folder: {exc}")
+        return common.usage("import", f"no such file or folder: {exc}")
     except KeyboardInterrupt:  # while listing the files: nothing sent yet
         return INTERRUPTED
     if args.data_dir:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         )
     job = _Import(url, headers, args, tally, state)
     if args.data_dir:
-        from dicomhub.import_local import LocalArchive  # the archive's code: only loaded here
+        from dicomhub.clients.local import LocalArchive  # the archive's code: only loaded here
 
         job.local = LocalArchive(args.data_dir)
     try:
@@ -139,7 +139,7 @@ def default_state(url: str, paths: list[str]) -> str:
 
 
 class State:
-    """The keys (import_sources.Item.key) the server acknowledged, one JSON string a line,
+    """The keys (sources.Item.key) the server acknowledged, one JSON string a line,
     appended and flushed after each answer: a killed import loses at most the answers under
     way, which the next run sends again (and the server reports as duplicates)."""
 
@@ -181,7 +181,7 @@ class _Import:
         self.batches: queue.Queue = queue.Queue(maxsize=2 * args.parallel)
         self.errors: list[Exception] = []
         self.reached = threading.Event()
-        self.local = None  # import_local.LocalArchive, with --data-dir
+        self.local = None  # local.LocalArchive, with --data-dir
 
     def run(self, todo: list[Item]) -> int:
         threads = [threading.Thread(target=self._read, args=(todo,), daemon=True)]
@@ -243,7 +243,7 @@ class _Import:
 
     def _batches(self, todo: list[Item]) -> Iterator[list[tuple[Item, bytes, str]]]:
         """Files in requests of at most --batch files and --batch-mb megabytes, and never two
-        with one SOP Instance UID (see import_stow.per_part)."""
+        with one SOP Instance UID (see stow.per_part)."""
         most = self.args.batch_mb * 1e6
         batch: list[tuple[Item, bytes, str]] = []
         size, uids = 0, set()
