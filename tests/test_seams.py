@@ -71,3 +71,28 @@ def test_the_archive_sees_storage_only_through_its_protocols():
                 for module in modules:
                     if module.startswith("dicomhub.storage."):
                         assert module.startswith("dicomhub.storage.protocols"), (path, module)
+
+
+# What only the composition root (cli.py) builds: external clients and process pools.
+BUILT_BY_THE_ROOT = {"FhirClient", "Auth", "AsyncClient", "ProcessConverter", "ProcessPoolExecutor"}
+POOLS_AND_CLIENTS = ("multiprocessing", "concurrent.futures", "httpx")
+
+
+def test_the_archive_builds_no_client_and_no_pool():
+    """archive/ receives its FHIR sync and its conversion pool; it neither builds them nor
+    imports what builds them (the FHIR client module only for its types and error)."""
+    root = Path(dicomhub.__file__).parent
+    for path in (root / "archive").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                assert name not in BUILT_BY_THE_ROOT, (path, node.lineno, name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith(POOLS_AND_CLIENTS), (path, alias.name)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(POOLS_AND_CLIENTS), (path, node.module)
+                if node.module == "dicomhub.fhir.client":
+                    names = {alias.name for alias in node.names}
+                    assert names <= {"FhirClient", "FhirError"}, (path, names)

@@ -17,13 +17,17 @@ from pathlib import Path
 
 from dicomhub import __version__
 from dicomhub.archive.archive import Archive
+from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
+from dicomhub.fhir.client import Auth, FhirClient
+from dicomhub.fhir.projection import Options
 from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.export_sinks import Sink
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
 from dicomhub.web.forwarded import TrustedProxies
+from dicomhub.workers.conversion import ProcessConverter
 
 
 def build_index(settings: Settings, migrate: bool | None = None, writer: bool = False):
@@ -46,7 +50,27 @@ def build_archive(settings: Settings) -> Archive:
     )
     index = build_index(settings)
     audit = open_audit(settings.audit_log, index)
-    return Archive(settings, index, blobs, audit, deidentify_key(settings), Sink)
+    converter = ProcessConverter(settings.conversion_workers)
+    fhir = build_fhir_sync(settings, index) if settings.fhir_url else None
+    return Archive(settings, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
+
+
+def build_fhir_sync(settings: Settings, index: FhirSyncIndex) -> FhirSync:
+    auth = Auth(
+        settings.fhir_auth,
+        settings.fhir_token,
+        settings.fhir_username,
+        settings.fhir_password,
+        settings.fhir_token_url,
+        settings.fhir_client_id,
+        settings.fhir_client_secret,
+        settings.fhir_scope,
+    )
+    client = FhirClient(settings.fhir_url, auth, settings.fhir_timeout)
+    options = Options(
+        settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
+    )
+    return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)
 
 
 # serve's random de-identification key (no --deidentify-key-file), handed to its server

@@ -12,7 +12,7 @@ from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.export import ExportService
 from dicomhub.archive.extended_tags import ExtendedTagsService
-from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
+from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.archive.operations import OperationsService
 from dicomhub.archive.pixels import Converter, PixelService, RenderService
 from dicomhub.archive.retrieve import RetrieveService
@@ -22,8 +22,6 @@ from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
-from dicomhub.fhir.client import Auth, FhirClient
-from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
 
@@ -36,13 +34,18 @@ class Archive:
         settings: Settings,
         index: IndexStore,
         blobs: BlobStore,
+        converter: Converter,
+        fhir: FhirSync | None = None,
         audit: AuditSink | None = None,
         deidentify_key: bytes | None = None,
         export_sinks: OpenSink | None = None,
     ):
-        """``audit``: where the audit log goes (None: no audit log). ``deidentify_key``: the
-        key de-identified downloads derive their UIDs from (None: a random one, this archive's
-        own). ``export_sinks``: opens export destinations (None: exports are refused)."""
+        """Everything it is given is built by the composition root (cli.py); the archive
+        starts and closes it. ``converter``: runs pixel conversions (a process pool).
+        ``fhir``: the FHIR sync (None: none). ``audit``: where the audit log goes (None: no
+        audit log). ``deidentify_key``: the key de-identified downloads derive their UIDs from
+        (None: a random one, this archive's own). ``export_sinks``: opens export destinations
+        (None: exports are refused)."""
         self.settings = settings
         self.deidentify_key = deidentify_key or secrets.token_bytes(32)
         self.index = index
@@ -50,7 +53,6 @@ class Archive:
         self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
         self.store = StoreService(settings, index, blobs, self.extended_tags)
         self.retrieve = RetrieveService(index, blobs)
-        converter = Converter(settings.conversion_workers)
         self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
         self.render = RenderService(self.pixels)
         self.thumbnails = ThumbnailService(
@@ -70,8 +72,8 @@ class Archive:
             export_sinks or _no_exports,
         )
         self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
-        self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
-        self.audit = AuditLog(audit) if audit is not None else None
+        self.fhir = fhir
+        self.audit = AuditLog(audit, settings.audit_retention_days) if audit is not None else None
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -111,24 +113,6 @@ class Archive:
             except Exception as exc:  # noqa: BLE001 - health reports, never raises
                 results.append((name, f"{exc.__class__.__name__}: {exc}"))
         return results
-
-
-def fhir_sync(settings: Settings, index: FhirSyncIndex) -> FhirSync:
-    auth = Auth(
-        settings.fhir_auth,
-        settings.fhir_token,
-        settings.fhir_username,
-        settings.fhir_password,
-        settings.fhir_token_url,
-        settings.fhir_client_id,
-        settings.fhir_client_secret,
-        settings.fhir_scope,
-    )
-    client = FhirClient(settings.fhir_url, auth, settings.fhir_timeout)
-    options = Options(
-        settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
-    )
-    return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)
 
 
 def _no_exports(url: str, options: dict[str, str]):

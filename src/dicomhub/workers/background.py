@@ -23,12 +23,11 @@ KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 def handlers(archive: Archive) -> dict[str, Handler]:
     async def blob_cleanup(context: JobContext) -> dict:
         results = await archive.cleanup.run()
-        await archive.index.purge_operations(
+        await archive.operations.purge(
             str(JobType.BLOB_CLEANUP), utcnow() - KEEP_CLEANUP_OPERATIONS
         )
-        days = archive.settings.audit_retention_days
-        if archive.audit is not None and days > 0:
-            await archive.audit.purge(utcnow() - timedelta(days=days))
+        if archive.audit is not None:
+            await archive.audit.purge_expired()
         return results
 
     async def reindex(context: JobContext) -> dict:
