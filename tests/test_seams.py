@@ -96,3 +96,20 @@ def test_the_archive_builds_no_client_and_no_pool():
                 if node.module == "dicomhub.fhir.client":
                     names = {alias.name for alias in node.names}
                     assert names <= {"FhirClient", "FhirError"}, (path, names)
+
+
+def test_services_get_their_settings_group_not_the_whole():
+    """archive/, storage/, dimse/ and workers/ are handed their group of the settings
+    (settings_groups.py), never the whole Settings: only the composition root and the web app
+    see it."""
+    root = Path(dicomhub.__file__).parent
+    for package in ("archive", "storage", "dimse", "workers", "fhir", "dicom"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                assert "dicomhub.settings" not in modules, path

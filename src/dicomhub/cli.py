@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dicomhub import __version__
+from dicomhub import __version__, settings_groups
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
@@ -50,27 +50,26 @@ def build_archive(settings: Settings) -> Archive:
     )
     index = build_index(settings)
     audit = open_audit(settings.audit_log, index)
-    converter = ProcessConverter(settings.conversion_workers)
-    fhir = build_fhir_sync(settings, index) if settings.fhir_url else None
-    return Archive(settings, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
+    config = settings.archive
+    converter = ProcessConverter(config.pixels.conversion_workers)
+    fhir = build_fhir_sync(settings.fhir, index) if settings.fhir_url else None
+    return Archive(config, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
 
 
-def build_fhir_sync(settings: Settings, index: FhirSyncIndex) -> FhirSync:
+def build_fhir_sync(settings: settings_groups.Fhir, index: FhirSyncIndex) -> FhirSync:
     auth = Auth(
-        settings.fhir_auth,
-        settings.fhir_token,
-        settings.fhir_username,
-        settings.fhir_password,
-        settings.fhir_token_url,
-        settings.fhir_client_id,
-        settings.fhir_client_secret,
-        settings.fhir_scope,
+        settings.auth,
+        settings.token,
+        settings.username,
+        settings.password,
+        settings.token_url,
+        settings.client_id,
+        settings.client_secret,
+        settings.scope,
     )
-    client = FhirClient(settings.fhir_url, auth, settings.fhir_timeout)
-    options = Options(
-        settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
-    )
-    return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)
+    client = FhirClient(settings.url, auth, settings.timeout)
+    options = Options(settings.dicomweb_root, settings.patient_system, settings.use_issuer)
+    return FhirSync(index, client, options, settings.batch_size, settings.lease)
 
 
 # serve's random de-identification key (no --deidentify-key-file), handed to its server
@@ -215,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             Callers(settings.dimse_callers)
             if any(peer.tls for peer in parse_peers(settings.dimse_peers).values()):
-                client_tls_context(settings)
-            tls_context(settings)
+                client_tls_context(settings.dimse)
+            tls_context(settings.dimse)
         except (ValueError, OSError) as exc:
             sys.exit(f"dicomhub: {exc}")
     if command == "db":
@@ -387,11 +386,11 @@ def _app(settings: Settings, recover: bool, dimse: bool = True):
     archive = build_archive(settings)
     jobs = []
     if settings.background_jobs:
-        jobs.append(lambda: run_background(archive, settings))
+        jobs.append(lambda: run_background(archive, settings.jobs, settings.dimse))
     if dimse and settings.dimse_port:
         from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves
 
-        jobs.append(lambda: run_dimse(archive, settings))
+        jobs.append(lambda: run_dimse(archive, settings.dimse))
 
     async def background() -> None:
         await asyncio.gather(*(job() for job in jobs))
@@ -413,9 +412,9 @@ async def _work(settings: Settings, command: str) -> None:
     elif command == "dimse":
         from dicomhub.dimse.service import run_dimse
 
-        job = run_dimse(archive, settings)
+        job = run_dimse(archive, settings.dimse)
     else:
-        job = run_background(archive, settings)
+        job = run_background(archive, settings.jobs, settings.dimse)
     work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomhub import settings_groups as groups
+
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -340,6 +342,115 @@ class Settings:
     def spool_dir(self) -> Path:
         """Where request bodies are spooled before they are parsed and stored."""
         return Path(self.data_dir).resolve() / "spool"
+
+    # The groups each layer is handed (settings_groups.py).
+
+    @property
+    def ingest(self) -> groups.Ingest:
+        return groups.Ingest(
+            self.max_part_size,
+            self.max_parts,
+            self.max_inflated_size,
+            self.max_elements,
+            self.bulkdata_threshold,
+            self.upload_timeout,
+            self.spool_dir,
+        )
+
+    @property
+    def archive(self) -> groups.ArchiveSettings:
+        return groups.ArchiveSettings(
+            self.ingest,
+            groups.Cleanup(
+                self.delete_delay,
+                self.cleanup_batch_size,
+                self.upload_timeout,
+                self.audit_retention_days,
+            ),
+            groups.Pixels(self.conversion_workers, self.max_conversion_size, self.thumbnail_size),
+            groups.Search(self.qido_max_limit, self.qido_strict, self.extended_query_tag_max),
+            groups.Export(
+                tuple(u.strip() for u in self.export_allow.split(",") if u.strip()),
+                self.export_request_credentials,
+                bool(self.deidentify_key_file),
+            ),
+        )
+
+    @property
+    def jobs(self) -> groups.Jobs:
+        return groups.Jobs(
+            self.background_jobs,
+            self.job_concurrency,
+            self.job_lease,
+            self.job_poll_interval,
+            self.cleanup_interval,
+            self.fhir_poll_interval,
+        )
+
+    @property
+    def fhir(self) -> groups.Fhir:
+        return groups.Fhir(
+            self.fhir_url,
+            self.fhir_auth,
+            self.fhir_token,
+            self.fhir_username,
+            self.fhir_password,
+            self.fhir_token_url,
+            self.fhir_client_id,
+            self.fhir_client_secret,
+            self.fhir_scope,
+            self.fhir_timeout,
+            self.dicomweb_root,
+            self.fhir_patient_system,
+            self.fhir_use_issuer,
+            self.fhir_batch_size,
+            self.fhir_poll_interval,
+            self.job_lease,
+        )
+
+    @property
+    def dimse(self) -> groups.Dimse:
+        return groups.Dimse(
+            self.host,
+            self.dimse_port,
+            self.dimse_aet,
+            self.dimse_callers,
+            self.dimse_peers,
+            self.dimse_tls_certfile,
+            self.dimse_tls_keyfile,
+            self.dimse_tls_ca,
+            self.dimse_max_associations,
+            self.dimse_timeout,
+            self.max_part_size,
+            self.qido_max_limit,
+        )
+
+    @property
+    def request_limits(self) -> groups.RequestLimits:
+        return groups.RequestLimits(
+            self.max_url_length,
+            self.max_header_size,
+            self.request_timeout,
+            self.min_upload_rate,
+            self.upload_rate_window,
+        )
+
+    @property
+    def auth(self) -> groups.Auth:
+        return groups.Auth(
+            self.auth_issuer,
+            self.auth_audience,
+            self.auth_jwks_url,
+            self.auth_algorithms,
+            self.auth_leeway,
+            self.auth_key_refresh,
+            self.auth_roles_claim,
+            self.auth_roles_file,
+        )
+
+    @property
+    def cors(self) -> groups.Cors:
+        return groups.Cors(self.cors_origins, self.cors_allow_credentials, self.cors_max_age)
 
     def environ(self) -> dict[str, str]:
         """These settings as ``DICOMHUB_*`` variables (what ``load`` reads back)."""

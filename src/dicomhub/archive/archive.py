@@ -22,7 +22,7 @@ from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import ArchiveSettings
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Archive:
     def __init__(
         self,
-        settings: Settings,
+        settings: ArchiveSettings,
         index: IndexStore,
         blobs: BlobStore,
         converter: Converter,
@@ -46,24 +46,24 @@ class Archive:
         audit log). ``deidentify_key``: the key de-identified downloads derive their UIDs from
         (None: a random one, this archive's own). ``export_sinks``: opens export destinations
         (None: exports are refused)."""
-        self.settings = settings
+        self.spool_dir = settings.ingest.spool_dir
         self.deidentify_key = deidentify_key or secrets.token_bytes(32)
         self.index = index
         self.blobs = blobs
-        self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
-        self.store = StoreService(settings, index, blobs, self.extended_tags)
+        self.extended_tags = ExtendedTagsService(index, settings.search.extended_query_tag_max)
+        self.store = StoreService(settings.ingest, index, blobs, self.extended_tags)
         self.retrieve = RetrieveService(index, blobs)
-        self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
+        self.pixels = PixelService(self.retrieve, converter, settings.pixels.max_conversion_size)
         self.render = RenderService(self.pixels)
         self.thumbnails = ThumbnailService(
-            self.retrieve, self.render, blobs, settings.thumbnail_size
+            self.retrieve, self.render, blobs, settings.pixels.thumbnail_size
         )
         self.search = SearchService(index)
-        self.delete = DeleteService(index, settings.delete_delay)
+        self.delete = DeleteService(index, settings.cleanup.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
         self.export = ExportService(
-            settings,
+            settings.export,
             index,
             blobs,
             self.operations,
@@ -71,9 +71,13 @@ class Archive:
             self.extended_tags,
             export_sinks or _no_exports,
         )
-        self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
+        self.cleanup = Cleanup(
+            index, blobs, settings.cleanup.batch_size, settings.cleanup.upload_timeout
+        )
         self.fhir = fhir
-        self.audit = AuditLog(audit, settings.audit_retention_days) if audit is not None else None
+        self.audit = (
+            AuditLog(audit, settings.cleanup.audit_retention_days) if audit is not None else None
+        )
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -81,7 +85,7 @@ class Archive:
         await self.index.start()
         await self.blobs.start()
         if recover:
-            clear_spool(self.settings.spool_dir)
+            clear_spool(self.spool_dir)
             if not self.index.shared:  # no other process is storing: every upload is dead
                 try:
                     if await self.cleanup.abandon_stale_uploads(utcnow() + timedelta(days=1)):
