@@ -55,7 +55,8 @@ def settings_table() -> list[str]:
     for f in Settings.fields():
         default = f"`{f.default}`" if f.default != "" else "(empty)"
         flag, env = f"--{f.name.replace('_', '-')}", f"DICOMHUB_{f.name.upper()}"
-        rows.append(f"| `{flag}` | `{env}` | {default} | {f.metadata['help']} |")
+        flag = f"(none: `{flag}-file`)" if f.metadata.get("secret") else f"`{flag}`"
+        rows.append(f"| {flag} | `{env}` | {default} | {f.metadata['help']} |")
     return rows
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dicomhub import __version__, settings_groups
 from dicomhub.archive.archive import Archive
@@ -136,10 +137,30 @@ def _parser() -> argparse.ArgumentParser:
 REPEATABLE = {"export_allow"}  # list settings whose flag may be given more than once
 
 
+class _Refused(argparse.Action):
+    """A secret's flag: refused, so that no secret shows in ``ps``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        env = "DICOMHUB_" + self.dest.upper()
+        parser.error(
+            f"{option_string} is not taken on the command line, where every user of the "
+            f"machine can read it (ps); set {env} or give {option_string}-file FILE"
+        )
+
+
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     for f in Settings.fields():
         flag = "--" + f.name.replace("_", "-")
         env = "DICOMHUB_" + f.name.upper()
+        if f.metadata.get("secret"):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=_Refused,
+                default=None,
+                help=f"{f.metadata['help']} Refused: set {env}, or {flag}-file FILE.",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,
@@ -195,6 +216,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cli_export.run(args))
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
+    if urlsplit(getattr(args, "index_url", None) or "").password:
+        logging.getLogger("dicomhub").warning(
+            "--index-url holds a password, which every user of this machine can read (ps); "
+            "set it in DICOMHUB_INDEX_URL, PGPASSWORD or ~/.pgpass instead"
+        )
+    for name in Settings.secrets():
+        try:
+            settings.secret(name)
+        except ValueError as exc:
+            sys.exit(f"dicomhub: {exc}")
     os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes
     if settings.deidentify_key_file:
         try:
