@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,20 +58,26 @@ def test_backends_implement_each_concern(backend, protocol):
         assert hasattr(backend, name), f"{backend.__name__} has no {name}"
 
 
-def test_the_archive_sees_storage_only_through_its_protocols():
-    root = Path(dicomhub.__file__).parent
-    for package in ("archive", "workers", "web", "dimse", "fhir"):
-        for path in (root / package).rglob("*.py"):
+ROOT = Path(dicomhub.__file__).parent
+
+
+def imports(*packages: str) -> Iterator[tuple[Path, list[str]]]:
+    """Each module of ``packages`` and what one import statement of it imports (a ``from``
+    import both as the module and as module.name)."""
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module:
-                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    yield path, [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 elif isinstance(node, ast.Import):
-                    modules = [a.name for a in node.names]
-                else:
-                    continue
-                for module in modules:
-                    if module.startswith("dicomhub.storage."):
-                        assert module.startswith("dicomhub.storage.protocols"), (path, module)
+                    yield path, [a.name for a in node.names]
+
+
+def test_the_archive_sees_storage_only_through_its_protocols():
+    for path, modules in imports("archive", "workers", "web", "dimse", "fhir"):
+        for module in modules:
+            if module.startswith("dicomhub.storage."):
+                assert module.startswith("dicomhub.storage.protocols"), (path, module)
 
 
 # What only the composition root (cli.py) builds: external clients and process pools.
@@ -81,8 +88,7 @@ POOLS_AND_CLIENTS = ("multiprocessing", "concurrent.futures", "httpx")
 def test_the_archive_builds_no_client_and_no_pool():
     """archive/ receives its FHIR sync and its conversion pool; it neither builds them nor
     imports what builds them (the FHIR client module only for its types and error)."""
-    root = Path(dicomhub.__file__).parent
-    for path in (root / "archive").rglob("*.py"):
+    for path in (ROOT / "archive").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
                 func = node.func
@@ -102,16 +108,7 @@ def test_services_get_their_settings_group_not_the_whole():
     """Every layer is handed its group of the settings (settings_groups.py), never the whole
     Settings: only the composition root sees it, and the web app that splits it among its
     middleware."""
-    root = Path(dicomhub.__file__).parent
-    for package in ("archive", "storage", "dimse", "workers", "fhir", "dicom", "web"):
-        for path in (root / package).rglob("*.py"):
-            if path == root / "web" / "app.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                elif isinstance(node, ast.Import):
-                    modules = [a.name for a in node.names]
-                else:
-                    continue
-                assert "dicomhub.settings" not in modules, path
+    packages = ("archive", "storage", "dimse", "workers", "fhir", "dicom", "web")
+    for path, modules in imports(*packages):
+        if path != ROOT / "web" / "app.py":
+            assert "dicomhub.settings" not in modules, path

@@ -79,6 +79,25 @@ def test_settings_from_environment_and_flags():
     assert Settings.load(None, {}).resolved_index_url.startswith("sqlite:///")
 
 
+def test_each_layer_gets_its_group_of_the_settings():
+    s = Settings.load(
+        {
+            "dimse_aet": "HUB",
+            "qido_max_limit": 9,
+            "job_lease": 7.0,
+            "cleanup_batch_size": 3,
+            "export_allow": "file:///a, s3://b",
+            "auth_issuer": "https://idp",
+        }
+    )
+    assert (s.dimse.aet, s.dimse.max_results, s.dimse.host) == ("HUB", 9, s.host)
+    assert s.jobs.lease == s.fhir.lease == 7.0
+    assert s.archive.cleanup.batch_size == 3 and s.archive.search.qido_max_limit == 9
+    assert s.archive.export.allow == ("file:///a", "s3://b") and not s.archive.export.operator_key
+    assert s.auth.issuer == "https://idp" and s.ingest.spool_dir == s.spool_dir
+    assert s.request_limits.max_url_length == s.max_url_length and s.cors.max_age == 600
+
+
 @pytest.mark.parametrize("fsync", ["instance", "off"])
 def test_fsync_setting(tmp_path, monkeypatch, fsync):
     """--fsync off: the index commits unsynced (SQLite synchronous NORMAL) and blobs are not

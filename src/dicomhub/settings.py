@@ -369,112 +369,65 @@ class Settings:
 
     # The groups each layer is handed (settings_groups.py).
 
+    def _group(self, cls: type, prefix: str = "", **values: Any) -> Any:
+        """A ``cls`` whose fields are the settings named ``prefix`` + field (else the field's
+        own name), but for those ``values`` give."""
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                name = prefix + f.name if hasattr(self, prefix + f.name) else f.name
+                values[f.name] = getattr(self, name)
+        return cls(**values)
+
     @property
     def ingest(self) -> groups.Ingest:
-        return groups.Ingest(
-            self.max_part_size,
-            self.max_parts,
-            self.max_inflated_size,
-            self.max_elements,
-            self.bulkdata_threshold,
-            self.upload_timeout,
-            self.spool_dir,
-        )
+        return self._group(groups.Ingest)
 
     @property
     def archive(self) -> groups.ArchiveSettings:
         return groups.ArchiveSettings(
             self.ingest,
-            groups.Cleanup(
-                self.delete_delay,
-                self.cleanup_batch_size,
-                self.upload_timeout,
-                self.audit_retention_days,
-            ),
-            groups.Pixels(self.conversion_workers, self.max_conversion_size, self.thumbnail_size),
-            groups.Search(self.qido_max_limit, self.qido_strict, self.extended_query_tag_max),
-            groups.Export(
-                tuple(u.strip() for u in self.export_allow.split(",") if u.strip()),
-                self.export_request_credentials,
-                bool(self.deidentify_key_file),
+            self._group(groups.Cleanup, "cleanup_"),
+            self._group(groups.Pixels),
+            self._group(groups.Search),
+            self._group(
+                groups.Export,
+                "export_",
+                allow=tuple(u.strip() for u in self.export_allow.split(",") if u.strip()),
+                operator_key=bool(self.deidentify_key_file),
             ),
         )
 
     @property
     def jobs(self) -> groups.Jobs:
-        return groups.Jobs(
-            self.background_jobs,
-            self.job_concurrency,
-            self.job_lease,
-            self.job_poll_interval,
-            self.cleanup_interval,
-            self.fhir_poll_interval,
-        )
+        return self._group(groups.Jobs, "job_")
 
     @property
     def fhir(self) -> groups.Fhir:
-        return groups.Fhir(
-            self.fhir_url,
-            self.fhir_auth,
-            self.secret("fhir_token"),
-            self.fhir_username,
-            self.secret("fhir_password"),
-            self.fhir_token_url,
-            self.fhir_client_id,
-            self.secret("fhir_client_secret"),
-            self.fhir_scope,
-            self.fhir_timeout,
-            self.dicomweb_root,
-            self.fhir_patient_system,
-            self.fhir_use_issuer,
-            self.fhir_batch_size,
-            self.fhir_poll_interval,
-            self.job_lease,
+        """Its secrets read from their files (see ``secret``)."""
+        return self._group(
+            groups.Fhir,
+            "fhir_",
+            token=self.secret("fhir_token"),
+            password=self.secret("fhir_password"),
+            client_secret=self.secret("fhir_client_secret"),
+            lease=self.job_lease,
         )
 
     @property
     def dimse(self) -> groups.Dimse:
-        return groups.Dimse(
-            self.host,
-            self.dimse_port,
-            self.dimse_aet,
-            self.dimse_callers,
-            self.dimse_peers,
-            self.dimse_tls_certfile,
-            self.dimse_tls_keyfile,
-            self.dimse_tls_ca,
-            self.dimse_max_associations,
-            self.dimse_timeout,
-            self.max_part_size,
-            self.qido_max_limit,
-        )
+        return self._group(groups.Dimse, "dimse_", max_results=self.qido_max_limit)
 
     @property
     def request_limits(self) -> groups.RequestLimits:
-        return groups.RequestLimits(
-            self.max_url_length,
-            self.max_header_size,
-            self.request_timeout,
-            self.min_upload_rate,
-            self.upload_rate_window,
-        )
+        return self._group(groups.RequestLimits)
 
     @property
     def auth(self) -> groups.Auth:
-        return groups.Auth(
-            self.auth_issuer,
-            self.auth_audience,
-            self.auth_jwks_url,
-            self.auth_algorithms,
-            self.auth_leeway,
-            self.auth_key_refresh,
-            self.auth_roles_claim,
-            self.auth_roles_file,
-        )
+        return self._group(groups.Auth, "auth_")
 
     @property
     def cors(self) -> groups.Cors:
-        return groups.Cors(self.cors_origins, self.cors_allow_credentials, self.cors_max_age)
+        return self._group(groups.Cors, "cors_")
 
     def environ(self) -> dict[str, str]:
         """These settings as ``DICOMHUB_*`` variables (what ``load`` reads back)."""
