@@ -232,7 +232,7 @@ def test_retention_purges_old_index_entries(issuer, tmp_path):
         old = dataclasses.replace(entries[0], time=utcnow() - timedelta(days=31), id=None)
         c.portal.call(archive.index.add_audit_entries, [old])
         assert len(c.portal.call(archive.audit.entries, _query())) == 4
-        c.portal.call(handlers(archive)[JobType.BLOB_CLEANUP], None)
+        c.portal.call(handlers(archive, Settings().dimse)[JobType.BLOB_CLEANUP], None)
         kept = c.portal.call(archive.audit.entries, _query())
         assert [e.id for e in kept] == [e.id for e in entries]  # the old one gone
 

@@ -89,7 +89,7 @@ def make_client(tmp_path):
 
 def run_jobs(client) -> None:
     archive = client.app.state.archive
-    runner = JobRunner(archive.index, handlers(archive))
+    runner = JobRunner(archive.index, handlers(archive, Settings().dimse))
     while client.portal.call(runner.run_once):
         pass
 
@@ -308,7 +308,7 @@ def test_a_killed_export_finishes_on_another_runner_without_duplicates(
 
     monkeypatch.setattr(archive.blobs, "read", slow_read)
     operation = client.post("/v2/export", json=body(blob(f"file://{root}"))).json()["id"]
-    first = JobRunner(archive.index, handlers(archive), lease=0.6)
+    first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
 
     async def killed() -> None:
         task = asyncio.create_task(first.run_once())
@@ -322,7 +322,7 @@ def test_a_killed_export_finishes_on_another_runner_without_duplicates(
     assert 0 < state["results"]["exported"] < len(EXPORTED)  # progress while it runs
     before = len(reads)
     clock.advance(1)
-    second = JobRunner(archive.index, handlers(archive), lease=0.6)
+    second = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
     assert client.portal.call(second.run_once) is True
     resumed = len(reads) - before
     done = client.get(f"/v2/operations/{operation}").json()

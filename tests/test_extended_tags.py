@@ -11,6 +11,7 @@ import io
 import pydicom
 import pytest
 
+from dicomhub.settings import Settings
 from dicomhub.workers.background import handlers
 from dicomhub.workers.jobs import JobRunner
 from tests.helpers import failures, stow
@@ -83,7 +84,7 @@ TAGS = [
 
 def run_jobs(client) -> None:
     archive = client.app.state.archive
-    runner = JobRunner(archive.index, handlers(archive))
+    runner = JobRunner(archive.index, handlers(archive, Settings().dimse))
     while client.portal.call(runner.run_once):
         pass
 
@@ -327,7 +328,7 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, 
 
     monkeypatch.setattr(archive.index, "reindex_batch", slow_batch)
     operation = client.post("/v2/extendedquerytags", json=[TAGS[0]]).json()["id"]
-    first = JobRunner(archive.index, handlers(archive), lease=0.6)
+    first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
 
     async def killed() -> None:
         task = asyncio.create_task(first.run_once())
@@ -341,7 +342,7 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, 
     assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Adding"
     resumed_from = len(batches)
     clock.advance(1)  # the dead worker's lease runs out
-    second = JobRunner(archive.index, handlers(archive), lease=0.6)
+    second = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
     assert client.portal.call(second.run_once) is True
     done = client.get(f"/v2/operations/{operation}").json()
     assert done["status"] == "completed" and done["results"] == {"indexedInstances": 4}

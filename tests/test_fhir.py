@@ -291,7 +291,8 @@ def test_two_deployments_feed_one_fhir_server(tmp_path, fhir_server):
 )
 def test_authentication(tmp_path, kind, server_auth, settings, clock):
     """Each kind of authentication against a FHIR server that demands it; without the right
-    credentials the sync stops (transient: 401 may be a rotated secret) and keeps its place."""
+    credentials the sync stops (transient: 401 may be a rotated secret) and keeps its place. The
+    right secret comes from its file."""
     from dicomhub.fhir.client import FhirError
     from tests import components
 
@@ -306,7 +307,14 @@ def test_authentication(tmp_path, kind, server_auth, settings, clock):
                 client.portal.call(client.app.state.archive.fhir.step, "node-1")
             assert caught.value.transient
             assert client.get("/v2/fhir/status").json()["checkpoint"] == 0
-        with archive_client(tmp_path, server.url, "good", fhir_auth=kind, **settings) as client:
+        # the right secret from a file (--fhir-token-file, ...), as a deployment gives it
+        from_files = {}
+        for key, value in settings.items():
+            if key in Settings.secrets():
+                (tmp_path / key).write_text(value + "\n")
+                key, value = f"{key}_file", str(tmp_path / key)
+            from_files[key] = value
+        with archive_client(tmp_path, server.url, "good", fhir_auth=kind, **from_files) as client:
             files = study(f"AUTH-{kind}", "A2", 1)
             stow(client, *files)
             assert sync(client) == 1

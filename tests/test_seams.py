@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,17 +58,57 @@ def test_backends_implement_each_concern(backend, protocol):
         assert hasattr(backend, name), f"{backend.__name__} has no {name}"
 
 
-def test_the_archive_sees_storage_only_through_its_protocols():
-    root = Path(dicomhub.__file__).parent
-    for package in ("archive", "workers", "web", "dimse", "fhir"):
-        for path in (root / package).rglob("*.py"):
+ROOT = Path(dicomhub.__file__).parent
+
+
+def imports(*packages: str) -> Iterator[tuple[Path, list[str]]]:
+    """Each module of ``packages`` and what one import statement of it imports (a ``from``
+    import both as the module and as module.name)."""
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module:
-                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    yield path, [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 elif isinstance(node, ast.Import):
-                    modules = [a.name for a in node.names]
-                else:
-                    continue
-                for module in modules:
-                    if module.startswith("dicomhub.storage."):
-                        assert module.startswith("dicomhub.storage.protocols"), (path, module)
+                    yield path, [a.name for a in node.names]
+
+
+def test_the_archive_sees_storage_only_through_its_protocols():
+    for path, modules in imports("archive", "workers", "web", "dimse", "fhir"):
+        for module in modules:
+            if module.startswith("dicomhub.storage."):
+                assert module.startswith("dicomhub.storage.protocols"), (path, module)
+
+
+# What only the composition root (cli.py) builds: external clients and process pools.
+BUILT_BY_THE_ROOT = {"FhirClient", "Auth", "AsyncClient", "ProcessConverter", "ProcessPoolExecutor"}
+POOLS_AND_CLIENTS = ("multiprocessing", "concurrent.futures", "httpx")
+
+
+def test_the_archive_builds_no_client_and_no_pool():
+    """archive/ receives its FHIR sync and its conversion pool; it neither builds them nor
+    imports what builds them (the FHIR client module only for its types and error)."""
+    for path in (ROOT / "archive").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                assert name not in BUILT_BY_THE_ROOT, (path, node.lineno, name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith(POOLS_AND_CLIENTS), (path, alias.name)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(POOLS_AND_CLIENTS), (path, node.module)
+                if node.module == "dicomhub.fhir.client":
+                    names = {alias.name for alias in node.names}
+                    assert names <= {"FhirClient", "FhirError"}, (path, names)
+
+
+def test_services_get_their_settings_group_not_the_whole():
+    """Every layer is handed its group of the settings (settings_groups.py), never the whole
+    Settings: only the composition root sees it, and the web app that splits it among its
+    middleware."""
+    packages = ("archive", "storage", "dimse", "workers", "fhir", "dicom", "web")
+    for path, modules in imports(*packages):
+        if path != ROOT / "web" / "app.py":
+            assert "dicomhub.settings" not in modules, path

@@ -55,7 +55,8 @@ def settings_table() -> list[str]:
     for f in Settings.fields():
         default = f"`{f.default}`" if f.default != "" else "(empty)"
         flag, env = f"--{f.name.replace('_', '-')}", f"DICOMHUB_{f.name.upper()}"
-        rows.append(f"| `{flag}` | `{env}` | {default} | {f.metadata['help']} |")
+        flag = f"(none: `{flag}-file`)" if f.metadata.get("secret") else f"`{flag}`"
+        rows.append(f"| {flag} | `{env}` | {default} | {f.metadata['help']} |")
     return rows
 
 
@@ -76,6 +77,25 @@ def test_settings_from_environment_and_flags():
     s = Settings.load({"port": 9000}, {"DICOMHUB_PORT": "1234", "DICOMHUB_DELETE_DELAY": "5"})
     assert s.port == 9000 and s.delete_delay == 5
     assert Settings.load(None, {}).resolved_index_url.startswith("sqlite:///")
+
+
+def test_each_layer_gets_its_group_of_the_settings():
+    s = Settings.load(
+        {
+            "dimse_aet": "HUB",
+            "qido_max_limit": 9,
+            "job_lease": 7.0,
+            "cleanup_batch_size": 3,
+            "export_allow": "file:///a, s3://b",
+            "auth_issuer": "https://idp",
+        }
+    )
+    assert (s.dimse.aet, s.dimse.max_results, s.dimse.host) == ("HUB", 9, s.host)
+    assert s.jobs.lease == s.fhir.lease == 7.0
+    assert s.archive.cleanup.batch_size == 3 and s.archive.search.qido_max_limit == 9
+    assert s.archive.export.allow == ("file:///a", "s3://b") and not s.archive.export.operator_key
+    assert s.auth.issuer == "https://idp" and s.ingest.spool_dir == s.spool_dir
+    assert s.request_limits.max_url_length == s.max_url_length and s.cors.max_age == 600
 
 
 @pytest.mark.parametrize("fsync", ["instance", "off"])

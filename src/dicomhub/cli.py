@@ -14,16 +14,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from dicomhub import __version__
+from dicomhub import __version__, settings_groups
 from dicomhub.archive.archive import Archive
+from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
+from dicomhub.fhir.client import Auth, FhirClient
+from dicomhub.fhir.projection import Options
 from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.export_sinks import Sink
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
 from dicomhub.web.forwarded import TrustedProxies
+from dicomhub.workers.conversion import ProcessConverter
 
 
 def build_index(settings: Settings, migrate: bool | None = None, writer: bool = False):
@@ -46,7 +51,26 @@ def build_archive(settings: Settings) -> Archive:
     )
     index = build_index(settings)
     audit = open_audit(settings.audit_log, index)
-    return Archive(settings, index, blobs, audit, deidentify_key(settings), Sink)
+    config = settings.archive
+    converter = ProcessConverter(config.pixels.conversion_workers)
+    fhir = build_fhir_sync(settings.fhir, index) if settings.fhir_url else None
+    return Archive(config, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
+
+
+def build_fhir_sync(settings: settings_groups.Fhir, index: FhirSyncIndex) -> FhirSync:
+    auth = Auth(
+        settings.auth,
+        settings.token,
+        settings.username,
+        settings.password,
+        settings.token_url,
+        settings.client_id,
+        settings.client_secret,
+        settings.scope,
+    )
+    client = FhirClient(settings.url, auth, settings.timeout)
+    options = Options(settings.dicomweb_root, settings.patient_system, settings.use_issuer)
+    return FhirSync(index, client, options, settings.batch_size, settings.lease)
 
 
 # serve's random de-identification key (no --deidentify-key-file), handed to its server
@@ -127,10 +151,30 @@ def _parser() -> argparse.ArgumentParser:
 REPEATABLE = {"export_allow"}  # list settings whose flag may be given more than once
 
 
+class _Refused(argparse.Action):
+    """A secret's flag: refused, so that no secret shows in ``ps``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        env = "DICOMHUB_" + self.dest.upper()
+        parser.error(
+            f"{option_string} is not taken on the command line, where every user of the "
+            f"machine can read it (ps); set {env} or give {option_string}-file FILE"
+        )
+
+
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     for f in Settings.fields():
         flag = "--" + f.name.replace("_", "-")
         env = "DICOMHUB_" + f.name.upper()
+        if f.metadata.get("secret"):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=_Refused,
+                default=None,
+                help=f"{f.metadata['help']} Refused: set {env}, or {flag}-file FILE.",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,
@@ -190,6 +234,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cli_import.run(args))
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
+    if urlsplit(getattr(args, "index_url", None) or "").password:
+        logging.getLogger("dicomhub").warning(
+            "--index-url holds a password, which every user of this machine can read (ps); "
+            "set it in DICOMHUB_INDEX_URL, PGPASSWORD or ~/.pgpass instead"
+        )
+    for name in Settings.secrets():
+        try:
+            settings.secret(name)
+        except ValueError as exc:
+            sys.exit(f"dicomhub: {exc}")
     os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes
     if settings.deidentify_key_file:
         try:
@@ -209,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             Callers(settings.dimse_callers)
             if any(peer.tls for peer in parse_peers(settings.dimse_peers).values()):
-                client_tls_context(settings)
-            tls_context(settings)
+                client_tls_context(settings.dimse)
+            tls_context(settings.dimse)
         except (ValueError, OSError) as exc:
             sys.exit(f"dicomhub: {exc}")
     if command == "db":
@@ -381,11 +435,11 @@ def _app(settings: Settings, recover: bool, dimse: bool = True):
     archive = build_archive(settings)
     jobs = []
     if settings.background_jobs:
-        jobs.append(lambda: run_background(archive, settings))
+        jobs.append(lambda: run_background(archive, settings.jobs, settings.dimse))
     if dimse and settings.dimse_port:
         from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves
 
-        jobs.append(lambda: run_dimse(archive, settings))
+        jobs.append(lambda: run_dimse(archive, settings.dimse))
 
     async def background() -> None:
         await asyncio.gather(*(job() for job in jobs))
@@ -407,9 +461,9 @@ async def _work(settings: Settings, command: str) -> None:
     elif command == "dimse":
         from dicomhub.dimse.service import run_dimse
 
-        job = run_dimse(archive, settings)
+        job = run_dimse(archive, settings.dimse)
     else:
-        job = run_background(archive, settings)
+        job = run_background(archive, settings.jobs, settings.dimse)
     work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

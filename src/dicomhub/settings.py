@@ -15,9 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomhub import settings_groups as groups
+
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+def _secret(help: str) -> Any:
+    """A secret: from its ``DICOMHUB_*`` variable or the file its ``<name>_file`` setting
+    names, never from a flag (``ps`` shows flags to every user of the machine)."""
+    return field(default="", metadata={"help": help, "secret": True})
+
+
+def _secret_file(name: str) -> Any:
+    return _setting(
+        "",
+        f"File holding {name} (trailing white space ignored), the alternative to "
+        f"DICOMHUB_{name.upper()}.",
+    )
 
 
 @dataclass(frozen=True)
@@ -30,7 +46,8 @@ class Settings:
     index_url: str = _setting(
         "",
         "Index database URL: sqlite:///path/index.sqlite or "
-        "postgresql://user:password@host:port/database. Empty: sqlite in data_dir.",
+        "postgresql://user:password@host:port/database (a password belongs in the variable, "
+        "PGPASSWORD or ~/.pgpass, not the flag). Empty: sqlite in data_dir.",
     )
     index_pool_size: int = _setting(10, "PostgreSQL: connections each process keeps open.")
     migrate_on_start: bool = _setting(
@@ -173,14 +190,23 @@ class Settings:
     fhir_auth: str = _setting(
         "none", "How to authenticate to the FHIR server: none, bearer, basic or oauth2."
     )
-    fhir_token: str = _setting("", "FHIR bearer token (fhir_auth bearer).")
+    fhir_token: str = _secret(
+        "FHIR bearer token (fhir_auth bearer): this variable or the file only, never a flag."
+    )
+    fhir_token_file: str = _secret_file("fhir_token")
     fhir_username: str = _setting("", "FHIR user name (fhir_auth basic).")
-    fhir_password: str = _setting("", "FHIR password (fhir_auth basic).")
+    fhir_password: str = _secret(
+        "FHIR password (fhir_auth basic): this variable or the file only, never a flag."
+    )
+    fhir_password_file: str = _secret_file("fhir_password")
     fhir_token_url: str = _setting(
         "", "OAuth2 token endpoint for the client-credentials grant (fhir_auth oauth2)."
     )
     fhir_client_id: str = _setting("", "OAuth2 client id (fhir_auth oauth2).")
-    fhir_client_secret: str = _setting("", "OAuth2 client secret (fhir_auth oauth2).")
+    fhir_client_secret: str = _secret(
+        "OAuth2 client secret (fhir_auth oauth2): this variable or the file only, never a flag."
+    )
+    fhir_client_secret_file: str = _secret_file("fhir_client_secret")
     fhir_scope: str = _setting("", "OAuth2 scope to ask for, if the server needs one.")
     fhir_patient_system: str = _setting(
         "", "Identifier system of PatientID in FHIR Patient resources (empty: none)."
@@ -341,6 +367,68 @@ class Settings:
         """Where request bodies are spooled before they are parsed and stored."""
         return Path(self.data_dir).resolve() / "spool"
 
+    # The groups each layer is handed (settings_groups.py).
+
+    def _group(self, cls: type, prefix: str = "", **values: Any) -> Any:
+        """A ``cls`` whose fields are the settings named ``prefix`` + field (else the field's
+        own name), but for those ``values`` give."""
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                name = prefix + f.name if hasattr(self, prefix + f.name) else f.name
+                values[f.name] = getattr(self, name)
+        return cls(**values)
+
+    @property
+    def ingest(self) -> groups.Ingest:
+        return self._group(groups.Ingest)
+
+    @property
+    def archive(self) -> groups.ArchiveSettings:
+        return groups.ArchiveSettings(
+            self.ingest,
+            self._group(groups.Cleanup, "cleanup_"),
+            self._group(groups.Pixels),
+            self._group(groups.Search),
+            self._group(
+                groups.Export,
+                "export_",
+                allow=tuple(u.strip() for u in self.export_allow.split(",") if u.strip()),
+                operator_key=bool(self.deidentify_key_file),
+            ),
+        )
+
+    @property
+    def jobs(self) -> groups.Jobs:
+        return self._group(groups.Jobs, "job_")
+
+    @property
+    def fhir(self) -> groups.Fhir:
+        """Its secrets read from their files (see ``secret``)."""
+        return self._group(
+            groups.Fhir,
+            "fhir_",
+            token=self.secret("fhir_token"),
+            password=self.secret("fhir_password"),
+            client_secret=self.secret("fhir_client_secret"),
+            lease=self.job_lease,
+        )
+
+    @property
+    def dimse(self) -> groups.Dimse:
+        return self._group(groups.Dimse, "dimse_", max_results=self.qido_max_limit)
+
+    @property
+    def request_limits(self) -> groups.RequestLimits:
+        return self._group(groups.RequestLimits)
+
+    @property
+    def auth(self) -> groups.Auth:
+        return self._group(groups.Auth, "auth_")
+
+    @property
+    def cors(self) -> groups.Cors:
+        return self._group(groups.Cors, "cors_")
+
     def environ(self) -> dict[str, str]:
         """These settings as ``DICOMHUB_*`` variables (what ``load`` reads back)."""
         return {
@@ -349,6 +437,30 @@ class Settings:
             else str(getattr(self, f.name))
             for f in self.fields()
         }
+
+    def secret(self, name: str) -> str:
+        """A secret setting's value: from the file its ``<name>_file`` setting names, else its
+        own (from the environment). Raises ValueError for an unreadable or empty file, or when
+        both are given."""
+        path, value = getattr(self, name + "_file"), getattr(self, name)
+        if not path:
+            return value
+        if value:
+            raise ValueError(
+                f"DICOMHUB_{name.upper()} and {name}_file are both set; give one of them"
+            )
+        try:
+            text = Path(path).read_text().rstrip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the {name} file {path}: {exc.strerror}") from exc
+        if not text:
+            raise ValueError(f"the {name} file {path} is empty")
+        return text
+
+    @classmethod
+    def secrets(cls) -> list[str]:
+        """The names of the settings never taken from a flag."""
+        return [f.name for f in cls.fields() if f.metadata.get("secret")]
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:

@@ -12,7 +12,7 @@ from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
 from dicomhub.archive.export import ExportService
 from dicomhub.archive.extended_tags import ExtendedTagsService
-from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
+from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.archive.operations import OperationsService
 from dicomhub.archive.pixels import Converter, PixelService, RenderService
 from dicomhub.archive.retrieve import RetrieveService
@@ -22,9 +22,7 @@ from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
-from dicomhub.fhir.client import Auth, FhirClient
-from dicomhub.fhir.projection import Options
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import ArchiveSettings
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
 
 log = logging.getLogger(__name__)
@@ -33,35 +31,39 @@ log = logging.getLogger(__name__)
 class Archive:
     def __init__(
         self,
-        settings: Settings,
+        settings: ArchiveSettings,
         index: IndexStore,
         blobs: BlobStore,
+        converter: Converter,
+        fhir: FhirSync | None = None,
         audit: AuditSink | None = None,
         deidentify_key: bytes | None = None,
         export_sinks: OpenSink | None = None,
     ):
-        """``audit``: where the audit log goes (None: no audit log). ``deidentify_key``: the
-        key de-identified downloads derive their UIDs from (None: a random one, this archive's
-        own). ``export_sinks``: opens export destinations (None: exports are refused)."""
-        self.settings = settings
+        """Everything it is given is built by the composition root (cli.py); the archive
+        starts and closes it. ``converter``: runs pixel conversions (a process pool).
+        ``fhir``: the FHIR sync (None: none). ``audit``: where the audit log goes (None: no
+        audit log). ``deidentify_key``: the key de-identified downloads derive their UIDs from
+        (None: a random one, this archive's own). ``export_sinks``: opens export destinations
+        (None: exports are refused)."""
+        self.spool_dir = settings.ingest.spool_dir
         self.deidentify_key = deidentify_key or secrets.token_bytes(32)
         self.index = index
         self.blobs = blobs
-        self.extended_tags = ExtendedTagsService(index, settings.extended_query_tag_max)
-        self.store = StoreService(settings, index, blobs, self.extended_tags)
+        self.extended_tags = ExtendedTagsService(index, settings.search.extended_query_tag_max)
+        self.store = StoreService(settings.ingest, index, blobs, self.extended_tags)
         self.retrieve = RetrieveService(index, blobs)
-        converter = Converter(settings.conversion_workers)
-        self.pixels = PixelService(self.retrieve, converter, settings.max_conversion_size)
+        self.pixels = PixelService(self.retrieve, converter, settings.pixels.max_conversion_size)
         self.render = RenderService(self.pixels)
         self.thumbnails = ThumbnailService(
-            self.retrieve, self.render, blobs, settings.thumbnail_size
+            self.retrieve, self.render, blobs, settings.pixels.thumbnail_size
         )
         self.search = SearchService(index)
-        self.delete = DeleteService(index, settings.delete_delay)
+        self.delete = DeleteService(index, settings.cleanup.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.operations = OperationsService(index)
         self.export = ExportService(
-            settings,
+            settings.export,
             index,
             blobs,
             self.operations,
@@ -69,9 +71,13 @@ class Archive:
             self.extended_tags,
             export_sinks or _no_exports,
         )
-        self.cleanup = Cleanup(index, blobs, settings.cleanup_batch_size, settings.upload_timeout)
-        self.fhir = fhir_sync(settings, index) if settings.fhir_url else None
-        self.audit = AuditLog(audit) if audit is not None else None
+        self.cleanup = Cleanup(
+            index, blobs, settings.cleanup.batch_size, settings.cleanup.upload_timeout
+        )
+        self.fhir = fhir
+        self.audit = (
+            AuditLog(audit, settings.cleanup.audit_retention_days) if audit is not None else None
+        )
 
     async def start(self, recover: bool = True) -> None:
         """Open the stores; with ``recover``, also undo what a crash left (spooled bodies,
@@ -79,7 +85,7 @@ class Archive:
         await self.index.start()
         await self.blobs.start()
         if recover:
-            clear_spool(self.settings.spool_dir)
+            clear_spool(self.spool_dir)
             if not self.index.shared:  # no other process is storing: every upload is dead
                 try:
                     if await self.cleanup.abandon_stale_uploads(utcnow() + timedelta(days=1)):
@@ -111,24 +117,6 @@ class Archive:
             except Exception as exc:  # noqa: BLE001 - health reports, never raises
                 results.append((name, f"{exc.__class__.__name__}: {exc}"))
         return results
-
-
-def fhir_sync(settings: Settings, index: FhirSyncIndex) -> FhirSync:
-    auth = Auth(
-        settings.fhir_auth,
-        settings.fhir_token,
-        settings.fhir_username,
-        settings.fhir_password,
-        settings.fhir_token_url,
-        settings.fhir_client_id,
-        settings.fhir_client_secret,
-        settings.fhir_scope,
-    )
-    client = FhirClient(settings.fhir_url, auth, settings.fhir_timeout)
-    options = Options(
-        settings.dicomweb_root, settings.fhir_patient_system, settings.fhir_use_issuer
-    )
-    return FhirSync(index, client, options, settings.fhir_batch_size, settings.job_lease)
 
 
 def _no_exports(url: str, options: dict[str, str]):

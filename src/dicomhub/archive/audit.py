@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import timedelta
 
+from dicomhub.clock import utcnow
 from dicomhub.model import AuditEntry, AuditQuery
 from dicomhub.storage.protocols import AuditSink
 
@@ -20,8 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class AuditLog:
-    def __init__(self, sink: AuditSink, interval: float = 0.2, max_pending: int = 100_000):
+    def __init__(
+        self,
+        sink: AuditSink,
+        retention_days: int = 0,
+        interval: float = 0.2,
+        max_pending: int = 100_000,
+    ):
+        """``retention_days``: how long entries are kept (0: forever)."""
         self.sink = sink
+        self.retention = timedelta(days=retention_days) if retention_days > 0 else None
         self.interval = interval
         self.max_pending = max_pending
         self._pending: list[AuditEntry] = []
@@ -60,8 +69,10 @@ class AuditLog:
         await self.flush()
         return await self.sink.audit_entries(query)
 
-    async def purge(self, before: datetime) -> None:
-        await self.sink.purge_audit_entries(before)
+    async def purge_expired(self) -> None:
+        """Remove the entries older than the retention (none without one)."""
+        if self.retention is not None:
+            await self.sink.purge_audit_entries(utcnow() - self.retention)
 
     async def close(self) -> None:
         if self._writer is not None:

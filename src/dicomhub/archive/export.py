@@ -23,7 +23,7 @@ from dicomhub.clock import isoformat, utcnow
 from dicomhub.dicom.deidentify import Context, Options, deidentify_file
 from dicomhub.errors import InvalidDicom, InvalidRequest, NotFound
 from dicomhub.model import JobType, Scope, StoredInstance
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Export
 from dicomhub.storage.protocols import (
     BlobStore,
     ExportSink,
@@ -46,7 +46,7 @@ class ExportIndex(Instances, InstanceSearch, Protocol):
 class ExportService:
     def __init__(
         self,
-        settings: Settings,
+        settings: Export,
         index: ExportIndex,
         blobs: BlobStore,
         ops: OperationsService,
@@ -59,9 +59,9 @@ class ExportService:
         a destination (chosen in the composition root, cli.py)."""
         self.sinks = sinks
         self.key = key
-        self.project_key = bool(settings.deidentify_key_file)
-        self.allow = [u.strip() for u in settings.export_allow.split(",") if u.strip()]
-        self.request_credentials = settings.export_request_credentials
+        self.project_key = settings.operator_key
+        self.allow = list(settings.allow)
+        self.request_credentials = settings.request_credentials
         self.index = index
         self.blobs = blobs
         self.operations = ops

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from dicomhub.clock import utcnow
 from dicomhub.errors import NotFound
@@ -30,3 +31,7 @@ class OperationsService:
         if found is None:
             raise NotFound(f"operation {operation_id} not found")
         return found
+
+    async def purge(self, kind: str, before: datetime) -> None:
+        """Forget finished operations of ``kind`` last updated before then."""
+        await self.index.purge_operations(kind, before)

@@ -1,7 +1,8 @@
 """Pixel conversion use cases: instances and frames in another transfer syntax.
 
-Decoding and encoding run in a pool of worker processes, one frame per task, so a large
-conversion neither stalls the event loop nor holds a whole volume in memory.
+Decoding and encoding run in a Converter (the composition root gives a pool of worker
+processes), one frame per task, so a large conversion neither stalls the event loop nor holds a
+whole volume in memory.
 """
 
 from __future__ import annotations
@@ -9,80 +10,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
-import multiprocessing
-import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from typing import Protocol
 
 from dicomhub.archive.retrieve import RetrieveService
 from dicomhub.dicom import codecs, render, transcode
 from dicomhub.dicom.codecs import NATIVE, PixelInfo
 from dicomhub.dicom.frames import FrameIndex
 from dicomhub.dicom.transcode import Header
-from dicomhub.errors import (
-    ConversionCrashed,
-    ConversionFailed,
-    DicomhubError,
-    NotAcceptable,
-    NotFound,
-)
-from dicomhub.lifetime import end_with_parent
+from dicomhub.errors import NotAcceptable, NotFound
 from dicomhub.model import StoredInstance
 
-log = logging.getLogger(__name__)
 _LITTLE_ENDIAN = NATIVE - {codecs.BIG_ENDIAN}
 _WINDOW = 4  # frames converted ahead of the one being sent
 
 
-class Converter:
-    """A pool of worker processes shared by every archive in this process."""
-
-    _pools: dict[int, ProcessPoolExecutor] = {}
-
-    def __init__(self, workers: int):
-        self.workers = workers or os.cpu_count() or 1
-
-    def _pool(self) -> ProcessPoolExecutor:
-        pool = self._pools.get(self.workers)
-        if pool is None:
-            # spawn: no fork of a threaded server; the workers end with this process, however
-            # it ends (they would idle on under PID 1)
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(
-                self.workers, context, initializer=end_with_parent, initargs=(os.getpid(),)
-            )
-            self._pools[self.workers] = pool
-        return pool
+class Converter(Protocol):
+    """Runs conversions away from the event loop (workers/conversion.py: a process pool,
+    built by the composition root)."""
 
     async def run(self, fn: Callable, *args):
-        """``fn(*args)`` in a worker process. What it raises there is the data's fault
-        (ConversionFailed, 406); a worker that dies or a task that cannot reach one is the
-        server's (ConversionCrashed, 500)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool(), _in_worker, fn, *args)
-        except BrokenProcessPool as exc:  # a worker died (a codec crashed it): a new pool
-            self._pools.pop(self.workers, None)
-            raise ConversionCrashed("a conversion worker process died; see the log") from exc
-        except DicomhubError:
-            raise
-        except Exception as exc:  # e.g. arguments or a result that cannot cross to the worker
-            log.exception("a conversion could not be run")
-            raise ConversionCrashed("a conversion could not be run; see the log") from exc
-
-
-def _in_worker(fn: Callable, *args):
-    """Runs in the worker: codecs raise many kinds for data they cannot handle."""
-    try:
-        return fn(*args)
-    except DicomhubError:
-        raise
-    except Exception as exc:
-        raise ConversionFailed(f"the pixel data could not be converted: {exc}") from None
+        """``fn(*args)`` elsewhere. What it raises there is the data's fault
+        (ConversionFailed, 406); a failure to run it is the server's (ConversionCrashed, 500)."""
 
 
 class PixelService:

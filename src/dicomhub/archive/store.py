@@ -33,7 +33,7 @@ from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.scan import scan
 from dicomhub.errors import AlreadyExists, InsufficientStorage, InvalidDicom, InvalidRequest
 from dicomhub.model import NewInstance, blob_key
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Ingest
 from dicomhub.storage.protocols import BlobStore, Uploads
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Commits:
 class StoreService:
     def __init__(
         self,
-        settings: Settings,
+        settings: Ingest,
         index: Uploads,
         blobs: BlobStore,
         extended: ExtendedTagsService,

@@ -41,6 +41,7 @@ from dicomhub.dimse.status import (
 from dicomhub.dimse.tls import tls_args
 from dicomhub.errors import DicomhubError, InvalidRequest, Unavailable
 from dicomhub.model import JobType
+from dicomhub.settings_groups import Dimse
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class Commitments:
         """The report on the request's association (a requester that is no peer)."""
         clock = time.perf_counter()
         service = self.service
-        event_type, info, detail = await _report(service.archive, request)
+        event_type, info, detail = await _report(service.archive, service.settings, request)
         status = await asyncio.to_thread(_send_back, assoc, event_type, info)
         detail["via"] = "the request's association"
         if status != SUCCESS:
@@ -144,39 +145,38 @@ class Commitments:
         service.record(caller, "N-EVENT-REPORT", outcome, clock, detail)
 
 
-async def deliver(archive, payload: dict) -> dict:
+async def deliver(archive, settings: Dimse, payload: dict) -> dict:
     """The job of a report to a requester in ``--dimse-peers``: look the instances up, send the
     report on a new association; one that is not delivered raises, and the job runner tries
     again later (with backoff, up to the job's attempts)."""
     clock = time.perf_counter()
-    settings = archive.settings
     request = Request(payload["transaction"], [tuple(r) for r in payload["references"]])
     caller = tuple(payload["requester"])
-    peer = parse_peers(settings.dimse_peers).get(caller[0])
+    peer = parse_peers(settings.peers).get(caller[0])
     if peer is None:
         raise Unavailable("dimse", f"{caller[0]} is no longer in --dimse-peers")
-    event_type, info, detail = await _report(archive, request)
+    event_type, info, detail = await _report(archive, settings, request)
     status = await asyncio.to_thread(_send_new, settings, peer, caller[0], event_type, info)
     detail["via"] = f"a new association to {peer}"
     if status != SUCCESS:
         detail["message"] = "the report was not delivered (tried again later)"
     if archive.audit is not None:
         outcome = PROCESSING_FAILURE if status is None else status
-        entry = audit_entry(settings.dimse_aet, caller, "N-EVENT-REPORT", outcome, clock, detail)
+        entry = audit_entry(settings.aet, caller, "N-EVENT-REPORT", outcome, clock, detail)
         archive.audit.record(entry)
     if status != SUCCESS:
         raise Unavailable("dimse", f"the storage commitment report to {peer} was not delivered")
     return detail
 
 
-async def _report(archive, request: Request) -> tuple[int, Dataset, dict]:
+async def _report(archive, settings: Dimse, request: Request) -> tuple[int, Dataset, dict]:
     """The report's Event Type ID and Event Information, and its audit detail."""
     try:
-        failed = await failures(archive, request, archive.settings.qido_max_limit)
+        failed = await failures(archive, request, settings.max_results)
     except Exception:  # noqa: BLE001 - reported as failures, never silently dropped
         log.exception("storage commitment %s: the lookup failed", request.transaction)
         failed = {sop: PROCESSING_FAILURE for _, sop in request.references}
-    event_type, info = report(request, failed, archive.settings.dimse_aet)
+    event_type, info = report(request, failed, settings.aet)
     detail = {
         "transaction": request.transaction,
         "committed": len(request.references) - len(failed),
@@ -185,9 +185,9 @@ async def _report(archive, request: Request) -> tuple[int, Dataset, dict]:
     return event_type, info, detail
 
 
-def _send_new(settings, peer: Peer, ae_title: str, event_type: int, info: Dataset):
-    ae = AE(ae_title=settings.dimse_aet)
-    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.dimse_timeout
+def _send_new(settings: Dimse, peer: Peer, ae_title: str, event_type: int, info: Dataset):
+    ae = AE(ae_title=settings.aet)
+    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = settings.timeout
     ae.add_requested_context(commitment.SOP_CLASS)
     role = build_role(commitment.SOP_CLASS, scu_role=False, scp_role=True)
     assoc = ae.associate(

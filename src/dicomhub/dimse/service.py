@@ -60,7 +60,7 @@ from dicomhub.dimse.status import (
 )
 from dicomhub.dimse.tls import tls_args, tls_context
 from dicomhub.errors import DicomhubError
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Dimse
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +90,20 @@ PREFERRED = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
 
 
 class DimseService:
-    def __init__(self, archive: Archive, settings: Settings):
+    def __init__(self, archive: Archive, settings: Dimse):
         self.archive = archive
         self.settings = settings
-        self.callers = Callers(settings.dimse_callers)
-        self.peers = parse_peers(settings.dimse_peers)
+        self.callers = Callers(settings.callers)
+        self.peers = parse_peers(settings.peers)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commitments = Commitments(self)
 
     def application_entity(self) -> AE:
-        ae = AE(ae_title=self.settings.dimse_aet)
-        ae.maximum_associations = self.settings.dimse_max_associations
-        ae.network_timeout = ae.dimse_timeout = self.settings.dimse_timeout
+        ae = AE(ae_title=self.settings.aet)
+        ae.maximum_associations = self.settings.max_associations
+        ae.network_timeout = ae.dimse_timeout = self.settings.timeout
         # a connection that does not associate soon gives its slot back
-        ae.acse_timeout = min(ACSE_TIMEOUT, self.settings.dimse_timeout)
+        ae.acse_timeout = min(ACSE_TIMEOUT, self.settings.timeout)
         ae.require_calling_aet = self.callers.ae_titles
         ae.add_supported_context(Verification, PREFERRED)
         for context in AllStoragePresentationContexts:  # SCU role too: C-GET's sub-operations
@@ -130,11 +130,11 @@ class DimseService:
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
         ]
-        address = (self.settings.host, self.settings.dimse_port)
+        address = (self.settings.host, self.settings.port)
         server = self.application_entity().start_server(
             address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings)
         )
-        log.info("DIMSE service %s listening on %s:%d", self.settings.dimse_aet, *address)
+        log.info("DIMSE service %s listening on %s:%d", self.settings.aet, *address)
         try:
             await asyncio.Event().wait()
         finally:
@@ -188,7 +188,7 @@ class DimseService:
         try:
             identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
             level = str(identifier.get("QueryRetrieveLevel", ""))
-            results = find(self.archive, identifier, self.settings.qido_max_limit)
+            results = find(self.archive, identifier, self.settings.max_results)
             while True:
                 if event.is_cancelled:
                     status = CANCELLED
@@ -283,7 +283,7 @@ class DimseService:
         try:
             identifier = event.identifier
             detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
-            limit = self.settings.qido_max_limit
+            limit = self.settings.max_results
             found = self._call(retrieve.instances(self.archive, identifier, limit))
         except DicomhubError as exc:
             detail["message"] = str(exc)
@@ -359,9 +359,7 @@ class DimseService:
         """Audit a DIMSE operation of ``caller`` (AE title, address), from any thread."""
         if self.archive.audit is None:
             return
-        entry = audit_entry(
-            self.settings.dimse_aet, caller, command, status, clock, detail, **fields
-        )
+        entry = audit_entry(self.settings.aet, caller, command, status, clock, detail, **fields)
         self.loop.call_soon_threadsafe(self.archive.audit.record, entry)
 
 
@@ -390,6 +388,6 @@ async def _next(results):
     return await anext(results)
 
 
-async def run_dimse(archive: Archive, settings: Settings) -> None:
+async def run_dimse(archive: Archive, settings: Dimse) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await DimseService(archive, settings).run()

@@ -205,12 +205,12 @@ def create_app(
     app = Starlette(
         routes=table,
         lifespan=lifespan,
-        middleware=forwarded(settings)
+        middleware=forwarded(settings.forwarded_allow_ips)
         + api_versions()
-        + cors(settings)
+        + cors(settings.cors)
         + audit.audit(archive.audit, table)
-        + limits(settings)
-        + authentication(settings),
+        + limits(settings.request_limits)
+        + authentication(settings.auth),
         exception_handlers={
             DicomhubError: errors.on_dicomhub_error,
             HTTPException: errors.on_http_exception,
@@ -220,4 +220,5 @@ def create_app(
     )
     app.state.archive = archive
     app.state.settings = settings
+    app.state.ingest = settings.ingest  # read by every STOW request
     return app

@@ -20,7 +20,7 @@ import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomhub import clock
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Auth as AuthSettings
 from dicomhub.web.access import Roles
 from dicomhub.web.errors import problem
 
@@ -57,23 +57,23 @@ class Principal:
 
 
 class TokenValidator:
-    def __init__(self, settings: Settings, roles: Roles):
-        algorithms = [a.strip() for a in settings.auth_algorithms.split(",") if a.strip()]
+    def __init__(self, settings: AuthSettings, roles: Roles):
+        algorithms = [a.strip() for a in settings.algorithms.split(",") if a.strip()]
         refused = [a for a in algorithms if a not in ASYMMETRIC]
         if refused or not algorithms:
             raise ValueError(
                 "auth_algorithms may only name asymmetric algorithms "
                 f"({', '.join(sorted(ASYMMETRIC))}); refused: {', '.join(refused) or 'none given'}"
             )
-        if not settings.auth_audience:
+        if not settings.audience:
             raise ValueError("auth_audience must be set when auth_issuer is")
         self.roles = roles
-        self.issuer = settings.auth_issuer
-        self.audience = settings.auth_audience
+        self.issuer = settings.issuer
+        self.audience = settings.audience
         self.algorithms = algorithms
-        self.leeway = settings.auth_leeway
-        self.refresh = settings.auth_key_refresh
-        self._jwks_url = settings.auth_jwks_url
+        self.leeway = settings.leeway
+        self.refresh = settings.key_refresh
+        self._jwks_url = settings.jwks_url
         self._keys: jwt.PyJWKClient | None = None
         self._discovery_failed = -float("inf")
 
@@ -176,11 +176,11 @@ def _quote(text: str) -> str:
     return text.replace("\\", "").replace('"', "'")[:200]
 
 
-def authentication(settings: Settings):
+def authentication(settings: AuthSettings):
     """The authentication middleware, when an issuer is set."""
     from starlette.middleware import Middleware
 
-    if not settings.auth_issuer:
+    if not settings.issuer:
         return []
-    roles = Roles.load(settings.auth_roles_file, settings.auth_roles_claim)
+    roles = Roles.load(settings.roles_file, settings.roles_claim)
     return [Middleware(AuthMiddleware, validator=TokenValidator(settings, roles))]

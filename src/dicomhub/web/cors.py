@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Cors
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 REQUEST_HEADERS = ["Accept", "Authorization", "Content-Type", "If-None-Match", "Range"]
@@ -21,12 +21,12 @@ EXPOSED = [
 ]
 
 
-def cors(settings: Settings) -> list[Middleware]:
+def cors(settings: Cors) -> list[Middleware]:
     """The CORS middleware of ``--cors-origins``; none when it is empty."""
-    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    origins = [o.strip().rstrip("/") for o in settings.origins.split(",") if o.strip()]
     if not origins:
         return []
-    if "*" in origins and settings.cors_allow_credentials:
+    if "*" in origins and settings.allow_credentials:
         raise ValueError(
             "cors_allow_credentials cannot be used with cors_origins '*': name the origins"
         )
@@ -34,10 +34,10 @@ def cors(settings: Settings) -> list[Middleware]:
         Middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_credentials=settings.cors_allow_credentials,
+            allow_credentials=settings.allow_credentials,
             allow_methods=METHODS,
             allow_headers=REQUEST_HEADERS,
             expose_headers=EXPOSED,
-            max_age=settings.cors_max_age,
+            max_age=settings.max_age,
         )
     ]

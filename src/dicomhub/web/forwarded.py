@@ -16,8 +16,6 @@ import re
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomhub.settings import Settings
-
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?\Z")
 _SCHEMES = {"http", "https"}
 
@@ -39,9 +37,10 @@ class TrustedProxies:
 
 
 class ForwardedHeaders:
-    def __init__(self, app: ASGIApp, settings: Settings):
+    def __init__(self, app: ASGIApp, allow_ips: str):
+        """``allow_ips``: the proxies believed (``--forwarded-allow-ips``)."""
         self.app = app
-        self.trusted = TrustedProxies(settings.forwarded_allow_ips)
+        self.trusted = TrustedProxies(allow_ips)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
@@ -110,5 +109,5 @@ def _parameters(element: str) -> dict[str, str]:
     return out
 
 
-def forwarded(settings: Settings) -> list[Middleware]:
-    return [Middleware(ForwardedHeaders, settings=settings)]
+def forwarded(allow_ips: str) -> list[Middleware]:
+    return [Middleware(ForwardedHeaders, allow_ips=allow_ips)]

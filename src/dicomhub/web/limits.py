@@ -11,14 +11,14 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomhub.errors import RequestTimeout
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import RequestLimits as RequestLimitSettings
 from dicomhub.web.errors import problem
 
 MAX_HEADER_COUNT = 100
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, settings: Settings):
+    def __init__(self, app: ASGIApp, settings: RequestLimitSettings):
         self.app = app
         self.url = settings.max_url_length
         self.headers = settings.max_header_size
@@ -90,5 +90,5 @@ class RequestLimits:
         return bounded
 
 
-def limits(settings: Settings) -> list[Middleware]:
+def limits(settings: RequestLimitSettings) -> list[Middleware]:
     return [Middleware(RequestLimits, settings=settings)]

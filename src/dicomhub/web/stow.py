@@ -23,7 +23,7 @@ from dicomhub.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Ingest
 from dicomhub.web.audit import note
 from dicomhub.web.common import (
     archive,
@@ -44,10 +44,10 @@ async def store(request: Request) -> Response:
         require_uid(study, "StudyInstanceUID")
     content_type = request.headers.get("content-type") or ""
     if content_type.split(";")[0].strip().lower() == DICOM:  # one file: its size is known
-        limit = request.app.state.settings.max_part_size
+        limit = request.app.state.ingest.max_part_size
         refuse_declared_size(request, limit, "a DICOM file (max_part_size)")
     parts = received_parts(
-        request.stream(), request.headers.get("content-type"), request.app.state.settings
+        request.stream(), request.headers.get("content-type"), request.app.state.ingest
     )
     n = version(request)
     outcomes = await archive(request).store.store_parts(parts, study, strict=n == 1)
@@ -66,7 +66,7 @@ async def store(request: Request) -> Response:
 
 
 async def received_parts(
-    chunks: AsyncIterator[bytes], content_type: str | None, settings: Settings
+    chunks: AsyncIterator[bytes], content_type: str | None, settings: Ingest
 ) -> AsyncIterator[Part]:
     """The parts of a STOW-RS body, each as soon as it is complete. Errors of the request as a
     whole (media type, boundary, malformed multipart, too many parts, a single body that is too

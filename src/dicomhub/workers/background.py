@@ -13,22 +13,23 @@ from datetime import timedelta
 from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.model import JobType
-from dicomhub.settings import Settings
+from dicomhub.settings_groups import Dimse, Jobs
 from dicomhub.workers.fhir_sync import run_fhir_sync
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 
 KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 
 
-def handlers(archive: Archive) -> dict[str, Handler]:
+def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
+    """The handler of each kind of job; ``dimse``: where storage commitment reports go."""
+
     async def blob_cleanup(context: JobContext) -> dict:
         results = await archive.cleanup.run()
-        await archive.index.purge_operations(
+        await archive.operations.purge(
             str(JobType.BLOB_CLEANUP), utcnow() - KEEP_CLEANUP_OPERATIONS
         )
-        days = archive.settings.audit_retention_days
-        if archive.audit is not None and days > 0:
-            await archive.audit.purge(utcnow() - timedelta(days=days))
+        if archive.audit is not None:
+            await archive.audit.purge_expired()
         return results
 
     async def reindex(context: JobContext) -> dict:
@@ -43,7 +44,7 @@ def handlers(archive: Archive) -> dict[str, Handler]:
     async def storage_commitment(context: JobContext) -> dict:
         from dicomhub.dimse.commitment import deliver  # pynetdicom: only loaded when needed
 
-        return await deliver(archive, context.operation.payload)
+        return await deliver(archive, dimse, context.operation.payload)
 
     async def answered(context: JobContext) -> dict:
         return {}  # the report went on the request's association: this is its record
@@ -57,9 +58,9 @@ def handlers(archive: Archive) -> dict[str, Handler]:
     }
 
 
-async def run_background(archive: Archive, settings: Settings) -> None:
+async def run_background(archive: Archive, settings: Jobs, dimse: Dimse) -> None:
     runner = JobRunner(
-        archive.index, handlers(archive), settings.job_lease, settings.job_poll_interval
+        archive.index, handlers(archive, dimse), settings.lease, settings.poll_interval
     )
 
     async def queue_cleanup() -> None:
@@ -68,6 +69,6 @@ async def run_background(archive: Archive, settings: Settings) -> None:
     fhir = [run_fhir_sync(archive.fhir, settings.fhir_poll_interval)] if archive.fhir else []
     await asyncio.gather(
         every(settings.cleanup_interval, queue_cleanup),
-        *(runner.run_forever() for _ in range(settings.job_concurrency)),
+        *(runner.run_forever() for _ in range(settings.concurrency)),
         *fhir,
     )
