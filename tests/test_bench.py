@@ -19,20 +19,25 @@ from tests.conftest import ran, unavailable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_run_against_orthanc(tmp_path):
-    if orthanc_available() is not None:
-        unavailable(Unavailable("Orthanc", str(orthanc_available())))
-    ran("Orthanc")
-    out = tmp_path / "results.json"
+def bench(out: Path, *args: str) -> dict:
+    """Run ``python -m bench ARGS --out OUT``; the results it wrote."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--profile", "smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_smoke_run_against_orthanc(tmp_path):
+    if orthanc_available() is not None:
+        unavailable(Unavailable("Orthanc", str(orthanc_available())))
+    ran("Orthanc")
+    out = tmp_path / "results.json"
+    results = bench(out, "--profile", "smoke")
     servers = results["servers"]
     assert set(servers) == {"dicomhub", "Orthanc"}
     ids = {name: [r["id"] for r in s["workloads"]] for name, s in servers.items()}
@@ -61,15 +66,7 @@ def test_smoke_run_against_orthanc(tmp_path):
 
 def test_scale_mode_smoke(tmp_path):
     out = tmp_path / "scale.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "scale", "--instances", "300", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = bench(out, "scale", "--instances", "300")
     assert [r["stored"] for r in results["ingest"]][-1] == 300
     assert {r["id"] for r in results["searches"]} >= {"qido-patient-id", "qido-instances"}
 

@@ -333,25 +333,20 @@ def find_data(server):
     return studies
 
 
+def dcmtk_query(tool: str, port: int, calling: str, level: str, keys: dict, *options: str):
+    """Run a DCMTK query or retrieve tool: ``calling`` asks DICOMHUB at ``level`` for ``keys``,
+    with the tool's own ``options``."""
+    args = [tool, *options, "-aet", calling, "-aec", "DICOMHUB"]
+    args += ["-k", f"QueryRetrieveLevel={level}"]
+    for key, value in keys.items():
+        args += ["-k", f"{key}={value}"]
+    return dcmtk(*args, "127.0.0.1", str(port))
+
+
 def findscu(port: int, tmp_path, model: str, level: str, **keys: str) -> list:
     out = tmp_path / f"find-{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    args = [
-        "findscu",
-        model,
-        "-aet",
-        "VIEWER",
-        "-aec",
-        "DICOMHUB",
-        "-X",
-        "-od",
-        str(out),
-        "-k",
-        f"QueryRetrieveLevel={level}",
-    ]
-    for key, value in keys.items():
-        args += ["-k", f"{key}={value}"]
-    done = dcmtk(*args, "127.0.0.1", str(port))
+    done = dcmtk_query("findscu", port, "VIEWER", level, keys, model, "-X", "-od", str(out))
     assert done.returncode == 0, done.stderr
     return [read(p.read_bytes()) for p in sorted(out.iterdir())]
 
@@ -556,21 +551,7 @@ def test_c_find_cancel(server, find_data, tmp_path):
 def getscu(port: int, out, level: str, calling: str = "VIEWER", **keys: str):
     out.mkdir()
     model = "-P" if level == "PATIENT" else "-S"
-    args = [
-        "getscu",
-        model,
-        "-aet",
-        calling,
-        "-aec",
-        "DICOMHUB",
-        "-od",
-        str(out),
-        "-k",
-        f"QueryRetrieveLevel={level}",
-    ]
-    for key, value in keys.items():
-        args += ["-k", f"{key}={value}"]
-    return dcmtk(*args, "127.0.0.1", str(port))
+    return dcmtk_query("getscu", port, calling, level, keys, model, "-od", str(out))
 
 
 @pytest.mark.parametrize(
@@ -699,22 +680,7 @@ def test_c_get_refusals(server, find_data, tmp_path):
 
 def movescu(port: int, level: str, destination: str, calling: str = "VIEWER", **keys: str):
     model = "-P" if level == "PATIENT" else "-S"
-    args = [
-        "movescu",
-        "-v",
-        model,
-        "-aet",
-        calling,
-        "-aec",
-        "DICOMHUB",
-        "-aem",
-        destination,
-        "-k",
-        f"QueryRetrieveLevel={level}",
-    ]
-    for key, value in keys.items():
-        args += ["-k", f"{key}={value}"]
-    return dcmtk(*args, "127.0.0.1", str(port))
+    return dcmtk_query("movescu", port, calling, level, keys, "-v", model, "-aem", destination)
 
 
 def test_c_move_sends_a_study_to_a_peer(server, destination, find_data):

@@ -1,4 +1,4 @@
-from dicomhub.cli import main
+from dicomhub.main import main
 
 if __name__ == "__main__":
     main()

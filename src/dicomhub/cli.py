@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dicomhub import __version__, settings_groups
+from dicomhub import __version__, clients, settings_groups
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
@@ -116,32 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(
         commands.add_parser("dimse", help="run the DIMSE service only (needs --dimse-port)")
     )
-    from dicomhub.clients import export as cli_export
-
-    cli_export.add_arguments(
-        commands.add_parser(
-            "export",
-            help="export studies from a running server to a destination (an HTTP client)",
-            description="Export instances from a running dicomhub server (POST /v2/export), "
-            "follow the job and print its result. Exit status: 0 completed, 1 failed, "
-            "2 refused by the server.",
-            allow_abbrev=False,  # --token is not --token-file: no flag carries the token
-        )
-    )
-    from dicomhub.clients import importer as cli_import
-
-    cli_import.add_arguments(
-        commands.add_parser(
-            "import",
-            help="import DICOM files into a running server over STOW-RS (an HTTP client)",
-            description="Send files, folders (recursively), ZIP and tar files and DICOMDIR "
-            "media to a running dicomhub server (STOW-RS), in parallel and resumably, and "
-            "print what was stored, already there, refused or skipped. Exit status: 0 all "
-            "stored or already there, 1 some refused or the server unreachable, 2 bad command "
-            "line or requests refused by the server (401, 403), 130 interrupted.",
-            allow_abbrev=False,  # --token is not --token-file: no flag carries the token
-        )
-    )
+    clients.add_parsers(commands)  # for --help: dicomhub.main runs them without this module
     db = commands.add_parser("db", help="manage the index database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply pending migrations")
     _settings_flags(db)
@@ -224,14 +199,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, Settings]:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "export":  # a client of a running server: no settings, no index
-        from dicomhub.clients import export as cli_export
-
-        sys.exit(cli_export.run(args))
-    if args.command == "import":
-        from dicomhub.clients import importer as cli_import
-
-        sys.exit(cli_import.run(args))
+    if args.command in clients.COMMANDS:  # a client of a running server: no settings, no index
+        sys.exit(clients.run(argv if argv is not None else sys.argv[1:]))
     command, settings = parse_command_line(argv)
     _configure_logging(settings)
     if urlsplit(getattr(args, "index_url", None) or "").password:
@@ -435,7 +404,7 @@ def _app(settings: Settings, recover: bool, dimse: bool = True):
     archive = build_archive(settings)
     jobs = []
     if settings.background_jobs:
-        jobs.append(lambda: run_background(archive, settings.jobs, settings.dimse))
+        jobs.append(lambda: run_background(archive, archive.index, settings.jobs, settings.dimse))
     if dimse and settings.dimse_port:
         from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves
 
@@ -463,7 +432,7 @@ async def _work(settings: Settings, command: str) -> None:
 
         job = run_dimse(archive, settings.dimse)
     else:
-        job = run_background(archive, settings.jobs, settings.dimse)
+        job = run_background(archive, archive.index, settings.jobs, settings.dimse)
     work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

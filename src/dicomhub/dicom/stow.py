@@ -53,6 +53,27 @@ def _comments(texts: list[str]) -> dict[str, Any]:
     return {"vr": "SQ", "Value": [{"00000902": {"vr": "LO", "Value": [t]}} for t in texts]}
 
 
+def _item(o: PartOutcome) -> dict[str, Any]:
+    """The SOP Class and SOP Instance UIDs every item of the answer's sequences carries."""
+    return {"00081150": _ui(o.sop_class or ""), "00081155": _ui(o.sop_instance or "")}
+
+
+def _failed_item(o: PartOutcome) -> dict[str, Any]:
+    item = {**_item(o), "00081197": _us(o.failure)}
+    if o.message:
+        item["00000902"] = {"vr": "LO", "Value": [o.message]}
+    return item
+
+
+def _stored_item(o: PartOutcome, base_url: str) -> dict[str, Any]:
+    item = {**_item(o), "00081190": {"vr": "UR", "Value": [base_url + o.retrieve_path]}}
+    if o.warning_reason:
+        item["00081196"] = _us(o.warning_reason)
+    if o.warnings:
+        item["00741048"] = _comments(o.warnings)
+    return item
+
+
 def build_response(
     outcomes: list[PartOutcome], base_url: str, study_path: str | None, version: int
 ) -> tuple[int, dict[str, Any] | None]:
@@ -66,31 +87,9 @@ def build_response(
     if study_path and stored:
         body["00081190"] = {"vr": "UR", "Value": [base_url + study_path]}
     if failed:
-        items = []
-        for o in failed:
-            item = {
-                "00081150": _ui(o.sop_class or ""),
-                "00081155": _ui(o.sop_instance or ""),
-                "00081197": _us(o.failure),
-            }
-            if o.message:
-                item["00000902"] = {"vr": "LO", "Value": [o.message]}
-            items.append(item)
-        body["00081198"] = {"vr": "SQ", "Value": items}
+        body["00081198"] = {"vr": "SQ", "Value": [_failed_item(o) for o in failed]}
     if stored:
-        items = []
-        for o in stored:
-            item = {
-                "00081150": _ui(o.sop_class or ""),
-                "00081155": _ui(o.sop_instance or ""),
-                "00081190": {"vr": "UR", "Value": [base_url + o.retrieve_path]},
-            }
-            if o.warning_reason:
-                item["00081196"] = _us(o.warning_reason)
-            if o.warnings:
-                item["00741048"] = _comments(o.warnings)
-            items.append(item)
-        body["00081199"] = {"vr": "SQ", "Value": items}
+        body["00081199"] = {"vr": "SQ", "Value": [_stored_item(o, base_url) for o in stored]}
     if not stored:
         return STATUS_CONFLICT, body
     if failed or (version >= 2 and any(o.warning_reason for o in stored)):

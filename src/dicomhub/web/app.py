@@ -219,6 +219,7 @@ def create_app(
         },
     )
     app.state.archive = archive
-    app.state.settings = settings
+    app.state.public_url = settings.public_url  # what web/common.base_url names
+    app.state.search = settings.archive.search  # QIDO's limits
     app.state.ingest = settings.ingest  # read by every STOW request
     return app

@@ -40,7 +40,7 @@ def version(request: Request) -> int:
 
 def base_url(request: Request) -> str:
     """The DICOMweb root of this request's API version, ending in a slash."""
-    root = request.app.state.settings.public_url or _request_root(request)
+    root = request.app.state.public_url or _request_root(request)
     return f"{root.rstrip('/')}/v{version(request)}/"
 
 

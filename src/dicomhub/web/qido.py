@@ -22,7 +22,7 @@ MORE_RESULTS = (
 async def _query(request: Request, level: Level) -> tuple[Query, dict[str, str]]:
     """The query, and the headers its extended query tags call for."""
     p = request.path_params
-    settings = request.app.state.settings
+    settings = request.app.state.search
     keys, tags = await archive(request).extended_tags.searchable()
     query = parse_query(
         request.query_params.multi_items(),

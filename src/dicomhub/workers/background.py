@@ -14,6 +14,7 @@ from dicomhub.archive.archive import Archive
 from dicomhub.clock import utcnow
 from dicomhub.model import JobType
 from dicomhub.settings_groups import Dimse, Jobs
+from dicomhub.storage.protocols import Jobs as JobQueue
 from dicomhub.workers.fhir_sync import run_fhir_sync
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
 
@@ -58,10 +59,10 @@ def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
     }
 
 
-async def run_background(archive: Archive, settings: Jobs, dimse: Dimse) -> None:
-    runner = JobRunner(
-        archive.index, handlers(archive, dimse), settings.lease, settings.poll_interval
-    )
+async def run_background(archive: Archive, queue: JobQueue, settings: Jobs, dimse: Dimse) -> None:
+    """Run the job runners over ``queue`` (the index's jobs, handed by the composition root),
+    the scheduled jobs and the FHIR sync, until cancelled."""
+    runner = JobRunner(queue, handlers(archive, dimse), settings.lease, settings.poll_interval)
 
     async def queue_cleanup() -> None:
         await archive.operations.start(str(JobType.BLOB_CLEANUP), singleton=True)
