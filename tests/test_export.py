@@ -30,6 +30,7 @@ from tests.dicomfiles import read
 from tests.helpers import MULTIPART, multipart, stow
 from tests.synthetic import instance, uid
 from tests.test_deidentify import check_profile
+from tests.test_extended_tags import kill_runner_midway
 
 A, B, C = uid(70, 1), uid(70, 2), uid(70, 3)
 MISSING = f"{uid(70, 9)}/{uid(70, 9, 1)}/{uid(70, 9, 1, 1)}"
@@ -308,15 +309,7 @@ def test_a_killed_export_finishes_on_another_runner_without_duplicates(
 
     monkeypatch.setattr(archive.blobs, "read", slow_read)
     operation = client.post("/v2/export", json=body(blob(f"file://{root}"))).json()["id"]
-    first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
-
-    async def killed() -> None:
-        task = asyncio.create_task(first.run_once())
-        await asyncio.sleep(0.7)
-        task.cancel()  # the node dies mid-export; its lease is left to run out
-        await asyncio.gather(task, return_exceptions=True)
-
-    client.portal.call(killed)
+    kill_runner_midway(client, archive, after=0.7)  # mid-export; its lease is left to run out
     state = client.get(f"/v2/operations/{operation}").json()
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
     assert 0 < state["results"]["exported"] < len(EXPORTED)  # progress while it runs

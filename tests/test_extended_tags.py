@@ -312,6 +312,19 @@ def test_includefield_returns_extended_tags(tagged):
     assert "00101010" not in plain  # only when asked for
 
 
+def kill_runner_midway(client, archive, after: float) -> None:
+    """A job runner (lease 0.6 s) takes the next job and dies ``after`` seconds into it."""
+    first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
+
+    async def killed() -> None:
+        task = asyncio.create_task(first.run_once())
+        await asyncio.sleep(after)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    client.portal.call(killed)
+
+
 def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, clock):
     from dicomhub.archive import extended_tags as service
 
@@ -328,15 +341,7 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, 
 
     monkeypatch.setattr(archive.index, "reindex_batch", slow_batch)
     operation = client.post("/v2/extendedquerytags", json=[TAGS[0]]).json()["id"]
-    first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
-
-    async def killed() -> None:
-        task = asyncio.create_task(first.run_once())
-        await asyncio.sleep(0.5)
-        task.cancel()  # the worker dies mid-reindex; its lease is left to run out
-        await asyncio.gather(task, return_exceptions=True)
-
-    client.portal.call(killed)
+    kill_runner_midway(client, archive, after=0.5)  # mid-reindex; its lease is left to run out
     state = client.get(f"/v2/operations/{operation}").json()
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
     assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Adding"
