@@ -159,7 +159,7 @@ def test_a_study_reaches_fhir_field_by_field(tmp_path, fhir_server, index_url):
         assert p.name[0].family == "Doe" and p.name[0].given == ["Jane", "Q"]
         assert p.name[0].prefix == ["Dr"] and p.name[0].suffix == ["III"]
         assert p.gender == "female" and str(p.birthDate) == "1970-01-02"
-        root = client.app.state.settings.dicomweb_root
+        root = client.get("/v2/fhir/status").json()["endpoint"]  # its DICOMweb root
         [endpoint] = fhir_get(fhir_server, f"Endpoint?identifier={projection.ENDPOINT_ID}|{root}")
         assert Endpoint(**endpoint).address == root
         assert found["endpoint"] == [{"reference": f"Endpoint/{endpoint['id']}"}]
@@ -275,7 +275,7 @@ def test_two_deployments_feed_one_fhir_server(tmp_path, fhir_server):
         assert a["subject"] == b["subject"]  # one patient
         assert a["endpoint"] != b["endpoint"]  # each deployment its own Endpoint
         for client, found in ((east, a), (west, b)):
-            root = client.app.state.settings.dicomweb_root
+            root = client.get("/v2/fhir/status").json()["endpoint"]  # its DICOMweb root
             endpoint_id = found["endpoint"][0]["reference"].split("/")[1]
             endpoint = httpx.get(f"{fhir_server.url}/Endpoint/{endpoint_id}").json()
             assert endpoint["address"] == root and found["meta"]["source"] == root

@@ -129,7 +129,7 @@ async def commit_each(
             try:
                 await again(version, instance)
                 outcomes.append(None)
-            except (AlreadyExists, StoreAbandoned) as exc:
+            except Exception as exc:  # noqa: BLE001 - this store's alone: the others are decided
                 outcomes.append(exc)
     return outcomes
 
