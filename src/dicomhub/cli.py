@@ -170,7 +170,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 SUPERVISOR = "DICOMHUB_SUPERVISOR_PID"  # how a server process knows its supervisor
 
 
-def _lock_data_dir(settings: Settings):
+def lock_data_dir(settings: Settings):
     """The embedded mode has one server process per data folder (it cleans up at start-up)."""
     folder = Path(settings.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         _check_exposure(settings)
-        lock = _lock_data_dir(settings)
+        lock = lock_data_dir(settings)
         _raise_file_limit()
         options = dict(
             host=settings.host,

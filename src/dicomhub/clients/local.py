@@ -1,7 +1,7 @@
 """``dicomhub import --data-dir DIR``: straight into a local data folder, with no server.
 
 The archive is built as ``serve`` builds it (cli.build_archive, the same settings from the
-environment) and the folder locked as ``serve`` locks it (cli._lock_data_dir): an embedded
+environment) and the folder locked as ``serve`` locks it (cli.lock_data_dir): an embedded
 archive has one process storing into it, which also undoes at start-up what a crash left. Parts
 go through the archive's STOW service (archive/store.py) on an event loop of its own thread,
 so the sending threads of cli_import use it as they use a server; its outcomes come in part
@@ -27,10 +27,10 @@ class LocalArchive:
     """The data folder's archive, opened and locked until close()."""
 
     def __init__(self, data_dir: str):
-        from dicomhub.cli import _lock_data_dir, build_archive  # the composition root's
+        from dicomhub.cli import build_archive, lock_data_dir  # the composition root's
 
         settings = Settings.load({"data_dir": data_dir})
-        self.lock = _lock_data_dir(settings)  # exits when a server holds the folder
+        self.lock = lock_data_dir(settings)  # exits when a server holds the folder
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.archive = self.call(_started(build_archive, settings))
