@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -227,10 +227,19 @@ def describe(js: dict[str, Any]) -> SearchRecord:
 
 def multi_valued(js: dict[str, Any]) -> bool:
     """Does a searchable attribute have several values? Only the first is indexed."""
-    return any(len((js.get(f"{key.tag:08X}") or {}).get("Value") or ()) > 1 for key in _COLUMN_KEYS)
+    return any(len((js.get(hex_key) or {}).get("Value") or ()) > 1 for hex_key in _COLUMN_HEX)
 
 
-_COLUMN_KEYS = [k for k in KEYS if k.column is not None and k.kind is not Kind.ITEM]
+_COLUMN_HEX = [f"{k.tag:08X}" for k in KEYS if k.column is not None and k.kind is not Kind.ITEM]
+# (key, its DICOM JSON key) of each level's columns, in KEYS order
+_LEVEL_COLUMNS = {
+    level: [
+        (k, f"{k.tag:08X}")
+        for k in KEYS
+        if k.level is level and k.column is not None and k.kind is not Kind.ITEM
+    ]
+    for level in Level
+}
 
 
 def merge_docs(old: str | None, new: str) -> str:
@@ -247,12 +256,12 @@ def columns(level: Level, js: dict[str, Any]) -> dict[str, Any]:
     """Normalised matching values of a level's keys (column -> value) from DICOM JSON."""
     offset = timezone_offset(js)
     out: dict[str, Any] = {}
-    for key in KEYS:
-        if key.level is level and key.column is not None and key.kind is not Kind.ITEM:
-            raw = _first(js, key.keyword)
-            if key.kind is Kind.PN:
-                raw = pn_text(raw)
-            out[key.column] = None if raw is None else normalise(key.kind, str(raw), offset)
+    for key, hex_key in _LEVEL_COLUMNS[level]:
+        values = (js.get(hex_key) or {}).get("Value")
+        raw = values[0] if values else None
+        if key.kind is Kind.PN:
+            raw = pn_text(raw)
+        out[key.column] = None if raw is None else normalise(key.kind, str(raw), offset)
     return out
 
 
@@ -274,13 +283,19 @@ def words(js: dict[str, Any]) -> list[tuple[int, str]]:
 def request_items(js: dict[str, Any]) -> list[tuple[str | None, ...]]:
     """The matching keys of each item of RequestAttributesSequence."""
     item_keys = [k.keyword for k in KEYS if k.sequence == REQUEST_SEQUENCE]
-    items = (js.get(f"{tag_for_keyword(REQUEST_SEQUENCE):08X}") or {}).get("Value") or []
+    items = (js.get(_hex_key(REQUEST_SEQUENCE)) or {}).get("Value") or []
     return [tuple(_text(item, keyword) for keyword in item_keys) for item in items]
 
 
 def _first(js: dict[str, Any], keyword: str) -> Any:
-    values = (js.get(f"{tag_for_keyword(keyword):08X}") or {}).get("Value") or []
+    values = (js.get(_hex_key(keyword)) or {}).get("Value") or []
     return values[0] if values else None
+
+
+@cache
+def _hex_key(keyword: str) -> str:
+    """A keyword's key in DICOM JSON ("00100010")."""
+    return f"{tag_for_keyword(keyword):08X}"
 
 
 def _text(js: dict[str, Any], keyword: str) -> str | None:
@@ -313,9 +328,15 @@ def pn_text(value: Any) -> str | None:
 
 
 def _doc(js: dict[str, Any], tags: frozenset[int]) -> str:
-    picked = {
-        key: element
-        for key, element in sorted(js.items())
-        if int(key, 16) in tags and "BulkDataURI" not in element
-    }
+    picked = {}
+    for key in sorted(_hex_keys(tags).intersection(js)):
+        element = js[key]
+        if "BulkDataURI" not in element:
+            picked[key] = element
     return compact(picked)
+
+
+@cache
+def _hex_keys(tags: frozenset[int]) -> frozenset[str]:
+    """The DICOM JSON keys of ``tags`` (upper-case hexadecimal, as DICOM JSON writes them)."""
+    return frozenset(f"{tag:08X}" for tag in tags)

@@ -290,6 +290,11 @@ class SqliteIndex(SqlIndex):
 
     def _run_transaction(self, batch) -> list[Any]:
         conn = self._conn()
+        if not getattr(self._local, "writes", False):
+            # statement journals (a savepoint per operation) in memory, not in a temporary
+            # file created and deleted in /var/tmp for each transaction
+            conn.execute("PRAGMA temp_store = MEMORY")
+            self._local.writes = True
         results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
