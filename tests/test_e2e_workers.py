@@ -3,6 +3,8 @@ server (each request on its own connection, so the kernel spreads them over the 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import signal
 import time
@@ -130,3 +132,55 @@ def test_every_process_ends_with_serve(tmp_path, signal_):
         assert not _alive(started), [
             Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in _alive(started)
         ]
+
+
+def _established(pid: str, port: int) -> int:
+    """Connections a process holds to the server's port (from /proc: its sockets' inodes)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    held = set()  # a connection's socket may have several descriptors (a sendfile one)
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held.add(target)
+    return len(held)
+
+
+def test_connections_spread_over_the_workers(tmp_path):
+    """Kept-alive connections that all landed on one process (here: the other was stopped
+    while they connected) are spread over both: the crowded one answers with Connection: close
+    and the client's next connection goes to the idle one."""
+    with running_server(tmp_path, workers="2") as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        first, second = _workers(proc)
+        clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
+        os.kill(int(second), signal.SIGSTOP)
+        try:
+            for client in clients:  # four connections, all accepted by the first process
+                client.connect()
+            deadline = time.monotonic() + 10
+            while _established(first, port) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _established(first, port) == 4
+        finally:
+            os.kill(int(second), signal.SIGCONT)
+        closes = 0
+        for _ in range(100):
+            for client in clients:  # http.client reconnects after a "Connection: close"
+                client.request("GET", "/health/check")
+                answer = client.getresponse()
+                answer.read()
+                assert answer.status == 200
+                closes += answer.getheader("connection") == "close"
+            if closes >= 2 and sorted(_established(p, port) for p in (first, second)) == [2, 2]:
+                break
+            time.sleep(0.02)
+        assert [_established(first, port), _established(second, port)] == [2, 2]
+        for client in clients:
+            client.close()

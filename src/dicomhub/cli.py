@@ -10,9 +10,11 @@ import logging
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "serve":
         import uvicorn
 
+        from dicomhub.web import balance
+
         _check_exposure(settings)
         lock = lock_data_dir(settings)
         _raise_file_limit()
@@ -277,9 +281,12 @@ def main(argv: list[str] | None = None) -> None:
                 os.environ[PROCESS_KEY] = secrets.token_hex(32)
             writer = _index_writer(settings)
             dimse = _dimse_process() if settings.dimse_port else None
+            shared = tempfile.mkdtemp(prefix="dicomhub-serve-")  # mode 0700
+            os.environ[balance.ENVIRONMENT] = balance.create(shared, workers)
             try:
                 uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
             finally:
+                shutil.rmtree(shared, ignore_errors=True)
                 if dimse is not None:
                     dimse.terminate()
                     dimse.wait(30)
@@ -385,6 +392,11 @@ def worker_app():
     _stop_with_parent()
     settings = Settings.load()
     _configure_logging(settings)
+    from dicomhub.web import balance
+    from dicomhub.web.zerocopy import HttpToolsProtocol
+
+    if os.environ.get(balance.ENVIRONMENT):
+        HttpToolsProtocol.balance = balance.Balance(os.environ[balance.ENVIRONMENT])
     return _app(settings, recover=False, dimse=False)
 
 

@@ -32,10 +32,15 @@ import socket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpToolsProtocol
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from dicomhub.web.balance import Balance
 from dicomhub.web.common import ZEROCOPY
 
 _SENDFILE = hasattr(os, "sendfile")  # not on Windows: responses stream as before
 HOLD = 16 * 1024  # a body message this small waits for the next one
+# At most one connection in this many seconds is asked to reconnect elsewhere: a process too
+# busy to accept (a long request) costs the others a reconnection now and then, not one per
+# request, while a few connections that all landed on one process are spread in a moment.
+SHED_INTERVAL = 0.05
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the file's bytes follow in the same packets
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 log = logging.getLogger(__name__)
@@ -57,6 +62,9 @@ class HttpToolsProtocol(_HttpToolsProtocol):
 
     header_timeout = 0.0  # seconds for a request's line and headers; 0: no limit
     max_connections = 0  # connections this process holds at once; 0: no cap
+    balance: Balance | None = None  # the processes of ``serve --workers`` share connections
+    _shedding = 0  # connections of this process answering their last request (balance)
+    _shed_at = -60.0  # when this process last asked a client to reconnect
     _refused_at = -60.0  # when a refusal was last logged
 
     @classmethod
@@ -66,6 +74,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out: _SocketOut | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._shed = False
         if self.max_connections and len(self.connections) >= self.max_connections:
             transport.write(BUSY)
             transport.close()
@@ -74,6 +83,8 @@ class HttpToolsProtocol(_HttpToolsProtocol):
                 log.warning("refusing connections: %d are open", len(self.connections))
             return
         super().connection_made(transport)
+        if self.balance is not None:
+            self.balance.publish(len(self.connections) - HttpToolsProtocol._shedding)
         sock = transport.get_extra_info("socket")
         if sock is not None and _SENDFILE and not transport.get_extra_info("sslcontext"):
             self._out = _SocketOut(self.loop, transport, sock.fileno())
@@ -89,6 +100,9 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         if self._out is not None:
             self._out.close()
         super().connection_lost(exc)
+        if self.balance is not None:
+            HttpToolsProtocol._shedding -= self._shed
+            self.balance.publish(len(self.connections) - HttpToolsProtocol._shedding)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -124,6 +138,16 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         self._timer = self.loop.call_later(delay, self._check_headers)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
+        balance = self.balance
+        if balance is not None and cycle.keep_alive and not self._shed:
+            now = self.loop.time()
+            held = len(self.connections) - HttpToolsProtocol._shedding
+            if now >= HttpToolsProtocol._shed_at + SHED_INTERVAL and balance.crowded(held):
+                cycle.keep_alive = False  # this answer says "Connection: close" (see balance)
+                self._shed = True
+                HttpToolsProtocol._shedding += 1
+                HttpToolsProtocol._shed_at = now
+                balance.publish(held - 1)
         if self._out is not None and not self._out.closed:
             cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}  # type: ignore[typeddict-item]
             cycle.transport = _Held(cycle.transport)  # type: ignore[assignment]
