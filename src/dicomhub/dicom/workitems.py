@@ -104,8 +104,8 @@ def conflict(status: tuple[str, str], detail: str = "") -> WorkitemConflict:
 def dataset(body: Any, required: bool = True) -> dict[str, Any]:
     """The one dataset of a request body: a DICOM JSON object, or an array holding one (as
     Microsoft's clients send). Checks its structure and each value against its VR."""
-    if body is None and not required:
-        return {}
+    if not required and body in (None, [], {}):
+        return {}  # a cancellation request may come without information (or as [])
     if isinstance(body, list):
         if len(body) != 1:
             raise invalid(INVALID_VALUE, f"the body must hold one dataset, not {len(body)}")
