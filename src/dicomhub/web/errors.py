@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from dicomhub import errors
-from dicomhub.web.common import base_url, header_text
+from dicomhub.web.common import warning
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ async def on_dicomhub_error(request: Request, exc: errors.DicomhubError) -> JSON
             extra = {}
             if isinstance(exc, errors.WorkitemError):  # PS3.18 11: the status in a Warning
                 extra["dicomStatus"] = exc.code
-                headers["Warning"] = _warning(request, str(exc))
+                headers["Warning"] = warning(request, str(exc))
             return problem(status, title, str(exc), headers, **extra)
     return await on_unexpected(request, exc)
 
@@ -70,12 +70,6 @@ async def on_http_exception(request: Request, exc: HTTPException) -> JSONRespons
         detail = f"{request.method} is not allowed on {request.url.path}"
         return problem(405, _title(405), detail, {"Allow": ", ".join(_allowed(request))})
     return problem(exc.status_code, _title(exc.status_code), str(detail), exc.headers)
-
-
-def _warning(request: Request, text: str) -> str:
-    """PS3.18's ``299 <service>: "<text>"``, the service being the route's DICOMweb root."""
-    service = base_url(request).rstrip("/") if "route_version" in request.scope else ""
-    return f'299 {service or request.url.netloc}: "{header_text(text)}"'
 
 
 def _allowed(request: Request) -> list[str]:

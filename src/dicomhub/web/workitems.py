@@ -19,18 +19,13 @@ from dicomhub.web.common import (
     DICOM_JSON,
     archive,
     base_url,
-    header_text,
     json_body,
     param,
     require_json_accept,
+    warning,
 )
 
 JSON_TYPES = (DICOM_JSON, "application/json")
-
-
-def warning(request: Request, text: str) -> str:
-    """A PS3.18 Warning header value: ``299 <service>: "<text>"``."""
-    return f'299 {base_url(request).rstrip("/")}: "{header_text(text)}"'
 
 
 def _uid_in_query(request: Request, name: str) -> str | None:
