@@ -12,7 +12,7 @@ import pytest
 from dicomhub.dicom import workitem_query as wq
 from dicomhub.dicom import workitems as ups
 from dicomhub.errors import WorkitemConflict, WorkitemInvalid
-from tests.test_workitems import dataset, workitem
+from tests.test_workitems import DISCONTINUED, PERFORMED, dataset, workitem
 
 LOCK, OTHER = "1.2.3", "1.2.4"
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -114,3 +114,18 @@ def test_parse():
     assert wq.parse([("includefield", "all")]).includes is None
     with pytest.raises(WorkitemInvalid):
         wq.parse([("PatientID", "1"), ("patientid", "2")])
+
+
+def test_final_state_requirements():
+    _, ds = ups.new_workitem(workitem(), "1.2.9", "", NOW)
+    claimed = ups.with_state(ds, ups.Transition("IN PROGRESS", LOCK), NOW)
+    for state, needed in (("COMPLETED", PERFORMED), ("CANCELED", DISCONTINUED)):
+        final = ups.with_state(claimed, ups.Transition(state), NOW)
+        with pytest.raises(WorkitemConflict) as refused:
+            ups.check_final_state(final, state)
+        assert refused.value.code == "C304"
+        ready = {**claimed, **needed}
+        ups.check_final_state(ups.with_state(ready, ups.Transition(state), NOW), state)
+    with pytest.raises(WorkitemConflict):  # each item of the sequence
+        empty_item = {"00741216": {"vr": "SQ", "Value": [{}]}}
+        ups.check_final_state({**claimed, **PERFORMED, **empty_item}, "COMPLETED")

@@ -43,6 +43,14 @@ KEYWORDS = {  # keyword: (tag, VR)
     "ProcedureStepProgressInformationSequence": ("00741002", "SQ"),
     "ReasonForCancellation": ("00741238", "LT"),
     "ScheduledProcedureStepPriority": ("00741200", "CS"),
+    "CodeMeaning": ("00080104", "LO"),
+    "PerformedWorkitemCodeSequence": ("00404019", "SQ"),
+    "PerformedStationNameCodeSequence": ("00404028", "SQ"),
+    "OutputInformationSequence": ("00404033", "SQ"),
+    "PerformedProcedureStepStartDateTime": ("00404050", "DT"),
+    "PerformedProcedureStepEndDateTime": ("00404051", "DT"),
+    "ProcedureStepDiscontinuationReasonCodeSequence": ("0074100E", "SQ"),
+    "UnifiedProcedureStepPerformedProcedureSequence": ("00741216", "SQ"),
     "WorklistLabel": ("00741202", "LO"),
     "ProcedureStepLabel": ("00741204", "LO"),
 }
@@ -169,11 +177,33 @@ def refused(r: httpx.Response, status: int, code: str) -> None:
 A, B = uid(990, 1), uid(990, 2)  # two performers' Transaction UIDs
 
 
+# What Table CC.2.5-3 requires of a COMPLETED workitem (P) and of a CANCELED one (X), set by the
+# performer's update before it changes the state
+PERFORMED = dataset(
+    UnifiedProcedureStepPerformedProcedureSequence=[
+        {
+            "PerformedStationNameCodeSequence": [{"CodeValue": "STATION-A"}],
+            "PerformedProcedureStepStartDateTime": "20260301091000",
+            "PerformedWorkitemCodeSequence": [{"CodeValue": "AI-READ"}],
+            "PerformedProcedureStepEndDateTime": "20260301092000",
+            "OutputInformationSequence": [{"StudyInstanceUID": uid(1)}],
+        }
+    ]
+)
+DISCONTINUED = dataset(
+    ProcedureStepProgressInformationSequence=[
+        {"ProcedureStepDiscontinuationReasonCodeSequence": [{"CodeValue": "110513"}]}
+    ]
+)
+
+
 def in_state(http, state: str) -> str:
-    """A new workitem brought to ``state`` by the performer of Transaction UID A."""
+    """A new workitem brought to ``state`` by the performer of Transaction UID A (IN PROGRESS,
+    with what completing or canceling it needs)."""
     item = scheduled(http)
     if state != "SCHEDULED":
         assert change(http, item, "IN PROGRESS", A).status_code == 200
+        assert update(http, item, {**PERFORMED, **DISCONTINUED}, A).status_code == 200
     if state in ("COMPLETED", "CANCELED"):
         assert change(http, item, state, A).status_code == 200
     assert state_of(http, item) == state
@@ -306,6 +336,26 @@ def test_change_state(http, row):
     else:
         refused(r, status, code)
     assert state_of(http, item) == after
+
+
+@pytest.mark.parametrize(
+    ("target", "needed"), [("COMPLETED", PERFORMED), ("CANCELED", DISCONTINUED)]
+)
+def test_final_state_requirements(http, target, needed):
+    """COMPLETED needs the performed procedure information, CANCELED a discontinuation reason
+    (Table CC.2.5-3, P and X): without them 409 C304 and the workitem stays IN PROGRESS."""
+    item = scheduled(http)
+    assert change(http, item, "IN PROGRESS", A).status_code == 200
+    refused(change(http, item, target, A), 409, "C304")
+    assert state_of(http, item) == "IN PROGRESS"
+    incomplete = json.loads(json.dumps(needed))
+    first = next(iter(incomplete.values()))["Value"][0]
+    first.pop(sorted(first)[-1])  # one attribute of the item missing
+    assert update(http, item, incomplete, A).status_code == 200
+    refused(change(http, item, target, A), 409, "C304")
+    assert update(http, item, needed, A).status_code == 200
+    assert change(http, item, target, A).status_code == 200
+    assert state_of(http, item) == target
 
 
 def test_the_transaction_uid_is_never_shown(http):
@@ -480,6 +530,8 @@ def test_concurrent_claims_of_one_workitem_one_wins(served):
         loser = B if winner == A else A
         assert answers[loser].json()["dicomStatus"] == "C302"
         with httpx.Client(base_url=served, timeout=30) as http:
+            refused(update(http, item, PERFORMED, loser), 400, "C301")
+            assert update(http, item, PERFORMED, winner).status_code == 200
             refused(change(http, item, "COMPLETED", loser), 409, "C301")
             assert change(http, item, "COMPLETED", winner).status_code == 200
 

@@ -65,7 +65,9 @@ class WorkitemService:
         """Claim (IN PROGRESS), complete or cancel the workitem (N-ACTION Change UPS State)."""
         target, transaction = ups.state_request(body)
         return await self._transition(
-            uid, lambda item: ups.change_state(item.state, item.lock, target, transaction)
+            uid,
+            lambda item: ups.change_state(item.state, item.lock, target, transaction),
+            final=True,
         )
 
     async def request_cancel(self, uid: str, body: Any) -> Outcome:
@@ -88,8 +90,14 @@ class WorkitemService:
         return item
 
     async def _transition(
-        self, uid: str, rule: Callable[[StoredWorkitem], ups.Transition], cancel_body: Any = None
+        self,
+        uid: str,
+        rule: Callable[[StoredWorkitem], ups.Transition],
+        cancel_body: Any = None,
+        final: bool = False,
     ) -> Outcome:
+        """Apply ``rule``'s transition; with ``final``, a workitem reaching COMPLETED or
+        CANCELED must meet the final state requirements (C304)."""
         warnings: list[tuple[str, str] | None] = []
 
         def decide(item: StoredWorkitem, stored: dict) -> tuple[dict, str, str | None] | None:
@@ -101,6 +109,8 @@ class WorkitemService:
                 dataset = ups.cancelled(stored, cancel_body, utcnow())
             else:
                 dataset = ups.with_state(stored, transition, utcnow())
+            if final:
+                ups.check_final_state(dataset, transition.state)
             return dataset, transition.state, transition.lock or item.lock
 
         outcome = await self._change(uid, decide)

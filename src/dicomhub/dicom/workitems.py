@@ -28,6 +28,10 @@ ALREADY_COMPLETED = ("B306", "The UPS is already in the requested state of COMPL
 NO_LONGER_UPDATABLE = ("C300", "The UPS may no longer be updated")
 WRONG_TRANSACTION = ("C301", "The correct Transaction UID was not provided")
 ALREADY_IN_PROGRESS = ("C302", "The UPS is already IN PROGRESS")
+FINAL_STATE_UNMET = (
+    "C304",
+    "The UPS has not met final state requirements for the requested state change",
+)
 ONLY_CREATE_SCHEDULES = (
     "C303",
     "The UPS may only become SCHEDULED via create, not via update or state change",
@@ -184,6 +188,60 @@ def _set(ds: dict[str, Any], keyword: str, vr: str, value: Any) -> None:
 def timestamp(now: datetime) -> str:
     """``now`` (UTC) as a DT value."""
     return now.strftime("%Y%m%d%H%M%S.%f") + "+0000"
+
+
+# Table CC.2.5-3's Final State requirements (the codes Microsoft's server checks): R, present
+# with a value in COMPLETED and CANCELED; P, in COMPLETED; X, in CANCELED; for a sequence, in
+# each of its items too. (The server sets the R ones of the SOP Common and Progress modules.)
+FINAL_STATE: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "R": (
+        ("SOPClassUID", ()),
+        ("SOPInstanceUID", ()),
+        ("ScheduledProcedureStepPriority", ()),
+        ("ScheduledProcedureStepModificationDateTime", ()),
+        ("ScheduledProcedureStepStartDateTime", ()),
+        ("InputReadinessState", ()),
+        ("ProcedureStepState", ()),
+    ),
+    "P": (
+        (
+            "UnifiedProcedureStepPerformedProcedureSequence",
+            (
+                "PerformedStationNameCodeSequence",
+                "PerformedProcedureStepStartDateTime",
+                "PerformedWorkitemCodeSequence",
+                "PerformedProcedureStepEndDateTime",
+                "OutputInformationSequence",
+            ),
+        ),
+    ),
+    "X": (
+        (
+            "ProcedureStepProgressInformationSequence",
+            ("ProcedureStepCancellationDateTime", "ProcedureStepDiscontinuationReasonCodeSequence"),
+        ),
+    ),
+}
+
+
+def check_final_state(ds: dict[str, Any], state: str) -> None:
+    """Raise C304 (409) when ``ds`` lacks what Table CC.2.5-3 requires of a workitem in
+    ``state`` (COMPLETED or CANCELED): the performer sets it by an update first."""
+    codes = ("R", "P") if state == COMPLETED else ("R", "X") if state == CANCELED else ()
+    for code in codes:
+        for keyword, inner in FINAL_STATE[code]:
+            if not _has_value(ds, key(keyword)):
+                raise conflict(FINAL_STATE_UNMET, f"{state} needs {keyword} ({key(keyword)})")
+            for item in ds[key(keyword)]["Value"]:
+                for needed in inner:
+                    if not isinstance(item, dict) or not _has_value(item, key(needed)):
+                        where = f"{keyword}.{needed}"
+                        raise conflict(FINAL_STATE_UNMET, f"{state} needs {where} in each item")
+
+
+def _has_value(ds: dict[str, Any], tag: str) -> bool:
+    values = (ds.get(tag) or {}).get("Value") or []
+    return any(v not in (None, "", {}) for v in values)
 
 
 # -- create, retrieve, update --------------------------------------------------------------------
