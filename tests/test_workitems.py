@@ -483,8 +483,10 @@ def test_update_a_workitem_in_progress(http):
         (dataset(SOPInstanceUID=uid(5)), "0106"),
         (dataset(TransactionUID=B), "0106"),
         ({"00741202": {"vr": "LO", "Value": "not an array"}}, "0106"),
+        (dataset(ScheduledProcedureStepPriority="URGENT"), "0106"),
+        (dataset(ProcedureStepLabel=[]), "0121"),
     ],
-    ids=["state", "uid", "transaction", "malformed"],
+    ids=["state", "uid", "transaction", "malformed", "enumerated", "type 1 emptied"],
 )
 def test_update_may_not_change_identity_or_state(http, body, code):
     item = in_state(http, "IN PROGRESS")

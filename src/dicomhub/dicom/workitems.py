@@ -262,6 +262,16 @@ def new_workitem(body: Any, uid: str | None, generated: str, now: datetime) -> t
     state = text(ds, STATE)
     if state not in (None, SCHEDULED):
         raise invalid(ONLY_CREATE_SCHEDULES[0], f"a new workitem is SCHEDULED, not {state}")
+    _check_requirements(ds)
+    _set(ds, "SOPClassUID", "UI", UPS_PUSH)
+    _set(ds, "SOPInstanceUID", "UI", uid)
+    _set(ds, "ProcedureStepState", "CS", SCHEDULED)
+    _set(ds, "ScheduledProcedureStepModificationDateTime", "DT", timestamp(now))
+    return uid, dict(sorted(ds.items()))
+
+
+def _check_requirements(ds: dict[str, Any]) -> None:
+    """The Type 1 and Type 2 requirements a workitem meets from its creation on."""
     for keyword in REQUIRED:
         tag = key(keyword)
         if tag not in ds:
@@ -275,11 +285,6 @@ def new_workitem(body: Any, uid: str | None, generated: str, now: datetime) -> t
     for keyword in PRESENT:
         if key(keyword) not in ds:
             raise invalid(MISSING, f"{keyword} ({key(keyword)}) is required (Type 2)")
-    _set(ds, "SOPClassUID", "UI", UPS_PUSH)
-    _set(ds, "SOPInstanceUID", "UI", uid)
-    _set(ds, "ProcedureStepState", "CS", SCHEDULED)
-    _set(ds, "ScheduledProcedureStepModificationDateTime", "DT", timestamp(now))
-    return uid, dict(sorted(ds.items()))
 
 
 def public(ds: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +322,7 @@ def updated(stored: dict[str, Any], body: Any, now: datetime) -> dict[str, Any]:
         if key(keyword) in changes:
             raise invalid(INVALID_VALUE, f"an update may not change {keyword}")
     out = {**stored, **changes}
+    _check_requirements(out)  # an update may not empty a Type 1 value, nor leave its values
     _set(out, "ScheduledProcedureStepModificationDateTime", "DT", timestamp(now))
     return dict(sorted(out.items()))
 
