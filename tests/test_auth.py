@@ -96,6 +96,7 @@ def every_route(app) -> list[tuple[str, str]]:
         "path": "7FE00010",
         "tag": "00101010",
         "operation": "0" * 32,
+        "workitem": "1.2.3.6",
     }
     out = []
     for route in app.routes:
@@ -153,7 +154,7 @@ def needed_action(method: str, path: str) -> str | None:
         return "manageExtendedQueryTags"
     if re.match(r"/v\d/export$", path):
         return "export"
-    return {"POST": "write", "DELETE": "delete"}.get(method, "read")
+    return {"POST": "write", "PUT": "write", "DELETE": "delete"}.get(method, "read")
 
 
 def test_each_role_reaches_exactly_the_routes_of_its_actions(client, issuer):

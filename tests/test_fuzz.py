@@ -60,6 +60,17 @@ DEPENDENT = {
     "GET /changefeed": "endTime must be after startTime",
     "POST /export": "destinations must be allowed by the server's settings",
     "POST /extendedquerytags": "tag paths name DICOM attributes",
+    # a workitem dataset must meet Table CC.2.5-3, a state change the workitem's state
+    **{
+        f"{m} {p}": "workitem datasets and states"
+        for m, p in (
+            ("POST", "/workitems"),
+            ("GET", "/workitems"),
+            ("POST", "/workitems/{workitem}"),
+            ("PUT", "/workitems/{workitem}/state"),
+            ("POST", "/workitems/{workitem}/cancelrequest"),
+        )
+    },
 }
 STORED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle_2frame.dcm")
 MAX_EXAMPLES = 80  # an operation, of /v2

@@ -56,7 +56,16 @@ def test_every_uid_parameter_has_the_uid_schema():
         for operation in item.values():
             params += operation.get("parameters", []) if isinstance(operation, dict) else []
         params += item.get("parameters", [])
-    named = {"study", "series", "sop", "studyUID", "seriesUID", "objectUID"}
+    named = {
+        "study",
+        "series",
+        "sop",
+        "studyUID",
+        "seriesUID",
+        "objectUID",
+        "workitem",
+        "transaction",
+    }
     uid_params = [p for p in params if p.get("name") in named]
     assert len(uid_params) >= 7  # study, series, sop; WADO-URI's three; the audit's study
     for p in uid_params:

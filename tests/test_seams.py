@@ -26,6 +26,7 @@ CONCERNS = [
     protocols.FhirCheckpoints,
     protocols.Jobs,
     protocols.ExtendedTagIndex,
+    protocols.Workitems,
 ]
 
 

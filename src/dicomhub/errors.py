@@ -100,3 +100,27 @@ class StoreAbandoned(Unavailable):
 
 class AlreadyExists(Conflict):
     """The SOP instance is already stored."""
+
+
+class WorkitemError(DicomhubError):
+    """A UPS-RS request refused with a DICOM status code of PS3.4 Annex CC (``C301``: wrong
+    Transaction UID, ...), which the answer names (PS3.18 chapter 11: in the Warning header)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):  # it crosses process borders (storage/sqlite_writer.py)
+        return type(self), (self.code, self.args[0])
+
+
+class WorkitemInvalid(WorkitemError, InvalidRequest):
+    """The workitem request is malformed, or the workitem may not take it (PS3.18 11: 400)."""
+
+
+class WorkitemNotFound(WorkitemError, NotFound):
+    """No workitem has this UID (C307)."""
+
+
+class WorkitemConflict(WorkitemError, Conflict):
+    """The request is inconsistent with the workitem's current state (PS3.18 11: 409)."""

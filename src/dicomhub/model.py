@@ -141,6 +141,18 @@ class SyncState:
 
 
 @dataclass(frozen=True)
+class StoredWorkitem:
+    """A UPS workitem as the index keeps it: its dataset (DICOM JSON text, Transaction UID
+    included), its state and lock, and a revision that each change increments."""
+
+    uid: str
+    state: str
+    lock: str | None  # the Transaction UID of the performer that claimed it
+    revision: int
+    dataset: str
+
+
+@dataclass(frozen=True)
 class SyncFailure:
     """A change the FHIR server refused for good, with its answer (an OperationOutcome)."""
 

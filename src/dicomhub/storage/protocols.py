@@ -9,6 +9,7 @@ from typing import Any, BinaryIO, Protocol
 
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
+from dicomhub.dicom.workitem_query import WorkitemQuery
 from dicomhub.model import (
     AuditEntry,
     AuditQuery,
@@ -18,6 +19,7 @@ from dicomhub.model import (
     Operation,
     Scope,
     StoredInstance,
+    StoredWorkitem,
     SyncFailure,
     SyncState,
 )
@@ -326,6 +328,39 @@ class ExtendedTagIndex(Protocol):
     async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None: ...
 
 
+class Workitems(Protocol):
+    """UPS workitems (see storage/workitem_ops.py): their datasets, states and locks, and the
+    values of their matching keys. ``values`` are (tag path, sequence item, normalised value)
+    rows, as ``dicom.workitem_query.index_values`` gives them."""
+
+    async def add_workitem(
+        self, uid: str, state: str, dataset: str, values: list[tuple[str, int, str]], now: datetime
+    ) -> None:
+        """Add a workitem (revision 1, no lock). Raises WorkitemConflict (0111) when one has
+        this UID (of concurrent creations of one UID, exactly one succeeds)."""
+
+    async def workitem(self, uid: str) -> StoredWorkitem | None: ...
+
+    async def replace_workitem(
+        self,
+        uid: str,
+        revision: int,
+        state_before: str,
+        state: str,
+        lock: str | None,
+        dataset: str,
+        values: list[tuple[str, int, str]],
+        now: datetime,
+    ) -> bool:
+        """Replace the workitem's state, lock, dataset and values, if it is still at
+        ``revision`` and in ``state_before`` (one conditional write); False, with nothing
+        written, when another change came first: of concurrent changes decided on one
+        revision, exactly one succeeds."""
+
+    async def search_workitems(self, query: WorkitemQuery) -> list[str]:
+        """The datasets (DICOM JSON text) of one page of matches, in creation order."""
+
+
 class IndexStore(
     IndexLifecycle,
     Uploads,
@@ -337,6 +372,7 @@ class IndexStore(
     FhirCheckpoints,
     Jobs,
     ExtendedTagIndex,
+    Workitems,
     Protocol,
 ):
     """The whole index, as the backends implement it and the composition root holds it

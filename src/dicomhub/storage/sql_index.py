@@ -1,5 +1,6 @@
 """The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
-(or ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``) handed to the engine's
+(or ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``,
+``workitem_ops``) handed to the engine's
 driver (``_read`` or ``_write``), or one of their statements read as it is. It implements every
 index protocol of ``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations
 and the declared schema), each concept's statements with its operations in ``<concept>_ops``,
@@ -14,6 +15,7 @@ from typing import Any
 from dicomhub.clock import from_micros, to_micros
 from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
+from dicomhub.dicom.workitem_query import WorkitemQuery
 from dicomhub.model import (
     Action,
     AuditEntry,
@@ -25,6 +27,7 @@ from dicomhub.model import (
     Operation,
     Scope,
     StoredInstance,
+    StoredWorkitem,
     SyncFailure,
     SyncState,
 )
@@ -34,6 +37,7 @@ from dicomhub.storage import fhir_sync_ops as fhir
 from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import statements as st
+from dicomhub.storage import workitem_ops as workitems
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
 
@@ -275,6 +279,35 @@ class SqlIndex:
 
     async def mark_extended_tags_ready(self, tag_keys: list[int]) -> None:
         await self._write(eqt.mark_ready, tag_keys)
+
+    # -- UPS workitems -------------------------------------------------------------------------
+
+    async def add_workitem(
+        self, uid: str, state: str, dataset: str, values: list[tuple[str, int, str]], now: datetime
+    ) -> None:
+        await self._write(workitems.add, uid, state, dataset, values, now)
+
+    async def workitem(self, uid: str) -> StoredWorkitem | None:
+        return await self._read(workitems.get, uid)
+
+    async def replace_workitem(
+        self,
+        uid: str,
+        revision: int,
+        state_before: str,
+        state: str,
+        lock: str | None,
+        dataset: str,
+        values: list[tuple[str, int, str]],
+        now: datetime,
+    ) -> bool:
+        return await self._write(
+            workitems.replace, uid, revision, state_before, state, lock, dataset, values, now
+        )
+
+    async def search_workitems(self, query: WorkitemQuery) -> list[str]:
+        sql, params = workitems.search_sql(query, self.dialect)
+        return [r[0] for r in await self._rows(sql, params)]
 
 
 def _stored(r) -> StoredInstance:

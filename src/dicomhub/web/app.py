@@ -36,6 +36,7 @@ from dicomhub.web import (
     stow,
     wado,
     wado_uri,
+    workitems,
 )
 from dicomhub.web.access import authorize
 from dicomhub.web.audit import ACTION, ROUTE
@@ -59,6 +60,7 @@ SERIES = STUDY + "/series/{series:uid}"
 INSTANCE = SERIES + "/instances/{sop:uid}"
 FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
+WORKITEM = "/workitems/{workitem:uid}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
 
 
@@ -166,6 +168,12 @@ def routes() -> list[BaseRoute]:
         (TAG + "/errors", extended_tags.errors, ["GET"], "extended-tag-errors", READ),
         ("/api.json", openapi.api_json, ["GET"], "openapi-json", READ),
         ("/api.yaml", openapi.api_yaml, ["GET"], "openapi-yaml", READ),
+        ("/workitems", workitems.search, ["GET"], "workitems-search", READ),
+        ("/workitems", workitems.create, ["POST"], "workitem-create", WRITE),
+        (WORKITEM, workitems.retrieve, ["GET"], "workitem", READ),
+        (WORKITEM, workitems.update, ["POST"], "workitem-update", WRITE),
+        (WORKITEM + "/state", workitems.change_state, ["PUT"], "workitem-state", WRITE),
+        (WORKITEM + "/cancelrequest", workitems.cancel_request, ["POST"], "workitem-cancel", WRITE),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]

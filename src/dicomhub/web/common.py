@@ -192,6 +192,13 @@ def header_text(text: str) -> str:
     return safe.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def warning(request: Request, text: str) -> str:
+    """A PS3.18 Warning header value, ``299 <service>: "<text>"``: the service is the DICOMweb
+    root of the request's route (its host, before routing)."""
+    service = base_url(request).rstrip("/") if "route_version" in request.scope else ""
+    return f'299 {service or request.url.netloc}: "{header_text(text)}"'
+
+
 def refuse_declared_size(request: Request, limit: int, what: str) -> None:
     """413 before a byte of the body is read when its Content-Length already says it is over
     ``limit`` (the body is left unread: the answer closes the connection)."""

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from dicomhub import errors
+from dicomhub.web.common import warning
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ STATUS = [  # most specific first
 ]
 
 
-def problem(status: int, title: str, detail: str, headers: dict | None = None) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, headers: dict | None = None, **extra: str
+) -> JSONResponse:
+    """An RFC 9457 problem body; ``extra``: its extension members."""
     return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
         status_code=status,
         media_type="application/problem+json",
         headers=headers,
@@ -50,7 +54,11 @@ async def on_dicomhub_error(request: Request, exc: errors.DicomhubError) -> JSON
                 headers["Connection"] = "close"
             if isinstance(exc, errors.RangeNotSatisfiable):
                 headers["Content-Range"] = f"bytes */{exc.size}"
-            return problem(status, title, str(exc), headers)
+            extra = {}
+            if isinstance(exc, errors.WorkitemError):  # PS3.18 11: the status in a Warning
+                extra["dicomStatus"] = exc.code
+                headers["Warning"] = warning(request, str(exc))
+            return problem(status, title, str(exc), headers, **extra)
     return await on_unexpected(request, exc)
 
 
