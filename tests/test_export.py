@@ -309,7 +309,8 @@ def test_a_killed_export_finishes_on_another_runner_without_duplicates(
 
     monkeypatch.setattr(archive.blobs, "read", slow_read)
     operation = client.post("/v2/export", json=body(blob(f"file://{root}"))).json()["id"]
-    kill_runner_midway(client, archive, after=0.7)  # mid-export; its lease is left to run out
+    # killed once its progress is saved, mid-export; its lease is left to run out
+    kill_runner_midway(client, archive, operation, unfinished=lambda: len(reads) < len(EXPORTED))
     state = client.get(f"/v2/operations/{operation}").json()
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
     assert 0 < state["results"]["exported"] < len(EXPORTED)  # progress while it runs

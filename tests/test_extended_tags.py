@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 
 import pydicom
 import pytest
@@ -312,13 +313,20 @@ def test_includefield_returns_extended_tags(tagged):
     assert "00101010" not in plain  # only when asked for
 
 
-def kill_runner_midway(client, archive, after: float) -> None:
-    """A job runner (lease 0.6 s) takes the next job and dies ``after`` seconds into it."""
+def kill_runner_midway(client, archive, operation: str, unfinished: Callable[[], bool]) -> None:
+    """A job runner (lease 0.6 s) takes the next job and dies once the operation's saved
+    progress is past 0 while ``unfinished()`` (a point in its work: not a time, which a loaded
+    machine stretches)."""
     first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
 
     async def killed() -> None:
         task = asyncio.create_task(first.run_once())
-        await asyncio.sleep(after)
+        async with asyncio.timeout(60):
+            while not task.done():
+                saved = (await archive.operations.get(operation)).percent_complete
+                if saved > 0 and unfinished():
+                    break
+                await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -341,7 +349,8 @@ def test_a_reindex_cut_off_with_its_worker_completes_after(client, monkeypatch, 
 
     monkeypatch.setattr(archive.index, "reindex_batch", slow_batch)
     operation = client.post("/v2/extendedquerytags", json=[TAGS[0]]).json()["id"]
-    kill_runner_midway(client, archive, after=0.5)  # mid-reindex; its lease is left to run out
+    # killed once its progress is saved, mid-reindex; its lease is left to run out
+    kill_runner_midway(client, archive, operation, unfinished=lambda: len(batches) < 4)
     state = client.get(f"/v2/operations/{operation}").json()
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
     assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Adding"
