@@ -240,11 +240,13 @@ CREATE TABLE audit_log (
     bytes_in            bigint NOT NULL,
     bytes_out           bigint NOT NULL,
     duration_ms         double precision NOT NULL,
-    detail              text
+    detail              text,
+    request_id          text COLLATE "C"
 );
 CREATE INDEX audit_log_at ON audit_log (at);
 CREATE INDEX audit_log_principal ON audit_log (principal, at);
 CREATE INDEX audit_log_study ON audit_log (study_uid, at);
+CREATE INDEX audit_log_request ON audit_log (request_id);
 
 -- Number the committed entries that have none, in the order they were written, after the last
 -- number given: contiguous numbers, each given once, never to an entry of a transaction still
