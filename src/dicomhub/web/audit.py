@@ -1,7 +1,9 @@
 """The audit of every HTTP request (but the health probe), and the admin route that reads it.
 
 The middleware sits outside authentication and the request limits, so refused requests are
-audited too. It records the route's data action and the UIDs of its path; routes add what
+audited too. It is the one layer that sees every request whole, so it also gives the request
+its id (``X-Request-Id``), records its metrics and writes its line in the log, whether the
+audit log is on or not. It records the route's data action and the UIDs of its path; routes add what
 only they know (the instances a STOW stored) through ``note()``. Callers may add their own
 context in ``X-Dicomhub-Audit-<Name>`` headers (or Microsoft's ``X-MS-AZUREDICOM-AUDIT-<Name>``):
 at most MAX_HEADERS of them, each at most MAX_HEADER_LENGTH bytes, else 400.
