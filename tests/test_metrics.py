@@ -5,12 +5,14 @@ every scrape, whichever process answers it."""
 from __future__ import annotations
 
 import io
+import os
 import stat
 import time
 from pathlib import Path
 
 import httpx
 import pydicom
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -189,3 +191,91 @@ def test_one_process_keeps_its_own_metrics(tmp_path):
         assert value(found, "dicomhub_http_requests_total", **requests) == 1
         assert value(found, "dicomhub_processes", kind="http") == 1
         assert value(found, "process_cpu_seconds_total") > 0
+
+
+def test_the_seams_count_the_stores_failures_not_the_answers():
+    """A store's own failure counts as an error; an answer (not found) does not."""
+    import asyncio
+
+    from dicomhub.errors import NotFound, Unavailable
+    from dicomhub.telemetry.seams import measured
+
+    class Store:
+        shared = True
+
+        async def missing(self):
+            raise NotFound("no such thing")
+
+        async def broken(self):
+            raise OSError("disk gone")
+
+        async def down(self):
+            raise Unavailable("index", "unreachable")
+
+    timed = measured(Store(), "index")
+    before = samples(_exposition())
+
+    async def run():
+        for name in ("missing", "broken", "down"):
+            with pytest.raises(Exception):  # noqa: B017 - each raises its own
+                await getattr(timed, name)()
+
+    asyncio.run(run())
+    after = samples(_exposition())
+    errors, calls = "dicomhub_index_operation_errors_total", INDEX_CALLS
+    assert delta(before, after, errors, operation="missing") == 0
+    assert delta(before, after, errors, operation="broken") == 1
+    assert delta(before, after, errors, operation="down") == 1
+    assert delta(before, after, calls, operation="missing") == 1
+    assert timed.shared is True  # anything else is the store's own
+
+
+INDEX_CALLS = "dicomhub_index_operation_duration_seconds_count"
+
+
+def _exposition() -> str:
+    from dicomhub.telemetry import exposition
+
+    return exposition.render([], None).decode()
+
+
+def test_a_killed_process_leaves_its_counts_not_its_life(tmp_path):
+    """A server process killed outright: uvicorn starts another; the scrape counts the live
+    processes only, and keeps what the dead one counted."""
+    import signal
+
+    from tests.test_e2e_workers import _workers
+
+    with running_server(tmp_path, workers="2") as (url, proc):
+        for n in range(4):
+            body = instance(uid(72, 1), uid(72, 1, 1), uid(72, 1, 1, n))
+            r = httpx.post(
+                url + "/v2/studies", content=multipart(body), headers={"Content-Type": MULTIPART}
+            )
+            assert r.status_code == 200
+        first = _workers(proc)
+        os.kill(int(first[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # uvicorn replaces it
+            now = _workers(proc)
+            if len(now) == 2 and first[0] not in now:
+                try:
+                    if all(httpx.get(url + "/health/check").status_code == 200 for _ in range(4)):
+                        break
+                except httpx.HTTPError:
+                    pass
+            assert time.monotonic() < deadline, "no new server process"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while True:  # the new process counts itself once its app has started; never the dead
+            found = samples(httpx.get(url + "/metrics").text)
+            alive = value(found, "dicomhub_processes", kind="http")
+            assert alive <= 2
+            if alive == 2:
+                break
+            assert time.monotonic() < deadline, "the new process is not counted"
+            time.sleep(0.2)
+        for _ in range(6):
+            found = samples(httpx.get(url + "/metrics").text)
+            assert value(found, "dicomhub_processes", kind="http") == 2
+            assert value(found, "dicomhub_stow_instances_total", outcome="stored") == 4

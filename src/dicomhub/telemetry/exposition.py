@@ -86,9 +86,10 @@ def render(jobs: list[JobQueue], fhir: FhirSync | None) -> bytes:
     if folder is None:
         text = generate_latest(REGISTRY)  # this process's own, its resources included
     else:
+        live = _live(folder)  # first: the processes that died no longer count as alive
         registry = CollectorRegistry()
         MultiProcessCollector(registry, folder)
-        registry.register(_Resources(folder))
+        registry.register(_Resources(live))
         text = generate_latest(registry)
     return text + generate_latest(_Read(jobs, fhir))
 
@@ -136,15 +137,15 @@ class _Read:
 
 
 class _Resources:
-    """prometheus-client's process metrics, over the live processes that share ``folder``:
-    CPU time, memory and open files summed; start time and the file limit, the least."""
+    """prometheus-client's process metrics, over the ``live`` processes: CPU time, memory and
+    open files summed; start time and the file limit, the least."""
 
-    def __init__(self, folder: str):
-        self.folder = folder
+    def __init__(self, live: list[int]):
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for pid in self._live():
+        for pid in self.live:
             for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
                 total = families.setdefault(
                     family.name,
@@ -167,18 +168,19 @@ class _Resources:
                     total.samples[0] = before._replace(value=merged)
         yield from families.values()
 
-    def _live(self) -> list[int]:
-        """The processes counted alive (``instruments.alive``) that are; those that ended
-        without saying so (killed) are marked dead here."""
-        pids = []
-        for path in glob.glob(os.path.join(self.folder, "gauge_livesum_*.db")):
-            pid = int(os.path.basename(path)[len("gauge_livesum_") : -len(".db")])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                mark_process_dead(pid, self.folder)
-                continue
-            except PermissionError:
-                pass
-            pids.append(pid)
-        return sorted(pids)
+
+def _live(folder: str) -> list[int]:
+    """The processes counted alive (``instruments.alive``) that are; those that ended without
+    saying so (killed) are marked dead here, for this scrape and the next."""
+    pids = []
+    for path in glob.glob(os.path.join(folder, "gauge_livesum_*.db")):
+        pid = int(os.path.basename(path)[len("gauge_livesum_") : -len(".db")])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, folder)
+            continue
+        except PermissionError:
+            pass
+        pids.append(pid)
+    return sorted(pids)
