@@ -83,7 +83,8 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, clock = utcnow(), time.perf_counter()
+        started = utcnow() if self.log is not None else None  # when the audit entry says
+        clock = time.perf_counter()
         counts = {"in": 0, "out": 0, "status": 500}
         headers, refusal, asked = _caller_headers(scope)
         rid = (asked and logs.sane_request_id(asked)) or logs.new_request_id()
