@@ -90,19 +90,28 @@ def test_counters_equal_the_work_done(client):
     assert value(after, "process_cpu_seconds_total") > 0  # the process collector
 
 
-def _dimse_store(port: int, datasets: list[bytes]) -> list[int]:
+def _dimse_work(port: int, datasets: list[bytes]) -> list[int]:
+    """On one association: a C-ECHO, a C-STORE of each data set, a C-FIND of their study;
+    the final statuses."""
+    from pydicom.dataset import Dataset
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage, Verification
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
 
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
+    ae.add_requested_context(Find)
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
     assert assoc.is_established
     try:
         statuses = [assoc.send_c_echo().Status]
         for data in datasets:
             statuses.append(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = pydicom.dcmread(io.BytesIO(datasets[0])).StudyInstanceUID
+        statuses.append([status.Status for status, _ in assoc.send_c_find(query, Find)][-1])
         return statuses
     finally:
         assoc.release()
@@ -150,7 +159,7 @@ def test_workers_sum_their_metrics(tmp_path):
             )
             assert r.status_code == 200, r.text
         _wait_for_port(port)
-        assert _dimse_store(port, over_dimse) == [0, 0, 0]
+        assert _dimse_work(port, over_dimse) == [0, 0, 0, 0]
         assert httpx.get(url + "/v2/studies").status_code == 200
         path = f"{url}/v2/studies/{study}/series/{series}/instances/{uid(71, 1, 1, 0)}"
         retrieved = httpx.get(path, headers={"Accept": "application/dicom; transfer-syntax=*"})
@@ -169,6 +178,7 @@ def test_workers_sum_their_metrics(tmp_path):
             operations = "dicomhub_dimse_operations_total"
             assert value(found, operations, command="C-STORE", status="0x0000") == 2
             assert value(found, operations, command="C-ECHO", status="0x0000") == 1
+            assert value(found, operations, command="C-FIND", status="0x0000") == 1
             assert value(found, "dicomhub_dimse_associations_total", outcome="accepted") == 1
             assert value(found, "dicomhub_processes", kind="http") == 2
             assert value(found, "dicomhub_processes", kind="dimse") == 1
@@ -182,8 +192,12 @@ def _study_search() -> dict[str, str]:
     return {"level": "study", "kind": "search"}
 
 
-def test_one_process_keeps_its_own_metrics(tmp_path):
-    """One server process: its own registry, no shared folder."""
+def test_one_process_keeps_its_own_metrics(tmp_path, monkeypatch):
+    """One server process: its own registry; a metrics folder named in the environment by
+    someone else is not used (its files would be summed in)."""
+    foreign = tmp_path / "someone-elses-metrics"
+    foreign.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(foreign))
     with running_server(tmp_path, workers="1") as (url, _):
         assert httpx.get(url + "/v2/studies").status_code == 200
         found = samples(httpx.get(url + "/metrics").text)
@@ -191,6 +205,7 @@ def test_one_process_keeps_its_own_metrics(tmp_path):
         assert value(found, "dicomhub_http_requests_total", **requests) == 1
         assert value(found, "dicomhub_processes", kind="http") == 1
         assert value(found, "process_cpu_seconds_total") > 0
+    assert list(foreign.iterdir()) == []
 
 
 def test_the_seams_count_the_stores_failures_not_the_answers():

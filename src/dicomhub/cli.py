@@ -27,8 +27,6 @@ from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.export_sinks import Sink
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
-from dicomhub.telemetry import exposition, instruments
-from dicomhub.telemetry.seams import measured
 from dicomhub.web.forwarded import TrustedProxies
 from dicomhub.workers.conversion import ProcessConverter
 
@@ -49,6 +47,8 @@ def build_index(settings: Settings, migrate: bool | None = None, writer: bool = 
 
 def build_archive(settings: Settings) -> Archive:
     """The archive over its stores, each timed at its seam (the metrics of telemetry/seams)."""
+    from dicomhub.telemetry.seams import measured
+
     blobs = open_blobs(
         settings.resolved_blob_url, settings.blob_multipart_threshold, settings.fsync != "off"
     )
@@ -172,6 +172,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SUPERVISOR = "DICOMHUB_SUPERVISOR_PID"  # how a server process knows its supervisor
+METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # telemetry.exposition.ENVIRONMENT
 
 
 def lock_data_dir(settings: Settings):
@@ -206,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in clients.COMMANDS:  # a client of a running server: no settings, no index
         sys.exit(clients.run(argv if argv is not None else sys.argv[1:]))
     command, settings = parse_command_line(argv)
+    if METRICS_FOLDER in os.environ and SUPERVISOR not in os.environ:
+        # serve chooses where its processes share their metrics; a folder named by someone
+        # else would mix theirs in (read when prometheus-client is first imported: not yet)
+        os.environ.pop(METRICS_FOLDER)
     if settings.log_format not in logs.FORMATS:
         formats = " or ".join(logs.FORMATS)
         sys.exit(f"dicomhub: --log-format takes {formats}, not {settings.log_format!r}")
@@ -284,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             if not settings.deidentify_key_file:
                 os.environ[PROCESS_KEY] = secrets.token_hex(32)
             writer = _index_writer(settings)
+            from dicomhub.telemetry import exposition
+
             # the processes sum their metrics in a folder of their own (telemetry/exposition)
             with exposition.shared_folder():
                 dimse = _dimse_process() if settings.dimse_port else None
@@ -441,6 +448,8 @@ async def _work(settings: Settings, command: str) -> None:
         job = run_dimse(archive, settings.dimse)
     else:
         job = run_background(archive, archive.index, settings.jobs, settings.dimse)
+    from dicomhub.telemetry import exposition, instruments
+
     instruments.alive(command)  # beside serve's processes: summed with theirs
     work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
