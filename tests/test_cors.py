@@ -43,7 +43,7 @@ def test_named_origins(tmp_path):
         r = c.get("/v2/studies", headers={"Origin": VIEWER})
         assert r.headers["access-control-allow-origin"] == VIEWER
         exposed = r.headers["access-control-expose-headers"].lower()
-        assert "etag" in exposed and "warning" in exposed
+        assert "etag" in exposed and "warning" in exposed and "x-request-id" in exposed
         # another origin gets no permission
         stranger = dict(PREFLIGHT, Origin="https://evil.example.com")
         assert c.options("/v2/studies", headers=stranger).status_code == 400

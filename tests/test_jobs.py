@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -198,3 +199,26 @@ def test_worker_process_runs_the_blob_cleanup(tmp_path):
             finally:
                 worker.terminate()
                 assert worker.wait(10) == 0  # a clean stop on SIGTERM
+
+
+def test_the_queue_by_type_as_metrics_read_it(client, clock):
+    """Per type: the jobs ready to run (a running job whose lease ran out among them), how long
+    the oldest has been due, and those running."""
+    archive = client.app.state.archive
+    call = client.portal.call
+    for kind in ("queue-a", "queue-a", "queue-b"):
+        call(archive.operations.start, kind, {})
+    clock.advance(10)
+    queue = {kind: rest for kind, *rest in call(archive.operations.queue)}
+    assert set(queue) == {"queue-a", "queue-b"}
+    assert queue["queue-a"][0] == 2 and queue["queue-a"][1] >= 10 and queue["queue-a"][2] == 0
+    now = utcnow()
+    claimed = call(archive.index.claim_job, "runner-1", now, now + timedelta(seconds=30))
+    queue = {kind: rest for kind, *rest in call(archive.operations.queue)}
+    assert queue[claimed.type][0] == (1 if claimed.type == "queue-a" else 0)
+    assert queue[claimed.type][2] == 1
+    clock.advance(60)  # its lease runs out: ready again, due since the lease ended
+    queue = {kind: rest for kind, *rest in call(archive.operations.queue)}
+    assert queue[claimed.type][2] == 0
+    assert queue[claimed.type][0] == (2 if claimed.type == "queue-a" else 1)
+    assert queue[claimed.type][1] >= 30

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dicomhub import __version__, clients, settings_groups
+from dicomhub import __version__, clients, logs, settings_groups
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
@@ -48,10 +48,14 @@ def build_index(settings: Settings, migrate: bool | None = None, writer: bool = 
 
 
 def build_archive(settings: Settings) -> Archive:
+    """The archive over its stores, each timed at its seam (the metrics of telemetry/seams)."""
+    from dicomhub.telemetry.seams import measured
+
     blobs = open_blobs(
         settings.resolved_blob_url, settings.blob_multipart_threshold, settings.fsync != "off"
     )
-    index = build_index(settings)
+    blobs = measured(blobs, "blob")
+    index = measured(build_index(settings), "index")
     audit = open_audit(settings.audit_log, index)
     config = settings.archive
     converter = ProcessConverter(config.pixels.conversion_workers)
@@ -170,6 +174,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SUPERVISOR = "DICOMHUB_SUPERVISOR_PID"  # how a server process knows its supervisor
+METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # telemetry.exposition.ENVIRONMENT
 
 
 def lock_data_dir(settings: Settings):
@@ -204,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in clients.COMMANDS:  # a client of a running server: no settings, no index
         sys.exit(clients.run(argv if argv is not None else sys.argv[1:]))
     command, settings = parse_command_line(argv)
+    if METRICS_FOLDER in os.environ and SUPERVISOR not in os.environ:
+        # serve chooses where its processes share their metrics; a folder named by someone
+        # else would mix theirs in (read when prometheus-client is first imported: not yet)
+        os.environ.pop(METRICS_FOLDER)
+    if settings.log_format not in logs.FORMATS:
+        formats = " or ".join(logs.FORMATS)
+        sys.exit(f"dicomhub: --log-format takes {formats}, not {settings.log_format!r}")
     _configure_logging(settings)
     if urlsplit(getattr(args, "index_url", None) or "").password:
         logging.getLogger("dicomhub").warning(
@@ -261,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            access_log=settings.log_level == "debug",
+            log_config=logs.uvicorn_config(settings.log_format),
+            access_log=False,  # the request line is dicomhub's own (logs.ACCESS)
             # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile)
             http="dicomhub.web.zerocopy:HttpToolsProtocol",
             proxy_headers=False,  # web/forwarded.py applies them, from --forwarded-allow-ips
@@ -280,18 +293,23 @@ def main(argv: list[str] | None = None) -> None:
             if not settings.deidentify_key_file:
                 os.environ[PROCESS_KEY] = secrets.token_hex(32)
             writer = _index_writer(settings)
-            dimse = _dimse_process() if settings.dimse_port else None
+            from dicomhub.telemetry import exposition
+
+            # the processes sum their metrics in a folder of their own (telemetry/exposition)
+            # and publish how many connections each holds in another (web/balance)
             shared = tempfile.mkdtemp(prefix="dicomhub-serve-")  # mode 0700
             os.environ[balance.ENVIRONMENT] = balance.create(shared, workers)
-            try:
-                uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
-            finally:
-                shutil.rmtree(shared, ignore_errors=True)
-                if dimse is not None:
-                    dimse.terminate()
-                    dimse.wait(30)
-                if writer is not None:
-                    writer.stop()
+            with exposition.shared_folder():
+                dimse = _dimse_process() if settings.dimse_port else None
+                try:
+                    uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
+                finally:
+                    shutil.rmtree(shared, ignore_errors=True)
+                    if dimse is not None:
+                        dimse.terminate()
+                        dimse.wait(30)
+                    if writer is not None:
+                        writer.stop()
         else:
             uvicorn.run(_app(settings, recover=True), **options)
         lock.close()
@@ -366,9 +384,7 @@ def _check_exposure(settings: Settings) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format, settings.access_log)
 
 
 async def _upgrade(settings: Settings) -> None:
@@ -445,6 +461,9 @@ async def _work(settings: Settings, command: str) -> None:
         job = run_dimse(archive, settings.dimse)
     else:
         job = run_background(archive, archive.index, settings.jobs, settings.dimse)
+    from dicomhub.telemetry import exposition, instruments
+
+    instruments.alive(command)  # beside serve's processes: summed with theirs
     work = asyncio.create_task(job)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -455,3 +474,4 @@ async def _work(settings: Settings, command: str) -> None:
         pass
     finally:
         await archive.close()
+        exposition.leave()

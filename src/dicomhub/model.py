@@ -217,6 +217,7 @@ class AuditEntry:
     duration_ms: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)  # caller headers, stored instances, ...
     id: int | None = None
+    request_id: str | None = None  # the HTTP request's id (X-Request-Id)
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the audit API and the audit file write it."""
@@ -251,6 +252,7 @@ _AUDIT_KEYS = (
     ("bytes_out", "bytesOut"),
     ("duration_ms", "durationMs"),
     ("detail", "detail"),
+    ("request_id", "requestId"),
 )
 
 
@@ -262,6 +264,7 @@ class AuditQuery:
     action: str | None = None
     study: str | None = None
     status: int | None = None
+    request_id: str | None = None
     offset: int = 0
     limit: int = 100
 
@@ -273,4 +276,5 @@ class AuditQuery:
             and (self.action is None or e.action == self.action)
             and (self.study is None or e.study == self.study)
             and (self.status is None or e.status == self.status)
+            and (self.request_id is None or e.request_id == self.request_id)
         )

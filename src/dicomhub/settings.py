@@ -333,6 +333,17 @@ class Settings:
         "request gets 403, credentials come from the environment only.",
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    log_format: str = _setting(
+        "text",
+        "Log lines as readable text, or json: one object per line (time, level, logger, "
+        "message, request_id; method, route, status, duration_ms, user and partition on request "
+        "lines).",
+    )
+    access_log: bool = _setting(
+        False,
+        "Log one line per HTTP request (method, path, route, status, duration, user, request "
+        "id), at info level. Off: only with log_level debug.",
+    )
     workers: int = _setting(
         0,
         "HTTP server processes (0: one per core): all share the index, the blob store and the "

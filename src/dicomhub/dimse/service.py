@@ -61,6 +61,7 @@ from dicomhub.dimse.status import (
 from dicomhub.dimse.tls import tls_args, tls_context
 from dicomhub.errors import DicomhubError
 from dicomhub.settings_groups import Dimse
+from dicomhub.telemetry import instruments
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ NATIVE = [
 # Of what a requestor proposes, take its encapsulated (compressed) syntax first, so that images
 # arrive as they were made, then the native ones in this order (Implicit VR loses the VRs).
 PREFERRED = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in NATIVE] + NATIVE
+
+
+ASSOCIATION_EVENTS = ("A-ASSOCIATE-RJ", "A-ABORT")  # audited, counted as associations
 
 
 class DimseService:
@@ -127,6 +131,7 @@ class DimseService:
             (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move),
             (evt.EVT_N_ACTION, self.commitments.action),
+            (evt.EVT_ACCEPTED, self._accepted),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
         ]
@@ -152,11 +157,16 @@ class DimseService:
         self._audit(event, "C-ECHO", None, status, 0, time.perf_counter())
         return status
 
+    def _accepted(self, event) -> None:
+        instruments.dimse_association("accepted")
+
     def _rejected(self, event) -> None:
         """An association refused (an AE title not allowed, too many associations)."""
+        instruments.dimse_association("rejected")
         self._audit(event, "A-ASSOCIATE-RJ", None, 0, 0, time.perf_counter())
 
     def _aborted(self, event) -> None:
+        instruments.dimse_association("aborted")
         self._audit(event, "A-ABORT", None, 0, 0, time.perf_counter())
 
     def _store(self, event) -> int:
@@ -356,7 +366,10 @@ class DimseService:
         detail: dict,
         **fields,
     ) -> None:
-        """Audit a DIMSE operation of ``caller`` (AE title, address), from any thread."""
+        """Audit a DIMSE operation of ``caller`` (AE title, address), and count it, from any
+        thread."""
+        if command not in ASSOCIATION_EVENTS:
+            instruments.dimse_operation(command, status)
         if self.archive.audit is None:
             return
         entry = audit_entry(self.settings.aet, caller, command, status, clock, detail, **fields)

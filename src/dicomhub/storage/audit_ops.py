@@ -11,9 +11,9 @@ from dicomhub.storage.statements import Op, many, rows, run
 
 COLUMNS = (
     "at, protocol, method, path, status, principal, client, address, route, action, study_uid, "
-    "series_uid, sop_uid, bytes_in, bytes_out, duration_ms, detail"
+    "series_uid, sop_uid, bytes_in, bytes_out, duration_ms, detail, request_id"
 )
-ADD = f"INSERT INTO audit_log ({COLUMNS}) VALUES ({', '.join('?' * 17)})"
+ADD = f"INSERT INTO audit_log ({COLUMNS}) VALUES ({', '.join('?' * 18)})"
 PURGE = "DELETE FROM audit_log WHERE at < ?"
 FILTERS = (  # AuditQuery field, condition
     ("since", "at >= ?"),
@@ -22,6 +22,7 @@ FILTERS = (  # AuditQuery field, condition
     ("action", "action = ?"),
     ("study", "study_uid = ?"),
     ("status", "status = ?"),
+    ("request_id", "request_id = ?"),
 )
 
 
@@ -48,6 +49,7 @@ def _row(e: AuditEntry) -> tuple:
         e.bytes_out,
         e.duration_ms,
         json.dumps(e.detail) if e.detail else None,
+        e.request_id,
     )
 
 
@@ -83,6 +85,7 @@ def find(query: AuditQuery) -> Op:
             duration_ms=r["duration_ms"],
             detail=json.loads(r["detail"]) if r["detail"] else {},
             id=r["entry_id"],
+            request_id=r["request_id"],
         )
         for r in found
     ]

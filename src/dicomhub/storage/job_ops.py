@@ -14,7 +14,7 @@ from typing import Any
 from dicomhub.clock import from_micros, to_micros
 from dicomhub.model import Operation, OperationStatus
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.statements import Op, one, run
+from dicomhub.storage.statements import Op, one, rows, run
 
 _COLUMNS = (
     "operation_id, type, status, percent_complete, created, last_updated, payload, checkpoint, "
@@ -51,6 +51,15 @@ FINISH = (
     "singleton = CASE WHEN ? THEN NULL ELSE singleton END WHERE operation_id = ?"
 )
 GET = f"SELECT {_COLUMNS} FROM operation WHERE operation_id = ?"
+QUEUE = (  # ready: what READY would claim; held: running under a lease not run out
+    "SELECT type, "
+    "sum(CASE WHEN status = 'notStarted' AND not_before <= ? OR lease_expires < ? THEN 1 "
+    "ELSE 0 END) AS ready, "
+    "min(CASE WHEN status = 'notStarted' AND not_before <= ? THEN not_before "
+    "WHEN lease_expires < ? THEN lease_expires END) AS due, "
+    "sum(CASE WHEN status = 'running' AND lease_expires >= ? THEN 1 ELSE 0 END) AS held "
+    "FROM operation WHERE status IN ('notStarted', 'running') GROUP BY type ORDER BY type"
+)
 PURGE = (
     "DELETE FROM operation "
     "WHERE type = ? AND status IN ('completed', 'failed') AND last_updated < ?"
@@ -136,6 +145,17 @@ def finish(
 def get(id: str) -> Op:
     row = yield one(GET, id)
     return operation(row) if row is not None else None
+
+
+def queue(now: datetime) -> Op:
+    """Per type of pending job: (type, ready, when the oldest ready one became due (None:
+    none is), running)."""
+    micros = to_micros(now)
+    found = yield rows(QUEUE, *(micros,) * 5)
+    return [
+        (r["type"], r["ready"], from_micros(r["due"]) if r["due"] is not None else None, r["held"])
+        for r in found
+    ]
 
 
 def purge(kind: str, before: datetime) -> Op:

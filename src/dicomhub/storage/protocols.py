@@ -276,6 +276,10 @@ class Jobs(Protocol):
     async def purge_operations(self, kind: str, before: datetime) -> None:
         """Forget finished jobs of ``kind`` last updated before then."""
 
+    async def job_queue(self, now: datetime) -> list[tuple[str, int, datetime | None, int]]:
+        """Per type of pending job: (type, how many are ready to be claimed, when the oldest
+        of them became due (None: none is ready), how many are held under a live lease)."""
+
 
 class ExtendedTagIndex(Protocol):
     """Extended query tags (see storage/extended_tags_ops.py): their definitions, the errors of

@@ -184,6 +184,9 @@ class SqlIndex:
     async def purge_operations(self, kind: str, before: datetime) -> None:
         await self._write(jobs.purge, kind, before)
 
+    async def job_queue(self, now: datetime) -> list[tuple[str, int, datetime | None, int]]:
+        return await self._read(jobs.queue, now)
+
     # -- audit log -------------------------------------------------------------------------------
 
     async def add_audit_entries(self, entries: list[AuditEntry]) -> None:

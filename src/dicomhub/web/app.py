@@ -17,6 +17,7 @@ from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError, InvalidRequest
 from dicomhub.model import ADMIN, DELETE, EXPORT, MANAGE_TAGS, READ, WRITE
 from dicomhub.settings import Settings
+from dicomhub.telemetry import exposition, instruments
 from dicomhub.web import (
     audit,
     changefeed,
@@ -199,6 +200,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await archive.start(recover)
+        instruments.alive("http")  # summed with the other processes' metrics from now on
         worker = asyncio.create_task(background()) if background else None
         try:
             yield
@@ -208,6 +210,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
             await archive.close()
+            exposition.leave()
 
     table = routes()
     app = Starlette(

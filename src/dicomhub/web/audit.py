@@ -1,7 +1,9 @@
 """The audit of every HTTP request (but the health probe), and the admin route that reads it.
 
 The middleware sits outside authentication and the request limits, so refused requests are
-audited too. It records the route's data action and the UIDs of its path; routes add what
+audited too. It is the one layer that sees every request whole, so it also gives the request
+its id (``X-Request-Id``), records its metrics and writes its line in the log, whether the
+audit log is on or not. It records the route's data action and the UIDs of its path; routes add what
 only they know (the instances a STOW stored) through ``note()``. Callers may add their own
 context in ``X-Dicomhub-Audit-<Name>`` headers (or Microsoft's ``X-MS-AZUREDICOM-AUDIT-<Name>``):
 at most MAX_HEADERS of them, each at most MAX_HEADER_LENGTH bytes, else 400.
@@ -9,6 +11,8 @@ at most MAX_HEADERS of them, each at most MAX_HEADER_LENGTH bytes, else 400.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Sequence
 
@@ -18,11 +22,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicomhub import logs
 from dicomhub.archive.audit import AuditLog
 from dicomhub.clock import utcnow
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ACTIONS, AuditEntry, AuditQuery
+from dicomhub.telemetry import instruments
 from dicomhub.web.common import ZEROCOPY, archive, page, param, time_param
 from dicomhub.web.errors import problem
 
@@ -33,6 +39,17 @@ MAX_QUERY = 2048  # bytes of the query string kept
 UNAUDITED = ("/health/check",)
 ACTION, ROUTE = "dicomhub.action", "dicomhub.route"  # set in the scope by the route's wrapper
 NOTES = "dicomhub.audit"
+REQUEST_ID = "dicomhub.request_id"  # the request's id, in the scope
+# the routes (names without their version) whose response bodies count as retrieved bytes
+RETRIEVALS = frozenset(
+    {"study", "series", "instance", "frames", "bulkdata", "wado-uri"}
+    | {
+        f"{level}-{kind}"
+        for level in ("study", "series", "instance", "frames")
+        for kind in ("rendered", "thumbnail", "metadata")
+    }
+)
+_requests = logging.getLogger(logs.ACCESS)
 
 
 def note(request: Request, **detail) -> None:
@@ -41,17 +58,38 @@ def note(request: Request, **detail) -> None:
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, log: AuditLog, routes: Sequence[BaseRoute]):
+    """Every request: its id (the client's ``X-Request-Id`` when sane, else a new one; echoed
+    in the response), its metrics, its request line in the log, and its audit entry (when
+    ``log``). One layer, which counts the bytes once for all of them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        log: AuditLog | None,
+        routes: Sequence[BaseRoute],
+    ):
         self.app = app
         self.log = log
         self.routes = routes
+        # route name -> its template (/v2/studies/{study}): a label of few values
+        self.templates = {
+            r.name: r.path_format for r in routes if isinstance(getattr(r, "name", None), str)
+        }
+        self.retrievals = {
+            name for name in self.templates if re.sub(r"^v\d+-", "", name) in RETRIEVALS
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNAUDITED:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, clock = utcnow(), time.perf_counter()
+        started = utcnow() if self.log is not None else None  # when the audit entry says
+        clock = time.perf_counter()
         counts = {"in": 0, "out": 0, "status": 500}
+        headers, refusal, asked = _caller_headers(scope)
+        rid = (asked and logs.sane_request_id(asked)) or logs.new_request_id()
+        scope[REQUEST_ID] = rid
+        echoed = (b"x-request-id", rid.encode("ascii"))
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -61,24 +99,34 @@ class AuditMiddleware:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 counts["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), echoed]}
             elif message["type"] == "http.response.body":
                 counts["out"] += len(message.get("body", b""))
             elif message["type"] == ZEROCOPY:
                 counts["out"] += message["count"]
             await send(message)
 
-        headers, refusal = _caller_headers(scope)
+        token = logs.request_id.set(rid)
         try:
             if refusal:
                 await problem(400, "Bad Request", refusal)(scope, receive, counting_send)
             else:
                 await self.app(scope, counting_receive, counting_send)
         finally:
-            self.log.record(self._entry(scope, started, clock, counts, headers))
+            logs.request_id.reset(token)
+            seconds = time.perf_counter() - clock
+            if ROUTE not in scope:  # refused before routing (401, 414, 400), or no route
+                _resolve(scope, self.routes)
+            route = self.templates.get(scope.get(ROUTE), instruments.UNMATCHED)
+            instruments.request(route, scope["method"], counts["status"], seconds)
+            if counts["out"] and scope.get(ROUTE) in self.retrievals:
+                instruments.retrieved(route, counts["out"])
+            if _requests.isEnabledFor(logging.INFO):
+                _request_line(scope, route, counts["status"], seconds, rid)
+            if self.log is not None and scope["path"] not in UNAUDITED:
+                self.log.record(self._entry(scope, started, seconds, counts, headers, rid))
 
-    def _entry(self, scope: Scope, started, clock: float, counts: dict, headers: dict):
-        if ROUTE not in scope:  # refused before routing (401, 414, 400): find the route here
-            _resolve(scope, self.routes)
+    def _entry(self, scope: Scope, started, seconds: float, counts: dict, headers: dict, rid):
         params = scope.get("path_params") or {}
         principal = scope.get("state", {}).get("principal")
         detail = dict(scope.get(NOTES) or {})
@@ -105,24 +153,55 @@ class AuditMiddleware:
             instance=detail.pop("instance", None) or params.get("sop"),
             bytes_in=counts["in"],
             bytes_out=counts["out"],
-            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            duration_ms=round(seconds * 1000, 3),
             detail=detail,
+            request_id=rid,
         )
 
 
-def _caller_headers(scope: Scope) -> tuple[dict[str, str], str | None]:
-    """The caller's audit headers, and why they are refused (too many, too long) or None."""
-    found = {}
+def _request_line(scope: Scope, route: str, status: int, seconds: float, rid: str) -> None:
+    """The request's line in the log (logger dicomhub.access, info level)."""
+    principal = scope.get("state", {}).get("principal")
+    duration = round(seconds * 1000, 3)
+    _requests.info(
+        "%s %s %d %.1f ms",
+        scope["method"],
+        scope["path"],
+        status,
+        duration,
+        extra={
+            "request_id": rid,
+            "method": scope["method"],
+            "route": route,
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": duration,
+            "user": principal.subject if principal else None,
+            "partition": None,  # there are no partitions yet
+        },
+    )
+
+
+def _caller_headers(scope: Scope) -> tuple[dict[str, str], str | None, bytes | None]:
+    """The caller's audit headers, why they are refused (too many, too long) or None, and
+    the X-Request-Id it sent (None: none)."""
+    found, asked = {}, None
     for name, value in scope.get("headers") or ():
-        prefix = next((p for p in HEADER_PREFIXES if name.lower().startswith(p)), None)
+        if name[:2].lower() != b"x-":  # most headers: one cheap look
+            continue
+        name = name.lower()
+        if name == b"x-request-id":
+            asked = value
+            continue
+        prefix = next((p for p in HEADER_PREFIXES if name.startswith(p)), None)
         if prefix is None:
             continue
         if len(value) > MAX_HEADER_LENGTH:
-            return {}, f"an audit header is longer than {MAX_HEADER_LENGTH} bytes"
+            return {}, f"an audit header is longer than {MAX_HEADER_LENGTH} bytes", asked
         found[name[len(prefix) :].decode("latin-1")] = value.decode("latin-1")
         if len(found) > MAX_HEADERS:
-            return {}, f"more than {MAX_HEADERS} audit headers"
-    return found, None
+            return {}, f"more than {MAX_HEADERS} audit headers", asked
+    return found, None, asked
 
 
 def _resolve(scope: Scope, routes: Sequence[BaseRoute]) -> None:
@@ -137,12 +216,13 @@ def _resolve(scope: Scope, routes: Sequence[BaseRoute]) -> None:
 
 
 def audit(log: AuditLog | None, routes: Sequence[BaseRoute]) -> list[Middleware]:
-    return [] if log is None else [Middleware(AuditMiddleware, log=log, routes=routes)]
+    """The middleware of every request (its audit entry only when ``log``)."""
+    return [Middleware(AuditMiddleware, log=log, routes=routes)]
 
 
 async def entries(request: Request) -> Response:
-    """GET /v{n}/audit: entries oldest first, filtered by time, principal, action, study and
-    status (the admin action)."""
+    """GET /v{n}/audit: entries oldest first, filtered by time, principal, action, study,
+    status and request id (the admin action)."""
     log = archive(request).audit
     if log is None:
         raise InvalidRequest("the audit log is off (--audit-log off)")
@@ -160,6 +240,7 @@ async def entries(request: Request) -> Response:
         action=action,
         study=require_uid(study, "study") if study is not None else None,
         status=status,
+        request_id=param(q, "requestId"),
         offset=offset,
         limit=limit,
     )

@@ -8,7 +8,14 @@ from starlette.middleware.cors import CORSMiddleware
 from dicomhub.settings_groups import Cors
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-REQUEST_HEADERS = ["Accept", "Authorization", "Content-Type", "If-None-Match", "Range"]
+REQUEST_HEADERS = [
+    "Accept",
+    "Authorization",
+    "Content-Type",
+    "If-None-Match",
+    "Range",
+    "X-Request-Id",
+]
 # What a page may read of a response (beyond the CORS-safelisted headers)
 EXPOSED = [
     "ETag",
@@ -18,6 +25,7 @@ EXPOSED = [
     "Content-Range",
     "Warning",
     "Retry-After",
+    "X-Request-Id",  # the request's id, as the audit log and the logs name it
 ]
 
 

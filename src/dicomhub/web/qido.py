@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,6 +12,7 @@ from dicomhub.dicom.json_model import dumps
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Query, parse_query
 from dicomhub.dicom.uids import require_uid
+from dicomhub.telemetry import instruments
 from dicomhub.web.common import archive, base_url, header_text, require_json_accept
 
 MORE_RESULTS = (
@@ -47,7 +49,9 @@ async def _search(request: Request, level: Level) -> Response:
     media = require_json_accept(request)
     query, headers = await _query(request, level)
     service = base_url(request).rstrip("/")
+    started = time.perf_counter()
     page = await archive(request).search.search(query, service)
+    instruments.searched(level.name.lower(), "search", time.perf_counter() - started)
     texts = []
     if query.ignored:
         texts.append(
@@ -63,7 +67,9 @@ async def _search(request: Request, level: Level) -> Response:
 
 async def _count(request: Request, level: Level) -> Response:
     query, headers = await _query(request, level)
+    started = time.perf_counter()
     total = await archive(request).search.count(query)
+    instruments.searched(level.name.lower(), "count", time.perf_counter() - started)
     return Response(json.dumps({"count": total}), media_type="application/json", headers=headers)
 
 

@@ -24,6 +24,7 @@ from dicomhub.errors import (
     UnsupportedMediaType,
 )
 from dicomhub.settings_groups import Ingest
+from dicomhub.telemetry import instruments
 from dicomhub.web.audit import note
 from dicomhub.web.common import (
     archive,
@@ -46,12 +47,14 @@ async def store(request: Request) -> Response:
     if content_type.split(";")[0].strip().lower() == DICOM:  # one file: its size is known
         limit = request.app.state.ingest.max_part_size
         refuse_declared_size(request, limit, "a DICOM file (max_part_size)")
+    sizes: list[int] = []
     parts = received_parts(
-        request.stream(), request.headers.get("content-type"), request.app.state.ingest
+        request.stream(), request.headers.get("content-type"), request.app.state.ingest, sizes
     )
     n = version(request)
     outcomes = await archive(request).store.store_parts(parts, study, strict=n == 1)
     _audit(request, outcomes)
+    _count(outcomes, sizes)
     full = [o for o in outcomes if o.failure == stow.OUT_OF_RESOURCES]
     if full and all(o.failure is not None for o in outcomes):  # stored nothing: 507
         raise InsufficientStorage("storage", f"nothing was stored ({full[0].message})")
@@ -66,11 +69,16 @@ async def store(request: Request) -> Response:
 
 
 async def received_parts(
-    chunks: AsyncIterator[bytes], content_type: str | None, settings: Ingest
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    settings: Ingest,
+    sizes: list[int] | None = None,
 ) -> AsyncIterator[Part]:
-    """The parts of a STOW-RS body, each as soon as it is complete. Errors of the request as a
-    whole (media type, boundary, malformed multipart, too many parts, a single body that is too
-    large) are raised; those of one part are the archive's to report."""
+    """The parts of a STOW-RS body, each as soon as it is complete (its size appended to
+    ``sizes``). Errors of the request as a whole (media type, boundary, malformed multipart,
+    too many parts, a single body that is too large) are raised; those of one part are the
+    archive's to report."""
+    sizes = [] if sizes is None else sizes
     if not content_type:
         raise UnsupportedMediaType("STOW-RS needs a Content-Type header")
     media = parse_media_type(content_type)
@@ -88,6 +96,7 @@ async def received_parts(
             raise PayloadTooLarge(
                 f"the DICOM file exceeds the limit of {settings.max_part_size} bytes"
             )
+        sizes.append(body.size)
         yield Part(DICOM, body)
         return
     if media.type != "multipart/related":
@@ -125,6 +134,7 @@ async def received_parts(
                     await body.write(event.data)
                 elif isinstance(event, PartEnd):
                     body.close()
+                    sizes.append(body.size)
                     part, body = Part(part_type, body), None
                     yield part
             if parser.finished:
@@ -135,6 +145,19 @@ async def received_parts(
     finally:
         if body is not None:
             body.discard()
+
+
+def _count(outcomes: list[stow.PartOutcome], sizes: list[int]) -> None:
+    """The metrics of the parts: stored or refused, and their bytes (a part the archive did
+    not read, e.g. after a full disk, has no size)."""
+    stored = stored_size = refused = refused_size = 0
+    for i, outcome in enumerate(outcomes):
+        size = sizes[i] if i < len(sizes) else 0
+        if outcome.failure is None:
+            stored, stored_size = stored + 1, stored_size + size
+        else:
+            refused, refused_size = refused + 1, refused_size + size
+    instruments.stored(stored, stored_size, refused, refused_size)
 
 
 def _audit(request: Request, outcomes: list[stow.PartOutcome]) -> None:

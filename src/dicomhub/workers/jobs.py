@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from dicomhub import logs
 from dicomhub.clock import utcnow
 from dicomhub.model import Operation
 from dicomhub.storage.protocols import Jobs
@@ -70,7 +71,17 @@ class JobRunner:
             await self._finish(operation, None, f"no handler for jobs of type {operation.type}")
             return True
         context = JobContext(operation)
-        work = asyncio.create_task(handler(context), name=f"job {operation.id}")
+        # its log lines (and this runner's about it) name the job and the request that queued it
+        ids = (logs.job_id.set(operation.id), logs.request_id.set(_asked_by(operation)))
+        try:
+            work = asyncio.create_task(handler(context), name=f"job {operation.id}")
+            return await self._watch(operation, context, work)
+        finally:
+            logs.request_id.reset(ids[1])
+            logs.job_id.reset(ids[0])
+
+    async def _watch(self, operation: Operation, context: JobContext, work: asyncio.Task) -> bool:
+        """Renew the lease while ``work`` runs, then finish the job."""
         try:
             while not (await asyncio.wait({work}, timeout=self.lease.total_seconds() / 3))[0]:
                 now = utcnow()
@@ -114,6 +125,11 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - e.g. the index is unavailable: try again later
                 log.exception("job runner")
             await asyncio.sleep(self.poll)
+
+
+def _asked_by(operation: Operation) -> str | None:
+    asked = operation.payload.get(logs.PAYLOAD_KEY) if isinstance(operation.payload, dict) else None
+    return asked if isinstance(asked, str) else None
 
 
 async def every(interval: float, action: Callable[[], Awaitable[Any]]) -> None:

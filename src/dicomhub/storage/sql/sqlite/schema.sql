@@ -235,11 +235,13 @@ CREATE TABLE audit_log (
     bytes_in            INTEGER NOT NULL,
     bytes_out           INTEGER NOT NULL,
     duration_ms         REAL NOT NULL,
-    detail              TEXT
+    detail              TEXT,
+    request_id          TEXT
 );
 CREATE INDEX audit_log_at ON audit_log (at);
 CREATE INDEX audit_log_principal ON audit_log (principal, at);
 CREATE INDEX audit_log_study ON audit_log (study_uid, at);
+CREATE INDEX audit_log_request ON audit_log (request_id);
 
 -- UPS workitems (UPS-RS Push and Pull): one row per workitem with its DICOM JSON dataset, its
 -- state, the Transaction UID that locks it while IN PROGRESS, and a revision each change
