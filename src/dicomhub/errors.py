@@ -100,3 +100,8 @@ class StoreAbandoned(Unavailable):
 
 class AlreadyExists(Conflict):
     """The SOP instance is already stored."""
+
+
+class InstanceMoved(Conflict):
+    """An upsert names a SOP instance stored in another study or series: a replace keeps an
+    instance where it is (delete it first to move it)."""

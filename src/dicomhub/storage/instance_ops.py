@@ -16,7 +16,7 @@ from typing import Any
 from dicomhub.clock import to_micros, utcnow
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
-from dicomhub.errors import AlreadyExists, StoreAbandoned
+from dicomhub.errors import AlreadyExists, InstanceMoved, StoreAbandoned, Unavailable
 from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
 from dicomhub.storage import extended_tags_ops
 from dicomhub.storage.dialect import Dialect
@@ -130,6 +130,66 @@ SELECT_INSTANCES = _INSTANCE_COLUMNS + _JOIN + "WHERE {where} ORDER BY i.version
 SELECT_METADATA = "SELECT i.metadata" + _JOIN + "WHERE {where} ORDER BY i.version"
 
 DELETE_INSTANCE = "DELETE FROM instance WHERE version = ?"
+
+# -- versions: an instance replaced (upsert, bulk update) keeps its original in
+# instance_original; its row in instance is the latest version.
+SOP_IN_PARTITION = (
+    "SELECT st.study_uid, se.series_uid, i.version, i.series_key"
+    + _JOIN
+    + "WHERE i.sop_uid = ? AND st.partition_name = ?"
+)
+# The version replaced is the original when none is kept yet (else it is one in between).
+KEEP_ORIGINAL = """
+INSERT INTO instance_original (series_key, sop_uid, version, sop_class_uid, transfer_syntax, size,
+    created, parse_on_read, metadata, frames, bulk)
+SELECT series_key, sop_uid, version, sop_class_uid, transfer_syntax, size, created, parse_on_read,
+    metadata, frames, bulk
+FROM instance WHERE version = ?
+ON CONFLICT (series_key, sop_uid) DO NOTHING
+RETURNING version
+"""
+REVISE_SERIES = "UPDATE series SET revision = revision + 1 WHERE series_key = ? RETURNING doc"
+REVISE_STUDY = "UPDATE study SET revision = revision + 1 WHERE study_key = ? RETURNING doc"
+ORIGINALS_OF_SERIES = (
+    "SELECT series_key, sop_uid, version FROM instance_original WHERE series_key IN ({keys})"
+)
+DELETE_ORIGINAL = "DELETE FROM instance_original WHERE series_key = ? AND sop_uid = ?"
+_ORIGINAL_JOIN = (
+    _JOIN + "LEFT JOIN instance_original o\n"
+    "    ON o.series_key = i.series_key AND o.sop_uid = i.sop_uid\n"
+)
+
+
+def _original(column: str) -> str:
+    return f"CASE WHEN o.version IS NULL THEN i.{column} ELSE o.{column} END AS {column}"
+
+
+_ORIGINAL_COLUMNS = ", ".join(
+    _original(c)
+    for c in (
+        "version",
+        "sop_class_uid",
+        "transfer_syntax",
+        "size",
+        "created",
+        "frames",
+        "bulk",
+        "parse_on_read",
+    )
+)
+SELECT_ORIGINALS = (
+    "SELECT st.partition_name, st.study_uid, se.series_uid, i.sop_uid, "
+    + _ORIGINAL_COLUMNS
+    + ", i.series_key"
+    + _ORIGINAL_JOIN
+    + "WHERE {where} ORDER BY coalesce(o.version, i.version)"
+)
+SELECT_ORIGINAL_METADATA = (
+    "SELECT "
+    + _original("metadata")
+    + _ORIGINAL_JOIN
+    + "WHERE {where} ORDER BY coalesce(o.version, i.version)"
+)
 QUEUE_BLOB_DELETION = "INSERT INTO blob_deletion (blob_key, cleanup_after) VALUES (?, ?)"
 DUE_BLOB_DELETIONS = (
     "SELECT id, blob_key FROM blob_deletion WHERE cleanup_after <= ? ORDER BY cleanup_after LIMIT ?"
@@ -310,6 +370,96 @@ def _key(insert: str, select: str, *params: Any) -> Op:
     return (yield one(select, *params))[0]
 
 
+# -- upsert and versions -----------------------------------------------------------------------
+
+LOCK_ATTEMPTS = 100  # each attempt after the first follows a delete of the study or series
+
+
+def upsert(d: Dialect, version: int, instance: NewInstance, cleanup_after: datetime) -> Op:
+    """Make a reserved store visible as PUT does (upsert): a new instance as ``commit`` adds it
+    (a ``create`` entry); one its series holds already is replaced (``replace``: an ``update``
+    entry). One the partition holds in another study or series is refused (InstanceMoved):
+    a replace never moves an instance. ``cleanup_after``: when a version replaced that is not
+    the original may have its blob deleted.
+
+    The study and series are locked first (made when missing), as a delete locks them: upserts
+    and deletes of an instance take turns, each wholly, and each upsert sees what the one
+    before it committed. Not the hot path: ``commit`` (POST) takes no such lock."""
+    i = instance.id
+    if (yield one(FINISH_UPLOAD, version)) is None:
+        raise StoreAbandoned(i.sop)
+    study_key = yield from _locked_key(d, INSERT_STUDY, STUDY_KEY, i.partition, i.study)
+    series_key = yield from _locked_key(d, INSERT_SERIES, SERIES_KEY, study_key, i.series)
+    found = yield rows(SOP_IN_PARTITION, i.sop, i.partition)
+    here = [r["version"] for r in found if r["series_key"] == series_key]
+    if here:
+        yield from replace(version, instance, here[0], series_key, study_key, cleanup_after)
+        return
+    if found:
+        where = found[0]
+        raise InstanceMoved(
+            f"SOP instance {i.sop} is stored in study {where['study_uid']}, series "
+            f"{where['series_uid']}; an upsert replaces an instance where it is stored and "
+            "never moves it (delete it first to store it elsewhere)"
+        )
+    inserted = yield one(INSERT_INSTANCE, version, series_key, i.sop, *instance_values(instance))
+    if inserted is None:  # the series is locked: only a bug gets here
+        raise AlreadyExists(f"SOP instance {i.sop} is already stored")
+    _, first, series_doc = yield one(COUNT_SERIES_STORE, series_key)
+    (study_doc,) = yield one(COUNT_STUDY_STORE, int(first), study_key)
+    record = instance.search
+    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
+    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from extended_tags_ops.index_instance(
+        version, series_key, study_key, instance.metadata, instance.invalid
+    )
+    yield from _log_changes(Action.CREATE, [(i, version)])
+
+
+def replace(
+    version: int,
+    instance: NewInstance,
+    replaced: int,
+    series_key: int,
+    study_key: int,
+    cleanup_after: datetime,
+    action: Action = Action.UPDATE,
+) -> Op:
+    """Make ``version`` (its blob written, its upload ended) the latest version of the stored
+    instance whose latest is ``replaced``; the caller holds the locks of its study and series.
+    The first version is kept as the original (instance_original, its blob with it) until the
+    instance is deleted; a version between the original and the latest is dropped, its blob
+    queued for deletion. The study and series revisions (their ETags) move on and the
+    instance's documents are merged into theirs (its values win, as for a store); the change
+    feed gets ``action`` (update). Upsert replaces one instance; bulk update, each of a study's."""
+    i = instance.id
+    if (yield one(KEEP_ORIGINAL, replaced)) is None:
+        due = to_micros(cleanup_after)
+        yield run(QUEUE_BLOB_DELETION, blob_key(i.partition, replaced), due)
+    yield run(DELETE_INSTANCE, replaced)  # its extended query tag values and errors with it
+    yield run(INSERT_INSTANCE, version, series_key, i.sop, *instance_values(instance))
+    (series_doc,) = yield one(REVISE_SERIES, series_key)
+    (study_doc,) = yield one(REVISE_STUDY, study_key)
+    record = instance.search
+    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
+    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from extended_tags_ops.index_instance(
+        version, series_key, study_key, instance.metadata, instance.invalid
+    )
+    yield from _log_changes(action, [(i, version)])
+
+
+def _locked_key(d: Dialect, insert: str, select: str, *params: Any) -> Op:
+    """The key of a study or series (made when missing), its row locked until the end; a
+    delete may remove it between the two statements: then again."""
+    for _ in range(LOCK_ATTEMPTS):
+        yield run(insert, *params)
+        row = yield one(select + d.for_update, *params)
+        if row is not None:
+            return row[0]
+    raise Unavailable("index", "a study or series kept being deleted during an upsert")
+
+
 def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
     """Merge an instance's level document into its study's or series'; when that changes it,
     rewrite the level's matching columns and side rows (name words, request items)."""
@@ -364,9 +514,20 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
         return 0
     due = to_micros(cleanup_after)
     yield many(DELETE_INSTANCE, [(r["version"],) for r in found])
+    # every version goes: the latest, and the original of those replaced
+    kept = yield rows(in_list(ORIGINALS_OF_SERIES, len(series)), *series)
+    deleted = {(r["series_key"], r["sop_uid"]): r["partition_name"] for r in found}
+    originals = [
+        (o["series_key"], o["sop_uid"], o["version"])
+        for o in kept
+        if (o["series_key"], o["sop_uid"]) in deleted
+    ]
+    if originals:
+        yield many(DELETE_ORIGINAL, [(series, sop) for series, sop, _ in originals])
     yield many(
         QUEUE_BLOB_DELETION,
-        [(blob_key(r["partition_name"], r["version"]), due) for r in found],
+        [(blob_key(r["partition_name"], r["version"]), due) for r in found]
+        + [(blob_key(deleted[s, sop], v), due) for s, sop, v in originals],
     )
     removed: dict[int, int] = {}  # series key -> instances removed
     for r in found:
@@ -402,14 +563,19 @@ def changes(d: Dialect, sql: str, params: tuple) -> Op:
 
 
 def metadata(scope: Scope) -> Op:
-    """Stored DICOM JSON of the scope's instances and its ETag (run in one snapshot)."""
-    sql, params = scoped(SELECT_METADATA, scope)
+    """Stored DICOM JSON of the scope's instances (their originals when ``scope.original``) and
+    its ETag (run in one snapshot)."""
+    select = SELECT_ORIGINAL_METADATA if scope.original else SELECT_METADATA
+    sql, params = scoped(select, scope)
     found = yield rows(sql, *params)
     tag_sql, tag_params = etag_query(scope)
     tag = yield one(tag_sql, *tag_params)
     if tag is None:
         return [r[0] for r in found], ""
-    return [r[0] for r in found], str(tag[0]) if scope.sop else f"{tag[0]}-{tag[1]}"
+    etag = str(tag[0]) if scope.sop else f"{tag[0]}-{tag[1]}"
+    # the originals' ETag: another text (a revision moves on with every version, so it
+    # changes with them too)
+    return [r[0] for r in found], etag + "-original" if scope.original else etag
 
 
 # -- migrations --------------------------------------------------------------------------------

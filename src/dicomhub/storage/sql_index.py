@@ -71,6 +71,9 @@ class SqlIndex:
     async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
         return await self._write(ops.commit_each, stores)
 
+    async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
+        await self._write(ops.upsert, self.dialect, version, instance, cleanup_after)
+
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
 
@@ -81,7 +84,8 @@ class SqlIndex:
     # -- read ----------------------------------------------------------------------------------
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:
-        sql, params = ops.scoped(ops.SELECT_INSTANCES, scope)
+        select = ops.SELECT_ORIGINALS if scope.original else ops.SELECT_INSTANCES
+        sql, params = ops.scoped(select, scope)
         return [_stored(r) for r in await self._rows(sql, params)]
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
@@ -292,10 +296,13 @@ def _stored(r) -> StoredInstance:
 
 
 def _entry(r) -> ChangeFeedEntry:
+    # As Microsoft's server computes it when read (reference 9.1): an entry of the instance's
+    # latest version (its create, or the update that made it) is current; one of an earlier
+    # version, or a delete of an instance stored again since, is replaced.
     current = r["current_version"]
     if current is None:
         state = "deleted"
-    elif current == r["version"] and r["action"] == Action.CREATE:
+    elif current == r["version"] and r["action"] != Action.DELETE:
         state = "current"
     else:
         state = "replaced"
