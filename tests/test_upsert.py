@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.cli import build_archive
+from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
 from tests.dicomfiles import read
@@ -332,3 +334,46 @@ def test_study_delete_removes_originals_of_every_series(files_client, tmp_path):
     assert names(client, f"/studies/{STUDY}", ORIGINAL) == ["A1"]
     assert client.delete(f"/v2/studies/{STUDY}").status_code == 204
     assert cleanup(client) == 2 and blob_files(tmp_path) == []
+
+
+class RecordingFhir:
+    """A FHIR server that finds nothing and records the transactions it is sent."""
+
+    base_url = "http://fhir.invalid/fhir"
+
+    def __init__(self):
+        self.bundles: list[dict] = []
+
+    async def search(self, query: str) -> list[dict]:
+        return []
+
+    async def transaction(self, bundle: dict) -> dict:
+        self.bundles.append(bundle)
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+def test_fhir_sync_projects_an_update_again(client):
+    """The FHIR sync follows the change feed: an update entry re-projects the study from the
+    latest version (test_fhir checks the same against a real FHIR server)."""
+    fhir = RecordingFhir()
+    sync = FhirSync(client.app.state.archive.index, fhir, Options("http://a/v2"), 10, 30)
+
+    def described() -> list[str]:
+        while client.portal.call(sync.step, "node").changes:
+            pass
+        studies = [
+            e["resource"]
+            for bundle in fhir.bundles
+            for e in bundle["entry"]
+            if e.get("resource", {}).get("resourceType") == "ImagingStudy"
+        ]
+        fhir.bundles.clear()
+        return [s.get("description") for s in studies]
+
+    put(client, instance(STUDY, SERIES, SOP, StudyDescription="BEFORE"))
+    assert described() == ["BEFORE"]
+    put(client, instance(STUDY, SERIES, SOP, StudyDescription="AFTER"))
+    assert described() == ["AFTER"]

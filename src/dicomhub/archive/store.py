@@ -5,6 +5,9 @@ An instance becomes visible only when both its blob and its index rows are durab
 written under a version reserved in the index beforehand (a block of versions at a time), then
 one transaction makes the row visible and writes the change-feed entry. A crash in between
 leaves an upload row whose blob the cleanup job removes.
+
+An upsert (PUT) stores the same way; its commit replaces an instance stored already (a new
+version, see Uploads.upsert) instead of refusing it.
 """
 
 from __future__ import annotations
