@@ -177,6 +177,36 @@ def test_update_entries_in_the_change_feed_paging(client):
         assert name_of(latest["metadata"]) == "E"
 
 
+def test_attributes_the_new_version_lacks(client):
+    """The study's and series' attributes are what their instances give, as stored: an
+    attribute the replaced version gave and the new one lacks is another instance's, or none."""
+
+    def accession(sop: str, value: str | None, description: str | None) -> bytes:
+        return instance(STUDY, SERIES, sop, AccessionNumber=value, SeriesDescription=description)
+
+    def studies(**query) -> list[str]:
+        return [s["0020000D"]["Value"][0] for s in client.get("/v2/studies", params=query).json()]
+
+    def series_description() -> list:
+        found = client.get(f"/v2/studies/{STUDY}/series").json()
+        return [s.get("0008103E", {}).get("Value") for s in found]
+
+    other = uid(70, 1, 9)
+    put(client, accession(other, "ACC0", None))
+    put(client, accession(SOP, "ACC1", "ONE"))  # stored last: its values win
+    assert studies(AccessionNumber="ACC1") == [STUDY] and studies(AccessionNumber="ACC0") == []
+    assert series_description() == [["ONE"]]
+    put(client, accession(SOP, None, None))  # the new version has neither
+    assert studies(AccessionNumber="ACC1") == [] and studies(AccessionNumber="ACC0") == [STUDY]
+    assert series_description() == [None]
+    put(client, accession(SOP, "ACC2", "TWO"))  # values again: they win
+    assert studies(AccessionNumber="ACC2") == [STUDY] and series_description() == [["TWO"]]
+    client.delete(f"/v2/studies/{STUDY}/series/{SERIES}/instances/{other}")
+    put(client, accession(SOP, None, None))  # alone in its study now: nothing is left
+    assert studies(AccessionNumber="ACC*") == [] and series_description() == [None]
+    assert studies(StudyInstanceUID=STUDY) == [STUDY]
+
+
 def test_put_to_a_study_path(client):
     r = put(client, version("In^Study"), study=STUDY)
     assert r.status_code == 200, r.text

@@ -39,8 +39,8 @@ def server(request, tmp_path):
     with contextlib.ExitStack() as stack:
         if request.param == "postgresql":
             settings["index_url"] = stack.enter_context(index_database("postgresql"))
-        else:
-            settings["workers"] = "1"  # one SQLite writer process
+        # SQLite with two server processes: their writes go through one writer process
+        # (storage/sqlite_writer), the upsert operation pickled to it
         url, _ = stack.enter_context(running_server(data, **settings))
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client, data

@@ -148,6 +148,12 @@ FROM instance WHERE version = ?
 ON CONFLICT (series_key, sop_uid) DO NOTHING
 RETURNING version
 """
+INSTANCE_METADATA = "SELECT metadata FROM instance WHERE version = ?"
+SERIES_METADATA = "SELECT metadata FROM instance WHERE series_key = ? ORDER BY version"
+STUDY_METADATA = (
+    "SELECT i.metadata FROM instance i JOIN series se ON se.series_key = i.series_key "
+    "WHERE se.study_key = ? ORDER BY i.version"
+)
 REVISE_SERIES = "UPDATE series SET revision = revision + 1 WHERE series_key = ? RETURNING doc"
 REVISE_STUDY = "UPDATE study SET revision = revision + 1 WHERE study_key = ? RETURNING doc"
 ORIGINALS_OF_SERIES = (
@@ -433,6 +439,7 @@ def replace(
     instance's documents are merged into theirs (its values win, as for a store); the change
     feed gets ``action`` (update). Upsert replaces one instance; bulk update, each of a study's."""
     i = instance.id
+    (old_metadata,) = yield one(INSTANCE_METADATA, replaced)
     if (yield one(KEEP_ORIGINAL, replaced)) is None:
         due = to_micros(cleanup_after)
         yield run(QUEUE_BLOB_DELETION, blob_key(i.partition, replaced), due)
@@ -440,13 +447,29 @@ def replace(
     yield run(INSERT_INSTANCE, version, series_key, i.sop, *instance_values(instance))
     (series_doc,) = yield one(REVISE_SERIES, series_key)
     (study_doc,) = yield one(REVISE_STUDY, study_key)
-    record = instance.search
-    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
-    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    old, new = sk.describe(json.loads(old_metadata)), instance.search
+    for level, key, current, was, now, members in (
+        (Level.SERIES, series_key, series_doc, old.series_doc, new.series_doc, SERIES_METADATA),
+        (Level.STUDY, study_key, study_doc, old.study_doc, new.study_doc, STUDY_METADATA),
+    ):
+        if set(json.loads(was)) <= set(json.loads(now)):  # the usual case: values change
+            yield from _merge_attributes(level, key, current, now)
+            continue
+        # An attribute the replaced version gave and the new one lacks: what the study or
+        # series holds is what its instances give, merged in storage order (as stored).
+        rebuilt = None
+        for (metadata,) in (yield rows(members, key)):
+            rebuilt = sk.merge_docs(rebuilt, _level_doc(level, metadata))
+        yield from _set_attributes(level, key, current, rebuilt)
     yield from extended_tags_ops.index_instance(
         version, series_key, study_key, instance.metadata, instance.invalid
     )
     yield from _log_changes(action, [(i, version)])
+
+
+def _level_doc(level: Level, metadata: bytes) -> str:
+    record = sk.describe(json.loads(metadata))
+    return record.study_doc if level is Level.STUDY else record.series_doc
 
 
 def _locked_key(d: Dialect, insert: str, select: str, *params: Any) -> Op:
@@ -463,7 +486,11 @@ def _locked_key(d: Dialect, insert: str, select: str, *params: Any) -> Op:
 def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
     """Merge an instance's level document into its study's or series'; when that changes it,
     rewrite the level's matching columns and side rows (name words, request items)."""
-    merged = sk.merge_docs(old, new)
+    yield from _set_attributes(level, key, old, sk.merge_docs(old, new))
+
+
+def _set_attributes(level: Level, key: int, old: str | None, merged: str) -> Op:
+    """Make ``merged`` the document of a study or series whose document is ``old``."""
     if merged == old:
         return
     table = LEVEL_ATTRIBUTES[level]
