@@ -153,7 +153,7 @@ def needed_action(method: str, path: str) -> str | None:
         return "manageExtendedQueryTags"
     if re.match(r"/v\d/export$", path):
         return "export"
-    return {"POST": "write", "DELETE": "delete"}.get(method, "read")
+    return {"POST": "write", "PUT": "write", "DELETE": "delete"}.get(method, "read")
 
 
 def test_each_role_reaches_exactly_the_routes_of_its_actions(client, issuer):

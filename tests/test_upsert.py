@@ -129,6 +129,13 @@ def test_original_version_on_v2_only(client):
         single.headers["ETag"]
         != client.get(f"/v2{INSTANCE}", headers={"Accept": "application/dicom"}).headers["ETag"]
     )
+    # the header is true or false (anything else 400 on v2, as Microsoft's binding); v1
+    # ignores it whatever it says
+    latest_only = {"msdicom-request-original": "FALSE"}
+    assert names(client, INSTANCE, latest_only) == ["Latest^Name"]
+    bad = client.get(f"/v2{INSTANCE}/metadata", headers={"msdicom-request-original": "yes"})
+    assert bad.status_code == 400 and "msdicom-request-original" in bad.json()["detail"]
+    assert names(client, INSTANCE, {"msdicom-request-original": "yes"}, v=1) == ["Latest^Name"]
     # an instance never replaced is its own original
     other = uid(70, 1, 2)
     put(client, version("Only^Once", sop=other))

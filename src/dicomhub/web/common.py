@@ -76,10 +76,13 @@ def retrieve_scope(request: Request) -> Scope:
     true`` asks for the original version of each instance (as first stored, before an upsert
     replaced it); v1 ignores the header, as Microsoft's server does."""
     scope = scope_of(request)
-    asked = (request.headers.get(ORIGINAL) or "").strip().lower() == "true"
-    if asked and version(request) >= 2:
-        return dataclasses.replace(scope, original=True)
-    return scope
+    raw = request.headers.get(ORIGINAL)
+    if raw is None or version(request) < 2:
+        return scope
+    value = raw.strip().lower()
+    if value not in ("true", "false"):  # as ASP.NET binds the header in Microsoft's server
+        raise InvalidRequest(f"{ORIGINAL} must be true or false, not {raw[:64]!r}")
+    return dataclasses.replace(scope, original=True) if value == "true" else scope
 
 
 def vary(request: Request) -> str:
