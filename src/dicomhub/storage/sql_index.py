@@ -1,9 +1,10 @@
 """The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
-(or ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``) handed to the engine's
-driver (``_read`` or ``_write``), or one of their statements read as it is. It implements every
-index protocol of ``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations
-and the declared schema), each concept's statements with its operations in ``<concept>_ops``,
-QIDO's generated statements in ``search_sql``; ``statements`` runs operations and holds none."""
+(or ``version_ops``, ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``)
+handed to the engine's driver (``_read`` or ``_write``), or one of their statements read as it
+is. It implements every index protocol of ``protocols.py``. Where SQL lives: the schema in
+``sql/<engine>/`` (migrations and the declared schema), each concept's statements with its
+operations in ``<concept>_ops``, QIDO's generated statements in ``search_sql``; ``statements``
+runs operations and holds none."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from dicomhub.storage import fhir_sync_ops as fhir
 from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import statements as st
+from dicomhub.storage import version_ops as versions
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
 
@@ -72,7 +74,7 @@ class SqlIndex:
         return await self._write(ops.commit_each, stores)
 
     async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
-        await self._write(ops.upsert, self.dialect, version, instance, cleanup_after)
+        await self._write(versions.upsert, self.dialect, version, instance, cleanup_after)
 
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
