@@ -420,7 +420,7 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
         if (o["series_key"], o["sop_uid"]) in deleted
     ]
     if originals:
-        yield many(DELETE_ORIGINAL, [(series, sop) for series, sop, _ in originals])
+        yield many(DELETE_ORIGINAL, [(s, sop) for s, sop, _ in originals])
     yield many(
         QUEUE_BLOB_DELETION,
         [(blob_key(r["partition_name"], r["version"]), due) for r in found]
