@@ -35,7 +35,9 @@ def named(sop: str, name: str) -> bytes:
 def server(request, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    settings = {"delete_delay": "0", "cleanup_interval": "0.2", "workers": "2"}
+    # a replaced version's file outlives the readers that chose it a moment before (with no
+    # delay at all, one could be removed between a reader's listing and its read)
+    settings = {"delete_delay": "3", "cleanup_interval": "0.2", "workers": "2"}
     with contextlib.ExitStack() as stack:
         if request.param == "postgresql":
             settings["index_url"] = stack.enter_context(index_database("postgresql"))
