@@ -503,4 +503,16 @@ def corpus() -> list[Case]:
         )
         + parts(part10())[:500],
     )
+
+    # Upsert (PUT) takes STOW's bodies: each hostile STOW request again as a PUT; and the
+    # stored instance sent into another series and another study (an upsert never moves one)
+    for case in list(cases):
+        if case.request.startswith(b"POST /v2/studies"):
+            cases.append(Case(f"PUT: {case.name}", b"PUT" + case.request[len(b"POST") :]))
+    for series, study in ((uid(81, 9), STUDY), (uid(82, 1), uid(82))):
+        moved = parts(instance(study, series, SOP, Rows=32, Columns=32))
+        add(
+            f"PUT moving the stored instance to {series}",
+            http("PUT", "/v2/studies", {"Content-Type": MULTIPART}, moved),
+        )
     return cases

@@ -200,6 +200,31 @@ def test_a_newer_instance_replaces_a_study_value(tagged):
     assert studies(tagged, PatientWeight="71") == [STUDY[0]]
 
 
+def test_an_upsert_indexes_the_new_version(tagged):
+    """PUT replacing an instance: its extended query tag values are the new version's at every
+    level (the replaced version's instance values go with its row)."""
+    study, series, sop = uid(80, 8), uid(80, 8, 1), uid(80, 8, 1, 1)
+
+    def put(**attributes) -> None:
+        data = instance(study, series, sop, **attributes)
+        r = tagged.put("/v2/studies", content=data, headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 200, r.text
+
+    def found(level: str, **params) -> int:
+        return len(tagged.get(f"/v2/{level}", params=params).json())
+
+    put(PatientWeight="99.5", BodyPartExamined="KNEE", AcquisitionDate="20200101")
+    assert studies(tagged, PatientWeight="99.5") == [study]
+    put(PatientWeight="88", BodyPartExamined="HAND", AcquisitionDate="20210101")
+    assert studies(tagged, PatientWeight="99.5") == [] and studies(tagged, PatientWeight="88") == [
+        study
+    ]
+    assert found("series", BodyPartExamined="KNEE") == 0
+    assert found("series", BodyPartExamined="HAND") == 1
+    assert found("instances", AcquisitionDate="20200101") == 0
+    assert found("instances", AcquisitionDate="20210101") == 1
+
+
 def test_invalid_values_are_errors_and_the_tag_stays_usable(tagged):
     # CS allows upper case only; the store keeps the value, the tag's index refuses it
     bad = instance(uid(81), uid(81, 1), uid(81, 1, 1), BodyPartExamined="chest")

@@ -214,6 +214,29 @@ def test_deletes_and_replays(tmp_path, fhir_server):
         assert back["numberOfInstances"] == 1
 
 
+def test_an_upsert_is_projected_again(tmp_path, fhir_server, index_url):
+    """An update entry (PUT replacing an instance) re-projects the study from the latest
+    versions: the changed attributes reach FHIR, nothing is counted twice."""
+    with archive_client(tmp_path, fhir_server.url, index_url=index_url) as client:
+        files = study("PAT-U", "ACC-U")
+        assert stow(client, *files).status_code == 200
+        assert sync(client) == 3
+        uid = read(files[0]).StudyInstanceUID
+        changed = read(files[0])
+        changed.StudyDescription, changed.PatientName = "CHEST CT CORRECTED", "Doe^Janet"
+        put = client.put(
+            "/v2/studies", content=_bytes(changed), headers={"Content-Type": "application/dicom"}
+        )
+        assert put.status_code == 200, put.text
+        assert client.get("/v1/changefeed/latest").json()["action"] == "update"
+        assert sync(client) == 1
+        [found] = imaging_study(fhir_server, uid)
+        assert found["description"] == "CHEST CT CORRECTED"
+        assert found["numberOfInstances"] == 3 and found["numberOfSeries"] == 2
+        [patient] = fhir_get(fhir_server, "Patient?identifier=PAT-U")
+        assert patient["name"][0]["given"] == ["Janet"]
+
+
 def test_refused_changes_are_recorded_and_skipped(tmp_path, fhir_server, index_url):
     with archive_client(tmp_path, fhir_server.url, index_url=index_url) as client:
         no_patient = read(study("x", "ACC-3", 1)[0])

@@ -58,8 +58,8 @@ def test_a_warning_never_carries_raw_input(server, parameter, shown):
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("PUT", "/v2/studies", "GET, HEAD, POST"),
-        ("PATCH", "/v2/studies/1.2.3", "DELETE, GET, HEAD, POST"),
+        ("PATCH", "/v2/studies", "GET, HEAD, POST, PUT"),
+        ("PATCH", "/v2/studies/1.2.3", "DELETE, GET, HEAD, POST, PUT"),
         ("POST", "/v2/studies/1.2.3/series/4.5", "DELETE, GET, HEAD"),
         ("PUT", "/v2/extendedquerytags/PatientAge", "DELETE, GET, HEAD, PATCH"),
     ],

@@ -115,3 +115,30 @@ def test_rendering_parameter_patterns(client):
         for value in bad:
             assert not pattern.match(value), value
             assert client.get(url, params={name: value}).status_code == 400, value
+
+
+def test_upsert_and_original_header_are_documented():
+    """PUT (upsert) on both versions; msdicom-request-original on v2's retrieve and metadata
+    only (v1 ignores it, web/common.retrieve_scope)."""
+    retrieve_and_metadata = [
+        "/studies/{study}",
+        "/studies/{study}/metadata",
+        "/studies/{study}/series/{series}",
+        "/studies/{study}/series/{series}/metadata",
+        "/studies/{study}/series/{series}/instances/{sop}",
+        "/studies/{study}/series/{series}/instances/{sop}/metadata",
+    ]
+    for number in (1, 2):
+        doc = for_version(number)
+        assert {"put", "post"} <= set(doc["paths"]["/studies"])
+        assert {"put", "post"} <= set(doc["paths"]["/studies/{study}"])
+        having = sorted(
+            path
+            for path, item in doc["paths"].items()
+            for method, operation in item.items()
+            if method in ("get", "put", "post", "delete")
+            and {"$ref": "#/components/parameters/original"} in operation.get("parameters", [])
+        )
+        assert having == (sorted(retrieve_and_metadata) if number == 2 else [])
+    header = for_version(2)["components"]["parameters"]["original"]
+    assert header["name"] == "msdicom-request-original" and header["in"] == "header"

@@ -27,6 +27,9 @@ class Scope:
     series: str | None = None
     sop: str | None = None
     partition: str = DEFAULT_PARTITION
+    # the original version of each instance (as first stored, before any upsert or update)
+    # instead of the latest: Microsoft's msdicom-request-original (reference 6.9)
+    original: bool = False
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ class Settings:
     )
     delete_delay: int = _setting(
         3 * 24 * 3600,
-        "Seconds a deleted instance's blob is kept before the cleanup job removes it.",
+        "Seconds a deleted instance's blob (or a version an upsert replaced, not the original) "
+        "is kept before the cleanup job removes it.",
     )
     cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
     background_jobs: bool = _setting(

@@ -52,7 +52,13 @@ class Archive:
         self.index = index
         self.blobs = blobs
         self.extended_tags = ExtendedTagsService(index, settings.search.extended_query_tag_max)
-        self.store = StoreService(settings.ingest, index, blobs, self.extended_tags)
+        self.store = StoreService(
+            settings.ingest,
+            index,
+            blobs,
+            self.extended_tags,
+            replaced_delay=settings.cleanup.delete_delay,
+        )
         self.retrieve = RetrieveService(index, blobs)
         self.pixels = PixelService(self.retrieve, converter, settings.pixels.max_conversion_size)
         self.render = RenderService(self.pixels)

@@ -5,6 +5,9 @@ An instance becomes visible only when both its blob and its index rows are durab
 written under a version reserved in the index beforehand (a block of versions at a time), then
 one transaction makes the row visible and writes the change-feed entry. A crash in between
 leaves an upload row whose blob the cleanup job removes.
+
+An upsert (PUT) stores the same way; its commit replaces an instance stored already (a new
+version, see Uploads.upsert) instead of refusing it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicomhub.archive.extended_tags import ExtendedTagsService
 from dicomhub.archive.spool import PartBody
+from dicomhub.clock import utcnow
 from dicomhub.dicom import stow
 from dicomhub.dicom.instance import (
     IngestedInstance,
@@ -31,7 +36,13 @@ from dicomhub.dicom.instance import (
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.parse import read_part10
 from dicomhub.dicom.scan import scan
-from dicomhub.errors import AlreadyExists, InsufficientStorage, InvalidDicom, InvalidRequest
+from dicomhub.errors import (
+    AlreadyExists,
+    InstanceMoved,
+    InsufficientStorage,
+    InvalidDicom,
+    InvalidRequest,
+)
 from dicomhub.model import NewInstance, blob_key
 from dicomhub.settings_groups import Ingest
 from dicomhub.storage.protocols import BlobStore, Uploads
@@ -117,10 +128,13 @@ class PartOrder:
 
 class Commits:
     """The commits of one request's parts, in the order queued: those queued while the index
-    writes a batch go together in the next (one index write, not one per part)."""
+    writes a batch go together in the next (one index write, not one per part). An upsert's
+    (``replaced_delay``: when the blob of a version it replaces may go, unless it is the
+    original) commit one at a time, in order: not the hot path."""
 
-    def __init__(self, index: Uploads):
+    def __init__(self, index: Uploads, replaced_delay: timedelta | None = None):
         self.index = index
+        self.replaced_delay = replaced_delay
         self.waiting: list[tuple[int, NewInstance, asyncio.Future]] = []
         self.writing: asyncio.Task | None = None
 
@@ -136,10 +150,13 @@ class Commits:
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
-                try:
-                    outcomes = await self.index.commit_each([(v, i) for v, i, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - the outcome of each of the batch
-                    outcomes = [exc] * len(batch)
+                if self.replaced_delay is not None:
+                    outcomes = [await self._upsert(v, i) for v, i, _ in batch]
+                else:
+                    try:
+                        outcomes = await self.index.commit_each([(v, i) for v, i, _ in batch])
+                    except Exception as exc:  # noqa: BLE001 - the outcome of each of the batch
+                        outcomes = [exc] * len(batch)
                 for (_, _, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -152,6 +169,13 @@ class Commits:
             for _, _, future in batch + self.waiting:
                 future.cancel()  # only those still waiting: the loop is going away
 
+    async def _upsert(self, version: int, instance: NewInstance) -> Exception | None:
+        try:
+            await self.index.upsert(version, instance, utcnow() + self.replaced_delay)
+        except Exception as exc:  # noqa: BLE001 - this store's outcome
+            return exc
+        return None
+
 
 class StoreService:
     def __init__(
@@ -160,19 +184,25 @@ class StoreService:
         index: Uploads,
         blobs: BlobStore,
         extended: ExtendedTagsService,
+        replaced_delay: float = 0,
     ):
+        """``replaced_delay``: seconds before the blob of a version an upsert replaced (not
+        the original) is deleted, as for a deleted instance (--delete-delay): a reader that
+        chose that version moments before still finds its file."""
         self.settings = settings
         self.index = index
         self.blobs = blobs
         self.extended = extended
         self.versions = Versions(index, settings.upload_timeout / 4)
+        self.replaced_delay = timedelta(seconds=replaced_delay)
 
     async def store_parts(
-        self, parts: AsyncIterator[Part], study: str | None, strict: bool
+        self, parts: AsyncIterator[Part], study: str | None, strict: bool, upsert: bool = False
     ) -> list[stow.PartOutcome]:
         """Store the parts of one request, each while the next ones arrive; one outcome per
         part. ``strict`` (v1): an instance with an invalid value of a searchable attribute,
-        built in or an extended query tag, is refused.
+        built in or an extended query tag, is refused. ``upsert`` (PUT): an instance stored
+        already is replaced by the part (a new version; see Uploads.upsert), not refused.
 
         Up to PIPELINE parts are parsed and written at once (the next part is not taken before
         a slot is free); each commits after the one before it (those ready together in one
@@ -186,7 +216,7 @@ class StoreService:
         stores: list[asyncio.Task] = []
         slots = asyncio.Semaphore(PIPELINE)
         order: PartOrder | None = None
-        commits = Commits(self.index)
+        commits = Commits(self.index, self.replaced_delay if upsert else None)
         unread: list[stow.PartOutcome] = []
         try:
             async for part in parts:
@@ -285,10 +315,13 @@ class StoreService:
         except BaseException as exc:
             # refused for a duplicate or for lack of space, it surely did not commit: its blob
             # goes now (the index may have no space for the abandon that queues its deletion)
-            refused = isinstance(exc, AlreadyExists | InsufficientStorage)
+            refused = isinstance(exc, AlreadyExists | InstanceMoved | InsufficientStorage)
             await asyncio.shield(self._release(version, key if refused else None))
             if isinstance(exc, InsufficientStorage):
                 return _out_of_space(outcome, exc)
+            if isinstance(exc, InstanceMoved):  # an upsert of it in another study or series
+                outcome.failure, outcome.message = stow.VALIDATION_FAILURE, str(exc)
+                return outcome
             if not isinstance(exc, AlreadyExists):
                 raise
             outcome.failure, outcome.message = stow.SOP_INSTANCE_ALREADY_EXISTS, str(exc)

@@ -130,6 +130,49 @@ SELECT_INSTANCES = _INSTANCE_COLUMNS + _JOIN + "WHERE {where} ORDER BY i.version
 SELECT_METADATA = "SELECT i.metadata" + _JOIN + "WHERE {where} ORDER BY i.version"
 
 DELETE_INSTANCE = "DELETE FROM instance WHERE version = ?"
+
+# -- versions (see version_ops): an instance replaced (upsert, bulk update) keeps its original
+# in instance_original; its row in instance is the latest version.
+ORIGINALS_OF_SERIES = (
+    "SELECT series_key, sop_uid, version FROM instance_original WHERE series_key IN ({keys})"
+)
+DELETE_ORIGINAL = "DELETE FROM instance_original WHERE series_key = ? AND sop_uid = ?"
+_ORIGINAL_JOIN = (
+    _JOIN + "LEFT JOIN instance_original o\n"
+    "    ON o.series_key = i.series_key AND o.sop_uid = i.sop_uid\n"
+)
+
+
+def _original(column: str) -> str:
+    return f"CASE WHEN o.version IS NULL THEN i.{column} ELSE o.{column} END AS {column}"
+
+
+_ORIGINAL_COLUMNS = ", ".join(
+    _original(c)
+    for c in (
+        "version",
+        "sop_class_uid",
+        "transfer_syntax",
+        "size",
+        "created",
+        "frames",
+        "bulk",
+        "parse_on_read",
+    )
+)
+SELECT_ORIGINALS = (
+    "SELECT st.partition_name, st.study_uid, se.series_uid, i.sop_uid, "
+    + _ORIGINAL_COLUMNS
+    + ", i.series_key"
+    + _ORIGINAL_JOIN
+    + "WHERE {where} ORDER BY coalesce(o.version, i.version)"
+)
+SELECT_ORIGINAL_METADATA = (
+    "SELECT "
+    + _original("metadata")
+    + _ORIGINAL_JOIN
+    + "WHERE {where} ORDER BY coalesce(o.version, i.version)"
+)
 QUEUE_BLOB_DELETION = "INSERT INTO blob_deletion (blob_key, cleanup_after) VALUES (?, ?)"
 DUE_BLOB_DELETIONS = (
     "SELECT id, blob_key FROM blob_deletion WHERE cleanup_after <= ? ORDER BY cleanup_after LIMIT ?"
@@ -248,14 +291,14 @@ def commit(version: int, instance: NewInstance) -> Op:
         raise AlreadyExists(f"SOP instance {i.sop} is already stored")
     _, first, series_doc = yield one(COUNT_SERIES_STORE, series_key)
     (study_doc,) = yield one(COUNT_STUDY_STORE, int(first), study_key)
-    yield from _merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
-    yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+    yield from merge_attributes(Level.SERIES, series_key, series_doc, record.series_doc)
+    yield from merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
     # Read after the first write (FINISH_UPLOAD): a store that does not see a tag added now is
     # waited for by the tag's reindex (ExtendedTagIndex.settled_version).
     yield from extended_tags_ops.index_instance(
         version, series_key, study_key, instance.metadata, instance.invalid
     )
-    yield from _log_changes(Action.CREATE, [(i, version)])
+    yield from log_changes(Action.CREATE, [(i, version)])
 
 
 def instance_values(instance: NewInstance) -> tuple:
@@ -310,10 +353,14 @@ def _key(insert: str, select: str, *params: Any) -> Op:
     return (yield one(select, *params))[0]
 
 
-def _merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
+def merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:
     """Merge an instance's level document into its study's or series'; when that changes it,
     rewrite the level's matching columns and side rows (name words, request items)."""
-    merged = sk.merge_docs(old, new)
+    yield from set_attributes(level, key, old, sk.merge_docs(old, new))
+
+
+def set_attributes(level: Level, key: int, old: str | None, merged: str) -> Op:
+    """Make ``merged`` the document of a study or series whose document is ``old``."""
     if merged == old:
         return
     table = LEVEL_ATTRIBUTES[level]
@@ -332,7 +379,7 @@ def level_fields(level: Level, doc: str) -> tuple[dict[str, Any], list[tuple]]:
     return sk.columns(level, js), side
 
 
-def _log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
+def log_changes(action: Action, changes: list[tuple[InstanceId, int]]) -> Op:
     """The change-feed rows of a write: its last statement, after every write they may depend
     on (on PostgreSQL they are numbered in the order written, see dicomhub_number_changes)."""
     now = to_micros(utcnow())
@@ -364,9 +411,20 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
         return 0
     due = to_micros(cleanup_after)
     yield many(DELETE_INSTANCE, [(r["version"],) for r in found])
+    # every version goes: the latest, and the original of those replaced
+    kept = yield rows(in_list(ORIGINALS_OF_SERIES, len(series)), *series)
+    deleted = {(r["series_key"], r["sop_uid"]): r["partition_name"] for r in found}
+    originals = [
+        (o["series_key"], o["sop_uid"], o["version"])
+        for o in kept
+        if (o["series_key"], o["sop_uid"]) in deleted
+    ]
+    if originals:
+        yield many(DELETE_ORIGINAL, [(s, sop) for s, sop, _ in originals])
     yield many(
         QUEUE_BLOB_DELETION,
-        [(blob_key(r["partition_name"], r["version"]), due) for r in found],
+        [(blob_key(r["partition_name"], r["version"]), due) for r in found]
+        + [(blob_key(deleted[s, sop], v), due) for s, sop, v in originals],
     )
     removed: dict[int, int] = {}  # series key -> instances removed
     for r in found:
@@ -383,7 +441,7 @@ def delete(d: Dialect, scope: Scope, cleanup_after: datetime) -> Op:
         )
         for r in found
     ]
-    yield from _log_changes(Action.DELETE, changes)
+    yield from log_changes(Action.DELETE, changes)
     return len(found)
 
 
@@ -402,14 +460,19 @@ def changes(d: Dialect, sql: str, params: tuple) -> Op:
 
 
 def metadata(scope: Scope) -> Op:
-    """Stored DICOM JSON of the scope's instances and its ETag (run in one snapshot)."""
-    sql, params = scoped(SELECT_METADATA, scope)
+    """Stored DICOM JSON of the scope's instances (their originals when ``scope.original``) and
+    its ETag (run in one snapshot)."""
+    select = SELECT_ORIGINAL_METADATA if scope.original else SELECT_METADATA
+    sql, params = scoped(select, scope)
     found = yield rows(sql, *params)
     tag_sql, tag_params = etag_query(scope)
     tag = yield one(tag_sql, *tag_params)
     if tag is None:
         return [r[0] for r in found], ""
-    return [r[0] for r in found], str(tag[0]) if scope.sop else f"{tag[0]}-{tag[1]}"
+    etag = str(tag[0]) if scope.sop else f"{tag[0]}-{tag[1]}"
+    # the originals' ETag: another text (a revision moves on with every version, so it
+    # changes with them too)
+    return [r[0] for r in found], etag + "-original" if scope.original else etag
 
 
 # -- migrations --------------------------------------------------------------------------------
@@ -431,5 +494,5 @@ def rebuild_search() -> Op:
         )
         study_key, first, series_doc = yield one(COUNT_SERIES_STORE, r["series_key"])
         (study_doc,) = yield one(COUNT_STUDY_STORE, int(first), study_key)
-        yield from _merge_attributes(Level.SERIES, r["series_key"], series_doc, record.series_doc)
-        yield from _merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)
+        yield from merge_attributes(Level.SERIES, r["series_key"], series_doc, record.series_doc)
+        yield from merge_attributes(Level.STUDY, study_key, study_doc, record.study_doc)

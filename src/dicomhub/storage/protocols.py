@@ -127,6 +127,14 @@ class Uploads(Protocol):
         each, None or the error that failed it alone (AlreadyExists, StoreAbandoned); an
         error of the index itself fails the rest."""
 
+    async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
+        """PUT (upsert): make a reserved instance visible as ``commit`` does when it is new;
+        when its series holds it already, replace it: ``version`` becomes its latest version
+        (an ``update`` change-feed entry), its original kept until it is deleted, a version in
+        between queued for deletion after ``cleanup_after``. Raises InstanceMoved when another
+        study or series of the partition holds it. Concurrent upserts and deletes of an
+        instance take turns, each wholly."""
+
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had
         already committed or been abandoned."""
@@ -139,13 +147,16 @@ class Instances(Protocol):
     """The stored instances: read (WADO-RS, FHIR sync, export) and deleted."""
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:
-        """Visible instances in ``scope``, in storage order; empty when none."""
+        """Visible instances in ``scope``, in storage order; empty when none. Their latest
+        versions, or with ``scope.original`` the original of each (as first stored)."""
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
-        """Stored DICOM JSON of every visible instance in ``scope``, and an ETag for it."""
+        """Stored DICOM JSON of every visible instance in ``scope`` (latest or original
+        versions, as ``instances``), and an ETag for it."""
 
     async def delete(self, scope: Scope, cleanup_after: datetime) -> int:
-        """Remove the instances of ``scope``; queue their blobs; return how many were removed."""
+        """Remove the instances of ``scope`` with every version kept (latest and original);
+        queue their blobs; return how many instances were removed."""
 
 
 class InstanceSearch(Protocol):

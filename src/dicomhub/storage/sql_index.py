@@ -1,10 +1,10 @@
 """The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
-(or ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``,
-``workitem_ops``) handed to the engine's
-driver (``_read`` or ``_write``), or one of their statements read as it is. It implements every
-index protocol of ``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations
-and the declared schema), each concept's statements with its operations in ``<concept>_ops``,
-QIDO's generated statements in ``search_sql``; ``statements`` runs operations and holds none."""
+(or ``version_ops``, ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``,
+``workitem_ops``) handed to the engine's driver (``_read`` or ``_write``), or one of their
+statements read as it is. It implements every index protocol of ``protocols.py``. Where SQL
+lives: the schema in ``sql/<engine>/`` (migrations and the declared schema), each concept's
+statements with its operations in ``<concept>_ops``, QIDO's generated statements in
+``search_sql``; ``statements`` runs operations and holds none."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from dicomhub.storage import fhir_sync_ops as fhir
 from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import statements as st
+from dicomhub.storage import version_ops as versions
 from dicomhub.storage import workitem_ops as workitems
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
@@ -75,6 +76,9 @@ class SqlIndex:
     async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
         return await self._write(ops.commit_each, stores)
 
+    async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
+        await self._write(versions.upsert, self.dialect, version, instance, cleanup_after)
+
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
 
@@ -85,7 +89,8 @@ class SqlIndex:
     # -- read ----------------------------------------------------------------------------------
 
     async def instances(self, scope: Scope) -> list[StoredInstance]:
-        sql, params = ops.scoped(ops.SELECT_INSTANCES, scope)
+        select = ops.SELECT_ORIGINALS if scope.original else ops.SELECT_INSTANCES
+        sql, params = ops.scoped(select, scope)
         return [_stored(r) for r in await self._rows(sql, params)]
 
     async def metadata(self, scope: Scope) -> tuple[list[bytes], str]:
@@ -328,10 +333,13 @@ def _stored(r) -> StoredInstance:
 
 
 def _entry(r) -> ChangeFeedEntry:
+    # As Microsoft's server computes it when read (reference 9.1): an entry of the instance's
+    # latest version (its create, or the update that made it) is current; one of an earlier
+    # version, or a delete of an instance stored again since, is replaced.
     current = r["current_version"]
     if current is None:
         state = "deleted"
-    elif current == r["version"] and r["action"] == Action.CREATE:
+    elif current == r["version"] and r["action"] != Action.DELETE:
         state = "current"
     else:
         state = "replaced"

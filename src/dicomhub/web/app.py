@@ -135,6 +135,8 @@ def routes() -> list[BaseRoute]:
         *_search_routes(),
         ("/studies", stow.store, ["POST"], "stow", WRITE),
         (STUDY, stow.store, ["POST"], "stow-study", WRITE),
+        ("/studies", stow.upsert, ["PUT"], "upsert", WRITE),
+        (STUDY, stow.upsert, ["PUT"], "upsert-study", WRITE),
         (STUDY, wado.retrieve, ["GET"], "study", READ),
         (SERIES, wado.retrieve, ["GET"], "series", READ),
         (INSTANCE, wado.retrieve, ["GET"], "instance", READ),

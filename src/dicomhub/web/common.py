@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -65,6 +66,28 @@ def scope_of(request: Request) -> Scope:
         series=require_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
         sop=require_uid(p["sop"], "SOPInstanceUID") if "sop" in p else None,
     )
+
+
+ORIGINAL = "msdicom-request-original"  # Microsoft's header (reference 6.9)
+
+
+def retrieve_scope(request: Request) -> Scope:
+    """The scope of a WADO-RS retrieve or metadata request: on v2, ``msdicom-request-original:
+    true`` asks for the original version of each instance (as first stored, before an upsert
+    replaced it); v1 ignores the header, as Microsoft's server does."""
+    scope = scope_of(request)
+    raw = request.headers.get(ORIGINAL)
+    if raw is None or version(request) < 2:
+        return scope
+    value = raw.strip().lower()
+    if value not in ("true", "false"):  # as ASP.NET binds the header in Microsoft's server
+        raise InvalidRequest(f"{ORIGINAL} must be true or false, not {raw[:64]!r}")
+    return dataclasses.replace(scope, original=True) if value == "true" else scope
+
+
+def vary(request: Request) -> str:
+    """The request headers a WADO-RS retrieve or metadata response varies with."""
+    return "Accept" if version(request) < 2 else f"Accept, {ORIGINAL}"
 
 
 def require_json_accept(request: Request) -> str:

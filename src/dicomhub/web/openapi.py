@@ -46,9 +46,24 @@ def for_version(number: int) -> dict:
         doc["paths"]["/changefeed"]["get"]["parameters"] = [
             p for p in params if p.get("$ref", "").split("/")[-1] not in ("startTime", "endTime")
         ]
+        _drop_parameter(doc, "original")  # v1 ignores msdicom-request-original
     default, maximum = changefeed.LIMITS[number]
     doc["components"]["parameters"]["feedLimit"]["schema"].update(maximum=maximum, default=default)
     return doc
+
+
+def _drop_parameter(doc: dict, name: str) -> None:
+    """Remove the shared parameter ``name`` from every operation (and the components)."""
+    ref = f"#/components/parameters/{name}"
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and isinstance(operation.get("parameters"), list):
+                kept = [p for p in operation["parameters"] if p.get("$ref") != ref]
+                if kept:
+                    operation["parameters"] = kept
+                else:
+                    del operation["parameters"]
+    del doc["components"]["parameters"][name]
 
 
 async def api_json(request: Request) -> Response:

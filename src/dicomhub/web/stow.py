@@ -1,4 +1,6 @@
-"""STOW-RS routes: POST /v{n}/studies[/{study}] (PS3.18 section 10.5).
+"""STOW-RS routes: POST /v{n}/studies[/{study}] (PS3.18 section 10.5), and upsert: PUT on the
+same paths, with the same bodies and answers, replaces an instance stored already (a new
+version) where POST refuses it (45070), as the Azure service does.
 
 The request body is split into parts here, as it arrives (a single application/dicom body is
 one part); the archive stores each part while the next ones are received."""
@@ -38,6 +40,14 @@ DICOM = "application/dicom"
 
 
 async def store(request: Request) -> Response:
+    return await _store(request, upsert=False)
+
+
+async def upsert(request: Request) -> Response:
+    return await _store(request, upsert=True)
+
+
+async def _store(request: Request, upsert: bool) -> Response:
     # A missing Accept means application/dicom+json (Microsoft's server answered 406).
     media_type = require_json_accept(request)
     study = request.path_params.get("study")
@@ -52,7 +62,7 @@ async def store(request: Request) -> Response:
         request.stream(), request.headers.get("content-type"), request.app.state.ingest, sizes
     )
     n = version(request)
-    outcomes = await archive(request).store.store_parts(parts, study, strict=n == 1)
+    outcomes = await archive(request).store.store_parts(parts, study, n == 1, upsert)
     _audit(request, outcomes)
     _count(outcomes, sizes)
     full = [o for o in outcomes if o.failure == stow.OUT_OF_RESOURCES]

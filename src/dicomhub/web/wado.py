@@ -30,7 +30,9 @@ from dicomhub.web.common import (
     parse_range,
     pieces,
     require_json_accept,
+    retrieve_scope,
     scope_of,
+    vary,
     zero_copy,
 )
 from dicomhub.web.parts import DICOM, MultipartBody, Part, primed
@@ -41,7 +43,7 @@ PIXEL_DATA = "7FE00010"
 
 
 async def retrieve(request: Request) -> Response:
-    scope = scope_of(request)
+    scope = retrieve_scope(request)
     deidentify = deidentified.asked(request)  # a bad parameter: 400 before anything is read
     the_archive = archive(request)
     instances = await the_archive.retrieve.instances(scope)
@@ -64,12 +66,13 @@ async def retrieve(request: Request) -> Response:
             f"{deidentified.FLAG}=true applies to ZIP downloads (Accept: application/zip) only; "
             "nothing was returned"
         )
-    headers = {"Vary": "Accept"}
+    headers = {"Vary": vary(request)}
     if single:
         as_stored = not choice.multipart and not parts[0].converted
         headers = cache_headers(
             instances[0], "" if as_stored else parts[0].media, weak=choice.multipart
         )
+        headers["Vary"] = vary(request)
         if not_modified(request, headers["ETag"]):
             return not_modified_response(headers)
     local = zero_copy(request)
@@ -120,8 +123,8 @@ async def single_part(
 
 async def metadata(request: Request) -> Response:
     media_type = require_json_accept(request)
-    result = await archive(request).retrieve.metadata(scope_of(request), base_url(request))
-    headers = {"ETag": result.etag, "Vary": "Accept"}
+    result = await archive(request).retrieve.metadata(retrieve_scope(request), base_url(request))
+    headers = {"ETag": result.etag, "Vary": vary(request)}
     if not_modified(request, result.etag):
         return not_modified_response(headers)
     return Response(result.body, media_type=media_type, headers=headers)
