@@ -1,5 +1,5 @@
-"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE and Storage
-Commitment (``commitment.py``) as SCP.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment
+(``commitment.py``) and Modality Worklist C-FIND (``worklist.py``) as SCP.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -29,6 +29,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -40,7 +41,7 @@ from pynetdicom.sop_class import (
 
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.spool import PartBody
-from dicomhub.dicom import commitment, stow
+from dicomhub.dicom import commitment, stow, worklist
 from dicomhub.dimse import retrieve
 from dicomhub.dimse.audit import audit_entry
 from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_peers
@@ -51,6 +52,7 @@ from dicomhub.dimse.status import (
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     PENDING,
+    PENDING_WARNING,
     STORE_STATUS,
     SUCCESS,
     TOO_MANY,
@@ -59,6 +61,7 @@ from dicomhub.dimse.status import (
     status_of,
 )
 from dicomhub.dimse.tls import tls_args, tls_context
+from dicomhub.dimse.worklist import modality_worklist
 from dicomhub.errors import DicomhubError
 from dicomhub.settings_groups import Dimse
 
@@ -113,6 +116,7 @@ class DimseService:
         for model in FIND_MODELS + GET_MODELS + MOVE_MODELS:
             ae.add_supported_context(model, PREFERRED)
         ae.add_supported_context(commitment.SOP_CLASS, PREFERRED)
+        ae.add_supported_context(ModalityWorklistInformationFind, PREFERRED)
         return ae
 
     async def run(self) -> None:
@@ -187,8 +191,7 @@ class DimseService:
         matches, status, detail, results, level = 0, SUCCESS, {}, None, ""
         try:
             identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
-            level = str(identifier.get("QueryRetrieveLevel", ""))
-            results = find(self.archive, identifier, self.settings.max_results)
+            results, pending, level = self._finder(event, identifier)
             while True:
                 if event.is_cancelled:
                     status = CANCELLED
@@ -199,7 +202,7 @@ class DimseService:
                 except StopAsyncIteration:
                     return
                 matches += 1
-                yield PENDING, found
+                yield pending, found
         except DicomhubError as exc:
             status, detail = status_of(exc), {"message": str(exc)}
             yield status, None
@@ -212,6 +215,16 @@ class DimseService:
                 self._call(results.aclose())
             detail.update(matches=matches, level=level)
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
+
+    def _finder(self, event, identifier):
+        """The responses of a C-FIND by its SOP class, their pending status (0xFF01 when keys
+        of the identifier do not filter) and the level audited."""
+        if str(event.request.AffectedSOPClassUID) == worklist.MWL_FIND:
+            unsupported = worklist.query(identifier).unsupported
+            pending = PENDING_WARNING if unsupported else PENDING
+            return modality_worklist(self.archive, identifier), pending, "WORKLIST"
+        level = str(identifier.get("QueryRetrieveLevel", ""))
+        return find(self.archive, identifier, self.settings.max_results), PENDING, level
 
     def _get(self, event):
         """The number of C-STORE sub-operations, then each instance, sent back on this

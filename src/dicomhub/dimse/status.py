@@ -8,6 +8,7 @@ from dicomhub.errors import DicomhubError, Forbidden, InvalidRequest, PayloadToo
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
+PENDING_WARNING = 0xFF01  # C-FIND (worklist, UPS): matching, some keys given were not matched
 CANCELLED = 0xFE00
 DUPLICATE = 0x0111  # warning on C-STORE: duplicate SOP Instance (refused, as STOW refuses it)
 NOT_AUTHORIZED = 0x0124  # refused: not authorized
