@@ -303,3 +303,314 @@ def test_an_empty_step_sequence_returns_every_step_attribute(served, schedule):
     )
     assert step.ScheduledProcedureStepDescription == "CT head without contrast"
     assert step.ScheduledProcedureStepLocation == ""
+
+
+# -- UPS Push and Pull over DIMSE (pynetdicom as SCU) ---------------------------------------------
+
+PUSH, PULL = "1.2.840.10008.5.1.4.34.6.1", "1.2.840.10008.5.1.4.34.6.3"
+A, B = uid(990, 1), uid(990, 2)  # two performers' Transaction UIDs
+_numbers = iter(range(1, 10**6))
+
+
+def new_uid() -> str:
+    return uid(504, next(_numbers))
+
+
+class Ups:
+    """One association, as a UPS SCU (Push and Pull)."""
+
+    def __init__(self, port: int, calling: str = "RIS"):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(PUSH)
+        ae.add_requested_context(PULL)
+        self.assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+        assert self.assoc.is_established
+
+    def __enter__(self) -> Ups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.assoc.release()
+
+    def create(self, item: str | None, ds: Dataset) -> int:
+        status, _ = self.assoc.send_n_create(ds, PUSH, item)
+        return status.Status
+
+    def get(self, item: str, tags: list | None = None) -> tuple[int, Dataset | None]:
+        status, found = self.assoc.send_n_get(tags or [], PUSH, item)
+        return status.Status, found
+
+    def set(self, item: str, changes: dict, transaction: str | None = None) -> int:
+        ds = Dataset.from_json(changes)
+        if transaction:
+            ds.TransactionUID = transaction
+        status, _ = self.assoc.send_n_set(ds, PUSH, item)
+        return status.Status
+
+    def change(self, item: str, state: str, transaction: str) -> int:
+        ds = Dataset()
+        ds.ProcedureStepState = state
+        ds.TransactionUID = transaction
+        status, _ = self.assoc.send_n_action(ds, 1, PUSH, item)
+        return status.Status
+
+    def cancel(self, item: str, reason: str | None = None, action: int = 2) -> int:
+        ds = None
+        if reason:
+            ds = Dataset()
+            ds.ReasonForCancellation = reason
+        status, _ = self.assoc.send_n_action(ds, action, PUSH, item)
+        return status.Status
+
+    def find(self, identifier: Dataset) -> list:
+        return list(self.assoc.send_c_find(identifier, PULL))
+
+
+def ups_dataset(**overrides) -> Dataset:
+    ds = Dataset.from_json(workitem(**overrides))
+    ds.ProcedureStepState = "SCHEDULED"
+    return ds
+
+
+def state_of(ups: Ups, item: str) -> str:
+    status, found = ups.get(item, [0x00741000])
+    assert status == 0x0000
+    return found.ProcedureStepState
+
+
+def test_n_create_and_n_get(served):
+    base, port = served
+    item = new_uid()
+    with Ups(port) as ups:
+        assert ups.create(item, ups_dataset(PatientID="U1", PatientName="Dimse^Una")) == 0
+        assert ups.create(item, ups_dataset(PatientID="U1")) == 0x0111  # duplicate
+        assert ups.create(None, ups_dataset(PatientID="U1-made-here")) == 0
+        status, found = ups.get(item)
+        assert status == 0x0000
+        assert (found.PatientID, str(found.PatientName)) == ("U1", "Dimse^Una")
+        assert (found.ProcedureStepState, found.SOPInstanceUID) == ("SCHEDULED", item)
+        assert found.SOPClassUID == PUSH and "TransactionUID" not in found
+        status, some = ups.get(item, [0x00100020, 0x00741000, 0x00081195, 0x00404011])
+        assert status == 0x0000
+        assert (some.PatientID, some.ProcedureStepState) == ("U1", "SCHEDULED")
+        assert "TransactionUID" not in some and some.ExpectedCompletionDateTime == ""
+    over_http = httpx.get(f"{base}/v2/workitems/{item}").json()[0]
+    assert over_http["00100020"]["Value"] == ["U1"]
+    made = httpx.get(f"{base}/v2/workitems", params={"PatientID": "U1-made-here"}).json()
+    assert len(made) == 1 and made[0]["00080018"]["Value"][0].startswith("2.25.")
+
+
+@pytest.mark.parametrize(
+    "change, status",
+    [
+        ({"ProcedureStepLabel": None}, 0x0120),  # Type 1 missing
+        ({"ProcedureStepLabel": []}, 0x0121),  # Type 1 empty
+        ({"ScheduledProcedureStepPriority": "URGENT"}, 0x0106),
+        ({"PatientID": None}, 0x0120),  # Type 2 missing
+        ({"TransactionUID": uid(505)}, 0x0106),  # a new workitem has no lock
+        ({"state": "IN PROGRESS"}, 0xC309),  # N-CREATE's status for it (UPS-RS: C303)
+    ],
+)
+def test_n_create_refusals_create_nothing(served, change, status):
+    base, port = served
+    item = new_uid()
+    change = dict(change)  # the parameter serves both engines
+    state = change.pop("state", None)
+    ds = ups_dataset(**{"PatientID": "U-refused", **change})
+    if state:
+        ds.ProcedureStepState = state
+    with Ups(port) as ups:
+        assert ups.create(item, ds) == status
+        assert ups.get(item)[0] == 0xC307
+    assert httpx.get(f"{base}/v2/workitems/{item}").status_code == 404
+
+
+PERFORMED = {
+    "00741216": {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00404028": {"vr": "SQ", "Value": [{"00080100": {"vr": "SH", "Value": ["S1"]}}]},
+                "00404050": {"vr": "DT", "Value": ["20260301091000"]},
+                "00404019": {"vr": "SQ", "Value": [{"00080100": {"vr": "SH", "Value": ["R"]}}]},
+                "00404051": {"vr": "DT", "Value": ["20260301092000"]},
+                "00404033": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": [uid(1)]}}]},
+            }
+        ],
+    }
+}
+LABEL = {"00741202": {"vr": "LO", "Value": ["Worklist B"]}}
+
+
+def test_the_state_machine_over_dimse(served):
+    """Claim with N-ACTION, update with N-SET under the lock, complete: each refusal with its
+    Annex CC status, nothing changed by a refused request."""
+    base, port = served
+    item = new_uid()
+    with Ups(port) as ups:
+        assert ups.create(item, ups_dataset(PatientID="U2")) == 0
+        assert ups.set(item, LABEL) == 0  # SCHEDULED: without a Transaction UID
+        assert ups.set(item, LABEL, A) == 0xC301  # SCHEDULED: with one
+        assert ups.change(item, "COMPLETED", A) == 0xC310  # not yet IN PROGRESS
+        assert ups.change(item, "SCHEDULED", A) == 0xC303
+        assert ups.change(item, "IN PROGRESS", A) == 0
+        assert ups.change(item, "IN PROGRESS", B) == 0xC302
+        assert ups.set(item, PERFORMED) == 0xC301  # IN PROGRESS: the lock is missing
+        assert ups.set(item, PERFORMED, B) == 0xC301  # another
+        assert ups.change(item, "COMPLETED", A) == 0xC304  # final state requirements unmet
+        assert ups.set(item, {"00741000": {"vr": "CS", "Value": ["COMPLETED"]}}, A) == 0xC303
+        assert state_of(ups, item) == "IN PROGRESS"
+        assert ups.set(item, PERFORMED, A) == 0
+        assert ups.change(item, "COMPLETED", B) == 0xC301
+        assert ups.change(item, "COMPLETED", A) == 0
+        assert ups.change(item, "COMPLETED", A) == 0xB306  # already: a warning
+        assert ups.change(item, "CANCELED", A) == 0xC300
+        assert ups.set(item, LABEL, A) == 0xC300
+        assert ups.cancel(item) == 0xC311
+        assert state_of(ups, item) == "COMPLETED"
+        status, found = ups.get(item)
+        assert "TransactionUID" not in found
+        assert found.WorklistLabel == "Worklist B"
+    over_http = httpx.get(f"{base}/v2/workitems/{item}").json()[0]
+    assert over_http["00741000"]["Value"] == ["COMPLETED"]
+
+
+def test_request_cancel_over_dimse(served):
+    _, port = served
+    scheduled, claimed = new_uid(), new_uid()
+    with Ups(port) as ups:
+        assert ups.create(scheduled, ups_dataset(PatientID="U3")) == 0
+        assert ups.create(claimed, ups_dataset(PatientID="U3")) == 0
+        assert ups.cancel(scheduled, action=3) == 0x0123  # subscribe: UPS Watch is not offered
+        assert ups.cancel(scheduled, "no longer needed") == 0
+        assert ups.cancel(scheduled) == 0xB304  # already CANCELED: a warning
+        status, found = ups.get(scheduled)
+        (progress,) = found.ProcedureStepProgressInformationSequence
+        assert progress.ReasonForCancellation == "no longer needed"
+        assert ups.change(claimed, "IN PROGRESS", A) == 0
+        assert ups.cancel(claimed) == 0xC312  # the performer cannot be told
+        assert (state_of(ups, scheduled), state_of(ups, claimed)) == ("CANCELED", "IN PROGRESS")
+
+
+def test_unknown_workitems_and_bad_requests(served):
+    _, port = served
+    missing = new_uid()
+    with Ups(port) as ups:
+        assert ups.get(missing)[0] == 0xC307
+        assert ups.set(missing, LABEL) == 0xC307
+        assert ups.change(missing, "IN PROGRESS", A) == 0xC307
+        assert ups.cancel(missing) == 0xC307
+        item = new_uid()
+        assert ups.create(item, ups_dataset(PatientID="U4")) == 0
+        no_lock = Dataset()
+        no_lock.ProcedureStepState = "IN PROGRESS"
+        status, _ = ups.assoc.send_n_action(no_lock, 1, PUSH, item)
+        assert status.Status == 0x0120  # the Transaction UID is missing
+        bad = Dataset()
+        bad.ProcedureStepState = "DONE"
+        bad.TransactionUID = A
+        status, _ = ups.assoc.send_n_action(bad, 1, PUSH, item)
+        assert status.Status == 0x0106
+        assert ups.set(item, {"00080018": {"vr": "UI", "Value": [uid(506)]}}) == 0x0106
+        assert state_of(ups, item) == "SCHEDULED"
+        status, found = ups.get(item)
+        assert found.SOPInstanceUID == item and "WorklistLabel" in found
+        assert found.WorklistLabel == "AI"
+
+
+def test_concurrent_claims_over_dimse_one_wins(served):
+    """Two associations claim each workitem at the same moment: one succeeds, the other is
+    told C302 (already IN PROGRESS), and only the winner's Transaction UID is the lock."""
+    import threading
+
+    _, port = served
+    with Ups(port) as setup:
+        items = [new_uid() for _ in range(6)]
+        for item in items:
+            assert setup.create(item, ups_dataset(PatientID="U5")) == 0
+    for item in items:
+        barrier = threading.Barrier(2)
+        answers: dict[str, int] = {}
+
+        def claim(transaction: str, item=item, barrier=barrier, answers=answers) -> None:
+            with Ups(port) as own:
+                barrier.wait()
+                answers[transaction] = own.change(item, "IN PROGRESS", transaction)
+
+        threads = [threading.Thread(target=claim, args=(t,)) for t in (A, B)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(answers.values()) == [0x0000, 0xC302], answers
+        winner = next(t for t, s in answers.items() if s == 0)
+        loser = B if winner == A else A
+        with Ups(port) as ups:
+            assert ups.set(item, PERFORMED, loser) == 0xC301
+            assert ups.set(item, PERFORMED, winner) == 0
+            assert ups.change(item, "COMPLETED", winner) == 0
+
+
+def test_c_find_on_ups_pull(served):
+    _, port = served
+    with Ups(port) as ups:
+        made = [new_uid(), new_uid()]
+        assert ups.create(made[0], ups_dataset(PatientID="U6", PatientName="Find^Me")) == 0
+        assert ups.create(made[1], ups_dataset(PatientID="U6", PatientName="Other^One")) == 0
+        assert ups.change(made[1], "IN PROGRESS", A) == 0
+        identifier = Dataset()
+        identifier.PatientID = "U6"
+        identifier.PatientName = ""
+        identifier.ProcedureStepState = "SCHEDULED"
+        identifier.SOPInstanceUID = ""
+        identifier.TransactionUID = ""
+        answers = ups.find(identifier)
+        assert [s.Status for s, _ in answers] == [0xFF00, 0x0000]
+        found = answers[0][1]
+        assert (found.SOPInstanceUID, str(found.PatientName)) == (made[0], "Find^Me")
+        assert "TransactionUID" not in found
+        identifier.ProcedureStepState = ""
+        identifier.ScheduledStationNameCodeSequence = [Dataset()]
+        identifier.ScheduledStationNameCodeSequence[0].CodeValue = "STATION-A"
+        answers = ups.find(identifier)
+        assert [s.Status for s, _ in answers] == [0xFF00, 0xFF00, 0x0000]
+        assert {a.ProcedureStepState for _, a in answers[:2]} == {"SCHEDULED", "IN PROGRESS"}
+        identifier.WorklistLabel = "AI"  # not a matching key: 0xFF01
+        assert [s.Status for s, _ in ups.find(identifier)] == [0xFF01, 0xFF01, 0x0000]
+        identifier.ScheduledProcedureStepStartDateTime = "2026-bad"
+        assert [s.Status for s, _ in ups.find(identifier)] == [0xA900]
+
+
+def test_permissions_and_audit(served):
+    base, port = served
+    item = new_uid()
+    with Ups(port, "CT1") as modality:  # find only
+        assert modality.create(item, ups_dataset(PatientID="U7")) == 0x0124
+    with Ups(port) as ups:
+        assert ups.create(item, ups_dataset(PatientID="U7")) == 0
+    with Ups(port, "CT1") as modality:
+        assert modality.get(item)[0] == 0x0000
+        assert modality.change(item, "IN PROGRESS", A) == 0x0124
+        assert modality.set(item, LABEL) == 0x0124
+    with Ups(port, "STORER") as storer:  # store only
+        assert storer.get(item)[0] == 0x0124
+        assert storer.change(item, "IN PROGRESS", A) == 0
+    entries = httpx.get(f"{base}/v2/audit", params={"limit": 1000}).json()
+    mine = [
+        (e["principal"], e["method"], e["status"], e["action"], e["detail"].get("state"))
+        for e in entries
+        if e["protocol"] == "dimse" and e["detail"].get("workitem") == item
+    ]
+    assert sorted(mine) == sorted(
+        [
+            ("CT1", "N-CREATE", 0x0124, "write", None),
+            ("RIS", "N-CREATE", 0, "write", "SCHEDULED"),
+            ("CT1", "N-GET", 0, "read", "SCHEDULED"),
+            ("CT1", "N-ACTION", 0x0124, "write", None),
+            ("CT1", "N-SET", 0x0124, "write", None),
+            ("STORER", "N-GET", 0x0124, "read", None),
+            ("STORER", "N-ACTION", 0, "write", "IN PROGRESS"),
+        ]
+    )

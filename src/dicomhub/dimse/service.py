@@ -1,5 +1,6 @@
 """The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment
-(``commitment.py``) and Modality Worklist C-FIND (``worklist.py``) as SCP.
+(``commitment.py``), Modality Worklist C-FIND (``worklist.py``) and the UPS Push and Pull
+services (``workitems.py``; their C-FIND in ``worklist.py``) as SCP.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -36,6 +37,8 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    UnifiedProcedureStepPull,
+    UnifiedProcedureStepPush,
     Verification,
 )
 
@@ -61,7 +64,8 @@ from dicomhub.dimse.status import (
     status_of,
 )
 from dicomhub.dimse.tls import tls_args, tls_context
-from dicomhub.dimse.worklist import modality_worklist
+from dicomhub.dimse.workitems import WorkitemHandlers
+from dicomhub.dimse.worklist import modality_worklist, ups_find
 from dicomhub.errors import DicomhubError
 from dicomhub.settings_groups import Dimse
 
@@ -100,6 +104,7 @@ class DimseService:
         self.peers = parse_peers(settings.peers)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commitments = Commitments(self)
+        self.workitems = WorkitemHandlers(self)
 
     def application_entity(self) -> AE:
         ae = AE(ae_title=self.settings.aet)
@@ -117,6 +122,8 @@ class DimseService:
             ae.add_supported_context(model, PREFERRED)
         ae.add_supported_context(commitment.SOP_CLASS, PREFERRED)
         ae.add_supported_context(ModalityWorklistInformationFind, PREFERRED)
+        for ups_class in (UnifiedProcedureStepPush, UnifiedProcedureStepPull):
+            ae.add_supported_context(ups_class, PREFERRED)
         return ae
 
     async def run(self) -> None:
@@ -130,7 +137,10 @@ class DimseService:
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move),
-            (evt.EVT_N_ACTION, self.commitments.action),
+            (evt.EVT_N_ACTION, self._action),
+            (evt.EVT_N_CREATE, self.workitems.create),
+            (evt.EVT_N_GET, self.workitems.get),
+            (evt.EVT_N_SET, self.workitems.set),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
         ]
@@ -155,6 +165,12 @@ class DimseService:
         status = SUCCESS
         self._audit(event, "C-ECHO", None, status, 0, time.perf_counter())
         return status
+
+    def _action(self, event):
+        """N-ACTION: Storage Commitment, or a UPS state change or cancellation request."""
+        if event.context.abstract_syntax == commitment.SOP_CLASS:
+            return self.commitments.action(event)
+        return self.workitems.action(event)
 
     def _rejected(self, event) -> None:
         """An association refused (an AE title not allowed, too many associations)."""
@@ -223,6 +239,9 @@ class DimseService:
             unsupported = worklist.query(identifier).unsupported
             pending = PENDING_WARNING if unsupported else PENDING
             return modality_worklist(self.archive, identifier), pending, "WORKLIST"
+        if str(event.request.AffectedSOPClassUID) == worklist.UPS_PULL:
+            pending = PENDING_WARNING if worklist.ups_query(identifier)[1] else PENDING
+            return ups_find(self.archive, identifier), pending, "UPS"
         level = str(identifier.get("QueryRetrieveLevel", ""))
         return find(self.archive, identifier, self.settings.max_results), PENDING, level
 
