@@ -134,11 +134,12 @@ def schedule(served):
 def findscu(port: int, folder: Path, *keys: str, calling: str = "CT1") -> list[Dataset]:
     """A worklist query as a modality makes it (``findscu -W``); the responses, by PatientID."""
     folder.mkdir(exist_ok=True)
-    args = ["findscu", "-W", "-aet", calling, "-aec", "DICOMHUB", "-X", "-od", str(folder)]
+    args = ["findscu", "-v", "-W", "-aet", calling, "-aec", "DICOMHUB", "-X", "-od", str(folder)]
     for k in keys:
         args += ["-k", k]
     done = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "Received Final Find Response (Success)" in done.stdout + done.stderr, done.stderr
     found = [pydicom.dcmread(p) for p in sorted(folder.glob("rsp*.dcm"))]
     return sorted(found, key=lambda d: str(d.PatientID))
 
@@ -274,6 +275,8 @@ def test_pynetdicom_statuses_and_audit(served, schedule):
     everything = _identifier()  # no key with a value: every SCHEDULED item (others' too)
     statuses = [s.Status for s, _ in _pynetdicom_find(port, everything)]
     assert statuses[-1] == 0x0000 and len(statuses) >= 4
+    started = _identifier(ScheduledProcedureStepStatus="STARTED")  # only SCHEDULED are listed
+    assert [s.Status for s, _ in _pynetdicom_find(port, started)] == [0x0000]
     bad = _identifier(ScheduledProcedureStepStartDate="20301399")
     assert [s.Status for s, _ in _pynetdicom_find(port, bad)] == [0xA900]
     assert [s.Status for s, _ in _pynetdicom_find(port, everything, "STORER")] == [0x0124]
@@ -554,7 +557,7 @@ def test_concurrent_claims_over_dimse_one_wins(served):
 
 
 def test_c_find_on_ups_pull(served):
-    _, port = served
+    base, port = served
     with Ups(port) as ups:
         made = [new_uid(), new_uid()]
         assert ups.create(made[0], ups_dataset(PatientID="U6", PatientName="Find^Me")) == 0
@@ -581,6 +584,10 @@ def test_c_find_on_ups_pull(served):
         assert [s.Status for s, _ in ups.find(identifier)] == [0xFF01, 0xFF01, 0x0000]
         identifier.ScheduledProcedureStepStartDateTime = "2026-bad"
         assert [s.Status for s, _ in ups.find(identifier)] == [0xA900]
+    entries = httpx.get(f"{base}/v2/audit", params={"principal": "RIS", "limit": 1000}).json()
+    finds = [e for e in entries if e["method"] == "C-FIND" and e["detail"]["level"] == "UPS"]
+    assert (0xA900, 0) in [(e["status"], e["detail"]["matches"]) for e in finds]
+    assert (0, 2) in [(e["status"], e["detail"]["matches"]) for e in finds]
 
 
 def test_permissions_and_audit(served):

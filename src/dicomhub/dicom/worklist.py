@@ -128,7 +128,7 @@ def query(identifier: Dataset) -> WorklistQuery:
             elif name == "ScheduledProcedureStepStatus":
                 status = _text(elem.value)
                 if status not in ("", "*") and not fnmatchcase(SCHEDULED, status):
-                    params.append(("ProcedureStepState", "NONE"))  # only SCHEDULED ones are
+                    params[0] = ("ProcedureStepState", "NONE")  # only SCHEDULED ones are
             elif name not in (START_DATE, START_TIME) and not elem.is_empty and elem.VR != "SQ":
                 unsupported.append(f"{SPS}.{name or f'{elem.tag:08X}'}")
     return WorklistQuery(params, times, tuple(unsupported))
