@@ -322,12 +322,12 @@ def new_uid() -> str:
 class Ups:
     """One association, as a UPS SCU (Push and Pull)."""
 
-    def __init__(self, port: int, calling: str = "RIS"):
+    def __init__(self, port: int, calling: str = "RIS", classes: tuple = (PUSH, PULL)):
         from pynetdicom import AE
 
         ae = AE(ae_title=calling)
-        ae.add_requested_context(PUSH)
-        ae.add_requested_context(PULL)
+        for sop_class in classes:
+            ae.add_requested_context(sop_class)
         self.assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
         assert self.assoc.is_established
 
@@ -554,6 +554,57 @@ def test_concurrent_claims_over_dimse_one_wins(served):
             assert ups.set(item, PERFORMED, loser) == 0xC301
             assert ups.set(item, PERFORMED, winner) == 0
             assert ups.change(item, "COMPLETED", winner) == 0
+
+
+def test_a_performer_with_ups_pull_only(served):
+    """A performer that negotiates UPS Pull alone (as PS3.4 CC.2 gives it N-GET, N-SET and
+    N-ACTION) sends its requests for the workitem (SOP Class UPS Push) on that context."""
+    _, port = served
+    item = new_uid()
+    with Ups(port) as ups:
+        assert ups.create(item, ups_dataset(PatientID="U8")) == 0
+    with Ups(port, classes=(PULL,)) as performer:
+        assert performer.change(item, "IN PROGRESS", A) == 0
+        assert performer.set(item, PERFORMED, A) == 0
+        assert performer.change(item, "COMPLETED", A) == 0
+        assert state_of(performer, item) == "COMPLETED"
+
+
+def test_a_claim_over_dimse_and_one_over_http_at_once(served):
+    """The same workitems and the same conditional write: a DIMSE performer and an HTTP one
+    claiming one workitem at the same moment, exactly one wins."""
+    import threading
+
+    base, port = served
+    items = [new_uid() for _ in range(4)]
+    with Ups(port) as setup:
+        for item in items:
+            assert setup.create(item, ups_dataset(PatientID="U9")) == 0
+    for item in items:
+        barrier = threading.Barrier(2)
+        answers: dict[str, int] = {}
+
+        def over_dimse(item=item, barrier=barrier, answers=answers) -> None:
+            with Ups(port) as own:
+                barrier.wait()
+                answers["dimse"] = own.change(item, "IN PROGRESS", A)
+
+        def over_http(item=item, barrier=barrier, answers=answers) -> None:
+            body = dataset(ProcedureStepState="IN PROGRESS", TransactionUID=B)
+            with httpx.Client(base_url=base, timeout=30) as http:
+                http.get("/health/check")  # connected before the race
+                barrier.wait()
+                r = http.put(
+                    f"/v2/workitems/{item}/state", content=json.dumps([body]), headers=JSON
+                )
+                answers["http"] = 0 if r.status_code == 200 else int(r.json()["dicomStatus"], 16)
+
+        threads = [threading.Thread(target=f) for f in (over_dimse, over_http)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(answers.values()) == [0x0000, 0xC302], answers
 
 
 def test_c_find_on_ups_pull(served):
