@@ -83,6 +83,7 @@ MOVE_MODELS = [
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelMove,
 ]
+FIND_LEVELS = {worklist.MWL_FIND: "WORKLIST", worklist.UPS_PULL: "UPS"}  # audited as levels
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 ACSE_TIMEOUT = 10.0  # seconds to the A-ASSOCIATE-RQ (and other ACSE messages)
 NATIVE = [
@@ -207,7 +208,9 @@ class DimseService:
         matches, status, detail, results, level = 0, SUCCESS, {}, None, ""
         try:
             identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
-            results, pending, level = self._finder(event, identifier)
+            sop_class = str(event.request.AffectedSOPClassUID)
+            level = FIND_LEVELS.get(sop_class) or str(identifier.get("QueryRetrieveLevel", ""))
+            results, pending = self._finder(sop_class, identifier)
             while True:
                 if event.is_cancelled:
                     status = CANCELLED
@@ -232,18 +235,18 @@ class DimseService:
             detail.update(matches=matches, level=level)
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
 
-    def _finder(self, event, identifier):
-        """The responses of a C-FIND by its SOP class, their pending status (0xFF01 when keys
-        of the identifier do not filter) and the level audited."""
-        if str(event.request.AffectedSOPClassUID) == worklist.MWL_FIND:
+    def _finder(self, sop_class: str, identifier):
+        """The responses of a C-FIND by its SOP class, and their pending status (0xFF01 when
+        keys of the identifier do not filter)."""
+        if sop_class == worklist.MWL_FIND:
+            results = modality_worklist(self.archive, identifier)
             unsupported = worklist.query(identifier).unsupported
-            pending = PENDING_WARNING if unsupported else PENDING
-            return modality_worklist(self.archive, identifier), pending, "WORKLIST"
-        if str(event.request.AffectedSOPClassUID) == worklist.UPS_PULL:
-            pending = PENDING_WARNING if worklist.ups_query(identifier)[1] else PENDING
-            return ups_find(self.archive, identifier), pending, "UPS"
-        level = str(identifier.get("QueryRetrieveLevel", ""))
-        return find(self.archive, identifier, self.settings.max_results), PENDING, level
+        elif sop_class == worklist.UPS_PULL:
+            results = ups_find(self.archive, identifier)
+            unsupported = worklist.ups_query(identifier)[1]
+        else:
+            return find(self.archive, identifier, self.settings.max_results), PENDING
+        return results, PENDING_WARNING if unsupported else PENDING
 
     def _get(self, event):
         """The number of C-STORE sub-operations, then each instance, sent back on this
