@@ -14,8 +14,11 @@ ACTIONS = {
     "C-GET": READ,
     "C-MOVE": READ,
     "N-ACTION": WRITE,
+    "N-CREATE": WRITE,
+    "N-SET": WRITE,
+    "N-GET": READ,
     "N-EVENT-REPORT": WRITE,
-}  # storage commitment: by storers
+}  # storage commitment and UPS changes: by storers
 
 
 def audit_entry(

@@ -1,5 +1,6 @@
-"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE and Storage
-Commitment (``commitment.py``) as SCP.
+"""The DIMSE service (pynetdicom): C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment
+(``commitment.py``), Modality Worklist C-FIND (``worklist.py``) and the UPS Push and Pull
+services (``workitems.py``; their C-FIND in ``worklist.py``) as SCP.
 
 pynetdicom serves each association in a thread of its own; every handler hands its work to
 the archive on the server's event loop and waits for it, so a C-STORE is stored exactly as a
@@ -29,18 +30,21 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    UnifiedProcedureStepPull,
+    UnifiedProcedureStepPush,
     Verification,
 )
 
 from dicomhub.archive.archive import Archive
 from dicomhub.archive.spool import PartBody
-from dicomhub.dicom import commitment, stow
+from dicomhub.dicom import commitment, stow, worklist
 from dicomhub.dimse import retrieve
 from dicomhub.dimse.audit import audit_entry
 from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_peers
@@ -51,6 +55,7 @@ from dicomhub.dimse.status import (
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     PENDING,
+    PENDING_WARNING,
     STORE_STATUS,
     SUCCESS,
     TOO_MANY,
@@ -59,6 +64,8 @@ from dicomhub.dimse.status import (
     status_of,
 )
 from dicomhub.dimse.tls import tls_args, tls_context
+from dicomhub.dimse.workitems import WorkitemHandlers
+from dicomhub.dimse.worklist import modality_worklist, ups_find
 from dicomhub.errors import DicomhubError
 from dicomhub.settings_groups import Dimse
 from dicomhub.telemetry import instruments
@@ -77,6 +84,7 @@ MOVE_MODELS = [
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelMove,
 ]
+FIND_LEVELS = {worklist.MWL_FIND: "WORKLIST", worklist.UPS_PULL: "UPS"}  # audited as levels
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 ACSE_TIMEOUT = 10.0  # seconds to the A-ASSOCIATE-RQ (and other ACSE messages)
 NATIVE = [
@@ -101,6 +109,7 @@ class DimseService:
         self.peers = parse_peers(settings.peers)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commitments = Commitments(self)
+        self.workitems = WorkitemHandlers(self)
 
     def application_entity(self) -> AE:
         ae = AE(ae_title=self.settings.aet)
@@ -117,6 +126,9 @@ class DimseService:
         for model in FIND_MODELS + GET_MODELS + MOVE_MODELS:
             ae.add_supported_context(model, PREFERRED)
         ae.add_supported_context(commitment.SOP_CLASS, PREFERRED)
+        ae.add_supported_context(ModalityWorklistInformationFind, PREFERRED)
+        for ups_class in (UnifiedProcedureStepPush, UnifiedProcedureStepPull):
+            ae.add_supported_context(ups_class, PREFERRED)
         return ae
 
     async def run(self) -> None:
@@ -130,7 +142,10 @@ class DimseService:
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move),
-            (evt.EVT_N_ACTION, self.commitments.action),
+            (evt.EVT_N_ACTION, self._action),
+            (evt.EVT_N_CREATE, self.workitems.create),
+            (evt.EVT_N_GET, self.workitems.get),
+            (evt.EVT_N_SET, self.workitems.set),
             (evt.EVT_ACCEPTED, self._accepted),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ABORTED, self._aborted),
@@ -159,6 +174,12 @@ class DimseService:
 
     def _accepted(self, event) -> None:
         instruments.dimse_association("accepted")
+
+    def _action(self, event):
+        """N-ACTION: Storage Commitment, or a UPS state change or cancellation request."""
+        if event.context.abstract_syntax == commitment.SOP_CLASS:
+            return self.commitments.action(event)
+        return self.workitems.action(event)
 
     def _rejected(self, event) -> None:
         """An association refused (an AE title not allowed, too many associations)."""
@@ -197,8 +218,9 @@ class DimseService:
         matches, status, detail, results, level = 0, SUCCESS, {}, None, ""
         try:
             identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
-            level = str(identifier.get("QueryRetrieveLevel", ""))
-            results = find(self.archive, identifier, self.settings.max_results)
+            sop_class = str(event.request.AffectedSOPClassUID)
+            level = FIND_LEVELS.get(sop_class) or str(identifier.get("QueryRetrieveLevel", ""))
+            results, pending = self._finder(sop_class, identifier)
             while True:
                 if event.is_cancelled:
                     status = CANCELLED
@@ -209,7 +231,7 @@ class DimseService:
                 except StopAsyncIteration:
                     return
                 matches += 1
-                yield PENDING, found
+                yield pending, found
         except DicomhubError as exc:
             status, detail = status_of(exc), {"message": str(exc)}
             yield status, None
@@ -222,6 +244,19 @@ class DimseService:
                 self._call(results.aclose())
             detail.update(matches=matches, level=level)
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
+
+    def _finder(self, sop_class: str, identifier):
+        """The responses of a C-FIND by its SOP class, and their pending status (0xFF01 when
+        keys of the identifier do not filter)."""
+        if sop_class == worklist.MWL_FIND:
+            results = modality_worklist(self.archive, identifier)
+            unsupported = worklist.query(identifier).unsupported
+        elif sop_class == worklist.UPS_PULL:
+            results = ups_find(self.archive, identifier)
+            unsupported = worklist.ups_query(identifier)[1]
+        else:
+            return find(self.archive, identifier, self.settings.max_results), PENDING
+        return results, PENDING_WARNING if unsupported else PENDING
 
     def _get(self, event):
         """The number of C-STORE sub-operations, then each instance, sent back on this

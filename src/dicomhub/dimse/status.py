@@ -4,10 +4,17 @@ says (a STOW failure reason, an error of the tree) to the status a peer is answe
 from __future__ import annotations
 
 from dicomhub.dicom import stow
-from dicomhub.errors import DicomhubError, Forbidden, InvalidRequest, PayloadTooLarge
+from dicomhub.errors import (
+    DicomhubError,
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    WorkitemError,
+)
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
+PENDING_WARNING = 0xFF01  # C-FIND (worklist, UPS): matching, some keys given were not matched
 CANCELLED = 0xFE00
 DUPLICATE = 0x0111  # warning on C-STORE: duplicate SOP Instance (refused, as STOW refuses it)
 NOT_AUTHORIZED = 0x0124  # refused: not authorized
@@ -20,6 +27,7 @@ UNABLE = 0xC000  # C-FIND/C-GET/C-MOVE: unable to process
 INVALID_ARGUMENT = 0x0115  # N-ACTION: invalid argument value
 INVALID_OBJECT_INSTANCE = 0x0117
 NO_SUCH_ACTION = 0x0123
+UPS_NOT_SCHEDULED = 0xC309  # N-CREATE: the provided UPS state was not SCHEDULED
 RESOURCE_LIMITATION = 0x0213
 
 STORE_STATUS = {  # STOW failure reason -> C-STORE status
@@ -42,3 +50,13 @@ def status_of(error: DicomhubError, action: bool = False) -> int:
     """The status answering a request the archive refused with ``error`` (``action``: an
     N-ACTION, else a query or retrieval)."""
     return next(a if action else q for kind, q, a in ERROR_STATUS if isinstance(error, kind))
+
+
+def workitem_status(error: DicomhubError, create: bool = False) -> int:
+    """The status of a UPS DIMSE request (PS3.4 Annex CC) the archive refused: the Annex CC
+    code the refusal names (UPS-RS names the same ones), save that N-CREATE (``create``) says
+    C309, not C303, of a state other than SCHEDULED."""
+    if isinstance(error, WorkitemError):
+        code = int(error.code, 16)
+        return UPS_NOT_SCHEDULED if create and code == 0xC303 else code
+    return status_of(error, action=True)

@@ -1,0 +1,43 @@
+"""C-FIND on the Modality Worklist Information Model (PS3.4 Annex K) and on UPS Pull (PS3.4
+CC.2.8), answered by the workitem search (``archive.workitems``; the identifier mappings are
+``dicom/worklist.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from pydicom.dataset import Dataset
+
+from dicomhub.archive.archive import Archive
+from dicomhub.dicom import worklist
+from dicomhub.dicom.workitem_query import MAX_LIMIT
+
+PAGE = MAX_LIMIT
+
+
+async def _pages(archive: Archive, params: list[tuple[str, str]]) -> AsyncIterator[dict]:
+    offset = 0
+    while True:
+        page = [("limit", str(PAGE)), ("offset", str(offset))]
+        found, _ = await archive.workitems.search([*params, *page])
+        for workitem in found:
+            yield workitem
+        if len(found) < PAGE:
+            return
+        offset += PAGE
+
+
+async def modality_worklist(archive: Archive, identifier: Dataset) -> AsyncIterator[Dataset]:
+    """One worklist item per SCHEDULED workitem the identifier matches (InvalidRequest or
+    WorkitemInvalid: it cannot be searched)."""
+    query = worklist.query(identifier)
+    async for workitem in _pages(archive, query.params):
+        if worklist.in_times(workitem, query.times):
+            yield worklist.response(identifier, workitem)
+
+
+async def ups_find(archive: Archive, identifier: Dataset) -> AsyncIterator[Dataset]:
+    """One response per workitem the identifier matches (UPS-RS search's keys)."""
+    params, _ = worklist.ups_query(identifier)
+    async for workitem in _pages(archive, params):
+        yield worklist.ups_response(identifier, workitem)
