@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> None:
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
-            # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile)
-            http="dicomhub.web.zerocopy:HttpToolsProtocol",
+            # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile), with
+            # WebSocket upgrades (web/upgrade.py)
+            http="dicomhub.web.upgrade:HttpToolsProtocol",
             proxy_headers=False,  # web/forwarded.py applies them, from --forwarded-allow-ips
         )
         if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
