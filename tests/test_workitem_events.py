@@ -201,6 +201,34 @@ def test_unsubscribing_stops_delivery(nodes, a):
     refused(a.delete(f"/workitems/{item}/subscribers/{watcher}"), 409, "C308")
 
 
+def test_concurrent_changes_on_both_nodes_are_numbered_without_gaps(nodes, a, b):
+    """Changes committed side by side (two nodes, or two processes) are reported to one
+    subscriber with contiguous sequence numbers, in an order consistent with each workitem's
+    own changes: no number is skipped, repeated or delivered after a greater one."""
+    watcher, patient = title(), f"PC{next(_titles)}"
+    assert subscribe(a, FILTERED, watcher, f"?filter=PatientID={patient}").status_code == 201
+    items = [new_uid() for _ in range(12)]
+
+    def work(http, mine):
+        for item in mine:
+            assert create(http, [workitem(PatientID=patient)], "?" + item).status_code == 201
+            assert change(http, item, "IN PROGRESS", A).status_code == 200
+
+    with channel(nodes, watcher) as ws:
+        threads = [
+            threading.Thread(target=work, args=(http, items[n::2])) for n, http in enumerate((a, b))
+        ]
+        for t in threads:
+            t.start()
+        got = [summary(receive(ws)) for _ in range(2 * len(items))]
+        for t in threads:
+            t.join()
+    assert [g[0] for g in got] == list(range(1, 2 * len(items) + 1))
+    for item in items:
+        assert [g[3] for g in got if g[2] == item] == ["SCHEDULED", "IN PROGRESS"]
+    assert a.delete(f"/workitems/{FILTERED}/subscribers/{watcher}").status_code == 200
+
+
 # -- global subscriptions ------------------------------------------------------------------------
 
 
