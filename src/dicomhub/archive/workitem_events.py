@@ -80,11 +80,8 @@ class WorkitemEventService:
     # -- the event channel -------------------------------------------------------------------
 
     async def opened(self, subscriber: str) -> str:
-        """The subscriber of a channel being opened (its AE title checked); reports older
-        than the retention period are dropped."""
-        title = wev.subscriber(subscriber)
-        await self.index.purge_workitem_events(utcnow() - RETENTION)
-        return title
+        """The subscriber of a channel being opened (its AE title checked)."""
+        return wev.subscriber(subscriber)
 
     async def pending(self, subscriber: str, after: int) -> list[tuple[int, bytes]]:
         """(sequence, DICOM JSON text) of the next reports numbered after ``after``."""
@@ -93,6 +90,11 @@ class WorkitemEventService:
 
     async def delivered(self, subscriber: str, sequence: int) -> None:
         await self.index.acknowledge_workitem_events(subscriber, sequence)
+
+    async def purge_expired(self) -> None:
+        """Drop the reports queued longer than ``RETENTION`` and never delivered (run by the
+        background cleanup job)."""
+        await self.index.purge_workitem_events(utcnow() - RETENTION)
 
 
 def _unknown(title: str, why: str) -> WorkitemConflict:
