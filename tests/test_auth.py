@@ -156,7 +156,7 @@ def needed_action(method: str, path: str) -> str | None:
         return "manageExtendedQueryTags"
     if re.match(r"/v\d/export$", path):
         return "export"
-    if "/subscribers/" in path:  # UPS subscriptions change no data: unsubscribing is a write
+    if "/workitems/" in path and "/subscribers/" in path:  # unsubscribing (DELETE) is a write
         return "write"
     return {"POST": "write", "PUT": "write", "DELETE": "delete"}.get(method, "read")
 

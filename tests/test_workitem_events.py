@@ -316,6 +316,12 @@ def test_bad_subscriptions_are_refused_and_change_nothing(nodes, a):
         assert summary(receive(ws))[:3] == (1, STATE, marker)
 
 
+def test_the_channel_without_an_upgrade_is_426(a):
+    r = a.get("/subscribers/WATCHER")
+    assert r.status_code == 426 and r.headers["upgrade"] == "websocket"
+    assert r.headers["content-type"] == "application/problem+json"
+
+
 def test_a_malformed_ae_title_cannot_open_a_channel(nodes):
     with pytest.raises(InvalidStatus) as refused_:
         with channel(nodes, "A" * 17):

@@ -179,6 +179,8 @@ def routes() -> list[BaseRoute]:
         (SUBSCRIBER, workitem_events.subscribe, ["POST"], "workitem-subscribe", WRITE),
         (SUBSCRIBER, workitem_events.unsubscribe, ["DELETE"], "workitem-unsubscribe", WRITE),
         (SUBSCRIBER + "/suspend", workitem_events.suspend, ["POST"], "workitem-suspend", WRITE),
+        # the event channel asked for without a WebSocket upgrade: 426
+        ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]

@@ -26,6 +26,7 @@ from dicomhub.model import READ, AuditEntry
 from dicomhub.web.access import authorize
 from dicomhub.web.audit import note
 from dicomhub.web.common import archive, base_url, param
+from dicomhub.web.errors import problem
 
 log = logging.getLogger(__name__)
 POLL = 0.5  # seconds between two reads of a connected subscriber's queue
@@ -72,6 +73,12 @@ async def suspend(request: Request) -> Response:
     uid, title = _names(request)
     await archive(request).workitem_events.suspend(uid, title)
     return Response(status_code=200)
+
+
+async def upgrade_required(request: Request) -> Response:
+    """GET /subscribers/{AETitle} without a WebSocket upgrade: 426 (RFC 9110 15.5.22)."""
+    detail = "the event channel is a WebSocket: send the request with Upgrade: websocket"
+    return problem(426, "Upgrade Required", detail, {"Upgrade": "websocket"})
 
 
 async def channel(websocket: WebSocket) -> None:
