@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
@@ -97,6 +98,7 @@ def every_route(app) -> list[tuple[str, str]]:
         "tag": "00101010",
         "operation": "0" * 32,
         "workitem": "1.2.3.6",
+        "aetitle": "WATCHER",
     }
     out = []
     for route in app.routes:
@@ -154,6 +156,8 @@ def needed_action(method: str, path: str) -> str | None:
         return "manageExtendedQueryTags"
     if re.match(r"/v\d/export$", path):
         return "export"
+    if "/workitems/" in path and "/subscribers/" in path:  # unsubscribing (DELETE) is a write
+        return "write"
     return {"POST": "write", "PUT": "write", "DELETE": "delete"}.get(method, "read")
 
 
@@ -173,6 +177,22 @@ def test_each_role_reaches_exactly_the_routes_of_its_actions(client, issuer):
                 assert action in r.json()["detail"]
     reader = {"Authorization": "Bearer " + issuer.token(roles=["globalReader"])}
     assert client.get("/v2/studies", headers=reader).status_code == 200
+
+
+def test_the_event_channel_needs_a_token_and_the_read_action(client, issuer):
+    """The UPS event channel (a WebSocket) is authenticated like every route: refused before
+    the handshake completes without a valid token or without the read data action."""
+    for kind, header in [*bad_tokens(issuer).items(), ("no role", None)]:
+        if kind == "no role":
+            header = "Bearer " + issuer.token(roles=[])
+        headers = {"Authorization": header} if header else {}
+        with pytest.raises(WebSocketDisconnect) as refused:
+            with client.websocket_connect("/v2/subscribers/WATCHER", headers=headers):
+                pass
+        assert refused.value.code == 1008, kind
+    reader = {"Authorization": "Bearer " + issuer.token(roles=["globalReader"])}
+    with client.websocket_connect("/v2/subscribers/WATCHER", headers=reader) as ws:
+        ws.close()
 
 
 def test_a_refused_store_or_delete_changes_nothing(client, issuer):

@@ -69,6 +69,11 @@ DEPENDENT = {
             ("POST", "/workitems/{workitem}"),
             ("PUT", "/workitems/{workitem}/state"),
             ("POST", "/workitems/{workitem}/cancelrequest"),
+            # the subscriber's AE title (ASCII, not all spaces) and the workitem must exist
+            ("POST", "/workitems/{workitem}/subscribers/{aetitle}"),
+            ("DELETE", "/workitems/{workitem}/subscribers/{aetitle}"),
+            ("POST", "/workitems/{workitem}/subscribers/{aetitle}/suspend"),
+            ("GET", "/subscribers/{aetitle}"),  # a WebSocket: plain HTTP gets 426
         )
     },
 }

@@ -27,6 +27,7 @@ CONCERNS = [
     protocols.Jobs,
     protocols.ExtendedTagIndex,
     protocols.Workitems,
+    protocols.WorkitemEvents,
 ]
 
 

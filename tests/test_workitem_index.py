@@ -35,7 +35,7 @@ def test_the_index_writes_a_change_only_on_the_revision_it_was_decided_on(engine
             await index.start()
             try:
                 values = [("00100020", 0, "P1"), ("0040A370.00080050", 1, "ACC")]
-                await index.add_workitem("1.2.3", "SCHEDULED", "{}", values, utcnow())
+                await index.add_workitem("1.2.3", "SCHEDULED", "{}", values, utcnow(), [])
                 item = await index.workitem("1.2.3")
                 claims = [
                     index.replace_workitem(
@@ -47,6 +47,7 @@ def test_the_index_writes_a_change_only_on_the_revision_it_was_decided_on(engine
                         "{}",
                         values,
                         utcnow(),
+                        [],
                     )
                     for lock in LOCKS
                 ]
@@ -70,10 +71,10 @@ def test_one_creation_per_uid_and_values_follow_the_workitem(engine, tmp_path):
             await index.start()
             try:
                 await index.add_workitem(
-                    "1.2.4", "SCHEDULED", "{}", [("00100020", 0, "P1")], utcnow()
+                    "1.2.4", "SCHEDULED", "{}", [("00100020", 0, "P1")], utcnow(), []
                 )
                 with pytest.raises(WorkitemConflict) as refused:
-                    await index.add_workitem("1.2.4", "SCHEDULED", "{}", [], utcnow())
+                    await index.add_workitem("1.2.4", "SCHEDULED", "{}", [], utcnow(), [])
                 assert refused.value.code == "0111"
                 found = [await index.search_workitems(parse([("PatientID", "P1")]))]
                 item = await index.workitem("1.2.4")
@@ -86,10 +87,19 @@ def test_one_creation_per_uid_and_values_follow_the_workitem(engine, tmp_path):
                     '{"a":1}',
                     [("00100020", 0, "P2")],
                     utcnow(),
+                    [],
                 )
                 # a change decided on a state the workitem is no longer in is not written
                 assert not await index.replace_workitem(
-                    "1.2.4", item.revision + 1, "IN PROGRESS", "COMPLETED", None, "{}", [], utcnow()
+                    "1.2.4",
+                    item.revision + 1,
+                    "IN PROGRESS",
+                    "COMPLETED",
+                    None,
+                    "{}",
+                    [],
+                    utcnow(),
+                    [],
                 )
                 found.append(await index.search_workitems(parse([("PatientID", "P1")])))
                 found.append(await index.search_workitems(parse([("PatientID", "P2")])))

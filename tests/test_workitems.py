@@ -708,6 +708,9 @@ def test_data_actions_of_the_routes():
         "v2-workitem-update": "write",
         "v2-workitem-state": "write",
         "v2-workitem-cancel": "write",
+        "v2-workitem-subscribe": "write",
+        "v2-workitem-unsubscribe": "write",
+        "v2-workitem-suspend": "write",
     }
 
 

@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             log_level=settings.log_level,
             log_config=logs.uvicorn_config(settings.log_format),
             access_log=False,  # the request line is dicomhub's own (logs.ACCESS)
-            # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile)
+            # uvicorn's httptools protocol, plus the kernel sending stored files (sendfile), and
+            # WebSocket upgrades (the UPS event channel)
             http="dicomhub.web.zerocopy:HttpToolsProtocol",
             proxy_headers=False,  # web/forwarded.py applies them, from --forwarded-allow-ips
         )

@@ -20,6 +20,7 @@ from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
+from dicomhub.archive.workitem_events import WorkitemEventService
 from dicomhub.archive.workitems import WorkitemService
 from dicomhub.clock import utcnow
 from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
@@ -69,6 +70,7 @@ class Archive:
         self.delete = DeleteService(index, settings.cleanup.delete_delay)
         self.changefeed = ChangeFeedService(index)
         self.workitems = WorkitemService(index)
+        self.workitem_events = WorkitemEventService(index)
         self.operations = OperationsService(index)
         self.export = ExportService(
             settings.export,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomhub.clock import utcnow
+from dicomhub.dicom import workitem_events as events
 from dicomhub.dicom import workitem_query as wq
 from dicomhub.dicom import workitems as ups
 from dicomhub.dicom.json_model import compact
@@ -44,7 +45,10 @@ class WorkitemService:
         generated = f"2.25.{uuid.uuid4().int}"
         uid, dataset = ups.new_workitem(body, uid, generated, utcnow())
         values = wq.index_values(dataset)
-        await self.index.add_workitem(uid, ups.SCHEDULED, compact(dataset), values, utcnow())
+        reports = [compact(events.state_report(dataset))]  # to the global subscribers
+        await self.index.add_workitem(
+            uid, ups.SCHEDULED, compact(dataset), values, utcnow(), reports
+        )
         return uid
 
     async def retrieve(self, uid: str) -> dict[str, Any]:
@@ -72,8 +76,11 @@ class WorkitemService:
 
     async def request_cancel(self, uid: str, body: Any) -> Outcome:
         """Ask for the workitem's cancellation (N-ACTION Request UPS Cancel)."""
-        ups.dataset(body, required=False)  # a malformed request is refused before anything
-        return await self._transition(uid, lambda item: ups.request_cancel(item.state), body)
+        request = ups.dataset(body, required=False)  # a malformed one is refused before anything
+        subscribers = await self.index.workitem_subscribers(uid)
+        return await self._transition(
+            uid, lambda item: ups.request_cancel(item.state, subscribers), body, request
+        )
 
     async def search(self, params: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
         """One page of matches, and the query parameters that were ignored."""
@@ -94,14 +101,18 @@ class WorkitemService:
         uid: str,
         rule: Callable[[StoredWorkitem], ups.Transition],
         cancel_body: Any = None,
+        cancel_request: dict | None = None,
         final: bool = False,
     ) -> Outcome:
         """Apply ``rule``'s transition; with ``final``, a workitem reaching COMPLETED or
         CANCELED must meet the final state requirements (C304)."""
         warnings: list[tuple[str, str] | None] = []
 
-        def decide(item: StoredWorkitem, stored: dict) -> tuple[dict, str, str | None] | None:
+        def decide(item: StoredWorkitem, stored: dict) -> tuple | None:
             transition = rule(item)
+            if transition.cancel_requested:  # the workitem unchanged; its subscribers told
+                report = events.cancel_requested(uid, cancel_request or {})
+                return stored, item.state, item.lock, [report]
             if transition.state is None:
                 warnings.append(transition.warning)
                 return None
@@ -125,7 +136,8 @@ class WorkitemService:
             decision = decide(item, json.loads(item.dataset))
             if decision is None:  # a success that changes nothing
                 return Outcome(item.state)
-            dataset, state, lock = decision
+            dataset, state, lock, *told = decision
+            reports = told[0] if told else events.change_reports(json.loads(item.dataset), dataset)
             written = await self.index.replace_workitem(
                 uid,
                 item.revision,
@@ -135,6 +147,7 @@ class WorkitemService:
                 compact(dataset),
                 wq.index_values(dataset),
                 utcnow(),
+                [compact(r) for r in reports],
             )
             if written:
                 return Outcome(state)

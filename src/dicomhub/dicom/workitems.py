@@ -332,12 +332,14 @@ def updated(stored: dict[str, Any], body: Any, now: datetime) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Transition:
-    """What a state change does: the new state and lock (None: nothing changes), and the
-    warning of a success that changed nothing (B304, B306)."""
+    """What a state change does: the new state and lock (None: nothing changes), the warning
+    of a success that changed nothing (B304, B306), and whether the subscribers are to be told
+    that a cancellation was requested (the workitem itself unchanged)."""
 
     state: str | None
     lock: str | None = None
     warning: tuple[str, str] | None = None
+    cancel_requested: bool = False
 
 
 def state_request(body: Any) -> tuple[str, str]:
@@ -379,18 +381,21 @@ def change_state(state: str, lock: str | None, target: str, transaction: str) ->
     raise conflict(NO_LONGER_UPDATABLE, f"it is {state}")
 
 
-def request_cancel(state: str) -> Transition:
-    """Request Cancel (PS3.18 11.8): a SCHEDULED workitem is canceled at once; one IN PROGRESS
-    would need its performer told (UPS Event, not offered), so it is refused, as by
-    Microsoft's server."""
+def request_cancel(state: str, subscribers: int) -> Transition:
+    """Request Cancel (PS3.18 11.8, PS3.4 CC.2.4.3): a SCHEDULED workitem is canceled at once;
+    for one IN PROGRESS, its subscribers (the performer among them) are sent UPS Cancel
+    Requested, the workitem unchanged; with no subscriber, nobody could tell the performer:
+    refused, C312, as by Microsoft's server."""
     if state == SCHEDULED:
         return Transition(CANCELED)
     if state == CANCELED:
         return Transition(None, warning=ALREADY_CANCELED)
     if state == COMPLETED:
         raise conflict(IS_COMPLETED)
+    if subscribers:
+        return Transition(None, cancel_requested=True)
     raise conflict(
-        PERFORMER_UNREACHABLE, "the workitem is IN PROGRESS and UPS events are not offered"
+        PERFORMER_UNREACHABLE, "the workitem is IN PROGRESS and has no subscriber to tell"
     )
 
 

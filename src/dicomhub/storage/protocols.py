@@ -349,10 +349,18 @@ class Workitems(Protocol):
     rows, as ``dicom.workitem_query.index_values`` gives them."""
 
     async def add_workitem(
-        self, uid: str, state: str, dataset: str, values: list[tuple[str, int, str]], now: datetime
+        self,
+        uid: str,
+        state: str,
+        dataset: str,
+        values: list[tuple[str, int, str]],
+        now: datetime,
+        reports: list[str],
     ) -> None:
         """Add a workitem (revision 1, no lock). Raises WorkitemConflict (0111) when one has
-        this UID (of concurrent creations of one UID, exactly one succeeds)."""
+        this UID (of concurrent creations of one UID, exactly one succeeds). The global
+        subscribers join its subscription list and are sent ``reports`` (DICOM JSON event
+        reports), in the same transaction."""
 
     async def workitem(self, uid: str) -> StoredWorkitem | None: ...
 
@@ -366,14 +374,66 @@ class Workitems(Protocol):
         dataset: str,
         values: list[tuple[str, int, str]],
         now: datetime,
+        reports: list[str],
     ) -> bool:
         """Replace the workitem's state, lock, dataset and values, if it is still at
-        ``revision`` and in ``state_before`` (one conditional write); False, with nothing
-        written, when another change came first: of concurrent changes decided on one
-        revision, exactly one succeeds."""
+        ``revision`` and in ``state_before`` (one conditional write), and queue ``reports``
+        for its subscribers in the same transaction; False, with nothing written, when another
+        change came first: of concurrent changes decided on one revision, exactly one
+        succeeds."""
 
     async def search_workitems(self, query: WorkitemQuery) -> list[str]:
         """The datasets (DICOM JSON text) of one page of matches, in creation order."""
+
+
+class WorkitemEvents(Protocol):
+    """UPS subscriptions and the queues of event reports (see storage/workitem_event_ops.py,
+    PS3.4 CC.2.3). A subscriber is an AE title; each report queued for it has its next
+    sequence number (from 1, in commit order); reports are DICOM JSON text."""
+
+    async def subscribe_workitem(
+        self, subscriber: str, uid: str, deletion_lock: bool, now: datetime
+    ) -> bool:
+        """Add ``subscriber`` to workitem ``uid``'s subscription list and queue its initial
+        State Report; False when there is no such workitem."""
+
+    async def subscribe_all(
+        self,
+        subscriber: str,
+        kind: str,
+        deletion_lock: bool,
+        filter_params: list[tuple[str, str]] | None,
+        now: datetime,
+    ) -> int:
+        """Make (or renew, unsuspended) the global subscription of ``subscriber`` (``kind``:
+        the Global or Filtered Global Subscription UID; ``filter_params``: the query keys of
+        the filtered one): it joins every SCHEDULED or IN PROGRESS workitem (matching) and
+        gets each one's State Report; how many it joined."""
+
+    async def unsubscribe_workitem(self, subscriber: str, uid: str) -> bool | None:
+        """Remove ``subscriber`` from workitem ``uid``'s list (its undelivered reports of it
+        dropped); None when there is no such workitem, else whether it was on the list."""
+
+    async def unsubscribe_all(self, subscriber: str) -> bool:
+        """Remove every subscription of ``subscriber`` and its queue; whether it had any."""
+
+    async def suspend_global_subscription(self, subscriber: str) -> bool:
+        """New workitems no longer get ``subscriber``; False when it has no global
+        subscription."""
+
+    async def workitem_subscribers(self, uid: str) -> int:
+        """How many subscribers workitem ``uid`` has."""
+
+    async def pending_workitem_events(
+        self, subscriber: str, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """(sequence, report) of the queued reports numbered after ``after``, in order."""
+
+    async def acknowledge_workitem_events(self, subscriber: str, sequence: int) -> None:
+        """The reports up to ``sequence`` were delivered: they leave the queue."""
+
+    async def purge_workitem_events(self, before: datetime) -> None:
+        """Drop the reports queued before then and never delivered."""
 
 
 class IndexStore(
@@ -388,6 +448,7 @@ class IndexStore(
     Jobs,
     ExtendedTagIndex,
     Workitems,
+    WorkitemEvents,
     Protocol,
 ):
     """The whole index, as the backends implement it and the composition root holds it

@@ -1,10 +1,10 @@
 """The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
 (or ``version_ops``, ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``,
-``workitem_ops``) handed to the engine's driver (``_read`` or ``_write``), or one of their
-statements read as it is. It implements every index protocol of ``protocols.py``. Where SQL
-lives: the schema in ``sql/<engine>/`` (migrations and the declared schema), each concept's
-statements with its operations in ``<concept>_ops``, QIDO's generated statements in
-``search_sql``; ``statements`` runs operations and holds none."""
+``workitem_ops``, ``workitem_event_ops``) handed to the engine's driver (``_read`` or
+``_write``), or one of their statements read as it is. It implements every index protocol of
+``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations and the declared
+schema), each concept's statements with its operations in ``<concept>_ops``, QIDO's generated
+statements in ``search_sql``; ``statements`` runs operations and holds none."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import statements as st
 from dicomhub.storage import version_ops as versions
+from dicomhub.storage import workitem_event_ops as events
 from dicomhub.storage import workitem_ops as workitems
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
@@ -291,9 +292,15 @@ class SqlIndex:
     # -- UPS workitems -------------------------------------------------------------------------
 
     async def add_workitem(
-        self, uid: str, state: str, dataset: str, values: list[tuple[str, int, str]], now: datetime
+        self,
+        uid: str,
+        state: str,
+        dataset: str,
+        values: list[tuple[str, int, str]],
+        now: datetime,
+        reports: list[str],
     ) -> None:
-        await self._write(workitems.add, uid, state, dataset, values, now)
+        await self._write(workitems.add, self.dialect, uid, state, dataset, values, now, reports)
 
     async def workitem(self, uid: str) -> StoredWorkitem | None:
         return await self._read(workitems.get, uid)
@@ -308,14 +315,66 @@ class SqlIndex:
         dataset: str,
         values: list[tuple[str, int, str]],
         now: datetime,
+        reports: list[str],
     ) -> bool:
         return await self._write(
-            workitems.replace, uid, revision, state_before, state, lock, dataset, values, now
+            workitems.replace,
+            uid,
+            revision,
+            state_before,
+            state,
+            lock,
+            dataset,
+            values,
+            now,
+            reports,
         )
 
     async def search_workitems(self, query: WorkitemQuery) -> list[str]:
         sql, params = workitems.search_sql(query, self.dialect)
         return [r[0] for r in await self._rows(sql, params)]
+
+    # -- UPS subscriptions and event reports ---------------------------------------------------
+
+    async def subscribe_workitem(
+        self, subscriber: str, uid: str, deletion_lock: bool, now: datetime
+    ) -> bool:
+        return await self._write(events.subscribe, subscriber, uid, deletion_lock, now)
+
+    async def subscribe_all(
+        self,
+        subscriber: str,
+        kind: str,
+        deletion_lock: bool,
+        filter_params: list[tuple[str, str]] | None,
+        now: datetime,
+    ) -> int:
+        return await self._write(
+            events.subscribe_all, self.dialect, subscriber, kind, deletion_lock, filter_params, now
+        )
+
+    async def unsubscribe_workitem(self, subscriber: str, uid: str) -> bool | None:
+        return await self._write(events.unsubscribe, subscriber, uid)
+
+    async def unsubscribe_all(self, subscriber: str) -> bool:
+        return await self._write(events.unsubscribe_all, subscriber)
+
+    async def suspend_global_subscription(self, subscriber: str) -> bool:
+        return await self._write(events.suspend, subscriber)
+
+    async def workitem_subscribers(self, uid: str) -> int:
+        return await self._read(events.count, uid)
+
+    async def pending_workitem_events(
+        self, subscriber: str, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        return await self._read(events.pending, subscriber, after, limit)
+
+    async def acknowledge_workitem_events(self, subscriber: str, sequence: int) -> None:
+        await self._write(events.acknowledge, subscriber, sequence)
+
+    async def purge_workitem_events(self, before: datetime) -> None:
+        await self._write(events.purge, before)
 
 
 def _stored(r) -> StoredInstance:

@@ -15,6 +15,7 @@ from dicomhub.clock import to_micros
 from dicomhub.dicom.workitem_query import WORDS, WorkitemCondition, WorkitemQuery
 from dicomhub.errors import WorkitemConflict
 from dicomhub.model import DEFAULT_PARTITION, StoredWorkitem
+from dicomhub.storage import workitem_event_ops as events
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, many, one, run
 
@@ -38,13 +39,25 @@ SET = (
 DELETE_VALUES = "DELETE FROM workitem_value WHERE workitem_key = ?"
 
 
-def add(uid: str, state: str, dataset: str, values: Values, now: datetime) -> Op:
+def add(
+    d: Dialect,
+    uid: str,
+    state: str,
+    dataset: str,
+    values: Values,
+    now: datetime,
+    reports: list[str],
+) -> Op:
+    """A new workitem; the global subscribers (not suspended, their filter matching) join its
+    subscription list and are sent ``reports``, in the same transaction."""
     micros = to_micros(now)
     row = yield one(INSERT, DEFAULT_PARTITION, uid, state, micros, micros, dataset)
     if row is None:
         raise WorkitemConflict("0111", f"workitem {uid} exists already")
     if values:
         yield many(INSERT_VALUES, [(row[0], *v) for v in values])
+    yield from events.join_global(d, row[0], now)
+    yield from events.queue(row[0], uid, reports, now)
 
 
 def get(uid: str) -> Op:
@@ -69,9 +82,11 @@ def replace(
     dataset: str,
     values: Values,
     now: datetime,
+    reports: list[str],
 ) -> Op:
     """The workitem's new state, lock, dataset and values, if it is still at ``revision`` in
-    ``state_before``; False (nothing written) when another change came first."""
+    ``state_before``, and ``reports`` queued for its subscribers; False (nothing written) when
+    another change came first."""
     row = yield one(
         SET, state, lock, to_micros(now), dataset, DEFAULT_PARTITION, uid, revision, state_before
     )
@@ -80,6 +95,7 @@ def replace(
     yield run(DELETE_VALUES, row[0])
     if values:
         yield many(INSERT_VALUES, [(row[0], *v) for v in values])
+    yield from events.queue(row[0], uid, reports, now)
     return True
 
 
@@ -88,6 +104,16 @@ def replace(
 
 def search_sql(query: WorkitemQuery, d: Dialect) -> tuple[str, list]:
     """One page of matching datasets, in creation order."""
+    clauses, params = where(query, d)
+    sql = (
+        f"SELECT w.dataset FROM workitem w WHERE {' AND '.join(clauses)} "
+        "ORDER BY w.workitem_key LIMIT ? OFFSET ?"
+    )
+    return sql, [*params, query.limit, query.offset]
+
+
+def where(query: WorkitemQuery, d: Dialect) -> tuple[list[str], list]:
+    """The conditions of ``query`` on workitem ``w`` (ANDed), and their parameters."""
     clauses, params = ["w.partition_name = ?"], [DEFAULT_PARTITION]
     groups: dict[str, list[WorkitemCondition]] = {}
     for condition in query.conditions:
@@ -102,11 +128,7 @@ def search_sql(query: WorkitemQuery, d: Dialect) -> tuple[str, list]:
         clause, values = _group(conditions, d)
         clauses.append(clause)
         params += values
-    sql = (
-        f"SELECT w.dataset FROM workitem w WHERE {' AND '.join(clauses)} "
-        "ORDER BY w.workitem_key LIMIT ? OFFSET ?"
-    )
-    return sql, [*params, query.limit, query.offset]
+    return clauses, params
 
 
 def _group(conditions: list[WorkitemCondition], d: Dialect) -> tuple[str, list]:

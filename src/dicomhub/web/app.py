@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
@@ -37,6 +37,7 @@ from dicomhub.web import (
     stow,
     wado,
     wado_uri,
+    workitem_events,
     workitems,
 )
 from dicomhub.web.access import authorize
@@ -62,6 +63,7 @@ INSTANCE = SERIES + "/instances/{sop:uid}"
 FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
 WORKITEM = "/workitems/{workitem:uid}"
+SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
 
 
@@ -177,6 +179,11 @@ def routes() -> list[BaseRoute]:
         (WORKITEM, workitems.update, ["POST"], "workitem-update", WRITE),
         (WORKITEM + "/state", workitems.change_state, ["PUT"], "workitem-state", WRITE),
         (WORKITEM + "/cancelrequest", workitems.cancel_request, ["POST"], "workitem-cancel", WRITE),
+        (SUBSCRIBER, workitem_events.subscribe, ["POST"], "workitem-subscribe", WRITE),
+        (SUBSCRIBER, workitem_events.unsubscribe, ["DELETE"], "workitem-unsubscribe", WRITE),
+        (SUBSCRIBER + "/suspend", workitem_events.suspend, ["POST"], "workitem-suspend", WRITE),
+        # the event channel asked for without a WebSocket upgrade: 426
+        ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]
@@ -188,6 +195,13 @@ def routes() -> list[BaseRoute]:
     ]
     for path, endpoint, methods, name, action in table:
         out += _versioned(path, endpoint, methods, name, action)
+    # the UPS event channel (PS3.18 11.13); it checks the read data action itself
+    out += [
+        WebSocketRoute(
+            f"/v{n}/subscribers/{{aetitle}}", workitem_events.channel, name=f"v{n}-events"
+        )
+        for n in VERSIONS
+    ]
     return out
 
 

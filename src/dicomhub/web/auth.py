@@ -142,8 +142,11 @@ class AuthMiddleware:
         self.validator = validator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         value = headers.get(b"authorization", b"").decode("latin-1")
@@ -159,6 +162,22 @@ class AuthMiddleware:
         except IssuerUnavailable as exc:
             unavailable = problem(503, "Service Unavailable", str(exc), {"Retry-After": "5"})
             await unavailable(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake (the UPS event channel) needs a valid bearer token too;
+        without one it is refused before it is accepted (close 1008: an HTTP 403)."""
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the request has no bearer token")
+            principal = await self.validator.validate(token.strip())
+        except (Unauthenticated, IssuerUnavailable) as exc:
+            log.info("WebSocket refused: %s", exc)
+            await send({"type": "websocket.close", "code": 1008, "reason": ""})
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

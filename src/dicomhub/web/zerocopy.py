@@ -120,6 +120,8 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         super().on_response_complete()
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # a WebSocket handshake: no request cycle, uvicorn's WebSocket protocol takes it
         super().on_message_complete()
         if self.cycle.response_complete:  # the rest of an answered body came
             self._heading = None

@@ -31,6 +31,7 @@ def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
         )
         if archive.audit is not None:
             await archive.audit.purge_expired()
+        await archive.workitem_events.purge_expired()
         return results
 
     async def reindex(context: JobContext) -> dict:

@@ -1,0 +1,101 @@
+"""UPS Watch and Event (PS3.18 11.10-11.14, PS3.4 CC.2.3): subscribe to one workitem or to
+all of them (the Global Subscription, or the Filtered Global Subscription with the matching
+keys of a search), unsubscribe, suspend a global subscription, and read a subscriber's queue
+of event reports for its event channel.
+
+Everything lives in the index (subscriptions, queues); no node keeps any of it in memory, so
+a subscriber connected to any node and any server process gets the reports of changes made on
+any other. Reports are delivered at least once, in sequence order; delivered ones leave the
+queue, undelivered ones are kept ``RETENTION`` long.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+
+from dicomhub.clock import utcnow
+from dicomhub.dicom import workitem_events as wev
+from dicomhub.dicom.uids import require_uid
+from dicomhub.errors import WorkitemConflict, WorkitemInvalid, WorkitemNotFound
+from dicomhub.storage.protocols import WorkitemEvents
+
+RETENTION = timedelta(days=30)  # reports never delivered are dropped after this long
+BATCH = 100  # reports read from the queue at a time
+UNKNOWN_SUBSCRIBER = "C308"  # PS3.4 CC.2.3: the receiving AE title is unknown to this SCP
+
+
+class WorkitemEventService:
+    def __init__(self, index: WorkitemEvents):
+        self.index = index
+
+    async def subscribe(
+        self, uid: str, subscriber: str, deletion_lock: bool, filters: list[str]
+    ) -> None:
+        """Subscribe ``subscriber`` to workitem ``uid``, or to all of them when ``uid`` is the
+        Global or Filtered Global Subscription UID. WorkitemInvalid (400) for a malformed
+        request, WorkitemNotFound (404, C307) for an unknown workitem."""
+        title = wev.subscriber(subscriber)
+        uid = require_uid(uid, "workitem")
+        if uid == wev.FILTERED_GLOBAL:
+            params = wev.split_filter(filters)
+            wev.filter_query(params)  # refused here when malformed
+            await self.index.subscribe_all(title, uid, deletion_lock, params, utcnow())
+            return
+        if filters:
+            raise WorkitemInvalid(
+                "0106",
+                f"a filter applies to the Filtered Global Subscription ({wev.FILTERED_GLOBAL})",
+            )
+        if uid == wev.GLOBAL:
+            await self.index.subscribe_all(title, uid, deletion_lock, None, utcnow())
+            return
+        if not await self.index.subscribe_workitem(title, uid, deletion_lock, utcnow()):
+            raise WorkitemNotFound("C307", f"no workitem {uid}")
+
+    async def unsubscribe(self, uid: str, subscriber: str) -> None:
+        """Unsubscribe from one workitem, or (a global UID) from the global subscription and
+        every workitem. WorkitemConflict (409, C308) when ``subscriber`` was not subscribed."""
+        title = wev.subscriber(subscriber)
+        uid = require_uid(uid, "workitem")
+        if uid in (wev.GLOBAL, wev.FILTERED_GLOBAL):
+            if not await self.index.unsubscribe_all(title):
+                raise _unknown(title, "has no subscription")
+            return
+        found = await self.index.unsubscribe_workitem(title, uid)
+        if found is None:
+            raise WorkitemNotFound("C307", f"no workitem {uid}")
+        if not found:
+            raise _unknown(title, f"is not subscribed to workitem {uid}")
+
+    async def suspend(self, uid: str, subscriber: str) -> None:
+        """Suspend the global subscription: new workitems no longer get ``subscriber``."""
+        title = wev.subscriber(subscriber)
+        if require_uid(uid, "workitem") not in (wev.GLOBAL, wev.FILTERED_GLOBAL):
+            raise WorkitemInvalid("0106", f"only a global subscription ({wev.GLOBAL}) is suspended")
+        if not await self.index.suspend_global_subscription(title):
+            raise _unknown(title, "has no global subscription")
+
+    # -- the event channel -------------------------------------------------------------------
+
+    async def opened(self, subscriber: str) -> str:
+        """The subscriber of a channel being opened (its AE title checked)."""
+        return wev.subscriber(subscriber)
+
+    async def pending(self, subscriber: str, after: int) -> list[tuple[int, bytes]]:
+        """(sequence, DICOM JSON text) of the next reports numbered after ``after``."""
+        found = await self.index.pending_workitem_events(subscriber, after, BATCH)
+        return [(n, orjson.dumps([wev.numbered(orjson.loads(text), n)])) for n, text in found]
+
+    async def delivered(self, subscriber: str, sequence: int) -> None:
+        await self.index.acknowledge_workitem_events(subscriber, sequence)
+
+    async def purge_expired(self) -> None:
+        """Drop the reports queued longer than ``RETENTION`` and never delivered (run by the
+        background cleanup job)."""
+        await self.index.purge_workitem_events(utcnow() - RETENTION)
+
+
+def _unknown(title: str, why: str) -> WorkitemConflict:
+    return WorkitemConflict(UNKNOWN_SUBSCRIBER, f"the AE title {title} {why}")

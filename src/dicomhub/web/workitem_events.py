@@ -1,0 +1,165 @@
+"""UPS-RS Watch and Event routes (PS3.18 11.10-11.14): subscribe to a workitem, to all of them
+(``/workitems/1.2.840.10008.5.1.4.34.5/...``) or to a filtered set (``.../34.5.1/...?filter=``),
+unsubscribe, suspend a global subscription, and the event channel: a WebSocket at
+``/subscribers/{AETitle}`` that sends the subscriber's event reports as DICOM JSON.
+
+The channel reads the subscriber's queue in the index every ``POLL`` seconds (the reports of a
+change made through any node or server process are there once it commits), sends each report
+as one text message, in sequence order, and then marks them delivered: a report is sent at least
+once (again after a connection lost before that mark), with its sequence number in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from dicomhub.clock import utcnow
+from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.model import READ, AuditEntry
+from dicomhub.web.access import authorize
+from dicomhub.web.audit import note
+from dicomhub.web.common import archive, base_url, param
+from dicomhub.web.errors import problem
+
+log = logging.getLogger(__name__)
+POLL = 0.5  # seconds between two reads of a connected subscriber's queue
+POLICY_VIOLATION = 1008  # WebSocket close code: refused (before the handshake: HTTP 403)
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = param(request.query_params, name)
+    if value is None:
+        return False
+    if value.lower() not in ("true", "false"):
+        raise InvalidRequest(f"{name} is true or false, not {value[:20]!r}")
+    return value.lower() == "true"
+
+
+def _names(request: Request) -> tuple[str, str]:
+    uid, title = request.path_params["workitem"], request.path_params["aetitle"]
+    note(request, workitem=uid, subscriber=title)
+    return uid, title
+
+
+async def subscribe(request: Request) -> Response:
+    """POST /workitems/{uid}/subscribers/{AETitle}[?deletionlock=true][&filter=...]: 201."""
+    uid, title = _names(request)
+    lock = _flag(request, "deletionlock")
+    filters = [v for k, v in request.query_params.multi_items() if k.lower() == "filter"]
+    unknown = {k for k, _ in request.query_params.multi_items()} - {"deletionlock", "filter"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
+    await archive(request).workitem_events.subscribe(uid, title, lock, filters)
+    url = f"{base_url(request)}workitems/{uid}/subscribers/{title.strip()}"
+    return Response(status_code=201, headers={"Content-Location": url})
+
+
+async def unsubscribe(request: Request) -> Response:
+    """DELETE /workitems/{uid}/subscribers/{AETitle}: 200."""
+    uid, title = _names(request)
+    await archive(request).workitem_events.unsubscribe(uid, title)
+    return Response(status_code=200)
+
+
+async def suspend(request: Request) -> Response:
+    """POST /workitems/1.2.840.10008.5.1.4.34.5/subscribers/{AETitle}/suspend: 200."""
+    uid, title = _names(request)
+    await archive(request).workitem_events.suspend(uid, title)
+    return Response(status_code=200)
+
+
+async def upgrade_required(request: Request) -> Response:
+    """GET /subscribers/{AETitle} without a WebSocket upgrade: 426 (RFC 9110 15.5.22)."""
+    detail = "the event channel is a WebSocket: send the request with Upgrade: websocket"
+    return problem(426, "Upgrade Required", detail, {"Upgrade": "websocket"})
+
+
+async def channel(websocket: WebSocket) -> None:
+    """GET /subscribers/{AETitle} (WebSocket): the subscriber's event reports, in order,
+    those queued while it was away first. Refused (close 1008, an HTTP 403 to the handshake)
+    without the read data action or for a malformed AE title."""
+    service = websocket.app.state.archive.workitem_events
+    started, clock = utcnow(), time.perf_counter()
+    sent = {"reports": 0, "bytes": 0, "last": None}
+    try:
+        authorize(websocket.scope, READ)
+        title = await service.opened(websocket.path_params["aetitle"])
+    except DicomhubError as exc:
+        log.info("event channel refused: %s", exc)
+        await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
+        _audit(websocket, started, clock, 403, sent)
+        return
+    await websocket.accept()
+    gone = asyncio.Event()
+
+    async def listen() -> None:  # the client sends nothing the server needs; watch for its end
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+        finally:
+            gone.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        after = 0
+        while not gone.is_set():
+            found = await service.pending(title, after)
+            for sequence, text in found:
+                await websocket.send_text(text.decode("utf-8"))
+                after = sent["last"] = sequence
+                sent["reports"] += 1
+                sent["bytes"] += len(text)
+            if found:
+                await service.delivered(title, after)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), POLL)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client left; what it did not get stays queued
+    except DicomhubError as exc:  # the index is unreachable: the client reconnects later
+        log.warning("event channel of %s closed: %s", title, exc)
+        with contextlib.suppress(Exception):
+            await websocket.close(1011, reason="the index is unavailable; reconnect later")
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listener
+        _audit(websocket, started, clock, 101, sent)
+
+
+def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict) -> None:
+    """One audit entry per channel, when it ends: who, which AE title, how many reports."""
+    audit_log = websocket.app.state.archive.audit
+    if audit_log is None:
+        return
+    principal = websocket.scope.get("state", {}).get("principal")
+    client = websocket.scope.get("client")
+    detail = {"subscriber": websocket.path_params.get("aetitle", "")[:64]}
+    if sent["reports"]:
+        detail.update(reports=sent["reports"], last_sequence=sent["last"])
+    audit_log.record(
+        AuditEntry(
+            time=started,
+            protocol="http",
+            method="GET",
+            path=websocket.scope["path"],
+            status=status,
+            principal=principal.subject if principal else None,
+            client=principal.client if principal else None,
+            address=client[0] if client else None,
+            route=websocket.scope["path"].split("/")[1] + "-events",  # v1-events, v2-events
+            action=READ,
+            bytes_out=sent["bytes"],
+            duration_ms=round((time.perf_counter() - clock) * 1000, 3),
+            detail=detail,
+        )
+    )

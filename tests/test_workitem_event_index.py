@@ -1,0 +1,65 @@
+"""The index's UPS subscriptions and event queues (storage/workitem_event_ops.py) on SQLite and
+PostgreSQL: reports are queued with a change only for the workitem's subscribers, numbered per
+subscriber; delivered ones leave the queue; undelivered ones are purged after the retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+
+from dicomhub.clock import utcnow
+from tests.conftest import index_database
+from tests.test_workitem_index import open_index
+
+DATASET = json.dumps({"00741000": {"vr": "CS", "Value": ["SCHEDULED"]}})
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_queues_acknowledgements_and_retention(engine, tmp_path):
+    with index_database(engine) as url:
+
+        async def run():
+            index = open_index(engine, url, tmp_path)
+            await index.start()
+            try:
+                now = utcnow()
+                assert not await index.subscribe_workitem("AE1", "1.2.5", False, now)
+                await index.add_workitem("1.2.5", "SCHEDULED", DATASET, [], now, ["created"])
+                assert await index.subscribe_all("AE2", "1.2.840.10008.5.1.4.34.5", True, None, now)
+                assert await index.subscribe_workitem("AE1", "1.2.5", True, now)
+                assert await index.workitem_subscribers("1.2.5") == 2
+                await index.add_workitem("1.2.6", "SCHEDULED", DATASET, [], now, ["created"])
+                item = await index.workitem("1.2.5")
+                await index.replace_workitem(
+                    "1.2.5",
+                    item.revision,
+                    "SCHEDULED",
+                    "SCHEDULED",
+                    None,
+                    DATASET,
+                    [],
+                    now,
+                    ["a", "b"],
+                )
+                one = await index.pending_workitem_events("AE1", 0, 10)
+                two = await index.pending_workitem_events("AE2", 0, 10)
+                await index.acknowledge_workitem_events("AE2", 2)
+                after_ack = await index.pending_workitem_events("AE2", 0, 10)
+                await index.purge_workitem_events(now - timedelta(days=1))  # too old: none
+                kept = await index.pending_workitem_events("AE1", 0, 10)
+                await index.purge_workitem_events(now + timedelta(seconds=1))
+                purged = await index.pending_workitem_events("AE1", 0, 10)
+                return one, two, after_ack, kept, purged
+            finally:
+                await index.close()
+
+        one, two, after_ack, kept, purged = asyncio.run(run())
+    # AE1: its initial report, then the change's two; AE2 (global, existing workitem 1.2.5):
+    # its initial report, the creation of 1.2.6, then the change's two
+    assert [n for n, _ in one] == [1, 2, 3] and [t for _, t in one][1:] == ["a", "b"]
+    assert [(n, t) for n, t in two][1:] == [(2, "created"), (3, "a"), (4, "b")]
+    assert [n for n, _ in after_ack] == [3, 4]
+    assert kept == one and purged == []
