@@ -15,6 +15,7 @@ import functools
 import http.server
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -285,12 +286,41 @@ def test_ohif_on_another_origin_without_cors_is_refused(browser, other_origin, t
         assert _shown("CT") not in page_text(browser)
 
 
-def test_every_request_ohif_made_of_the_api_succeeded(served):
-    """The audit log's account of the pages above: no API request OHIF made failed (a failure
-    OHIF shrugs off would not show in a screenshot)."""
-    url, _, _ = served
+def test_the_builds_files_as_served(served):
+    """Every file of the real build: its size, its media type (WebAssembly's above all: a
+    browser compiles it only as application/wasm) and how long browsers may keep it."""
+    url = served[0]
+    files = [f for f in BUILD.rglob("*") if f.is_file()]
+    assert len(files) > 100
+    with httpx.Client(base_url=url) as client:
+        for file in files:
+            path = "/" + file.relative_to(BUILD).as_posix()
+            r = client.head(path)
+            if path in ("/sw.js", "/_headers", "/_redirects", "/serve.json"):
+                assert r.status_code == 404, path
+                continue
+            assert r.status_code == 200, path
+            if path == "/app-config.js":  # dicomhub's own
+                continue
+            assert int(r.headers["content-length"]) == file.stat().st_size, path
+            kind = r.headers["content-type"].split(";")[0]
+            expected = {".wasm": "application/wasm", ".js": "text/javascript", ".css": "text/css"}
+            assert kind == expected.get(file.suffix, kind), path
+            hashed = re.search(r"(^|[./])[0-9a-f]{16}\.", file.name)
+            cache = "public, max-age=31536000, immutable" if hashed else "no-cache"
+            assert r.headers["cache-control"] == cache, path
+
+
+def test_every_request_ohif_made_of_the_api_succeeded(browser, served):
+    """The audit log's account of the pages OHIF showed (in this module, and this one): no
+    API request OHIF made failed (a failure OHIF shrugs off would not show in a screenshot)."""
+    url, studies, _ = served
+    open_page(browser, f"{url}/viewer/viewer?StudyInstanceUIDs={studies['MULTIFRAME']}")
+    wait_for("image", lambda: drawn(viewport(browser)))
     entries = httpx.get(url + "/v2/audit", params={"limit": 1000}).json()
-    failed = [(e["status"], e["method"], e["path"]) for e in entries if e["status"] >= 400]
+    api = [e for e in entries if e["path"].startswith("/v2/")]
+    assert any(e["route"] == "v2-frames" for e in api)  # OHIF's requests are there
+    failed = [(e["status"], e["method"], e["path"]) for e in api if e["status"] >= 400]
     assert failed == []
 
 

@@ -5,6 +5,7 @@ token. OHIF itself, in a browser: test_e2e_ohif."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -59,11 +60,29 @@ def test_the_build_is_served_at_the_paths_webpack_asks_for(tmp_path, build):
         assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
         r = client.get("/app.bundle.css")  # no hash in its name: not kept by browsers
         assert r.headers["content-type"].startswith("text/css")
-        assert "cache-control" not in r.headers and r.headers["etag"]
+        assert r.headers["cache-control"] == "no-cache"
+        assert r.headers["etag"] == '"' + hashlib.sha1(b"body{}").hexdigest() + '"'
         assert client.get("/assets/favicon.ico").content == b"ico"
         head = client.head("/" + BUNDLE)
         assert head.status_code == 200 and head.content == b""
         assert head.headers["content-length"] == str(len("console.log('app')"))
+
+
+@pytest.mark.parametrize("path", ["/viewer", "/app-config.js", "/app.bundle.css"])
+def test_revalidation_is_answered_not_modified(tmp_path, build, path):
+    """npm packs every file with one time (1985): the tag is the content's, and a browser's
+    current copy gets 304, a changed file (of the same size, same time) 200."""
+    with viewer_client(tmp_path, build) as client:
+        tag = client.get(path).headers["etag"]
+        r = client.get(path, headers={"If-None-Match": f'"other", {tag}'})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == tag
+        assert client.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+    (build / "app.bundle.css").write_text("body{")
+    (build / "index.html").write_bytes(INDEX.replace(b"doctype", b"DOCTYPE"))
+    for file in ("app.bundle.css", "index.html"):
+        os.utime(build / file, (499162800, 499162800))
+    with viewer_client(tmp_path, build, public_url="http://elsewhere") as client:
+        assert client.get(path, headers={"If-None-Match": tag}).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/viewer", "/viewer/", "/viewer/viewer", "/viewer/a/b/c"])

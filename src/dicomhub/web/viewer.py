@@ -20,6 +20,7 @@ whole ``app-config.js`` of your own with ``--viewer-config`` (docs/deploying.md)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
@@ -27,6 +28,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 from starlette.middleware import Middleware
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Match
@@ -43,7 +45,9 @@ SKIPPED = {"/_headers", "/_redirects", "/serve.json", "/sw.js", "/app-config.js"
 # such a file never changes, so browsers may keep it for a year
 HASHED = re.compile(r"(^|[./])[0-9a-f]{16}\.")
 IMMUTABLE = "public, max-age=31536000, immutable"
-REVALIDATE = "no-cache"  # index.html and app-config.js: asked again on every load
+# index.html, app-config.js and the files without a hash in their name (their name stays when
+# the build is replaced): asked again on every use, the content's hash as ETag (answered 304)
+REVALIDATE = "no-cache"
 TYPES = {  # what mimetypes may not know, or knows differently from one system to another
     ".js": "text/javascript",
     ".mjs": "text/javascript",
@@ -131,6 +135,7 @@ class Viewer:
         else:
             self.config = app_config(dicomweb_root).encode()
         self.files = self._files()
+        self._tags: dict[Path, str] = {}  # the ETags of the files without a hash in the name
 
     def _files(self) -> dict[str, Path]:
         """Every regular file of the build (symbolic links only to files inside it), by URL
@@ -150,21 +155,49 @@ class Viewer:
     def serves(self, path: str) -> bool:
         return path in self.files or path == CONFIG or _under(path, BASENAME)
 
-    def response(self, path: str) -> Response:
-        """The answer to a GET of ``path`` (one that ``serves``)."""
+    async def response(self, scope: Scope) -> Response:
+        """The answer to a GET or HEAD of the scope's path (one that ``serves``)."""
+        path = scope["path"]
         if path == CONFIG:
-            return Response(
-                self.config,
-                media_type="text/javascript",
-                headers={"Cache-Control": REVALIDATE},
-            )
-        if _under(path, BASENAME):
-            return FileResponse(
-                self.index, media_type="text/html", headers={"Cache-Control": REVALIDATE}
-            )
-        file = self.files[path]
-        headers = {"Cache-Control": IMMUTABLE} if HASHED.search(file.name) else {}
+            tag = _etag(hashlib.sha1(self.config).hexdigest())
+            if _fresh(scope, tag):
+                return _not_modified(tag)
+            headers = {"Cache-Control": REVALIDATE, "ETag": tag}
+            return Response(self.config, media_type="text/javascript", headers=headers)
+        file = self.index if _under(path, BASENAME) else self.files[path]
+        if HASHED.search(file.name):
+            headers = {"Cache-Control": IMMUTABLE}
+        else:
+            # npm packs every file with the same time (1985), so a changed file of the same
+            # size would keep a time-and-size ETag: the content's hash is the file's tag
+            tag = self._tags.get(file) or await anyio.to_thread.run_sync(_file_tag, file)
+            self._tags[file] = tag
+            if _fresh(scope, tag):
+                return _not_modified(tag)
+            headers = {"Cache-Control": REVALIDATE, "ETag": tag}
         return FileResponse(file, media_type=media_type(file.name), headers=headers)
+
+
+def _etag(digest: str) -> str:
+    return f'"{digest}"'
+
+
+def _file_tag(file: Path) -> str:
+    with open(file, "rb") as f:
+        return _etag(hashlib.file_digest(f, "sha1").hexdigest())
+
+
+def _fresh(scope: Scope, tag: str) -> bool:
+    """Whether the request's If-None-Match names ``tag`` (the browser's copy is current)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"if-none-match":
+            tags = {t.strip().removeprefix("W/") for t in value.decode("latin-1").split(",")}
+            return tag in tags or "*" in tags
+    return False
+
+
+def _not_modified(tag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": tag, "Cache-Control": REVALIDATE})
 
 
 def _under(path: str, base: str) -> bool:
@@ -195,7 +228,8 @@ class ViewerMiddleware:
             refusal = problem(405, "Method Not Allowed", detail, {"Allow": "GET, HEAD"})
             await refusal(scope, receive, send)
             return
-        await self.viewer.response(path)(scope, receive, send)
+        response = await self.viewer.response(scope)
+        await response(scope, receive, send)
 
     def _api(self, scope: Scope) -> bool:
         return any(route.matches(scope)[0] != Match.NONE for route in self.routes)
