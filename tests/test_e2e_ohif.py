@@ -214,7 +214,16 @@ def drawn(image: Image.Image | None) -> bool:
     histogram = grey.histogram()
     lit = sum(histogram[24:]) / sum(histogram)
     shades = sum(1 for count in histogram if count)
-    return lit > 0.25 and shades >= 24 and ImageStat.Stat(grey).stddev[0] > 4
+    return lit > 0.25 and shades >= 16 and ImageStat.Stat(grey).stddev[0] > 4
+
+
+def share_of(image: Image.Image, channel: int) -> float:
+    """The share of ``image``'s pixels of a pure primary colour (0 red, 1 green, 2 blue)."""
+    bands = [band.point(lambda v: 255 if v > 200 else 0) for band in image.split()]
+    dark = [band.point(lambda v: 255 if v < 60 else 0) for band in image.split()]
+    others = [dark[c] for c in range(3) if c != channel]
+    pure = ImageChops.multiply(bands[channel], ImageChops.multiply(*others))
+    return pure.histogram()[255] / (image.width * image.height)
 
 
 def test_study_list_lists_the_stored_studies(browser, served):
@@ -236,6 +245,8 @@ def test_the_viewer_draws_each_kind_of_image(browser, served, kind):
     )
     first.save(ARTIFACTS / f"viewport-{kind}.png")
     browser.save_screenshot(str(ARTIFACTS / f"viewer-{kind}.png"))
+    if kind == "JPEG":  # YBR_FULL decoded to its true colours: red, green and blue bars
+        assert all(share_of(first, colour) > 0.02 for colour in (0, 1, 2))
     if kind == "MULTIFRAME":  # the next frame is another image
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
@@ -335,3 +346,7 @@ def test_what_counts_as_drawn():
     assert not drawn(ring)
     picture = Image.effect_noise((400, 300), 40).convert("RGB")
     assert drawn(Image.eval(picture, lambda v: min(255, v + 40)))
+    bars = Image.new("RGB", (300, 300))
+    bars.paste((255, 0, 0), (0, 0, 300, 100))
+    bars.paste((0, 250, 10), (0, 100, 300, 150))
+    assert (share_of(bars, 0), share_of(bars, 1), share_of(bars, 2)) == (1 / 3, 1 / 6, 0)
