@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+from pathlib import Path
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ FILES = {  # one instance of each kind, each its own study
 
 def _study(kind: str) -> tuple[str, bytes]:
     """The test file of ``kind`` as a study of its own, its patient named OHIF^kind."""
-    ds = read(open(get_testdata_file(FILES[kind], download=False), "rb").read())
+    ds = read(Path(get_testdata_file(FILES[kind], download=False)).read_bytes())
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.PatientName, ds.PatientID = f"OHIF^{kind}", f"OHIF-{kind}"
