@@ -49,7 +49,7 @@ def clock():
 
 
 # The real components the tiers of the suite need; each ran, or why its tests were skipped.
-TIERS = ("PostgreSQL", "Azurite", "SeaweedFS", "FHIR server", "Orthanc", "DCMTK")
+TIERS = ("PostgreSQL", "Azurite", "SeaweedFS", "FHIR server", "Orthanc", "DCMTK", "OHIF")
 _tiers: dict[str, str] = {}
 
 

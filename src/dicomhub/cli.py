@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         from dicomhub.web import balance
 
         _check_exposure(settings)
+        _check_viewer(settings)
         lock = lock_data_dir(settings)
         _raise_file_limit()
         options = dict(
@@ -382,6 +383,18 @@ def _check_exposure(settings: Settings) -> None:
         "serving %s WITHOUT authentication: anyone who reaches it can read and change data",
         settings.host,
     )
+
+
+def _check_viewer(settings: Settings) -> None:
+    """A --viewer folder that is no OHIF build stops serve at start, not the first page."""
+    if not settings.viewer:
+        return
+    from dicomhub.web.viewer import NotAViewerBuild, Viewer
+
+    try:
+        Viewer(settings.viewer, None, settings.viewer_config)
+    except NotAViewerBuild as exc:
+        sys.exit(f"dicomhub serve: --viewer: {exc}")
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -309,6 +309,17 @@ class Settings:
         False, "Let those origins send cookies and HTTP authentication (not with *)."
     )
     cors_max_age: int = _setting(600, "Seconds a browser may keep a CORS preflight answer.")
+    viewer: str = _setting(
+        "",
+        "Folder of an OHIF viewer build (package/dist of `npm pack @ohif/app`) to serve: its "
+        "study list at /viewer, its files at the paths it asks for, an app-config.js made for "
+        "this server. Empty: no viewer.",
+    )
+    viewer_config: str = _setting(
+        "",
+        "A JavaScript file served as the viewer's /app-config.js instead of the one dicomhub "
+        "makes (e.g. with OHIF's oidc block when authentication is on). Empty: made by dicomhub.",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

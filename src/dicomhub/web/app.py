@@ -47,6 +47,7 @@ from dicomhub.web.cors import cors
 from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
 from dicomhub.web.versions import VERSIONS, api_versions
+from dicomhub.web.viewer import viewer
 
 
 class UIDConvertor(StringConvertor):
@@ -205,6 +206,12 @@ def routes() -> list[BaseRoute]:
     return out
 
 
+def viewer_root(settings: Settings) -> str | None:
+    """The DICOMweb root the viewer's browser reaches: of ``--public-url``, else None (the
+    page's own origin)."""
+    return settings.public_url.rstrip("/") + "/v2" if settings.public_url else None
+
+
 def create_app(
     settings: Settings,
     archive: Archive,
@@ -233,6 +240,7 @@ def create_app(
         routes=table,
         lifespan=lifespan,
         middleware=forwarded(settings.forwarded_allow_ips)
+        + viewer(settings.viewer, viewer_root(settings), settings.viewer_config, table)
         + api_versions()
         + cors(settings.cors)
         + audit.audit(archive.audit, table)

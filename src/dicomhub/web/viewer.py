@@ -1,0 +1,245 @@
+"""The OHIF viewer (``serve --viewer PATH``): a prebuilt OHIF site served beside the API.
+
+OHIF's build (``npm pack @ohif/app``: its ``dist/`` folder) is made to be served at a site's
+root: webpack's public path is ``/``, so its bundles, styles, WebAssembly and ``/assets/`` are
+asked for there, and it reads its configuration from ``/app-config.js``. Here:
+
+- OHIF's routes live under ``/viewer`` (its study list; ``/viewer/viewer?StudyInstanceUIDs=``
+  is the viewer): every GET of ``/viewer`` or a path below it answers the build's index.html
+  (the single-page app's own router takes it from there), leaving ``/`` to the web console;
+- ``/app-config.js`` is generated for this server: one ``dicomweb`` data source whose roots are
+  this server's DICOMweb root (``/v2`` of the page's origin, or of ``--public-url``);
+- every other file of the build is served at the path webpack asks for, but only files found in
+  PATH when the server started (a fixed table: no directory listing, no path outside PATH) and
+  never in place of an API route, which always comes first.
+
+The viewer's files are public, even with authentication on (a page must load before it can sign
+in); the data it reads is not. OHIF then needs its own OpenID Connect configuration: give a
+whole ``app-config.js`` of your own with ``--viewer-config`` (docs/deploying.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from starlette.middleware import Middleware
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicomhub.web.errors import problem
+
+BASENAME = "/viewer"  # OHIF's routes (its routerBasename)
+CONFIG = "/app-config.js"
+# Files of the build not served: hosting instructions of other servers, and the service worker
+# (its scope would be the whole site: the API and the web console included)
+SKIPPED = {"/_headers", "/_redirects", "/serve.json", "/sw.js", "/app-config.js"}
+# webpack's content hash in a file name (app.bundle.0f6159c501addfe9.js, 0ddf166f7a343eda.wasm):
+# such a file never changes, so browsers may keep it for a year
+HASHED = re.compile(r"(^|[./])[0-9a-f]{16}\.")
+IMMUTABLE = "public, max-age=31536000, immutable"
+# index.html, app-config.js and the files without a hash in their name (their name stays when
+# the build is replaced): asked again on every use, the content's hash as ETag (answered 304)
+REVALIDATE = "no-cache"
+TYPES = {  # what mimetypes may not know, or knows differently from one system to another
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".jsonc": "application/json",
+    ".map": "application/json",
+    ".webapp": "application/x-web-app-manifest+json",
+    ".woff2": "font/woff2",
+    ".svg": "image/svg+xml",
+}
+
+
+class NotAViewerBuild(ValueError):
+    """The folder given is not an OHIF build."""
+
+
+def app_config(dicomweb_root: str | None = None, basename: str = BASENAME) -> str:
+    """OHIF's ``window.config`` for this server. ``dicomweb_root``: the DICOMweb root the browser
+    reaches (e.g. https://pacs.example.org/v2); None: ``/v2`` of the page's own origin."""
+    root = json.dumps(dicomweb_root.rstrip("/")) if dicomweb_root else None
+    source = {
+        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+        "sourceName": "dicomhub",
+        "configuration": {
+            "friendlyName": "dicomhub",
+            "name": "dicomhub",
+            "wadoUriRoot": "ROOT",
+            "qidoRoot": "ROOT",
+            "wadoRoot": "ROOT",
+            "qidoSupportsIncludeField": True,
+            "supportsReject": False,
+            "imageRendering": "wadors",
+            "thumbnailRendering": "wadors",
+            "enableStudyLazyLoad": True,
+            "supportsFuzzyMatching": True,
+            "supportsWildcard": True,
+            "staticWado": False,
+            "singlepart": "bulkdata,video",
+            "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+            "omitQuotationForMultipartRequest": True,
+        },
+    }
+    config = {
+        "routerBasename": basename,
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": True,
+        "maxNumberOfWebWorkers": 3,
+        "showWarningMessageForCrossOrigin": True,
+        "showCPUFallbackMessage": True,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 25},
+        "defaultDataSourceName": "dicomhub",
+        "dataSources": [source],
+    }
+    text = json.dumps(config, indent=2).replace('"ROOT"', "root")
+    origin = "window.location.origin + '/v2'"
+    return (
+        "/** OHIF's configuration, generated by dicomhub for its DICOMweb API. */\n"
+        f"const root = {root or origin};\n"
+        f"window.config = {text};\n"
+    )
+
+
+class Viewer:
+    """The files of an OHIF build in ``folder`` and the answers they give."""
+
+    def __init__(self, folder: str, dicomweb_root: str | None = None, config_file: str = ""):
+        self.folder = Path(folder).resolve()
+        self.index = self.folder / "index.html"
+        if not self.index.is_file():
+            raise NotAViewerBuild(
+                f"{folder} is not an OHIF build: it has no index.html (get one with "
+                "`npm pack @ohif/app` and give its package/dist folder)"
+            )
+        if config_file:
+            try:
+                self.config = Path(config_file).read_bytes()
+            except OSError as exc:
+                raise NotAViewerBuild(f"cannot read {config_file}: {exc.strerror}") from exc
+        else:
+            self.config = app_config(dicomweb_root).encode()
+        self.files = self._files()
+        self._tags: dict[Path, str] = {}  # the ETags of the files without a hash in the name
+
+    def _files(self) -> dict[str, Path]:
+        """Every regular file of the build (symbolic links only to files inside it), by URL
+        path."""
+        files = {}
+        for folder, _, names in os.walk(self.folder):
+            for name in names:
+                path = Path(folder, name)
+                real = path.resolve()
+                if not real.is_file() or not real.is_relative_to(self.folder):
+                    continue
+                url = "/" + path.relative_to(self.folder).as_posix()
+                if url not in SKIPPED:
+                    files[url] = real
+        return files
+
+    def serves(self, path: str) -> bool:
+        return path in self.files or path == CONFIG or _under(path, BASENAME)
+
+    async def response(self, scope: Scope) -> Response:
+        """The answer to a GET or HEAD of the scope's path (one that ``serves``)."""
+        path = scope["path"]
+        if path == CONFIG:
+            tag = _etag(hashlib.sha1(self.config).hexdigest())
+            if _fresh(scope, tag):
+                return _not_modified(tag)
+            headers = {"Cache-Control": REVALIDATE, "ETag": tag}
+            return Response(self.config, media_type="text/javascript", headers=headers)
+        file = self.index if _under(path, BASENAME) else self.files[path]
+        if HASHED.search(file.name):
+            headers = {"Cache-Control": IMMUTABLE}
+        else:
+            # npm packs every file with the same time (1985), so a changed file of the same
+            # size would keep a time-and-size ETag: the content's hash is the file's tag
+            tag = self._tags.get(file) or await anyio.to_thread.run_sync(_file_tag, file)
+            self._tags[file] = tag
+            if _fresh(scope, tag):
+                return _not_modified(tag)
+            headers = {"Cache-Control": REVALIDATE, "ETag": tag}
+        return FileResponse(file, media_type=media_type(file.name), headers=headers)
+
+
+def _etag(digest: str) -> str:
+    return f'"{digest}"'
+
+
+def _file_tag(file: Path) -> str:
+    with open(file, "rb") as f:
+        return _etag(hashlib.file_digest(f, "sha1").hexdigest())
+
+
+def _fresh(scope: Scope, tag: str) -> bool:
+    """Whether the request's If-None-Match names ``tag`` (the browser's copy is current)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"if-none-match":
+            tags = {t.strip().removeprefix("W/") for t in value.decode("latin-1").split(",")}
+            return tag in tags or "*" in tags
+    return False
+
+
+def _not_modified(tag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": tag, "Cache-Control": REVALIDATE})
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base + "/")
+
+
+def media_type(name: str) -> str:
+    suffix = os.path.splitext(name)[1].lower()
+    return TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class ViewerMiddleware:
+    """Answers the viewer's paths, but those an API route takes (``routes``), before the API's
+    authentication and audit: its files are public and not worth an audit entry each."""
+
+    def __init__(self, app: ASGIApp, viewer: Viewer, routes: Sequence[BaseRoute]):
+        self.app = app
+        self.viewer = viewer
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not self.viewer.serves(path) or self._api(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            detail = "the viewer's files are read only"
+            refusal = problem(405, "Method Not Allowed", detail, {"Allow": "GET, HEAD"})
+            await refusal(scope, receive, send)
+            return
+        response = await self.viewer.response(scope)
+        await response(scope, receive, send)
+
+    def _api(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] != Match.NONE for route in self.routes)
+
+
+def viewer(
+    folder: str, dicomweb_root: str | None, config_file: str, routes: Sequence[BaseRoute]
+) -> list[Middleware]:
+    """The viewer's middleware, when a folder is given (``--viewer``)."""
+    if not folder:
+        return []
+    built = Viewer(folder, dicomweb_root, config_file)
+    return [Middleware(ViewerMiddleware, viewer=built, routes=routes)]
