@@ -278,6 +278,27 @@ def test_reading_the_log_waits_for_the_batch_being_written(tmp_path):
     assert [e.path for e in asyncio.run(scenario())] == ["/"]
 
 
+def test_closing_while_a_batch_is_written_writes_it_once(tmp_path):
+    """A server stopping while the writer task is in the middle of a batch: the batch is
+    written once (it was written twice when the close cancelled the writer after the file
+    write and before the batch was done)."""
+    path = tmp_path / "audit.jsonl"
+
+    class WrittenThenSlow(FileAuditLog):  # the real file sink, slow after writing its batch
+        async def add_audit_entries(self, entries):
+            await super().add_audit_entries(entries)
+            await asyncio.sleep(0.3)
+
+    async def scenario():
+        log = AuditLog(WrittenThenSlow(str(path)), interval=0.01)
+        log.record(AuditEntry(time=utcnow(), protocol="http", method="GET", path="/", status=200))
+        await asyncio.sleep(0.1)  # the writer has written the batch and is still in it
+        await log.close()
+
+    asyncio.run(scenario())
+    assert [json.loads(line)["path"] for line in path.read_text().splitlines()] == ["/"]
+
+
 def test_off_means_no_log(tmp_path):
     settings = Settings(data_dir=str(tmp_path), blob_url="memory://", audit_log="off")
     with TestClient(create_app(settings, build_archive(settings))) as c:

@@ -76,7 +76,10 @@ class AuditLog:
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._writer.cancel()
+            # A batch being written finishes first: cancelled midway (its write already done
+            # in a thread), it would go back to the pending entries and be written twice.
+            async with self._writing:
+                self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
