@@ -75,4 +75,10 @@ def test_a_numbered_report_carries_its_sequence():
     report = wev.numbered(wev.state_report(ds(state="SCHEDULED")), 7)
     assert report["00091001"] == {"vr": "UL", "Value": [7]}
     assert report["00090010"]["Value"] == ["DICOMHUB"]
+    assert report["00000110"] == {"vr": "US", "Value": [7]}  # Message ID
     assert list(report) == sorted(report)
+
+
+def test_the_message_id_stays_within_its_vr():
+    report = wev.numbered(wev.state_report(ds(state="SCHEDULED")), 65536)
+    assert report["00000110"]["Value"] == [1] and report["00091001"]["Value"] == [65536]

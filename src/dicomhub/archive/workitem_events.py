@@ -86,7 +86,7 @@ class WorkitemEventService:
     async def pending(self, subscriber: str, after: int) -> list[tuple[int, bytes]]:
         """(sequence, DICOM JSON text) of the next reports numbered after ``after``."""
         found = await self.index.pending_workitem_events(subscriber, after, BATCH)
-        return [(n, orjson.dumps([wev.numbered(orjson.loads(text), n)])) for n, text in found]
+        return [(n, orjson.dumps(wev.numbered(orjson.loads(text), n))) for n, text in found]
 
     async def delivered(self, subscriber: str, sequence: int) -> None:
         await self.index.acknowledge_workitem_events(subscriber, sequence)
