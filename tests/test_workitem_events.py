@@ -359,3 +359,34 @@ def test_each_channel_is_audited(nodes, a):
     assert len(entries) == 2 and all(e["requestId"] for e in entries)  # one entry per channel
     (opened,) = [e for e in entries if e["status"] == 101]
     assert opened["detail"]["reports"] == 1 and opened["detail"]["last_sequence"] == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_restarted_node_reports_its_status_change(tmp_path, workers):
+    """PS3.4 CC.2.4.2: when the node starts again, each subscriber is sent one SCP Status
+    Change (RESTARTED, WARM START: its subscriptions and the workitems were kept), after the
+    reports it already had, and keeps its subscriptions."""
+    watcher, other = title(), title()
+    with running_server(tmp_path, workers=workers) as (url, _):
+        with httpx.Client(base_url=url + "/v2", timeout=30) as http:
+            item = scheduled(http)
+            assert subscribe(http, item, watcher).status_code == 201
+            assert subscribe(http, GLOBAL, other).status_code == 201
+    with running_server(tmp_path, workers=workers) as (url, _):
+        nodes_ = (url + "/v2", url + "/v2")
+        with channel(nodes_, watcher) as ws:
+            initial, restarted = receive(ws), receive(ws)
+        assert summary(initial) == (1, STATE, item, "SCHEDULED")
+        assert summary(restarted) == (2, 4, GLOBAL, None)
+        assert restarted["00741242"]["Value"] == ["RESTARTED"]
+        assert restarted["00741244"]["Value"] == ["WARM START"]
+        assert restarted["00741246"]["Value"] == ["WARM START"]
+        with channel(nodes_, other) as ws:
+            reports = [receive(ws) for _ in range(2)]
+            with pytest.raises(TimeoutError):  # one report per start, not one per process
+                ws.recv(timeout=1.5)
+        assert [r["00001002"]["Value"][0] for r in reports] == [STATE, 4]
+        with httpx.Client(base_url=url + "/v2", timeout=30) as http:  # still subscribed
+            assert change(http, item, "IN PROGRESS", A).status_code == 200
+        with channel(nodes_, watcher) as ws:
+            assert summary(receive(ws)) == (3, STATE, item, "IN PROGRESS")

@@ -107,6 +107,22 @@ def state_report(ds: dict[str, Any]) -> dict[str, Any]:
     return report(STATE_REPORT, ups.text(ds, ups.SOP_INSTANCE) or "", information)
 
 
+WARM_START = "WARM START"  # the lists were kept across the restart (PS3.4 CC.2.4.2)
+
+
+def scp_status_change(status: str = "RESTARTED") -> dict[str, Any]:
+    """SCP Status Change (Event Type ID 4, Table CC.2.4-1) about the well-known Global
+    Subscription instance: the SCP's status, and that its subscription and UPS lists
+    survived the restart (WARM START: they live in the index, which a node's restart does
+    not touch)."""
+    information = {
+        ups.key("SCPStatus"): {"vr": "CS", "Value": [status]},
+        ups.key("SubscriptionListStatus"): {"vr": "CS", "Value": [WARM_START]},
+        ups.key("UnifiedProcedureStepListStatus"): {"vr": "CS", "Value": [WARM_START]},
+    }
+    return report(SCP_STATUS_CHANGE, GLOBAL, information)
+
+
 def cancel_requested(uid: str, request: dict[str, Any]) -> dict[str, Any]:
     """UPS Cancel Requested: the request's reason and contact (Table CC.2.2-1)."""
     information = {
