@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.routing import Route
-from starlette.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
@@ -186,10 +186,14 @@ def test_the_event_channel_needs_a_token_and_the_read_action(client, issuer):
         if kind == "no role":
             header = "Bearer " + issuer.token(roles=[])
         headers = {"Authorization": header} if header else {}
-        with pytest.raises(WebSocketDisconnect) as refused:
+        with pytest.raises(WebSocketDenialResponse) as refused:
             with client.websocket_connect("/v2/subscribers/WATCHER", headers=headers):
                 pass
-        assert refused.value.code == 1008, kind
+        expected = 403 if kind == "no role" else 401
+        assert refused.value.status_code == expected, kind
+        assert refused.value.headers["content-type"] == "application/problem+json"
+        if expected == 401:
+            assert refused.value.headers["www-authenticate"].startswith("Bearer"), kind
     reader = {"Authorization": "Bearer " + issuer.token(roles=["globalReader"])}
     with client.websocket_connect("/v2/subscribers/WATCHER", headers=reader) as ws:
         ws.close()
@@ -378,3 +382,62 @@ def test_serve_refuses_to_expose_an_unauthenticated_archive(tmp_path):
         allowed.terminate()
         _, err = allowed.communicate(timeout=10)
     assert "WITHOUT authentication" in err
+
+
+def test_refused_event_channel_handshakes_are_audited(issuer, tmp_path):
+    """A real server and the `websockets` client: each refused handshake (no token, a bad
+    one, no read action, a malformed AE title) is answered with its status and request id and
+    leaves exactly one audit entry; an accepted channel leaves exactly one too."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from tests.conftest import running_server
+
+    def token(*roles: str, sub: str) -> dict[str, str]:
+        return {"Authorization": "Bearer " + issuer.token(roles=list(roles), sub=sub)}
+
+    cases = [  # AE title, headers, status, principal
+        ("NOTOKEN", {}, 401, None),
+        ("BADTOKEN", {"Authorization": "Bearer " + issuer.token(aud="someone-else")}, 401, None),
+        ("NOROLE", token(sub="nobody"), 403, "nobody"),
+        ("A" * 17, token("globalReader", sub="reader"), 400, "reader"),
+    ]
+    env = {"auth_issuer": issuer.url, "auth_audience": AUDIENCE}
+    with running_server(tmp_path, **env) as (url, _):
+        base = url.replace("http", "ws", 1) + "/v2/subscribers/"
+        for n, (title, headers, status, _) in enumerate(cases):
+            rid = f"ws-refused-{n}"
+            with pytest.raises(InvalidStatus) as refused:
+                with connect(base + title, additional_headers={**headers, "X-Request-Id": rid}):
+                    pass
+            assert refused.value.response.status_code == status, title
+            assert refused.value.response.headers["x-request-id"] == rid
+        with connect(
+            base + "OPENED",
+            additional_headers={**token("globalReader", sub="reader"), "X-Request-Id": "ws-ok"},
+        ) as ws:
+            assert ws.response.headers["x-request-id"] == "ws-ok"
+        admin = token("globalAdmin", sub="root")
+        wanted = {f"ws-refused-{n}" for n in range(len(cases))} | {"ws-ok"}
+        entries: list[dict] = []
+        for _ in range(300):  # written in batches
+            found = httpx.get(f"{url}/v2/audit", headers=admin, params={"limit": 1000}).json()
+            entries = [e for e in found if e["requestId"] in wanted]
+            if {e["requestId"] for e in entries} == wanted:
+                break
+            time.sleep(0.1)
+        time.sleep(1.5)  # a second entry for one handshake would have come by now
+        found = httpx.get(f"{url}/v2/audit", headers=admin, params={"limit": 1000}).json()
+        entries = [e for e in found if e["requestId"] in wanted]
+    assert sorted(e["requestId"] for e in entries) == sorted(wanted)  # one entry each
+    by_id = {e["requestId"]: e for e in entries}
+    for n, (title, _, status, principal) in enumerate(cases):
+        entry = by_id[f"ws-refused-{n}"]
+        assert (entry["status"], entry["principal"], entry["route"]) == (
+            status,
+            principal,
+            "v2-events",
+        ), title
+        assert entry["action"] == "read" and entry["detail"]["subscriber"] == title[:64]
+    opened = by_id["ws-ok"]
+    assert (opened["status"], opened["principal"]) == (101, "reader")

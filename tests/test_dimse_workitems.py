@@ -433,6 +433,25 @@ def test_n_create_refusals_create_nothing(served, change, status):
     assert httpx.get(f"{base}/v2/workitems/{item}").status_code == 404
 
 
+def test_n_create_checks_the_conditional_requirements(served):
+    """Table CC.2.5-3's conditions (conformance section 11) over DIMSE: a code item without
+    its meaning, a request without its study: 0x0120, nothing created."""
+    base, port = served
+    code = {"00080100": {"vr": "SH", "Value": ["CT1"]}, "00080102": {"vr": "SH", "Value": ["L"]}}
+    request = {"00080050": {"vr": "SH", "Value": ["ACC-C"]}}
+    for broken in (
+        {"00404025": {"vr": "SQ", "Value": [code]}},
+        {"0040A370": {"vr": "SQ", "Value": [request]}},
+    ):
+        item = new_uid()
+        ds = Dataset.from_json({**workitem(PatientID="U-conditions"), **broken})
+        ds.ProcedureStepState = "SCHEDULED"
+        with Ups(port) as ups:
+            assert ups.create(item, ds) == 0x0120, broken
+            assert ups.get(item)[0] == 0xC307
+        assert httpx.get(f"{base}/v2/workitems/{item}").status_code == 404
+
+
 PERFORMED = {
     "00741216": {
         "vr": "SQ",

@@ -63,3 +63,41 @@ def test_queues_acknowledgements_and_retention(engine, tmp_path):
     assert [(n, t) for n, t in two][1:] == [(2, "created"), (3, "a"), (4, "b")]
     assert [n for n, _ in after_ack] == [3, 4]
     assert kept == one and purged == []
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_status_change_reaches_every_subscriber_once(engine, tmp_path):
+    """The SCP Status Change of a node's start: one report to each AE title holding a global
+    subscription or one to a workitem (an AE title with both: once), numbered after its
+    queue; nobody else."""
+    with index_database(engine) as url:
+
+        async def run():
+            index = open_index(engine, url, tmp_path)
+            await index.start()
+            try:
+                now = utcnow()
+                assert await index.report_to_every_subscriber("none", now) == 0
+                await index.add_workitem("1.2.7", "SCHEDULED", DATASET, [], now, ["created"])
+                assert await index.subscribe_workitem("AE1", "1.2.7", False, now)
+                assert await index.subscribe_all(
+                    "AE2", "1.2.840.10008.5.1.4.34.5", False, None, now
+                )
+                assert await index.subscribe_workitem("AE2", "1.2.7", False, now)
+                assert await index.subscribe_workitem("AE3", "1.2.7", False, now)
+                assert await index.unsubscribe_workitem("AE3", "1.2.7")  # no longer subscribed
+                sent = await index.report_to_every_subscriber("restarted", now)
+                queues = [await index.pending_workitem_events(ae, 0, 10) for ae in AES]
+                return sent, queues
+            finally:
+                await index.close()
+
+        sent, (ae1, ae2, ae3) = asyncio.run(run())
+    assert sent == 2
+    # AE1: its initial report, then this; AE2: two initial reports (global, then the
+    # workitem's), then this once; AE3 unsubscribed: nothing queued
+    assert ae1[-1] == (2, "restarted") and ae2[-1] == (3, "restarted")
+    assert [t for _, t in ae2].count("restarted") == 1 and ae3 == []
+
+
+AES = ("AE1", "AE2", "AE3")

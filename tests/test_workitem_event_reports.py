@@ -75,4 +75,23 @@ def test_a_numbered_report_carries_its_sequence():
     report = wev.numbered(wev.state_report(ds(state="SCHEDULED")), 7)
     assert report["00091001"] == {"vr": "UL", "Value": [7]}
     assert report["00090010"]["Value"] == ["DICOMHUB"]
+    assert report["00000110"] == {"vr": "US", "Value": [7]}  # Message ID
+    assert list(report) == sorted(report)
+
+
+def test_the_message_id_stays_within_its_vr():
+    report = wev.numbered(wev.state_report(ds(state="SCHEDULED")), 65536)
+    assert report["00000110"]["Value"] == [1] and report["00091001"]["Value"] == [65536]
+
+
+def test_the_scp_status_change_report():
+    """Event Type ID 4 (Table CC.2.4-1) about the Global Subscription instance: RESTARTED,
+    and both lists kept (WARM START)."""
+    report = wev.scp_status_change()
+    assert report["00001002"]["Value"] == [4]
+    assert report["00001000"]["Value"] == ["1.2.840.10008.5.1.4.34.5"]
+    assert report["00000002"]["Value"] == ["1.2.840.10008.5.1.4.34.6.1"]
+    assert report["00741242"] == {"vr": "CS", "Value": ["RESTARTED"]}  # SCPStatus
+    assert report["00741244"]["Value"] == ["WARM START"]  # SubscriptionListStatus
+    assert report["00741246"]["Value"] == ["WARM START"]  # UnifiedProcedureStepListStatus
     assert list(report) == sorted(report)

@@ -23,6 +23,7 @@ from tests.test_workitems import (
     PERFORMED,
     A,
     change,
+    code,
     create,
     dataset,
     new_uid,
@@ -79,8 +80,10 @@ def channel(nodes, subscriber: str, node: int = 1):
 
 
 def receive(ws) -> dict:
-    """The next report: one DICOM JSON dataset (an array of one), with its sequence number."""
-    (report,) = json.loads(ws.recv(timeout=WAIT))
+    """The next report: one DICOM JSON dataset (an object, PS3.18 8.10.5.1.1), with its
+    sequence number."""
+    report = json.loads(ws.recv(timeout=WAIT))
+    assert isinstance(report, dict)
     return report
 
 
@@ -137,7 +140,7 @@ def test_a_subscriber_on_node_b_gets_the_changes_made_on_node_a_in_order(nodes, 
         assert initial["00404041"]["Value"] == ["READY"]  # InputReadinessState
         assert change(a, item, "IN PROGRESS", A).status_code == 200
         assert update(a, item, progress(50), A).status_code == 200
-        station = dataset(ScheduledStationNameCodeSequence=[{"CodeValue": "STATION-B"}])
+        station = dataset(ScheduledStationNameCodeSequence=[code("STATION-B")])
         assert update(a, item, station, A).status_code == 200
         assert update(a, item, PERFORMED, A).status_code == 200  # no report: nothing watched
         assert change(a, item, "COMPLETED", A).status_code == 200
@@ -326,7 +329,9 @@ def test_a_malformed_ae_title_cannot_open_a_channel(nodes):
     with pytest.raises(InvalidStatus) as refused_:
         with channel(nodes, "A" * 17):
             pass
-    assert refused_.value.response.status_code == 403
+    assert refused_.value.response.status_code == 400  # the denial response, PS3.18 8.3
+    assert refused_.value.response.headers["content-type"] == "application/problem+json"
+    assert json.loads(refused_.value.response.body)["dicomStatus"] == "0106"
 
 
 def test_each_channel_is_audited(nodes, a):
@@ -350,6 +355,38 @@ def test_each_channel_is_audited(nodes, a):
             break
         threading.Event().wait(0.1)
     seen = {(e["detail"]["subscriber"], e["status"], e["action"]) for e in entries}
-    assert seen == {(watcher, 101, "read"), ("BAD\\AE", 403, "read")}
+    assert seen == {(watcher, 101, "read"), ("BAD\\AE", 400, "read")}
+    assert len(entries) == 2 and all(e["requestId"] for e in entries)  # one entry per channel
     (opened,) = [e for e in entries if e["status"] == 101]
     assert opened["detail"]["reports"] == 1 and opened["detail"]["last_sequence"] == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_restarted_node_reports_its_status_change(tmp_path, workers):
+    """PS3.4 CC.2.4.2: when the node starts again, each subscriber is sent one SCP Status
+    Change (RESTARTED, WARM START: its subscriptions and the workitems were kept), after the
+    reports it already had, and keeps its subscriptions."""
+    watcher, other = title(), title()
+    with running_server(tmp_path, workers=workers) as (url, _):
+        with httpx.Client(base_url=url + "/v2", timeout=30) as http:
+            item = scheduled(http)
+            assert subscribe(http, item, watcher).status_code == 201
+            assert subscribe(http, GLOBAL, other).status_code == 201
+    with running_server(tmp_path, workers=workers) as (url, _):
+        nodes_ = (url + "/v2", url + "/v2")
+        with channel(nodes_, watcher) as ws:
+            initial, restarted = receive(ws), receive(ws)
+        assert summary(initial) == (1, STATE, item, "SCHEDULED")
+        assert summary(restarted) == (2, 4, GLOBAL, None)
+        assert restarted["00741242"]["Value"] == ["RESTARTED"]
+        assert restarted["00741244"]["Value"] == ["WARM START"]
+        assert restarted["00741246"]["Value"] == ["WARM START"]
+        with channel(nodes_, other) as ws:
+            reports = [receive(ws) for _ in range(2)]
+            with pytest.raises(TimeoutError):  # one report per start, not one per process
+                ws.recv(timeout=1.5)
+        assert [r["00001002"]["Value"][0] for r in reports] == [STATE, 4]
+        with httpx.Client(base_url=url + "/v2", timeout=30) as http:  # still subscribed
+            assert change(http, item, "IN PROGRESS", A).status_code == 200
+        with channel(nodes_, watcher) as ws:
+            assert summary(receive(ws)) == (3, STATE, item, "IN PROGRESS")

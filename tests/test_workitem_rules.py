@@ -129,3 +129,182 @@ def test_final_state_requirements():
     with pytest.raises(WorkitemConflict):  # each item of the sequence
         empty_item = {"00741216": {"vr": "SQ", "Value": [{}]}}
         ups.check_final_state({**claimed, **PERFORMED, **empty_item}, "COMPLETED")
+
+
+# -- Table CC.2.5-3's conditional requirements (N-CREATE), decided from the dataset ------------
+
+
+def _raw(keyword: str, *items: dict) -> dict:
+    """``keyword`` as a sequence of ``items`` as given (no completion of what they lack)."""
+    return dataset(**{keyword: list(items)})
+
+
+def _refused(ds: dict, status: str, *named: str) -> None:
+    with pytest.raises(WorkitemInvalid) as refused:
+        ups.new_workitem(ds, None, "2.25.1", NOW)
+    assert refused.value.code == status
+    for name in named:
+        assert name in str(refused.value), (name, str(refused.value))
+
+
+CODE = {"CodeValue": "CT1", "CodingSchemeDesignator": "99DH", "CodeMeaning": "CT one"}
+NO_VALUE = {"CodingSchemeDesignator": "99DH", "CodeMeaning": "CT one"}
+CONDITIONS = {  # case: (the attribute as sent, status, what the message names)
+    "a code item without a code value": (
+        _raw("ScheduledStationNameCodeSequence", NO_VALUE),
+        "0120",
+        ("ScheduledStationNameCodeSequence[1]", "CodeValue"),
+    ),
+    "a code item with an empty code value": (
+        _raw("ScheduledStationNameCodeSequence", {**NO_VALUE, "CodeValue": []}),
+        "0121",
+        ("ScheduledStationNameCodeSequence[1]",),
+    ),
+    "a code item with two code values": (
+        _raw("ScheduledWorkitemCodeSequence", {**CODE, "URNCodeValue": "urn:x"}),
+        "0106",
+        ("ScheduledWorkitemCodeSequence[1]", "CodeValue and URNCodeValue"),
+    ),
+    "a code value without its coding scheme": (
+        _raw("ScheduledStationClassCodeSequence", {"CodeValue": "CT", "CodeMeaning": "CT"}),
+        "0120",
+        ("ScheduledStationClassCodeSequence[1].CodingSchemeDesignator", "00080102", "1C"),
+    ),
+    "a long code value without its coding scheme": (
+        _raw(
+            "ScheduledStationGeographicLocationCodeSequence",
+            {"LongCodeValue": "A" * 20, "CodeMeaning": "West wing"},
+        ),
+        "0120",
+        ("CodingSchemeDesignator", "with LongCodeValue"),
+    ),
+    "a code item without its meaning (the second item)": (
+        _raw("ScheduledStationNameCodeSequence", CODE, {**CODE, "CodeMeaning": None}),
+        "0120",
+        ("ScheduledStationNameCodeSequence[2].CodeMeaning", "00080104"),
+    ),
+    "a code item with an empty meaning": (
+        _raw("ScheduledStationNameCodeSequence", {**CODE, "CodeMeaning": []}),
+        "0121",
+        ("CodeMeaning",),
+    ),
+    "a human performer without a code": (
+        _raw("ScheduledHumanPerformersSequence", {"HumanPerformerName": "Smith^Jo"}),
+        "0120",
+        ("ScheduledHumanPerformersSequence[1].HumanPerformerCodeSequence", "00404009"),
+    ),
+    "a human performer code without a meaning": (
+        _raw(
+            "ScheduledHumanPerformersSequence",
+            {"HumanPerformerCodeSequence": [{"CodeValue": "X", "CodingSchemeDesignator": "L"}]},
+        ),
+        "0120",
+        ("HumanPerformerCodeSequence[1].CodeMeaning",),
+    ),
+    "a request without its study": (
+        _raw(
+            "ReferencedRequestSequence",
+            {
+                "AccessionNumber": "A1",
+                "IssuerOfAccessionNumberSequence": [],
+                "RequestedProcedureID": "R1",
+                "RequestedProcedureDescription": [],
+                "RequestedProcedureCodeSequence": [],
+            },
+        ),
+        "0120",
+        ("ReferencedRequestSequence[1].StudyInstanceUID", "Type 1"),
+    ),
+    "a request without a Type 2 attribute": (
+        _raw(
+            "ReferencedRequestSequence",
+            {"StudyInstanceUID": "1.2.3", "AccessionNumber": "A1", "RequestedProcedureID": "R1"},
+        ),
+        "0120",
+        ("ReferencedRequestSequence[1].IssuerOfAccessionNumberSequence", "Type 2"),
+    ),
+    "a processing parameter without a value type": (
+        _raw("ScheduledProcessingParametersSequence", {"ConceptNameCodeSequence": [CODE]}),
+        "0120",
+        ("ScheduledProcessingParametersSequence[1].ValueType",),
+    ),
+    "a processing parameter of an unknown value type": (
+        _raw(
+            "ScheduledProcessingParametersSequence",
+            {"ValueType": "CONTAINER", "ConceptNameCodeSequence": [CODE]},
+        ),
+        "0106",
+        ("ValueType", "CONTAINER"),
+    ),
+    "a processing parameter without its concept name": (
+        _raw("ScheduledProcessingParametersSequence", {"ValueType": "TEXT", "TextValue": "x"}),
+        "0120",
+        ("ConceptNameCodeSequence",),
+    ),
+    "a TEXT parameter without its text": (
+        _raw(
+            "ScheduledProcessingParametersSequence",
+            {"ValueType": "TEXT", "ConceptNameCodeSequence": [CODE]},
+        ),
+        "0120",
+        ("ScheduledProcessingParametersSequence[1].TextValue", "for ValueType TEXT"),
+    ),
+    "a NUMERIC parameter without its units": (
+        _raw(
+            "ScheduledProcessingParametersSequence",
+            {"ValueType": "NUMERIC", "ConceptNameCodeSequence": [CODE], "NumericValue": "3"},
+        ),
+        "0120",
+        ("MeasurementUnitsCodeSequence", "for ValueType NUMERIC"),
+    ),
+    "a CODE parameter whose concept lacks its meaning": (
+        _raw(
+            "ScheduledProcessingParametersSequence",
+            {
+                "ValueType": "CODE",
+                "ConceptNameCodeSequence": [CODE],
+                "ConceptCodeSequence": [{"CodeValue": "X", "CodingSchemeDesignator": "L"}],
+            },
+        ),
+        "0120",
+        ("ConceptCodeSequence[1].CodeMeaning",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONDITIONS)
+def test_conditional_requirements_are_checked(case):
+    attribute, status, named = CONDITIONS[case]
+    _refused({**workitem(), **attribute}, status, *named)
+
+
+def test_datasets_meeting_the_conditions_are_taken():
+    urn = {"URNCodeValue": "urn:oid:1.2.3", "CodeMeaning": "by URN"}  # no designator needed
+    long_code = {"LongCodeValue": "A" * 20, "CodingSchemeDesignator": "L", "CodeMeaning": "long"}
+    ds = {
+        **workitem(),
+        **_raw("ScheduledWorkitemCodeSequence", CODE, urn, long_code),
+        **_raw("ScheduledHumanPerformersSequence", {"HumanPerformerCodeSequence": [CODE]}),
+        **_raw(
+            "ScheduledProcessingParametersSequence",
+            {"ValueType": "TEXT", "ConceptNameCodeSequence": [CODE], "TextValue": "fast"},
+            {
+                "ValueType": "NUMERIC",
+                "ConceptNameCodeSequence": [CODE],
+                "NumericValue": "2.5",
+                "MeasurementUnitsCodeSequence": [CODE],
+            },
+            {"ValueType": "CODE", "ConceptNameCodeSequence": [CODE], "ConceptCodeSequence": [urn]},
+        ),
+        **_raw("ScheduledStationNameCodeSequence"),  # Type 2, empty: no item to check
+    }
+    uid, created = ups.new_workitem(ds, None, "2.25.1", NOW)
+    assert uid == "2.25.1" and created[ups.STATE]["Value"] == ["SCHEDULED"]
+
+
+def test_an_update_may_not_break_the_conditions():
+    _, stored = ups.new_workitem(workitem(), None, "2.25.1", NOW)
+    change = _raw("ScheduledStationNameCodeSequence", {"CodeValue": "CT2"})
+    with pytest.raises(WorkitemInvalid) as refused:
+        ups.updated(stored, change, NOW)
+    assert refused.value.code == "0120" and "CodingSchemeDesignator" in str(refused.value)

@@ -57,6 +57,19 @@ KEYWORDS = {  # keyword: (tag, VR)
     "UnifiedProcedureStepPerformedProcedureSequence": ("00741216", "SQ"),
     "WorklistLabel": ("00741202", "LO"),
     "ProcedureStepLabel": ("00741204", "LO"),
+    "HumanPerformerCodeSequence": ("00404009", "SQ"),
+    "IssuerOfAccessionNumberSequence": ("00080051", "SQ"),
+    "RequestedProcedureDescription": ("00321060", "LO"),
+    "RequestedProcedureCodeSequence": ("00321064", "SQ"),
+    "ScheduledProcessingParametersSequence": ("00741210", "SQ"),
+    "ValueType": ("0040A040", "CS"),
+    "ConceptNameCodeSequence": ("0040A043", "SQ"),
+    "NumericValue": ("0040A30A", "DS"),
+    "MeasurementUnitsCodeSequence": ("004008EA", "SQ"),
+    "TextValue": ("0040A160", "UT"),
+    "LongCodeValue": ("00080119", "UC"),
+    "URNCodeValue": ("00080120", "UR"),
+    "ConceptCodeSequence": ("0040A168", "SQ"),
 }
 
 
@@ -104,7 +117,43 @@ def workitem(**overrides) -> dict:
         "ScheduledStationGeographicLocationCodeSequence": [],
     }
     attributes.update(overrides)
-    return dataset(**attributes)
+    return dataset(**{k: complete(k, v) for k, v in attributes.items()})
+
+
+SCHEDULED_CODES = (
+    "ScheduledWorkitemCodeSequence",
+    "ScheduledStationNameCodeSequence",
+    "ScheduledStationClassCodeSequence",
+    "ScheduledStationGeographicLocationCodeSequence",
+)
+
+
+def code(value: str, meaning: str | None = None) -> dict:
+    """A code item as Table CC.2.5-3 (the Code Sequence Macro) requires it."""
+    return {"CodeValue": value, "CodingSchemeDesignator": "99DH", "CodeMeaning": meaning or value}
+
+
+def complete(keyword: str, value):
+    """The items of a workitem's sequence with what Table CC.2.5-3 requires of them, where a
+    test leaves it out (a code's designator and meaning, a request's Type 1 and 2 attributes,
+    a performer's code): tests name what they are about."""
+    if not isinstance(value, list) or not value or not isinstance(value[0], dict):
+        return value
+    if keyword in SCHEDULED_CODES:
+        return [{**code(item.get("CodeValue", "X")), **item} for item in value]
+    if keyword == "ScheduledHumanPerformersSequence":
+        return [{"HumanPerformerCodeSequence": [code("HP")], **item} for item in value]
+    if keyword == "ReferencedRequestSequence":
+        request = {
+            "StudyInstanceUID": uid(1),
+            "AccessionNumber": [],
+            "IssuerOfAccessionNumberSequence": [],
+            "RequestedProcedureID": [],
+            "RequestedProcedureDescription": [],
+            "RequestedProcedureCodeSequence": [],
+        }
+        return [{**request, **item} for item in value]
+    return value
 
 
 _numbers = iter(range(1, 10**6))
@@ -271,6 +320,25 @@ def test_invalid_datasets_are_refused_and_nothing_is_created(http, case):
     item = new_uid()
     refused(create(http, body, "?" + item), 400, code)
     assert http.get(f"/workitems/{item}").status_code == 404
+
+
+def test_conditional_requirements_are_checked_over_http(http):
+    """Table CC.2.5-3's conditions the dataset decides (conformance section 11): a code item
+    without its coding scheme designator is refused, 400 0120, naming it; nothing created."""
+    item = new_uid()
+    station = {"vr": "SQ", "Value": [dataset(CodeValue="CT1", CodeMeaning="CT one")]}
+    r = create(http, [{**workitem(), "00404025": station}], "?" + item)
+    refused(r, 400, "0120")
+    detail = r.json()["detail"]
+    assert "ScheduledStationNameCodeSequence[1].CodingSchemeDesignator (00080102)" in detail
+    assert http.get(f"/workitems/{item}").status_code == 404
+    # an update may not break them either: the workitem unchanged
+    assert create(http, [workitem()], "?" + item).status_code == 201
+    performers = {"vr": "SQ", "Value": [dataset(HumanPerformerName="Smith^Jo")]}
+    r = update(http, item, {"00404034": performers})
+    refused(r, 400, "0120")
+    assert "HumanPerformerCodeSequence" in r.json()["detail"]
+    assert "00404034" not in retrieve(http, item)
 
 
 def test_bad_create_requests(http):
@@ -443,7 +511,7 @@ def test_cancel_request_with_a_bad_body(http):
 
 def test_update_a_scheduled_workitem(http):
     item = scheduled(http)
-    stations = [{"CodeValue": "STATION-B"}, {"CodeValue": "STATION-C"}]
+    stations = [code("STATION-B"), code("STATION-C")]
     r = update(
         http, item, dataset(WorklistLabel="NIGHT", ScheduledStationNameCodeSequence=stations)
     )

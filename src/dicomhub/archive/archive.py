@@ -23,7 +23,7 @@ from dicomhub.archive.thumbnails import ThumbnailService
 from dicomhub.archive.workitem_events import WorkitemEventService
 from dicomhub.archive.workitems import WorkitemService
 from dicomhub.clock import utcnow
-from dicomhub.errors import Forbidden, InsufficientStorage, Unavailable
+from dicomhub.errors import DicomhubError, Forbidden, InsufficientStorage, Unavailable
 from dicomhub.settings_groups import ArchiveSettings
 from dicomhub.storage.protocols import AuditSink, BlobStore, IndexStore, OpenSink
 
@@ -94,7 +94,11 @@ class Archive:
         stores in progress) -- only safe while no other process is storing."""
         await self.index.start()
         await self.blobs.start()
-        if recover:
+        if recover:  # the node starts (once per `serve`, whatever its processes)
+            try:
+                await self.workitem_events.restarted()
+            except DicomhubError as exc:  # subscribers miss one report; serving goes on
+                log.warning("the SCP Status Change report was not queued: %s", exc)
             clear_spool(self.spool_dir)
             if not self.index.shared:  # no other process is storing: every upload is dead
                 try:

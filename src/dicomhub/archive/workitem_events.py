@@ -17,6 +17,7 @@ import orjson
 
 from dicomhub.clock import utcnow
 from dicomhub.dicom import workitem_events as wev
+from dicomhub.dicom.json_model import compact
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import WorkitemConflict, WorkitemInvalid, WorkitemNotFound
 from dicomhub.storage.protocols import WorkitemEvents
@@ -86,10 +87,16 @@ class WorkitemEventService:
     async def pending(self, subscriber: str, after: int) -> list[tuple[int, bytes]]:
         """(sequence, DICOM JSON text) of the next reports numbered after ``after``."""
         found = await self.index.pending_workitem_events(subscriber, after, BATCH)
-        return [(n, orjson.dumps([wev.numbered(orjson.loads(text), n)])) for n, text in found]
+        return [(n, orjson.dumps(wev.numbered(orjson.loads(text), n))) for n, text in found]
 
     async def delivered(self, subscriber: str, sequence: int) -> None:
         await self.index.acknowledge_workitem_events(subscriber, sequence)
+
+    async def restarted(self) -> int:
+        """The node started (PS3.4 CC.2.4.2): an SCP Status Change (RESTARTED, WARM START)
+        to every subscriber, queued like every report; how many it went to."""
+        report = compact(wev.scp_status_change())
+        return await self.index.report_to_every_subscriber(report, utcnow())
 
     async def purge_expired(self) -> None:
         """Drop the reports queued longer than ``RETENTION`` and never delivered (run by the

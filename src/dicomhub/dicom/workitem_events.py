@@ -23,6 +23,7 @@ FILTERED_GLOBAL = "1.2.840.10008.5.1.4.34.5.1"  # the Filtered Global Subscripti
 # Event Type IDs (PS3.4 CC.2.4)
 STATE_REPORT, CANCEL_REQUESTED, PROGRESS_REPORT, SCP_STATUS_CHANGE, ASSIGNED = 1, 2, 3, 4, 5
 AFFECTED_CLASS, AFFECTED_INSTANCE, EVENT_TYPE = "00000002", "00001000", "00001002"
+MESSAGE_ID = "00000110"  # Message ID (PS3.7 Table 10.3-1)
 CREATOR, SEQUENCE = "00090010", "00091001"  # private block 0x10 of group 0009
 CREATOR_NAME = "DICOMHUB"
 INPUT_READINESS = ups.key("InputReadinessState")
@@ -106,6 +107,22 @@ def state_report(ds: dict[str, Any]) -> dict[str, Any]:
     return report(STATE_REPORT, ups.text(ds, ups.SOP_INSTANCE) or "", information)
 
 
+WARM_START = "WARM START"  # the lists were kept across the restart (PS3.4 CC.2.4.2)
+
+
+def scp_status_change(status: str = "RESTARTED") -> dict[str, Any]:
+    """SCP Status Change (Event Type ID 4, Table CC.2.4-1) about the well-known Global
+    Subscription instance: the SCP's status, and that its subscription and UPS lists
+    survived the restart (WARM START: they live in the index, which a node's restart does
+    not touch)."""
+    information = {
+        ups.key("SCPStatus"): {"vr": "CS", "Value": [status]},
+        ups.key("SubscriptionListStatus"): {"vr": "CS", "Value": [WARM_START]},
+        ups.key("UnifiedProcedureStepListStatus"): {"vr": "CS", "Value": [WARM_START]},
+    }
+    return report(SCP_STATUS_CHANGE, GLOBAL, information)
+
+
 def cancel_requested(uid: str, request: dict[str, Any]) -> dict[str, Any]:
     """UPS Cancel Requested: the request's reason and contact (Table CC.2.2-1)."""
     information = {
@@ -133,9 +150,13 @@ def change_reports(before: dict[str, Any], after: dict[str, Any]) -> list[dict[s
 
 
 def numbered(report_: dict[str, Any], sequence: int) -> dict[str, Any]:
-    """A queued report as sent: with its sequence number (the subscriber's, from 1)."""
+    """A queued report as sent: with its sequence number (the subscriber's, from 1) in the
+    private element (0009,1001), and the Message ID (0000,0110) that PS3.18 11.13's example
+    and PS3.7 Table 10.3-1 (N-EVENT-REPORT-RQ, mandatory) give it: the sequence number
+    folded into the 1-65535 of its VR US."""
     out = {
         **report_,
+        MESSAGE_ID: {"vr": "US", "Value": [(sequence - 1) % 65535 + 1]},
         CREATOR: {"vr": "LO", "Value": [CREATOR_NAME]},
         SEQUENCE: {"vr": "UL", "Value": [sequence]},
     }

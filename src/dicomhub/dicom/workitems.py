@@ -58,8 +58,9 @@ MODIFIED = key("ScheduledProcedureStepModificationDateTime")
 PROGRESS = key("ProcedureStepProgressInformationSequence")
 
 # Table CC.2.5-3, the N-CREATE requirements: Type 1 (present with a value; the enumerated ones
-# with one of their values) and Type 2 (present, possibly empty). Conditional requirements (1C,
-# 2C) are not checked, as in Microsoft's server.
+# with one of their values) and Type 2 (present, possibly empty). The conditional ones that the
+# dataset alone decides are checked by _check_conditions (below); conformance section 11 lists
+# them, and those only the SCU can decide.
 REQUIRED = (
     "ScheduledProcedureStepPriority",
     "ProcedureStepLabel",
@@ -285,6 +286,116 @@ def _check_requirements(ds: dict[str, Any]) -> None:
     for keyword in PRESENT:
         if key(keyword) not in ds:
             raise invalid(MISSING, f"{keyword} ({key(keyword)}) is required (Type 2)")
+    _check_conditions(ds)
+
+
+# -- Table CC.2.5-3's conditional requirements (N-CREATE) that the dataset decides -------------
+
+# the code sequences of the Scheduled Procedure Information module, whose items are codes
+SCHEDULED_CODES = (
+    "ScheduledWorkitemCodeSequence",
+    "ScheduledStationNameCodeSequence",
+    "ScheduledStationClassCodeSequence",
+    "ScheduledStationGeographicLocationCodeSequence",
+)
+# Referenced Request Sequence: what each of its items holds (Type 1; Type 2)
+REQUEST_TYPE1 = ("StudyInstanceUID",)
+REQUEST_TYPE2 = (
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
+    "RequestedProcedureCodeSequence",
+)
+# Content Item Macro (PS3.3 Table 10-2), of Scheduled Processing Parameters Sequence items:
+# the attribute(s) each Value Type requires (1C)
+CONTENT_VALUES = {
+    "DATETIME": ("DateTime",),
+    "DATE": ("Date",),
+    "TIME": ("Time",),
+    "PNAME": ("PersonName",),
+    "UIDREF": ("UID",),
+    "TEXT": ("TextValue",),
+    "CODE": ("ConceptCodeSequence",),
+    "NUMERIC": ("NumericValue", "MeasurementUnitsCodeSequence"),
+    "COMPOSITE": ("ReferencedSOPSequence",),
+    "IMAGE": ("ReferencedSOPSequence",),
+}
+CODE_VALUES = ("CodeValue", "LongCodeValue", "URNCodeValue")
+
+
+def _items(ds: dict[str, Any], keyword: str, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """(path, item) of each item of ``keyword`` in ``ds`` (none when absent or empty)."""
+    values = (ds.get(key(keyword)) or {}).get("Value") or []
+    return [(f"{where}{keyword}[{n}]", item) for n, item in enumerate(values, 1)]
+
+
+def _type1(ds: dict[str, Any], keyword: str, where: str, why: str = "Type 1") -> None:
+    tag = key(keyword)
+    if tag not in ds:
+        raise invalid(MISSING, f"{where}.{keyword} ({tag}) is required ({why})")
+    if not _has_value(ds, tag):
+        raise invalid(MISSING_VALUE, f"{where}.{keyword} ({tag}) needs a value ({why})")
+
+
+def _type2(ds: dict[str, Any], keyword: str, where: str) -> None:
+    if key(keyword) not in ds:
+        raise invalid(MISSING, f"{where}.{keyword} ({key(keyword)}) is required (Type 2)")
+
+
+def check_code(item: dict[str, Any], where: str) -> None:
+    """A code item (the Code Sequence Macro, PS3.3 Table 8.8-1): exactly one of CodeValue,
+    LongCodeValue, URNCodeValue (1C, which one depends on the code's form); the Coding Scheme
+    Designator with a CodeValue or LongCodeValue (1C); the Code Meaning (1)."""
+    given = [k for k in CODE_VALUES if _has_value(item, key(k))]
+    if not given:
+        if any(key(k) in item for k in CODE_VALUES):
+            raise invalid(MISSING_VALUE, f"{where}: the code value is empty (1C)")
+        raise invalid(MISSING, f"{where} needs CodeValue, LongCodeValue or URNCodeValue (1C)")
+    if len(given) > 1:
+        raise invalid(INVALID_VALUE, f"{where} holds {' and '.join(given)}: one code value only")
+    if given[0] != "URNCodeValue":
+        _type1(item, "CodingSchemeDesignator", where, f"1C, with {given[0]}")
+    _type1(item, "CodeMeaning", where)
+
+
+def _codes(ds: dict[str, Any], keyword: str, where: str) -> None:
+    for path, item in _items(ds, keyword, where):
+        check_code(item, path)
+
+
+def _check_conditions(ds: dict[str, Any]) -> None:
+    """Table CC.2.5-3's conditional requirements that the dataset decides: what the items of
+    its sequences hold once they are there. 400 with 0120 (missing), 0121 (empty) or 0106."""
+    for keyword in SCHEDULED_CODES:
+        _codes(ds, keyword, "")
+    for path, item in _items(ds, "ScheduledHumanPerformersSequence", ""):
+        _type1(item, "HumanPerformerCodeSequence", path)
+        _codes(item, "HumanPerformerCodeSequence", path + ".")
+    for path, item in _items(ds, "ReferencedRequestSequence", ""):
+        for keyword in REQUEST_TYPE1:
+            _type1(item, keyword, path)
+        for keyword in REQUEST_TYPE2:
+            _type2(item, keyword, path)
+        _codes(item, "RequestedProcedureCodeSequence", path + ".")
+    for path, item in _items(ds, "ScheduledProcessingParametersSequence", ""):
+        _content_item(item, path)
+
+
+def _content_item(item: dict[str, Any], where: str) -> None:
+    """A Content Item Macro item (PS3.3 Table 10-2): Value Type and Concept Name (1), and the
+    value its Value Type requires (1C)."""
+    _type1(item, "ValueType", where)
+    value_type = text(item, key("ValueType"))
+    if value_type not in CONTENT_VALUES:
+        allowed = ", ".join(CONTENT_VALUES)
+        raise invalid(INVALID_VALUE, f"{where}.ValueType is {value_type!r}, not one of {allowed}")
+    _type1(item, "ConceptNameCodeSequence", where)
+    _codes(item, "ConceptNameCodeSequence", where + ".")
+    for keyword in CONTENT_VALUES[value_type]:
+        _type1(item, keyword, where, f"1C, for ValueType {value_type}")
+    for keyword in ("ConceptCodeSequence", "MeasurementUnitsCodeSequence"):
+        _codes(item, keyword, where + ".")
 
 
 def public(ds: dict[str, Any]) -> dict[str, Any]:

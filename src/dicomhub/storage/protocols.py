@@ -435,6 +435,9 @@ class WorkitemEvents(Protocol):
     async def purge_workitem_events(self, before: datetime) -> None:
         """Drop the reports queued before then and never delivered."""
 
+    async def report_to_every_subscriber(self, report: str, now: datetime) -> int:
+        """Queue ``report`` to every AE title with a subscription; how many."""
+
 
 class IndexStore(
     IndexLifecycle,

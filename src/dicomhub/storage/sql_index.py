@@ -376,6 +376,9 @@ class SqlIndex:
     async def purge_workitem_events(self, before: datetime) -> None:
         await self._write(events.purge, before)
 
+    async def report_to_every_subscriber(self, report: str, now: datetime) -> int:
+        return await self._write(events.status_change, report, now)
+
 
 def _stored(r) -> StoredInstance:
     return StoredInstance(

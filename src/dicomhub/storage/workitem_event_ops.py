@@ -101,6 +101,21 @@ def _matches(d: Dialect, key: int, text: str) -> Op:
     return (yield one(sql, key, *params)) is not None
 
 
+EVERY_SUBSCRIBER = (
+    "SELECT subscriber FROM ups_global_subscription UNION "
+    "SELECT subscriber FROM ups_subscription ORDER BY 1"
+)
+
+
+def status_change(report: str, now: datetime) -> Op:
+    """``report`` (an SCP Status Change) to every AE title with a subscription (global or to
+    a workitem); how many."""
+    found = yield rows(EVERY_SUBSCRIBER)
+    for row in found:
+        yield from queue_to(row[0], wev.GLOBAL, [report], now)
+    return len(found)
+
+
 def subscribe(subscriber: str, uid: str, deletion_lock: bool, now: datetime) -> Op:
     """``subscriber`` on workitem ``uid``'s list, sent its initial State Report; False when
     there is no such workitem."""

@@ -27,7 +27,7 @@ from dicomhub.archive.audit import AuditLog
 from dicomhub.clock import utcnow
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
-from dicomhub.model import ACTIONS, AuditEntry, AuditQuery
+from dicomhub.model import ACTIONS, READ, AuditEntry, AuditQuery
 from dicomhub.telemetry import instruments
 from dicomhub.web.common import ZEROCOPY, archive, page, param, time_param
 from dicomhub.web.errors import problem
@@ -81,7 +81,10 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         started = utcnow() if self.log is not None else None  # when the audit entry says
         clock = time.perf_counter()
@@ -126,6 +129,55 @@ class AuditMiddleware:
             if self.log is not None and scope["path"] not in UNAUDITED:
                 self.log.record(self._entry(scope, started, seconds, counts, headers, rid))
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake (the UPS event channel): its request id (echoed in the answer
+        to the handshake), and an audit entry when it is refused before it is accepted (by
+        the authentication middleware, the channel itself, or a handshake no route takes): a
+        denial response (its HTTP status) or a close before ``websocket.accept`` (the server
+        answers 403). An accepted channel writes its own entry when it ends."""
+        started, clock = utcnow(), time.perf_counter()
+        _, _, asked = _caller_headers(scope)
+        rid = (asked and logs.sane_request_id(asked)) or logs.new_request_id()
+        scope[REQUEST_ID] = rid
+        echoed = (b"x-request-id", rid.encode("ascii"))
+        seen = {"accepted": False, "status": None, "out": 0}
+
+        async def watching_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                seen["accepted"] = True
+                message = {**message, "headers": [*message.get("headers", ()), echoed]}
+            elif not seen["accepted"] and seen["status"] is None:
+                if kind == "websocket.http.response.start":
+                    seen["status"] = message["status"]
+                    message = {**message, "headers": [*message.get("headers", ()), echoed]}
+                elif kind == "websocket.close":
+                    seen["status"] = 403  # what the server answers a handshake closed at once
+            if kind == "websocket.http.response.body":
+                seen["out"] += len(message.get("body", b""))
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            logs.request_id.reset(token)
+            if not seen["accepted"] and seen["status"] is not None:
+                seconds = time.perf_counter() - clock
+                if ROUTE not in scope:
+                    _resolve(scope, self.routes)
+                if scope.get(ACTION) is None:  # the event channel: the read data action
+                    scope[ACTION] = READ
+                title = (scope.get("path_params") or {}).get("aetitle")
+                if title is not None:
+                    scope.setdefault(NOTES, {}).setdefault("subscriber", title[:64])
+                if _requests.isEnabledFor(logging.INFO):
+                    route = self.templates.get(scope.get(ROUTE), instruments.UNMATCHED)
+                    _request_line(scope, route, seen["status"], seconds, rid)
+                if self.log is not None:
+                    counts = {"status": seen["status"], "in": 0, "out": seen["out"]}
+                    self.log.record(self._entry(scope, started, seconds, counts, {}, rid))
+
     def _entry(self, scope: Scope, started, seconds: float, counts: dict, headers: dict, rid):
         params = scope.get("path_params") or {}
         principal = scope.get("state", {}).get("principal")
@@ -140,7 +192,7 @@ class AuditMiddleware:
         return AuditEntry(
             time=started,
             protocol="http",
-            method=scope["method"],
+            method=scope.get("method", "GET"),  # a WebSocket handshake is a GET
             path=scope["path"],
             status=counts["status"],
             principal=principal.subject if principal else None,
@@ -163,15 +215,16 @@ def _request_line(scope: Scope, route: str, status: int, seconds: float, rid: st
     """The request's line in the log (logger dicomhub.access, info level)."""
     principal = scope.get("state", {}).get("principal")
     duration = round(seconds * 1000, 3)
+    method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     _requests.info(
         "%s %s %d %.1f ms",
-        scope["method"],
+        method,
         scope["path"],
         status,
         duration,
         extra={
             "request_id": rid,
-            "method": scope["method"],
+            "method": method,
             "route": route,
             "path": scope["path"],
             "status": status,

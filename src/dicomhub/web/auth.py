@@ -168,19 +168,37 @@ class AuthMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake (the UPS event channel) needs a valid bearer token too;
-        without one it is refused before it is accepted (close 1008: an HTTP 403)."""
+        without one it is refused before it is accepted: 401 with its challenge (503 when the
+        issuer is unreachable), or, on a server without the denial response, a close (403)."""
         headers = dict(scope.get("headers") or [])
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         try:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthenticated("the request has no bearer token")
             principal = await self.validator.validate(token.strip())
-        except (Unauthenticated, IssuerUnavailable) as exc:
+        except Unauthenticated as exc:
             log.info("WebSocket refused: %s", exc)
-            await send({"type": "websocket.close", "code": 1008, "reason": ""})
+            sent = scheme.lower() == "bearer" and token.strip()
+            refusal = _unauthorized(str(exc), "invalid_token" if sent else None)
+            await _deny(scope, receive, send, refusal)
+            return
+        except IssuerUnavailable as exc:
+            log.info("WebSocket refused: %s", exc)
+            unavailable = problem(503, "Service Unavailable", str(exc), {"Retry-After": "5"})
+            await _deny(scope, receive, send, unavailable)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send, response) -> None:
+    """Refuse a WebSocket handshake with ``response`` (its status, headers and problem body)
+    where the server offers the denial response extension (uvicorn does), else by closing it
+    before it is accepted (the client sees 403)."""
+    if "websocket.http.response" in scope.get("extensions") or {}:
+        await response(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": ""})
 
 
 def _unauthorized(reason: str, error: str | None):

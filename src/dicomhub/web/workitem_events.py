@@ -21,12 +21,12 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dicomhub.clock import utcnow
-from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.errors import DicomhubError, InvalidRequest, WorkitemError
 from dicomhub.model import READ, AuditEntry
 from dicomhub.web.access import authorize
-from dicomhub.web.audit import note
+from dicomhub.web.audit import REQUEST_ID, note
 from dicomhub.web.common import archive, base_url, param
-from dicomhub.web.errors import problem
+from dicomhub.web.errors import STATUS, problem
 
 log = logging.getLogger(__name__)
 POLL = 0.5  # seconds between two reads of a connected subscriber's queue
@@ -91,10 +91,9 @@ async def channel(websocket: WebSocket) -> None:
     try:
         authorize(websocket.scope, READ)
         title = await service.opened(websocket.path_params["aetitle"])
-    except DicomhubError as exc:
+    except DicomhubError as exc:  # audited by the audit middleware, as every refusal
         log.info("event channel refused: %s", exc)
-        await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
-        _audit(websocket, started, clock, 403, sent)
+        await _refuse(websocket, exc)
         return
     await websocket.accept()
     gone = asyncio.Event()
@@ -136,6 +135,18 @@ async def channel(websocket: WebSocket) -> None:
         _audit(websocket, started, clock, 101, sent)
 
 
+async def _refuse(websocket: WebSocket, exc: DicomhubError) -> None:
+    """Refuse the handshake: with the error's status and problem body (403 without the read
+    action, 400 for a malformed AE title, with its Annex CC status) where the server offers
+    the denial response extension (uvicorn does), else by closing it (1008: an HTTP 403)."""
+    if "websocket.http.response" not in (websocket.scope.get("extensions") or {}):
+        await websocket.close(POLICY_VIOLATION, reason=str(exc)[:120])
+        return
+    status, title = next(((s, t) for kind, s, t in STATUS if isinstance(exc, kind)), (400, ""))
+    extra = {"dicomStatus": exc.code} if isinstance(exc, WorkitemError) else {}
+    await websocket.send_denial_response(problem(status, title, str(exc), **extra))
+
+
 def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict) -> None:
     """One audit entry per channel, when it ends: who, which AE title, how many reports."""
     audit_log = websocket.app.state.archive.audit
@@ -161,5 +172,6 @@ def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict)
             bytes_out=sent["bytes"],
             duration_ms=round((time.perf_counter() - clock) * 1000, 3),
             detail=detail,
+            request_id=websocket.scope.get(REQUEST_ID),
         )
     )
