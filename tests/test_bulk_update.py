@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -19,17 +22,20 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from starlette.testclient import TestClient
 
 from dicomhub.archive import bulk_update as service
+from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.cli import build_archive
+from dicomhub.fhir.projection import Options
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
 from dicomhub.workers.background import handlers
 from dicomhub.workers.jobs import JobRunner
-from tests.conftest import running_server
+from tests.conftest import ROOT, index_database, running_server
 from tests.dicomfiles import read, storable_files
 from tests.helpers import MULTIPART, multipart, stow
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance, uid
 from tests.test_extended_tags import kill_runner_midway
+from tests.test_upsert import RecordingFhir
 
 ORIGINAL = {"msdicom-request-original": "true"}
 STUDY, OTHER = uid(80), uid(81)
@@ -394,3 +400,66 @@ def test_the_rewrite_of_every_bundled_file():
                 assert after[element.tag].value == element.value, (test_file.name, element.tag)
         tried += 1
     assert tried > 5
+
+
+def test_run_by_a_worker_process(tmp_path):
+    """``serve`` without background jobs queues the bulk update; ``dicomhub worker`` on the same
+    index (PostgreSQL) and blob store runs it."""
+    blobs = tmp_path / "blobs"
+    with index_database("postgresql") as url:
+        settings = dict(index_url=url, blob_url=f"file://{blobs}", job_poll_interval="0.1")
+        (tmp_path / "node").mkdir()
+        with running_server(tmp_path / "node", background_jobs="false", **settings) as (base, _):
+            body = multipart(*(old(series, sop) for series, sop in SOPS))
+            r = httpx.post(f"{base}/v2/studies", content=body, headers={"Content-Type": MULTIPART})
+            assert r.status_code == 200, r.text
+            r = httpx.post(
+                f"{base}/v2/studies/$bulkUpdate",
+                json={"studyInstanceUids": [STUDY], "changeDataset": CHANGE},
+            )
+            assert r.status_code == 202, r.text
+            href = r.json()["href"]
+            assert httpx.get(href).json()["status"] == "notStarted"  # nobody runs it
+            env = {f"DICOMHUB_{k.upper()}": v for k, v in settings.items()}
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dicomhub", "worker", "--data-dir", str(tmp_path / "w")],
+                cwd=ROOT,
+                env={**os.environ, **env},
+            )
+            try:
+                deadline = time.monotonic() + 60  # a bound on waiting, not a timed assertion
+                while (state := httpx.get(href).json())["status"] in ("notStarted", "running"):
+                    assert time.monotonic() < deadline, state
+                    time.sleep(0.1)
+            finally:
+                worker.terminate()
+                assert worker.wait(10) == 0
+            assert state["status"] == "completed", state
+            assert state["results"]["instanceUpdated"] == 4
+            meta = httpx.get(f"{base}/v2/studies/{STUDY}/metadata").json()
+            assert {m["00100020"]["Value"][0] for m in meta} == {"NEW-ID"}
+
+
+def test_the_fhir_projection_follows(client):
+    """The FHIR sync reads the update entries: the study is projected again from the latest."""
+    fhir = RecordingFhir()
+    sync = FhirSync(client.app.state.archive.index, fhir, Options("http://a/v2"), 10, 30)
+
+    def described() -> list[str]:
+        while client.portal.call(sync.step, "node").changes:
+            pass
+        studies = [
+            e["resource"]
+            for bundle in fhir.bundles
+            for e in bundle["entry"]
+            if e.get("resource", {}).get("resourceType") == "ImagingStudy"
+        ]
+        fhir.bundles.clear()
+        return [s.get("description") for s in studies]
+
+    assert stow(client, old(*SOPS[0], StudyDescription="BEFORE")).status_code == 200
+    assert described() == ["BEFORE"]
+    change = {"00081030": {"vr": "LO", "Value": ["AFTER"]}}
+    assert bulk(client, change=change).status_code == 202
+    run_jobs(client)
+    assert set(described()) == {"AFTER"}
