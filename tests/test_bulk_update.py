@@ -11,9 +11,11 @@ import asyncio
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -24,14 +26,16 @@ from starlette.testclient import TestClient
 from dicomhub.archive import bulk_update as service
 from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.cli import build_archive
+from dicomhub.clock import utcnow
 from dicomhub.fhir.projection import Options
+from dicomhub.model import Scope
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
 from dicomhub.workers.background import handlers
 from dicomhub.workers.jobs import JobRunner
 from tests.conftest import ROOT, index_database, running_server
-from tests.dicomfiles import read, storable_files
-from tests.helpers import MULTIPART, multipart, stow
+from tests.dicomfiles import load, read, storable_files
+from tests.helpers import MULTIPART, multipart, peak_rss_mb, stow
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance, uid
 from tests.test_extended_tags import kill_runner_midway
@@ -463,3 +467,99 @@ def test_the_fhir_projection_follows(client):
     assert bulk(client, change=change).status_code == 202
     run_jobs(client)
     assert set(described()) == {"AFTER"}
+
+
+def test_an_instance_deleted_meanwhile_is_not_brought_back(client):
+    """An instance deleted while its new version was written: that version is abandoned
+    (InstanceChanged rolls its index write back), the instance stays deleted, the others are
+    updated."""
+    store_study(client)
+    archive = client.app.state.archive
+    series, sop = SOPS[0]
+    rewrite = archive.bulk_update._rewrite
+
+    async def deleted_meanwhile(instance, changes):
+        body = await rewrite(instance, changes)
+        if instance.id.sop == sop:
+            await archive.index.delete(Scope(STUDY, series, sop), utcnow())
+        return body
+
+    archive.bulk_update._rewrite = deleted_meanwhile
+    later = utcnow() + timedelta(days=1)
+    uploads = client.portal.call(archive.index.stale_uploads, later)  # STOW's unused versions
+    r = bulk(client)
+    assert r.status_code == 202, r.text
+    run_jobs(client)
+    results = operation(client, r.json()["href"])["results"]
+    assert results["studyUpdated"] == 0 and results["studyFailed"] == 1
+    assert results["instanceUpdated"] == 3
+    assert len(results["errors"]) == 1 and "deleted during the bulk update" in results["errors"][0]
+    path = f"/v2/studies/{STUDY}/series/{series}/instances/{sop}/metadata"
+    assert client.get(path).status_code == 404
+    assert names(client, f"/studies/{STUDY}") == ["New^Name"] * 3
+    # the abandoned version's upload was ended (its blob deleted), the others' too
+    assert client.portal.call(archive.index.stale_uploads, later) == uploads
+
+
+LARGE = 256 * 1024 * 1024  # pixel data bytes of the large instance
+
+
+def test_a_large_instance_updates_in_constant_memory(tmp_path):
+    """A 256 MB instance in a real server: its update grows the server's peak memory by far less
+    than the instance (the header rewritten, the rest copied in chunks), and its frames are the
+    same bytes after."""
+    ds = read(load("CT_small.dcm"))
+    del ds.PixelData
+    ds.StudyInstanceUID, ds.PatientName = STUDY, "Old^Name"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1024, 1024, 16, 16, 15
+    frame_size = 1024 * 1024 * 2
+    ds.NumberOfFrames = LARGE // frame_size
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False)
+    header = out.getvalue() + struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, LARGE)
+    chunk = bytes(range(256)) * (frame_size // 256)  # one frame's bytes, each frame alike
+
+    def body():
+        yield header
+        for n in range(LARGE // frame_size):
+            yield chunk[n % 256 :] + chunk[: n % 256]  # frames differ from one another
+
+    inst = f"{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    frames = LARGE // frame_size
+
+    def frame_bytes(url: str, n: int) -> bytes:
+        r = httpx.get(
+            f"{url}/v2/studies/{inst}/frames/{n}",
+            headers={"Accept": "application/octet-stream"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.content
+
+    with running_server(tmp_path, job_poll_interval="0.1") as (url, proc):
+        r = httpx.post(
+            url + "/v2/studies",
+            content=body(),
+            headers={"Content-Type": "application/dicom"},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        first, last = frame_bytes(url, 1), frame_bytes(url, frames)
+        assert first == chunk and last == chunk[(frames - 1) % 256 :] + chunk[: (frames - 1) % 256]
+        baseline = peak_rss_mb(proc.pid)
+        r = httpx.post(
+            f"{url}/v2/studies/$bulkUpdate",
+            json={"studyInstanceUids": [ds.StudyInstanceUID], "changeDataset": CHANGE},
+        )
+        assert r.status_code == 202, r.text
+        href = r.json()["href"]
+        deadline = time.monotonic() + 120  # a bound on waiting, not a timed assertion
+        while (state := httpx.get(href).json())["status"] in ("notStarted", "running"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.1)
+        assert state["status"] == "completed" and state["results"]["instanceUpdated"] == 1, state
+        grown = peak_rss_mb(proc.pid) - baseline
+        assert grown < 100, f"server grew by {grown:.0f} MB for a {LARGE >> 20} MB instance"
+        assert frame_bytes(url, 1) == first and frame_bytes(url, frames) == last
+        meta = httpx.get(f"{url}/v2/studies/{inst}/metadata").json()
+        assert meta[0]["00100010"]["Value"][0]["Alphabetic"] == "New^Name"
