@@ -258,8 +258,9 @@ class BulkUpdateService:
             if not found:
                 failed = True
                 _error(results, f"study {study}: not found")
-            todo = [i for i in found if after is None or _order(i) > tuple(after)]
-            for done, instance in enumerate(todo, 1):
+            for done, instance in enumerate(found, 1):
+                if after is not None and _order(instance) <= tuple(after):
+                    continue  # updated before the checkpoint this attempt resumed from
                 error = await self._update(instance, changes)
                 if error is None:
                     results["instanceUpdated"] += 1
@@ -267,7 +268,7 @@ class BulkUpdateService:
                     failed = True
                     ids = instance.id
                     _error(results, f"instance {ids.study}/{ids.series}/{ids.sop}: {error}")
-                save(number, list(_order(instance)), failed, done / len(todo))
+                save(number, list(_order(instance)), failed, done / len(found))
             results["studyFailed" if failed else "studyUpdated"] += 1
             save(number + 1, None, False, 0)
         return results
