@@ -566,3 +566,22 @@ def test_a_large_instance_updates_in_constant_memory(tmp_path):
         assert frame_bytes(url, 1) == first and frame_bytes(url, frames) == last
         meta = httpx.get(f"{url}/v2/studies/{inst}/metadata").json()
         assert meta[0]["00100010"]["Value"][0]["Alphabetic"] == "New^Name"
+
+
+def test_values_the_character_set_cannot_hold_fail(client):
+    """No Specific Character Set: only ASCII may be written (the instance is not re-encoded);
+    UTF-8 (ISO_IR 192): anything."""
+    store_study(client)
+    utf8 = uid(82)
+    r = stow(client, old(uid(82, 1), uid(82, 1, 1), study=utf8, SpecificCharacterSet="ISO_IR 192"))
+    assert r.status_code == 200, r.text
+    change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}}
+    r = bulk(client, [STUDY, utf8], change)
+    assert r.status_code == 202, r.text
+    run_jobs(client)
+    results = operation(client, r.json()["href"])["results"]
+    assert results["studyUpdated"] == 1 and results["studyFailed"] == 1, results
+    assert results["instanceUpdated"] == 1
+    assert sum("cannot be encoded" in e for e in results["errors"]) == 4
+    assert names(client, f"/studies/{utf8}") == ["Müller^Jürgen"]
+    assert names(client, f"/studies/{STUDY}") == ["Old^Name"] * 4

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import Dataset
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_partial
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 
 from dicomhub import __version__
 from dicomhub.archive.operations import OperationsService
@@ -178,6 +180,7 @@ def rewrite_header(fp: BinaryIO, changes: Dataset) -> tuple[bytes, int]:
             raise ChangeRefused(
                 f"{element.keyword} has a value in the instance: a value cannot be changed to null"
             )
+        _check_encodable(ds, element)
         ds[element.tag] = copy.deepcopy(element)
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -195,6 +198,29 @@ def rewrite_header(fp: BinaryIO, changes: Dataset) -> tuple[bytes, int]:
     except Exception as exc:  # noqa: BLE001 - e.g. a value the character set cannot encode
         raise ChangeRefused(f"the new header cannot be written: {exc}") from None
     return out.getvalue(), rest
+
+
+def _check_encodable(ds: Dataset, element) -> None:
+    """A text value the instance's character set (Specific Character Set) cannot hold is refused:
+    the instance is not re-encoded (its other values, the rest of its file, keep theirs)."""
+    declared = ds.get("SpecificCharacterSet")
+    names = [] if declared is None else [declared] if isinstance(declared, str) else list(declared)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if len(names) > 1:  # ISO 2022 code extensions: pydicom switches between them
+        return
+    codec = convert_encodings(names)[0] if names else "ascii"  # none: the default repertoire
+    values = element.value if element.VM > 1 else [element.value]
+    for value in values:
+        if value is None or not isinstance(value, str | PersonName):
+            continue
+        try:
+            str(value).encode(codec)
+        except (UnicodeEncodeError, LookupError):
+            charset = " \\".join(names) or "the default repertoire (none declared)"
+            raise ChangeRefused(
+                f"{element.keyword} {str(value)!r} cannot be encoded in the instance's character "
+                f"set, {charset}"
+            ) from None
 
 
 class BulkUpdateService:
