@@ -126,6 +126,10 @@ class WorkitemConflict(WorkitemError, Conflict):
     """The request is inconsistent with the workitem's current state (PS3.18 11: 409)."""
 
 
+class InstanceChanged(Conflict):
+    """A bulk update's new version of an instance found it replaced or deleted meanwhile."""
+
+
 class InstanceMoved(Conflict):
     """An upsert names a SOP instance stored in another study or series: a replace keeps an
     instance where it is (delete it first to move it)."""

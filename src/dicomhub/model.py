@@ -101,6 +101,7 @@ class JobType(StrEnum):
     STORAGE_COMMITMENT = "storage-commitment"  # a report to a requester in --dimse-peers
     COMMITMENT_ANSWERED = "storage-commitment-answered"  # the record of a Transaction UID
     EXPORT = "export"  # instances copied to a destination (POST /export)
+    BULK_UPDATE = "update"  # studies' attributes changed (POST /v2/studies/$bulkUpdate)
 
 
 class OperationStatus(StrEnum):

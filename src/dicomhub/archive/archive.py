@@ -7,6 +7,7 @@ import secrets
 from datetime import timedelta
 
 from dicomhub.archive.audit import AuditLog
+from dicomhub.archive.bulk_update import BulkUpdateService
 from dicomhub.archive.changefeed import ChangeFeedService
 from dicomhub.archive.cleanup import Cleanup
 from dicomhub.archive.delete import DeleteService
@@ -80,6 +81,15 @@ class Archive:
             self.deidentify_key,
             self.extended_tags,
             export_sinks or _no_exports,
+        )
+        self.bulk_update = BulkUpdateService(
+            index,
+            index,
+            blobs,
+            self.operations,
+            self.store,
+            settings.ingest.spool_dir,
+            settings.cleanup.delete_delay,
         )
         self.cleanup = Cleanup(
             index, blobs, settings.cleanup.batch_size, settings.cleanup.upload_timeout

@@ -135,6 +135,14 @@ class Uploads(Protocol):
         study or series of the partition holds it. Concurrent upserts and deletes of an
         instance take turns, each wholly."""
 
+    async def bulk_update(
+        self, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
+    ) -> None:
+        """Bulk update: make a reserved version the latest of the stored instance whose latest
+        is ``replaced``, as ``upsert`` replaces one (an ``update`` change-feed entry, the
+        original kept). Raises InstanceChanged, nothing done, when the instance's latest is no
+        longer ``replaced`` (replaced or deleted meanwhile)."""
+
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had
         already committed or been abandoned."""

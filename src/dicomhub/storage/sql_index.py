@@ -80,6 +80,11 @@ class SqlIndex:
     async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
         await self._write(versions.upsert, self.dialect, version, instance, cleanup_after)
 
+    async def bulk_update(
+        self, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
+    ) -> None:
+        await self._write(versions.update, self.dialect, version, instance, replaced, cleanup_after)
+
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
 

@@ -16,7 +16,13 @@ from typing import Any
 from dicomhub.clock import to_micros
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
-from dicomhub.errors import AlreadyExists, InstanceMoved, StoreAbandoned, Unavailable
+from dicomhub.errors import (
+    AlreadyExists,
+    InstanceChanged,
+    InstanceMoved,
+    StoreAbandoned,
+    Unavailable,
+)
 from dicomhub.model import Action, NewInstance, blob_key
 from dicomhub.storage import extended_tags_ops
 from dicomhub.storage import instance_ops as ops
@@ -53,6 +59,7 @@ FROM instance WHERE version = ?
 ON CONFLICT (series_key, sop_uid) DO NOTHING
 RETURNING version
 """
+CURRENT_VERSION = "SELECT version FROM instance WHERE series_key = ? AND sop_uid = ?"
 INSTANCE_METADATA = "SELECT metadata FROM instance WHERE version = ?"
 SERIES_METADATA = "SELECT metadata FROM instance WHERE series_key = ? ORDER BY version"
 STUDY_METADATA = (
@@ -104,6 +111,27 @@ def upsert(d: Dialect, version: int, instance: NewInstance, cleanup_after: datet
         version, series_key, study_key, instance.metadata, instance.invalid
     )
     yield from ops.log_changes(Action.CREATE, [(i, version)])
+
+
+def update(
+    d: Dialect, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
+) -> Op:
+    """Bulk update: make a reserved version (its blob written) the latest of the stored
+    instance whose latest is ``replaced``, its study and series locked first (as a delete and
+    an upsert lock them). InstanceChanged (nothing done: the transaction is rolled back) when
+    the instance was replaced or deleted since ``replaced`` was read: a bulk update never
+    overwrites a version it did not start from, nor brings a deleted instance back."""
+    i = instance.id
+    if (yield one(FINISH_UPLOAD, version)) is None:
+        raise StoreAbandoned(i.sop)
+    study = yield one(STUDY_KEY + d.for_update, i.partition, i.study)
+    series = None if study is None else (yield one(SERIES_KEY + d.for_update, study[0], i.series))
+    current = None if series is None else (yield one(CURRENT_VERSION, series[0], i.sop))
+    if current is None or current[0] != replaced:
+        raise InstanceChanged(
+            f"SOP instance {i.sop} was replaced or deleted during the bulk update; not updated"
+        )
+    yield from replace(version, instance, replaced, series[0], study[0], cleanup_after)
 
 
 def replace(

@@ -20,6 +20,7 @@ from dicomhub.settings import Settings
 from dicomhub.telemetry import exposition, instruments
 from dicomhub.web import (
     audit,
+    bulk_update,
     changefeed,
     deidentified,
     delete,
@@ -137,6 +138,8 @@ def routes() -> list[BaseRoute]:
     table = [
         *_search_routes(),
         ("/studies", stow.store, ["POST"], "stow", WRITE),
+        # before STUDY: "$bulkUpdate" is no study (v1 answers 404, as Microsoft's)
+        ("/studies/$bulkUpdate", bulk_update.bulk_update, ["POST"], "bulk-update", WRITE),
         (STUDY, stow.store, ["POST"], "stow-study", WRITE),
         ("/studies", stow.upsert, ["PUT"], "upsert", WRITE),
         (STUDY, stow.upsert, ["PUT"], "upsert-study", WRITE),

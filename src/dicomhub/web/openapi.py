@@ -47,6 +47,8 @@ def for_version(number: int) -> dict:
             p for p in params if p.get("$ref", "").split("/")[-1] not in ("startTime", "endTime")
         ]
         _drop_parameter(doc, "original")  # v1 ignores msdicom-request-original
+        del doc["paths"]["/studies/$bulkUpdate"]  # v2 only (v1 answers 404)
+        del doc["components"]["schemas"]["BulkUpdateRequest"]
     default, maximum = changefeed.LIMITS[number]
     doc["components"]["parameters"]["feedLimit"]["schema"].update(maximum=maximum, default=default)
     return doc

@@ -43,6 +43,11 @@ def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
         op = context.operation
         return await archive.export.run(op.id, op.payload, context.checkpoint, context.progress)
 
+    async def bulk_update(context: JobContext) -> dict:
+        return await archive.bulk_update.run(
+            context.operation.payload, context.checkpoint, context.progress
+        )
+
     async def storage_commitment(context: JobContext) -> dict:
         from dicomhub.dimse.commitment import deliver  # pynetdicom: only loaded when needed
 
@@ -57,6 +62,7 @@ def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
         JobType.STORAGE_COMMITMENT: storage_commitment,
         JobType.COMMITMENT_ANSWERED: answered,
         JobType.EXPORT: export,
+        JobType.BULK_UPDATE: bulk_update,
     }
 
 
