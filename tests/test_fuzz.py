@@ -60,6 +60,7 @@ DEPENDENT = {
     "GET /changefeed": "endTime must be after startTime",
     "POST /export": "destinations must be allowed by the server's settings",
     "POST /extendedquerytags": "tag paths name DICOM attributes",
+    "POST /studies/$bulkUpdate": "only section 12's attributes may change, with their VRs",
     # a workitem dataset must meet Table CC.2.5-3, a state change the workitem's state
     **{
         f"{m} {p}": "workitem datasets and states"

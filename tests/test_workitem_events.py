@@ -323,6 +323,8 @@ def test_the_channel_without_an_upgrade_is_426(a):
     r = a.get("/subscribers/WATCHER")
     assert r.status_code == 426 and r.headers["upgrade"] == "websocket"
     assert r.headers["content-type"] == "application/problem+json"
+    # a malformed AE title is refused as such first (found by the fuzzer: it was 426)
+    assert a.get("/subscribers/" + "A" * 17).status_code == 400
 
 
 def test_a_malformed_ae_title_cannot_open_a_channel(nodes):

@@ -52,10 +52,12 @@ from dicomhub.web.viewer import viewer
 
 
 class UIDConvertor(StringConvertor):
-    """A UID path segment: any segment but ``count``, the word of the QIDO count routes, so
-    that /studies/count is not also study "count" (its 405 would allow POST and DELETE)."""
+    """A UID path segment: any segment but the words of other routes at the same place
+    (``count`` of the QIDO counts, ``$bulkUpdate``), so that /studies/count is not also study
+    "count" (its 405 would allow POST and DELETE) and a PUT to /studies/$bulkUpdate is a 405,
+    not an upsert of study "$bulkUpdate"."""
 
-    regex = "(?!count(?:/|$))[^/]+"
+    regex = r"(?!(?:count|\$bulkUpdate)(?:/|$))[^/]+"
 
 
 register_url_convertor("uid", UIDConvertor())

@@ -76,7 +76,9 @@ async def suspend(request: Request) -> Response:
 
 
 async def upgrade_required(request: Request) -> Response:
-    """GET /subscribers/{AETitle} without a WebSocket upgrade: 426 (RFC 9110 15.5.22)."""
+    """GET /subscribers/{AETitle} without a WebSocket upgrade: 426 (RFC 9110 15.5.22); 400
+    first for a malformed AE title, as the channel answers it."""
+    await archive(request).workitem_events.opened(request.path_params["aetitle"])
     detail = "the event channel is a WebSocket: send the request with Upgrade: websocket"
     return problem(426, "Upgrade Required", detail, {"Upgrade": "websocket"})
 
