@@ -223,17 +223,21 @@ def _match(key: Key, name: str, value: str, fuzzy: bool) -> Match:
     if kind in (Kind.TEXT, Kind.MODALITIES, Kind.ITEM):
         return Match("wildcard", _glob(value)) if wildcard else Match("eq", value)
     if kind is Kind.DATE:
-        return _range(value, sk.date, lambda v: (v, v), bad, "is not a date (YYYYMMDD) or range")
+        return range_match(
+            value, sk.date, lambda v: (v, v), bad, "is not a date (YYYYMMDD) or range"
+        )
     if kind is Kind.TIME:
-        return _range(value, sk.time_bounds, None, bad, "is not a time (HHMMSS.FFFFFF) or range")
+        return range_match(
+            value, sk.time_bounds, None, bad, "is not a time (HHMMSS.FFFFFF) or range"
+        )
     if kind is Kind.NUMBER:
-        return _range(value, sk.number, lambda v: (v, v), bad, "is not a number or range")
+        return range_match(value, sk.number, lambda v: (v, v), bad, "is not a number or range")
     # an unencoded '+' of a UTC offset arrives as a space; a date-time has no other spaces
     value = value.replace(" ", "+")
-    return _range(value, sk.datetime_bounds, None, bad, "is not a date-time or range")
+    return range_match(value, sk.datetime_bounds, None, bad, "is not a date-time or range")
 
 
-def _range(value: str, parse, bounds_of, bad, why: str) -> Match:
+def range_match(value: str, parse, bounds_of, bad, why: str) -> Match:
     """A single value covers its precision; ``a-b``, ``a-`` and ``-b`` are inclusive ranges."""
 
     def bounds(text: str):

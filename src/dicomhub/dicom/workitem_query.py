@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 
 from dicomhub.dicom import search_keys as sk
-from dicomhub.dicom.query import Match, resolve
+from dicomhub.dicom.query import Match, range_match, resolve
 from dicomhub.dicom.uids import is_valid_uid
 from dicomhub.dicom.workitems import INVALID_VALUE, TRANSACTION, key
 from dicomhub.errors import WorkitemInvalid
@@ -185,24 +185,16 @@ def _match(found: WorkitemKey, name: str, value: str, fuzzy: bool) -> Match:
 
 
 def _range(name: str, value: str) -> Match:
-    """A DT value covers its precision; ``a-b``, ``a-`` and ``-b`` are inclusive ranges."""
-    single = sk.datetime_bounds(value)
-    if single is not None:
-        return Match("range", single)
-    for i, char in enumerate(value):  # the first '-' that splits into two valid bounds
-        if char != "-":
-            continue
-        low_text, high_text = value[:i], value[i + 1 :]
-        if not low_text and not high_text:
-            break
-        low = sk.datetime_bounds(low_text) if low_text else (None, None)
-        high = sk.datetime_bounds(high_text) if high_text else (None, None)
-        if low is None or high is None:
-            continue
-        if low[0] is not None and high[1] is not None and low[0] > high[1]:
-            raise _bad(name, value, "is a range whose start is after its end")
-        return Match("range", (low[0], high[1]))
-    raise _bad(name, value, "is not a date-time (YYYYMMDDHHMMSS) or a range of them")
+    """A DT value covers its precision; ``a-b``, ``a-`` and ``-b`` are inclusive ranges (a
+    range in every case: the workitem search has no equality on date-times)."""
+    found = range_match(
+        value,
+        sk.datetime_bounds,
+        None,
+        lambda why: _bad(name, value, why),
+        "is not a date-time (YYYYMMDDHHMMSS) or a range of them",
+    )
+    return Match("range", (found.value, found.value)) if found.op == "eq" else found
 
 
 def _glob(value: str) -> str:

@@ -7,6 +7,8 @@ needs an attribute the level documents do not hold.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Condition, Match, Query
 from dicomhub.dicom.search_keys import Kind
@@ -168,6 +170,19 @@ def _condition(condition: Condition, d: Dialect) -> tuple[str, list]:
     return _alternatives(_column(key), condition.alternatives, d, key.tag)
 
 
+def range_clause(column: str, low: Any, high: Any, params: list) -> str:
+    """``column`` within inclusive bounds (None: open on that side); their values go to
+    ``params``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{column} >= ?")
+        params.append(low)
+    if high is not None:
+        bounds.append(f"{column} <= ?")
+        params.append(high)
+    return "(" + (" AND ".join(bounds) or "1 = 1") + ")"
+
+
 def _alternatives(
     column: str, alternatives: tuple[Match, ...], d: Dialect, tag: int = 0
 ) -> tuple[str, list]:
@@ -184,15 +199,7 @@ def _alternatives(
             clauses.append(d.wildcard.format(column=column))
             params.append(d.pattern(match.value))
         elif match.op == "range":
-            low, high = match.value
-            bounds = []
-            if low is not None:
-                bounds.append(f"{column} >= ?")
-                params.append(low)
-            if high is not None:
-                bounds.append(f"{column} <= ?")
-                params.append(high)
-            clauses.append("(" + " AND ".join(bounds) + ")")
+            clauses.append(range_clause(column, *match.value, params))
         elif match.op == "words":  # every word is the start of a word of the name
             words = []
             for word in match.value:

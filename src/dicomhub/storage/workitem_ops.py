@@ -17,6 +17,7 @@ from dicomhub.errors import WorkitemConflict
 from dicomhub.model import DEFAULT_PARTITION, StoredWorkitem
 from dicomhub.storage import workitem_event_ops as events
 from dicomhub.storage.dialect import Dialect
+from dicomhub.storage.search_sql import range_clause
 from dicomhub.storage.statements import Op, many, one, run
 
 Values = list[tuple[str, int, str]]
@@ -156,15 +157,7 @@ def _alternatives(column: str, condition: WorkitemCondition, d: Dialect) -> tupl
             clauses.append(d.wildcard.format(column=column))
             params.append(d.pattern(match.value))
         elif match.op == "range":
-            low, high = match.value
-            bounds = ["1 = 1"]
-            if low is not None:
-                bounds.append(f"{column} >= ?")
-                params.append(low)
-            if high is not None:
-                bounds.append(f"{column} <= ?")
-                params.append(high)
-            clauses.append("(" + " AND ".join(bounds) + ")")
+            clauses.append(range_clause(column, *match.value, params))
     return "(" + " OR ".join(clauses) + ")", params
 
 
