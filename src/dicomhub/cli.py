@@ -10,11 +10,9 @@ import logging
 import os
 import resource
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -297,16 +295,14 @@ def main(argv: list[str] | None = None) -> None:
             writer = _index_writer(settings)
             from dicomhub.telemetry import exposition
 
-            # the processes sum their metrics in a folder of their own (telemetry/exposition)
-            # and publish how many connections each holds in another (web/balance)
-            shared = tempfile.mkdtemp(prefix="dicomhub-serve-")  # mode 0700
-            os.environ[balance.ENVIRONMENT] = balance.create(shared, workers)
-            with exposition.shared_folder():
+            # the processes share a private folder: their metrics (telemetry/exposition) and
+            # the table of the connections each holds (web/balance)
+            with exposition.shared_folder() as shared:
+                os.environ[balance.ENVIRONMENT] = balance.create(shared, workers)
                 dimse = _dimse_process() if settings.dimse_port else None
                 try:
                     uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
                 finally:
-                    shutil.rmtree(shared, ignore_errors=True)
                     if dimse is not None:
                         dimse.terminate()
                         dimse.wait(30)

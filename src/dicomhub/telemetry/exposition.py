@@ -35,7 +35,8 @@ LOWEST = ("process_start_time_seconds", "process_max_fds")  # not summed: the le
 @contextlib.contextmanager
 def shared_folder() -> Iterator[str]:
     """A new private folder (mode 0700, empty) for the metrics of the processes started
-    within, named in their environment; removed, with what they wrote, at the end."""
+    within, named in their environment; removed, with what they wrote, at the end. What else
+    they share goes there too (the metrics are its ``*.db`` files only)."""
     folder = tempfile.mkdtemp(prefix="dicomhub-metrics-")  # 0700, new: nobody else's files
     previous = os.environ.get(ENVIRONMENT)
     os.environ[ENVIRONMENT] = folder

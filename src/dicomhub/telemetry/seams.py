@@ -34,9 +34,11 @@ class Measured:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
-        if name.startswith("_") or not inspect.iscoroutinefunction(value):
+        if name.startswith("_") or not inspect.ismethod(value):
             return value  # not kept: a property's value may change
-        wrapped = _timed(value, *(metric.labels(name) for metric in self._metrics))
+        wrapped = value  # a plain method: kept as it is, not looked up again
+        if inspect.iscoroutinefunction(value):
+            wrapped = _timed(value, *(metric.labels(name) for metric in self._metrics))
         setattr(self, name, wrapped)  # found directly from now on
         return wrapped
 
