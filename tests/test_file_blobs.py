@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomhub.storage import file_blobs
 from dicomhub.storage.file_blobs import (
     ENTRY_SYNCED_WITH_FILE,
     PARTIALS,
@@ -57,15 +58,19 @@ def test_the_real_mount_table_agrees_with_findmnt(tmp_path):
 
 
 def _synced_paths(monkeypatch) -> list[str]:
-    """The paths os.fsync is called on (the real syscall still runs)."""
+    """The paths synced, by fsync (folders) or a data sync (files); the real syscalls still
+    run."""
     synced: list[str] = []
-    real = os.fsync
 
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
+    def recording(real):
+        def sync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+        return sync
+
+    monkeypatch.setattr(os, "fsync", recording(os.fsync))
+    monkeypatch.setattr(file_blobs, "_datasync", recording(file_blobs._datasync))
     return synced
 
 
