@@ -18,6 +18,7 @@ import time
 from datetime import timedelta
 
 import httpx
+import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -40,6 +41,7 @@ from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance, uid
 from tests.test_extended_tags import kill_runner_midway
 from tests.test_upsert import RecordingFhir
+from tests.test_wado import parts
 
 ORIGINAL = {"msdicom-request-original": "true"}
 STUDY, OTHER = uid(80), uid(81)
@@ -280,26 +282,35 @@ def test_a_large_instance_keeps_its_pixel_data(blob_client, monkeypatch):
 
 
 def test_a_killed_runner_leaves_the_update_to_another(client, monkeypatch, clock):
+    """Killed once the first study is updated and saved as done: another runner updates the
+    second from that checkpoint, and only the second."""
     store_study(client)
     archive = client.app.state.archive
-    done: list[str] = []
-    original = archive.bulk_update._update
+    written: list[str] = []
+    write_version = archive.bulk_update._write_version
 
     async def slow(instance, changes):
-        await asyncio.sleep(0.15)
-        error = await original(instance, changes)
-        done.append(instance.id.sop)
-        return error
+        await asyncio.sleep(1.0 if instance.id.study == OTHER else 0.05)
+        written.append(instance.id.sop)
+        return await write_version(instance, changes)
 
-    monkeypatch.setattr(archive.bulk_update, "_update", slow)
+    monkeypatch.setattr(archive.bulk_update, "_write_version", slow)
     r = bulk(client, [STUDY, OTHER])
     assert r.status_code == 202, r.text
     op = r.json()["id"]
-    kill_runner_midway(client, archive, op, unfinished=lambda: len(done) < 4)
+    kill_runner_midway(
+        client,
+        archive,
+        op,
+        unfinished=lambda: len(written) == 4,
+        saved=lambda found: (found.checkpoint or {}).get("study") == 1,
+    )
     state = operation(client, f"/v2/operations/{op}")
     assert state["status"] == "running" and 0 < state["percentComplete"] < 100
-    assert 0 < state["results"]["instanceUpdated"] < 5
-    resumed_from = len(done)
+    assert state["results"]["instanceUpdated"] == 4
+    # the first study is wholly updated; the second, in progress when the runner died, not at all
+    assert names(client, f"/studies/{STUDY}") == ["New^Name"] * 4
+    assert names(client, f"/studies/{OTHER}") == ["Old^Name"]
     clock.advance(1)  # the killed runner's lease (0.6 s) runs out
     second = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=30)
     assert client.portal.call(second.run_once) is True
@@ -314,8 +325,7 @@ def test_a_killed_runner_leaves_the_update_to_another(client, monkeypatch, clock
     assert names(client, f"/studies/{STUDY}") == ["New^Name"] * 4
     assert names(client, f"/studies/{OTHER}") == ["New^Name"]
     assert names(client, f"/studies/{STUDY}", ORIGINAL) == ["Old^Name"] * 4
-    # went on from its checkpoint (at most the instance in flight done again), not the start
-    assert len(done) - resumed_from < 5
+    assert written[4:] == [uid(81, 1, 1)]  # went on from its checkpoint, not from the start
 
 
 def test_served_and_run_by_the_node(tmp_path, index_url):
@@ -585,3 +595,55 @@ def test_values_the_character_set_cannot_hold_fail(client):
     assert sum("cannot be encoded" in e for e in results["errors"]) == 4
     assert names(client, f"/studies/{utf8}") == ["Müller^Jürgen"]
     assert names(client, f"/studies/{STUDY}") == ["Old^Name"] * 4
+
+
+def test_readers_see_a_study_before_or_after_its_update_never_between(tmp_path, index_url):
+    """A real ``dicomhub serve`` updates a 500-instance study while a client reads it: every
+    search, metadata and retrieval answer holds the old patient ID for all 500 instances or
+    the new one for all, never a mix, never an error."""
+    count, series = 500, uid(82, 1)
+    files = [
+        instance(uid(82), series, uid(82, 1, n), PatientName="Old^Name", PatientID="OLD-ID")
+        for n in range(count)
+    ]
+    with running_server(tmp_path, index_url=index_url, job_poll_interval="0.1") as (url, _):
+        with httpx.Client(base_url=f"{url}/v2", timeout=60) as http:
+            for start in range(0, count, 100):
+                body = multipart(*files[start : start + 100])
+                r = http.post("/studies", content=body, headers={"Content-Type": MULTIPART})
+                assert r.status_code == 200, r.text
+            r = http.post(
+                "/studies/$bulkUpdate",
+                json={"studyInstanceUids": [uid(82)], "changeDataset": CHANGE},
+            )
+            assert r.status_code == 202, r.text
+            href = r.json()["href"]
+            seen: list[set[str]] = []
+            deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on time
+            while (state := httpx.get(href).json())["status"] in ("notStarted", "running"):
+                assert time.monotonic() < deadline, state
+                r = http.get(f"/studies/{uid(82)}/metadata")
+                assert r.status_code == 200, r.text
+                ids = [item["00100020"]["Value"][0] for item in r.json()]
+                r = http.get(
+                    f"/studies/{uid(82)}/instances",
+                    params={"includefield": "00100020", "limit": count},
+                )
+                assert r.status_code == 200, r.text
+                found = [item["00100020"]["Value"][0] for item in r.json()]
+                assert len(ids) == len(found) == count
+                seen += [set(ids), set(found)]
+                if len(seen) % 10 == 2:  # now and then the files themselves
+                    r = http.get(
+                        f"/studies/{uid(82)}",
+                        headers={"Accept": 'multipart/related; type="application/dicom"'},
+                    )
+                    assert r.status_code == 200
+                    got = [pydicom.dcmread(io.BytesIO(body)).PatientID for _, body in parts(r)]
+                    assert len(got) == count
+                    seen.append(set(got))
+            assert state["status"] == "completed" and state["results"]["instanceUpdated"] == count
+            assert seen, "no read happened while the update ran"
+            assert all(len(ids) == 1 for ids in seen), [sorted(ids) for ids in seen if len(ids) > 1]
+            r = http.get(f"/studies/{uid(82)}/metadata")
+            assert {item["00100020"]["Value"][0] for item in r.json()} == {"NEW-ID"}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pydicom
 import pytest
 
+from dicomhub.model import Operation
 from dicomhub.settings import Settings
 from dicomhub.workers.background import handlers
 from dicomhub.workers.jobs import JobRunner
@@ -338,18 +339,23 @@ def test_includefield_returns_extended_tags(tagged):
     assert "00101010" not in plain  # only when asked for
 
 
-def kill_runner_midway(client, archive, operation: str, unfinished: Callable[[], bool]) -> None:
-    """A job runner (lease 0.6 s) takes the next job and dies once the operation's saved
-    progress is past 0 while ``unfinished()`` (a point in its work: not a time, which a loaded
-    machine stretches)."""
+def kill_runner_midway(
+    client,
+    archive,
+    operation: str,
+    unfinished: Callable[[], bool],
+    saved: Callable[[Operation], bool] = lambda op: op.percent_complete > 0,
+) -> None:
+    """A job runner (lease 0.6 s) takes the next job and dies once the operation as saved
+    passes ``saved`` (by default: its progress is past 0) while ``unfinished()`` (a point in
+    its work: not a time, which a loaded machine stretches)."""
     first = JobRunner(archive.index, handlers(archive, Settings().dimse), lease=0.6)
 
     async def killed() -> None:
         task = asyncio.create_task(first.run_once())
         async with asyncio.timeout(60):
             while not task.done():
-                saved = (await archive.operations.get(operation)).percent_complete
-                if saved > 0 and unfinished():
+                if saved(await archive.operations.get(operation)) and unfinished():
                     break
                 await asyncio.sleep(0.01)
         task.cancel()

@@ -4,16 +4,18 @@ instance of up to 50 studies, each instance getting a new version (the original 
 
 A new version's file is the old one with its header rewritten and the rest of the file (pixel
 data and whatever follows the last attribute that may change) copied after it in chunks:
-never the whole file in memory, so a 2 GB whole-slide image updates in constant memory. Its
-index rows replace the old ones as an upsert's do (version_ops.replace, an ``update``
-change-feed entry).
+never the whole file in memory, so a 2 GB whole-slide image updates in constant memory.
 
-It is a leased background job that goes on from its checkpoint: the study it is at, the last
-instance it finished there (instances are walked in (series, SOP Instance UID) order), whether
-one of that study's instances failed, and the result counts up to that instance, all saved
-together. A job resumed on another node starts from that point with those counts; an instance
-updated after the checkpoint is updated again (the same bytes; the version in between is
-dropped as any replaced version is).
+A study is updated at once: the new versions of all its instances are written first, then one
+index transaction makes them the latest together (version_ops.update: as an upsert replaces
+one, an ``update`` change-feed entry each). A reader sees the whole study before or after the
+update, never part of it updated; an instance that could not be updated (its file refused the
+change, or it was replaced or deleted meanwhile) keeps its version and is listed in the errors.
+
+It is a leased background job that goes on from its checkpoint, saved after each study: the
+next study and the result counts so far. A job resumed on another node starts the study it was
+at again with those counts; the versions the dead runner wrote for it are never made the
+latest (their uploads time out and the cleanup job deletes their blobs).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from dicomhub.archive.store import StoreService
 from dicomhub.clock import utcnow
 from dicomhub.dicom.instance import InvalidInstance
 from dicomhub.dicom.uids import require_uid
-from dicomhub.errors import Conflict, InstanceChanged, InvalidDicom, InvalidRequest, NotFound
-from dicomhub.model import JobType, Scope, StoredInstance, blob_key
+from dicomhub.errors import Conflict, InvalidDicom, InvalidRequest, NotFound
+from dicomhub.model import JobType, NewInstance, Scope, StoredInstance, blob_key
 from dicomhub.storage.protocols import BlobStore, Instances, Uploads
 
 MAX_STUDIES = 50  # Microsoft's UpdateTags.MaxStudyInstanceUidLimit
@@ -262,45 +264,70 @@ class BulkUpdateService:
         studies = payload["studies"]
         state = checkpoint or {
             "study": 0,
-            "after": None,
-            "failed": False,
             "results": {"studyUpdated": 0, "studyFailed": 0, "instanceUpdated": 0, "errors": []},
         }
         results = state["results"]
-
-        def save(study: int, after: list | None, failed: bool, share: float) -> None:
-            snapshot = {**results, "errors": list(results["errors"])}
-            percent = int((study + share) * 100 / len(studies))
-            progress(
-                percent, {"study": study, "after": after, "failed": failed, "results": snapshot}
-            )
-
         for number in range(state["study"], len(studies)):
-            study = studies[number]
-            resumed = number == state["study"]
-            after = state["after"] if resumed else None
-            failed = state["failed"] if resumed else False
-            found = sorted(await self.instances.instances(Scope(study)), key=_order)
-            if not found:
-                failed = True
-                _error(results, f"study {study}: not found")
-            for done, instance in enumerate(found, 1):
-                if after is not None and _order(instance) <= tuple(after):
-                    continue  # updated before the checkpoint this attempt resumed from
-                error = await self._update(instance, changes)
-                if error is None:
-                    results["instanceUpdated"] += 1
-                else:
-                    failed = True
-                    ids = instance.id
-                    _error(results, f"instance {ids.study}/{ids.series}/{ids.sop}: {error}")
-                save(number, list(_order(instance)), failed, done / len(found))
+            start = {"study": number, "results": _copy(results)}  # where a resumed job goes on
+
+            def share(part: float, at: int = number, checkpoint: dict = start) -> None:
+                progress(int((at + part) * 100 / len(studies)), checkpoint)
+
+            failed = await self._update_study(studies[number], changes, results, share)
             results["studyFailed" if failed else "studyUpdated"] += 1
-            save(number + 1, None, False, 0)
+            progress(
+                int((number + 1) * 100 / len(studies)),
+                {"study": number + 1, "results": _copy(results)},
+            )
         return results
 
-    async def _update(self, instance: StoredInstance, changes: Dataset) -> str | None:
-        """Give ``instance`` a new version with ``changes``; None, or why it could not be."""
+    async def _update_study(self, study: str, changes: Dataset, results: dict, share) -> bool:
+        """Update every instance of ``study``: each new version written first, then all made
+        the latest at once (one index transaction). Whether one of them failed."""
+        found = sorted(await self.instances.instances(Scope(study)), key=_order)
+        if not found:
+            _error(results, f"study {study}: not found")
+            return True
+        failed = False
+        ready: list[tuple[StoredInstance, int, NewInstance]] = []
+        try:
+            for done, instance in enumerate(found, 1):
+                outcome = await self._write_version(instance, changes)
+                if isinstance(outcome, str):
+                    failed = True
+                    _error(results, f"{_name(instance)}: {outcome}")
+                else:
+                    ready.append((instance, *outcome))
+                share(done / (len(found) + 1))
+            if not ready:
+                return failed
+            outcomes = await self.index.bulk_update(
+                [(version, record, old.version) for old, version, record in ready],
+                utcnow() + self.replaced_delay,
+            )
+        except BaseException:  # nothing of the study committed: the new versions go
+            await asyncio.shield(self._release_all(v for _, v, _ in ready))
+            raise
+        for (old, version, record), outcome in zip(ready, outcomes, strict=True):
+            if outcome is None:
+                results["instanceUpdated"] += 1
+                continue
+            failed = True
+            _error(results, f"{_name(old)}: {outcome}")
+            await asyncio.shield(
+                self.store._release(version, blob_key(record.id.partition, version))
+            )
+        return failed
+
+    async def _release_all(self, versions) -> None:
+        for version in versions:
+            await self.store._release(version)
+
+    async def _write_version(
+        self, instance: StoredInstance, changes: Dataset
+    ) -> tuple[int, NewInstance] | str:
+        """The new version of ``instance`` with ``changes``, its blob written (not yet the
+        latest): its version and record, or why it could not be made."""
         try:
             body = await self._rewrite(instance, changes)
         except NotFound:
@@ -316,19 +343,12 @@ class BulkUpdateService:
                 return f"the updated file is not valid: {exc}"
             record = described.record
             (version,) = await self.index.reserve_versions(record.id.partition, 1)
-            key = blob_key(record.id.partition, version)
             try:
-                await self.blobs.put(key, body.path or body.data)
-                await self.index.bulk_update(
-                    version, record, instance.version, utcnow() + self.replaced_delay
-                )
-            except InstanceChanged as exc:
-                await asyncio.shield(self.store._release(version, key))
-                return str(exc)
+                await self.blobs.put(blob_key(record.id.partition, version), body.path or body.data)
             except BaseException:
                 await asyncio.shield(self.store._release(version))
                 raise
-            return None
+            return version, record
         finally:
             body.discard()
 
@@ -368,6 +388,15 @@ class BulkUpdateService:
             if source is not None:
                 source.discard()
         return new
+
+
+def _copy(results: dict) -> dict:
+    return {**results, "errors": list(results["errors"])}
+
+
+def _name(instance: StoredInstance) -> str:
+    ids = instance.id
+    return f"instance {ids.study}/{ids.series}/{ids.sop}"
 
 
 def _order(instance: StoredInstance) -> tuple[str, str]:

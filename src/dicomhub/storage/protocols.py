@@ -136,12 +136,14 @@ class Uploads(Protocol):
         instance take turns, each wholly."""
 
     async def bulk_update(
-        self, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
-    ) -> None:
-        """Bulk update: make a reserved version the latest of the stored instance whose latest
-        is ``replaced``, as ``upsert`` replaces one (an ``update`` change-feed entry, the
-        original kept). Raises InstanceChanged, nothing done, when the instance's latest is no
-        longer ``replaced`` (replaced or deleted meanwhile)."""
+        self, stores: list[tuple[int, NewInstance, int]], cleanup_after: datetime
+    ) -> list[Exception | None]:
+        """Bulk update of a study's instances, in one transaction (a reader sees the study
+        before or after, never in between): each ``(version, instance, replaced)`` makes a
+        reserved version the latest of the stored instance whose latest is ``replaced``, as
+        ``upsert`` replaces one (an ``update`` change-feed entry, the original kept). For each,
+        None or, nothing done for it, InstanceChanged (its latest is no longer ``replaced``:
+        replaced or deleted meanwhile) or StoreAbandoned (its upload timed out)."""
 
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had

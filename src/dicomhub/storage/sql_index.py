@@ -81,9 +81,9 @@ class SqlIndex:
         await self._write(versions.upsert, self.dialect, version, instance, cleanup_after)
 
     async def bulk_update(
-        self, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
-    ) -> None:
-        await self._write(versions.update, self.dialect, version, instance, replaced, cleanup_after)
+        self, stores: list[tuple[int, NewInstance, int]], cleanup_after: datetime
+    ) -> list[Exception | None]:
+        return await self._write(versions.update, self.dialect, stores, cleanup_after)
 
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)

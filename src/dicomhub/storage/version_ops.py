@@ -113,17 +113,28 @@ def upsert(d: Dialect, version: int, instance: NewInstance, cleanup_after: datet
     yield from ops.log_changes(Action.CREATE, [(i, version)])
 
 
-def update(
+def update(d: Dialect, stores: list[tuple[int, NewInstance, int]], cleanup_after: datetime) -> Op:
+    """Bulk update of a study: each reserved version (its blob written) made the latest of the
+    stored instance whose latest it names, all in one transaction, so that a reader sees the
+    study before or after, never part of it updated. For each store, None or what kept it
+    out, before it changed anything: InstanceChanged when the instance was replaced or
+    deleted since its latest was read (a bulk update never overwrites a version it did not
+    start from, nor brings a deleted instance back), StoreAbandoned when its upload timed out.
+    The study and series are locked first, as a delete and an upsert lock them."""
+    outcomes: list[Exception | None] = []
+    for version, instance, replaced in stores:
+        try:
+            yield from _update_one(d, version, instance, replaced, cleanup_after)
+            outcomes.append(None)
+        except (InstanceChanged, StoreAbandoned) as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _update_one(
     d: Dialect, version: int, instance: NewInstance, replaced: int, cleanup_after: datetime
 ) -> Op:
-    """Bulk update: make a reserved version (its blob written) the latest of the stored
-    instance whose latest is ``replaced``, its study and series locked first (as a delete and
-    an upsert lock them). InstanceChanged (nothing done: the transaction is rolled back) when
-    the instance was replaced or deleted since ``replaced`` was read: a bulk update never
-    overwrites a version it did not start from, nor brings a deleted instance back."""
     i = instance.id
-    if (yield one(FINISH_UPLOAD, version)) is None:
-        raise StoreAbandoned(i.sop)
     study = yield one(STUDY_KEY + d.for_update, i.partition, i.study)
     series = None if study is None else (yield one(SERIES_KEY + d.for_update, study[0], i.series))
     current = None if series is None else (yield one(CURRENT_VERSION, series[0], i.sop))
@@ -131,6 +142,8 @@ def update(
         raise InstanceChanged(
             f"SOP instance {i.sop} was replaced or deleted during the bulk update; not updated"
         )
+    if (yield one(FINISH_UPLOAD, version)) is None:
+        raise StoreAbandoned(i.sop)
     yield from replace(version, instance, replaced, series[0], study[0], cleanup_after)
 
 
