@@ -175,3 +175,46 @@ def test_upserts_against_deletes(server):
     eventually(lambda: blob_files(data) == [], "every version removed after the delete")
     feed = client.get("/v1/changefeed", params={"limit": 100}).json()
     assert {e["state"] for e in feed} <= {"replaced", "deleted"}
+
+
+def test_a_whole_study_replaced_at_once(server):
+    """PUTs that each replace every instance of a 500-instance study, two at a time, while
+    clients read it: each request commits wholly (one transaction), so every metadata and
+    search answer holds one request's name for all 500 instances, never a mix."""
+    client, _ = server
+    study, series, count = uid(83), uid(83, 1), 500
+
+    def whole(name: str) -> list[bytes]:
+        return [instance(study, series, uid(83, 1, n), PatientName=name) for n in range(count)]
+
+    assert put(client, *whole("First^Name")).status_code == 200
+    done = threading.Event()
+
+    def writer(w: int) -> list[int]:
+        return [put(client, *whole(f"W{w}^{n}")).status_code for n in range(2)]
+
+    def reader() -> list[set[str]]:
+        seen: list[set[str]] = []
+        while not done.is_set() or not seen:
+            meta = client.get(f"/v2/studies/{study}/metadata")
+            assert meta.status_code == 200, meta.text
+            found = client.get(
+                f"/v2/studies/{study}/instances",
+                params={"includefield": "00100010", "limit": count},
+            )
+            assert found.status_code == 200, found.text
+            for answer in (meta.json(), found.json()):
+                assert len(answer) == count
+                seen.append({item["00100010"]["Value"][0]["Alphabetic"] for item in answer})
+        return seen
+
+    with ThreadPoolExecutor(4) as pool:
+        readers = [pool.submit(reader) for _ in range(2)]
+        writers = [pool.submit(writer, w) for w in range(2)]
+        statuses = [s for f in writers for s in f.result()]
+        done.set()
+        seen = [names for f in readers for names in f.result()]
+    assert statuses == [200] * 4
+    assert all(len(names) == 1 for names in seen), [sorted(n) for n in seen if len(n) > 1]
+    final = client.get(f"/v2/studies/{study}/metadata").json()
+    assert {item["00100010"]["Value"][0]["Alphabetic"] for item in final} in ({"W0^1"}, {"W1^1"})

@@ -6,8 +6,9 @@ written under a version reserved in the index beforehand (a block of versions at
 one transaction makes the row visible and writes the change-feed entry. A crash in between
 leaves an upload row whose blob the cleanup job removes.
 
-An upsert (PUT) stores the same way; its commit replaces an instance stored already (a new
-version, see Uploads.upsert) instead of refusing it.
+An upsert (PUT) stores the same way, but the parts of a request commit together in one
+transaction; its commit replaces an instance stored already (a new version, see Uploads.upsert)
+instead of refusing it.
 """
 
 from __future__ import annotations
@@ -105,11 +106,18 @@ class PartOrder:
     of two parts with the same SOP Instance UID the earlier one is stored and the later one is a
     duplicate (45070), whichever finished parsing first."""
 
-    def __init__(self, previous: PartOrder | None, commits: Commits):
+    def __init__(self, previous: PartOrder | None, commits: Commits, slot: asyncio.Semaphore):
         self.previous = previous
         self.commits = commits  # the request's
         self.reserved = asyncio.Event()  # this part and every earlier one have their version
         self.queued = asyncio.Event()  # ... have queued their commit, or settled without one
+        self._slot: asyncio.Semaphore | None = slot  # the part's place in the pipeline
+
+    def leave(self) -> None:
+        """Free the part's place in the pipeline (once): the next part may be taken."""
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     async def before_reserve(self) -> None:
         if self.previous is not None:
@@ -130,33 +138,43 @@ class Commits:
     """The commits of one request's parts, in the order queued: those queued while the index
     writes a batch go together in the next (one index write, not one per part). An upsert's
     (``replaced_delay``: when the blob of a version it replaces may go, unless it is the
-    original) commit one at a time, in order: not the hot path."""
+    original) commit all together once every part has queued (``write_all``): one transaction,
+    so that a reader sees none of the request's instances replaced or all of them."""
 
     def __init__(self, index: Uploads, replaced_delay: timedelta | None = None):
         self.index = index
         self.replaced_delay = replaced_delay
+        self.whole = replaced_delay is not None
         self.waiting: list[tuple[int, NewInstance, asyncio.Future]] = []
         self.writing: asyncio.Task | None = None
 
     def queue(self, version: int, instance: NewInstance) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((version, instance, future))
-        if self.writing is None:
+        if self.writing is None and not self.whole:
             self.writing = asyncio.create_task(self._write())
         return future
+
+    async def write_all(self, last: PartOrder | None) -> None:
+        """An upsert's commit, once every part up to ``last`` has queued (or settled without)."""
+        if last is not None:
+            await last.queued.wait()
+        await self._write()
 
     async def _write(self) -> None:
         batch: list[tuple[int, NewInstance, asyncio.Future]] = []
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
-                if self.replaced_delay is not None:
-                    outcomes = [await self._upsert(v, i) for v, i, _ in batch]
-                else:
-                    try:
-                        outcomes = await self.index.commit_each([(v, i) for v, i, _ in batch])
-                    except Exception as exc:  # noqa: BLE001 - the outcome of each of the batch
-                        outcomes = [exc] * len(batch)
+                stores = [(v, i) for v, i, _ in batch]
+                try:
+                    if self.replaced_delay is None:
+                        outcomes = await self.index.commit_each(stores)
+                    else:
+                        due = utcnow() + self.replaced_delay
+                        outcomes = await self.index.upsert(stores, due)
+                except Exception as exc:  # noqa: BLE001 - the outcome of each of the batch
+                    outcomes = [exc] * len(batch)
                 for (_, _, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -168,13 +186,6 @@ class Commits:
             self.writing = None
             for _, _, future in batch + self.waiting:
                 future.cancel()  # only those still waiting: the loop is going away
-
-    async def _upsert(self, version: int, instance: NewInstance) -> Exception | None:
-        try:
-            await self.index.upsert(version, instance, utcnow() + self.replaced_delay)
-        except Exception as exc:  # noqa: BLE001 - this store's outcome
-            return exc
-        return None
 
 
 class StoreService:
@@ -207,9 +218,10 @@ class StoreService:
         Up to PIPELINE parts are parsed and written at once (the next part is not taken before
         a slot is free); each commits after the one before it (those ready together in one
         index write), so stored order (the change feed, default search order) is the order of
-        the parts. Parts already received are stored whatever happens to the request (a store
-        is never cut in half): an error of ``parts`` (a malformed body) or a cancelled request
-        stops taking parts, not storing those taken."""
+        the parts; an upsert's parts commit together once the last has been written (one index
+        write: a reader sees none of them or all). Parts already received are stored whatever
+        happens to the request (a store is never cut in half): an error of ``parts`` (a
+        malformed body) or a cancelled request stops taking parts, not storing those taken."""
         # v1 validates the attributes extended query tags index too: from here on, ``strict``
         # is their paths (None in v2)
         paths = await self.extended.indexed_paths() if strict else None
@@ -221,25 +233,25 @@ class StoreService:
         try:
             async for part in parts:
                 await slots.acquire()
-                order = PartOrder(order, commits)
-                stores.append(
-                    asyncio.create_task(self._finish_part(part, study, paths, slots, order))
-                )
+                order = PartOrder(order, commits, slots)
+                stores.append(asyncio.create_task(self._finish_part(part, study, paths, order)))
         except InsufficientStorage as exc:  # no space to receive a part: the rest is not read
             message = f"{exc}; the parts after this one were not read"
             unread.append(stow.PartOutcome(failure=stow.OUT_OF_RESOURCES, message=message))
         finally:
+            if commits.whole:
+                await asyncio.shield(commits.write_all(order))
             results = await asyncio.shield(asyncio.gather(*stores, return_exceptions=True))
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return results + unread
 
-    async def _finish_part(self, part, study, strict, slots, order) -> stow.PartOutcome:
+    async def _finish_part(self, part, study, strict, order) -> stow.PartOutcome:
         try:
             return await self._check_part(part, study, strict, order)
         finally:
-            slots.release()
+            order.leave()
             await order.finish()
 
     async def _check_part(self, part: Part, study, strict, order) -> stow.PartOutcome:
@@ -311,6 +323,9 @@ class StoreService:
                 await order.before_commit()
                 committed = order.commits.queue(version, record)
                 order.queued.set()
+                if order.commits.whole:  # commits with the request's last part: make way
+                    body.discard()
+                    order.leave()
                 await committed
         except BaseException as exc:
             # refused for a duplicate or for lack of space, it surely did not commit: its blob

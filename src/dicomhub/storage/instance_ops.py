@@ -324,12 +324,19 @@ def instance_values(instance: NewInstance) -> tuple:
 def commit_each(stores: list[tuple[int, NewInstance]]) -> Op:
     """``commit`` of each store in turn, each in a savepoint of its own: a store that fails
     (already stored, abandoned) is undone alone. Its error, or None, for each store."""
+    return each(commit, stores, (AlreadyExists, StoreAbandoned))
+
+
+def each(step, stores: list[tuple], refusals: tuple[type[Exception], ...]) -> Op:
+    """``step(*store)`` for each store in turn, each in a savepoint of its own: one that raises
+    one of ``refusals`` is undone alone (any other error fails the transaction). Its refusal,
+    or None, for each store."""
     outcomes: list[Exception | None] = []
-    for version, instance in stores:
+    for store in stores:
         yield run("SAVEPOINT store")
         try:
-            yield from commit(version, instance)
-        except (AlreadyExists, StoreAbandoned) as exc:
+            yield from step(*store)
+        except refusals as exc:
             yield run("ROLLBACK TO store")
             outcomes.append(exc)
         else:

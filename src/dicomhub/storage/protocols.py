@@ -127,13 +127,17 @@ class Uploads(Protocol):
         each, None or the error that failed it alone (AlreadyExists, StoreAbandoned); an
         error of the index itself fails the rest."""
 
-    async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
-        """PUT (upsert): make a reserved instance visible as ``commit`` does when it is new;
-        when its series holds it already, replace it: ``version`` becomes its latest version
-        (an ``update`` change-feed entry), its original kept until it is deleted, a version in
-        between queued for deletion after ``cleanup_after``. Raises InstanceMoved when another
-        study or series of the partition holds it. Concurrent upserts and deletes of an
-        instance take turns, each wholly."""
+    async def upsert(
+        self, stores: list[tuple[int, NewInstance]], cleanup_after: datetime
+    ) -> list[Exception | None]:
+        """PUT (upsert): make the reserved instances of one request visible together (one
+        transaction: a reader sees none of them or all), in order. Each is stored as
+        ``commit`` stores it when it is new; when its series holds it already, it is replaced:
+        its ``version`` becomes the latest (an ``update`` change-feed entry), its original kept
+        until it is deleted, a version in between queued for deletion after
+        ``cleanup_after``. For each, None or, undone alone, InstanceMoved (another study or
+        series of the partition holds it), AlreadyExists or StoreAbandoned. Concurrent upserts
+        and deletes take turns, each wholly."""
 
     async def bulk_update(
         self, stores: list[tuple[int, NewInstance, int]], cleanup_after: datetime

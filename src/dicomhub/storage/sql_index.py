@@ -77,8 +77,10 @@ class SqlIndex:
     async def commit_each(self, stores: list[tuple[int, NewInstance]]) -> list[Exception | None]:
         return await self._write(ops.commit_each, stores)
 
-    async def upsert(self, version: int, instance: NewInstance, cleanup_after: datetime) -> None:
-        await self._write(versions.upsert, self.dialect, version, instance, cleanup_after)
+    async def upsert(
+        self, stores: list[tuple[int, NewInstance]], cleanup_after: datetime
+    ) -> list[Exception | None]:
+        return await self._write(versions.upsert, self.dialect, stores, cleanup_after)
 
     async def bulk_update(
         self, stores: list[tuple[int, NewInstance, int]], cleanup_after: datetime

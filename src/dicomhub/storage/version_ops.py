@@ -72,7 +72,24 @@ REVISE_STUDY = "UPDATE study SET revision = revision + 1 WHERE study_key = ? RET
 LOCK_ATTEMPTS = 100  # each attempt after the first follows a delete of the study or series
 
 
-def upsert(d: Dialect, version: int, instance: NewInstance, cleanup_after: datetime) -> Op:
+def upsert(d: Dialect, stores: list[tuple[int, NewInstance]], cleanup_after: datetime) -> Op:
+    """The stores of one PUT request, in order, in one transaction (a reader sees none of them
+    or all), each as ``upsert_one`` (its refusal, or None, for each: one refused is undone
+    alone). The studies stored already are locked first, in one order, so that two requests
+    that touch the same studies take turns rather than deadlock."""
+    studies = sorted({(i.id.partition, i.id.study) for _, i in stores})
+    for partition, study in studies:
+        yield one(STUDY_KEY + d.for_update, partition, study)
+    return (
+        yield from ops.each(
+            lambda version, instance: upsert_one(d, version, instance, cleanup_after),
+            stores,
+            (AlreadyExists, InstanceMoved, StoreAbandoned),
+        )
+    )
+
+
+def upsert_one(d: Dialect, version: int, instance: NewInstance, cleanup_after: datetime) -> Op:
     """Make a reserved store visible as PUT does (upsert): a new instance as ``commit`` adds it
     (a ``create`` entry); one its series holds already is replaced (``replace``: an ``update``
     entry). One the partition holds in another study or series is refused (InstanceMoved):
