@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -28,6 +29,7 @@ from dicomhub.archive import bulk_update as service
 from dicomhub.archive.fhir_sync import FhirSync
 from dicomhub.cli import build_archive
 from dicomhub.clock import utcnow
+from dicomhub.errors import NotFound
 from dicomhub.fhir.projection import Options
 from dicomhub.model import Scope
 from dicomhub.settings import Settings
@@ -242,15 +244,16 @@ def frame(client, series: str, sop: str, headers: dict | None = None) -> bytes:
     return r.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
 
 
-@pytest.fixture(params=["memory", "folder"])
+@pytest.fixture(params=["memory", "folder", "azurite", "seaweedfs"])
 def blob_client(request, tmp_path, index_url):
-    """Object-like blobs (copied to a spool file first) or a folder (read in place)."""
-    blobs = "memory://" if request.param == "memory" else ""
-    s = Settings(data_dir=str(tmp_path / "data"), index_url=index_url, delete_delay=0)
-    if blobs:
-        s = Settings(
-            data_dir=str(tmp_path / "data"), index_url=index_url, delete_delay=0, blob_url=blobs
-        )
+    """Object stores (a file copied to a spool file first: in memory, Azure Blob in Azurite,
+    S3 in SeaweedFS) or a folder (read in place)."""
+    blobs = {"memory": "memory://", "folder": ""}.get(request.param)
+    if blobs is None:
+        blobs = request.getfixturevalue(request.param).blob_url()
+    s = Settings(
+        data_dir=str(tmp_path / "data"), index_url=index_url, delete_delay=0, blob_url=blobs
+    )
     with TestClient(create_app(s, build_archive(s))) as c:
         yield c
 
@@ -279,6 +282,20 @@ def test_a_large_instance_keeps_its_pixel_data(blob_client, monkeypatch):
     ds = read(client.get(path, headers={"Accept": "application/dicom"}).content)
     assert str(ds.PatientName) == "New^Name" and ds.PixelData == pixels * 3
     assert frame(client, series, sop, ORIGINAL) == pixels
+    # a delete removes both versions' files (the cleanup job): nothing is left behind
+    archive = client.app.state.archive
+    scope = Scope(STUDY, series, sop)
+    keys = [
+        found.blob_key
+        for original in (False, True)
+        for found in client.portal.call(archive.index.instances, replace(scope, original=original))
+    ]
+    assert len(set(keys)) == 2
+    assert client.delete(path).status_code == 204
+    assert client.portal.call(archive.cleanup.delete_due_blobs) == 2
+    for key in keys:
+        with pytest.raises(NotFound):
+            client.portal.call(archive.blobs.read, key)
 
 
 def test_a_killed_runner_leaves_the_update_to_another(client, monkeypatch, clock):
