@@ -134,18 +134,19 @@ def update(d: Dialect, stores: list[tuple[int, NewInstance, int]], cleanup_after
     """Bulk update of a study: each reserved version (its blob written) made the latest of the
     stored instance whose latest it names, all in one transaction, so that a reader sees the
     study before or after, never part of it updated. For each store, None or what kept it
-    out, before it changed anything: InstanceChanged when the instance was replaced or
-    deleted since its latest was read (a bulk update never overwrites a version it did not
-    start from, nor brings a deleted instance back), StoreAbandoned when its upload timed out.
-    The study and series are locked first, as a delete and an upsert lock them."""
-    outcomes: list[Exception | None] = []
-    for version, instance, replaced in stores:
-        try:
-            yield from _update_one(d, version, instance, replaced, cleanup_after)
-            outcomes.append(None)
-        except (InstanceChanged, StoreAbandoned) as exc:
-            outcomes.append(exc)
-    return outcomes
+    out (undone alone): InstanceChanged when the instance was replaced or deleted since its
+    latest was read (a bulk update never overwrites a version it did not start from, nor
+    brings a deleted instance back), StoreAbandoned when its upload timed out. The study and
+    series are locked first, as a delete and an upsert lock them."""
+    return (
+        yield from ops.each(
+            lambda version, instance, replaced: _update_one(
+                d, version, instance, replaced, cleanup_after
+            ),
+            stores,
+            (InstanceChanged, StoreAbandoned),
+        )
+    )
 
 
 def _update_one(
