@@ -13,10 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from dicomhub import logs
 from dicomhub.archive.operations import OperationsService
+from dicomhub.cli import build_archive
+from dicomhub.settings import Settings
 from dicomhub.storage.urls import open_index
+from dicomhub.web.app import create_app
 from dicomhub.workers.jobs import JobRunner
 from tests.conftest import running_server
 
@@ -150,3 +154,21 @@ def test_a_jobs_lines_carry_the_id_of_the_request_that_queued_it():
 )
 def test_sane_request_ids(raw, kept):
     assert (logs.sane_request_id(raw) is not None) == kept
+
+
+def test_an_unexpected_error_answers_500_with_the_request_id(tmp_path, monkeypatch):
+    """A bug's exception is answered (500) by the last-resort handler, outside the audit
+    layer: the answer still echoes the request's id, and its audit entry has it."""
+    settings = Settings(data_dir=str(tmp_path / "data"), blob_url="memory://")
+    app = create_app(settings, build_archive(settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(app.state.archive.search, "search", broken)
+        r = client.get("/v2/studies", headers={"X-Request-Id": "bug-1"})
+        assert r.status_code == 500 and r.headers["x-request-id"] == "bug-1"
+        assert r.json()["detail"] == "the server failed; see its log"
+        entries = client.get("/v2/audit", params={"requestId": "bug-1"}).json()
+        assert [(e["path"], e["status"]) for e in entries] == [("/v2/studies", 500)]

@@ -29,7 +29,7 @@ from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ACTIONS, READ, AuditEntry, AuditQuery
 from dicomhub.telemetry import instruments
-from dicomhub.web.common import ZEROCOPY, archive, page, param, time_param
+from dicomhub.web.common import REQUEST_ID, ZEROCOPY, archive, page, param, time_param
 from dicomhub.web.errors import problem
 
 HEADER_PREFIXES = (b"x-dicomhub-audit-", b"x-ms-azuredicom-audit-")
@@ -39,7 +39,6 @@ MAX_QUERY = 2048  # bytes of the query string kept
 UNAUDITED = ("/health/check",)
 ACTION, ROUTE = "dicomhub.action", "dicomhub.route"  # set in the scope by the route's wrapper
 NOTES = "dicomhub.audit"
-REQUEST_ID = "dicomhub.request_id"  # the request's id, in the scope
 # the routes (names without their version) whose response bodies count as retrieved bytes
 RETRIEVALS = frozenset(
     {"study", "series", "instance", "frames", "bulkdata", "wado-uri"}

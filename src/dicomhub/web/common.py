@@ -26,6 +26,7 @@ from dicomhub.model import Scope, StoredInstance
 
 DICOM_JSON = "application/dicom+json"
 ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
+REQUEST_ID = "dicomhub.request_id"  # the request's id, in the scope (set by web/audit)
 MAX_JSON_BODY = 1024 * 1024
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 MAX_OFFSET = 2**53 - 1  # a paging offset (or change-feed sequence) any client and index can hold

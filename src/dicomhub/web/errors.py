@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from dicomhub import errors
-from dicomhub.web.common import warning
+from dicomhub.web.common import REQUEST_ID, warning
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,12 @@ async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     # the error goes on up to the ASGI server, which closes the connection after this answer:
-    # say so, or a pooled client's next request on it meets a reset
+    # say so, or a pooled client's next request on it meets a reset. Answered outside the
+    # audit layer (the last resort), it echoes the request's id here.
     headers = {"Connection": "close"}
+    rid = request.scope.get(REQUEST_ID)
+    if rid:
+        headers["X-Request-Id"] = rid
     return problem(500, "Internal Server Error", "the server failed; see its log", headers)
 
 

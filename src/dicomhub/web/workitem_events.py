@@ -24,8 +24,8 @@ from dicomhub.clock import utcnow
 from dicomhub.errors import DicomhubError, InvalidRequest, WorkitemError
 from dicomhub.model import READ, AuditEntry
 from dicomhub.web.access import authorize
-from dicomhub.web.audit import REQUEST_ID, note
-from dicomhub.web.common import archive, base_url, param
+from dicomhub.web.audit import note
+from dicomhub.web.common import REQUEST_ID, archive, base_url, param
 from dicomhub.web.errors import STATUS, problem
 
 log = logging.getLogger(__name__)
