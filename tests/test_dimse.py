@@ -346,8 +346,10 @@ def dcmtk_query(tool: str, port: int, calling: str, level: str, keys: dict, *opt
 def findscu(port: int, tmp_path, model: str, level: str, **keys: str) -> list:
     out = tmp_path / f"find-{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    done = dcmtk_query("findscu", port, "VIEWER", level, keys, model, "-X", "-od", str(out))
+    done = dcmtk_query("findscu", port, "VIEWER", level, keys, model, "-v", "-X", "-od", str(out))
+    # findscu exits 0 whatever the final status: a refused query must not look like no match
     assert done.returncode == 0, done.stderr
+    assert "Received Final Find Response (Success)" in done.stdout + done.stderr, done.stderr
     return [read(p.read_bytes()) for p in sorted(out.iterdir())]
 
 
