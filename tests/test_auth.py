@@ -99,6 +99,7 @@ def every_route(app) -> list[tuple[str, str]]:
         "operation": "0" * 32,
         "workitem": "1.2.3.6",
         "aetitle": "WATCHER",
+        "partition": "clinic-a",
     }
     out = []
     for route in app.routes:
@@ -154,7 +155,7 @@ def needed_action(method: str, path: str) -> str | None:
         return "admin"
     if "/extendedquerytags" in path and method != "GET":
         return "manageExtendedQueryTags"
-    if re.match(r"/v\d/export$", path):
+    if re.match(r"/v\d/(partitions/[^/]+/)?export$", path):
         return "export"
     if "/workitems/" in path and "/subscribers/" in path:  # unsubscribing (DELETE) is a write
         return "write"

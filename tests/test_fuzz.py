@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.transport import register_serializer
 from schemathesis.transport.serialization import serialize_binary
 
-from dicomhub.web.openapi import for_version
+from dicomhub.web.openapi import PARTITIONED, for_version
 from tests.conftest import running_server
 from tests.dicomfiles import storable_files
 from tests.helpers import MULTIPART, multipart
@@ -78,7 +78,14 @@ DEPENDENT = {
         )
     },
 }
+# ... and the same operations in a data partition
+DEPENDENT |= {
+    f"{method} /partitions/{{partition}}{path}": why
+    for method, path, why in ((*k.split(" ", 1), v) for k, v in list(DEPENDENT.items()))
+    if path.split("/")[1] in PARTITIONED
+}
 STORED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle_2frame.dcm")
+PARTITION = "fuzz.partition-1"  # the data partition the stored files are in too
 MAX_EXAMPLES = 80  # an operation, of /v2
 V1_EXAMPLES = 20
 
@@ -87,10 +94,14 @@ V1_EXAMPLES = 20
 def served(tmp_path_factory):
     """The server, with STORED in it: (base URL, [(study, series, sop)])."""
     files = [f for f in storable_files() if f.name in STORED]
-    with running_server(tmp_path_factory.mktemp("fuzz"), delete_delay="0") as (url, _):
+    folder = tmp_path_factory.mktemp("fuzz")
+    with running_server(folder, delete_delay="0", data_partitions="true") as (url, _):
         body = multipart(*(f.data for f in files))
-        r = httpx.post(url + "/v2/studies", content=body, headers={"Content-Type": MULTIPART})
-        assert r.status_code == 200, r.text
+        for root in ("/v2", f"/v2/partitions/{PARTITION}"):  # the default partition and one more
+            r = httpx.post(
+                url + root + "/studies", content=body, headers={"Content-Type": MULTIPART}
+            )
+            assert r.status_code == 200, r.text
         yield url, [(f.study, f.series, f.sop) for f in files]
 
 
@@ -168,16 +179,22 @@ def test_fuzz_reached_the_stored_instances():
     instance = "/studies/{study}/series/{series}/instances/{sop}"
     for path in ("", "/metadata", "/rendered", "/thumbnail", "/frames/{frames}"):
         assert 200 in REACHED[f"v2 GET {instance}{path}"], path
+        assert 200 in REACHED[f"v2 GET /partitions/{{partition}}{instance}{path}"], path
+    assert 200 in REACHED["v2 GET /partitions"]
     assert 200 in REACHED["v2 GET /audit"] and 200 in REACHED["v2 POST /deleted/$purge"]
 
 
 def _with_stored_uids(case, stored) -> None:
-    """Send most cases of a non-destructive operation with path UIDs of a stored instance."""
+    """Send most cases of a non-destructive operation with path UIDs of a stored instance,
+    and every valid one of a partition's route to the partition that holds them (another name
+    is one that does not exist: 400)."""
     path = case.path_parameters
-    if not path or "study" not in path or case.method.upper() == "DELETE":
-        return
     if case.meta is not None and case.meta.is_negative_at(ParameterLocation.PATH):
         return  # the invalid path value is what this case tests
+    if path and "partition" in path:
+        path["partition"] = PARTITION
+    if not path or "study" not in path or case.method.upper() == "DELETE":
+        return
     pick = zlib.crc32(repr((case.query, case.headers, path)).encode()) % (len(stored) + 1)
     if pick == len(stored):  # one in len(stored) + 1 keeps its generated UIDs
         return

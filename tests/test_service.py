@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
+from dicomhub.storage import file_blobs
 from dicomhub.storage import statements as st
 from dicomhub.web.app import create_app
 from tests.conftest import ROOT
@@ -109,10 +110,12 @@ def test_fsync_setting(tmp_path, monkeypatch, fsync):
     synced; the default syncs both (the blob's folder too, where the file system needs it:
     test_file_blobs). Either way, what is stored is served."""
     synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(
-        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
-    )
+
+    def recording(real):
+        return lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording(os.fsync))  # folders
+    monkeypatch.setattr(file_blobs, "_datasync", recording(file_blobs._datasync))  # files
     settings = Settings(data_dir=str(tmp_path / "data"), fsync=fsync)
     with TestClient(create_app(settings, build_archive(settings))) as client:
         r = client.post("/v2/studies", content=CT, headers={"Content-Type": "application/dicom"})

@@ -408,9 +408,14 @@ async def _upgrade(settings: Settings) -> None:
 
 
 async def _recover(settings: Settings) -> None:
+    from dicomhub.web.partitions import refuse_when_off
+
     archive = build_archive(settings)
     await archive.start(recover=True)
-    await archive.close()
+    try:
+        await refuse_when_off(archive.index, settings.data_partitions)
+    finally:
+        await archive.close()
 
 
 def worker_app():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
 DEFAULT_PARTITION = "Microsoft.Default"
+# A data partition's name (Microsoft's PartitionNameValidator, not empty)
+PARTITION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ class NewInstance:
     search: SearchRecord
     invalid: dict[str, str] = field(default_factory=dict)  # tag path -> why it was left out
 
+    def in_partition(self, partition: str) -> NewInstance:
+        """The instance as stored in data partition ``partition``."""
+        if self.id.partition == partition:
+            return self
+        return dataclasses.replace(self, id=dataclasses.replace(self.id, partition=partition))
+
 
 @dataclass(frozen=True)
 class SearchRecord:
@@ -75,6 +85,15 @@ class StoredInstance:
     @property
     def blob_key(self) -> str:
         return blob_key(self.id.partition, self.version)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A data partition: its own UID namespace, created by the first store to its name."""
+
+    key: int
+    name: str
+    created: datetime
 
 
 class Action(IntEnum):

@@ -145,6 +145,13 @@ class Settings:
     bulkdata_threshold: int = _setting(
         1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
     )
+    data_partitions: bool = _setting(
+        False,
+        "Data partitions: the routes of studies (STOW, upsert, QIDO, WADO, rendered, delete, "
+        "bulk update) and export also under /v{n}/partitions/{name}/, each name its own UID "
+        "namespace, created by its first store. Once a partition other than the default holds "
+        "data, they cannot be switched off (the server refuses to start).",
+    )
     delete_delay: int = _setting(
         3 * 24 * 3600,
         "Seconds a deleted instance's blob (or a version an upsert replaced, not the original) "

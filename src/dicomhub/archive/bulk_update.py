@@ -44,7 +44,14 @@ from dicomhub.clock import utcnow
 from dicomhub.dicom.instance import InvalidInstance
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import Conflict, InvalidDicom, InvalidRequest, NotFound
-from dicomhub.model import JobType, NewInstance, Scope, StoredInstance, blob_key
+from dicomhub.model import (
+    DEFAULT_PARTITION,
+    JobType,
+    NewInstance,
+    Scope,
+    StoredInstance,
+    blob_key,
+)
 from dicomhub.storage.protocols import BlobStore, Instances, Uploads
 
 MAX_STUDIES = 50  # Microsoft's UpdateTags.MaxStudyInstanceUidLimit
@@ -246,10 +253,10 @@ class BulkUpdateService:
         self.spool_dir = spool_dir
         self.replaced_delay = timedelta(seconds=replaced_delay)
 
-    async def start(self, body: Any) -> str:
-        """Queue the bulk update ``body`` asks for; its operation id. Conflict (409) while
-        another is queued or running: one at a time."""
-        payload = parse(body)
+    async def start(self, body: Any, partition: str = DEFAULT_PARTITION) -> str:
+        """Queue the bulk update ``body`` asks for, of studies of data partition ``partition``;
+        its operation id. Conflict (409) while another is queued or running: one at a time."""
+        payload = {**parse(body), "partition": partition}
         wanted = uuid.uuid4().hex
         got = await self.operations.start(str(JobType.BULK_UPDATE), payload, True, wanted)
         if got != wanted:
@@ -273,7 +280,8 @@ class BulkUpdateService:
             def share(part: float, at: int = number, checkpoint: dict = start) -> None:
                 progress(int((at + part) * 100 / len(studies)), checkpoint)
 
-            failed = await self._update_study(studies[number], changes, results, share)
+            study = Scope(studies[number], partition=payload.get("partition", DEFAULT_PARTITION))
+            failed = await self._update_study(study, changes, results, share)
             results["studyFailed" if failed else "studyUpdated"] += 1
             progress(
                 int((number + 1) * 100 / len(studies)),
@@ -281,12 +289,12 @@ class BulkUpdateService:
             )
         return results
 
-    async def _update_study(self, study: str, changes: Dataset, results: dict, share) -> bool:
+    async def _update_study(self, study: Scope, changes: Dataset, results: dict, share) -> bool:
         """Update every instance of ``study``: each new version written first, then all made
         the latest at once (one index transaction). Whether one of them failed."""
-        found = sorted(await self.instances.instances(Scope(study)), key=_order)
+        found = sorted(await self.instances.instances(study), key=_order)
         if not found:
-            _error(results, f"study {study}: not found")
+            _error(results, f"study {study.study}: not found")
             return True
         failed = False
         ready: list[tuple[StoredInstance, int, NewInstance]] = []
@@ -341,7 +349,7 @@ class BulkUpdateService:
                 )
             except (InvalidInstance, InvalidDicom) as exc:
                 return f"the updated file is not valid: {exc}"
-            record = described.record
+            record = described.record.in_partition(instance.id.partition)
             (version,) = await self.index.reserve_versions(record.id.partition, 1)
             try:
                 await self.blobs.put(blob_key(record.id.partition, version), body.path or body.data)

@@ -22,7 +22,7 @@ from dicomhub.archive.operations import OperationsService
 from dicomhub.clock import isoformat, utcnow
 from dicomhub.dicom.deidentify import Context, Options, deidentify_file
 from dicomhub.errors import InvalidDicom, InvalidRequest, NotFound
-from dicomhub.model import JobType, Scope, StoredInstance
+from dicomhub.model import DEFAULT_PARTITION, JobType, Scope, StoredInstance
 from dicomhub.settings_groups import Export
 from dicomhub.storage.protocols import (
     BlobStore,
@@ -67,21 +67,24 @@ class ExportService:
         self.operations = ops
         self.extended_tags = extended_tags
 
-    async def start(self, body: Any) -> str:
-        """Queue the export ``body`` asks for; its operation id."""
+    async def start(self, body: Any, partition: str = DEFAULT_PARTITION) -> str:
+        """Queue the export ``body`` asks for, of data partition ``partition``; its operation
+        id."""
         payload = export_request.parse(body, self.allow, self.request_credentials, self.project_key)
         self.sinks(payload["destination"]["url"], payload["destination"]["options"])  # valid?
+        payload["partition"] = partition
         if "query" in payload:
-            payload["sources"] = await self.studies(payload["query"])
+            payload["sources"] = await self.studies(payload["query"], partition)
         operation = await self.operations.start(str(JobType.EXPORT), payload)
         assert operation is not None
         return operation
 
-    async def studies(self, text: str) -> list[list[str]]:
-        """The studies a "query" source matches now, in storage order, as identifiers: the
-        job exports these, wherever and however often it is resumed."""
+    async def studies(self, text: str, partition: str = DEFAULT_PARTITION) -> list[list[str]]:
+        """The studies of ``partition`` a "query" source matches now, in storage order, as
+        identifiers: the job exports these, wherever and however often it is resumed."""
         keys, _ = await self.extended_tags.searchable()
         query = export_request.study_query(text, keys)
+        query.partition = partition
         rows = await self.index.search(query, set())  # UIDs only: nothing optional needed
         if len(rows) > query.limit:
             raise InvalidRequest(
@@ -126,7 +129,8 @@ class ExportService:
         for number in range(state["source"], len(sources)):
             ids = sources[number]
             after = state["after"] if number == state["source"] else None
-            found = sorted(await self.index.instances(Scope(*ids)), key=_order)
+            scope = Scope(*ids, partition=payload.get("partition", DEFAULT_PARTITION))
+            found = sorted(await self.index.instances(scope), key=_order)
             if not found:
                 skipped += 1
                 _error(errors, _named(ids, context), "not found")

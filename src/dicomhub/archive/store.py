@@ -44,7 +44,7 @@ from dicomhub.errors import (
     InvalidDicom,
     InvalidRequest,
 )
-from dicomhub.model import NewInstance, blob_key
+from dicomhub.model import DEFAULT_PARTITION, NewInstance, blob_key
 from dicomhub.settings_groups import Ingest
 from dicomhub.storage.protocols import BlobStore, Uploads
 
@@ -208,12 +208,18 @@ class StoreService:
         self.replaced_delay = timedelta(seconds=replaced_delay)
 
     async def store_parts(
-        self, parts: AsyncIterator[Part], study: str | None, strict: bool, upsert: bool = False
+        self,
+        parts: AsyncIterator[Part],
+        study: str | None,
+        strict: bool,
+        upsert: bool = False,
+        partition: str = DEFAULT_PARTITION,
     ) -> list[stow.PartOutcome]:
         """Store the parts of one request, each while the next ones arrive; one outcome per
         part. ``strict`` (v1): an instance with an invalid value of a searchable attribute,
         built in or an extended query tag, is refused. ``upsert`` (PUT): an instance stored
         already is replaced by the part (a new version; see Uploads.upsert), not refused.
+        ``partition``: the data partition the parts are stored in.
 
         Up to PIPELINE parts are parsed and written at once (the next part is not taken before
         a slot is free); each commits after the one before it (those ready together in one
@@ -234,7 +240,9 @@ class StoreService:
             async for part in parts:
                 await slots.acquire()
                 order = PartOrder(order, commits, slots)
-                stores.append(asyncio.create_task(self._finish_part(part, study, paths, order)))
+                stores.append(
+                    asyncio.create_task(self._finish_part(part, study, paths, order, partition))
+                )
         except InsufficientStorage as exc:  # no space to receive a part: the rest is not read
             message = f"{exc}; the parts after this one were not read"
             unread.append(stow.PartOutcome(failure=stow.OUT_OF_RESOURCES, message=message))
@@ -247,14 +255,14 @@ class StoreService:
                 raise result
         return results + unread
 
-    async def _finish_part(self, part, study, strict, order) -> stow.PartOutcome:
+    async def _finish_part(self, part, study, strict, order, partition) -> stow.PartOutcome:
         try:
-            return await self._check_part(part, study, strict, order)
+            return await self._check_part(part, study, strict, order, partition)
         finally:
             order.leave()
             await order.finish()
 
-    async def _check_part(self, part: Part, study, strict, order) -> stow.PartOutcome:
+    async def _check_part(self, part: Part, study, strict, order, partition) -> stow.PartOutcome:
         body = part.body
         try:
             media = parse_media_type(part.media_type).type
@@ -273,7 +281,7 @@ class StoreService:
                 failure=stow.PROCESSING_FAILURE,
                 message=f"part exceeds the limit of {self.settings.max_part_size} bytes",
             )
-        return await self.store_part(body, study, strict, order)
+        return await self.store_part(body, study, strict, order, partition)
 
     async def store_part(
         self,
@@ -281,15 +289,16 @@ class StoreService:
         study: str | None,
         strict: frozenset[str] | None,
         order: PartOrder | None = None,
+        partition: str = DEFAULT_PARTITION,
     ) -> stow.PartOutcome:
-        """Store one PS3.10 file (its body is consumed), in its ``order`` among the parts of a
-        request."""
+        """Store one PS3.10 file (its body is consumed) in ``partition``, in its ``order``
+        among the parts of a request."""
         try:
-            return await self._store(body, study, strict, order)
+            return await self._store(body, study, strict, order, partition)
         finally:
             body.discard()
 
-    async def _store(self, body: PartBody, study, strict, order) -> stow.PartOutcome:
+    async def _store(self, body: PartBody, study, strict, order, partition) -> stow.PartOutcome:
         if body.size == 0:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
@@ -303,7 +312,7 @@ class StoreService:
             )
         except InvalidDicom as exc:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message=str(exc))
-        record = described.record
+        record = described.record.in_partition(partition)
         ident = record.id
         outcome = stow.PartOutcome(record.sop_class, ident.sop)
         if order is not None:

@@ -42,6 +42,11 @@ WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
 INSERT INTO blob_upload (partition_name, started) SELECT ?, ? FROM n RETURNING version
 """
 FINISH_UPLOAD = "DELETE FROM blob_upload WHERE version = ? RETURNING partition_name"
+ADD_PARTITION = (
+    "INSERT INTO data_partition (partition_name, created) VALUES (?, ?) "
+    "ON CONFLICT (partition_name) DO NOTHING"
+)
+PARTITIONS = "SELECT partition_key, partition_name, created FROM data_partition ORDER BY 1"
 FINISH_UPLOAD_QUIETLY = "DELETE FROM blob_upload WHERE version = ?"
 STALE_UPLOADS = "SELECT version, partition_name FROM blob_upload WHERE started < ? ORDER BY version"
 
@@ -267,8 +272,10 @@ def etag_query(scope: Scope) -> tuple[str, tuple]:
 
 def reserve_versions(partition: str, count: int) -> Op:
     """``count`` versions for stores about to start, each with its upload row (what the cleanup
-    job removes when a store never commits)."""
-    found = yield rows(RESERVE_VERSIONS, count, partition, to_micros(utcnow()))
+    job removes when a store never commits). The first store to a partition creates it."""
+    now = to_micros(utcnow())
+    yield run(ADD_PARTITION, partition, now)
+    found = yield rows(RESERVE_VERSIONS, count, partition, now)
     return sorted(r[0] for r in found)
 
 

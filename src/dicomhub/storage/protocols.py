@@ -17,6 +17,7 @@ from dicomhub.model import (
     ExtendedTagError,
     NewInstance,
     Operation,
+    Partition,
     Scope,
     StoredInstance,
     StoredWorkitem,
@@ -152,6 +153,9 @@ class Uploads(Protocol):
     async def abandon(self, version: int) -> bool:
         """End a store that will not commit and queue its blob for deletion; False when it had
         already committed or been abandoned."""
+
+    async def partitions(self) -> list[Partition]:
+        """The data partitions, in the order they were created (the default one first)."""
 
     async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
         """(version, partition) of the stores started before then and not finished."""

@@ -25,6 +25,7 @@ from dicomhub.model import (
     InstanceId,
     NewInstance,
     Operation,
+    Partition,
     Scope,
     StoredInstance,
     StoredWorkitem,
@@ -89,6 +90,10 @@ class SqlIndex:
 
     async def abandon(self, version: int) -> bool:
         return await self._write(ops.abandon, version)
+
+    async def partitions(self) -> list[Partition]:
+        found = await self._rows(ops.PARTITIONS, ())
+        return [Partition(r[0], r[1], from_micros(r[2])) for r in found]
 
     async def stale_uploads(self, started_before: datetime) -> list[tuple[int, str]]:
         found = await self._rows(ops.STALE_UPLOADS, (to_micros(started_before),))

@@ -2,7 +2,10 @@
 role file in Microsoft's roles.json format; every route declares the one action it needs.
 
 A role grants its ``dataActions`` (``*``: all) less its ``notDataActions``; a caller holds the
-union of what its known roles grant. Unknown role names grant nothing.
+union of what its known roles grant. Unknown role names grant nothing. A role's ``scopes`` say
+where: ``/`` everywhere, ``/partitions/{name}`` only in that data partition (its routes of
+studies; the default partition's are the routes without a partition), so that a reader of one
+partition is refused (403) in another and on the server's own routes.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from importlib import resources
 from typing import Any
 
 from dicomhub.errors import Forbidden
-from dicomhub.model import ACTIONS
+from dicomhub.model import ACTIONS, PARTITION_NAME
 
 ALL = "*"
+EVERYWHERE = "/"
+
+Grants = dict[str, frozenset[str]]  # where ("/" or a partition's name) -> the actions granted
 
 
 class Roles:
-    def __init__(self, grants: dict[str, frozenset[str]], claim: str):
+    def __init__(self, grants: dict[str, Grants], claim: str):
         self.grants = grants
         self.claim = claim
 
@@ -47,8 +53,13 @@ class Roles:
             return [v for v in value if isinstance(v, str)]
         return []
 
-    def actions(self, names: list[str]) -> frozenset[str]:
-        return frozenset().union(*(self.grants.get(n, frozenset()) for n in names))
+    def actions(self, names: list[str]) -> Grants:
+        """What roles ``names`` grant, by where (``/``: everywhere, else a partition)."""
+        out: dict[str, frozenset[str]] = {}
+        for name in names:
+            for where, actions in self.grants.get(name, {}).items():
+                out[where] = out.get(where, frozenset()) | actions
+        return out
 
 
 def _parse(document: Any) -> dict[str, frozenset[str]]:
@@ -62,12 +73,27 @@ def _parse(document: Any) -> dict[str, frozenset[str]]:
             raise ValueError(f"a role has no name: {role}")
         if name in grants:
             raise ValueError(f"role {name!r} is defined twice")
-        if role.get("scopes", ["/"]) != ["/"]:
-            raise ValueError(f'role {name!r}: only the scope "/" is supported')
         granted = _actions(role.get("dataActions"), name, "dataActions")
         denied = _actions(role.get("notDataActions", []), name, "notDataActions")
-        grants[name] = frozenset(granted - denied)
+        grants[name] = dict.fromkeys(
+            _scopes(role.get("scopes", [EVERYWHERE]), name), frozenset(granted - denied)
+        )
     return grants
+
+
+def _scopes(values: Any, role: str) -> list[str]:
+    """Where a role grants: ``/`` or the names of data partitions."""
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"role {role!r}: scopes must be a non-empty list")
+    out = []
+    for value in values:
+        name = value.removeprefix("/partitions/") if isinstance(value, str) else ""
+        if value != EVERYWHERE and (name == value or not PARTITION_NAME.fullmatch(name)):
+            raise ValueError(
+                f'role {role!r}: a scope is "/" or "/partitions/{{name}}", not {value!r}'
+            )
+        out.append(EVERYWHERE if value == EVERYWHERE else name)
+    return out
 
 
 def _actions(values: Any, role: str, key: str) -> set[str]:
@@ -81,11 +107,16 @@ def _actions(values: Any, role: str, key: str) -> set[str]:
     return set(ACTIONS) if ALL in values else set(values)
 
 
-def authorize(scope: dict, action: str | None) -> None:
+def authorize(scope: dict, action: str | None, partition: str | None = None) -> None:
     """Raise Forbidden unless the request's principal holds ``action`` (None: any caller;
-    no principal: authentication is off, so nothing is checked)."""
+    no principal: authentication is off, so nothing is checked) everywhere, or in data
+    ``partition`` (a route of a partition's; None: a route of the server's own)."""
     principal = scope.get("state", {}).get("principal")
-    if action is None or principal is None or action in principal.actions:
+    if action is None or principal is None:
+        return
+    granted = principal.actions
+    if action in granted.get(EVERYWHERE, ()) or action in granted.get(partition, ()):
         return
     roles = ", ".join(principal.roles) or "none"
-    raise Forbidden(f"the caller's roles ({roles}) do not grant the {action!r} data action")
+    where = f" in partition {partition}" if partition is not None else ""
+    raise Forbidden(f"the caller's roles ({roles}) do not grant the {action!r} data action{where}")

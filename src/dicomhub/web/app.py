@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from dicomhub.archive.archive import Archive
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import DicomhubError, InvalidRequest
-from dicomhub.model import ADMIN, DELETE, EXPORT, MANAGE_TAGS, READ, WRITE
+from dicomhub.model import ADMIN, DEFAULT_PARTITION, DELETE, EXPORT, MANAGE_TAGS, READ, WRITE
 from dicomhub.settings import Settings
 from dicomhub.telemetry import exposition, instruments
 from dicomhub.web import (
@@ -33,6 +33,7 @@ from dicomhub.web import (
     metrics,
     openapi,
     operations,
+    partitions,
     qido,
     rendered,
     stow,
@@ -69,6 +70,22 @@ TAG = "/extendedquerytags/{tag}"
 WORKITEM = "/workitems/{workitem:uid}"
 SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
+# The routes a data partition has (by name prefix): studies' STOW, upsert, QIDO, WADO,
+# rendered images, delete, bulk update and export. Change feed, extended query tags and
+# operations are the server's (as in Microsoft's); workitems are not partitioned yet.
+PARTITIONED = (
+    "bulk-update",
+    "export",
+    "search",
+    "stow",
+    "upsert",
+    "study",
+    "series",
+    "instance",
+    "frames",
+    "bulkdata",
+    "delete",
+)
 
 
 class ActionRoute(Route):
@@ -82,13 +99,23 @@ class ActionRoute(Route):
         name: str,
         action: str | None,
         version: int | None = None,
+        base: str | None = None,
+        partitioned: bool = False,
     ):
-        base = name.split("-", 1)[1] if version is not None else name
+        """``base``: the route's name without its version and partition prefix; a
+        ``partitioned`` route's path has the data partition (``{partition}``)."""
+        base = base or (name.split("-", 1)[1] if version is not None else name)
 
         async def guarded(request):
             request.scope[ROUTE] = name
             request.scope[ACTION] = action
-            authorize(request.scope, action)
+            if base.startswith(PARTITIONED):  # a route of a data partition's: roles may be its
+                where = request.path_params.get("partition", DEFAULT_PARTITION)
+                authorize(request.scope, action, where)
+            else:
+                authorize(request.scope, action)
+            if partitioned:  # a store may create its partition; other requests need it
+                await partitions.resolve(request, create=action == WRITE)
             if (
                 base not in DEIDENTIFYING
                 and _may_name(request.scope["query_string"], b"deidentify")  # cheap first
@@ -113,10 +140,27 @@ def _may_name(query: bytes, name: bytes) -> bool:
 
 
 def _versioned(path: str, endpoint, methods: list[str], name: str, action: str) -> list[Route]:
-    return [
+    """The route in each API version, and in each version's data partitions when the route
+    is one of a partition's (web/partitions)."""
+    out = [
         ActionRoute(f"/v{n}{path}", endpoint, methods, f"v{n}-{name}", action, version=n)
         for n in VERSIONS
     ]
+    if name.startswith(PARTITIONED):
+        out += [
+            ActionRoute(
+                f"/v{n}/partitions/{{partition}}{path}",
+                endpoint,
+                methods,
+                f"v{n}-partition-{name}",
+                action,
+                version=n,
+                base=name,
+                partitioned=True,
+            )
+            for n in VERSIONS
+        ]
+    return out
 
 
 def _search_routes() -> list[tuple]:
@@ -191,6 +235,7 @@ def routes() -> list[BaseRoute]:
         # the event channel asked for without a WebSocket upgrade: 426
         ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
+        ("/partitions", partitions.listing, ["GET"], "partitions", READ),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]
     out: list[BaseRoute] = [
@@ -228,6 +273,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await archive.start(recover)
+        await partitions.refuse_when_off(archive.index, settings.data_partitions)
         instruments.alive("http")  # summed with the other processes' metrics from now on
         worker = asyncio.create_task(background()) if background else None
         try:
@@ -262,4 +308,6 @@ def create_app(
     app.state.public_url = settings.public_url  # what web/common.base_url names
     app.state.search = settings.archive.search  # QIDO's limits
     app.state.ingest = settings.ingest  # read by every STOW request
+    app.state.data_partitions = settings.data_partitions
+    app.state.partition_names = set()  # the partitions this process has seen (web/partitions)
     return app

@@ -53,7 +53,7 @@ class Principal:
     subject: str
     client: str | None  # the application the token was issued to (azp, client_id or appid)
     roles: tuple[str, ...]
-    actions: frozenset[str]
+    actions: dict[str, frozenset[str]]  # by where: "/" everywhere, else a data partition
 
 
 class TokenValidator:

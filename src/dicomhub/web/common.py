@@ -22,11 +22,12 @@ from dicomhub.dicom.mediatype import parse_accept
 from dicomhub.dicom.multipart import PART_END, closing, new_boundary, part_header
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest, NotAcceptable, PayloadTooLarge, RangeNotSatisfiable
-from dicomhub.model import Scope, StoredInstance
+from dicomhub.model import DEFAULT_PARTITION, Scope, StoredInstance
 
 DICOM_JSON = "application/dicom+json"
 ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension (see web/zerocopy.py)
 REQUEST_ID = "dicomhub.request_id"  # the request's id, in the scope (set by web/audit)
+PARTITION = "dicomhub.partition"  # the request's data partition, in the scope (web/partitions)
 MAX_JSON_BODY = 1024 * 1024
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 MAX_OFFSET = 2**53 - 1  # a paging offset (or change-feed sequence) any client and index can hold
@@ -40,10 +41,18 @@ def version(request: Request) -> int:
     return int(request.scope["route_version"])
 
 
-def base_url(request: Request) -> str:
-    """The DICOMweb root of this request's API version, ending in a slash."""
+def base_url(request: Request, partitioned: bool = True) -> str:
+    """The DICOMweb root of this request's API version, and of its data partition unless not
+    ``partitioned`` (the server's own routes: operations), ending in a slash."""
     root = request.app.state.public_url or _request_root(request)
-    return f"{root.rstrip('/')}/v{version(request)}/"
+    partition = request.scope.get(PARTITION) if partitioned else None
+    within = f"partitions/{partition}/" if partition else ""
+    return f"{root.rstrip('/')}/v{version(request)}/{within}"
+
+
+def partition_of(request: Request) -> str:
+    """The data partition a request addresses (web/partitions checked it)."""
+    return request.scope.get(PARTITION, DEFAULT_PARTITION)
 
 
 def _request_root(request: Request) -> str:
@@ -66,6 +75,7 @@ def scope_of(request: Request) -> Scope:
         study=require_uid(p["study"], "StudyInstanceUID"),
         series=require_uid(p["series"], "SeriesInstanceUID") if "series" in p else None,
         sop=require_uid(p["sop"], "SOPInstanceUID") if "sop" in p else None,
+        partition=partition_of(request),
     )
 
 

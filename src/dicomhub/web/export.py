@@ -6,11 +6,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from dicomhub.web.common import archive, base_url, json_body
+from dicomhub.web.common import archive, base_url, json_body, partition_of
 
 
 async def export(request: Request) -> JSONResponse:
-    operation = await archive(request).export.start(await json_body(request))
+    body = await json_body(request)
+    operation = await archive(request).export.start(body, partition_of(request))
     return JSONResponse(
-        {"id": operation, "href": f"{base_url(request)}operations/{operation}"}, status_code=202
+        {"id": operation, "href": f"{base_url(request, False)}operations/{operation}"},
+        status_code=202,
     )

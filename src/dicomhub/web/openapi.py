@@ -15,6 +15,8 @@ from dicomhub import __version__
 from dicomhub.web import changefeed
 from dicomhub.web.common import version
 
+PARTITIONED = ("studies", "series", "instances", "export")  # the paths of a partition's routes
+
 
 @cache
 def document() -> dict:
@@ -49,9 +51,21 @@ def for_version(number: int) -> dict:
         _drop_parameter(doc, "original")  # v1 ignores msdicom-request-original
         del doc["paths"]["/studies/$bulkUpdate"]  # v2 only (v1 answers 404)
         del doc["components"]["schemas"]["BulkUpdateRequest"]
+    _partitioned(doc)
     default, maximum = changefeed.LIMITS[number]
     doc["components"]["parameters"]["feedLimit"]["schema"].update(maximum=maximum, default=default)
     return doc
+
+
+def _partitioned(doc: dict) -> None:
+    """Each path of a data partition's routes (web/partitions) again under
+    /partitions/{partition}: the same operations, in that partition."""
+    ref = {"$ref": "#/components/parameters/partition"}
+    for path, item in list(doc["paths"].items()):
+        if path.split("/")[1] in PARTITIONED:
+            copied = copy.deepcopy(item)
+            copied["parameters"] = [ref, *copied.get("parameters", [])]
+            doc["paths"]["/partitions/{partition}" + path] = copied
 
 
 def _drop_parameter(doc: dict, name: str) -> None:

@@ -13,7 +13,13 @@ from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import Query, parse_query
 from dicomhub.dicom.uids import require_uid
 from dicomhub.telemetry import instruments
-from dicomhub.web.common import archive, base_url, header_text, require_json_accept
+from dicomhub.web.common import (
+    archive,
+    base_url,
+    header_text,
+    partition_of,
+    require_json_accept,
+)
 
 MORE_RESULTS = (
     "The number of results exceeded the maximum supported by the server. "
@@ -35,6 +41,7 @@ async def _query(request: Request, level: Level) -> tuple[Query, dict[str, str]]
         strict=settings.qido_strict,
         extended=keys,
     )
+    query.partition = partition_of(request)
     erroneous = [
         tags[c.key.extended].keyword
         for c in query.conditions

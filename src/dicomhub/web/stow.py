@@ -31,6 +31,7 @@ from dicomhub.web.audit import note
 from dicomhub.web.common import (
     archive,
     base_url,
+    partition_of,
     refuse_declared_size,
     require_json_accept,
     version,
@@ -62,7 +63,9 @@ async def _store(request: Request, upsert: bool) -> Response:
         request.stream(), request.headers.get("content-type"), request.app.state.ingest, sizes
     )
     n = version(request)
-    outcomes = await archive(request).store.store_parts(parts, study, n == 1, upsert)
+    outcomes = await archive(request).store.store_parts(
+        parts, study, n == 1, upsert, partition_of(request)
+    )
     _audit(request, outcomes)
     _count(outcomes, sizes)
     full = [o for o in outcomes if o.failure == stow.OUT_OF_RESOURCES]

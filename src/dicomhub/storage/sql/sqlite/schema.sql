@@ -320,3 +320,8 @@ CREATE TABLE ups_event (
     PRIMARY KEY (subscriber, sequence)
 );
 CREATE INDEX ups_event_created ON ups_event (created);
+CREATE TABLE data_partition (
+    partition_key       INTEGER PRIMARY KEY,
+    partition_name      TEXT NOT NULL UNIQUE,
+    created             INTEGER NOT NULL
+);
