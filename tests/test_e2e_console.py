@@ -1,0 +1,226 @@
+"""The web console (web/console) in headless Chromium (Debian chromium and chromium-driver,
+driven by selenium) against `dicomhub serve` over a real socket: the study list loads and its
+search filters, a study opens and its preview draws (the image's pixels are looked at), frames
+of a multi-frame instance scroll, the metadata table names tags, a folder of files uploads
+(checked by QIDO), a study is deleted after its confirmation; with authentication on, the page
+asks for a token, then shows only what the token's roles allow.
+
+One browser serves the module. Screenshots are kept in test-artifacts/console/ (the path is
+printed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops, ImageStat
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from tests.components import Unavailable
+from tests.conftest import ROOT, running_server, unavailable
+from tests.dicomfiles import read
+from tests.helpers import store_files
+from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn
+
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+WAIT = 60
+FILES = {  # patient name: (file, modality), each its own study
+    "CONSOLE^CT": "CT_small.dcm",
+    "CONSOLE^MR": "MR_small.dcm",
+    "CONSOLE^FRAMES": "emri_small.dcm",  # 10 frames (pydicom-data)
+}
+
+
+def _study(name: str, file: str, date: str) -> tuple[str, bytes]:
+    ds = read(Path(get_testdata_file(file, download=False)).read_bytes())
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID = name, name.replace("^", "-")
+    ds.StudyDate = date
+    ds.AccessionNumber = "ACC-" + name.split("^")[1]
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(out, enforce_file_format=False)
+    return ds.StudyInstanceUID, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable(Unavailable("OHIF", "PyPI selenium is not installed"))
+    for path, package in ((CHROMIUM, "chromium"), (DRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            unavailable(Unavailable("OHIF", f"Debian {package} is not installed"))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    print(f"\nconsole screenshots: {ARTIFACTS}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served(browser, tmp_path_factory):
+    data = tmp_path_factory.mktemp("console")
+    with running_server(data, delete_delay="0") as (url, _):
+        studies = {}
+        for n, (name, file) in enumerate(FILES.items()):
+            studies[name], body = _study(name, file, f"2024010{n + 1}")
+            store_files(url, body)
+        yield url, studies
+
+
+def wait_for(what: str, condition, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+def text(driver) -> str:
+    return driver.execute_script("return document.body ? document.body.innerText : ''")
+
+
+def css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def shot(driver, name: str) -> None:
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def rows(driver) -> list[str]:
+    return [e.text for e in css(driver, "table.studies a.study-link")]
+
+
+def preview(driver) -> Image.Image | None:
+    """What the preview shows, once an image is loaded in it."""
+    from selenium.common.exceptions import WebDriverException
+
+    loaded = driver.execute_script(
+        "const i = document.getElementById('preview');"
+        "return i && i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:');"
+    )
+    if not loaded:
+        return None
+    try:
+        return Image.open(io.BytesIO(css(driver, "#preview")[0].screenshot_as_png)).convert("RGB")
+    except WebDriverException:
+        return None
+
+
+def log_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def search(driver, **fields: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    for name, value in fields.items():
+        box = css(driver, f"form.search [name={name}]")[0]
+        box.clear()
+        box.send_keys(value)
+    css(driver, "form.search [name=PatientName]")[0].send_keys(Keys.ENTER)
+
+
+def test_the_study_list_loads_and_searches(browser, served):
+    url, studies = served
+    browser.get(url + "/")
+    wait_for("every study listed", lambda: len(rows(browser)) == len(studies))
+    assert "Studies 1–3 of 3" in text(browser)
+    wait_for("thumbnails", lambda: len(css(browser, "td.thumb img")) == len(studies))
+    shot(browser, "study-list")
+    # the form's controls are labelled (a screen reader names each)
+    for control in css(browser, "form.search input, form.search select"):
+        label = browser.execute_script("return arguments[0].labels[0].innerText", control)
+        assert label.strip(), control.get_attribute("name")
+    search(browser, PatientName="console mr")
+    wait_for("the MR only", lambda: rows(browser) == ["CONSOLE, MR"])
+    assert "PatientName=console+mr" in browser.current_url
+    shot(browser, "search-name")
+    browser.get(url + "/#/?ModalitiesInStudy=CT")
+    wait_for("the CT only", lambda: rows(browser) == ["CONSOLE, CT"])
+    browser.get(url + "/#/?from=2024-01-02&to=2024-01-03")
+    wait_for("two by date", lambda: sorted(rows(browser)) == ["CONSOLE, FRAMES", "CONSOLE, MR"])
+    browser.get(url + "/#/?AccessionNumber=ACC-CT")
+    wait_for("the CT by accession", lambda: rows(browser) == ["CONSOLE, CT"])
+    browser.get(url + "/#/?PatientID=nobody")
+    wait_for("nothing", lambda: "No study matches." in text(browser))
+    browser.get(url + "/#/?limit=25&offset=1")
+    wait_for("the second page", lambda: len(rows(browser)) == 2)
+    assert "Studies 2–3 of 3" in text(browser)
+    assert log_errors(browser) == []
+
+
+def test_a_study_opens_and_its_preview_draws(browser, served):
+    url, studies = served
+    browser.get(url + "/")
+    wait_for("the list", lambda: "CONSOLE, CT" in rows(browser))
+    next(e for e in css(browser, "a.study-link") if e.text == "CONSOLE, CT").click()
+    wait_for("the study page", lambda: "Instances" in text(browser))
+    image = wait_for("the CT drawn", lambda: (i := preview(browser)) and drawn(i) and i)
+    image.save(ARTIFACTS / "preview-CT.png")
+    shot(browser, "study-CT")
+    # another window: another picture
+    from selenium.webdriver.support.ui import Select
+
+    Select(css(browser, "#window")[0]).select_by_value("bone")
+    bone = wait_for(
+        "the bone window",
+        lambda: (i := preview(browser)) and _differs(image, i) and i,
+    )
+    bone.save(ARTIFACTS / "preview-CT-bone.png")
+    css(browser, "button.show-metadata")[0].click()
+    wait_for("the tag table", lambda: "PatientName" in text(browser))
+    table = css(browser, "table.tags")[0].text
+    assert "(0010,0010) PatientName PN CONSOLE^CT" in table
+    assert "(7FE0,0010) PixelData" in table
+    shot(browser, "metadata-CT")
+
+
+def _differs(a: Image.Image, b: Image.Image) -> bool:
+    if a.size != b.size:
+        return True
+    return max(ImageStat.Stat(ImageChops.difference(a, b)).mean) > 2
+
+
+def test_the_frames_of_a_multiframe_instance_scroll(browser, served):
+    from selenium.webdriver.common.keys import Keys
+
+    url, studies = served
+    browser.get(f"{url}/#/study/{studies['CONSOLE^FRAMES']}")
+    first = wait_for("frame 1", lambda: (i := preview(browser)) and drawn(i) and i)
+    first.save(ARTIFACTS / "preview-frame-1.png")
+    assert "frame 1 of 10" in text(browser)
+    viewport = css(browser, "#viewport")[0]
+    viewport.send_keys(Keys.ARROW_RIGHT)
+    viewport.send_keys(Keys.ARROW_RIGHT)
+    wait_for("frame 3", lambda: css(browser, "#preview")[0].get_attribute("data-frame") == "3")
+    third = wait_for("frame 3 drawn", lambda: (i := preview(browser)) and _differs(first, i) and i)
+    third.save(ARTIFACTS / "preview-frame-3.png")
+    assert "frame 3 of 10" in text(browser)
+    shot(browser, "study-multiframe")
