@@ -18,6 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image, ImageChops, ImageStat
 from pydicom.data import get_testdata_file
@@ -27,6 +28,7 @@ from tests.components import Unavailable
 from tests.conftest import ROOT, running_server, unavailable
 from tests.dicomfiles import read
 from tests.helpers import store_files
+from tests.synthetic import instance
 from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -224,3 +226,122 @@ def test_the_frames_of_a_multiframe_instance_scroll(browser, served):
     third.save(ARTIFACTS / "preview-frame-3.png")
     assert "frame 3 of 10" in text(browser)
     shot(browser, "study-multiframe")
+
+
+def _folder(tmp: Path, name: str, count: int) -> tuple[Path, str]:
+    """A folder of ``count`` new instances of one new study (in a sub-folder too), and a file
+    that is not DICOM; the study's UID."""
+    study, series = generate_uid(), generate_uid()
+    (tmp / "sub").mkdir(parents=True)
+    for n in range(count):
+        attributes = {"PatientName": name, "InstanceNumber": n + 1, "StudyDate": "20230101"}
+        body = instance(study, series, generate_uid(), **attributes)
+        (tmp / ("sub" if n % 2 else ".") / f"IM{n:04d}.dcm").write_bytes(body)
+    (tmp / "notes.txt").write_text("not DICOM")
+    return tmp, study
+
+
+def _qido_count(url: str, **params) -> int:
+    r = httpx.get(url + "/v2/instances", params=params)
+    return len(r.json()) if r.status_code == 200 else 0
+
+
+def _wait_uploaded(browser, files: int) -> str:
+    return wait_for(
+        "every file's outcome",
+        lambda: (
+            len(css(browser, "#upload-summary ~ table tbody tr")) == files
+            and "done in" in css(browser, "#upload-summary")[0].text
+            and css(browser, "#upload-summary")[0].text
+        ),
+    )
+
+
+def test_upload_a_folder(browser, served, tmp_path):
+    url, _ = served
+    folder, study = _folder(tmp_path / "folder", "UPLOAD^FOLDER", 6)
+    browser.get(url + "/#/upload")
+    picker = wait_for("the folder picker", lambda: css(browser, "#upload-folder"))[0]
+    picker.send_keys(str(folder))
+    summary = _wait_uploaded(browser, 7)
+    shot(browser, "upload-folder")
+    assert "stored 6" in summary and "refused 1" in summary, summary
+    refused = [r.text for r in css(browser, "tr.outcome-bad")]
+    assert len(refused) == 1 and "notes.txt" in refused[0]
+    assert _qido_count(url, StudyInstanceUID=study) == 6
+    assert float(css(browser, "#upload-progress")[0].get_attribute("value")) > 0
+    # the same files again: already stored, each said so
+    files = sorted(str(p) for p in folder.rglob("*.dcm"))
+    css(browser, "#upload-files")[0].send_keys("\n".join(files))
+    summary = _wait_uploaded(browser, 6)
+    assert "already stored or with warnings 6" in summary, summary
+    assert all("already stored" in r.text for r in css(browser, "tr.outcome-warn"))
+
+
+def test_upload_by_drag_and_drop(browser, served):
+    import base64
+
+    url, _ = served
+    study, series = generate_uid(), generate_uid()
+    made = [instance(study, series, generate_uid(), PatientName="UP^DROP") for _ in range(3)]
+    bodies = [base64.b64encode(body).decode() for body in made]
+    browser.get(url + "/#/upload")
+    wait_for("the drop zone", lambda: css(browser, "#drop"))
+    browser.execute_script(
+        "const dt = new DataTransfer();"
+        "arguments[0].forEach((b, n) => dt.items.add(new File("
+        "  [Uint8Array.from(atob(b), c => c.charCodeAt(0))], `drop${n}.dcm`)));"
+        "const zone = document.getElementById('drop');"
+        "const how = {dataTransfer: dt, bubbles: true, cancelable: true};"
+        "zone.dispatchEvent(new DragEvent('dragover', how));"
+        "zone.dispatchEvent(new DragEvent('drop', how));",
+        bodies,
+    )
+    summary = _wait_uploaded(browser, 3)
+    assert "stored 3" in summary, summary
+    assert _qido_count(url, StudyInstanceUID=study) == 3
+    shot(browser, "upload-dropped")
+
+
+def test_delete_a_study_after_confirming(browser, served):
+    url, _ = served
+    study, body = _study("CONSOLE^DELETE", "CT_small.dcm", "20240109")
+    store_files(url, body)
+    browser.get(f"{url}/#/study/{study}")
+    button = wait_for("the delete button", lambda: css(browser, "#delete-study"))[0]
+    button.click()
+    dialog = wait_for("the dialog", lambda: css(browser, "dialog[open]"))[0]
+    assert "CONSOLE, DELETE" in dialog.text and "cannot be undone" in dialog.text
+    shot(browser, "delete-confirm")
+    # the focus is on Cancel: Enter keeps the study
+    assert browser.switch_to.active_element.get_attribute("id") == "confirm-cancel"
+    css(browser, "#confirm-cancel")[0].click()
+    wait_for("the dialog closed", lambda: not css(browser, "dialog[open]"))
+    assert _qido_count(url, StudyInstanceUID=study) == 1
+    css(browser, "#delete-study")[0].click()
+    wait_for("the dialog", lambda: css(browser, "dialog[open]"))
+    css(browser, "#confirm-ok")[0].click()
+    wait_for("the study list", lambda: browser.current_url.endswith("#/"))
+    wait_for("the study gone", lambda: _qido_count(url, StudyInstanceUID=study) == 0)
+    wait_for(
+        "the list without it", lambda: rows(browser) and "CONSOLE, DELETE" not in rows(browser)
+    )
+
+
+def test_download_an_instance(browser, served, tmp_path):
+    url, studies = served
+    browser.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    study = studies["CONSOLE^CT"]
+    browser.get(f"{url}/#/study/{study}")
+    wait_for("the instances", lambda: css(browser, "button.download"))[0].click()
+    sop = css(browser, "table.instances tbody tr")[0].get_attribute("data-sop")
+    saved = wait_for("the file", lambda: (f := tmp_path / f"{sop}.dcm").is_file() and f)
+    instances = httpx.get(f"{url}/v2/studies/{study}/instances").json()
+    series = instances[0]["0020000E"]["Value"][0]
+    original = httpx.get(
+        f"{url}/v2/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": "application/dicom; transfer-syntax=*"},
+    )
+    wait_for("the whole file", lambda: saved.read_bytes() == original.content)
