@@ -345,3 +345,54 @@ def test_download_an_instance(browser, served, tmp_path):
         headers={"Accept": "application/dicom; transfer-syntax=*"},
     )
     wait_for("the whole file", lambda: saved.read_bytes() == original.content)
+
+
+def test_the_change_feed(browser, served):
+    url, studies = served
+    latest = httpx.get(url + "/v2/changefeed/latest").json()["sequence"]
+    browser.get(url + "/#/changes")
+    wait_for("the feed", lambda: css(browser, "table.feed tbody tr"))
+    first = css(browser, "table.feed tbody tr")[0].text
+    assert first.startswith(str(latest)), first  # newest first
+    assert f"Latest sequence {latest}" in text(browser)
+    assert any(studies["CONSOLE^CT"] in r.text for r in css(browser, "table.feed tbody tr"))
+    shot(browser, "change-feed")
+
+
+def test_extended_query_tags_and_their_operation(browser, served):
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = served
+    browser.get(url + "/#/tags")
+    form = wait_for("the form", lambda: css(browser, "#add-tag"))[0]
+    form.find_element("name", "path").send_keys("DeviceSerialNumber")
+    Select(form.find_element("name", "level")).select_by_value("Series")
+    form.find_element("css selector", "button[type=submit]").click()
+    wait_for("the operation", lambda: css(browser, ".operation"))
+    operation = css(browser, ".operation")[0].get_attribute("data-operation")
+    assert f"id={operation}" in browser.current_url
+    wait_for(
+        "the operation completed",
+        lambda: "completed" in " ".join(e.text for e in css(browser, ".operation")),
+    )
+    shot(browser, "operation")
+    browser.get(url + "/#/tags")
+    wait_for("the tag", lambda: "00181000" in text(browser))
+    shot(browser, "extended-query-tags")
+    assert httpx.get(url + "/v2/extendedquerytags").json()[0]["level"] == "Series"
+    css(browser, "table.extended-tags button.danger")[0].click()
+    wait_for("the dialog", lambda: css(browser, "dialog[open]"))
+    css(browser, "#confirm-ok")[0].click()
+    wait_for("the tag removed", lambda: httpx.get(url + "/v2/extendedquerytags").json() == [])
+    wait_for("the page says so", lambda: "No extended query tag." in text(browser))
+
+
+def test_health(browser, served):
+    url, _ = served
+    browser.get(url + "/#/health")
+    wait_for("the health", lambda: "Overall: Healthy" in text(browser))
+    assert "Authentication: off" in text(browser)
+    shot(browser, "health")
+    browser.get(url + "/#/operations?id=nothing-like-it")
+    wait_for("a clear refusal", lambda: "404" in text(browser) and "not found" in text(browser))
+    assert log_errors(browser) != []  # the 404 the page showed
