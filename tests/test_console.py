@@ -136,6 +136,7 @@ def test_public_with_authentication_on(tmp_path, issuer):
         doc = client.get("/console/config.json").json()
         assert doc["auth"]["issuer"] == issuer.url and doc["auth"]["clientId"] == "console"
         assert doc["auth"]["audience"] == AUDIENCE and doc["auth"]["rolesClaim"] == "roles"
+        assert doc["auth"]["scopes"] == "openid"
         assert doc["auth"]["roles"]["globalReader"] == ["read"]
         assert "delete" in doc["auth"]["roles"]["globalAdmin"]
         assert client.get("/v2/studies").status_code == 401

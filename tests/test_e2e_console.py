@@ -11,6 +11,7 @@ printed).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -28,6 +29,7 @@ from tests.components import Unavailable
 from tests.conftest import ROOT, running_server, unavailable
 from tests.dicomfiles import read
 from tests.helpers import store_files
+from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance
 from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn
 
@@ -396,3 +398,87 @@ def test_health(browser, served):
     browser.get(url + "/#/operations?id=nothing-like-it")
     wait_for("a clear refusal", lambda: "404" in text(browser) and "not found" in text(browser))
     assert log_errors(browser) != []  # the 404 the page showed
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    found = Issuer()
+    yield found
+    found.server.shutdown()
+    found.server.server_close()
+
+
+@contextlib.contextmanager
+def _secured(tmp: Path, issuer: Issuer, client_id: str):
+    """A server with authentication on (``issuer``'s tokens), one study in it."""
+    settings = {"auth_issuer": issuer.url, "auth_audience": AUDIENCE}
+    if client_id:
+        settings["console_client_id"] = client_id
+    with running_server(tmp, **settings) as (url, _):
+        study, body = _study("SECURE^CT", "CT_small.dcm", "20240201")
+        token = issuer.token()
+        r = httpx.post(
+            url + "/v2/studies",
+            content=body,
+            headers={"Content-Type": "application/dicom", "Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+        yield url, study
+
+
+def _signed_in(browser) -> None:
+    wait_for("signed in", lambda: "Sign out" in css(browser, "#session")[0].text)
+
+
+def test_sign_in_with_authorization_code_and_pkce(browser, issuer, tmp_path):
+    issuer.login = {"sub": "alice", "preferred_username": "alice", "roles": ["globalAdmin"]}
+    with _secured(tmp_path, issuer, "dicomhub-console") as (url, study):
+        browser.get(url + "/")
+        button = wait_for("the sign-in button", lambda: css(browser, "#sign-in"))[0]
+        assert "SECURE" not in text(browser)
+        shot(browser, "auth-sign-in")
+        button.click()  # to the issuer, and back with a code
+        wait_for("the studies", lambda: rows(browser) == ["SECURE, CT"])
+        _signed_in(browser)
+        assert "alice" in css(browser, "#session")[0].text
+        assert "code=" not in browser.current_url and "state=" not in browser.current_url
+        assert issuer.refused == []
+        wait_for("its thumbnail (fetched with the token)", lambda: css(browser, "td.thumb img"))
+        shot(browser, "auth-study-list")
+        browser.get(f"{url}/#/study/{study}")
+        wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
+        assert css(browser, "#delete-study") and css(browser, "button.delete-instance")
+        assert css(browser, "nav a[data-section=upload]")[0].is_displayed()
+        shot(browser, "auth-study-admin")
+        # a reader: what the roles do not allow is not offered
+        css(browser, "#session button")[0].click()  # sign out
+        wait_for("the sign-in button", lambda: css(browser, "#sign-in"))
+        issuer.login = {"sub": "bob", "roles": ["globalReader"]}
+        css(browser, "#sign-in")[0].click()  # and back where the user was: the study
+        wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
+        assert browser.current_url == f"{url}/#/study/{study}"
+        _signed_in(browser)
+        assert "bob" in css(browser, "#session")[0].text
+        assert not css(browser, "#delete-study") and not css(browser, "button.delete-instance")
+        assert not css(browser, "nav a[data-section=upload]")[0].is_displayed()
+        shot(browser, "auth-study-reader")
+        browser.get(f"{url}/#/tags")
+        wait_for("the tags page", lambda: "No extended query tag." in text(browser))
+        assert not css(browser, "#add-tag")
+        # a code is good once, and only with its verifier: the issuer refuses a replay
+        assert issuer.trade({"grant_type": "authorization_code", "code": "x"})[0] == 400
+
+
+def test_a_pasted_token_when_no_client_is_configured(browser, issuer, tmp_path):
+    with _secured(tmp_path, issuer, "") as (url, study):
+        browser.get(url + "/")
+        wait_for("the explanation", lambda: css(browser, "#no-client"))
+        assert "cannot get a token by itself" in text(browser)
+        shot(browser, "auth-paste")
+        css(browser, "#token")[0].send_keys(issuer.token(roles=["globalWriter"]))
+        css(browser, "form.panel button[type=submit]")[0].click()
+        wait_for("the studies", lambda: rows(browser) == ["SECURE, CT"])
+        assert css(browser, "nav a[data-section=upload]")[0].is_displayed()  # write: upload
+        browser.get(f"{url}/#/study/{study}")
+        wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
+        assert not css(browser, "#delete-study")  # no delete role

@@ -331,6 +331,11 @@ class Settings:
         "URI the console's address) the web console signs in with when authentication is on. "
         "Empty: the console asks for a token to be pasted.",
     )
+    console_scopes: str = _setting(
+        "openid",
+        "Scopes the web console asks the OpenID Connect issuer for (space-separated), e.g. "
+        "'openid profile' or an API scope the issuer needs to put the audience in the token.",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

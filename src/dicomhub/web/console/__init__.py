@@ -69,6 +69,7 @@ def config(
     issuer: str = "",
     audience: str = "",
     client_id: str = "",
+    scopes: str = "openid",
     roles_claim: str = "roles",
     grants: dict[str, frozenset[str]] | None = None,
 ) -> dict:
@@ -79,6 +80,7 @@ def config(
             "issuer": issuer,
             "audience": audience,
             "clientId": client_id,
+            "scopes": scopes,
             "rolesClaim": roles_claim,
             "roles": {name: sorted(actions) for name, actions in (grants or {}).items()},
         }
@@ -205,6 +207,7 @@ def console(settings) -> list[Middleware]:
         auth.issuer,
         auth.audience,
         settings.console_client_id,
+        settings.console_scopes,
         auth.roles_claim,
         grants,
     )

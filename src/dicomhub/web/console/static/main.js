@@ -1,6 +1,6 @@
 // The console's entry: its configuration, the session, and a router over the URL's hash.
 import { can, loadConfig, needsSignIn, setToken, state } from './api.js';
-import { errorBox, h, hashParams, show } from './ui.js';
+import { errorBox, h, hashParams, main, show } from './ui.js';
 import { signIn, signInPage, finishSignIn } from './signin.js';
 
 const ROUTES = [
@@ -54,21 +54,27 @@ function session() {
     }
   }
   box.replaceChildren(...items);
-  for (const a of document.querySelectorAll('nav a[data-needs]')) a.hidden = !can(a.dataset.needs);
+  for (const a of document.querySelectorAll('nav a[data-needs]')) a.parentElement.hidden = !can(a.dataset.needs);
 }
 
 async function start() {
   try {
     await loadConfig();
-    await finishSignIn();
   } catch (e) {
     show(h('h1', {}, 'The console cannot start'), errorBox(e));
     return;
   }
+  let failed = null;
+  try {
+    await finishSignIn();
+  } catch (e) {
+    failed = e;
+  }
   session();
   window.addEventListener('hashchange', route);
   window.addEventListener('dicomhub-session', () => { session(); route(); });
-  route();
+  await route();
+  if (failed) main().prepend(errorBox(failed));
 }
 
 start();
