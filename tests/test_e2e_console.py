@@ -482,3 +482,26 @@ def test_a_pasted_token_when_no_client_is_configured(browser, issuer, tmp_path):
         browser.get(f"{url}/#/study/{study}")
         wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
         assert not css(browser, "#delete-study")  # no delete role
+
+
+def test_each_study_links_to_ohif_when_the_viewer_is_served(browser, tmp_path):
+    """With ``serve --viewer``, the list and the study page link each study to OHIF, which
+    draws it (the OHIF build ./run test fetches; skipped without it)."""
+    from tests.test_e2e_ohif import BUILD, open_page, viewport
+
+    if not (BUILD / "index.html").is_file():
+        pytest.skip(f"no OHIF build in {BUILD} (./run test fetches it)")
+    with running_server(tmp_path, viewer=str(BUILD)) as (url, _):
+        study, body = _study("CONSOLE^OHIF", "CT_small.dcm", "20240301")
+        store_files(url, body)
+        browser.get(url + "/")
+        link = wait_for("the OHIF link", lambda: css(browser, "table.studies a[target=_blank]"))
+        expected = f"{url}/viewer/viewer?StudyInstanceUIDs={study}"
+        assert link[0].get_attribute("href") == expected
+        browser.get(f"{url}/#/study/{study}")
+        assert wait_for("the link", lambda: css(browser, "#ohif"))[0].get_attribute("href") == (
+            expected
+        )
+        open_page(browser, expected)
+        wait_for("OHIF's drawing", lambda: drawn(viewport(browser)), timeout=120)
+        shot(browser, "ohif-from-console")
