@@ -12,11 +12,14 @@ printed).
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import os
 import shutil
+import threading
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -260,6 +263,8 @@ def _wait_uploaded(browser, files: int) -> str:
 
 
 def test_upload_a_folder(browser, served, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
     url, _ = served
     folder, study = _folder(tmp_path / "folder", "UPLOAD^FOLDER", 6)
     browser.get(url + "/#/upload")
@@ -278,6 +283,28 @@ def test_upload_a_folder(browser, served, tmp_path):
     summary = _wait_uploaded(browser, 6)
     assert "already stored or with warnings 6" in summary, summary
     assert all("already stored" in r.text for r in css(browser, "tr.outcome-warn"))
+    # the series scrolls instance by instance, in instance-number order; one is deleted
+    browser.get(f"{url}/#/study/{study}")
+    wait_for("instance 1", lambda: preview(browser))
+    assert "Instance 1 of 6" in text(browser)
+    numbers = [r.text.split()[0] for r in css(browser, "table.instances tbody tr")]
+    assert numbers == ["1", "2", "3", "4", "5", "6"]
+    first = css(browser, "#preview")[0].get_attribute("data-sop")
+    css(browser, "#viewport")[0].send_keys(Keys.ARROW_DOWN)
+    wait_for("instance 2", lambda: "Instance 2 of 6" in text(browser))
+    second = wait_for(
+        "instance 2 drawn",
+        lambda: (sop := css(browser, "#preview")[0].get_attribute("data-sop")) != first and sop,
+    )
+    rows_ = css(browser, "table.instances tbody tr")
+    assert rows_[1].get_attribute("data-sop") == second
+    rows_[1].find_element("css selector", "button.delete-instance").click()
+    wait_for("the dialog", lambda: css(browser, "dialog[open]"))
+    assert second in css(browser, "dialog[open]")[0].text
+    css(browser, "#confirm-ok")[0].click()
+    wait_for("5 left", lambda: _qido_count(url, StudyInstanceUID=study) == 5)
+    wait_for("5 listed", lambda: len(css(browser, "table.instances tbody tr")) == 5)
+    assert second not in [r.get_attribute("data-sop") for r in css(browser, "table.instances tr")]
 
 
 def test_upload_by_drag_and_drop(browser, served):
@@ -347,6 +374,18 @@ def test_download_an_instance(browser, served, tmp_path):
         headers={"Accept": "application/dicom; transfer-syntax=*"},
     )
     wait_for("the whole file", lambda: saved.read_bytes() == original.content)
+    # the study as a ZIP file-set: the instance and a DICOMDIR
+    css(browser, "button")[[b.text for b in css(browser, "button")].index("Download ZIP")].click()
+    zipped = wait_for("the ZIP", lambda: (f := tmp_path / f"study-{study}.zip").is_file() and f)
+
+    def complete():
+        try:
+            with zipfile.ZipFile(zipped) as z:
+                return sorted(n.split("/")[0] for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return None
+
+    assert wait_for("a whole ZIP", complete) == ["DICOM", "DICOMDIR"]
 
 
 def test_the_change_feed(browser, served):
@@ -505,3 +544,58 @@ def test_each_study_links_to_ohif_when_the_viewer_is_served(browser, tmp_path):
         open_page(browser, expected)
         wait_for("OHIF's drawing", lambda: drawn(viewport(browser)), timeout=120)
         shot(browser, "ohif-from-console")
+
+
+class _PrefixProxy(http.server.BaseHTTPRequestHandler):
+    """A reverse proxy that serves the server under /pacs/ (and nothing else)."""
+
+    target = ""
+    client: httpx.Client
+
+    def _forward(self):
+        if not self.path.startswith("/pacs/"):
+            self.send_error(404)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        r = self.client.request(
+            self.command, self.target + self.path[5:], headers=headers, content=body
+        )
+        self.send_response(r.status_code)
+        for k, v in r.headers.multi_items():
+            if k.lower() not in HOP | {"content-encoding", "content-length"}:
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(r.content)))
+        self.end_headers()
+        self.wfile.write(r.content)
+
+    do_GET = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+HOP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
+
+
+def test_behind_a_proxy_under_a_path(browser, served):
+    """Every URL the page uses is relative to it: served at /pacs/ by a proxy, it works."""
+    url, studies = served
+    handler = type("Proxy", (_PrefixProxy,), {"target": url, "client": httpx.Client()})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{proxy.server_address[1]}/pacs/"
+        browser.get(base)
+        wait_for("the studies", lambda: "CONSOLE, CT" in rows(browser))
+        wait_for("thumbnails", lambda: css(browser, "td.thumb img"))
+        browser.get(f"{base}#/study/{studies['CONSOLE^MR']}")
+        wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
+        browser.get(f"{base}#/health")
+        wait_for("the health", lambda: "Overall: Healthy" in text(browser))
+        assert f"{base}v2/" in text(browser)
+        shot(browser, "under-a-path")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
