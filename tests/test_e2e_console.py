@@ -31,7 +31,7 @@ from pydicom.uid import generate_uid
 from tests.components import Unavailable
 from tests.conftest import ROOT, running_server, unavailable
 from tests.dicomfiles import read
-from tests.helpers import store_files
+from tests.helpers import MULTIPART, multipart, store_files
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance
 from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn
@@ -96,9 +96,16 @@ def served(browser, tmp_path_factory):
 
 
 def wait_for(what: str, condition, timeout: float = WAIT):
+    """``condition()``'s first true value, asked until ``timeout`` seconds have passed (an
+    element redrawn while it was read counts as not yet)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -121,7 +128,10 @@ def shot(driver, name: str) -> None:
 
 
 def rows(driver) -> list[str]:
-    return [e.text for e in css(driver, "table.studies a.study-link")]
+    """The patients of the study list (read at once: the list may be redrawn meanwhile)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('table.studies a.study-link')].map(a => a.innerText)"
+    )
 
 
 def preview(driver) -> Image.Image | None:
@@ -213,6 +223,27 @@ def _differs(a: Image.Image, b: Image.Image) -> bool:
     if a.size != b.size:
         return True
     return max(ImageStat.Stat(ImageChops.difference(a, b)).mean) > 2
+
+
+def test_a_series_of_more_instances_than_a_search_page(browser, served):
+    """A series of 120 instances: the page reads them all (QIDO answers 100 unless asked)."""
+    url, _ = served
+    study, series = generate_uid(), generate_uid()
+    made = [
+        instance(study, series, generate_uid(), PatientName="LONG^SERIES", InstanceNumber=n)
+        for n in range(120, 0, -1)
+    ]
+    r = httpx.post(
+        url + "/v2/studies", content=multipart(*made), headers={"Content-Type": MULTIPART}
+    )
+    assert r.status_code == 200
+    browser.get(f"{url}/#/study/{study}")
+    wait_for("every instance", lambda: len(css(browser, "table.instances tbody tr")) == 120)
+    assert "Instance 1 of 120" in text(browser)
+    first = css(browser, "table.instances tbody tr")[0].text
+    assert first.startswith("1 "), first  # in instance-number order
+    browser.get(url + "/#/?ModalitiesInStudy=ct&PatientName=long")  # any case
+    wait_for("the study", lambda: rows(browser) == ["LONG, SERIES"])
 
 
 def test_the_frames_of_a_multiframe_instance_scroll(browser, served):
@@ -396,8 +427,19 @@ def test_the_change_feed(browser, served):
     first = css(browser, "table.feed tbody tr")[0].text
     assert first.startswith(str(latest)), first  # newest first
     assert f"Latest sequence {latest}" in text(browser)
-    assert any(studies["CONSOLE^CT"] in r.text for r in css(browser, "table.feed tbody tr"))
     shot(browser, "change-feed")
+    # older pages, 50 entries each, down to the first entries: the studies stored first
+    for page in range(2, 10):
+        top = css(browser, "table.feed tbody tr")[0].text
+        if "1 " == css(browser, "table.feed tbody tr")[-1].text[:2]:
+            break
+        css(browser, "nav.pager button")[1].click()  # Older
+        wait_for(f"page {page}", lambda p=page: f"page {p}" in text(browser))
+        wait_for("its entries", lambda t=top: css(browser, "table.feed tbody tr")[0].text != t)
+        first = css(browser, "table.feed tbody tr")[0].text
+        assert first.startswith(str(latest - 50 * (page - 1))), first
+    entries = [r.text for r in css(browser, "table.feed tbody tr")]
+    assert entries[-1].startswith("1 ") and studies["CONSOLE^CT"] in entries[-1]
 
 
 def test_extended_query_tags_and_their_operation(browser, served):

@@ -181,3 +181,16 @@ export async function pool(tasks, n) {
   };
   await Promise.all(Array.from({ length: Math.min(n, tasks.length) }, worker));
 }
+
+/** Every result of a QIDO search at ``path``, page after page (a study's series, a series'
+ * instances: the server answers 100 unless asked for more, at most its --qido-max-limit). */
+export async function everything(path, params = {}, options = {}) {
+  const out = [];
+  for (let offset = 0; out.length < 1000000;) {
+    const page = (await json(path, { ...options, params: { ...params, limit: 1000, offset } })) || [];
+    if (!page.length) break;
+    out.push(...page);
+    offset += page.length;
+  }
+  return out;
+}

@@ -28,7 +28,7 @@ export function qido(form) {
   }
   for (const key of ['PatientID', 'AccessionNumber', 'ModalitiesInStudy']) {
     const v = (form[key] || '').trim();
-    if (v) q[key] = v;
+    if (v) q[key] = key === 'ModalitiesInStudy' ? v.toUpperCase() : v; // modalities are upper case
   }
   const from = (form.from || '').replace(/-/g, '');
   const to = (form.to || '').replace(/-/g, '');

@@ -1,6 +1,6 @@
 // A study: its series and instances, a preview from the rendered routes, an instance's
 // metadata as a tag table, download and delete.
-import { can, download, formatDate, imageUrl, json, pool, request, state, text, value, values } from './api.js';
+import { can, download, everything, formatDate, imageUrl, json, pool, request, state, text, value, values } from './api.js';
 import { confirm, errorBox, field, go, h, say, show, table } from './ui.js';
 import { metadataTable } from './tags.js';
 
@@ -37,7 +37,7 @@ export async function study(uid, params) {
   try {
     [found, series] = await Promise.all([
       json('studies', { params: { StudyInstanceUID: uid, includefield: 'StudyDescription,ModalitiesInStudy,NumberOfStudyRelatedInstances' } }),
-      json(`studies/${uid}/series`, { params: { includefield: 'SeriesDescription,NumberOfSeriesRelatedInstances' } }),
+      everything(`studies/${uid}/series`, { includefield: 'SeriesDescription,NumberOfSeriesRelatedInstances' }),
     ]);
   } catch (e) {
     show(h('h1', {}, 'Study'), errorBox(e));
@@ -88,7 +88,7 @@ async function seriesPane(pane, uid, s, params) {
   const base = `studies/${uid}/series/${suid}`;
   let instances;
   try {
-    instances = await json(`${base}/instances`, { params: { includefield: 'NumberOfFrames,InstanceNumber,Rows,Columns' } });
+    instances = await everything(`${base}/instances`, { includefield: 'NumberOfFrames,InstanceNumber,Rows,Columns' });
   } catch (e) {
     pane.replaceChildren(errorBox(e));
     return;
