@@ -175,6 +175,21 @@ def test_the_study_list_loads_and_searches(browser, served):
     for control in css(browser, "form.search input, form.search select"):
         label = browser.execute_script("return arguments[0].labels[0].innerText", control)
         assert label.strip(), control.get_attribute("name")
+    # the keyboard: the skip link first, then the search form
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    assert browser.switch_to.active_element.text == "Studies"  # a new page: its heading
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    active = browser.switch_to.active_element
+    assert active.get_attribute("name") == "PatientName"
+    assert "Patient name" in browser.execute_script(
+        "return arguments[0].labels[0].innerText", active
+    )
+    browser.execute_script("document.getElementById('skip').focus()")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert browser.switch_to.active_element.text == "Studies"
+    assert "#" not in browser.current_url or browser.current_url.endswith("#/")
     search(browser, PatientName="console mr")
     wait_for("the MR only", lambda: rows(browser) == ["CONSOLE, MR"])
     assert "PatientName=console+mr" in browser.current_url

@@ -58,6 +58,12 @@ function session() {
 }
 
 async function start() {
+  // the skip link must not change the hash (the router's)
+  document.getElementById('skip').addEventListener('click', (e) => {
+    e.preventDefault();
+    const heading = main().querySelector('h1');
+    (heading || main()).focus();
+  });
   try {
     await loadConfig();
   } catch (e) {
