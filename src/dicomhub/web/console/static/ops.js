@@ -1,6 +1,7 @@
 // Operations pages: the change feed, long-running operations, extended query tags, health.
 import { can, json, request, state } from './api.js';
 import { confirm, errorBox, field, go, h, say, show, table } from './ui.js';
+import { keyword, names } from './tags.js';
 
 const FEED_PAGE = 50;
 const FINISHED = new Set(['completed', 'failed']);
@@ -128,9 +129,9 @@ export async function tags() {
     h('p', {}, 'Attributes beyond the standard matching keys that searches may use, once indexed.'),
     list, manage ? h('h2', {}, 'Add a tag') : null, form);
   try {
-    const found = (await json('extendedquerytags', { params: { limit: 200 } })) || [];
-    const rows = found.map((t) => h('tr', { 'data-tag': t.path },
-      h('td', {}, h('code', {}, t.path)), h('td', {}, t.vr), h('td', {}, t.level), h('td', {}, t.status),
+    const [found, dict] = await Promise.all([json('extendedquerytags', { params: { limit: 200 } }), names()]);
+    const rows = (found || []).map((t) => h('tr', { 'data-tag': t.path },
+      h('td', {}, h('code', {}, t.path), ' ', /^[0-9A-Fa-f]{8}$/.test(t.path) ? keyword(t.path, dict) : ''), h('td', {}, t.vr), h('td', {}, t.level), h('td', {}, t.status),
       h('td', {}, t.queryStatus), h('td', {}, t.errors ? t.errors.count : 0),
       h('td', {}, t.operation ? h('a', { href: `#/operations?id=${encodeURIComponent(t.operation.id)}` }, 'operation') : ''),
       h('td', {}, manage ? h('button', { type: 'button', class: 'danger', onclick: async () => {

@@ -1,7 +1,7 @@
 // A study: its series and instances, a preview from the rendered routes, an instance's
 // metadata as a tag table, download and delete.
 import { can, download, everything, formatDate, imageUrl, json, pool, request, state, text, value, values } from './api.js';
-import { confirm, errorBox, field, go, h, say, show, table } from './ui.js';
+import { confirm, errorBox, go, h, say, show, size, table } from './ui.js';
 import { metadataTable } from './tags.js';
 
 // Window presets: center,width of the rendered route's window parameter (PS3.18 8.3.5.1.3),
@@ -213,8 +213,8 @@ async function seriesPane(pane, uid, s, params) {
 async function save(path, accept, name) {
   say(`Downloading ${name}…`);
   try {
-    const size = await download(path, accept, name);
-    say(`Downloaded ${name} (${(size / 1048576).toFixed(1)} MB)`);
+    const bytes = await download(path, accept, name);
+    say(`Downloaded ${name} (${size(bytes)})`);
   } catch (e) {
     say(e.message, true);
   }

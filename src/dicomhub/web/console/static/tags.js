@@ -4,7 +4,7 @@ import { errorBox, field, h } from './ui.js';
 
 let dictionary = null;
 
-async function names() {
+export async function names() {
   if (!dictionary) {
     const r = await fetch(new URL('console/dictionary.json', document.baseURI));
     dictionary = r.ok ? await r.json() : {};
@@ -16,7 +16,7 @@ export function tagName(tag) {
   return `(${tag.slice(0, 4)},${tag.slice(4)})`;
 }
 
-function keyword(tag, dict) {
+export function keyword(tag, dict) {
   const entry = dict[tag.toUpperCase()];
   if (entry) return entry[1];
   if (Number.parseInt(tag.slice(0, 4), 16) % 2) return tag.slice(4, 6) === '00' ? 'Private Creator' : '(private)';

@@ -78,3 +78,7 @@ export function go(path, params) {
   const q = params ? new URLSearchParams(Object.entries(params).filter(([, v]) => v !== '' && v != null)).toString() : '';
   location.hash = '#' + path + (q ? '?' + q : '');
 }
+
+export function size(bytes) {
+  return bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KB` : `${(bytes / 1048576).toFixed(1)} MB`;
+}

@@ -1,7 +1,7 @@
 // Upload: files and folders (dropped or picked) sent to STOW-RS as multipart/related, one
 // file a request (so each gets its own outcome), a few at a time, with progress.
 import { apiUrl, authHeaders } from './api.js';
-import { h, show } from './ui.js';
+import { h, show, size } from './ui.js';
 
 const AT_ONCE = 3;
 const REASONS = {
@@ -82,10 +82,6 @@ function send(file, onProgress) {
     xhr.onerror = () => resolve(['bad', 'the server cannot be reached']);
     xhr.send(body);
   });
-}
-
-function size(bytes) {
-  return bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KB` : `${(bytes / 1048576).toFixed(1)} MB`;
 }
 
 export async function upload() {
