@@ -92,7 +92,7 @@ export async function upload() {
   const folder = h('input', { type: 'file', multiple: true, webkitdirectory: true, id: 'upload-folder' });
   const zone = h('div', { class: 'drop', id: 'drop' },
     h('p', {}, h('strong', {}, 'Drop DICOM files or folders here')),
-    h('p', { class: 'buttons', style: 'justify-content:center' },
+    h('p', { class: 'buttons centred' },
       h('label', { for: 'upload-files' }, 'Choose files', files),
       h('label', { for: 'upload-folder' }, 'or a folder', folder)));
   let busy = false;
