@@ -77,9 +77,9 @@ def browser(request):
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown however pytest captures output
-        reporter.write_line(f"\nconsole screenshots: {ARTIFACTS}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\nconsole screenshots: {ARTIFACTS}")  # shown however pytest captures output
     try:
         yield driver
     finally:
