@@ -476,6 +476,16 @@ def test_extended_query_tags_and_their_operation(browser, served):
         lambda: "completed" in " ".join(e.text for e in css(browser, ".operation")),
     )
     shot(browser, "operation")
+    wait_for("the job queue", lambda: css(browser, "#jobs table, #jobs p"))
+    assert "Background jobs by type" in text(browser)
+    exposition = httpx.get(url + "/metrics").text
+    parsed = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import(new URL('console/ops.js', document.baseURI).href)"
+        ".then(m => done(m.gauges(arguments[0], ['dicomhub_job_queue_depth'])));",
+        exposition + '\ndicomhub_job_queue_depth{type="export"} 3.0\n',
+    )
+    assert parsed["export"] == {"dicomhub_job_queue_depth": 3}
     browser.get(url + "/#/tags")
     wait_for("the tag", lambda: "00181000" in text(browser))
     shot(browser, "extended-query-tags")
@@ -551,6 +561,11 @@ def test_sign_in_with_authorization_code_and_pkce(browser, issuer, tmp_path):
         assert css(browser, "#delete-study") and css(browser, "button.delete-instance")
         assert css(browser, "nav a[data-section=upload]")[0].is_displayed()
         shot(browser, "auth-study-admin")
+        browser.get(f"{url}/#/operations")  # an admin reads the job queue (/metrics)
+        wait_for("the job queue", lambda: css(browser, "#jobs table, #jobs p"))
+        assert not css(browser, "#jobs .error-box")
+        browser.get(f"{url}/#/study/{study}")
+        wait_for("the preview", lambda: (i := preview(browser)) and drawn(i))
         # a reader: what the roles do not allow is not offered
         css(browser, "#session button")[0].click()  # sign out
         wait_for("the sign-in button", lambda: css(browser, "#sign-in"))
@@ -566,6 +581,9 @@ def test_sign_in_with_authorization_code_and_pkce(browser, issuer, tmp_path):
         browser.get(f"{url}/#/tags")
         wait_for("the tags page", lambda: "No extended query tag." in text(browser))
         assert not css(browser, "#add-tag")
+        browser.get(f"{url}/#/operations")
+        wait_for("the operations page", lambda: "None in progress." in text(browser))
+        assert not css(browser, "#jobs")  # /metrics needs the admin action
         # a code is good once, and only with its verifier: the issuer refuses a replay
         assert issuer.trade({"grant_type": "authorization_code", "code": "x"})[0] == 400
 

@@ -72,12 +72,22 @@ export async function operations(params) {
   field('Operation id', { name: 'id', value: id, autocomplete: 'off', pattern: '[A-Za-z0-9_.\\-]{1,128}' }),
   h('div', { class: 'buttons' }, h('button', { class: 'primary', type: 'submit' }, 'Look up')));
   const running = h('div', { class: 'cards', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
+  const jobs = can('admin') ? h('div', { id: 'jobs', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…')) : null;
   show(h('h1', {}, 'Operations'),
     h('p', {}, 'Long-running operations (extended query tag indexing, export, bulk update) are followed by their id (',
       h('code', {}, 'GET /v2/operations/{id}'), '): the request that started one answers it.'),
-    form, box, h('h2', {}, 'Operations of the extended query tags being added'), running);
+    form, box,
+    jobs ? [h('h2', {}, 'Background jobs by type'), jobs] : null,
+    h('h2', {}, 'Operations of the extended query tags being added'), running);
+  const hash = location.hash; // polling stops once the page is left
+  if (jobs) {
+    const poll = async () => {
+      if (location.hash !== hash) return;
+      if (await jobQueue(jobs)) setTimeout(poll, 5000);
+    };
+    poll();
+  }
   if (id) {
-    const hash = location.hash;
     const follow = async () => {
       if (location.hash !== hash) return; // the page was left
       try {
@@ -90,14 +100,50 @@ export async function operations(params) {
     };
     await follow();
   }
+  const tagOperations = async () => {
+    if (location.hash !== hash) return; // the page was left
+    try {
+      const tags = (await json('extendedquerytags', { params: { limit: 200 } })) || [];
+      const ids = [...new Set(tags.filter((t) => t.operation && t.operation.id !== id).map((t) => t.operation.id))];
+      const ops = await Promise.all(ids.map((op) => json(`operations/${encodeURIComponent(op)}`).catch(() => null)));
+      const shown = ops.filter((op) => op && !FINISHED.has(op.status));
+      running.replaceChildren(...(shown.length ? shown.map(operationCard) : [h('p', {}, 'None in progress.')]));
+      if (shown.length) setTimeout(tagOperations, 2000); // until they end
+    } catch (e) {
+      running.replaceChildren(errorBox(e));
+    }
+  };
+  await tagOperations();
+}
+
+/** The values of a Prometheus text exposition's gauges ``names``, by their type label. */
+export function gauges(exposition, names) {
+  const out = {};
+  for (const line of exposition.split('\n')) {
+    const m = line.match(/^(\w+)\{[^}]*type="([^"]*)"[^}]*\}\s+(\S+)/);
+    if (!m || !names.includes(m[1])) continue;
+    (out[m[2]] = out[m[2]] || {})[m[1]] = Number(m[3]);
+  }
+  return out;
+}
+
+/** Jobs waiting and running by type (/metrics, the admin action: read from the index); false
+ * when they cannot be read. */
+async function jobQueue(box) {
+  const names = ['dicomhub_job_queue_depth', 'dicomhub_jobs_running', 'dicomhub_job_queue_oldest_age_seconds'];
   try {
-    const tags = (await json('extendedquerytags', { params: { limit: 200 } })) || [];
-    const ids = [...new Set(tags.filter((t) => t.operation).map((t) => t.operation.id))];
-    const ops = await Promise.all(ids.map((op) => json(`operations/${encodeURIComponent(op)}`).catch(() => null)));
-    const shown = ops.filter((op) => op && !FINISHED.has(op.status));
-    running.replaceChildren(...(shown.length ? shown.map(operationCard) : [h('p', {}, 'None in progress.')]));
+    const r = await request(new URL('metrics', document.baseURI).href, { accept: 'text/plain' });
+    const found = gauges(await r.text(), names);
+    const types = Object.keys(found).sort();
+    box.replaceChildren(types.length
+      ? table(['Type', 'Waiting', 'Running', 'Oldest waiting'], types.map((t) => h('tr', { 'data-type': t },
+        h('td', {}, t), h('td', {}, found[t][names[0]] ?? 0), h('td', {}, found[t][names[1]] ?? 0),
+        h('td', {}, found[t][names[0]] ? `${Math.round(found[t][names[2]] || 0)} s` : '—'))), { class: 'jobs' })
+      : h('p', {}, 'No job waiting or running.'));
+    return true;
   } catch (e) {
-    running.replaceChildren(errorBox(e));
+    box.replaceChildren(errorBox(e));
+    return false;
   }
 }
 

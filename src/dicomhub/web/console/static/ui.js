@@ -29,7 +29,7 @@ export function main() {
 /** Replace the page's content; focus moves to the new heading for keyboard and screen-reader users. */
 export function show(...children) {
   const m = main();
-  m.replaceChildren(...children);
+  m.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   const heading = m.querySelector('h1');
   if (heading) {
     heading.tabIndex = -1;
