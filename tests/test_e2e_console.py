@@ -325,6 +325,8 @@ def test_upload_a_folder(browser, served, tmp_path):
     assert len(refused) == 1 and "notes.txt" in refused[0]
     assert _qido_count(url, StudyInstanceUID=study) == 6
     assert float(css(browser, "#upload-progress")[0].get_attribute("value")) > 0
+    links = [a.get_attribute("href") for a in css(browser, "#upload-studies a")]
+    assert links == [f"{url}/#/study/{study}"]  # the study stored, to open
     # the same files again: already stored, each said so
     files = sorted(str(p) for p in folder.rglob("*.dcm"))
     css(browser, "#upload-files")[0].send_keys("\n".join(files))

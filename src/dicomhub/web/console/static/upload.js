@@ -41,24 +41,26 @@ function picked(list) {
   return [...list].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
 }
 
-/** What one file's STOW response says: [kind (ok, warn, bad), text]. */
+/** What one file's STOW response says: [kind (ok, warn, bad), text, study UID]. */
 export function outcome(status, body) {
   let doc = null;
   try {
     doc = JSON.parse(body);
   } catch {}
   const item = (tag) => doc && doc[tag] && doc[tag].Value && doc[tag].Value[0];
+  const stored = item('00081199');
+  const retrieve = String((stored && stored['00081190'] && stored['00081190'].Value[0]) || ''); // the instance's
+  const study = decodeURIComponent((retrieve.match(/\/studies\/([^/?]+)/) || [])[1] || '');
   const failed = item('00081198');
   if (failed) {
     const code = failed['00081197'] && failed['00081197'].Value[0];
     const comment = failed['00000902'] && failed['00000902'].Value[0];
     const reason = REASONS[code] || `failure ${code}`;
-    return [code === 45070 ? 'warn' : 'bad', comment ? `${reason}: ${comment}` : reason];
+    return [code === 45070 ? 'warn' : 'bad', comment ? `${reason}: ${comment}` : reason, study];
   }
-  const stored = item('00081199');
   if (stored && status < 300) {
     const warning = stored['00081196'];
-    return warning ? ['warn', `stored, with warning ${warning.Value[0]}`] : ['ok', 'stored'];
+    return warning ? ['warn', `stored, with warning ${warning.Value[0]}`, study] : ['ok', 'stored', study];
   }
   const detail = (doc && (doc.detail || doc.title)) || body.slice(0, 200) || `HTTP ${status}`;
   return ['bad', `refused (${status}): ${detail}`];
@@ -87,6 +89,7 @@ function send(file, onProgress) {
 export async function upload() {
   const bar = h('progress', { max: 1, value: 0, id: 'upload-progress', 'aria-label': 'Upload progress' });
   const summary = h('p', { id: 'upload-summary', role: 'status' });
+  const studies = h('ul', { id: 'upload-studies', class: 'inline' });
   const results = h('tbody', {});
   const files = h('input', { type: 'file', multiple: true, id: 'upload-files' });
   const folder = h('input', { type: 'file', multiple: true, webkitdirectory: true, id: 'upload-folder' });
@@ -106,6 +109,8 @@ export async function upload() {
     bar.max = total;
     bar.value = 0;
     results.replaceChildren();
+    studies.replaceChildren();
+    const seen = new Set();
     const started = performance.now();
     const tell = (done) => {
       const seconds = (performance.now() - started) / 1000;
@@ -118,12 +123,16 @@ export async function upload() {
       while (next < items.length) {
         const n = next++;
         const { file, path } = items[n];
-        const [kind, what] = await send(file, (loaded) => {
+        const [kind, what, study] = await send(file, (loaded) => {
           sent[n] = loaded;
           bar.value = sent.reduce((a, b) => a + b, 0);
         });
         sent[n] = file.size;
         counts[kind]++;
+        if (study && !seen.has(study)) {
+          seen.add(study);
+          studies.append(h('li', {}, h('a', { href: `#/study/${encodeURIComponent(study)}` }, `Study ${study}`)));
+        }
         done++;
         results.append(h('tr', { class: `outcome-${kind}` }, h('td', {}, path), h('td', { class: 'nowrap' }, size(file.size)),
           h('td', { class: kind }, what)));
@@ -136,8 +145,9 @@ export async function upload() {
     busy = false;
   }
 
-  files.addEventListener('change', () => run(picked(files.files)));
-  folder.addEventListener('change', () => run(picked(folder.files)));
+  // the picker is emptied once read, so the same files can be picked again
+  files.addEventListener('change', () => { const chosen = picked(files.files); files.value = ''; run(chosen); });
+  folder.addEventListener('change', () => { const chosen = picked(folder.files); folder.value = ''; run(chosen); });
   zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
   zone.addEventListener('dragleave', () => zone.classList.remove('over'));
   zone.addEventListener('drop', async (e) => {
@@ -147,7 +157,7 @@ export async function upload() {
   });
   show(h('h1', {}, 'Upload'),
     h('p', {}, 'Files are stored with STOW-RS, one request a file; files that are not DICOM are refused and listed.'),
-    zone, h('h2', {}, 'Progress'), bar, summary,
+    zone, h('h2', {}, 'Progress'), bar, summary, studies,
     h('table', { 'aria-label': 'Files sent' },
       h('thead', {}, h('tr', {}, ['File', 'Size', 'Outcome'].map((x) => h('th', { scope: 'col' }, x)))), results));
 }
