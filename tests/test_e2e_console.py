@@ -228,6 +228,17 @@ def test_a_study_opens_and_its_preview_draws(browser, served):
         lambda: (i := preview(browser)) and _differs(image, i) and i,
     )
     bone.save(ARTIFACTS / "preview-CT-bone.png")
+    Select(css(browser, "#window")[0]).select_by_value("custom")
+    for name, value in (("wc", "40"), ("ww", "80")):
+        box = css(browser, f"#{name}")[0]
+        box.clear()
+        box.send_keys(value)
+    Select(css(browser, "#wf")[0]).select_by_value("sigmoid")
+    sigmoid = wait_for(
+        "a custom sigmoid window",
+        lambda: (i := preview(browser)) and _differs(bone, i) and _differs(image, i) and i,
+    )
+    sigmoid.save(ARTIFACTS / "preview-CT-sigmoid.png")
     css(browser, "button.show-metadata")[0].click()
     wait_for("the tag table", lambda: "PatientName" in text(browser))
     table = css(browser, "table.tags")[0].text

@@ -5,7 +5,8 @@ import { confirm, errorBox, go, h, say, show, size, table } from './ui.js';
 import { metadataTable } from './tags.js';
 
 // Window presets: center,width of the rendered route's window parameter (PS3.18 8.3.5.1.3),
-// in the instance's rescaled units (Hounsfield units for CT). "As stored": the instance's own.
+// in the instance's rescaled units (Hounsfield units for CT). "As stored": the instance's own;
+// "Custom": a center, a width and a VOI LUT function (linear, linear-exact, sigmoid).
 export const PRESETS = [
   ['default', 'As stored', null],
   ['brain', 'Brain (40/80)', '40,80'],
@@ -106,8 +107,11 @@ async function seriesPane(pane, uid, s, params) {
   const presets = h('select', { id: 'window' }, PRESETS.map(([k, label]) => h('option', { value: k }, label)));
   const center = h('input', { type: 'number', id: 'wc', value: 40, step: 'any' });
   const width = h('input', { type: 'number', id: 'ww', value: 400, min: 1, step: 'any' });
-  const custom = h('span', { class: 'buttons', hidden: true },
-    h('label', { for: 'wc' }, 'Center', center), h('label', { for: 'ww' }, 'Width', width));
+  const shape = h('select', { id: 'wf' }, [['linear', 'Linear'], ['linear-exact', 'Linear exact'], ['sigmoid', 'Sigmoid']]
+    .map(([k, label]) => h('option', { value: k }, label)));
+  const custom = h('span', { class: 'buttons', hidden: true, id: 'custom-window' },
+    h('label', { for: 'wc' }, 'Center', center), h('label', { for: 'ww' }, 'Width', width),
+    h('label', { for: 'wf' }, 'Function', shape));
   const meta = h('section', { 'aria-label': 'Metadata', id: 'metadata' });
 
   function windowParam() {
@@ -115,7 +119,7 @@ async function seriesPane(pane, uid, s, params) {
     if (!preset || !preset[2]) return undefined;
     if (preset[2] === 'custom') {
       const c = Number(center.value), w = Number(width.value);
-      return Number.isFinite(c) && Number.isFinite(w) && w >= 1 ? `${c},${w}` : undefined;
+      return Number.isFinite(c) && Number.isFinite(w) && w >= 1 ? `${c},${w},${shape.value}` : undefined;
     }
     return preset[2];
   }
@@ -168,6 +172,7 @@ async function seriesPane(pane, uid, s, params) {
   presets.addEventListener('change', () => { custom.hidden = presets.value !== 'custom'; draw(); });
   center.addEventListener('change', draw);
   width.addEventListener('change', draw);
+  shape.addEventListener('change', draw);
   screen.addEventListener('keydown', (e) => {
     const steps = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1], PageUp: [-1, 0], PageDown: [1, 0] }[e.key];
     if (!steps) return;
