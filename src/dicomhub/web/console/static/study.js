@@ -201,7 +201,6 @@ async function seriesPane(pane, uid, s, params) {
   });
   pane.replaceChildren(
     h('h2', {}, `Series ${text(s, '00200011')} · ${text(s, '00080060')} ${text(s, '0008103E')}`),
-    screen,
     h('div', { class: 'controls' },
       h('button', { type: 'button', onclick: () => move(-1, 0), 'aria-label': 'Previous instance' }, '▲'),
       h('label', { for: 'instance-slider' }, 'Instance', instanceSlider),
@@ -209,6 +208,7 @@ async function seriesPane(pane, uid, s, params) {
       frameField,
       h('label', { for: 'window' }, 'Window', presets), custom,
       can('delete') ? h('button', { type: 'button', class: 'danger', id: 'delete-series', onclick: () => removeSeries(uid, suid) }, 'Delete series') : null),
+    screen,
     h('h2', {}, 'Instances'),
     table(['Number', 'SOP Instance UID', 'Frames', 'Actions'], rows, { class: 'instances' }),
     meta);
