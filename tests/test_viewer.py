@@ -151,7 +151,6 @@ def test_a_config_file_of_ones_own(tmp_path, build):
         "/assets/",
         "/sw.js",  # a service worker would take the whole site
         "/index.html/",
-        "/",  # the web console's
         "/viewerx",
     ],
 )
@@ -160,6 +159,17 @@ def test_nothing_outside_the_builds_files(tmp_path, build, path):
         r = client.get(path)
         assert r.status_code == 404, path
         assert b"s3cret" not in r.content
+
+
+def test_the_web_console_keeps_the_root(tmp_path, build):
+    """/ is the web console's page (web/console), not the build's index.html; with the console
+    off, nothing."""
+    with viewer_client(tmp_path, build) as client:
+        r = client.get("/")
+        assert r.status_code == 200 and 'src="console/main.js"' in r.text
+        assert client.get("/console/config.json").json()["viewer"].startswith("viewer/")
+    with viewer_client(tmp_path, build, console=False) as client:
+        assert client.get("/").status_code == 404
 
 
 def test_api_routes_come_first(tmp_path, build):

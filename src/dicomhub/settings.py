@@ -327,6 +327,22 @@ class Settings:
         "A JavaScript file served as the viewer's /app-config.js instead of the one dicomhub "
         "makes (e.g. with OHIF's oidc block when authentication is on). Empty: made by dicomhub.",
     )
+    console: bool = _setting(
+        True,
+        "Serve the web console (a small browser app over this API) at /, its files under "
+        "/console/.",
+    )
+    console_client_id: str = _setting(
+        "",
+        "The OpenID Connect client id (a public client, authorization code with PKCE, redirect "
+        "URI the console's address) the web console signs in with when authentication is on. "
+        "Empty: the console asks for a token to be pasted.",
+    )
+    console_scopes: str = _setting(
+        "openid",
+        "Scopes the web console asks the OpenID Connect issuer for (space-separated), e.g. "
+        "'openid profile' or an API scope the issuer needs to put the audience in the token.",
+    )
     qido_max_limit: int = _setting(
         1000, "Largest page a search returns; a larger limit is lowered to it, with a warning."
     )

@@ -45,6 +45,7 @@ from dicomhub.web import (
 from dicomhub.web.access import authorize
 from dicomhub.web.audit import ACTION, ROUTE
 from dicomhub.web.auth import authentication
+from dicomhub.web.console import console
 from dicomhub.web.cors import cors
 from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
@@ -291,6 +292,7 @@ def create_app(
         routes=table,
         lifespan=lifespan,
         middleware=forwarded(settings.forwarded_allow_ips)
+        + (console(settings) if settings.console else [])
         + viewer(settings.viewer, viewer_root(settings), settings.viewer_config, table)
         + api_versions()
         + cors(settings.cors)
