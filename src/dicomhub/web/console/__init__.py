@@ -34,6 +34,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomhub import __version__
+from dicomhub.model import DEFAULT_PARTITION
+from dicomhub.web.access import EVERYWHERE
 from dicomhub.web.errors import problem
 
 PREFIX = "/console/"
@@ -71,9 +73,11 @@ def config(
     client_id: str = "",
     scopes: str = "openid",
     roles_claim: str = "roles",
-    grants: dict[str, frozenset[str]] | None = None,
+    grants: dict[str, dict[str, frozenset[str]]] | None = None,
 ) -> dict:
-    """The console's view of this server (``/console/config.json``)."""
+    """The console's view of this server (``/console/config.json``). ``grants``: each role's
+    actions by where (web/access); the console works on the default partition, so a role
+    grants it what it grants everywhere or there."""
     auth = None
     if issuer:
         auth = {
@@ -82,7 +86,10 @@ def config(
             "clientId": client_id,
             "scopes": scopes,
             "rolesClaim": roles_claim,
-            "roles": {name: sorted(actions) for name, actions in (grants or {}).items()},
+            "roles": {
+                name: sorted(where.get(EVERYWHERE, set()) | where.get(DEFAULT_PARTITION, set()))
+                for name, where in (grants or {}).items()
+            },
         }
     return {
         "version": __version__,
