@@ -12,17 +12,19 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, running_server
 from tests.dicomfiles import read
 from tests.helpers import MULTIPART, multipart
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance, uid
+from tests.test_dimse import _wait_for_port as wait_for_port
 from tests.test_export import run_jobs
 
 STUDY, SERIES, SOP = uid(90), uid(90, 1), uid(90, 1, 1)
@@ -292,3 +294,61 @@ def test_a_role_scope_names_everywhere_or_one_partition(tmp_path, issuer, scope)
     )
     with pytest.raises(ValueError, match="a scope is"):
         create_app(s, build_archive(s))
+
+
+def test_dimse_callers_address_their_partition(tmp_path):
+    """--dimse-partitions: what CLINICA stores over DIMSE goes to clinic-a (created by it),
+    what another caller stores to the default partition, the same UIDs in both; each one's
+    C-FIND sees its own partition only, and so does DICOMweb."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
+
+    port = free_port()
+    settings = {
+        "data_partitions": "true",
+        "dimse_port": str(port),
+        "dimse_partitions": "CLINICA=clinic-a",
+    }
+    with running_server(tmp_path, **settings) as (url, _):
+        wait_for_port(port)
+
+        def associate(calling: str, context):
+            ae = AE(ae_title=calling)
+            ae.add_requested_context(context)
+            assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+            assert assoc.is_established
+            return assoc
+
+        for calling, partition in (("CLINICA", "clinic-a"), ("OTHER", "Microsoft.Default")):
+            assoc = associate(calling, CTImageStorage)
+            try:
+                assert assoc.send_c_store(read(file(partition))).Status == 0
+            finally:
+                assoc.release()
+        for calling, name in (("CLINICA", "Alpha^Name"), ("OTHER", "Default^Name")):
+            assoc = associate(calling, Find)
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel, identifier.PatientName = "STUDY", ""
+            try:
+                found = [str(ds.PatientName) for _, ds in assoc.send_c_find(identifier, Find) if ds]
+            finally:
+                assoc.release()
+            assert found == [name], calling
+        for partition, name in (("clinic-a", "Alpha^Name"), ("Microsoft.Default", "Default^Name")):
+            r = httpx.get(f"{url}{prefix(partition)}/studies", params={"includefield": "00100010"})
+            assert [s["00100010"]["Value"][0]["Alphabetic"] for s in r.json()] == [name]
+
+
+def test_dimse_partitions_need_data_partitions(tmp_path):
+    env = {"DICOMHUB_DIMSE_PORT": str(free_port()), "DICOMHUB_DIMSE_PARTITIONS": "CT1=clinic-a"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomhub", "serve", "--data-dir", str(tmp_path), "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "--dimse-partitions needs --data-partitions true" in done.stderr

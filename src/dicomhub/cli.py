@@ -238,11 +238,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"dicomhub: --forwarded-allow-ips: {exc}")
     if settings.dimse_port:
-        from dicomhub.dimse.callers import Callers, parse_peers
+        from dicomhub.dimse.callers import Callers, parse_partitions, parse_peers
         from dicomhub.dimse.tls import client_tls_context, tls_context
 
         try:
             Callers(settings.dimse_callers)
+            if parse_partitions(settings.dimse_partitions) and not settings.data_partitions:
+                raise ValueError("--dimse-partitions needs --data-partitions true")
             if any(peer.tls for peer in parse_peers(settings.dimse_peers).values()):
                 client_tls_context(settings.dimse)
             tls_context(settings.dimse)

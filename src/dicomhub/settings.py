@@ -285,6 +285,12 @@ class Settings:
         "AET[@address]=store+find+retrieve, comma-separated. Empty: any caller may do "
         "everything (only on loopback unless allow_unauthenticated).",
     )
+    dimse_partitions: str = _setting(
+        "",
+        "The data partition of calling AE titles: AET=partition, comma-separated (needs "
+        "data_partitions). Their stores, queries, retrievals and storage commitment address "
+        "that partition (a store creates it); other callers the default partition.",
+    )
     dimse_peers: str = _setting(
         "",
         "DIMSE peers: AET=host:port, or AET=tls://host:port for DICOM TLS, comma-separated. "

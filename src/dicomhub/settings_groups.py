@@ -114,6 +114,7 @@ class Dimse:
     port: int
     aet: str
     callers: str
+    partitions: str  # the data partition of calling AE titles (AET=partition,...)
     peers: str
     tls_certfile: str
     tls_keyfile: str

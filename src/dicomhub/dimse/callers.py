@@ -1,10 +1,13 @@
 """Who may use the DIMSE service: an allow-list of calling AE titles (optionally bound to an
 address), each with its permissions (``--dimse-callers``), e.g.
-``CT1=store,PACS@10.0.0.5=store+find+retrieve``. Empty: any caller may do everything."""
+``CT1=store,PACS@10.0.0.5=store+find+retrieve``. Empty: any caller may do everything. And the
+data partition each caller addresses (``--dimse-partitions``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dicomhub.model import PARTITION_NAME
 
 PERMISSIONS = ("store", "find", "retrieve")
 
@@ -64,6 +67,25 @@ class Peer:
 
     def __str__(self) -> str:
         return f"{'tls://' if self.tls else ''}{self.host}:{self.port}"
+
+
+def parse_partitions(spec: str) -> dict[str, str]:
+    """The data partition of each calling AE title: AET=partition, comma-separated (a caller
+    not named: the default partition). ValueError names what is wrong."""
+    found: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        ae_title, sep, partition = (part.strip() for part in entry.partition("="))
+        if not sep or not ae_title or len(ae_title) > 16 or "\\" in ae_title:
+            raise ValueError(f"--dimse-partitions: {entry!r} is not AET=partition")
+        if not PARTITION_NAME.fullmatch(partition):
+            raise ValueError(
+                f"--dimse-partitions: {partition!r} is not a partition name (1 to 64 characters "
+                "of A-Z, a-z, 0-9, '_', '.', '-')"
+            )
+        if ae_title in found:
+            raise ValueError(f"--dimse-partitions: {ae_title} is named twice")
+        found[ae_title] = partition
+    return found
 
 
 def parse_peers(spec: str) -> dict[str, Peer]:

@@ -29,7 +29,7 @@ from dicomhub.dicom.commitment import Request, parse_request, report
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
 from dicomhub.dimse.audit import audit_entry
-from dicomhub.dimse.callers import Peer, caller_of, parse_peers
+from dicomhub.dimse.callers import Peer, caller_of, parse_partitions, parse_peers
 from dicomhub.dimse.status import (
     INVALID_OBJECT_INSTANCE,
     NO_SUCH_ACTION,
@@ -40,7 +40,7 @@ from dicomhub.dimse.status import (
 )
 from dicomhub.dimse.tls import tls_args
 from dicomhub.errors import DicomhubError, InvalidRequest, Unavailable
-from dicomhub.model import JobType
+from dicomhub.model import DEFAULT_PARTITION, JobType
 from dicomhub.settings_groups import Dimse
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ class Commitments:
         """The report on the request's association (a requester that is no peer)."""
         clock = time.perf_counter()
         service = self.service
-        event_type, info, detail = await _report(service.archive, service.settings, request)
+        event_type, info, detail = await _report(
+            service.archive, service.settings, request, caller[0]
+        )
         status = await asyncio.to_thread(_send_back, assoc, event_type, info)
         detail["via"] = "the request's association"
         if status != SUCCESS:
@@ -155,7 +157,7 @@ async def deliver(archive, settings: Dimse, payload: dict) -> dict:
     peer = parse_peers(settings.peers).get(caller[0])
     if peer is None:
         raise Unavailable("dimse", f"{caller[0]} is no longer in --dimse-peers")
-    event_type, info, detail = await _report(archive, settings, request)
+    event_type, info, detail = await _report(archive, settings, request, caller[0])
     status = await asyncio.to_thread(_send_new, settings, peer, caller[0], event_type, info)
     detail["via"] = f"a new association to {peer}"
     if status != SUCCESS:
@@ -169,10 +171,14 @@ async def deliver(archive, settings: Dimse, payload: dict) -> dict:
     return detail
 
 
-async def _report(archive, settings: Dimse, request: Request) -> tuple[int, Dataset, dict]:
-    """The report's Event Type ID and Event Information, and its audit detail."""
+async def _report(
+    archive, settings: Dimse, request: Request, requester: str
+) -> tuple[int, Dataset, dict]:
+    """The report's Event Type ID and Event Information, and its audit detail: of the
+    instances of the requester's data partition (--dimse-partitions)."""
+    partition = parse_partitions(settings.partitions).get(requester, DEFAULT_PARTITION)
     try:
-        failed = await failures(archive, request, settings.max_results)
+        failed = await failures(archive, request, settings.max_results, partition)
     except Exception:  # noqa: BLE001 - reported as failures, never silently dropped
         log.exception("storage commitment %s: the lookup failed", request.transaction)
         failed = {sop: PROCESSING_FAILURE for _, sop in request.references}
@@ -201,9 +207,11 @@ def _send_new(settings: Dimse, peer: Peer, ae_title: str, event_type: int, info:
         assoc.release()
 
 
-async def failures(archive, request: Request, max_limit: int) -> dict[str, int]:
-    """The Failure Reason of each requested SOP Instance UID the archive does not hold with the
-    requested SOP Class."""
+async def failures(
+    archive, request: Request, max_limit: int, partition: str = DEFAULT_PARTITION
+) -> dict[str, int]:
+    """The Failure Reason of each requested SOP Instance UID data ``partition`` does not hold
+    with the requested SOP Class."""
     stored: dict[str, set[str]] = {}
     uids = list(dict.fromkeys(sop for _, sop in request.references))
     for start in range(0, len(uids), CHUNK):
@@ -212,6 +220,7 @@ async def failures(archive, request: Request, max_limit: int) -> dict[str, int]:
             ("limit", str(max_limit)),
         ]
         query = parse_query(params, Level.INSTANCE, max_limit=max_limit)
+        query.partition = partition
         page = await archive.search.search(query, "")
         for result in page.results:
             sop, sop_class = result["00080018"]["Value"][0], result["00080016"]["Value"][0]

@@ -12,13 +12,16 @@ from dicomhub.archive.archive import Archive
 from dicomhub.dicom.cfind import LEVELS, parameters, query_level, response
 from dicomhub.dicom.levels import Level
 from dicomhub.dicom.query import parse_query
+from dicomhub.model import DEFAULT_PARTITION
 
 PAGE = 1000
 
 
-async def find(archive: Archive, identifier: Dataset, max_limit: int) -> AsyncIterator[Dataset]:
-    """Response identifiers for ``identifier``, one per match (InvalidRequest: it cannot be
-    searched)."""
+async def find(
+    archive: Archive, identifier: Dataset, max_limit: int, partition: str = DEFAULT_PARTITION
+) -> AsyncIterator[Dataset]:
+    """Response identifiers for ``identifier``, one per match in data ``partition``
+    (InvalidRequest: it cannot be searched)."""
     level_name = query_level(identifier)
     level = LEVELS.get(level_name, Level.STUDY)
     keys, _ = await archive.extended_tags.searchable()
@@ -32,6 +35,7 @@ async def find(archive: Archive, identifier: Dataset, max_limit: int) -> AsyncIt
             max_limit=max_limit,
             extended=keys,
         )
+        query.partition = partition
         page = await archive.search.search(query, "")
         for result in page.results:
             found = Dataset.from_json(result)

@@ -14,7 +14,7 @@ from dicomhub.dicom import codecs
 from dicomhub.dicom.cfind import query_level
 from dicomhub.dimse.find import find
 from dicomhub.errors import InvalidRequest
-from dicomhub.model import Scope, StoredInstance
+from dicomhub.model import DEFAULT_PARTITION, Scope, StoredInstance
 
 UNIQUE = {  # level -> the unique key that must be given at it
     "PATIENT": "PatientID",
@@ -26,8 +26,11 @@ KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations is a US
 
 
-async def instances(archive: Archive, identifier: Dataset, max_limit: int) -> list[StoredInstance]:
-    """The stored instances ``identifier`` names (InvalidRequest: it names none properly)."""
+async def instances(
+    archive: Archive, identifier: Dataset, max_limit: int, partition: str = DEFAULT_PARTITION
+) -> list[StoredInstance]:
+    """The stored instances of data ``partition`` ``identifier`` names (InvalidRequest: it
+    names none properly)."""
     level = query_level(identifier)
     if not str(identifier.get(UNIQUE[level], "") or "").strip():
         raise InvalidRequest(f"a retrieve at {level} level needs {UNIQUE[level]}")
@@ -41,8 +44,9 @@ async def instances(archive: Archive, identifier: Dataset, max_limit: int) -> li
         if keyword not in query:
             setattr(query, keyword, "")
     found = []
-    async for match in find(archive, query, max_limit):
-        scope = Scope(match.StudyInstanceUID, match.SeriesInstanceUID, match.SOPInstanceUID)
+    async for match in find(archive, query, max_limit, partition):
+        ids = (match.StudyInstanceUID, match.SeriesInstanceUID, match.SOPInstanceUID)
+        scope = Scope(*ids, partition=partition)
         found += await archive.retrieve.instances(scope)
     return found
 

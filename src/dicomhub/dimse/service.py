@@ -47,7 +47,7 @@ from dicomhub.archive.spool import PartBody
 from dicomhub.dicom import commitment, stow, worklist
 from dicomhub.dimse import retrieve
 from dicomhub.dimse.audit import audit_entry
-from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_peers
+from dicomhub.dimse.callers import Callers, Peer, caller_of, parse_partitions, parse_peers
 from dicomhub.dimse.commitment import Commitments
 from dicomhub.dimse.find import find
 from dicomhub.dimse.status import (
@@ -67,6 +67,7 @@ from dicomhub.dimse.tls import tls_args, tls_context
 from dicomhub.dimse.workitems import WorkitemHandlers
 from dicomhub.dimse.worklist import modality_worklist, ups_find
 from dicomhub.errors import DicomhubError
+from dicomhub.model import DEFAULT_PARTITION
 from dicomhub.settings_groups import Dimse
 from dicomhub.telemetry import instruments
 
@@ -106,6 +107,7 @@ class DimseService:
         self.archive = archive
         self.settings = settings
         self.callers = Callers(settings.callers)
+        self.partitions = parse_partitions(settings.partitions)
         self.peers = parse_peers(settings.peers)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.commitments = Commitments(self)
@@ -200,7 +202,7 @@ class DimseService:
         if len(data) > self.settings.max_part_size:
             self._audit(event, "C-STORE", None, OUT_OF_RESOURCES, len(data), clock)
             return OUT_OF_RESOURCES
-        outcome = self._call(self._store_bytes(data))
+        outcome = self._call(self._store_bytes(data, self.partition_of(caller)))
         status = SUCCESS if outcome.failure is None else STORE_STATUS[outcome.failure]
         if outcome.failure is not None:
             log.info("C-STORE from %s refused (0x%04X): %s", caller, status, outcome.message)
@@ -220,7 +222,7 @@ class DimseService:
             identifier = event.identifier  # decoded here: a malformed one is 0xC000 below
             sop_class = str(event.request.AffectedSOPClassUID)
             level = FIND_LEVELS.get(sop_class) or str(identifier.get("QueryRetrieveLevel", ""))
-            results, pending = self._finder(sop_class, identifier)
+            results, pending = self._finder(sop_class, identifier, self.partition_of(caller))
             while True:
                 if event.is_cancelled:
                     status = CANCELLED
@@ -245,9 +247,9 @@ class DimseService:
             detail.update(matches=matches, level=level)
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
 
-    def _finder(self, sop_class: str, identifier):
-        """The responses of a C-FIND by its SOP class, and their pending status (0xFF01 when
-        keys of the identifier do not filter)."""
+    def _finder(self, sop_class: str, identifier, partition: str):
+        """The responses of a C-FIND by its SOP class (of instances: in ``partition``), and
+        their pending status (0xFF01 when keys of the identifier do not filter)."""
         if sop_class == worklist.MWL_FIND:
             results = modality_worklist(self.archive, identifier)
             unsupported = worklist.query(identifier).unsupported
@@ -255,7 +257,8 @@ class DimseService:
             results = ups_find(self.archive, identifier)
             unsupported = worklist.ups_query(identifier)[1]
         else:
-            return find(self.archive, identifier, self.settings.max_results), PENDING
+            results = find(self.archive, identifier, self.settings.max_results, partition)
+            return results, PENDING
         return results, PENDING_WARNING if unsupported else PENDING
 
     def _get(self, event):
@@ -329,7 +332,8 @@ class DimseService:
             identifier = event.identifier
             detail["level"] = str(identifier.get("QueryRetrieveLevel", ""))
             limit = self.settings.max_results
-            found = self._call(retrieve.instances(self.archive, identifier, limit))
+            partition = self.partition_of(caller)
+            found = self._call(retrieve.instances(self.archive, identifier, limit, partition))
         except DicomhubError as exc:
             detail["message"] = str(exc)
             return status_of(exc), []
@@ -358,8 +362,12 @@ class DimseService:
                 found_dataset = self._call(retrieve.dataset(self.archive, instance, frozenset()))
             yield PENDING, found_dataset
 
-    async def _store_bytes(self, data: bytes) -> stow.PartOutcome:
-        return await self.archive.store.store_part(PartBody.of(data), None, None)
+    async def _store_bytes(self, data: bytes, partition: str) -> stow.PartOutcome:
+        return await self.archive.store.store_part(PartBody.of(data), None, None, None, partition)
+
+    def partition_of(self, ae_title: str) -> str:
+        """The data partition a calling AE title addresses (--dimse-partitions)."""
+        return self.partitions.get(ae_title, DEFAULT_PARTITION)
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
