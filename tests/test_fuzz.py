@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.transport import register_serializer
 from schemathesis.transport.serialization import serialize_binary
 
-from dicomhub.web.openapi import PARTITIONED, for_version
+from dicomhub.web.openapi import for_version
+from dicomhub.web.partitions import has_partitions
 from tests.conftest import running_server
 from tests.dicomfiles import storable_files
 from tests.helpers import MULTIPART, multipart
@@ -82,7 +83,7 @@ DEPENDENT = {
 DEPENDENT |= {
     f"{method} /partitions/{{partition}}{path}": why
     for method, path, why in ((*k.split(" ", 1), v) for k, v in list(DEPENDENT.items()))
-    if path.split("/")[1] in PARTITIONED
+    if has_partitions(path)
 }
 STORED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle_2frame.dcm")
 PARTITION = "fuzz.partition-1"  # the data partition the stored files are in too

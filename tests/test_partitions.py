@@ -26,6 +26,7 @@ from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance, uid
 from tests.test_dimse import _wait_for_port as wait_for_port
 from tests.test_export import run_jobs
+from tests.test_workitems import dataset, workitem
 
 STUDY, SERIES, SOP = uid(90), uid(90, 1), uid(90, 1, 1)
 INSTANCE = f"/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
@@ -195,8 +196,49 @@ def test_bulk_update_and_export_work_in_their_partition(tmp_path, index_url):
 
 def test_routes_a_partition_has_not_are_404(partitioned):
     assert stow(partitioned, "clinic-a", file("clinic-a")).status_code == 200
-    for path in ("/changefeed", "/extendedquerytags", "/workitems", "/operations/x"):
+    for path in ("/changefeed", "/extendedquerytags", "/operations/x", "/partitions"):
         assert partitioned.get(f"/v2/partitions/clinic-a{path}").status_code == 404, path
+    subscribe = f"/v2/partitions/clinic-a/workitems/{SOP}/subscribers/AE1"
+    assert partitioned.post(subscribe).status_code in (404, 405)
+
+
+def test_workitems_of_each_partition(partitioned):
+    """The same workitem UID in the default partition and in clinic-a: created, searched,
+    retrieved and claimed apart; a partition that no store created has none."""
+    client = partitioned
+    assert stow(client, "clinic-a", file("clinic-a")).status_code == 200
+    item = uid(91, 1)
+    for partition, patient in (("Microsoft.Default", "P-DEF"), ("clinic-a", "P-A")):
+        r = client.post(
+            f"{prefix(partition)}/workitems?{item}",
+            content=json.dumps([workitem(PatientID=patient)]),
+            headers={"Content-Type": "application/dicom+json"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["location"].endswith(f"{prefix(partition)}/workitems/{item}")
+    for partition, patient in (("Microsoft.Default", "P-DEF"), ("clinic-a", "P-A")):
+        found = client.get(f"{prefix(partition)}/workitems").json()
+        assert [w["00100020"]["Value"][0] for w in found] == [patient]
+        got = client.get(f"{prefix(partition)}/workitems/{item}").json()
+        assert got[0]["00100020"]["Value"][0] == patient
+    claim = [dataset(ProcedureStepState="IN PROGRESS", TransactionUID=uid(91, 2))]
+    r = client.put(
+        f"{prefix('clinic-a')}/workitems/{item}/state",
+        content=json.dumps(claim),
+        headers={"Content-Type": "application/dicom+json"},
+    )
+    assert r.status_code == 200, r.text
+    states = {
+        p: client.get(f"{prefix(p)}/workitems/{item}").json()[0]["00741000"]["Value"][0]
+        for p in ("Microsoft.Default", "clinic-a")
+    }
+    assert states == {"Microsoft.Default": "SCHEDULED", "clinic-a": "IN PROGRESS"}
+    r = client.post(
+        "/v2/partitions/clinic-z/workitems",
+        content=json.dumps([workitem()]),
+        headers={"Content-Type": "application/dicom+json"},
+    )
+    assert r.status_code == 400 and "does not exist" in r.json()["detail"]
 
 
 def test_off_by_default_every_partition_route_is_400(client):

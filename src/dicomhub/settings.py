@@ -148,9 +148,9 @@ class Settings:
     data_partitions: bool = _setting(
         False,
         "Data partitions: the routes of studies (STOW, upsert, QIDO, WADO, rendered, delete, "
-        "bulk update) and export also under /v{n}/partitions/{name}/, each name its own UID "
-        "namespace, created by its first store. Once a partition other than the default holds "
-        "data, they cannot be switched off (the server refuses to start).",
+        "bulk update), export and workitems also under /v{n}/partitions/{name}/, each name its "
+        "own UID namespace, created by its first store. Once a partition other than the default "
+        "holds data, they cannot be switched off (the server refuses to start).",
     )
     delete_delay: int = _setting(
         3 * 24 * 3600,

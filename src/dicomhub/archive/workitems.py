@@ -21,7 +21,7 @@ from dicomhub.dicom import workitem_query as wq
 from dicomhub.dicom import workitems as ups
 from dicomhub.dicom.json_model import compact
 from dicomhub.errors import Unavailable, WorkitemNotFound
-from dicomhub.model import StoredWorkitem
+from dicomhub.model import DEFAULT_PARTITION, StoredWorkitem
 from dicomhub.storage.protocols import Workitems
 
 ATTEMPTS = 20  # decisions made again when other changes keep coming first
@@ -37,8 +37,13 @@ class Outcome:
 
 
 class WorkitemService:
-    def __init__(self, index: Workitems):
+    def __init__(self, index: Workitems, partition: str = DEFAULT_PARTITION):
         self.index = index
+        self.partition = partition  # the data partition the workitems are in
+
+    def of(self, partition: str) -> WorkitemService:
+        """The workitems of data ``partition``."""
+        return self if partition == self.partition else WorkitemService(self.index, partition)
 
     async def create(self, uid: str | None, body: Any) -> str:
         """Add a SCHEDULED workitem; its UID (from the query, the dataset, or made here)."""
@@ -47,7 +52,7 @@ class WorkitemService:
         values = wq.index_values(dataset)
         reports = [compact(events.state_report(dataset))]  # to the global subscribers
         await self.index.add_workitem(
-            uid, ups.SCHEDULED, compact(dataset), values, utcnow(), reports
+            uid, ups.SCHEDULED, compact(dataset), values, utcnow(), reports, self.partition
         )
         return uid
 
@@ -77,7 +82,7 @@ class WorkitemService:
     async def request_cancel(self, uid: str, body: Any) -> Outcome:
         """Ask for the workitem's cancellation (N-ACTION Request UPS Cancel)."""
         request = ups.dataset(body, required=False)  # a malformed one is refused before anything
-        subscribers = await self.index.workitem_subscribers(uid)
+        subscribers = await self.index.workitem_subscribers(uid, self.partition)
         return await self._transition(
             uid, lambda item: ups.request_cancel(item.state, subscribers), body, request
         )
@@ -85,13 +90,14 @@ class WorkitemService:
     async def search(self, params: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
         """One page of matches, and the query parameters that were ignored."""
         query = wq.parse(params)
+        query.partition = self.partition
         found = await self.index.search_workitems(query)
         return [wq.result(json.loads(text), query) for text in found], query.ignored
 
     # -- the decision loop ---------------------------------------------------------------------
 
     async def _get(self, uid: str) -> StoredWorkitem:
-        item = await self.index.workitem(uid)
+        item = await self.index.workitem(uid, self.partition)
         if item is None:
             raise WorkitemNotFound("C307", f"no workitem {uid}")
         return item
@@ -148,6 +154,7 @@ class WorkitemService:
                 wq.index_values(dataset),
                 utcnow(),
                 [compact(r) for r in reports],
+                self.partition,
             )
             if written:
                 return Outcome(state)

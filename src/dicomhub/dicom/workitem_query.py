@@ -98,6 +98,7 @@ class WorkitemQuery:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     ignored: list[str] = field(default_factory=list)  # parameters not used, for the warning
+    partition: str = "Microsoft.Default"  # the data partition searched
 
 
 def parse(params: list[tuple[str, str]]) -> WorkitemQuery:

@@ -11,6 +11,7 @@ from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
 from dicomhub.dicom.workitem_query import WorkitemQuery
 from dicomhub.model import (
+    DEFAULT_PARTITION,
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
@@ -374,13 +375,17 @@ class Workitems(Protocol):
         values: list[tuple[str, int, str]],
         now: datetime,
         reports: list[str],
+        partition: str = DEFAULT_PARTITION,
     ) -> None:
-        """Add a workitem (revision 1, no lock). Raises WorkitemConflict (0111) when one has
-        this UID (of concurrent creations of one UID, exactly one succeeds). The global
-        subscribers join its subscription list and are sent ``reports`` (DICOM JSON event
-        reports), in the same transaction."""
+        """Add a workitem (revision 1, no lock) to data ``partition``. Raises WorkitemConflict
+        (0111) when one there has this UID (of concurrent creations of one UID, exactly one
+        succeeds). The global subscribers (of the default partition: subscriptions are its)
+        join its subscription list and are sent ``reports`` (DICOM JSON event reports), in the
+        same transaction."""
 
-    async def workitem(self, uid: str) -> StoredWorkitem | None: ...
+    async def workitem(
+        self, uid: str, partition: str = DEFAULT_PARTITION
+    ) -> StoredWorkitem | None: ...
 
     async def replace_workitem(
         self,
@@ -393,6 +398,7 @@ class Workitems(Protocol):
         values: list[tuple[str, int, str]],
         now: datetime,
         reports: list[str],
+        partition: str = DEFAULT_PARTITION,
     ) -> bool:
         """Replace the workitem's state, lock, dataset and values, if it is still at
         ``revision`` and in ``state_before`` (one conditional write), and queue ``reports``
@@ -439,8 +445,8 @@ class WorkitemEvents(Protocol):
         """New workitems no longer get ``subscriber``; False when it has no global
         subscription."""
 
-    async def workitem_subscribers(self, uid: str) -> int:
-        """How many subscribers workitem ``uid`` has."""
+    async def workitem_subscribers(self, uid: str, partition: str = DEFAULT_PARTITION) -> int:
+        """How many subscribers workitem ``uid`` (of ``partition``) has."""
 
     async def pending_workitem_events(
         self, subscriber: str, after: int, limit: int

@@ -17,6 +17,7 @@ from dicomhub.dicom.extended_tags import ExtendedTag
 from dicomhub.dicom.query import Query
 from dicomhub.dicom.workitem_query import WorkitemQuery
 from dicomhub.model import (
+    DEFAULT_PARTITION,
     Action,
     AuditEntry,
     AuditQuery,
@@ -311,11 +312,14 @@ class SqlIndex:
         values: list[tuple[str, int, str]],
         now: datetime,
         reports: list[str],
+        partition: str = DEFAULT_PARTITION,
     ) -> None:
-        await self._write(workitems.add, self.dialect, uid, state, dataset, values, now, reports)
+        await self._write(
+            workitems.add, self.dialect, uid, state, dataset, values, now, reports, partition
+        )
 
-    async def workitem(self, uid: str) -> StoredWorkitem | None:
-        return await self._read(workitems.get, uid)
+    async def workitem(self, uid: str, partition: str = DEFAULT_PARTITION) -> StoredWorkitem | None:
+        return await self._read(workitems.get, uid, partition)
 
     async def replace_workitem(
         self,
@@ -328,6 +332,7 @@ class SqlIndex:
         values: list[tuple[str, int, str]],
         now: datetime,
         reports: list[str],
+        partition: str = DEFAULT_PARTITION,
     ) -> bool:
         return await self._write(
             workitems.replace,
@@ -340,6 +345,7 @@ class SqlIndex:
             values,
             now,
             reports,
+            partition,
         )
 
     async def search_workitems(self, query: WorkitemQuery) -> list[str]:
@@ -374,8 +380,8 @@ class SqlIndex:
     async def suspend_global_subscription(self, subscriber: str) -> bool:
         return await self._write(events.suspend, subscriber)
 
-    async def workitem_subscribers(self, uid: str) -> int:
-        return await self._read(events.count, uid)
+    async def workitem_subscribers(self, uid: str, partition: str = DEFAULT_PARTITION) -> int:
+        return await self._read(events.count, uid, partition)
 
     async def pending_workitem_events(
         self, subscriber: str, after: int, limit: int

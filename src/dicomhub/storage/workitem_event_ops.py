@@ -143,7 +143,8 @@ def subscribe_all(
     text = json.dumps(filter_params) if filter_params is not None else None
     yield run(ADD_SUBSCRIBER, subscriber)
     yield run(SUBSCRIBE_GLOBAL, subscriber, kind, deletion_lock, text, False, to_micros(now))
-    clauses, params = ["w.state IN (?, ?)"], [ups.SCHEDULED, ups.IN_PROGRESS]
+    clauses = ["w.partition_name = ?", "w.state IN (?, ?)"]
+    params = [DEFAULT_PARTITION, ups.SCHEDULED, ups.IN_PROGRESS]  # subscriptions: the default's
     if filter_params is not None:
         more, values = _where(d, filter_params)
         clauses += more
@@ -224,8 +225,8 @@ def purge(before: datetime) -> Op:
     yield run(PURGE, to_micros(before))
 
 
-def count(uid: str) -> Op:
-    row = yield one(COUNT, DEFAULT_PARTITION, uid)
+def count(uid: str, partition: str = DEFAULT_PARTITION) -> Op:
+    row = yield one(COUNT, partition, uid)
     return row[0]
 
 

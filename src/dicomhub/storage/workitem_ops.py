@@ -48,21 +48,24 @@ def add(
     values: Values,
     now: datetime,
     reports: list[str],
+    partition: str = DEFAULT_PARTITION,
 ) -> Op:
-    """A new workitem; the global subscribers (not suspended, their filter matching) join its
-    subscription list and are sent ``reports``, in the same transaction."""
+    """A new workitem of data ``partition``; the global subscribers (not suspended, their
+    filter matching; subscriptions are the default partition's) join its subscription list and
+    are sent ``reports``, in the same transaction."""
     micros = to_micros(now)
-    row = yield one(INSERT, DEFAULT_PARTITION, uid, state, micros, micros, dataset)
+    row = yield one(INSERT, partition, uid, state, micros, micros, dataset)
     if row is None:
         raise WorkitemConflict("0111", f"workitem {uid} exists already")
     if values:
         yield many(INSERT_VALUES, [(row[0], *v) for v in values])
-    yield from events.join_global(d, row[0], now)
+    if partition == DEFAULT_PARTITION:
+        yield from events.join_global(d, row[0], now)
     yield from events.queue(row[0], uid, reports, now)
 
 
-def get(uid: str) -> Op:
-    row = yield one(GET, DEFAULT_PARTITION, uid)
+def get(uid: str, partition: str = DEFAULT_PARTITION) -> Op:
+    row = yield one(GET, partition, uid)
     if row is None:
         return None
     return StoredWorkitem(
@@ -84,12 +87,13 @@ def replace(
     values: Values,
     now: datetime,
     reports: list[str],
+    partition: str = DEFAULT_PARTITION,
 ) -> Op:
     """The workitem's new state, lock, dataset and values, if it is still at ``revision`` in
     ``state_before``, and ``reports`` queued for its subscribers; False (nothing written) when
     another change came first."""
     row = yield one(
-        SET, state, lock, to_micros(now), dataset, DEFAULT_PARTITION, uid, revision, state_before
+        SET, state, lock, to_micros(now), dataset, partition, uid, revision, state_before
     )
     if row is None:
         return False
@@ -115,7 +119,7 @@ def search_sql(query: WorkitemQuery, d: Dialect) -> tuple[str, list]:
 
 def where(query: WorkitemQuery, d: Dialect) -> tuple[list[str], list]:
     """The conditions of ``query`` on workitem ``w`` (ANDed), and their parameters."""
-    clauses, params = ["w.partition_name = ?"], [DEFAULT_PARTITION]
+    clauses, params = ["w.partition_name = ?"], [query.partition]
     groups: dict[str, list[WorkitemCondition]] = {}
     for condition in query.conditions:
         if any(m.op == "words" for m in condition.alternatives):

@@ -71,22 +71,6 @@ TAG = "/extendedquerytags/{tag}"
 WORKITEM = "/workitems/{workitem:uid}"
 SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
-# The routes a data partition has (by name prefix): studies' STOW, upsert, QIDO, WADO,
-# rendered images, delete, bulk update and export. Change feed, extended query tags and
-# operations are the server's (as in Microsoft's); workitems are not partitioned yet.
-PARTITIONED = (
-    "bulk-update",
-    "export",
-    "search",
-    "stow",
-    "upsert",
-    "study",
-    "series",
-    "instance",
-    "frames",
-    "bulkdata",
-    "delete",
-)
 
 
 class ActionRoute(Route):
@@ -101,22 +85,24 @@ class ActionRoute(Route):
         action: str | None,
         version: int | None = None,
         base: str | None = None,
+        in_partitions: bool = False,
         partitioned: bool = False,
     ):
-        """``base``: the route's name without its version and partition prefix; a
-        ``partitioned`` route's path has the data partition (``{partition}``)."""
+        """``base``: the route's name without its version and partition prefix; a route
+        ``in_partitions`` is one of a data partition's (roles may be that partition's), and a
+        ``partitioned`` one's path names the partition (``{partition}``)."""
         base = base or (name.split("-", 1)[1] if version is not None else name)
 
         async def guarded(request):
             request.scope[ROUTE] = name
             request.scope[ACTION] = action
-            if base.startswith(PARTITIONED):  # a route of a data partition's: roles may be its
+            if in_partitions:  # a route of a data partition's: roles may be that partition's
                 where = request.path_params.get("partition", DEFAULT_PARTITION)
                 authorize(request.scope, action, where)
             else:
                 authorize(request.scope, action)
             if partitioned:  # a store may create its partition; other requests need it
-                await partitions.resolve(request, create=action == WRITE)
+                await partitions.resolve(request, create=base.startswith(("stow", "upsert")))
             if (
                 base not in DEIDENTIFYING
                 and _may_name(request.scope["query_string"], b"deidentify")  # cheap first
@@ -143,11 +129,14 @@ def _may_name(query: bytes, name: bytes) -> bool:
 def _versioned(path: str, endpoint, methods: list[str], name: str, action: str) -> list[Route]:
     """The route in each API version, and in each version's data partitions when the route
     is one of a partition's (web/partitions)."""
+    ours = partitions.has_partitions(path)
     out = [
-        ActionRoute(f"/v{n}{path}", endpoint, methods, f"v{n}-{name}", action, version=n)
+        ActionRoute(
+            f"/v{n}{path}", endpoint, methods, f"v{n}-{name}", action, n, in_partitions=ours
+        )
         for n in VERSIONS
     ]
-    if name.startswith(PARTITIONED):
+    if ours:
         out += [
             ActionRoute(
                 f"/v{n}/partitions/{{partition}}{path}",
@@ -157,6 +146,7 @@ def _versioned(path: str, endpoint, methods: list[str], name: str, action: str) 
                 action,
                 version=n,
                 base=name,
+                in_partitions=True,
                 partitioned=True,
             )
             for n in VERSIONS

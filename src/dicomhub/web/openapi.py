@@ -14,8 +14,7 @@ from starlette.responses import Response
 from dicomhub import __version__
 from dicomhub.web import changefeed
 from dicomhub.web.common import version
-
-PARTITIONED = ("studies", "series", "instances", "export")  # the paths of a partition's routes
+from dicomhub.web.partitions import has_partitions
 
 
 @cache
@@ -62,7 +61,7 @@ def _partitioned(doc: dict) -> None:
     /partitions/{partition}: the same operations, in that partition."""
     ref = {"$ref": "#/components/parameters/partition"}
     for path, item in list(doc["paths"].items()):
-        if path.split("/")[1] in PARTITIONED:
+        if has_partitions(path):
             copied = copy.deepcopy(item)
             copied["parameters"] = [ref, *copied.get("parameters", [])]
             doc["paths"]["/partitions/{partition}" + path] = copied

@@ -15,6 +15,17 @@ from dicomhub.errors import InvalidRequest
 from dicomhub.model import DEFAULT_PARTITION, PARTITION_NAME
 from dicomhub.web.common import PARTITION, archive
 
+# The routes a data partition has (by path, after /v{n}): studies' STOW, upsert, QIDO, WADO,
+# rendered images, delete and bulk update, export, and workitems' Push and Pull. Change feed,
+# extended query tags and operations are the server's (as in Microsoft's), and so are workitem
+# subscriptions (Watch and Event) for now.
+PREFIXES = ("/studies", "/series", "/instances", "/export", "/workitems")
+
+
+def has_partitions(path: str) -> bool:
+    """Whether the route at ``path`` (after /v{n}) also exists in each data partition."""
+    return path.startswith(PREFIXES) and "/subscribers/" not in path
+
 
 async def resolve(request: Request, create: bool) -> None:
     """Check the request's partition (its path's ``{partition}``) and keep it in the scope

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomhub.archive.workitems import WorkitemService
 from dicomhub.dicom.json_model import dumps
 from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import UnsupportedMediaType
@@ -21,6 +22,7 @@ from dicomhub.web.common import (
     base_url,
     json_body,
     param,
+    partition_of,
     require_json_accept,
     warning,
 )
@@ -48,6 +50,11 @@ async def _dataset_body(request: Request, required: bool = True):
     return await json_body(request)
 
 
+def _workitems(request: Request) -> WorkitemService:
+    """The workitems of the request's data partition."""
+    return archive(request).workitems.of(partition_of(request))
+
+
 def _workitem(request: Request) -> str:
     uid = require_uid(request.path_params["workitem"], "workitem")
     note(request, workitem=uid)
@@ -57,7 +64,7 @@ def _workitem(request: Request) -> str:
 async def create(request: Request) -> Response:
     """POST /workitems[?{uid}]: 201 and the workitem's URL."""
     uid = _uid_in_query(request, "workitem")
-    uid = await archive(request).workitems.create(uid, await _dataset_body(request))
+    uid = await _workitems(request).create(uid, await _dataset_body(request))
     note(request, workitem=uid)
     url = f"{base_url(request)}workitems/{uid}"
     return Response(status_code=201, headers={"Location": url, "Content-Location": url})
@@ -66,7 +73,7 @@ async def create(request: Request) -> Response:
 async def retrieve(request: Request) -> Response:
     """GET /workitems/{uid}: the workitem (a DICOM JSON array of one), no Transaction UID."""
     media = require_json_accept(request)
-    dataset = await archive(request).workitems.retrieve(_workitem(request))
+    dataset = await _workitems(request).retrieve(_workitem(request))
     return Response(dumps([dataset]), media_type=media, headers={"Vary": "Accept"})
 
 
@@ -74,7 +81,7 @@ async def update(request: Request) -> Response:
     """POST /workitems/{uid}[?{transaction}]: replace the attributes the body holds."""
     uid = _workitem(request)
     transaction = _uid_in_query(request, "transaction")
-    await archive(request).workitems.update(uid, transaction, await _dataset_body(request))
+    await _workitems(request).update(uid, transaction, await _dataset_body(request))
     url = f"{base_url(request)}workitems/{uid}"
     return Response(status_code=200, headers={"Content-Location": url})
 
@@ -82,7 +89,7 @@ async def update(request: Request) -> Response:
 async def change_state(request: Request) -> Response:
     """PUT /workitems/{uid}/state: claim, complete or cancel (Transaction UID in the body)."""
     uid = _workitem(request)
-    outcome = await archive(request).workitems.change_state(uid, await _dataset_body(request))
+    outcome = await _workitems(request).change_state(uid, await _dataset_body(request))
     note(request, state=outcome.state)
     return _answer(request, 200, outcome)
 
@@ -91,7 +98,7 @@ async def cancel_request(request: Request) -> Response:
     """POST /workitems/{uid}/cancelrequest: 202; a SCHEDULED workitem is canceled at once."""
     uid = _workitem(request)
     body = await _dataset_body(request, required=False)
-    outcome = await archive(request).workitems.request_cancel(uid, body)
+    outcome = await _workitems(request).request_cancel(uid, body)
     note(request, state=outcome.state)
     return _answer(request, 202, outcome)
 
@@ -108,7 +115,7 @@ def _answer(request: Request, status: int, outcome) -> Response:
 async def search(request: Request) -> Response:
     """GET /workitems?...: 200 with the matches, 204 when none (as Microsoft's server)."""
     media = require_json_accept(request)
-    found, ignored = await archive(request).workitems.search(request.query_params.multi_items())
+    found, ignored = await _workitems(request).search(request.query_params.multi_items())
     headers = {"Vary": "Accept"}
     if ignored:
         text = "The following query parameters were ignored: " + ", ".join(sorted(set(ignored)))
