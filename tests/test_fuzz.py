@@ -61,6 +61,9 @@ DEPENDENT = {
     "POST /export": "destinations must be allowed by the server's settings",
     "POST /extendedquerytags": "tag paths name DICOM attributes",
     "POST /studies/$bulkUpdate": "only section 12's attributes may change, with their VRs",
+    # a webhook URL's host must resolve, to a public address (no --webhook-allow-private)
+    "POST /subscriptions": "webhook URLs must resolve to public addresses",
+    "PATCH /subscriptions/{id}": "webhook URLs must resolve to public addresses",
     # a workitem dataset must meet Table CC.2.5-3, a state change the workitem's state
     **{
         f"{m} {p}": "workitem datasets and states"
@@ -87,7 +90,9 @@ V1_EXAMPLES = 20
 def served(tmp_path_factory):
     """The server, with STORED in it: (base URL, [(study, series, sop)])."""
     files = [f for f in storable_files() if f.name in STORED]
-    with running_server(tmp_path_factory.mktemp("fuzz"), delete_delay="0") as (url, _):
+    # no webhook deliveries: a generated subscription may name a real host on the Internet
+    folder = tmp_path_factory.mktemp("fuzz")
+    with running_server(folder, delete_delay="0", webhook_concurrency="0") as (url, _):
         body = multipart(*(f.data for f in files))
         r = httpx.post(url + "/v2/studies", content=body, headers={"Content-Type": MULTIPART})
         assert r.status_code == 200, r.text

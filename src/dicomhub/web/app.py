@@ -36,6 +36,7 @@ from dicomhub.web import (
     qido,
     rendered,
     stow,
+    subscriptions,
     wado,
     wado_uri,
     workitem_events,
@@ -68,6 +69,7 @@ FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
 WORKITEM = "/workitems/{workitem:uid}"
 SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
+WEBHOOK = "/subscriptions/{id}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
 
 
@@ -190,6 +192,19 @@ def routes() -> list[BaseRoute]:
         (SUBSCRIBER + "/suspend", workitem_events.suspend, ["POST"], "workitem-suspend", WRITE),
         # the event channel asked for without a WebSocket upgrade: 426
         ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
+        ("/subscriptions", subscriptions.create, ["POST"], "subscription-create", ADMIN),
+        ("/subscriptions", subscriptions.listing, ["GET"], "subscriptions", ADMIN),
+        (WEBHOOK, subscriptions.get, ["GET"], "subscription", ADMIN),
+        (WEBHOOK, subscriptions.update, ["PATCH"], "subscription-update", ADMIN),
+        (WEBHOOK, subscriptions.delete, ["DELETE"], "subscription-delete", ADMIN),
+        (WEBHOOK + "/deadletters", subscriptions.deadletters, ["GET"], "deadletters", ADMIN),
+        (
+            WEBHOOK + "/deadletters/{sequence}/replay",
+            subscriptions.replay,
+            ["POST"],
+            "deadletter-replay",
+            ADMIN,
+        ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),
     ]

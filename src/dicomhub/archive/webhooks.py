@@ -1,0 +1,338 @@
+"""Webhook subscriptions (issue 23): managed by administrators, delivered by leased workers.
+
+The change feed is the outbox. A change-feed entry is written in the transaction of its change,
+so there is no event without its change and no change without its event, and a store writes
+nothing more. Each subscription keeps the sequence it has delivered up to; a delivery step
+(``step``, run by any node's workers) takes the lease of a subscription that is due, reads the
+feed after its cursor and POSTs the events it wants, one at a time, in order, moving the cursor
+after each. A receiver that fails gets the same event again after a backoff (exponential, with
+jitter) until the retry window has passed since its first failure; the event is then kept as a
+dead letter (replayable) and delivery moves on, each following event getting one attempt until
+one is taken again. Delivery is at least once: the event id (the change-feed sequence) is the
+idempotency key a receiver sees again if a step dies between sending and recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import uuid
+from datetime import timedelta
+from typing import Any, Protocol
+
+from dicomhub.clock import utcnow
+from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.model import DeadLetter, EventSource, Subscription
+from dicomhub.settings_groups import Webhooks as WebhookSettings
+from dicomhub.storage.protocols import ChangeFeed, Webhooks
+from dicomhub.webhooks import events, signing
+from dicomhub.webhooks.client import DeliveryFailed, WebhookClient
+from dicomhub.webhooks.targets import TargetRefused, check_target
+
+log = logging.getLogger(__name__)
+
+FIELDS = {"url", "eventTypes", "filter", "secret", "schema", "state"}
+STATES = ("active", "paused")  # what an administrator sets ("failing" is the delivery's)
+
+
+class WebhookIndex(Webhooks, ChangeFeed, Protocol):
+    """What the webhooks use of the index: their subscriptions and the change feed."""
+
+
+class WebhookService:
+    def __init__(self, index: WebhookIndex, settings: WebhookSettings):
+        self.index = index
+        self.settings = settings
+        self.lease = timedelta(seconds=settings.lease)
+        self._client: WebhookClient | None = None
+
+    # -- administration ------------------------------------------------------------------------
+
+    async def create(self, body: Any) -> Subscription:
+        """A new subscription from a request body; it gets the changes made from now on. Its
+        secret is the body's, else a new one (the caller sees it once, in the answer)."""
+        fields = _fields(body)
+        if "url" not in fields:
+            raise InvalidRequest("a subscription needs a url")
+        now = utcnow()
+        latest = await self.index.latest_change(include_metadata=False)
+        subscription = Subscription(
+            id=str(uuid.uuid4()),
+            url="",
+            event_types=events.EVENT_TYPES,
+            filter={},
+            secret=signing.new_secret(),
+            schema="cloudevents",
+            paused=False,
+            created=now,
+            updated=now,
+            sequence=latest.sequence if latest else 0,
+            delivered=0,
+            attempts=0,
+            failing_since=None,
+            next_attempt=now,
+            last_error=None,
+            holder=None,
+        )
+        subscription = await self._apply(subscription, fields)
+        await self.index.create_subscription(subscription)
+        return subscription
+
+    async def get(self, id: str) -> Subscription:
+        found = await self.index.subscription(id)
+        if found is None:
+            raise NotFound(f"no webhook subscription {id}")
+        return found
+
+    async def listing(self) -> list[Subscription]:
+        return await self.index.subscriptions()
+
+    async def update(self, id: str, body: Any) -> Subscription:
+        """Change what the body names (a partial update); ``state`` pauses or resumes."""
+        fields = _fields(body)
+        changed = await self._apply(await self.get(id), fields)
+        now = utcnow()
+        changed = dataclasses.replace(changed, updated=now, next_attempt=now)
+        if not await self.index.update_subscription(changed):
+            raise NotFound(f"no webhook subscription {id}")
+        return await self.get(id)
+
+    async def delete(self, id: str) -> None:
+        if not await self.index.delete_subscription(id):
+            raise NotFound(f"no webhook subscription {id}")
+
+    async def deadletters(self, id: str, offset: int, limit: int) -> list[DeadLetter]:
+        await self.get(id)
+        return await self.index.deadletters(id, offset, limit)
+
+    async def count_deadletters(self, id: str) -> int:
+        return await self.index.count_deadletters(id)
+
+    async def replay(self, id: str, sequence: int) -> None:
+        """Have a dead letter delivered again by the subscription's next delivery step (once:
+        refused again, it stays in the list with the new error)."""
+        await self.get(id)
+        if not await self.index.replay_deadletter(id, sequence, utcnow()):
+            raise NotFound(f"subscription {id} has no dead letter {sequence}")
+
+    async def _apply(self, subscription: Subscription, fields: dict[str, Any]) -> Subscription:
+        """``subscription`` with the fields of a request body, each checked (InvalidRequest)."""
+        changes: dict[str, Any] = {}
+        if "url" in fields:
+            url = fields["url"]
+            if not isinstance(url, str):
+                raise InvalidRequest("url is a string")
+            try:
+                await check_target(url, self.settings.allow_private)
+            except TargetRefused as exc:
+                raise InvalidRequest(f"url: {exc}") from None
+            changes["url"] = url
+        if "eventTypes" in fields:
+            changes["event_types"] = _event_types(fields["eventTypes"])
+        if "filter" in fields:
+            changes["filter"] = _filter(fields["filter"])
+        if "secret" in fields:
+            secret = fields["secret"]
+            try:
+                signing.key_of(secret if isinstance(secret, str) else "")
+            except ValueError as exc:
+                raise InvalidRequest(f"secret: {exc}") from None
+            changes["secret"] = secret
+        if "schema" in fields:
+            if fields["schema"] not in events.SCHEMAS:
+                raise InvalidRequest(f"schema is one of {', '.join(events.SCHEMAS)}")
+            changes["schema"] = fields["schema"]
+        if "state" in fields:
+            if fields["state"] not in STATES:
+                raise InvalidRequest(f"state is one of {', '.join(STATES)}")
+            changes["paused"] = fields["state"] == "paused"
+        return dataclasses.replace(subscription, **changes)
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def step(self, owner: str) -> bool:
+        """Deliver what one due subscription has pending (its replays, then the feed after
+        its cursor, one batch); False when none was due."""
+        now = utcnow()
+        subscription = await self.index.claim_subscription(owner, now, now + self.lease)
+        if subscription is None:
+            return False
+        more = False
+        try:
+            await self._replays(subscription)
+            more = await _Delivery(self, subscription, owner).run()
+        finally:
+            wait = 0 if more else self.settings.poll_interval
+            await self.index.release_subscription(
+                subscription.id, owner, utcnow() + timedelta(seconds=wait)
+            )
+        return True
+
+    async def send(self, subscription: Subscription, id: str, body: bytes) -> None:
+        """POST one event; raises DeliveryFailed (a refused target too: a host may resolve to
+        another address than when the subscription was made)."""
+        try:
+            await check_target(subscription.url, self.settings.allow_private)
+        except TargetRefused as exc:
+            raise DeliveryFailed(str(exc)) from None
+        if self._client is None:
+            self._client = WebhookClient(self.settings.timeout)
+        schema = "eventgrid" if body[:1] == b"[" else "cloudevents"  # as it was built
+        await self._client.send(subscription.url, subscription.secret, id, schema, body)
+
+    async def _replays(self, subscription: Subscription) -> None:
+        for letter in await self.index.pending_replays(subscription.id, self.settings.batch_size):
+            try:
+                await self.send(subscription, str(letter.sequence), letter.body.encode())
+            except DeliveryFailed as exc:
+                log.info(
+                    "webhook %s: replay of %d failed: %s", subscription.id, letter.sequence, exc
+                )
+                await self.index.replay_failed(subscription.id, letter.sequence, str(exc), utcnow())
+                continue
+            await self.index.replayed(subscription.id, letter.sequence)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``: doubling from 1 s up to the maximum, the
+        upper half of it at random (so that receivers coming back are not hit all at once)."""
+        delay = min(self.settings.max_backoff, 2.0 ** min(attempts - 1, 30))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class _Delivery:
+    """One delivery step of one subscription, under its lease."""
+
+    def __init__(self, service: WebhookService, subscription: Subscription, owner: str):
+        self.service = service
+        self.index = service.index
+        self.settings = service.settings
+        self.subscription = subscription
+        self.owner = owner
+        self.cursor = subscription.sequence  # recorded in the index
+        self.passed = subscription.sequence  # filtered out up to here, not yet recorded
+        self.failing_since = subscription.failing_since
+        self.attempts = subscription.attempts  # failed attempts at the next event
+
+    async def run(self) -> bool:
+        """True when the batch was full and delivered (more may follow at once)."""
+        batch = self.settings.batch_size
+        changes = await self.index.events_after(self.cursor, batch)
+        for change in changes:
+            if not events.matches(change, self.subscription.event_types, self.subscription.filter):
+                self.passed = change.sequence
+                continue
+            if not await self._deliver(change):
+                return False
+        if self.passed > self.cursor:
+            await self._record(self.passed, 0)
+        return len(changes) == batch
+
+    async def _deliver(self, change: EventSource) -> bool:
+        """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""
+        root = self.settings.service_root
+        event = events.event_of(change, root)
+        body = events.body(event, self.subscription.schema, root)
+        try:
+            await self.service.send(self.subscription, event.id, body)
+        except DeliveryFailed as exc:
+            return await self._failed(change, event, body, str(exc))
+        return await self._record(change.sequence, 1)
+
+    async def _record(self, sequence: int, count: int) -> bool:
+        held = await self.index.subscription_delivered(
+            self.subscription.id, self.owner, sequence, count, utcnow() + self.service.lease
+        )
+        if held:
+            self.cursor = self.passed = sequence
+            self.failing_since = None
+            self.attempts = 0
+        else:
+            log.warning("webhook %s: the lease was lost to another node", self.subscription.id)
+        return held
+
+    async def _failed(self, change: EventSource, event, body: bytes, error: str) -> bool:
+        now = utcnow()
+        since = self.failing_since or now
+        window = timedelta(seconds=self.settings.retry_window)
+        attempts = self.attempts + 1
+        if now - since >= window:
+            letter = DeadLetter(
+                self.subscription.id,
+                change.sequence,
+                event.type,
+                body.decode(),
+                error,
+                attempts,
+                now,
+                False,
+            )
+            log.warning(
+                "webhook %s: event %d dead-lettered after %d attempts: %s",
+                self.subscription.id,
+                change.sequence,
+                attempts,
+                error,
+            )
+            held = await self.index.dead_letter(
+                self.subscription.id, self.owner, letter, now + self.service.lease
+            )
+            if held:
+                self.cursor = self.passed = change.sequence
+                self.failing_since = since  # the next events get one attempt each
+                self.attempts = 0
+            return held
+        retry_at = min(now + timedelta(seconds=self.service.backoff(attempts)), since + window)
+        await self.index.subscription_failed(
+            self.subscription.id, self.owner, now, error, max(retry_at, now)
+        )
+        log.info(
+            "webhook %s: event %d not delivered (%s); retry at %s",
+            self.subscription.id,
+            change.sequence,
+            error,
+            retry_at.isoformat(),
+        )
+        return False
+
+
+def _fields(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("a subscription is a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown subscription fields: {', '.join(unknown)}")
+    return body
+
+
+def _event_types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest("eventTypes is a non-empty list of event types")
+    unknown = sorted(set(value) - set(events.EVENT_TYPES))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown event types {', '.join(unknown)} (known: {', '.join(events.EVENT_TYPES)})"
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def _filter(value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"filter is an object of {', '.join(events.FILTERS)}")
+    out = {}
+    for field, wanted in value.items():
+        if field not in events.FILTERS:
+            raise InvalidRequest(f"unknown filter {field!r} (known: {', '.join(events.FILTERS)})")
+        values = [wanted] if isinstance(wanted, str) else wanted
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) and v.strip() for v in values)
+        ):
+            raise InvalidRequest(f"filter {field} is a value or a non-empty list of values")
+        out[field] = tuple(v.strip() for v in values)
+    return out

@@ -1,0 +1,395 @@
+"""Webhooks (issue 23): `dicomhub serve` (SQLite and PostgreSQL) delivers the change feed's
+events to a real HTTP receiver started here, signed per Standard Webhooks (checked with an
+implementation of this file's own), in order, at least once; a receiver down for a while gets
+everything once back; one down past the retry window gets dead letters, replayed on request; a
+delivery node killed mid-request is taken over by another. Bad subscriptions: 400, nothing made.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, index_database, running_server
+from tests.helpers import MULTIPART, multipart
+from tests.synthetic import instance, uid
+
+CREATED = "Microsoft.HealthcareApis.DicomImageCreated"
+UPDATED = "Microsoft.HealthcareApis.DicomImageUpdated"
+DELETED = "Microsoft.HealthcareApis.DicomImageDeleted"
+FAST = dict(
+    webhook_allow_private="true",
+    webhook_poll_interval="0.1",
+    webhook_max_backoff="0.4",
+    webhook_timeout="5",
+)
+
+
+class Receiver:
+    """A webhook receiver on a loopback port: records what it is sent; answers ``status``,
+    or holds each request while ``hold`` is set, or is down (its port closed) after
+    ``stop``."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.received: list[tuple[dict, bytes]] = []
+        self.status = 200
+        self.hold: threading.Event | None = None
+        self.arrived = threading.Event()
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.arrived.set()
+                if receiver.hold is not None:
+                    receiver.hold.wait(60)
+                    return  # no answer: the connection just closes
+                status = receiver.status
+                if status == 200:
+                    receiver.received.append(
+                        ({k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def events(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.received]
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, self.events()
+            time.sleep(0.05)
+        return self.events()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    r.start()
+    yield r
+    if r.hold is not None:
+        r.hold.set()
+    r.stop()
+
+
+def verify(secret: str, headers: dict, body: bytes) -> bool:
+    """Standard Webhooks verification, written from the specification alone."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    headers = {k.lower(): v for k, v in headers.items()}
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    if abs(time.time() - int(headers["webhook-timestamp"])) > 300:
+        return False
+    return any(
+        hmac.compare_digest(expected, signature.split(",", 1)[1])
+        for signature in headers["webhook-signature"].split()
+        if signature.startswith("v1,")
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_index(request, tmp_path):
+    """Settings of a server's index: the SQLite file in its data folder, or a PostgreSQL
+    database of its own."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with index_database("postgresql") as url:
+        yield {"index_url": url}
+
+
+@contextlib.contextmanager
+def server(tmp_path: Path, index: dict, **settings: str):
+    with running_server(tmp_path, **{**FAST, **index, **settings}) as (url, proc):
+        yield url, proc
+
+
+def subscribe(url: str, receiver: Receiver, **fields) -> dict:
+    r = httpx.post(f"{url}/v2/subscriptions", json={"url": receiver.url, **fields})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def stow(url: str, *files: bytes) -> None:
+    r = httpx.post(
+        f"{url}/v2/studies", content=multipart(*files), headers={"Content-Type": MULTIPART}
+    )
+    assert r.status_code == 200, r.text
+
+
+def upsert(url: str, *files: bytes) -> None:
+    r = httpx.put(
+        f"{url}/v2/studies", content=multipart(*files), headers={"Content-Type": MULTIPART}
+    )
+    assert r.status_code == 200, r.text
+
+
+def sops(events: list[dict]) -> list[tuple[str, str]]:
+    return [(e["type"], e["data"]["imageSopInstanceUid"]) for e in events]
+
+
+def test_stow_upsert_delete_deliver_exactly_their_events(tmp_path, server_index, receiver):
+    study, series = uid(230), uid(230, 1)
+    first, second = uid(230, 1, 1), uid(230, 1, 2)
+    with server(tmp_path, server_index) as (url, _):
+        stow(url, instance(uid(229), uid(229, 1), uid(229, 1, 1)))  # before: not delivered
+        sub = subscribe(url, receiver)
+        assert sub["state"] == "active" and sub["secret"].startswith("whsec_")
+        assert len(base64.b64decode(sub["secret"][6:])) >= 24
+        assert "secret" not in httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+        grid = Receiver()
+        grid.start()
+        try:
+            deletes = subscribe(url, grid, eventTypes=[DELETED], schema="eventgrid")
+            mr = subscribe(url, receiver, filter={"modality": "MR"})
+            stow(url, instance(study, series, first), instance(study, series, second))
+            upsert(url, instance(study, series, first, PatientName="New^Name"))
+            r = httpx.delete(f"{url}/v2/studies/{study}/series/{series}/instances/{second}")
+            assert r.status_code == 204
+            events = receiver.wait_for(4)
+            grid.wait_for(1)
+            [(headers, body)] = grid.received
+        finally:
+            grid.stop()
+        time.sleep(0.5)  # nothing more comes (the MR subscription gets none)
+        assert len(receiver.received) == 4
+        assert sops(events) == [
+            (CREATED, first),
+            (CREATED, second),
+            (UPDATED, first),
+            (DELETED, second),
+        ]
+        sequences = [e["data"]["sequenceNumber"] for e in events]
+        assert sequences == sorted(sequences) and len(set(sequences)) == 4
+        for (headers_, body_), event in zip(receiver.received, events, strict=True):
+            assert verify(sub["secret"], headers_, body_)
+            assert not verify(mr["secret"], headers_, body_)
+            assert headers_["webhook-id"] == event["id"] == str(event["data"]["sequenceNumber"])
+            assert headers_["content-type"].startswith("application/cloudevents+json")
+        event = events[0]
+        assert event["specversion"] == "1.0" and event["datacontenttype"] == "application/json"
+        assert event["subject"].endswith(f"/v2/studies/{study}/series/{series}/instances/{first}")
+        assert event["source"] and event["time"].endswith("Z")
+        assert event["data"] == {
+            "partitionName": "Microsoft.Default",
+            "imageStudyInstanceUid": study,
+            "imageSeriesInstanceUid": series,
+            "imageSopInstanceUid": first,
+            "serviceHostName": event["data"]["serviceHostName"],
+            "sequenceNumber": sequences[0],
+        }
+        # the Event Grid schema: an array of one event, only the deletion asked for
+        assert verify(deletes["secret"], headers, body)
+        [grid_event] = json.loads(body)
+        assert grid_event["eventType"] == DELETED and grid_event["dataVersion"] == "1"
+        assert grid_event["data"]["imageSopInstanceUid"] == second
+        assert grid_event["id"] == str(sequences[3]) and grid_event["eventTime"].endswith("Z")
+        state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+        assert state["delivered"] == 4 and state["sequence"] == sequences[3]
+        assert state["deadLetters"] == 0 and state["state"] == "active"
+        listed = httpx.get(f"{url}/v2/subscriptions").json()
+        assert [s["id"] for s in listed] == [sub["id"], deletes["id"], mr["id"]]
+        assert httpx.get(f"{url}/v2/subscriptions/{mr['id']}").json()["delivered"] == 0
+
+
+def test_a_receiver_down_then_back_gets_everything_in_order(tmp_path, server_index, receiver):
+    with server(tmp_path, server_index) as (url, _):
+        sub = subscribe(url, receiver)
+        receiver.status = 503
+        files = [instance(uid(231), uid(231, 1), uid(231, 1, n)) for n in range(3)]
+        for data in files:
+            stow(url, data)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()["state"] != "failing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        receiver.stop()  # now down altogether: connections refused
+        stow(url, instance(uid(231), uid(231, 1), uid(231, 1, 3)))
+        time.sleep(1)
+        failing = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+        assert failing["state"] == "failing" and failing["lastError"]
+        receiver.status = 200
+        receiver.start()
+        events = receiver.wait_for(4)
+        assert [e["data"]["imageSopInstanceUid"] for e in events] == [
+            uid(231, 1, n) for n in range(4)
+        ]
+        assert all(verify(sub["secret"], h, b) for h, b in receiver.received)
+        deadline = time.monotonic() + 30
+        while (state := httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json())["state"] != (
+            "active"
+        ):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+        assert state["lastError"] is None and state["delivered"] == 4
+
+
+def test_past_the_retry_window_events_are_dead_lettered_and_replayed(
+    tmp_path, server_index, receiver
+):
+    with server(tmp_path, server_index, webhook_retry_window="1.5") as (url, _):
+        sub = subscribe(url, receiver)
+        receiver.status = 500
+        stow(url, instance(uid(232), uid(232, 1), uid(232, 1, 1)))
+        stow(url, instance(uid(232), uid(232, 1), uid(232, 1, 2)))
+        deadline = time.monotonic() + 60
+        while len(dead := httpx.get(f"{url}/v2/subscriptions/{sub['id']}/deadletters").json()) < 2:
+            assert time.monotonic() < deadline, dead
+            time.sleep(0.1)
+        assert [d["eventType"] for d in dead] == [CREATED, CREATED]
+        assert dead[0]["attempts"] >= 2 and "500" in dead[0]["error"]
+        assert dead[0]["sequence"] < dead[1]["sequence"]
+        assert not receiver.received
+        receiver.status = 200
+        stow(url, instance(uid(232), uid(232, 1), uid(232, 1, 3)))  # delivery goes on
+        [event] = receiver.wait_for(1)
+        assert event["data"]["imageSopInstanceUid"] == uid(232, 1, 3)
+        state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+        assert state["deadLetters"] == 2
+        base = f"{url}/v2/subscriptions/{sub['id']}/deadletters"
+        assert httpx.post(f"{base}/{dead[0]['sequence']}/replay").status_code == 202
+        assert httpx.post(f"{base}/999999/replay").status_code == 404
+        events = receiver.wait_for(2)
+        assert events[1]["data"]["imageSopInstanceUid"] == uid(232, 1, 1)
+        assert receiver.received[1][0]["webhook-id"] == str(dead[0]["sequence"])
+        assert verify(sub["secret"], *receiver.received[1])
+        deadline = time.monotonic() + 30
+        while len(httpx.get(base).json()) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_bad_subscriptions_are_refused_and_nothing_is_made(tmp_path, server_index):
+    with server(tmp_path, server_index, webhook_allow_private="false") as (url, _):
+        public = "http://93.184.216.34/hook"  # a literal public address: no DNS needed
+        for body, words in (
+            ({"url": "ftp://93.184.216.34/x"}, "http"),
+            ({"url": "file:///etc/passwd"}, "http"),
+            ({"url": "http://127.0.0.1:9/hook"}, "non-public"),
+            ({"url": "http://10.1.2.3/hook"}, "non-public"),
+            ({"url": "http://169.254.169.254/latest"}, "non-public"),
+            ({"url": "http://[::1]/hook"}, "non-public"),
+            ({"url": "http://localhost/hook"}, "non-public"),
+            ({"url": public, "eventTypes": ["Microsoft.HealthcareApis.Nope"]}, "unknown event"),
+            ({"url": public, "eventTypes": []}, "eventTypes"),
+            ({"url": public, "filter": {"color": "red"}}, "unknown filter"),
+            ({"url": public, "filter": {"modality": 3}}, "filter modality"),
+            ({"url": public, "schema": "xml"}, "schema"),
+            ({"url": public, "secret": "not-a-secret"}, "secret"),
+            ({"url": public, "extra": 1}, "unknown subscription fields"),
+            ({"eventTypes": [CREATED]}, "needs a url"),
+            ([public], "JSON object"),
+        ):
+            r = httpx.post(f"{url}/v2/subscriptions", json=body)
+            assert r.status_code == 400, (body, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert words in r.json()["detail"], (body, r.text)
+        r = httpx.post(
+            f"{url}/v2/subscriptions",
+            content=b'{"url": ',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400
+        assert httpx.get(f"{url}/v2/subscriptions").json() == []
+        made = httpx.post(f"{url}/v2/subscriptions", json={"url": public, "state": "paused"})
+        assert made.status_code == 201 and made.json()["state"] == "paused"
+        sub = made.json()["id"]
+        r = httpx.patch(f"{url}/v2/subscriptions/{sub}", json={"url": "http://127.0.0.1/x"})
+        assert r.status_code == 400
+        r = httpx.patch(f"{url}/v2/subscriptions/{sub}", json={"state": "failing"})
+        assert r.status_code == 400
+        assert httpx.get(f"{url}/v2/subscriptions/{sub}").json()["url"] == public
+        assert httpx.delete(f"{url}/v2/subscriptions/{sub}").status_code == 204
+        assert httpx.get(f"{url}/v2/subscriptions/{sub}").status_code == 404
+        assert httpx.delete(f"{url}/v2/subscriptions/{sub}").status_code == 404
+
+
+def test_paused_subscriptions_get_the_events_of_their_pause_on_resume(
+    tmp_path, server_index, receiver
+):
+    with server(tmp_path, server_index) as (url, _):
+        sub = subscribe(url, receiver, state="paused")
+        stow(url, instance(uid(233), uid(233, 1), uid(233, 1, 1)))
+        time.sleep(0.5)
+        assert not receiver.received
+        r = httpx.patch(f"{url}/v2/subscriptions/{sub['id']}", json={"state": "active"})
+        assert r.status_code == 200 and r.json()["state"] == "active"
+        [event] = receiver.wait_for(1)
+        assert event["data"]["imageSopInstanceUid"] == uid(233, 1, 1)
+
+
+def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiver):
+    """serve stores (no deliveries of its own); `dicomhub worker` A holds a delivery when it is
+    killed; worker B delivers everything once A's lease has run out; a duplicate, if any, has
+    the same id."""
+    settings = dict(FAST, background_jobs="false", job_lease="1", **server_index)
+    with running_server(tmp_path, **settings) as (url, _):
+        sub = subscribe(url, receiver)
+        for n in range(3):
+            stow(url, instance(uid(234), uid(234, 1), uid(234, 1, n)))
+        env = dict(
+            os.environ,
+            **{f"DICOMHUB_{k.upper()}": v for k, v in settings.items()},
+            DICOMHUB_DATA_DIR=str(tmp_path),
+        )
+        command = [sys.executable, "-m", "dicomhub", "worker"]
+        receiver.hold = threading.Event()
+        first = subprocess.Popen(command, env=env, cwd=ROOT)
+        try:
+            assert receiver.arrived.wait(60), "worker A never delivered"
+            first.send_signal(signal.SIGKILL)  # mid-request: its lease is left to run out
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        held, receiver.hold = receiver.hold, None
+        held.set()
+        assert not receiver.received
+        second = subprocess.Popen(command, env=env, cwd=ROOT)
+        try:
+            events = receiver.wait_for(3)
+        finally:
+            second.terminate()
+            second.wait(10)
+        ids = [e["id"] for e in events]
+        assert [e["data"]["imageSopInstanceUid"] for e in events] == [
+            uid(234, 1, n) for n in range(3)
+        ]
+        assert ids == sorted(ids, key=int)
+        state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+        assert state["delivered"] == 3
