@@ -99,6 +99,8 @@ def every_route(app) -> list[tuple[str, str]]:
         "operation": "0" * 32,
         "workitem": "1.2.3.6",
         "aetitle": "WATCHER",
+        "id": "0" * 32,
+        "sequence": "1",
     }
     out = []
     for route in app.routes:
@@ -150,7 +152,7 @@ def needed_action(method: str, path: str) -> str | None:
     """The data action a request needs, as conformance section 7.2 documents it."""
     if path == "/health/check":
         return None
-    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/|deleted/\$purge)", path):
+    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/|deleted/\$purge|subscriptions)", path):
         return "admin"
     if "/extendedquerytags" in path and method != "GET":
         return "manageExtendedQueryTags"
