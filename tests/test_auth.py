@@ -100,7 +100,7 @@ def every_route(app) -> list[tuple[str, str]]:
         "workitem": "1.2.3.6",
         "aetitle": "WATCHER",
         "id": "0" * 32,
-        "sequence": "1",
+        "event": "1",
     }
     out = []
     for route in app.routes:

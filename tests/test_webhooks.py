@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.synthetic import instance, uid
 CREATED = "Microsoft.HealthcareApis.DicomImageCreated"
 UPDATED = "Microsoft.HealthcareApis.DicomImageUpdated"
 DELETED = "Microsoft.HealthcareApis.DicomImageDeleted"
+STABLE = "dicomhub.StudyStable"
 FAST = dict(
     webhook_allow_private="true",
     webhook_poll_interval="0.1",
@@ -164,9 +166,11 @@ def sops(events: list[dict]) -> list[tuple[str, str]]:
 
 
 def test_stow_upsert_delete_deliver_exactly_their_events(tmp_path, server_index, receiver):
+    """Two server processes deliver (on SQLite through the one writer process): the leases
+    keep each subscription's events in order all the same."""
     study, series = uid(230), uid(230, 1)
     first, second = uid(230, 1, 1), uid(230, 1, 2)
-    with server(tmp_path, server_index) as (url, _):
+    with server(tmp_path, server_index, workers="2") as (url, _):
         stow(url, instance(uid(229), uid(229, 1), uid(229, 1, 1)))  # before: not delivered
         sub = subscribe(url, receiver)
         assert sub["state"] == "active" and sub["secret"].startswith("whsec_")
@@ -284,6 +288,9 @@ def test_past_the_retry_window_events_are_dead_lettered_and_replayed(
         base = f"{url}/v2/subscriptions/{sub['id']}/deadletters"
         assert httpx.post(f"{base}/{dead[0]['sequence']}/replay").status_code == 202
         assert httpx.post(f"{base}/999999/replay").status_code == 404
+        assert httpx.post(f"{base}/12.stable/replay").status_code == 404
+        assert httpx.post(f"{base}/12.x/replay").status_code == 400
+        assert dead[0]["id"] == str(dead[0]["sequence"])
         events = receiver.wait_for(2)
         assert events[1]["data"]["imageSopInstanceUid"] == uid(232, 1, 1)
         assert receiver.received[1][0]["webhook-id"] == str(dead[0]["sequence"])
@@ -393,3 +400,90 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
         assert ids == sorted(ids, key=int)
         state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
         assert state["delivered"] == 3
+
+
+def test_study_stable_fires_once_after_the_quiet_period(tmp_path, server_index, receiver):
+    study, series = uid(235), uid(235, 1)
+    with server(tmp_path, server_index, webhook_study_stable_after="2") as (url, _):
+        sub = subscribe(url, receiver, eventTypes=[CREATED, STABLE])
+        others = Receiver()  # the default event types: no StudyStable
+        others.start()
+        try:
+            plain = subscribe(url, others)
+            stow(url, *(instance(study, series, uid(235, 1, n)) for n in range(2)))
+            events = receiver.wait_for(3)
+            assert [e["type"] for e in events] == [CREATED, CREATED, STABLE]
+            last = events[1]["data"]["sequenceNumber"]
+            stable = events[2]
+            assert stable["id"] == f"{last}.stable"
+            assert receiver.received[2][0]["webhook-id"] == stable["id"]
+            assert verify(sub["secret"], *receiver.received[2])
+            assert stable["subject"].endswith(f"/v2/studies/{study}")
+            assert stable["data"] == {
+                "partitionName": "Microsoft.Default",
+                "imageStudyInstanceUid": study,
+                "serviceHostName": stable["data"]["serviceHostName"],
+                "sequenceNumber": last,
+            }
+            time.sleep(3.5)  # quiet on: no second one without new instances
+            assert len(receiver.received) == 3
+            upsert(url, instance(study, series, uid(235, 1, 0), PatientName="Re^Done"))
+            stow(url, instance(study, series, uid(235, 1, 2)))
+            events = receiver.wait_for(5)
+            assert [e["type"] for e in events[3:]] == [CREATED, STABLE]
+            assert events[4]["id"] == f"{events[3]['data']['sequenceNumber']}.stable"
+            time.sleep(3.5)
+            assert len(receiver.received) == 5
+            assert STABLE not in {e["type"] for e in others.events()}
+            assert len(others.events()) == 4  # created, created, updated, created
+            assert httpx.get(f"{url}/v2/subscriptions/{plain['id']}").json()["delivered"] == 4
+        finally:
+            others.stop()
+
+
+def test_pure_parts():
+    """The target check, the filters and the backoff, without a server."""
+    import asyncio
+
+    from dicomhub.model import Action, EventSource, InstanceId
+    from dicomhub.webhooks import events, signing
+    from dicomhub.webhooks.targets import TargetRefused, check_target
+
+    for refused in (
+        "http://127.0.0.1/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://100.64.0.1/",
+        "http://192.168.1.1/",
+        "http://[fe80::1]/",
+        "http://224.0.0.1/",
+        "http://0.0.0.0/",
+        "http://user:pw@93.184.216.34/",
+        "gopher://93.184.216.34/",
+        "http:///path",
+        "http://93.184.216.34:99999/",
+    ):
+        with pytest.raises(TargetRefused):
+            asyncio.run(check_target(refused, False))
+    asyncio.run(check_target("https://93.184.216.34:8443/hook?x=1", False))
+    asyncio.run(check_target("http://127.0.0.1:9/", True))
+    change = EventSource(7, datetime.now(UTC), Action.DELETE, InstanceId("1", "2", "3"), "CT", None)
+    assert events.matches(change, events.IMAGE_TYPES, {"modality": ("ct",)})
+    assert not events.matches(change, events.IMAGE_TYPES, {"modality": ("MR",)})
+    assert events.matches(change, events.IMAGE_TYPES, {"sopClassUid": ("1.2",)})  # unknown
+    assert not events.matches(change, (events.CREATED,), {})
+    assert not events.matches(change, events.IMAGE_TYPES, {"partition": ("other",)})
+    assert not events.marks_stable(change, events.EVENT_TYPES, {})
+    secret = signing.new_secret()
+    assert len(signing.key_of(secret)) == 32
+    for bad in ("whsec_", "whsec_!!!!", "wh_" + secret[6:], "whsec_" + "QUFB" * 4):
+        with pytest.raises(ValueError):
+            signing.key_of(bad)
+    headers = signing.headers(secret, "7", 1700000000, b"{}")
+    assert verify_at(secret, headers, b"{}")
+
+
+def verify_at(secret: str, headers: dict, body: bytes) -> bool:
+    key = base64.b64decode(secret.split("_", 1)[1])
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    return headers["webhook-signature"] == f"v1,{expected}"

@@ -202,7 +202,8 @@ class DeadLetter:
     """An event a subscriber did not take within the retry window; kept to be replayed."""
 
     subscription: str
-    sequence: int
+    event_id: str  # the change-feed sequence; for a StudyStable event, "{sequence}.stable"
+    sequence: int  # of the change (for a StudyStable, the study's last change)
     event_type: str
     body: str  # the request body as it was sent (JSON)
     error: str

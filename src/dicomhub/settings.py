@@ -227,7 +227,9 @@ class Settings:
         "deliveries to it fail, so that the API cannot be used to reach internal services.",
     )
     webhook_timeout: float = _setting(
-        10.0, "Seconds one webhook delivery (connect, send, answer) may take before it fails."
+        10.0,
+        "Seconds one webhook delivery (connect, send, answer) may take before it fails; keep it "
+        "well under job_lease, the lease a delivering node holds a subscription by.",
     )
     webhook_retry_window: float = _setting(
         24 * 3600.0,
@@ -242,6 +244,11 @@ class Settings:
     )
     webhook_poll_interval: float = _setting(
         1.0, "Seconds a caught-up webhook subscription waits before the change feed is read again."
+    )
+    webhook_study_stable_after: float = _setting(
+        60.0,
+        "Seconds without a new instance (or a new version of one) in a study after which "
+        "subscribers to dicomhub.StudyStable are told it is stable; again only after new ones.",
     )
     webhook_batch_size: int = _setting(
         100, "Change-feed entries read at a time for one webhook subscription."

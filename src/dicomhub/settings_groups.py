@@ -67,6 +67,7 @@ class Webhooks:
     max_backoff: float
     concurrency: int
     poll_interval: float
+    study_stable_after: float
     batch_size: int
     lease: float
     service_root: str  # this server's base URL: the events' source and serviceHostName

@@ -9,7 +9,8 @@ after each. A receiver that fails gets the same event again after a backoff (exp
 jitter) until the retry window has passed since its first failure; the event is then kept as a
 dead letter (replayable) and delivery moves on, each following event getting one attempt until
 one is taken again. Delivery is at least once: the event id (the change-feed sequence) is the
-idempotency key a receiver sees again if a step dies between sending and recording.
+idempotency key a receiver sees again if a step dies between sending and recording. The
+delivery step itself is ``webhook_delivery.Delivery``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import uuid
 from datetime import timedelta
 from typing import Any, Protocol
 
+from dicomhub.archive.webhook_delivery import Delivery
 from dicomhub.clock import utcnow
 from dicomhub.errors import InvalidRequest, NotFound
-from dicomhub.model import DeadLetter, EventSource, Subscription
+from dicomhub.model import DeadLetter, Subscription
 from dicomhub.settings_groups import Webhooks as WebhookSettings
 from dicomhub.storage.protocols import ChangeFeed, Webhooks
 from dicomhub.webhooks import events, signing
@@ -60,7 +62,7 @@ class WebhookService:
         subscription = Subscription(
             id=str(uuid.uuid4()),
             url="",
-            event_types=events.EVENT_TYPES,
+            event_types=events.IMAGE_TYPES,
             filter={},
             secret=signing.new_secret(),
             schema="cloudevents",
@@ -109,12 +111,12 @@ class WebhookService:
     async def count_deadletters(self, id: str) -> int:
         return await self.index.count_deadletters(id)
 
-    async def replay(self, id: str, sequence: int) -> None:
+    async def replay(self, id: str, event_id: str) -> None:
         """Have a dead letter delivered again by the subscription's next delivery step (once:
         refused again, it stays in the list with the new error)."""
         await self.get(id)
-        if not await self.index.replay_deadletter(id, sequence, utcnow()):
-            raise NotFound(f"subscription {id} has no dead letter {sequence}")
+        if not await self.index.replay_deadletter(id, event_id, utcnow()):
+            raise NotFound(f"subscription {id} has no dead letter {event_id}")
 
     async def _apply(self, subscription: Subscription, fields: dict[str, Any]) -> Subscription:
         """``subscription`` with the fields of a request body, each checked (InvalidRequest)."""
@@ -152,16 +154,15 @@ class WebhookService:
     # -- delivery ------------------------------------------------------------------------------
 
     async def step(self, owner: str) -> bool:
-        """Deliver what one due subscription has pending (its replays, then the feed after
-        its cursor, one batch); False when none was due."""
+        """Deliver what one due subscription has pending (its replays, its stable studies,
+        then the feed after its cursor, one batch); False when none was due."""
         now = utcnow()
         subscription = await self.index.claim_subscription(owner, now, now + self.lease)
         if subscription is None:
             return False
         more = False
         try:
-            await self._replays(subscription)
-            more = await _Delivery(self, subscription, owner).run()
+            more = await Delivery(self, subscription, owner).run()
         finally:
             wait = 0 if more else self.settings.poll_interval
             await self.index.release_subscription(
@@ -181,18 +182,6 @@ class WebhookService:
         schema = "eventgrid" if body[:1] == b"[" else "cloudevents"  # as it was built
         await self._client.send(subscription.url, subscription.secret, id, schema, body)
 
-    async def _replays(self, subscription: Subscription) -> None:
-        for letter in await self.index.pending_replays(subscription.id, self.settings.batch_size):
-            try:
-                await self.send(subscription, str(letter.sequence), letter.body.encode())
-            except DeliveryFailed as exc:
-                log.info(
-                    "webhook %s: replay of %d failed: %s", subscription.id, letter.sequence, exc
-                )
-                await self.index.replay_failed(subscription.id, letter.sequence, str(exc), utcnow())
-                continue
-            await self.index.replayed(subscription.id, letter.sequence)
-
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: doubling from 1 s up to the maximum, the
         upper half of it at random (so that receivers coming back are not hit all at once)."""
@@ -202,102 +191,6 @@ class WebhookService:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
-
-
-class _Delivery:
-    """One delivery step of one subscription, under its lease."""
-
-    def __init__(self, service: WebhookService, subscription: Subscription, owner: str):
-        self.service = service
-        self.index = service.index
-        self.settings = service.settings
-        self.subscription = subscription
-        self.owner = owner
-        self.cursor = subscription.sequence  # recorded in the index
-        self.passed = subscription.sequence  # filtered out up to here, not yet recorded
-        self.failing_since = subscription.failing_since
-        self.attempts = subscription.attempts  # failed attempts at the next event
-
-    async def run(self) -> bool:
-        """True when the batch was full and delivered (more may follow at once)."""
-        batch = self.settings.batch_size
-        changes = await self.index.events_after(self.cursor, batch)
-        for change in changes:
-            if not events.matches(change, self.subscription.event_types, self.subscription.filter):
-                self.passed = change.sequence
-                continue
-            if not await self._deliver(change):
-                return False
-        if self.passed > self.cursor:
-            await self._record(self.passed, 0)
-        return len(changes) == batch
-
-    async def _deliver(self, change: EventSource) -> bool:
-        """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""
-        root = self.settings.service_root
-        event = events.event_of(change, root)
-        body = events.body(event, self.subscription.schema, root)
-        try:
-            await self.service.send(self.subscription, event.id, body)
-        except DeliveryFailed as exc:
-            return await self._failed(change, event, body, str(exc))
-        return await self._record(change.sequence, 1)
-
-    async def _record(self, sequence: int, count: int) -> bool:
-        held = await self.index.subscription_delivered(
-            self.subscription.id, self.owner, sequence, count, utcnow() + self.service.lease
-        )
-        if held:
-            self.cursor = self.passed = sequence
-            self.failing_since = None
-            self.attempts = 0
-        else:
-            log.warning("webhook %s: the lease was lost to another node", self.subscription.id)
-        return held
-
-    async def _failed(self, change: EventSource, event, body: bytes, error: str) -> bool:
-        now = utcnow()
-        since = self.failing_since or now
-        window = timedelta(seconds=self.settings.retry_window)
-        attempts = self.attempts + 1
-        if now - since >= window:
-            letter = DeadLetter(
-                self.subscription.id,
-                change.sequence,
-                event.type,
-                body.decode(),
-                error,
-                attempts,
-                now,
-                False,
-            )
-            log.warning(
-                "webhook %s: event %d dead-lettered after %d attempts: %s",
-                self.subscription.id,
-                change.sequence,
-                attempts,
-                error,
-            )
-            held = await self.index.dead_letter(
-                self.subscription.id, self.owner, letter, now + self.service.lease
-            )
-            if held:
-                self.cursor = self.passed = change.sequence
-                self.failing_since = since  # the next events get one attempt each
-                self.attempts = 0
-            return held
-        retry_at = min(now + timedelta(seconds=self.service.backoff(attempts)), since + window)
-        await self.index.subscription_failed(
-            self.subscription.id, self.owner, now, error, max(retry_at, now)
-        )
-        log.info(
-            "webhook %s: event %d not delivered (%s); retry at %s",
-            self.subscription.id,
-            change.sequence,
-            error,
-            retry_at.isoformat(),
-        )
-        return False
 
 
 def _fields(body: Any) -> dict[str, Any]:

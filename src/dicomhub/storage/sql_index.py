@@ -408,14 +408,25 @@ class SqlIndex:
     async def claim_subscription(
         self, owner: str, now: datetime, lease_until: datetime
     ) -> Subscription | None:
-        if not await self._read(webhooks.due, now):
+        if not await self._read(webhooks.due, self.dialect, now):
             return None
         return await self._write(webhooks.claim, self.dialect, owner, now, lease_until)
 
     async def subscription_delivered(
-        self, id: str, owner: str, sequence: int, count: int, lease_until: datetime
+        self,
+        id: str,
+        owner: str,
+        sequence: int,
+        count: int,
+        lease_until: datetime,
+        marks: list[tuple[str, str, int, datetime]] = (),
     ) -> bool:
-        return await self._write(webhooks.delivered, id, owner, sequence, count, lease_until)
+        return await self._write(
+            webhooks.delivered, id, owner, sequence, count, lease_until, list(marks)
+        )
+
+    async def renew_subscription(self, id: str, owner: str, lease_until: datetime) -> bool:
+        return await self._write(webhooks.renew, id, owner, lease_until)
 
     async def subscription_failed(
         self, id: str, owner: str, now: datetime, error: str, retry_at: datetime
@@ -423,9 +434,43 @@ class SqlIndex:
         return await self._write(webhooks.failed, id, owner, now, error, retry_at)
 
     async def dead_letter(
-        self, id: str, owner: str, letter: DeadLetter, lease_until: datetime
+        self,
+        id: str,
+        owner: str,
+        letter: DeadLetter,
+        lease_until: datetime,
+        stable: tuple[str, str] | None = None,
     ) -> bool:
-        return await self._write(webhooks.dead_letter, id, owner, letter, lease_until)
+        return await self._write(webhooks.dead_letter, id, owner, letter, lease_until, stable)
+
+    async def due_stable_studies(
+        self, id: str, now: datetime, limit: int
+    ) -> list[tuple[str, str, int, datetime]]:
+        return await self._read(webhooks.due_stable, id, now, limit)
+
+    async def study_state(
+        self, partition: str, study: str
+    ) -> tuple[int, datetime | None, int | None]:
+        return await self._read(webhooks.study_state, partition, study, snapshot=True)
+
+    async def postpone_stable(
+        self, id: str, partition: str, study: str, sequence: int, due: datetime
+    ) -> None:
+        await self._write(webhooks.postpone_stable, id, partition, study, sequence, due)
+
+    async def stable_done(
+        self,
+        id: str,
+        owner: str,
+        partition: str,
+        study: str,
+        sequence: int,
+        count: int,
+        lease_until: datetime,
+    ) -> bool:
+        return await self._write(
+            webhooks.stable_done, id, owner, partition, study, sequence, count, lease_until
+        )
 
     async def release_subscription(self, id: str, owner: str, not_before: datetime) -> None:
         await self._write(webhooks.release, id, owner, not_before)
@@ -436,17 +481,17 @@ class SqlIndex:
     async def count_deadletters(self, id: str) -> int:
         return await self._read(webhooks.count_deadletters, id)
 
-    async def replay_deadletter(self, id: str, sequence: int, now: datetime) -> bool:
-        return await self._write(webhooks.ask_replay, id, sequence, now)
+    async def replay_deadletter(self, id: str, event_id: str, now: datetime) -> bool:
+        return await self._write(webhooks.ask_replay, id, event_id, now)
 
     async def pending_replays(self, id: str, limit: int) -> list[DeadLetter]:
         return await self._read(webhooks.replays, id, limit)
 
-    async def replayed(self, id: str, sequence: int) -> None:
-        await self._write(webhooks.replayed, id, sequence)
+    async def replayed(self, id: str, event_id: str) -> None:
+        await self._write(webhooks.replayed, id, event_id)
 
-    async def replay_failed(self, id: str, sequence: int, error: str, now: datetime) -> None:
-        await self._write(webhooks.replay_failed, id, sequence, error, now)
+    async def replay_failed(self, id: str, event_id: str, error: str, now: datetime) -> None:
+        await self._write(webhooks.replay_failed, id, event_id, error, now)
 
     async def events_after(self, sequence: int, limit: int) -> list[EventSource]:
         return await self._read(webhooks.events_after, self.dialect, sequence, limit)

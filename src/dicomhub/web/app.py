@@ -199,7 +199,7 @@ def routes() -> list[BaseRoute]:
         (WEBHOOK, subscriptions.delete, ["DELETE"], "subscription-delete", ADMIN),
         (WEBHOOK + "/deadletters", subscriptions.deadletters, ["GET"], "deadletters", ADMIN),
         (
-            WEBHOOK + "/deadletters/{sequence}/replay",
+            WEBHOOK + "/deadletters/{event}/replay",
             subscriptions.replay,
             ["POST"],
             "deadletter-replay",

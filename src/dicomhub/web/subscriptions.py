@@ -5,6 +5,8 @@ creation."""
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -12,6 +14,8 @@ from dicomhub.clock import isoformat
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import DeadLetter, Subscription
 from dicomhub.web.common import MAX_OFFSET, archive, base_url, json_body, page
+
+EVENT_ID = re.compile(r"([0-9]{1,16})(\.stable)?", re.ASCII)  # webhooks.events: ids
 
 
 async def create(request: Request) -> JSONResponse:
@@ -53,10 +57,14 @@ async def deadletters(request: Request) -> JSONResponse:
 
 
 async def replay(request: Request) -> Response:
-    raw = request.path_params["sequence"]
-    if not raw.isdigit() or int(raw) > MAX_OFFSET:
-        raise InvalidRequest(f"a dead letter is named by its sequence number, not {raw[:40]!r}")
-    await archive(request).webhooks.replay(request.path_params["id"], int(raw))
+    event = request.path_params["event"]
+    named = EVENT_ID.fullmatch(event)
+    if named is None or int(named[1]) > MAX_OFFSET:
+        raise InvalidRequest(
+            f"a dead letter is named by its event id (a sequence number, or one followed by "
+            f".stable), not {event[:40]!r}"
+        )
+    await archive(request).webhooks.replay(request.path_params["id"], event)
     return Response(status_code=202)
 
 
@@ -79,6 +87,7 @@ def _subscription(s: Subscription) -> dict:
 
 def _dead(d: DeadLetter) -> dict:
     return {
+        "id": d.event_id,
         "sequence": d.sequence,
         "eventType": d.event_type,
         "error": d.error,

@@ -3,7 +3,8 @@
 schema. Pure: values in, bytes out.
 
 An event's id is its change-feed sequence: the idempotency key a receiver sees again when a
-delivery is repeated (at-least-once), the same for every subscription.
+delivery is repeated (at-least-once), the same for every subscription. A StudyStable event
+(dicomhub's own) is named after the study's last change: ``{sequence}.stable``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ PREFIX = "Microsoft.HealthcareApis."
 CREATED = PREFIX + "DicomImageCreated"
 UPDATED = PREFIX + "DicomImageUpdated"
 DELETED = PREFIX + "DicomImageDeleted"
-EVENT_TYPES = (CREATED, UPDATED, DELETED)
+IMAGE_TYPES = (CREATED, UPDATED, DELETED)  # a subscription's default
+# no new instance in a study for the quiet period (--webhook-study-stable-after): once, and
+# again only after new instances arrive
+STUDY_STABLE = "dicomhub.StudyStable"
+EVENT_TYPES = (*IMAGE_TYPES, STUDY_STABLE)
 BY_ACTION = {Action.CREATE: CREATED, Action.UPDATE: UPDATED, Action.DELETE: DELETED}
 SCHEMAS = ("cloudevents", "eventgrid")
 MEDIA_TYPES = {
@@ -61,6 +66,24 @@ def event_of(change: EventSource, root: str) -> Event:
     )
 
 
+def stable_event(partition: str, study: str, sequence: int, time: datetime, root: str) -> Event:
+    """The StudyStable event of a study whose last change is ``sequence``; ``time``: when it
+    became stable."""
+    host = urlsplit(root).netloc or root
+    return Event(
+        id=f"{sequence}.stable",
+        type=STUDY_STABLE,
+        time=time,
+        subject=f"{host}/v2/studies/{study}",
+        data={
+            "partitionName": partition,
+            "imageStudyInstanceUid": study,
+            "serviceHostName": host,
+            "sequenceNumber": sequence,
+        },
+    )
+
+
 def body(event: Event, schema: str, root: str) -> bytes:
     """The request body of one delivery: a CloudEvent (structured mode), or an Event Grid
     array of one event."""
@@ -91,12 +114,26 @@ def body(event: Event, schema: str, root: str) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+def marks_stable(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
+    """Whether the change (a new instance, or a new version of one) starts a subscription's
+    wait for its study to be stable: the study's StudyStable is asked for and the instance
+    passes the filter."""
+    return (
+        STUDY_STABLE in event_types
+        and change.action is not Action.DELETE
+        and passes(change, filter)
+    )
+
+
 def matches(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
     """Whether a subscription wants the change. A filter on an attribute the entry no longer
     has (a deleted instance's modality and SOP class) lets it through: a receiver is told of
     the deletion of anything it may have been told of."""
-    if BY_ACTION[change.action] not in event_types:
-        return False
+    return BY_ACTION[change.action] in event_types and passes(change, filter)
+
+
+def passes(change: EventSource, filter: dict) -> bool:
+    """Whether the change passes the subscription's filter (see ``matches``)."""
     values = {
         "partition": change.id.partition,
         "modality": change.modality,

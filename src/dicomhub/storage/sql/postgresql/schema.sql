@@ -603,6 +603,7 @@ CREATE TABLE webhook_subscription (
 CREATE INDEX webhook_subscription_due ON webhook_subscription (next_attempt);
 CREATE TABLE webhook_deadletter (
     subscription_id     text COLLATE "C" NOT NULL,
+    event_id            text COLLATE "C" NOT NULL,
     sequence            bigint NOT NULL,
     event_type          text NOT NULL,
     body                text NOT NULL,
@@ -610,5 +611,15 @@ CREATE TABLE webhook_deadletter (
     attempts            bigint NOT NULL,
     dead                bigint NOT NULL,
     replay              boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (subscription_id, sequence)
+    PRIMARY KEY (subscription_id, event_id)
+);
+-- Studies a subscription to dicomhub.StudyStable has seen change (the last change passed) and
+-- when they are stable if nothing else arrives: the event fires once then, and the row goes.
+CREATE TABLE webhook_stable (
+    subscription_id     text COLLATE "C" NOT NULL,
+    partition_name      text COLLATE "C" NOT NULL,
+    study_uid           text COLLATE "C" NOT NULL,
+    sequence            bigint NOT NULL,
+    due                 bigint NOT NULL,
+    PRIMARY KEY (subscription_id, partition_name, study_uid)
 );

@@ -26,6 +26,7 @@ CREATE TABLE webhook_subscription (
 CREATE INDEX webhook_subscription_due ON webhook_subscription (next_attempt);
 CREATE TABLE webhook_deadletter (
     subscription_id     TEXT NOT NULL,
+    event_id            TEXT NOT NULL,
     sequence            INTEGER NOT NULL,
     event_type          TEXT NOT NULL,
     body                TEXT NOT NULL,
@@ -33,5 +34,15 @@ CREATE TABLE webhook_deadletter (
     attempts            INTEGER NOT NULL,
     dead                INTEGER NOT NULL,
     replay              INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (subscription_id, sequence)
+    PRIMARY KEY (subscription_id, event_id)
+);
+-- Studies a subscription to dicomhub.StudyStable has seen change (the last change passed) and
+-- when they are stable if nothing else arrives: the event fires once then, and the row goes.
+CREATE TABLE webhook_stable (
+    subscription_id     TEXT NOT NULL,
+    partition_name      TEXT NOT NULL,
+    study_uid           TEXT NOT NULL,
+    sequence            INTEGER NOT NULL,
+    due                 INTEGER NOT NULL,
+    PRIMARY KEY (subscription_id, partition_name, study_uid)
 );
