@@ -41,6 +41,7 @@ def client(issuer, tmp_path_factory):
         blob_url="memory://",
         auth_issuer=issuer.url,
         auth_audience=AUDIENCE,
+        event_stream_seconds=0.1,  # the live stream's answer ends at once
     )
     with TestClient(create_app(settings, build_archive(settings))) as c:
         yield c

@@ -61,6 +61,7 @@ DEPENDENT = {
     "POST /export": "destinations must be allowed by the server's settings",
     "POST /extendedquerytags": "tag paths name DICOM attributes",
     "POST /studies/$bulkUpdate": "only section 12's attributes may change, with their VRs",
+    "GET /events": "event types and filter values (comma-separated lists of known ones)",
     # a webhook URL's host must resolve, to a public address (no --webhook-allow-private)
     "POST /subscriptions": "webhook URLs must resolve to public addresses",
     "PATCH /subscriptions/{id}": "webhook URLs must resolve to public addresses",
@@ -92,7 +93,9 @@ def served(tmp_path_factory):
     files = [f for f in storable_files() if f.name in STORED]
     # no webhook deliveries: a generated subscription may name a real host on the Internet
     folder = tmp_path_factory.mktemp("fuzz")
-    with running_server(folder, delete_delay="0", webhook_concurrency="0") as (url, _):
+    # and live event streams that end at once (each case would wait for its end)
+    settings = dict(delete_delay="0", webhook_concurrency="0", event_stream_seconds="0.2")
+    with running_server(folder, **settings) as (url, _):
         body = multipart(*(f.data for f in files))
         r = httpx.post(url + "/v2/studies", content=body, headers={"Content-Type": MULTIPART})
         assert r.status_code == 200, r.text

@@ -487,3 +487,67 @@ def verify_at(secret: str, headers: dict, body: bytes) -> bool:
     content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
     return headers["webhook-signature"] == f"v1,{expected}"
+
+
+def read_stream(url: str, count: int, **request) -> list[tuple[str, str, dict]]:
+    """(id, event, data) of the first ``count`` messages of a live event stream."""
+    out: list[tuple[str, str, dict]] = []
+    fields: dict[str, str] = {}
+    with httpx.stream("GET", f"{url}/v2/events", timeout=60, **request) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line:
+                if "data" in fields:
+                    out.append((fields["id"], fields["event"], json.loads(fields["data"])))
+                    if len(out) == count:
+                        return out
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return out
+
+
+def test_the_live_stream_resumes_from_a_sequence(tmp_path, server_index):
+    with server(tmp_path, server_index, event_stream_seconds="3") as (url, _):
+        stow(url, instance(uid(236), uid(236, 1), uid(236, 1, 0)))
+        start = httpx.get(f"{url}/v2/changefeed/latest").json()["sequence"]
+        for n in range(1, 4):
+            stow(url, instance(uid(236), uid(236, 1), uid(236, 1, n)))
+        r = httpx.delete(
+            f"{url}/v2/studies/{uid(236)}/series/{uid(236, 1)}/instances/{uid(236, 1, 1)}"
+        )
+        assert r.status_code == 204
+        got = read_stream(url, 4, params={"after": str(start)})
+        assert [(e, d["data"]["imageSopInstanceUid"]) for _, e, d in got] == [
+            (CREATED, uid(236, 1, 1)),
+            (CREATED, uid(236, 1, 2)),
+            (CREATED, uid(236, 1, 3)),
+            (DELETED, uid(236, 1, 1)),
+        ]
+        assert [int(i) for i, _, _ in got] == [d["data"]["sequenceNumber"] for _, _, d in got]
+        assert got[0][2]["specversion"] == "1.0"
+        # as a reconnecting EventSource: from the last id it got, filtered
+        again = read_stream(
+            url,
+            1,
+            headers={"Last-Event-ID": got[1][0]},
+            params={"eventTypes": DELETED},
+        )
+        assert [(e, d["data"]["imageSopInstanceUid"]) for _, e, d in again] == [
+            (DELETED, uid(236, 1, 1))
+        ]
+        # live: a stream opened before the change gets it; one that ends resumes
+        live: list = []
+        reader = threading.Thread(target=lambda: live.extend(read_stream(url, 1)))
+        reader.start()
+        time.sleep(1)
+        stow(url, instance(uid(236), uid(236, 1), uid(236, 1, 9)))
+        reader.join(60)
+        assert [d["data"]["imageSopInstanceUid"] for _, _, d in live] == [uid(236, 1, 9)]
+        for bad in ({"after": "x"}, {"eventTypes": STABLE}, {"modality": ","}, {"colour": "1"}):
+            r = httpx.get(f"{url}/v2/events", params=bad)
+            assert r.status_code in (400, 200), bad
+            if "colour" not in bad:
+                assert r.status_code == 400, (bad, r.text)

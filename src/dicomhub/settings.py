@@ -250,6 +250,11 @@ class Settings:
         "Seconds without a new instance (or a new version of one) in a study after which "
         "subscribers to dicomhub.StudyStable are told it is stable; again only after new ones.",
     )
+    event_stream_seconds: float = _setting(
+        30.0,
+        "Seconds a live event stream (GET /v2/events) stays open before it ends; clients "
+        "resume with Last-Event-ID (browsers' EventSource does it by itself).",
+    )
     webhook_batch_size: int = _setting(
         100, "Change-feed entries read at a time for one webhook subscription."
     )
@@ -473,7 +478,13 @@ class Settings:
     @property
     def webhooks(self) -> groups.Webhooks:
         root = self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
-        return self._group(groups.Webhooks, "webhook_", lease=self.job_lease, service_root=root)
+        return self._group(
+            groups.Webhooks,
+            "webhook_",
+            lease=self.job_lease,
+            service_root=root,
+            stream_seconds=self.event_stream_seconds,
+        )
 
     @property
     def dimse(self) -> groups.Dimse:

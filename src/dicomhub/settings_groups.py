@@ -68,6 +68,7 @@ class Webhooks:
     concurrency: int
     poll_interval: float
     study_stable_after: float
+    stream_seconds: float  # how long one live event stream stays open
     batch_size: int
     lease: float
     service_root: str  # this server's base URL: the events' source and serviceHostName

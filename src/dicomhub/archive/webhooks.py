@@ -118,6 +118,42 @@ class WebhookService:
         if not await self.index.replay_deadletter(id, event_id, utcnow()):
             raise NotFound(f"subscription {id} has no dead letter {event_id}")
 
+    # -- the live stream -------------------------------------------------------------------------
+
+    async def latest_sequence(self) -> int:
+        latest = await self.index.latest_change(include_metadata=False)
+        return latest.sequence if latest else 0
+
+    async def stream(
+        self, after: int, event_types: tuple[str, ...], filter: dict[str, tuple[str, ...]]
+    ) -> tuple[int, list[tuple[str, str, bytes]]]:
+        """The next events after sequence ``after`` that pass, as the live stream sends them:
+        the sequence read up to, and (id, type, CloudEvent JSON) of each."""
+        changes = await self.index.events_after(after, self.settings.batch_size)
+        root = self.settings.service_root
+        out = []
+        for change in changes:
+            if events.matches(change, event_types, filter):
+                event = events.event_of(change, root)
+                out.append((event.id, event.type, events.body(event, "cloudevents", root)))
+        return (changes[-1].sequence if changes else after), out
+
+    def stream_query(
+        self, event_types: str | None, filters: dict[str, str]
+    ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """The event types (comma-separated; default the image events) and filters (each
+        value comma-separated) of a stream request; InvalidRequest when bad."""
+        types = (
+            _event_types([t.strip() for t in event_types.split(",")])
+            if event_types is not None
+            else events.IMAGE_TYPES
+        )
+        if events.STUDY_STABLE in types:
+            raise InvalidRequest(
+                f"the live stream sends the change feed's events, not {events.STUDY_STABLE}"
+            )
+        return types, _filter({k: v.split(",") for k, v in filters.items()})
+
     async def _apply(self, subscription: Subscription, fields: dict[str, Any]) -> Subscription:
         """``subscription`` with the fields of a request body, each checked (InvalidRequest)."""
         changes: dict[str, Any] = {}

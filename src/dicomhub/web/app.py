@@ -26,6 +26,7 @@ from dicomhub.web import (
     delete,
     deleted,
     errors,
+    event_stream,
     export,
     extended_tags,
     fhir_sync,
@@ -192,6 +193,7 @@ def routes() -> list[BaseRoute]:
         (SUBSCRIBER + "/suspend", workitem_events.suspend, ["POST"], "workitem-suspend", WRITE),
         # the event channel asked for without a WebSocket upgrade: 426
         ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
+        ("/events", event_stream.stream, ["GET"], "event-stream", READ),
         ("/subscriptions", subscriptions.create, ["POST"], "subscription-create", ADMIN),
         ("/subscriptions", subscriptions.listing, ["GET"], "subscriptions", ADMIN),
         (WEBHOOK, subscriptions.get, ["GET"], "subscription", ADMIN),
