@@ -28,6 +28,7 @@ import pytest
 from tests.conftest import ROOT, free_port, index_database, running_server
 from tests.helpers import MULTIPART, multipart
 from tests.synthetic import instance, uid
+from tests.test_metrics import samples, value
 
 CREATED = "Microsoft.HealthcareApis.DicomImageCreated"
 UPDATED = "Microsoft.HealthcareApis.DicomImageUpdated"
@@ -299,6 +300,19 @@ def test_past_the_retry_window_events_are_dead_lettered_and_replayed(
         while len(httpx.get(base).json()) != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # the metrics: this process's attempts, and the subscription as the index holds it
+        found = samples(httpx.get(f"{url}/metrics").text)
+        attempts = "dicomhub_webhook_deliveries_total"
+        assert value(found, attempts, outcome="failed") >= 2
+        assert value(found, attempts, outcome="dead_lettered") == 2
+        assert value(found, attempts, outcome="replayed") == 1
+        assert value(found, attempts, outcome="delivered") == 2
+        assert value(found, "dicomhub_webhook_delivery_duration_seconds_count", outcome="failed")
+        mine = {"subscription": sub["id"]}
+        assert value(found, "dicomhub_webhook_dead_letters", **mine) == 1
+        assert value(found, "dicomhub_webhook_delivered_total", **mine) == 1
+        assert value(found, "dicomhub_webhook_lag", **mine) == 0
+        assert value(found, "dicomhub_webhook_state", state="active", **mine) == 1
 
 
 def test_bad_subscriptions_are_refused_and_nothing_is_made(tmp_path, server_index):

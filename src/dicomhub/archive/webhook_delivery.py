@@ -160,6 +160,7 @@ class Delivery:
                 self.id, self.owner, letter, self.lease_until(), stable
             ):
                 return self._lost()
+            self.service.observe("dead_lettered", None)
             if stable is None:
                 self.cursor = self.passed = sequence
             self.failing_since, self.attempts = since, 0
@@ -183,8 +184,10 @@ class Delivery:
             except DeliveryFailed as exc:
                 log.info("webhook %s: replay of %s failed: %s", self.id, letter.event_id, exc)
                 await self.index.replay_failed(self.id, letter.event_id, str(exc), utcnow())
+                self.service.observe("replay_failed", None)
             else:
                 await self.index.replayed(self.id, letter.event_id)
+                self.service.observe("replayed", None)
             if not await self.index.renew_subscription(self.id, self.owner, self.lease_until()):
                 return self._lost()
         return True

@@ -19,11 +19,12 @@ import dataclasses
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
 from dicomhub.archive.webhook_delivery import Delivery
-from dicomhub.clock import utcnow
+from dicomhub.clock import monotonic, utcnow
 from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.model import DeadLetter, Subscription
 from dicomhub.settings_groups import Webhooks as WebhookSettings
@@ -48,6 +49,9 @@ class WebhookService:
         self.settings = settings
         self.lease = timedelta(seconds=settings.lease)
         self._client: WebhookClient | None = None
+        # told of each attempt (outcome, seconds) and dead letter (seconds None): the
+        # composition root connects the metrics (telemetry/instruments.webhook)
+        self.observe: Callable[[str, float | None], None] = lambda outcome, seconds: None
 
     # -- administration ------------------------------------------------------------------------
 
@@ -119,6 +123,20 @@ class WebhookService:
             raise NotFound(f"subscription {id} has no dead letter {event_id}")
 
     # -- the live stream -------------------------------------------------------------------------
+
+    async def status(self) -> list[tuple[str, str, int, int, int]]:
+        """(id, state, lag, delivered, dead letters) of each subscription (for the metrics)."""
+        latest = await self.latest_sequence()
+        return [
+            (
+                s.id,
+                s.state,
+                max(0, latest - s.sequence),
+                s.delivered,
+                await self.index.count_deadletters(s.id),
+            )
+            for s in await self.index.subscriptions()
+        ]
 
     async def latest_sequence(self) -> int:
         latest = await self.index.latest_change(include_metadata=False)
@@ -216,7 +234,13 @@ class WebhookService:
         if self._client is None:
             self._client = WebhookClient(self.settings.timeout)
         schema = "eventgrid" if body[:1] == b"[" else "cloudevents"  # as it was built
-        await self._client.send(subscription.url, subscription.secret, id, schema, body)
+        started = monotonic()
+        try:
+            await self._client.send(subscription.url, subscription.secret, id, schema, body)
+        except DeliveryFailed:
+            self.observe("failed", monotonic() - started)
+            raise
+        self.observe("delivered", monotonic() - started)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: doubling from 1 s up to the maximum, the
