@@ -565,3 +565,40 @@ def test_the_live_stream_resumes_from_a_sequence(tmp_path, server_index):
             assert r.status_code in (400, 200), bad
             if "colour" not in bad:
                 assert r.status_code == 400, (bad, r.text)
+
+
+def test_the_cli_manages_subscriptions(tmp_path, receiver):
+    """`dicomhub subscriptions` against a running server: create (the secret shown once),
+    list, pause, resume, get, delete; refusals exit 2 with the server's reason."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "dicomhub", "subscriptions", "--url", url, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    with server(tmp_path, {}) as (url, _):
+        made = cli("create", receiver.url, "--filter", "modality=CT,MR", "--schema", "eventgrid")
+        assert made.returncode == 0, made.stderr
+        sub = json.loads(made.stdout)
+        assert sub["secret"].startswith("whsec_") and sub["filter"] == {"modality": ["CT", "MR"]}
+        listed = cli("list")
+        assert listed.returncode == 0 and listed.stdout.split() == [
+            sub["id"],
+            "active",
+            receiver.url,
+        ]
+        assert cli("pause", sub["id"]).returncode == 0
+        assert json.loads(cli("get", sub["id"]).stdout)["state"] == "paused"
+        assert cli("resume", sub["id"]).returncode == 0
+        assert json.loads(cli("deadletters", sub["id"]).stdout) == []
+        refused = cli("create", "ftp://example.org/x")
+        assert refused.returncode == 2 and "http" in refused.stderr
+        assert cli("replay", sub["id"], "7").returncode == 2  # no such dead letter
+        assert cli("create", receiver.url, "--filter", "modality").returncode == 2
+        assert cli("delete", sub["id"]).returncode == 0
+        assert cli("list").stdout == ""
+        assert cli("get", sub["id"]).returncode == 2
