@@ -122,8 +122,6 @@ class WebhookService:
         if not await self.index.replay_deadletter(id, event_id, utcnow()):
             raise NotFound(f"subscription {id} has no dead letter {event_id}")
 
-    # -- the live stream -------------------------------------------------------------------------
-
     async def status(self) -> list[tuple[str, str, int, int, int]]:
         """(id, state, lag, delivered, dead letters) of each subscription (for the metrics)."""
         latest = await self.latest_sequence()
@@ -137,6 +135,8 @@ class WebhookService:
             )
             for s in await self.index.subscriptions()
         ]
+
+    # -- the live stream -------------------------------------------------------------------------
 
     async def latest_sequence(self) -> int:
         latest = await self.index.latest_change(include_metadata=False)

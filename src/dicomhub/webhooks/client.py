@@ -1,4 +1,5 @@
-"""Delivering one event: a signed POST with a timeout; any 2xx answer is success."""
+"""Delivering one event: a signed POST with a timeout; any 2xx answer is success (its body
+unread), anything else (a redirect too: not followed) a failure."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ class WebhookClient:
         headers = signing.headers(secret, id, int(utcnow().timestamp()), body)
         headers["content-type"] = MEDIA_TYPES[schema]
         try:
-            answer = await self._client.post(url, content=body, headers=headers)
+            # the answer's body is never read: a receiver cannot make this process hold one
+            async with self._client.stream("POST", url, content=body, headers=headers) as answer:
+                status = answer.status_code
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         finally:
             self._client.cookies.clear()
-        if not 200 <= answer.status_code < 300:
-            raise DeliveryFailed(f"the receiver answered {answer.status_code}")
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"the receiver answered {status}")
 
     async def close(self) -> None:
         await self._client.aclose()
