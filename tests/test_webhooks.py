@@ -53,6 +53,7 @@ class Receiver:
         self.received: list[tuple[dict, bytes]] = []
         self.status = 200
         self.hold: threading.Event | None = None
+        self.held: list[tuple[dict, bytes]] = []  # requests received while holding
         self.arrived = threading.Event()
         self.server: ThreadingHTTPServer | None = None
 
@@ -64,6 +65,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.arrived.set()
                 if receiver.hold is not None:
+                    receiver.held.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     receiver.hold.wait(60)
                     return  # no answer: the connection just closes
                 status = receiver.status
@@ -408,6 +410,9 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
             second.terminate()
             second.wait(10)
         ids = [e["id"] for e in events]
+        # the request A was killed in is delivered again by B: the same event, the same id
+        [(headers, body)] = receiver.held
+        assert headers["webhook-id"] == ids[0] and body == receiver.received[0][1]
         assert [e["data"]["imageSopInstanceUid"] for e in events] == [
             uid(234, 1, n) for n in range(3)
         ]
@@ -521,6 +526,23 @@ def read_stream(url: str, count: int, **request) -> list[tuple[str, str, dict]]:
                 name, _, value = line.partition(": ")
                 fields[name] = value
     return out
+
+
+def test_a_bulk_update_delivers_the_updated_events(tmp_path, server_index, receiver):
+    study, series = uid(237), uid(237, 1)
+    with server(tmp_path, server_index, job_poll_interval="0.1") as (url, _):
+        stow(url, *(instance(study, series, uid(237, 1, n)) for n in range(2)))
+        subscribe(url, receiver)
+        change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "New^Name"}]}}
+        r = httpx.post(
+            f"{url}/v2/studies/$bulkUpdate",
+            json={"studyInstanceUids": [study], "changeDataset": change},
+        )
+        assert r.status_code == 202, r.text
+        events = receiver.wait_for(2)
+        assert sorted(sops(events)) == [(UPDATED, uid(237, 1, n)) for n in range(2)]
+        time.sleep(0.5)
+        assert len(receiver.received) == 2
 
 
 def test_the_live_stream_resumes_from_a_sequence(tmp_path, server_index):
