@@ -13,8 +13,10 @@ import socket
 import uuid
 
 from dicomhub.archive.webhooks import WebhookService
+from dicomhub.errors import Unavailable
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 30.0  # seconds between attempts while the index is unavailable
 
 
 async def run_webhooks(service: WebhookService, concurrency: int, poll_interval: float) -> None:
@@ -28,10 +30,16 @@ async def run_webhooks(service: WebhookService, concurrency: int, poll_interval:
 
 
 async def _loop(service: WebhookService, owner: str, poll_interval: float) -> None:
+    wait = poll_interval
     while True:
         try:
-            if await service.step(owner):
+            worked = await service.step(owner)
+            wait = poll_interval
+            if worked:
                 continue
-        except Exception:  # noqa: BLE001 - e.g. the index is unavailable: try again later
+        except Unavailable as exc:  # the index: waits doubling, so an outage logs little
+            wait = min(MAX_BACKOFF, max(wait * 2, 1.0))
+            log.warning("webhook delivery: %s; retrying in %.0f s", exc, wait)
+        except Exception:  # noqa: BLE001 - a bug: logged, the loop goes on
             log.exception("webhook delivery")
-        await asyncio.sleep(poll_interval)
+        await asyncio.sleep(wait)
