@@ -624,3 +624,27 @@ def test_the_cli_manages_subscriptions(tmp_path, receiver):
         assert cli("delete", sub["id"]).returncode == 0
         assert cli("list").stdout == ""
         assert cli("get", sub["id"]).returncode == 2
+
+
+def test_a_hanging_receiver_holds_up_no_other_subscription(tmp_path, receiver):
+    """One receiver takes requests and never answers; another subscription's events arrive
+    while that request is still open (each delivery loop serves one subscription at a time)."""
+    hanging = Receiver()
+    hanging.hold = threading.Event()
+    hanging.start()
+    try:
+        settings = dict(webhook_timeout="40", job_lease="90")
+        with server(tmp_path, {}, **settings) as (url, _):
+            subscribe(url, hanging)
+            subscribe(url, receiver)
+            stow(url, instance(uid(238), uid(238, 1), uid(238, 1, 1)))
+            assert hanging.arrived.wait(60)
+            [event] = receiver.wait_for(1)
+            assert event["data"]["imageSopInstanceUid"] == uid(238, 1, 1)
+            assert len(hanging.held) == 1 and not hanging.hold.is_set()  # still open
+            stow(url, instance(uid(238), uid(238, 1), uid(238, 1, 2)))
+            assert len(receiver.wait_for(2)) == 2
+            hanging.hold.set()
+    finally:
+        hanging.hold.set()
+        hanging.stop()
