@@ -41,6 +41,7 @@ def client(issuer, tmp_path_factory):
         blob_url="memory://",
         auth_issuer=issuer.url,
         auth_audience=AUDIENCE,
+        event_stream_seconds=0.1,  # the live stream's answer ends at once
     )
     with TestClient(create_app(settings, build_archive(settings))) as c:
         yield c
@@ -100,6 +101,8 @@ def every_route(app) -> list[tuple[str, str]]:
         "workitem": "1.2.3.6",
         "aetitle": "WATCHER",
         "partition": "clinic-a",
+        "id": "0" * 32,
+        "event": "1",
     }
     out = []
     for route in app.routes:
@@ -151,7 +154,7 @@ def needed_action(method: str, path: str) -> str | None:
     """The data action a request needs, as conformance section 7.2 documents it."""
     if path == "/health/check":
         return None
-    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/|deleted/\$purge)", path):
+    if path == "/metrics" or re.match(r"/v\d/(audit|fhir/|deleted/\$purge|subscriptions)", path):
         return "admin"
     if "/extendedquerytags" in path and method != "GET":
         return "manageExtendedQueryTags"

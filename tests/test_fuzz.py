@@ -62,6 +62,10 @@ DEPENDENT = {
     "POST /export": "destinations must be allowed by the server's settings",
     "POST /extendedquerytags": "tag paths name DICOM attributes",
     "POST /studies/$bulkUpdate": "only section 12's attributes may change, with their VRs",
+    "GET /events": "event types and filter values (comma-separated lists of known ones)",
+    # a webhook URL's host must resolve, to a public address (no --webhook-allow-private)
+    "POST /subscriptions": "webhook URLs must resolve to public addresses",
+    "PATCH /subscriptions/{id}": "webhook URLs must resolve to public addresses",
     # a workitem dataset must meet Table CC.2.5-3, a state change the workitem's state
     **{
         f"{m} {p}": "workitem datasets and states"
@@ -95,8 +99,16 @@ V1_EXAMPLES = 20
 def served(tmp_path_factory):
     """The server, with STORED in it: (base URL, [(study, series, sop)])."""
     files = [f for f in storable_files() if f.name in STORED]
+    # no webhook deliveries: a generated subscription may name a real host on the Internet
     folder = tmp_path_factory.mktemp("fuzz")
-    with running_server(folder, delete_delay="0", data_partitions="true") as (url, _):
+    # and live event streams that end at once (each case would wait for its end)
+    settings = dict(
+        delete_delay="0",
+        webhook_concurrency="0",
+        event_stream_seconds="0.2",
+        data_partitions="true",
+    )
+    with running_server(folder, **settings) as (url, _):
         body = multipart(*(f.data for f in files))
         for root in ("/v2", f"/v2/partitions/{PARTITION}"):  # the default partition and one more
             r = httpx.post(

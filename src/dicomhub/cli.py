@@ -46,7 +46,9 @@ def build_index(settings: Settings, migrate: bool | None = None, writer: bool = 
 
 
 def build_archive(settings: Settings) -> Archive:
-    """The archive over its stores, each timed at its seam (the metrics of telemetry/seams)."""
+    """The archive over its stores, each timed at its seam (the metrics of telemetry/seams), its
+    webhook deliveries counted (telemetry/instruments)."""
+    from dicomhub.telemetry import instruments
     from dicomhub.telemetry.seams import measured
 
     blobs = open_blobs(
@@ -58,7 +60,9 @@ def build_archive(settings: Settings) -> Archive:
     config = settings.archive
     converter = ProcessConverter(config.pixels.conversion_workers)
     fhir = build_fhir_sync(settings.fhir, index) if settings.fhir_url else None
-    return Archive(config, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
+    archive = Archive(config, index, blobs, converter, fhir, audit, deidentify_key(settings), Sink)
+    archive.webhooks.observe = instruments.webhook  # delivery attempts, timed
+    return archive
 
 
 def build_fhir_sync(settings: settings_groups.Fhir, index: FhirSyncIndex) -> FhirSync:

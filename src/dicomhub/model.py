@@ -188,6 +188,63 @@ class SyncFailure:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A webhook subscription (see archive/webhooks.py): where events go, which ones, and how
+    far delivery has got in the change feed."""
+
+    id: str
+    url: str
+    event_types: tuple[str, ...]
+    filter: dict[str, tuple[str, ...]]  # partition, modality, sopClassUid -> values any of
+    secret: str  # whsec_ + base64 key (Standard Webhooks)
+    schema: str  # cloudevents or eventgrid
+    paused: bool
+    created: datetime
+    updated: datetime
+    sequence: int  # every change up to this one is delivered (or dead-lettered, or filtered)
+    delivered: int  # events delivered so far
+    attempts: int  # failed attempts at delivering the next event
+    failing_since: datetime | None
+    next_attempt: datetime
+    last_error: str | None
+    holder: str | None  # the node delivering now
+
+    @property
+    def state(self) -> str:
+        if self.paused:
+            return "paused"
+        return "failing" if self.attempts or self.failing_since else "active"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event a subscriber did not take within the retry window; kept to be replayed."""
+
+    subscription: str
+    event_id: str  # the change-feed sequence; for a StudyStable event, "{sequence}.stable"
+    sequence: int  # of the change (for a StudyStable, the study's last change)
+    event_type: str
+    body: str  # the request body as it was sent (JSON)
+    error: str
+    attempts: int
+    dead: datetime
+    replay: bool  # a replay was asked for and is pending
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """A change-feed entry with what webhook filters match on (None: unknown, the instance
+    being gone)."""
+
+    sequence: int
+    timestamp: datetime
+    action: Action
+    id: InstanceId
+    modality: str | None
+    sop_class: str | None
+
+
+@dataclass(frozen=True)
 class ExtendedTagError:
     """An instance whose value of an extended query tag failed validation."""
 

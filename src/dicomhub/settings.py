@@ -227,6 +227,44 @@ class Settings:
         2.0, "Seconds the FHIR sync waits for new changes once it has caught up."
     )
     fhir_timeout: float = _setting(120.0, "Seconds one request to the FHIR server may take.")
+    webhook_allow_private: bool = _setting(
+        False,
+        "Let webhook subscriptions target addresses on loopback, private, link-local or other "
+        "non-public networks. Off: a URL whose host resolves to one is refused (400), and "
+        "deliveries to it fail, so that the API cannot be used to reach internal services.",
+    )
+    webhook_timeout: float = _setting(
+        10.0,
+        "Seconds one webhook delivery (connect, send, answer) may take before it fails; keep it "
+        "well under job_lease, the lease a delivering node holds a subscription by.",
+    )
+    webhook_retry_window: float = _setting(
+        24 * 3600.0,
+        "Seconds a webhook event is retried (exponential backoff with jitter) before it is "
+        "dead-lettered and delivery moves on to the next event.",
+    )
+    webhook_max_backoff: float = _setting(
+        300.0, "Longest wait, in seconds, between two attempts at delivering a webhook event."
+    )
+    webhook_concurrency: int = _setting(
+        4, "Webhook subscriptions one process delivers to at once (each in order)."
+    )
+    webhook_poll_interval: float = _setting(
+        1.0, "Seconds a caught-up webhook subscription waits before the change feed is read again."
+    )
+    webhook_study_stable_after: float = _setting(
+        60.0,
+        "Seconds without a new instance (or a new version of one) in a study after which "
+        "subscribers to dicomhub.StudyStable are told it is stable; again only after new ones.",
+    )
+    event_stream_seconds: float = _setting(
+        30.0,
+        "Seconds a live event stream (GET /v2/events) stays open before it ends; clients "
+        "resume with Last-Event-ID (browsers' EventSource does it by itself).",
+    )
+    webhook_batch_size: int = _setting(
+        100, "Change-feed entries read at a time for one webhook subscription."
+    )
     auth_issuer: str = _setting(
         "",
         "OpenID Connect issuer whose bearer tokens (JWTs) are accepted; set, every route but "
@@ -447,6 +485,7 @@ class Settings:
                 allow=tuple(u.strip() for u in self.export_allow.split(",") if u.strip()),
                 operator_key=bool(self.deidentify_key_file),
             ),
+            self.webhooks,
         )
 
     @property
@@ -463,6 +502,17 @@ class Settings:
             password=self.secret("fhir_password"),
             client_secret=self.secret("fhir_client_secret"),
             lease=self.job_lease,
+        )
+
+    @property
+    def webhooks(self) -> groups.Webhooks:
+        root = self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        return self._group(
+            groups.Webhooks,
+            "webhook_",
+            lease=self.job_lease,
+            service_root=root,
+            stream_seconds=self.event_stream_seconds,
         )
 
     @property

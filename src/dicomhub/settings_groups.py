@@ -58,6 +58,23 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Webhooks:
+    """Webhook subscriptions: which targets are allowed, and the pace of delivery."""
+
+    allow_private: bool
+    timeout: float
+    retry_window: float
+    max_backoff: float
+    concurrency: int
+    poll_interval: float
+    study_stable_after: float
+    stream_seconds: float  # how long one live event stream stays open
+    batch_size: int
+    lease: float
+    service_root: str  # this server's base URL: the events' source and serviceHostName
+
+
+@dataclass(frozen=True)
 class ArchiveSettings:
     """What the archive's services use, each its own group."""
 
@@ -66,6 +83,7 @@ class ArchiveSettings:
     pixels: Pixels
     search: Search
     export: Export
+    webhooks: Webhooks
 
 
 @dataclass(frozen=True)

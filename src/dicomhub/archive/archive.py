@@ -21,6 +21,7 @@ from dicomhub.archive.search import SearchService
 from dicomhub.archive.spool import clear_spool
 from dicomhub.archive.store import StoreService
 from dicomhub.archive.thumbnails import ThumbnailService
+from dicomhub.archive.webhooks import WebhookService
 from dicomhub.archive.workitem_events import WorkitemEventService
 from dicomhub.archive.workitems import WorkitemService
 from dicomhub.clock import utcnow
@@ -95,6 +96,7 @@ class Archive:
             index, blobs, settings.cleanup.batch_size, settings.cleanup.upload_timeout
         )
         self.fhir = fhir
+        self.webhooks = WebhookService(index, settings.webhooks)
         self.audit = (
             AuditLog(audit, settings.cleanup.audit_retention_days) if audit is not None else None
         )
@@ -126,6 +128,7 @@ class Archive:
             await self.audit.close()
         if self.fhir is not None:
             await self.fhir.client.close()
+        await self.webhooks.close()
         await self.index.close()
         await self.blobs.close()
 

@@ -1,7 +1,7 @@
-"""The command-line clients of a server (``dicomhub export``, ``dicomhub import``): HTTP clients
-built on the standard library, separate from the server's layers (``import --data-dir`` alone
-stores through an archive of its own). ``dicomhub.main`` runs them without importing the
-server, so they start in a tenth of the time."""
+"""The command-line clients of a server (``dicomhub export``, ``import``, ``subscriptions``):
+HTTP clients built on the standard library, separate from the server's layers (``import
+--data-dir`` alone stores through an archive of its own). ``dicomhub.main`` runs them without
+importing the server, so they start in a tenth of the time."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ COMMANDS = {  # name: (module, help, description)
         "already there, refused or skipped. Exit status: 0 all stored or already there, 1 some "
         "refused or the server unreachable, 2 bad command line or requests refused by the "
         "server (401, 403), 130 interrupted.",
+    ),
+    "subscriptions": (
+        "dicomhub.clients.subscriptions",
+        "manage the webhook subscriptions of a running server (an HTTP client)",
+        "List, create, read, pause, resume and delete webhook subscriptions of a running "
+        "dicomhub server (/v2/subscriptions, the admin action), list their dead letters and "
+        "replay one. Exit status: 0 done, 1 the server unreachable, 2 refused by the server "
+        "or a bad command line.",
     ),
 }
 

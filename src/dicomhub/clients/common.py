@@ -1,5 +1,6 @@
-"""What the client commands (``dicomhub export``, ``dicomhub import``) share: where the server
-is, the bearer token, how a refusal is told, and the progress bar.
+"""What the client commands (``dicomhub export``, ``dicomhub import``, ``dicomhub
+subscriptions``) share: where the server is, the bearer token, how a refusal is told, JSON over
+HTTP, and the progress bar.
 
 They talk to a running server, never to its index: an embedded server locks its data folder,
 and a scaled-out one spreads its work over nodes. The bearer token comes from ``--token-file``
@@ -10,9 +11,12 @@ machine).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +83,26 @@ def bar(fraction: float) -> str:
     """``[#####-----]`` for a fraction done between 0 and 1."""
     done = int(BAR * max(0.0, min(1.0, fraction)))
     return "[" + "#" * done + "-" * (BAR - done) + "]"
+
+
+class JsonHttp:
+    """JSON over HTTP with the standard library (the CLI needs nothing more)."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+    def call(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+        """(status, answer) of a request; raises Unreachable for no answer or a 5xx."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {**self.headers, **({"Content-Type": "application/json"} if data else {})}
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json_or_text(response.read())
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, json_or_text(exc.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(str(exc) or exc.__class__.__name__) from exc
+        if status >= 500:
+            raise Unreachable(f"{status} {detail(answer)}")
+        return status, answer

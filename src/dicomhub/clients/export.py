@@ -13,17 +13,13 @@ command line is wrong.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any, TextIO
 
 from dicomhub.clients import common
-from dicomhub.clients.common import URL_ENV, Refused, Unreachable, bar, detail, json_or_text
+from dicomhub.clients.common import URL_ENV, JsonHttp, Refused, Unreachable, bar, detail
 from dicomhub.dicom.deidentify import OPTION_NAMES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -112,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     bearer = token(args)
     headers = {"Accept": "application/json", **common.auth_headers(bearer)}
     base = args.url.rstrip("/") + API
-    http = _Http(headers)
+    http = JsonHttp(headers)
     try:
         operation = _start(http, base, request_body(args))
         state = _follow(http, f"{base}/operations/{operation}", args.poll_interval, sys.stderr)
@@ -140,29 +136,7 @@ def _usage(message: str) -> int:
     return common.usage("export", message)
 
 
-class _Http:
-    """JSON over HTTP with the standard library (the CLI needs nothing more)."""
-
-    def __init__(self, headers: dict[str, str]):
-        self.headers = headers
-
-    def call(self, method: str, url: str, body: dict | None = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {**self.headers, **({"Content-Type": "application/json"} if data else {})}
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json_or_text(response.read())
-        except urllib.error.HTTPError as exc:
-            status, answer = exc.code, json_or_text(exc.read())
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(str(exc) or exc.__class__.__name__) from exc
-        if status >= 500:
-            raise Unreachable(f"{status} {detail(answer)}")
-        return status, answer
-
-
-def _start(http: _Http, base: str, body: dict) -> str:
+def _start(http: JsonHttp, base: str, body: dict) -> str:
     status, answer = http.call("POST", f"{base}/export", body)
     if 400 <= status < 500:
         raise Refused(f"{status} {detail(answer)}")
@@ -171,7 +145,7 @@ def _start(http: _Http, base: str, body: dict) -> str:
     return answer["id"]
 
 
-def _follow(http: _Http, href: str, interval: float, err: TextIO) -> dict:
+def _follow(http: JsonHttp, href: str, interval: float, err: TextIO) -> dict:
     """The operation once it has ended, its progress shown on ``err`` meanwhile."""
     show = _Progress(err, href.rsplit("/", 1)[-1])
     failing_since: float | None = None

@@ -1,10 +1,10 @@
 """The IndexStore over SQL, for every engine: each method is an operation of ``instance_ops``
 (or ``version_ops``, ``audit_ops``, ``fhir_sync_ops``, ``job_ops``, ``extended_tags_ops``,
-``workitem_ops``, ``workitem_event_ops``) handed to the engine's driver (``_read`` or
-``_write``), or one of their statements read as it is. It implements every index protocol of
-``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations and the declared
-schema), each concept's statements with its operations in ``<concept>_ops``, QIDO's generated
-statements in ``search_sql``; ``statements`` runs operations and holds none."""
+``workitem_ops``, ``workitem_event_ops``, ``webhook_ops``) handed to the engine's driver
+(``_read`` or ``_write``), or one of their statements read as it is. It implements every index
+protocol of ``protocols.py``. Where SQL lives: the schema in ``sql/<engine>/`` (migrations and
+the declared schema), each concept's statements with its operations in ``<concept>_ops``,
+QIDO's generated statements in ``search_sql``; ``statements`` runs operations and holds none."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from dicomhub.model import (
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
+    DeadLetter,
+    EventSource,
     ExtendedTagError,
     InstanceId,
     NewInstance,
@@ -30,6 +32,7 @@ from dicomhub.model import (
     Scope,
     StoredInstance,
     StoredWorkitem,
+    Subscription,
     SyncFailure,
     SyncState,
 )
@@ -40,6 +43,7 @@ from dicomhub.storage import instance_ops as ops
 from dicomhub.storage import job_ops as jobs
 from dicomhub.storage import statements as st
 from dicomhub.storage import version_ops as versions
+from dicomhub.storage import webhook_ops as webhooks
 from dicomhub.storage import workitem_event_ops as events
 from dicomhub.storage import workitem_ops as workitems
 from dicomhub.storage.dialect import Dialect
@@ -396,6 +400,114 @@ class SqlIndex:
 
     async def report_to_every_subscriber(self, report: str, now: datetime) -> int:
         return await self._write(events.status_change, report, now)
+
+    # -- webhook subscriptions -----------------------------------------------------------------
+
+    async def create_subscription(self, subscription: Subscription) -> None:
+        await self._write(webhooks.create, subscription)
+
+    async def subscription(self, id: str) -> Subscription | None:
+        return await self._read(webhooks.get, id)
+
+    async def subscriptions(self) -> list[Subscription]:
+        return await self._read(webhooks.listing)
+
+    async def update_subscription(self, subscription: Subscription) -> bool:
+        return await self._write(webhooks.update, subscription)
+
+    async def delete_subscription(self, id: str) -> bool:
+        return await self._write(webhooks.delete, id)
+
+    async def claim_subscription(
+        self, owner: str, now: datetime, lease_until: datetime
+    ) -> Subscription | None:
+        if not await self._read(webhooks.due, self.dialect, now):
+            return None
+        return await self._write(webhooks.claim, self.dialect, owner, now, lease_until)
+
+    async def subscription_delivered(
+        self,
+        id: str,
+        owner: str,
+        sequence: int,
+        count: int,
+        lease_until: datetime,
+        marks: list[tuple[str, str, int, datetime]] = (),
+    ) -> bool:
+        return await self._write(
+            webhooks.delivered, id, owner, sequence, count, lease_until, list(marks)
+        )
+
+    async def renew_subscription(self, id: str, owner: str, lease_until: datetime) -> bool:
+        return await self._write(webhooks.renew, id, owner, lease_until)
+
+    async def subscription_failed(
+        self, id: str, owner: str, now: datetime, error: str, retry_at: datetime
+    ) -> int | None:
+        return await self._write(webhooks.failed, id, owner, now, error, retry_at)
+
+    async def dead_letter(
+        self,
+        id: str,
+        owner: str,
+        letter: DeadLetter,
+        lease_until: datetime,
+        stable: tuple[str, str] | None = None,
+    ) -> bool:
+        return await self._write(webhooks.dead_letter, id, owner, letter, lease_until, stable)
+
+    async def due_stable_studies(
+        self, id: str, now: datetime, limit: int
+    ) -> list[tuple[str, str, int, datetime]]:
+        return await self._read(webhooks.due_stable, id, now, limit)
+
+    async def study_state(
+        self, partition: str, study: str
+    ) -> tuple[int, datetime | None, int | None]:
+        return await self._read(webhooks.study_state, partition, study, snapshot=True)
+
+    async def postpone_stable(
+        self, id: str, partition: str, study: str, sequence: int, due: datetime
+    ) -> None:
+        await self._write(webhooks.postpone_stable, id, partition, study, sequence, due)
+
+    async def stable_done(
+        self,
+        id: str,
+        owner: str,
+        partition: str,
+        study: str,
+        sequence: int,
+        count: int,
+        lease_until: datetime,
+    ) -> bool:
+        return await self._write(
+            webhooks.stable_done, id, owner, partition, study, sequence, count, lease_until
+        )
+
+    async def release_subscription(self, id: str, owner: str, not_before: datetime) -> None:
+        await self._write(webhooks.release, id, owner, not_before)
+
+    async def deadletters(self, id: str, offset: int, limit: int) -> list[DeadLetter]:
+        return await self._read(webhooks.deadletters, id, offset, limit)
+
+    async def count_deadletters(self, id: str) -> int:
+        return await self._read(webhooks.count_deadletters, id)
+
+    async def replay_deadletter(self, id: str, event_id: str, now: datetime) -> bool:
+        return await self._write(webhooks.ask_replay, id, event_id, now)
+
+    async def pending_replays(self, id: str, limit: int) -> list[DeadLetter]:
+        return await self._read(webhooks.replays, id, limit)
+
+    async def replayed(self, id: str, event_id: str) -> None:
+        await self._write(webhooks.replayed, id, event_id)
+
+    async def replay_failed(self, id: str, event_id: str, error: str, now: datetime) -> None:
+        await self._write(webhooks.replay_failed, id, event_id, error, now)
+
+    async def events_after(self, sequence: int, limit: int) -> list[EventSource]:
+        return await self._read(webhooks.events_after, self.dialect, sequence, limit)
 
 
 def _stored(r) -> StoredInstance:

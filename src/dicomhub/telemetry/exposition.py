@@ -81,7 +81,20 @@ class FhirSync:
     failures: int
 
 
-def render(jobs: list[JobQueue], fhir: FhirSync | None) -> bytes:
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook subscription, as the index holds it (shared by all nodes)."""
+
+    id: str
+    state: str  # active, paused, failing
+    lag: int  # change-feed entries after its cursor
+    delivered: int
+    dead_letters: int
+
+
+def render(
+    jobs: list[JobQueue], fhir: FhirSync | None, webhooks: list[Webhook] | None = None
+) -> bytes:
     """The scrape: every process's metrics, then what was read for it."""
     folder = shared()
     if folder is None:
@@ -92,12 +105,12 @@ def render(jobs: list[JobQueue], fhir: FhirSync | None) -> bytes:
         MultiProcessCollector(registry, folder)
         registry.register(_Resources(live))
         text = generate_latest(registry)
-    return text + generate_latest(_Read(jobs, fhir))
+    return text + generate_latest(_Read(jobs, fhir, webhooks or []))
 
 
 class _Read:
-    def __init__(self, jobs: list[JobQueue], fhir: FhirSync | None):
-        self.jobs, self.fhir = jobs, fhir
+    def __init__(self, jobs: list[JobQueue], fhir: FhirSync | None, webhooks: list[Webhook]):
+        self.jobs, self.fhir, self.webhooks = jobs, fhir, webhooks
 
     def collect(self) -> Iterator[Metric]:
         ready = GaugeMetricFamily(
@@ -135,6 +148,37 @@ class _Read:
                 "Changes the FHIR server refused for good.",
                 value=self.fhir.failures,
             )
+        yield from _webhooks(self.webhooks)
+
+
+def _webhooks(webhooks: list[Webhook]) -> Iterator[Metric]:
+    """Each subscription's lag, deliveries, dead letters and state (read from the index)."""
+    lag = GaugeMetricFamily(
+        "dicomhub_webhook_lag",
+        "Change-feed entries a webhook subscription's delivery has not passed yet.",
+        labels=["subscription"],
+    )
+    delivered = CounterMetricFamily(
+        "dicomhub_webhook_delivered",
+        "Events a webhook subscription's receiver took (by every node).",
+        labels=["subscription"],
+    )
+    dead = GaugeMetricFamily(
+        "dicomhub_webhook_dead_letters",
+        "Events of a webhook subscription in its dead-letter list.",
+        labels=["subscription"],
+    )
+    state = GaugeMetricFamily(
+        "dicomhub_webhook_state",
+        "1 for a webhook subscription's state (active, paused or failing), by subscription.",
+        labels=["subscription", "state"],
+    )
+    for hook in webhooks:
+        lag.add_metric([hook.id], hook.lag)
+        delivered.add_metric([hook.id], hook.delivered)
+        dead.add_metric([hook.id], hook.dead_letters)
+        state.add_metric([hook.id, hook.state], 1)
+    yield from (lag, delivered, dead, state)
 
 
 class _Resources:

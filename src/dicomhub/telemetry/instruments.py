@@ -82,6 +82,18 @@ DIMSE_OPERATIONS = Counter(
     "DIMSE operations answered (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, N-ACTION), by status.",
     ["command", "status"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "dicomhub_webhook_deliveries",
+    "Webhook delivery attempts and their outcome (delivered, failed, replayed, replay_failed), "
+    "and events dead-lettered (dead_lettered), by this process.",
+    ["outcome"],
+)
+WEBHOOK_DURATION = Histogram(
+    "dicomhub_webhook_delivery_duration_seconds",
+    "Time of one webhook delivery attempt (the receiver's answer, or the failure), by outcome.",
+    ["outcome"],
+    buckets=LATENCY,
+)
 PROCESSES = Gauge(
     "dicomhub_processes",
     "Live dicomhub processes whose metrics this scrape sums, by kind (http: server "
@@ -159,6 +171,13 @@ def dimse_operation(command: str, status: int) -> None:
 
 def dimse_association(outcome: str) -> None:
     DIMSE_ASSOCIATIONS.labels(outcome).inc()
+
+
+def webhook(outcome: str, seconds: float | None) -> None:
+    """Record a webhook delivery attempt (with its time) or an event dead-lettered (None)."""
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    if seconds is not None:
+        WEBHOOK_DURATION.labels(outcome).observe(seconds)
 
 
 def alive(kind: str) -> None:

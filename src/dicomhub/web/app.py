@@ -26,6 +26,7 @@ from dicomhub.web import (
     delete,
     deleted,
     errors,
+    event_stream,
     export,
     extended_tags,
     fhir_sync,
@@ -37,6 +38,7 @@ from dicomhub.web import (
     qido,
     rendered,
     stow,
+    subscriptions,
     wado,
     wado_uri,
     workitem_events,
@@ -70,6 +72,7 @@ FRAMES = INSTANCE + "/frames/{frames}"
 TAG = "/extendedquerytags/{tag}"
 WORKITEM = "/workitems/{workitem:uid}"
 SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
+WEBHOOK = "/subscriptions/{id}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
 
 
@@ -225,6 +228,20 @@ def routes() -> list[BaseRoute]:
         (SUBSCRIBER + "/suspend", workitem_events.suspend, ["POST"], "workitem-suspend", WRITE),
         # the event channel asked for without a WebSocket upgrade: 426
         ("/subscribers/{aetitle}", workitem_events.upgrade_required, ["GET"], "events-http", READ),
+        ("/events", event_stream.stream, ["GET"], "event-stream", READ),
+        ("/subscriptions", subscriptions.create, ["POST"], "subscription-create", ADMIN),
+        ("/subscriptions", subscriptions.listing, ["GET"], "subscriptions", ADMIN),
+        (WEBHOOK, subscriptions.get, ["GET"], "subscription", ADMIN),
+        (WEBHOOK, subscriptions.update, ["PATCH"], "subscription-update", ADMIN),
+        (WEBHOOK, subscriptions.delete, ["DELETE"], "subscription-delete", ADMIN),
+        (WEBHOOK + "/deadletters", subscriptions.deadletters, ["GET"], "deadletters", ADMIN),
+        (
+            WEBHOOK + "/deadletters/{event}/replay",
+            subscriptions.replay,
+            ["POST"],
+            "deadletter-replay",
+            ADMIN,
+        ),
         ("/audit", audit.entries, ["GET"], "audit", ADMIN),
         ("/partitions", partitions.listing, ["GET"], "partitions", READ),
         ("/deleted/$purge", deleted.purge, ["POST"], "purge-deleted", ADMIN),

@@ -1,5 +1,6 @@
 """GET /metrics: the Prometheus text exposition of every process of this server (see
-telemetry/exposition.py), with the job queue and the FHIR sync read from the index now.
+telemetry/exposition.py), with the job queue, the FHIR sync and the webhook subscriptions read
+from the index now.
 
 Authorised as the admin data action (when authentication is on), as the other operator routes
 (/v2/audit, /v2/fhir/status): a scraper needs a token whose roles grant admin."""
@@ -21,4 +22,5 @@ async def metrics(request: Request) -> Response:
     if the_archive.fhir is not None:
         now = await the_archive.fhir.status()
         fhir = exposition.FhirSync(now.lag, now.state.synced, now.state.failures)
-    return Response(exposition.render(jobs, fhir), media_type=exposition.CONTENT_TYPE)
+    webhooks = [exposition.Webhook(*hook) for hook in await the_archive.webhooks.status()]
+    return Response(exposition.render(jobs, fhir, webhooks), media_type=exposition.CONTENT_TYPE)

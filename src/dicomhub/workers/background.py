@@ -2,7 +2,8 @@
 
 ``dicomhub serve`` runs this beside the HTTP API unless ``--background-jobs false``;
 ``dicomhub worker`` runs it alone. Any number of nodes may run it at once. With a FHIR URL set,
-it also runs the FHIR sync (one node at a time holds it).
+it also runs the FHIR sync (one node at a time holds it). Webhook deliveries run in every one
+(one node at a time per subscription).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dicomhub.settings_groups import Dimse, Jobs
 from dicomhub.storage.protocols import Jobs as JobQueue
 from dicomhub.workers.fhir_sync import run_fhir_sync
 from dicomhub.workers.jobs import Handler, JobContext, JobRunner, every
+from dicomhub.workers.webhooks import run_webhooks
 
 KEEP_CLEANUP_OPERATIONS = timedelta(days=1)
 
@@ -68,15 +70,17 @@ def handlers(archive: Archive, dimse: Dimse) -> dict[str, Handler]:
 
 async def run_background(archive: Archive, queue: JobQueue, settings: Jobs, dimse: Dimse) -> None:
     """Run the job runners over ``queue`` (the index's jobs, handed by the composition root),
-    the scheduled jobs and the FHIR sync, until cancelled."""
+    the scheduled jobs, the webhook deliveries and the FHIR sync, until cancelled."""
     runner = JobRunner(queue, handlers(archive, dimse), settings.lease, settings.poll_interval)
 
     async def queue_cleanup() -> None:
         await archive.operations.start(str(JobType.BLOB_CLEANUP), singleton=True)
 
+    webhooks = archive.webhooks.settings
     fhir = [run_fhir_sync(archive.fhir, settings.fhir_poll_interval)] if archive.fhir else []
     await asyncio.gather(
         every(settings.cleanup_interval, queue_cleanup),
         *(runner.run_forever() for _ in range(settings.concurrency)),
+        run_webhooks(archive.webhooks, webhooks.concurrency, webhooks.poll_interval),
         *fhir,
     )

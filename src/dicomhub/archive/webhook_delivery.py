@@ -1,0 +1,197 @@
+"""One delivery step of one webhook subscription, under its lease (see archive/webhooks.py).
+
+In order: the dead letters an administrator asked to replay; the StudyStable events of the
+studies whose quiet period has passed; then the change feed after the cursor, one batch, each
+event the subscription wants POSTed and the cursor moved after it. Every record of progress is
+conditional on the lease, so a node that lost it (it stalled past the lease, another took over)
+stops at once instead of delivering out of order beside the new holder.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dicomhub.clock import utcnow
+from dicomhub.model import DeadLetter, EventSource, Subscription
+from dicomhub.webhooks import events
+from dicomhub.webhooks.client import DeliveryFailed
+
+if TYPE_CHECKING:
+    from dicomhub.archive.webhooks import WebhookService
+
+log = logging.getLogger(__name__)
+
+
+class Delivery:
+    def __init__(self, service: WebhookService, subscription: Subscription, owner: str):
+        self.service = service
+        self.index = service.index
+        self.settings = service.settings
+        self.root = service.settings.service_root
+        self.subscription = subscription
+        self.id = subscription.id
+        self.owner = owner
+        self.cursor = subscription.sequence  # recorded in the index
+        self.passed = subscription.sequence  # filtered out up to here, not yet recorded
+        self.marks: dict[tuple[str, str], tuple[int, datetime]] = {}  # not yet recorded
+        self.failing_since = subscription.failing_since
+        self.attempts = subscription.attempts  # failed attempts at the next event
+        self.quiet = timedelta(seconds=self.settings.study_stable_after)
+
+    def lease_until(self) -> datetime:
+        return utcnow() + self.service.lease
+
+    async def run(self) -> bool:
+        """True when the batch was full and delivered (more may follow at once)."""
+        if not await self._replays() or not await self._stable_studies():
+            return False
+        batch = self.settings.batch_size
+        changes = await self.index.events_after(self.cursor, batch)
+        types, filter = self.subscription.event_types, self.subscription.filter
+        for change in changes:
+            if events.marks_stable(change, types, filter):
+                key = (change.id.partition, change.id.study)
+                self.marks[key] = (change.sequence, change.timestamp + self.quiet)
+            if not events.matches(change, types, filter):
+                self.passed = change.sequence
+                continue
+            if not await self._deliver(change):
+                return False
+        if self.passed > self.cursor or self.marks:
+            if not await self._record(self.passed, 0):
+                return False
+        return len(changes) == batch
+
+    # -- the change feed -----------------------------------------------------------------------
+
+    async def _deliver(self, change: EventSource) -> bool:
+        """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""
+        event = events.event_of(change, self.root)
+        body = events.body(event, self.subscription.schema, self.root)
+        try:
+            await self.service.send(self.subscription, event.id, body)
+        except DeliveryFailed as exc:
+            return await self._failed(event, change.sequence, body, str(exc), None)
+        return await self._record(change.sequence, 1)
+
+    async def _record(self, sequence: int, count: int, upto: int = 0) -> bool:
+        """Move the cursor (with the studies marked for StudyStable on the way, up to
+        ``upto`` when that is further)."""
+        upto = max(sequence, upto)
+        marks = [(p, s, seq, due) for (p, s), (seq, due) in self.marks.items() if seq <= upto]
+        held = await self.index.subscription_delivered(
+            self.id, self.owner, sequence, count, self.lease_until(), marks
+        )
+        if not held:
+            return self._lost()
+        for partition, study, *_ in marks:
+            del self.marks[(partition, study)]
+        self.cursor = self.passed = sequence
+        self.failing_since, self.attempts = None, 0
+        return True
+
+    # -- StudyStable ---------------------------------------------------------------------------
+
+    async def _stable_studies(self) -> bool:
+        if events.STUDY_STABLE not in self.subscription.event_types:
+            return True
+        now = utcnow()
+        due = await self.index.due_stable_studies(self.id, now, self.settings.batch_size)
+        for partition, study, sequence, _ in due:
+            count, latest, last = await self.index.study_state(partition, study)
+            if count == 0:  # the study is gone: nothing is stable
+                held = await self.index.stable_done(
+                    self.id, self.owner, partition, study, sequence, 0, self.lease_until()
+                )
+                if not held:
+                    return self._lost()
+                continue
+            if latest is not None and (latest + self.quiet > now or last > self.cursor):
+                # new instances since, or changes of it that delivery has not passed yet
+                later = max(latest + self.quiet, now + self.quiet / 2)
+                await self.index.postpone_stable(self.id, partition, study, sequence, later)
+                continue
+            event = events.stable_event(partition, study, sequence, now, self.root)
+            body = events.body(event, self.subscription.schema, self.root)
+            try:
+                await self.service.send(self.subscription, event.id, body)
+            except DeliveryFailed as exc:
+                return await self._failed(event, sequence, body, str(exc), (partition, study))
+            held = await self.index.stable_done(
+                self.id, self.owner, partition, study, sequence, 1, self.lease_until()
+            )
+            if not held:
+                return self._lost()
+            self.failing_since, self.attempts = None, 0
+        return True
+
+    # -- failures and replays ------------------------------------------------------------------
+
+    async def _failed(
+        self,
+        event: events.Event,
+        sequence: int,
+        body: bytes,
+        error: str,
+        stable: tuple[str, str] | None,
+    ) -> bool:
+        """A failed attempt: retry later (False), or past the retry window, dead-letter the
+        event and go on (True; the following events get one attempt each until one is taken)."""
+        now = utcnow()
+        since = self.failing_since or now
+        window = timedelta(seconds=self.settings.retry_window)
+        attempts = self.attempts + 1
+        if now - since >= window:
+            if stable is None and not await self._record(self.passed, 0, upto=sequence):
+                return False  # the studies marked so far first: the cursor moves past them
+            letter = DeadLetter(
+                self.id, event.id, sequence, event.type, body.decode(), error, attempts, now, False
+            )
+            log.warning(
+                "webhook %s: event %s dead-lettered after %d attempts: %s",
+                self.id,
+                event.id,
+                attempts,
+                error,
+            )
+            if not await self.index.dead_letter(
+                self.id, self.owner, letter, self.lease_until(), stable
+            ):
+                return self._lost()
+            self.service.observe("dead_lettered", None)
+            if stable is None:
+                self.cursor = self.passed = sequence
+            self.failing_since, self.attempts = since, 0
+            return True
+        backoff = now + timedelta(seconds=self.service.backoff(attempts))
+        retry_at = max(now, min(backoff, since + window))
+        await self.index.subscription_failed(self.id, self.owner, now, error, retry_at)
+        log.info(
+            "webhook %s: event %s not delivered (%s); retry at %s",
+            self.id,
+            event.id,
+            error,
+            retry_at.isoformat(),
+        )
+        return False
+
+    async def _replays(self) -> bool:
+        for letter in await self.index.pending_replays(self.id, self.settings.batch_size):
+            try:
+                await self.service.send(self.subscription, letter.event_id, letter.body.encode())
+            except DeliveryFailed as exc:
+                log.info("webhook %s: replay of %s failed: %s", self.id, letter.event_id, exc)
+                await self.index.replay_failed(self.id, letter.event_id, str(exc), utcnow())
+                self.service.observe("replay_failed", None)
+            else:
+                await self.index.replayed(self.id, letter.event_id)
+                self.service.observe("replayed", None)
+            if not await self.index.renew_subscription(self.id, self.owner, self.lease_until()):
+                return self._lost()
+        return True
+
+    def _lost(self) -> bool:
+        log.warning("webhook %s: the lease was lost to another node", self.id)
+        return False

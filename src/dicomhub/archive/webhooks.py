@@ -1,0 +1,291 @@
+"""Webhook subscriptions (issue 23): managed by administrators, delivered by leased workers.
+
+The change feed is the outbox. A change-feed entry is written in the transaction of its change,
+so there is no event without its change and no change without its event, and a store writes
+nothing more. Each subscription keeps the sequence it has delivered up to; a delivery step
+(``step``, run by any node's workers) takes the lease of a subscription that is due, reads the
+feed after its cursor and POSTs the events it wants, one at a time, in order, moving the cursor
+after each. A receiver that fails gets the same event again after a backoff (exponential, with
+jitter) until the retry window has passed since its first failure; the event is then kept as a
+dead letter (replayable) and delivery moves on, each following event getting one attempt until
+one is taken again. Delivery is at least once: the event id (the change-feed sequence) is the
+idempotency key a receiver sees again if a step dies between sending and recording. The
+delivery step itself is ``webhook_delivery.Delivery``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+from dicomhub.archive.webhook_delivery import Delivery
+from dicomhub.clock import monotonic, utcnow
+from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.model import DeadLetter, Subscription
+from dicomhub.settings_groups import Webhooks as WebhookSettings
+from dicomhub.storage.protocols import ChangeFeed, Webhooks
+from dicomhub.webhooks import events, signing
+from dicomhub.webhooks.client import DeliveryFailed, WebhookClient
+from dicomhub.webhooks.targets import TargetRefused, check_target
+
+log = logging.getLogger(__name__)
+
+FIELDS = {"url", "eventTypes", "filter", "secret", "schema", "state"}
+STATES = ("active", "paused")  # what an administrator sets ("failing" is the delivery's)
+
+
+class WebhookIndex(Webhooks, ChangeFeed, Protocol):
+    """What the webhooks use of the index: their subscriptions and the change feed."""
+
+
+class WebhookService:
+    def __init__(self, index: WebhookIndex, settings: WebhookSettings):
+        self.index = index
+        self.settings = settings
+        self.lease = timedelta(seconds=settings.lease)
+        self._client: WebhookClient | None = None
+        # told of each attempt (outcome, seconds) and dead letter (seconds None): the
+        # composition root connects the metrics (telemetry/instruments.webhook)
+        self.observe: Callable[[str, float | None], None] = lambda outcome, seconds: None
+
+    # -- administration ------------------------------------------------------------------------
+
+    async def create(self, body: Any) -> Subscription:
+        """A new subscription from a request body; it gets the changes made from now on. Its
+        secret is the body's, else a new one (the caller sees it once, in the answer)."""
+        fields = _fields(body)
+        if "url" not in fields:
+            raise InvalidRequest("a subscription needs a url")
+        now = utcnow()
+        latest = await self.index.latest_change(include_metadata=False)
+        subscription = Subscription(
+            id=str(uuid.uuid4()),
+            url="",
+            event_types=events.IMAGE_TYPES,
+            filter={},
+            secret=signing.new_secret(),
+            schema="cloudevents",
+            paused=False,
+            created=now,
+            updated=now,
+            sequence=latest.sequence if latest else 0,
+            delivered=0,
+            attempts=0,
+            failing_since=None,
+            next_attempt=now,
+            last_error=None,
+            holder=None,
+        )
+        subscription = await self._apply(subscription, fields)
+        await self.index.create_subscription(subscription)
+        return subscription
+
+    async def get(self, id: str) -> Subscription:
+        found = await self.index.subscription(id)
+        if found is None:
+            raise NotFound(f"no webhook subscription {id}")
+        return found
+
+    async def listing(self) -> list[Subscription]:
+        return await self.index.subscriptions()
+
+    async def update(self, id: str, body: Any) -> Subscription:
+        """Change what the body names (a partial update); ``state`` pauses or resumes."""
+        fields = _fields(body)
+        changed = await self._apply(await self.get(id), fields)
+        now = utcnow()
+        changed = dataclasses.replace(changed, updated=now, next_attempt=now)
+        if not await self.index.update_subscription(changed):
+            raise NotFound(f"no webhook subscription {id}")
+        return await self.get(id)
+
+    async def delete(self, id: str) -> None:
+        if not await self.index.delete_subscription(id):
+            raise NotFound(f"no webhook subscription {id}")
+
+    async def deadletters(self, id: str, offset: int, limit: int) -> list[DeadLetter]:
+        await self.get(id)
+        return await self.index.deadletters(id, offset, limit)
+
+    async def count_deadletters(self, id: str) -> int:
+        return await self.index.count_deadletters(id)
+
+    async def replay(self, id: str, event_id: str) -> None:
+        """Have a dead letter delivered again by the subscription's next delivery step (once:
+        refused again, it stays in the list with the new error)."""
+        await self.get(id)
+        if not await self.index.replay_deadletter(id, event_id, utcnow()):
+            raise NotFound(f"subscription {id} has no dead letter {event_id}")
+
+    async def status(self) -> list[tuple[str, str, int, int, int]]:
+        """(id, state, lag, delivered, dead letters) of each subscription (for the metrics)."""
+        latest = await self.latest_sequence()
+        return [
+            (
+                s.id,
+                s.state,
+                max(0, latest - s.sequence),
+                s.delivered,
+                await self.index.count_deadletters(s.id),
+            )
+            for s in await self.index.subscriptions()
+        ]
+
+    # -- the live stream -------------------------------------------------------------------------
+
+    async def latest_sequence(self) -> int:
+        latest = await self.index.latest_change(include_metadata=False)
+        return latest.sequence if latest else 0
+
+    async def stream(
+        self, after: int, event_types: tuple[str, ...], filter: dict[str, tuple[str, ...]]
+    ) -> tuple[int, list[tuple[str, str, bytes]]]:
+        """The next events after sequence ``after`` that pass, as the live stream sends them:
+        the sequence read up to, and (id, type, CloudEvent JSON) of each."""
+        changes = await self.index.events_after(after, self.settings.batch_size)
+        root = self.settings.service_root
+        out = []
+        for change in changes:
+            if events.matches(change, event_types, filter):
+                event = events.event_of(change, root)
+                out.append((event.id, event.type, events.body(event, "cloudevents", root)))
+        return (changes[-1].sequence if changes else after), out
+
+    def stream_query(
+        self, event_types: str | None, filters: dict[str, str]
+    ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """The event types (comma-separated; default the image events) and filters (each
+        value comma-separated) of a stream request; InvalidRequest when bad."""
+        types = (
+            _event_types([t.strip() for t in event_types.split(",")])
+            if event_types is not None
+            else events.IMAGE_TYPES
+        )
+        if events.STUDY_STABLE in types:
+            raise InvalidRequest(
+                f"the live stream sends the change feed's events, not {events.STUDY_STABLE}"
+            )
+        return types, _filter({k: v.split(",") for k, v in filters.items()})
+
+    async def _apply(self, subscription: Subscription, fields: dict[str, Any]) -> Subscription:
+        """``subscription`` with the fields of a request body, each checked (InvalidRequest)."""
+        changes: dict[str, Any] = {}
+        if "url" in fields:
+            url = fields["url"]
+            if not isinstance(url, str):
+                raise InvalidRequest("url is a string")
+            try:
+                await check_target(url, self.settings.allow_private)
+            except TargetRefused as exc:
+                raise InvalidRequest(f"url: {exc}") from None
+            changes["url"] = url
+        if "eventTypes" in fields:
+            changes["event_types"] = _event_types(fields["eventTypes"])
+        if "filter" in fields:
+            changes["filter"] = _filter(fields["filter"])
+        if "secret" in fields:
+            secret = fields["secret"]
+            try:
+                signing.key_of(secret if isinstance(secret, str) else "")
+            except ValueError as exc:
+                raise InvalidRequest(f"secret: {exc}") from None
+            changes["secret"] = secret
+        if "schema" in fields:
+            if fields["schema"] not in events.SCHEMAS:
+                raise InvalidRequest(f"schema is one of {', '.join(events.SCHEMAS)}")
+            changes["schema"] = fields["schema"]
+        if "state" in fields:
+            if fields["state"] not in STATES:
+                raise InvalidRequest(f"state is one of {', '.join(STATES)}")
+            changes["paused"] = fields["state"] == "paused"
+        return dataclasses.replace(subscription, **changes)
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def step(self, owner: str) -> bool:
+        """Deliver what one due subscription has pending (its replays, its stable studies,
+        then the feed after its cursor, one batch); False when none was due."""
+        now = utcnow()
+        subscription = await self.index.claim_subscription(owner, now, now + self.lease)
+        if subscription is None:
+            return False
+        more = False
+        try:
+            more = await Delivery(self, subscription, owner).run()
+        finally:
+            wait = 0 if more else self.settings.poll_interval
+            await self.index.release_subscription(
+                subscription.id, owner, utcnow() + timedelta(seconds=wait)
+            )
+        return True
+
+    async def send(self, subscription: Subscription, id: str, body: bytes) -> None:
+        """POST one event; raises DeliveryFailed (a refused target too: a host may resolve to
+        another address than when the subscription was made)."""
+        try:
+            await check_target(subscription.url, self.settings.allow_private)
+        except TargetRefused as exc:
+            raise DeliveryFailed(str(exc)) from None
+        if self._client is None:
+            self._client = WebhookClient(self.settings.timeout)
+        schema = "eventgrid" if body[:1] == b"[" else "cloudevents"  # as it was built
+        started = monotonic()
+        try:
+            await self._client.send(subscription.url, subscription.secret, id, schema, body)
+        except DeliveryFailed:
+            self.observe("failed", monotonic() - started)
+            raise
+        self.observe("delivered", monotonic() - started)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``: doubling from 1 s up to the maximum, the
+        upper half of it at random (so that receivers coming back are not hit all at once)."""
+        delay = min(self.settings.max_backoff, 2.0 ** min(attempts - 1, 30))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def _fields(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("a subscription is a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown subscription fields: {', '.join(unknown)}")
+    return body
+
+
+def _event_types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest("eventTypes is a non-empty list of event types")
+    unknown = sorted(set(value) - set(events.EVENT_TYPES))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown event types {', '.join(unknown)} (known: {', '.join(events.EVENT_TYPES)})"
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def _filter(value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"filter is an object of {', '.join(events.FILTERS)}")
+    out = {}
+    for field, wanted in value.items():
+        if field not in events.FILTERS:
+            raise InvalidRequest(f"unknown filter {field!r} (known: {', '.join(events.FILTERS)})")
+        values = [wanted] if isinstance(wanted, str) else wanted
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) and v.strip() for v in values)
+        ):
+            raise InvalidRequest(f"filter {field} is a value or a non-empty list of values")
+        out[field] = tuple(v.strip() for v in values)
+    return out

@@ -1,0 +1,75 @@
+"""The live event stream (non-standard; issue 23 point 4): the webhooks' image events as
+Server-Sent Events, for dashboards and scripts, with the read data action.
+
+``GET /v{n}/events`` streams the events of the changes after a sequence (``after``, or the
+``Last-Event-ID`` header a reconnecting EventSource sends; default: from now on), each as one
+SSE message (``id``: the change-feed sequence, ``event``: its type, ``data``: the CloudEvent
+JSON). Optional ``eventTypes``, ``partition``, ``modality`` and ``sopClassUid`` (comma-separated
+values) filter as a subscription's do. A stream ends after ``--event-stream-seconds``: the
+client resumes from the last id it got, missing nothing (so a server shutting down is not held
+by open streams); a comment line every few seconds keeps proxies from closing a quiet one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from dicomhub.clock import monotonic
+from dicomhub.errors import InvalidRequest
+from dicomhub.web.common import MAX_OFFSET, archive, param
+
+KEEPALIVE = 10.0  # seconds without an event before a comment line is sent
+SEQUENCE = re.compile(r"[0-9]{1,16}", re.ASCII)
+FILTERS = ("partition", "modality", "sopClassUid")
+
+
+async def stream(request: Request) -> StreamingResponse:
+    service = archive(request).webhooks
+    query = request.query_params
+    types, filter = service.stream_query(
+        param(query, "eventTypes"),
+        {k: v for k in FILTERS if (v := param(query, k)) is not None},
+    )
+    after = _after(request)
+    if after is None:
+        after = await service.latest_sequence()
+    settings = service.settings
+
+    async def messages(after: int) -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"  # reconnect after a second when the stream ends
+        started = last_sent = monotonic()
+        while monotonic() - started < settings.stream_seconds:
+            after, found = await service.stream(after, types, filter)
+            for id, type, body in found:
+                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (id.encode(), type.encode(), body)
+                last_sent = monotonic()
+            if found:
+                continue
+            if monotonic() - last_sent >= KEEPALIVE:
+                yield b": keepalive\n\n"
+                last_sent = monotonic()
+            await asyncio.sleep(settings.poll_interval)
+
+    return StreamingResponse(
+        messages(after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _after(request: Request) -> int | None:
+    """The sequence to stream after: ``after``, else ``Last-Event-ID``, else None (now)."""
+    raw = param(request.query_params, "after")
+    name = "after"
+    if raw is None:
+        raw, name = request.headers.get("last-event-id"), "Last-Event-ID"
+    if raw is None or (name != "after" and not raw.strip()):
+        return None
+    if not SEQUENCE.fullmatch(raw.strip()) or int(raw) > MAX_OFFSET:
+        raise InvalidRequest(f"{name} is a change-feed sequence number, not {raw[:40]!r}")
+    return int(raw)

@@ -1,0 +1,146 @@
+"""The events a subscription gets, as Azure's DICOM service publishes them to Event Grid
+(reference 9.3: types and data fields), in CloudEvents 1.0 structured JSON or the Event Grid
+schema. Pure: values in, bytes out.
+
+An event's id is its change-feed sequence: the idempotency key a receiver sees again when a
+delivery is repeated (at-least-once), the same for every subscription. A StudyStable event
+(dicomhub's own) is named after the study's last change: ``{sequence}.stable``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from dicomhub.clock import isoformat
+from dicomhub.model import Action, EventSource
+
+PREFIX = "Microsoft.HealthcareApis."
+CREATED = PREFIX + "DicomImageCreated"
+UPDATED = PREFIX + "DicomImageUpdated"
+DELETED = PREFIX + "DicomImageDeleted"
+IMAGE_TYPES = (CREATED, UPDATED, DELETED)  # a subscription's default
+# no new instance in a study for the quiet period (--webhook-study-stable-after): once, and
+# again only after new instances arrive
+STUDY_STABLE = "dicomhub.StudyStable"
+EVENT_TYPES = (*IMAGE_TYPES, STUDY_STABLE)
+BY_ACTION = {Action.CREATE: CREATED, Action.UPDATE: UPDATED, Action.DELETE: DELETED}
+SCHEMAS = ("cloudevents", "eventgrid")
+MEDIA_TYPES = {
+    "cloudevents": "application/cloudevents+json; charset=utf-8",
+    "eventgrid": "application/json; charset=utf-8",
+}
+# filter field -> what of an event it matches (any of its values; case-insensitive)
+FILTERS = ("partition", "modality", "sopClassUid")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    time: datetime
+    subject: str
+    data: dict
+
+
+def event_of(change: EventSource, root: str) -> Event:
+    """The event of a change-feed entry; ``root``: this server's base URL (its host is the
+    serviceHostName, as in Azure's events)."""
+    host = urlsplit(root).netloc or root
+    i = change.id
+    return Event(
+        id=str(change.sequence),
+        type=BY_ACTION[change.action],
+        time=change.timestamp,
+        subject=f"{host}/v2/studies/{i.study}/series/{i.series}/instances/{i.sop}",
+        data={
+            "partitionName": i.partition,
+            "imageStudyInstanceUid": i.study,
+            "imageSeriesInstanceUid": i.series,
+            "imageSopInstanceUid": i.sop,
+            "serviceHostName": host,
+            "sequenceNumber": change.sequence,
+        },
+    )
+
+
+def stable_event(partition: str, study: str, sequence: int, time: datetime, root: str) -> Event:
+    """The StudyStable event of a study whose last change is ``sequence``; ``time``: when it
+    became stable."""
+    host = urlsplit(root).netloc or root
+    return Event(
+        id=f"{sequence}.stable",
+        type=STUDY_STABLE,
+        time=time,
+        subject=f"{host}/v2/studies/{study}",
+        data={
+            "partitionName": partition,
+            "imageStudyInstanceUid": study,
+            "serviceHostName": host,
+            "sequenceNumber": sequence,
+        },
+    )
+
+
+def body(event: Event, schema: str, root: str) -> bytes:
+    """The request body of one delivery: a CloudEvent (structured mode), or an Event Grid
+    array of one event."""
+    if schema == "eventgrid":
+        document: object = [
+            {
+                "id": event.id,
+                "topic": root,
+                "subject": event.subject,
+                "data": event.data,
+                "eventType": event.type,
+                "dataVersion": "1",
+                "metadataVersion": "1",
+                "eventTime": isoformat(event.time),
+            }
+        ]
+    else:
+        document = {
+            "specversion": "1.0",
+            "id": event.id,
+            "source": root,
+            "type": event.type,
+            "time": isoformat(event.time),
+            "subject": event.subject,
+            "datacontenttype": "application/json",
+            "data": event.data,
+        }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def marks_stable(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
+    """Whether the change (a new instance, or a new version of one) starts a subscription's
+    wait for its study to be stable: the study's StudyStable is asked for and the instance
+    passes the filter."""
+    return (
+        STUDY_STABLE in event_types
+        and change.action is not Action.DELETE
+        and passes(change, filter)
+    )
+
+
+def matches(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
+    """Whether a subscription wants the change. A filter on an attribute the entry no longer
+    has (a deleted instance's modality and SOP class) lets it through: a receiver is told of
+    the deletion of anything it may have been told of."""
+    return BY_ACTION[change.action] in event_types and passes(change, filter)
+
+
+def passes(change: EventSource, filter: dict) -> bool:
+    """Whether the change passes the subscription's filter (see ``matches``)."""
+    values = {
+        "partition": change.id.partition,
+        "modality": change.modality,
+        "sopClassUid": change.sop_class,
+    }
+    for field, wanted in filter.items():
+        value = values[field]
+        if wanted and value is not None and value.upper() not in {w.upper() for w in wanted}:
+            return False
+    return True
