@@ -491,6 +491,17 @@ def test_pure_parts():
     assert events.matches(change, events.IMAGE_TYPES, {"sopClassUid": ("1.2",)})  # unknown
     assert not events.matches(change, (events.CREATED,), {})
     assert not events.matches(change, events.IMAGE_TYPES, {"partition": ("other",)})
+    root = "http://dicom.example:8080/v2"
+    assert (
+        events.event_of(change, root).subject
+        == "dicom.example:8080/v2/studies/1/series/2/instances/3"
+    )
+    elsewhere = EventSource(
+        8, datetime.now(UTC), Action.CREATE, InstanceId("1", "2", "3", "p-1"), "CT", None
+    )
+    assert events.event_of(elsewhere, root).subject.startswith(
+        "dicom.example:8080/v2/partitions/p-1/studies/1/"
+    )
     assert not events.marks_stable(change, events.EVENT_TYPES, {})
     secret = signing.new_secret()
     assert len(signing.key_of(secret)) == 32

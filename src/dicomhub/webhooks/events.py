@@ -15,7 +15,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from dicomhub.clock import isoformat
-from dicomhub.model import Action, EventSource
+from dicomhub.model import DEFAULT_PARTITION, Action, EventSource
 
 PREFIX = "Microsoft.HealthcareApis."
 CREATED = PREFIX + "DicomImageCreated"
@@ -45,6 +45,12 @@ class Event:
     data: dict
 
 
+def _root(host: str, partition: str) -> str:
+    """The DICOMweb root an event's subject is under: the partition's, but for the default."""
+    within = "" if partition == DEFAULT_PARTITION else f"/partitions/{partition}"
+    return f"{host}/v2{within}"
+
+
 def event_of(change: EventSource, root: str) -> Event:
     """The event of a change-feed entry; ``root``: this server's base URL (its host is the
     serviceHostName, as in Azure's events)."""
@@ -54,7 +60,7 @@ def event_of(change: EventSource, root: str) -> Event:
         id=str(change.sequence),
         type=BY_ACTION[change.action],
         time=change.timestamp,
-        subject=f"{host}/v2/studies/{i.study}/series/{i.series}/instances/{i.sop}",
+        subject=f"{_root(host, i.partition)}/studies/{i.study}/series/{i.series}/instances/{i.sop}",
         data={
             "partitionName": i.partition,
             "imageStudyInstanceUid": i.study,
@@ -74,7 +80,7 @@ def stable_event(partition: str, study: str, sequence: int, time: datetime, root
         id=f"{sequence}.stable",
         type=STUDY_STABLE,
         time=time,
-        subject=f"{host}/v2/studies/{study}",
+        subject=f"{_root(host, partition)}/studies/{study}",
         data={
             "partitionName": partition,
             "imageStudyInstanceUid": study,
