@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -394,3 +395,32 @@ def test_dimse_partitions_need_data_partitions(tmp_path):
         timeout=120,
     )
     assert done.returncode != 0 and "--dimse-partitions needs --data-partitions true" in done.stderr
+
+
+def test_the_log_line_of_a_request_names_its_partition(tmp_path):
+    log = tmp_path / "server.log"
+    settings = {"data_partitions": "true", "log_format": "json", "access_log": "true"}
+    with running_server(tmp_path / "data", log=log, **settings) as (url, _):
+        body = multipart(file("clinic-a"))
+        r = httpx.post(
+            f"{url}/v2/partitions/clinic-a/studies",
+            content=body,
+            headers={"Content-Type": MULTIPART, "X-Request-Id": "stow-in-a"},
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.get(f"{url}/v2/studies", headers={"X-Request-Id": "search-default"})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 20  # the line is written just after the answer
+        while True:
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+            mine = {
+                x["request_id"]: x
+                for x in lines
+                if x.get("request_id") in ("stow-in-a", "search-default")
+            }
+            if len(mine) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert mine["stow-in-a"]["partition"] == "clinic-a"
+    assert mine["stow-in-a"]["route"] == "/v2/partitions/{partition}/studies"
+    assert mine["search-default"]["partition"] is None

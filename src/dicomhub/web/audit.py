@@ -29,7 +29,15 @@ from dicomhub.dicom.uids import require_uid
 from dicomhub.errors import InvalidRequest
 from dicomhub.model import ACTIONS, READ, AuditEntry, AuditQuery
 from dicomhub.telemetry import instruments
-from dicomhub.web.common import REQUEST_ID, ZEROCOPY, archive, page, param, time_param
+from dicomhub.web.common import (
+    PARTITION,
+    REQUEST_ID,
+    ZEROCOPY,
+    archive,
+    page,
+    param,
+    time_param,
+)
 from dicomhub.web.errors import problem
 
 HEADER_PREFIXES = (b"x-dicomhub-audit-", b"x-ms-azuredicom-audit-")
@@ -229,7 +237,7 @@ def _request_line(scope: Scope, route: str, status: int, seconds: float, rid: st
             "status": status,
             "duration_ms": duration,
             "user": principal.subject if principal else None,
-            "partition": None,  # there are no partitions yet
+            "partition": scope.get(PARTITION),  # a route under /partitions/{name}: its name
         },
     )
 

@@ -1,9 +1,10 @@
 """Data partitions (as Microsoft's server, its reference section 10): with ``--data-partitions
-true``, the DICOMweb routes of studies (STOW and upsert, QIDO, WADO, rendered, delete) also
-exist under ``/v{n}/partitions/{name}/``, each name its own UID namespace; the routes without it
-are the default partition's (``Microsoft.Default``). A store to a new name creates the
-partition; ``GET /v{n}/partitions`` lists them. Off (the default), every partition route
-answers 400, as Microsoft's does.
+true``, the routes ``has_partitions`` names also exist under ``/v{n}/partitions/{name}/``, each
+name its own UID namespace; the routes without it are the default partition's
+(``Microsoft.Default``). A store of instances to a new name creates the partition; ``GET
+/v{n}/partitions`` lists them. Off (the default), every partition route answers 400, as
+Microsoft's does. Roles may be limited to partitions (web/access), DIMSE callers given one
+(dimse/callers).
 """
 
 from __future__ import annotations
