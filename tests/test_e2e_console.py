@@ -17,7 +17,6 @@ import io
 import os
 import shutil
 import threading
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,10 +33,10 @@ from tests.dicomfiles import read
 from tests.helpers import MULTIPART, multipart, store_files
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance
-from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn
+from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn, wait_for
+from tests.test_e2e_ohif import page_text as text
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
-WAIT = 60
 FILES = {  # patient name: (file, modality), each its own study
     "CONSOLE^CT": "CT_small.dcm",
     "CONSOLE^MR": "MR_small.dcm",
@@ -95,28 +94,6 @@ def served(browser, tmp_path_factory):
             studies[name], body = _study(name, file, f"2024010{n + 1}")
             store_files(url, body)
         yield url, studies
-
-
-def wait_for(what: str, condition, timeout: float = WAIT):
-    """``condition()``'s first true value, asked until ``timeout`` seconds have passed (an
-    element redrawn while it was read counts as not yet)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except StaleElementReferenceException:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s")
-        time.sleep(0.2)
-
-
-def text(driver) -> str:
-    return driver.execute_script("return document.body ? document.body.innerText : ''")
 
 
 def css(driver, selector: str):

@@ -153,15 +153,21 @@ def served(browser, other_origin, tmp_path_factory):
 
 
 def wait_for(what: str, condition, timeout: float = WAIT):
-    """``condition()``'s first true value, asked until ``timeout`` seconds have passed."""
+    """``condition()``'s first true value, asked until ``timeout`` seconds have passed (an
+    element redrawn while it was read counts as not yet). The console's tests use it too."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} after {timeout} s")
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def page_text(driver) -> str:
