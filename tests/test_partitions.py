@@ -424,3 +424,26 @@ def test_the_log_line_of_a_request_names_its_partition(tmp_path):
     assert mine["stow-in-a"]["partition"] == "clinic-a"
     assert mine["stow-in-a"]["route"] == "/v2/partitions/{partition}/studies"
     assert mine["search-default"]["partition"] is None
+
+
+def test_extended_query_tags_search_within_a_partition(partitioned):
+    """An extended query tag indexes every partition's instances (tags are the server's); a
+    search by it finds only the partition's own."""
+    client = partitioned
+    r = client.post("/v2/extendedquerytags", json=[{"path": "PatientWeight", "level": "Study"}])
+    assert r.status_code == 202, r.text
+    run_jobs(client)
+    assert client.get("/v2/extendedquerytags/PatientWeight").json()["status"] == "Ready"
+    for partition, weight in (("Microsoft.Default", "70"), ("clinic-a", "80")):
+        body = instance(STUDY, SERIES, SOP, PatientWeight=weight, PatientName=NAMES[partition])
+        assert stow(client, partition, body).status_code == 200
+    for partition, weight in (("Microsoft.Default", "70"), ("clinic-a", "80")):
+        for asked, found in ((weight, 1), ("75", 0)):
+            r = client.get(f"{prefix(partition)}/studies", params={"PatientWeight": asked})
+            assert r.status_code in (200, 204), r.text
+            got = r.json() if r.status_code == 200 else []
+            assert len(got) == found, (partition, asked)
+            if found:
+                assert got[0]["00100010"]["Value"][0]["Alphabetic"] == NAMES[partition]
+    other = client.get(f"{prefix('clinic-a')}/studies", params={"PatientWeight": "70"})
+    assert other.status_code == 204 or other.json() == []
