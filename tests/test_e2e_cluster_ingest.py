@@ -168,6 +168,6 @@ def test_eight_clients_on_two_nodes_store_5x_what_one_client_does(tmp_path):
             return clients * requests * per_request / (time.perf_counter() - start)
 
         rate(8)  # warm-up: pool connections opened, statements prepared, versions reserved
-        rounds = [(rate(1), rate(8)) for _ in range(3)]
+        rounds = [(rate(1), rate(8)) for _ in range(5)]  # the best of each: a busy machine
     one, eight = max(r[0] for r in rounds), max(r[1] for r in rounds)
     assert eight >= 5 * one, f"1 client: {one:.0f}/s, 8 clients: {eight:.0f}/s"
