@@ -15,8 +15,6 @@ from dicomhub.model import (
     AuditEntry,
     AuditQuery,
     ChangeFeedEntry,
-    DeadLetter,
-    EventSource,
     ExtendedTagError,
     NewInstance,
     Operation,
@@ -24,10 +22,10 @@ from dicomhub.model import (
     Scope,
     StoredInstance,
     StoredWorkitem,
-    Subscription,
     SyncFailure,
     SyncState,
 )
+from dicomhub.storage.webhook_protocol import Webhooks
 
 
 class AuditSink(Protocol):
@@ -464,121 +462,6 @@ class WorkitemEvents(Protocol):
 
     async def report_to_every_subscriber(self, report: str, now: datetime) -> int:
         """Queue ``report`` to every AE title with a subscription; how many."""
-
-
-class Webhooks(Protocol):
-    """Webhook subscriptions (see storage/webhook_ops.py). The change feed is their outbox:
-    each keeps the sequence delivered up to, events are read from the feed after it, and a
-    store writes nothing for them. A lease on a subscription lets one node at a time deliver
-    to it, in order; only the holder records progress."""
-
-    async def create_subscription(self, subscription: Subscription) -> None: ...
-
-    async def subscription(self, id: str) -> Subscription | None: ...
-
-    async def subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
-
-    async def update_subscription(self, subscription: Subscription) -> bool:
-        """Replace its URL, event types, filter, secret, schema, paused flag and next
-        attempt; False when there is no such subscription."""
-
-    async def delete_subscription(self, id: str) -> bool:
-        """Remove it and its dead letters; False when there was none."""
-
-    async def claim_subscription(
-        self, owner: str, now: datetime, lease_until: datetime
-    ) -> Subscription | None:
-        """Take the lease of the unpaused subscription whose delivery is due first (no live
-        lease on it); concurrent claimers never get the same one."""
-
-    async def subscription_delivered(
-        self,
-        id: str,
-        owner: str,
-        sequence: int,
-        count: int,
-        lease_until: datetime,
-        marks: list[tuple[str, str, int, datetime]] = (),
-    ) -> bool:
-        """Move the cursor to ``sequence`` (``count`` more events delivered), clear the
-        failures, keep the lease and, in the same transaction, mark the studies passed for
-        their StudyStable event (``marks``: partition, study, its last change, when it is due);
-        False, nothing done, when the lease was lost."""
-
-    async def renew_subscription(self, id: str, owner: str, lease_until: datetime) -> bool:
-        """Keep the lease; False when it was lost."""
-
-    async def subscription_failed(
-        self, id: str, owner: str, now: datetime, error: str, retry_at: datetime
-    ) -> int | None:
-        """Record a failed attempt at the next event, to retry at ``retry_at``; the failed
-        attempts so far, None when the lease was lost."""
-
-    async def dead_letter(
-        self,
-        id: str,
-        owner: str,
-        letter: DeadLetter,
-        lease_until: datetime,
-        stable: tuple[str, str] | None = None,
-    ) -> bool:
-        """Keep ``letter`` and move the cursor past its sequence (a StudyStable's, of
-        ``stable``: forget the study instead), in one transaction; False (nothing done) when
-        the lease was lost."""
-
-    async def due_stable_studies(
-        self, id: str, now: datetime, limit: int
-    ) -> list[tuple[str, str, int, datetime]]:
-        """(partition, study, last change passed, due) of the marked studies due by ``now``."""
-
-    async def study_state(
-        self, partition: str, study: str
-    ) -> tuple[int, datetime | None, int | None]:
-        """(instances it holds, time and sequence of its last change adding one: a sequence
-        larger than any when that change is not numbered yet)."""
-
-    async def postpone_stable(
-        self, id: str, partition: str, study: str, sequence: int, due: datetime
-    ) -> None: ...
-
-    async def stable_done(
-        self,
-        id: str,
-        owner: str,
-        partition: str,
-        study: str,
-        sequence: int,
-        count: int,
-        lease_until: datetime,
-    ) -> bool:
-        """Forget a marked study (its StudyStable delivered: ``count`` 1, clearing the
-        failures; or not to be: 0); False without the lease."""
-
-    async def release_subscription(self, id: str, owner: str, not_before: datetime) -> None:
-        """Let go of the lease; the subscription is due again at ``not_before`` at the
-        earliest (later if a retry is scheduled later)."""
-
-    async def deadletters(self, id: str, offset: int, limit: int) -> list[DeadLetter]:
-        """Its dead letters, in sequence order."""
-
-    async def count_deadletters(self, id: str) -> int: ...
-
-    async def replay_deadletter(self, id: str, event_id: str, now: datetime) -> bool:
-        """Ask for a dead letter to be delivered again (by the subscription's next delivery);
-        False when there is no such dead letter."""
-
-    async def pending_replays(self, id: str, limit: int) -> list[DeadLetter]: ...
-
-    async def replayed(self, id: str, event_id: str) -> None:
-        """A replayed dead letter was delivered: it leaves the list."""
-
-    async def replay_failed(self, id: str, event_id: str, error: str, now: datetime) -> None:
-        """A replay was refused: the dead letter stays, with the new error."""
-
-    async def events_after(self, sequence: int, limit: int) -> list[EventSource]:
-        """Change-feed entries after ``sequence``, in order, at most ``limit``, with the
-        modality and SOP class of the instance when it is still stored."""
 
 
 class IndexStore(
