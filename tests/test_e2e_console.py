@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
-import os
-import shutil
 import threading
 import warnings
 import zipfile
@@ -27,13 +25,12 @@ from PIL import Image, ImageChops, ImageStat
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.components import Unavailable
-from tests.conftest import ROOT, running_server, unavailable
+from tests.conftest import ROOT, running_server
 from tests.dicomfiles import read
 from tests.helpers import MULTIPART, multipart, store_files
 from tests.issuer import AUDIENCE, Issuer
 from tests.synthetic import instance
-from tests.test_e2e_ohif import CHROMIUM, DRIVER, FLAGS, drawn, wait_for
+from tests.test_e2e_ohif import chromium, drawn, wait_for
 from tests.test_e2e_ohif import page_text as text
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -60,29 +57,10 @@ def _study(name: str, file: str, date: str) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def browser(request):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        unavailable(Unavailable("OHIF", "PyPI selenium is not installed"))
-    for path, package in ((CHROMIUM, "chromium"), (DRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            unavailable(Unavailable("OHIF", f"Debian {package} is not installed"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print(f"\nconsole screenshots: {ARTIFACTS}")  # shown however pytest captures output
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from chromium(ARTIFACTS)
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,9 @@ def _shown(kind: str) -> str:
     return f"OHIF, {kind}"  # how OHIF's study list writes the patient's name
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(artifacts: Path):
+    """Headless Chromium driven by Selenium (Debian's chromium and chromium-driver), with a
+    fresh ``artifacts`` folder for screenshots; quit when the generator closes."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -82,8 +83,6 @@ def browser():
     for path, package in ((CHROMIUM, "chromium"), (DRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
             unavailable(Unavailable("OHIF", f"Debian {package} is not installed"))
-    if not (BUILD / "index.html").is_file():
-        unavailable(Unavailable("OHIF", f"no OHIF build in {BUILD} (./run test fetches it)"))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
@@ -91,12 +90,19 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))  # never downloads one
     ran("OHIF")
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (BUILD / "index.html").is_file():
+        unavailable(Unavailable("OHIF", f"no OHIF build in {BUILD} (./run test fetches it)"))
+    yield from chromium(ARTIFACTS)
 
 
 class OtherOrigin(http.server.SimpleHTTPRequestHandler):

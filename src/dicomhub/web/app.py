@@ -281,7 +281,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await archive.start(recover)
-        await partitions.refuse_when_off(archive.index, settings.data_partitions)
+        if recover:  # else the supervisor checked, once for all its server processes
+            await partitions.refuse_when_off(archive.index, settings.data_partitions)
         instruments.alive("http")  # summed with the other processes' metrics from now on
         worker = asyncio.create_task(background()) if background else None
         try:
