@@ -1,6 +1,10 @@
-"""Building STOW requests, and storing files in a running server."""
+"""Building STOW requests, storing files in a running server, and what it stored."""
 
 from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import httpx
 
@@ -57,3 +61,14 @@ def store_files(url: str, *files: bytes) -> None:
             timeout=60,
         )
         assert r.status_code in (200, 202, 409), r.text
+
+
+def stored_blobs(data_dir: Path) -> list[bytes]:
+    """The stored blobs of an archive in ``data_dir``: its blob folder's instance files, and the
+    small instances its SQLite index keeps itself (``kept_blob``)."""
+    found = [p.read_bytes() for p in sorted((data_dir / "blobs").rglob("*.dcm"))]
+    index = data_dir / "index.sqlite"
+    if index.exists():
+        with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+            found += [bytes(row[0]) for row in db.execute("SELECT data FROM kept_blob")]
+    return found

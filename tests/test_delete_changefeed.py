@@ -13,7 +13,7 @@ from dicomhub.clock import utcnow
 from dicomhub.model import InstanceId, Scope, blob_key
 from dicomhub.settings import Settings
 from tests.dicomfiles import load, read, with_new_uids
-from tests.helpers import stow
+from tests.helpers import stored_blobs, stow
 
 CT = load("CT_small.dcm")
 
@@ -23,8 +23,8 @@ def ids(data: bytes):
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
-def blobs(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "data" / "blobs").rglob("*.dcm"))
+def blobs(tmp_path: Path) -> list[bytes]:
+    return stored_blobs(tmp_path / "data")
 
 
 def test_delete_levels(file_client, tmp_path):

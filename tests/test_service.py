@@ -116,7 +116,8 @@ def test_fsync_setting(tmp_path, monkeypatch, fsync):
 
     monkeypatch.setattr(os, "fsync", recording(os.fsync))  # folders
     monkeypatch.setattr(file_blobs, "_datasync", recording(file_blobs._datasync))  # files
-    settings = Settings(data_dir=str(tmp_path / "data"), fsync=fsync)
+    # a file of its own (small instances are kept by the index: test_kept_blobs)
+    settings = Settings(data_dir=str(tmp_path / "data"), fsync=fsync, index_blob_max=0)
     with TestClient(create_app(settings, build_archive(settings))) as client:
         r = client.post("/v2/studies", content=CT, headers={"Content-Type": "application/dicom"})
         assert r.status_code == 200

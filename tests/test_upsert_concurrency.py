@@ -9,7 +9,6 @@ import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd
 from tests.conftest import index_database, running_server
 from tests.dicomfiles import read
-from tests.helpers import MULTIPART, multipart
+from tests.helpers import MULTIPART, multipart, stored_blobs
 from tests.synthetic import instance, uid
 
 STUDY, SERIES = uid(80), uid(80, 1)
@@ -85,10 +84,6 @@ def read_study(client: httpx.Client) -> dict[str, str]:
     return from_metadata | {f"file:{k}": v for k, v in from_files.items()}
 
 
-def blob_files(data: Path) -> list[Path]:
-    return sorted((data / "blobs").rglob("*.dcm"))
-
-
 def eventually(check, what: str, limit: float = 60) -> None:
     """Wait for the background cleanup job (not a timed assertion: a generous limit)."""
     deadline = time.monotonic() + limit
@@ -136,9 +131,9 @@ def test_concurrent_upserts_never_show_a_mix(server):
     assert actions[-1] == ("update", X, "current")
     assert feed[-1]["metadata"]["00100010"]["Value"][0]["Alphabetic"] == final[X]
     # the versions in between go with the cleanup job: X's original and latest, and Y
-    eventually(lambda: len(blob_files(data)) == 3, "versions in between removed")
+    eventually(lambda: len(stored_blobs(data)) == 3, "versions in between removed")
     assert client.delete(f"/v2/studies/{STUDY}").status_code == 204
-    eventually(lambda: blob_files(data) == [], "every version removed after the delete")
+    eventually(lambda: stored_blobs(data) == [], "every version removed after the delete")
 
 
 def test_upserts_against_deletes(server):
@@ -170,9 +165,9 @@ def test_upserts_against_deletes(server):
     else:
         assert latest.status_code == 404
         expected = 1
-    eventually(lambda: len(blob_files(data)) == expected, f"{expected} blobs kept")
+    eventually(lambda: len(stored_blobs(data)) == expected, f"{expected} blobs kept")
     assert client.delete(f"/v2/studies/{STUDY}").status_code == 204
-    eventually(lambda: blob_files(data) == [], "every version removed after the delete")
+    eventually(lambda: stored_blobs(data) == [], "every version removed after the delete")
     feed = client.get("/v1/changefeed", params={"limit": 100}).json()
     assert {e["state"] for e in feed} <= {"replaced", "deleted"}
 

@@ -295,7 +295,7 @@ def test_study_in_batches_from_files(file_client):
 
 
 def test_missing_blob_before_and_after_the_response_starts(file_client, tmp_path):
-    with file_client() as http:
+    with file_client(index_blob_max=0) as http:  # files of their own, to remove
         study, files = _study_of(40)
         assert stow(http, *files).status_code == 200
         blobs = sorted(

@@ -49,8 +49,10 @@ def big(study: str, series: str, rows: int) -> bytes:
 
 
 @contextlib.contextmanager
-def serving(tmp_path, loop: str = "uvloop", http=HttpToolsProtocol, **options):
-    settings = Settings(data_dir=str(tmp_path / "data"))
+def serving(tmp_path, loop: str = "uvloop", http=HttpToolsProtocol, blob_max=None, **options):
+    """``blob_max``: --index-blob-max (None: the default)."""
+    more = {} if blob_max is None else {"index_blob_max": blob_max}
+    settings = Settings(data_dir=str(tmp_path / "data"), **more)
     app = create_app(settings, build_archive(settings))
     port = free_port()
     config = uvicorn.Config(
@@ -293,7 +295,7 @@ def test_a_missing_file_fails_as_without_zero_copy(tmp_path, caplog):
 
 
 def test_bulk_data_ranges_sent_by_the_kernel(tmp_path, sends):
-    with serving(tmp_path) as (port, _):
+    with serving(tmp_path, blob_max=0) as (port, _):  # a file of its own, to send
         store(port, [CT])
         ds = read(CT)
         meta = httpx.get(

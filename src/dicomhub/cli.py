@@ -26,6 +26,7 @@ from dicomhub.lifetime import end_with_parent
 from dicomhub.settings import Settings, convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.export_sinks import Sink
+from dicomhub.storage.kept_blobs import KeptBlobStore
 from dicomhub.storage.urls import FSYNC, open_audit, open_blobs, open_index
 from dicomhub.web.forwarded import TrustedProxies
 from dicomhub.workers.conversion import ProcessConverter
@@ -56,6 +57,8 @@ def build_archive(settings: Settings) -> Archive:
     )
     blobs = measured(blobs, "blob")
     index = measured(build_index(settings), "index")
+    if index.keeps_blobs:  # small instances' files kept by the index: found there too
+        blobs = KeptBlobStore(blobs, index)
     audit = open_audit(settings.audit_log, index)
     config = settings.archive
     converter = ProcessConverter(config.pixels.conversion_workers)

@@ -50,6 +50,9 @@ class NewInstance:
     parse_on_read: bool  # offsets unusable (deflated data set): parse the file instead
     search: SearchRecord
     invalid: dict[str, str] = field(default_factory=dict)  # tag path -> why it was left out
+    # The file itself when the index keeps it (a small instance on SQLite: written and synced
+    # with its rows, see storage/kept_blobs); None when it is in the blob store.
+    blob: bytes | None = None
 
     def in_partition(self, partition: str) -> NewInstance:
         """The instance as stored in data partition ``partition``."""
@@ -268,6 +271,14 @@ def blob_key(partition: str, version: int) -> str:
     """Blob keys come from the internal version, never from UIDs (UIDs can carry PHI)."""
     digest = hashlib.sha256(f"{partition}/{version}".encode()).hexdigest()
     return f"{digest[:2]}/{digest[2:12]}_{version}.dcm"
+
+
+def blob_version(key: str) -> int | None:
+    """The version an instance's blob key was made from; None for any other key (a cached
+    thumbnail's)."""
+    stem, sep, tail = key.rpartition("_")
+    number = tail.removesuffix(".dcm")
+    return int(number) if sep and tail.endswith(".dcm") and number.isdigit() else None
 
 
 # The data actions roles grant (Microsoft's set); each HTTP route and DIMSE command needs one.

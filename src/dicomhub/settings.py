@@ -145,6 +145,12 @@ class Settings:
     bulkdata_threshold: int = _setting(
         1024, "Binary values longer than this many bytes are sent as BulkDataURI in metadata."
     )
+    index_blob_max: int = _setting(
+        64 * 1024,
+        "Instances up to this many bytes are kept in the SQLite index itself, written and synced "
+        "with their index rows (one disk sync per store instead of two), not as blobs of their "
+        "own; 0: every instance goes to the blob store. Ignored on PostgreSQL.",
+    )
     data_partitions: bool = _setting(
         False,
         "Data partitions: the routes of studies (STOW, upsert, QIDO, WADO, rendered, delete, "

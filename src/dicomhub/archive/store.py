@@ -14,6 +14,7 @@ instead of refusing it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -205,6 +206,8 @@ class StoreService:
         self.blobs = blobs
         self.extended = extended
         self.versions = Versions(index, settings.upload_timeout / 4)
+        # parts up to this size are committed with their rows, where the index keeps files
+        self.keep_max = settings.index_blob_max if index.keeps_blobs else 0
         self.replaced_delay = timedelta(seconds=replaced_delay)
 
     async def store_parts(
@@ -325,7 +328,10 @@ class StoreService:
             order.reserved.set()
         key = blob_key(ident.partition, version)
         try:
-            await self.blobs.put(key, body.path or body.data)
+            if body.data is not None and body.size <= self.keep_max:
+                record = dataclasses.replace(record, blob=body.data)  # synced with its rows
+            else:
+                await self.blobs.put(key, body.path or body.data)
             if order is None:
                 await self.index.commit(version, record)
             else:

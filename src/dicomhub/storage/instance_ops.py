@@ -17,7 +17,7 @@ from dicomhub.clock import to_micros, utcnow
 from dicomhub.dicom import search_keys as sk
 from dicomhub.dicom.levels import Level
 from dicomhub.errors import AlreadyExists, StoreAbandoned
-from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key
+from dicomhub.model import Action, InstanceId, NewInstance, Scope, blob_key, blob_version
 from dicomhub.storage import extended_tags_ops
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, many, one, rows, run
@@ -183,6 +183,10 @@ DUE_BLOB_DELETIONS = (
     "SELECT id, blob_key FROM blob_deletion WHERE cleanup_after <= ? ORDER BY cleanup_after LIMIT ?"
 )
 FINISH_BLOB_DELETION = "DELETE FROM blob_deletion WHERE id = ?"
+DELETED_BLOB_KEYS = "SELECT blob_key FROM blob_deletion WHERE id IN ({keys})"
+KEEP_BLOB = "INSERT INTO kept_blob (version, data) VALUES (?, ?)"
+KEPT_BLOBS = "SELECT version, data FROM kept_blob WHERE version IN ({keys})"
+FORGET_KEPT_BLOB = "DELETE FROM kept_blob WHERE version = ?"
 RETRY_BLOB_DELETION = (
     "UPDATE blob_deletion SET cleanup_after = ?, retries = retries + 1 WHERE id = ?"
 )
@@ -290,6 +294,7 @@ def commit(version: int, instance: NewInstance) -> Op:
     i = instance.id
     if (yield one(FINISH_UPLOAD, version)) is None:
         raise StoreAbandoned(i.sop)
+    yield from keep_blob(version, instance)
     study_key = yield from _key(INSERT_STUDY, STUDY_KEY, i.partition, i.study)
     series_key = yield from _key(INSERT_SERIES, SERIES_KEY, study_key, i.series)
     record = instance.search
@@ -306,6 +311,28 @@ def commit(version: int, instance: NewInstance) -> Op:
         version, series_key, study_key, instance.metadata, instance.invalid
     )
     yield from log_changes(Action.CREATE, [(i, version)])
+
+
+def keep_blob(version: int, instance: NewInstance) -> Op:
+    """The instance's file, when the index keeps it (``NewInstance.blob``), in the store's
+    transaction: durable with its rows, undone with them."""
+    if instance.blob is not None:
+        yield run(KEEP_BLOB, version, instance.blob)
+
+
+def finish_blob_deletions(ids: list[int]) -> Op:
+    """Blob deletions done: off the queue, and the files the index kept for them gone."""
+    found = yield rows(in_list(DELETED_BLOB_KEYS, len(ids)), *ids)
+    versions = [(v,) for r in found if (v := blob_version(r[0])) is not None]
+    if versions:
+        yield many(FORGET_KEPT_BLOB, versions)
+    yield many(FINISH_BLOB_DELETION, [(i,) for i in ids])
+
+
+def kept_blobs(versions: list[int]) -> Op:
+    """{version: file} of those of ``versions`` whose file the index keeps."""
+    found = yield rows(in_list(KEPT_BLOBS, len(versions)), *versions)
+    return {r[0]: bytes(r[1]) for r in found}
 
 
 def instance_values(instance: NewInstance) -> tuple:

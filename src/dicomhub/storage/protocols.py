@@ -163,6 +163,16 @@ class Uploads(Protocol):
         """(version, partition) of the stores started before then and not finished."""
 
 
+class KeptBlobs(Protocol):
+    """The files of small instances the index keeps itself (SQLite: ``NewInstance.blob``,
+    committed with the instance's rows, so one sync makes both durable)."""
+
+    keeps_blobs: bool  # the index can keep them (else a store's blob is never given to it)
+
+    async def kept_blobs(self, versions: list[int]) -> dict[int, bytes]:
+        """{version: file} of those of ``versions`` whose file the index keeps."""
+
+
 class Instances(Protocol):
     """The stored instances: read (WADO-RS, FHIR sync, export) and deleted."""
 
@@ -198,7 +208,8 @@ class BlobDeletions(Protocol):
     async def due_blob_deletions(self, now: datetime, limit: int) -> list[tuple[int, str]]:
         """(id, blob key) of queued blob deletions whose time has come."""
 
-    async def finish_blob_deletions(self, ids: list[int]) -> None: ...
+    async def finish_blob_deletions(self, ids: list[int]) -> None:
+        """Take done deletions off the queue, with the files the index kept for them."""
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None: ...
 
@@ -467,6 +478,7 @@ class WorkitemEvents(Protocol):
 class IndexStore(
     IndexLifecycle,
     Uploads,
+    KeptBlobs,
     Instances,
     InstanceSearch,
     BlobDeletions,

@@ -54,6 +54,7 @@ OpFactory = Callable[..., st.Op]
 
 class SqlIndex:
     dialect: Dialect
+    keeps_blobs = False  # see KeptBlobs: SQLite's do
 
     async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
         """Run the reading operation ``op(*args)`` (in one snapshot when it reads more than
@@ -133,7 +134,10 @@ class SqlIndex:
 
     async def finish_blob_deletions(self, ids: list[int]) -> None:
         if ids:
-            await self._write(st.single, st.many(ops.FINISH_BLOB_DELETION, [(i,) for i in ids]))
+            await self._write(ops.finish_blob_deletions, ids)
+
+    async def kept_blobs(self, versions: list[int]) -> dict[int, bytes]:
+        return await self._read(ops.kept_blobs, versions) if versions else {}
 
     async def retry_blob_deletion(self, id: int, not_before: datetime) -> None:
         await self._write(st.single, st.run(ops.RETRY_BLOB_DELETION, to_micros(not_before), id))

@@ -102,6 +102,7 @@ def upsert_one(d: Dialect, version: int, instance: NewInstance, cleanup_after: d
     i = instance.id
     if (yield one(FINISH_UPLOAD, version)) is None:
         raise StoreAbandoned(i.sop)
+    yield from ops.keep_blob(version, instance)
     study_key = yield from _locked_key(d, INSERT_STUDY, STUDY_KEY, i.partition, i.study)
     series_key = yield from _locked_key(d, INSERT_SERIES, SERIES_KEY, study_key, i.series)
     found = yield rows(SOP_IN_PARTITION, i.sop, i.partition)

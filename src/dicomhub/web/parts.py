@@ -95,6 +95,8 @@ class MultipartBody:
             raise data
         if isinstance(files, BaseException):
             raise files
+        if files is None:  # not all of them are files (the index keeps small ones): read them
+            return await self.retrieve.contents([p.instance for p in batch])
         data, files = iter(data), iter(files)
         return [next(data) if p.size <= SMALL else FileRange(next(files), 0, p.size) for p in batch]
 

@@ -628,3 +628,7 @@ CREATE TABLE data_partition (
     partition_name      text COLLATE "C" NOT NULL UNIQUE,
     created             bigint NOT NULL
 );
+CREATE TABLE kept_blob (
+    version             bigint PRIMARY KEY,
+    data                bytea NOT NULL
+);

@@ -374,3 +374,7 @@ CREATE TABLE data_partition (
     partition_name      TEXT NOT NULL UNIQUE,
     created             INTEGER NOT NULL
 );
+CREATE TABLE kept_blob (
+    version             INTEGER PRIMARY KEY,
+    data                BLOB NOT NULL
+);
