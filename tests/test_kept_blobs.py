@@ -191,3 +191,21 @@ def test_postgresql_keeps_no_files(tmp_path):
             assert stow(http, CT).status_code == 200
             assert [p.read_bytes() for p in files(tmp_path / "data")] == [CT]
             assert bodies(http.get(instance_url(CT), headers=DICOM)) == [CT]
+
+
+def test_an_object_store_beside_the_sqlite_index(azurite, tmp_path):
+    """Azure Blob storage (Azurite) with the embedded index: small instances are kept by the
+    index (no object written, asked of the index first), larger ones are objects."""
+    data = tmp_path / "data"
+    small, big = CT, large(CT)
+    s = Settings(data_dir=str(data), blob_url=azurite.blob_url())
+    with TestClient(create_app(s, build_archive(s))) as http:
+        assert stow(http, small, big).status_code == 200
+        assert list(kept(data).values()) == [small]
+        for body in (small, big):
+            assert bodies(http.get(instance_url(body), headers=DICOM)) == [body]
+        frame = http.get(
+            instance_url(small) + "/frames/1", headers={"Accept": "multipart/related; type=*/*"}
+        )
+        assert bodies(frame) == [read(small).PixelData]
+        assert http.get(instance_url(with_new_uids(CT)), headers=DICOM).status_code == 404

@@ -3,8 +3,10 @@
 On an SQLite index, an instance up to ``--index-blob-max`` bytes is committed with its index
 rows (``NewInstance.blob``, the ``kept_blob`` table): one sync of the index makes the store
 durable, where a file of its own would cost a second sync (and, on many file systems, a sync of
-its folder). Everything else lives in the wrapped store. Reads look there first (nearly every
-byte is there, and a miss costs one failed open), then in the index. A kept file goes when the
+its folder). Everything else lives in the wrapped store. Reads of a blob folder look there
+first (nearly every byte is there, and a miss costs one failed open), then in the index; reads
+of an object store ask the index first (a miss there costs a local query, not a request over
+the network). A kept file goes when the
 index takes its deletion off the queue (``finish_blob_deletions``), so ``delete`` here is the
 wrapped store's alone.
 """
@@ -24,38 +26,49 @@ from dicomhub.storage.protocols import BlobStore, KeptBlobs
 class KeptBlobStore:
     def __init__(self, blobs: BlobStore, index: KeptBlobs):
         self.blobs, self.index = blobs, index
+        self.index_first = False  # known at start: whether the store keeps local files
 
     async def start(self) -> None:
         await self.blobs.start()
+        self.index_first = await self.blobs.local_path("") is None
 
     async def put(self, key: str, body: bytes | Path) -> None:
         await self.blobs.put(key, body)
 
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if self.index_first and (kept := await self._kept(key)) is not None:
+            return _range(kept, offset, length)
         try:
             return await self.blobs.read(key, offset, length)
         except NotFound:
-            return _range(await self._kept(key), offset, length)
+            if self.index_first:
+                raise
+            return _range(await self._found(key), offset, length)
 
     async def stream(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
-        chunks = self.blobs.stream(key, offset, length, chunk_size)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except NotFound:
-            kept = _range(await self._kept(key), offset, length)
-            if kept:
-                yield kept
-            return
-        try:
-            yield first
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()
+        kept = await self._kept(key) if self.index_first else None
+        if kept is None:
+            chunks = self.blobs.stream(key, offset, length, chunk_size)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except NotFound:
+                if self.index_first:
+                    raise
+                kept = await self._found(key)
+            else:
+                try:
+                    yield first
+                    async for chunk in chunks:
+                        yield chunk
+                finally:
+                    await chunks.aclose()
+                return
+        if kept := _range(kept, offset, length):
+            yield kept
 
     async def local_path(self, key: str) -> Path | None:
         path = await self.blobs.local_path(key)
@@ -64,10 +77,11 @@ class KeptBlobStore:
         return path
 
     async def read_many(self, keys: Sequence[str]) -> list[bytes]:
-        try:
-            return await self.blobs.read_many(keys)
-        except NotFound:
-            pass
+        if not self.index_first:
+            try:
+                return await self.blobs.read_many(keys)
+            except NotFound:
+                pass
         versions = [blob_version(key) for key in keys]
         kept = await self.index.kept_blobs([v for v in versions if v is not None])
         rest = [key for key, v in zip(keys, versions, strict=True) if v not in kept]
@@ -89,12 +103,16 @@ class KeptBlobStore:
     async def close(self) -> None:
         await self.blobs.close()
 
-    async def _kept(self, key: str) -> bytes:
+    async def _kept(self, key: str) -> bytes | None:
+        """The file the index keeps under ``key``; None when it keeps none."""
         version = blob_version(key)
         found = await self.index.kept_blobs([version]) if version is not None else {}
-        if version not in found:
+        return found.get(version)
+
+    async def _found(self, key: str) -> bytes:
+        if (kept := await self._kept(key)) is None:
             raise NotFound(f"blob {key} is missing")
-        return found[version]
+        return kept
 
 
 def _range(data: bytes, offset: int, length: int | None) -> bytes:
