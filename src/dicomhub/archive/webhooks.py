@@ -166,9 +166,10 @@ class WebhookService:
             if event_types is not None
             else events.IMAGE_TYPES
         )
-        if events.STUDY_STABLE in types:
+        stable = [t for t in types if t in events.STABLE_TYPES]
+        if stable:
             raise InvalidRequest(
-                f"the live stream sends the change feed's events, not {events.STUDY_STABLE}"
+                f"the live stream sends the change feed's events, not {', '.join(stable)}"
             )
         return types, _filter({k: v.split(",") for k, v in filters.items()})
 

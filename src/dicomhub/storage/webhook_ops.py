@@ -16,6 +16,7 @@ from dicomhub.model import Action, DeadLetter, EventSource, InstanceId, Subscrip
 from dicomhub.storage import instance_ops
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, one, rows, run
+from dicomhub.storage.webhook_protocol import Place
 
 _COLUMNS = (
     "subscription_id, url, event_types, filter, secret, payload_schema, paused, created, "
@@ -117,31 +118,36 @@ HELD = "SELECT 1 FROM webhook_subscription WHERE subscription_id = ? AND lease_o
 COUNT_DEADLETTERS = "SELECT count(*) FROM webhook_deadletter WHERE subscription_id = ?"
 DELETE_STABLE = "DELETE FROM webhook_stable WHERE subscription_id = ?"
 
-# StudyStable: the studies passed (their last change) and when each is due.
+# StudyStable and SeriesStable: the studies and series passed (a place: partition, study,
+# series; series '' for the study itself), their last change, and when each is due.
 MARK_STABLE = (
-    "INSERT INTO webhook_stable (subscription_id, partition_name, study_uid, sequence, due) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription_id, partition_name, study_uid) "
+    "INSERT INTO webhook_stable (subscription_id, partition_name, study_uid, series_uid, "
+    "sequence, due) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (subscription_id, partition_name, study_uid, series_uid) "
     "DO UPDATE SET sequence = excluded.sequence, due = excluded.due"
 )
 DUE_STABLE = (
-    "SELECT partition_name, study_uid, sequence, due FROM webhook_stable "
-    "WHERE subscription_id = ? AND due <= ? ORDER BY due, sequence LIMIT ?"
+    "SELECT partition_name, study_uid, series_uid, sequence, due FROM webhook_stable "
+    "WHERE subscription_id = ? AND due <= ? ORDER BY due, sequence, series_uid LIMIT ?"
 )
+_PLACE = "partition_name = ? AND study_uid = ? AND series_uid = ?"
 POSTPONE_STABLE = (
-    "UPDATE webhook_stable SET due = ? "
-    "WHERE subscription_id = ? AND partition_name = ? AND study_uid = ? AND sequence = ?"
+    f"UPDATE webhook_stable SET due = ? WHERE subscription_id = ? AND {_PLACE} AND sequence = ?"
 )
-DROP_STABLE = (
-    "DELETE FROM webhook_stable "
-    "WHERE subscription_id = ? AND partition_name = ? AND study_uid = ? AND sequence = ?"
-)
-# A study's instances now, and its last change that adds one (any, numbered or not yet: an
-# unnumbered entry is one no reader has passed).
+DROP_STABLE = f"DELETE FROM webhook_stable WHERE subscription_id = ? AND {_PLACE} AND sequence = ?"
+# A study's (a series') instances now, and its last change that adds one (any, numbered or not
+# yet: an unnumbered entry is one no reader has passed).
 STUDY_COUNT = "SELECT instance_count FROM study WHERE partition_name = ? AND study_uid = ?"
-STUDY_LAST_CHANGE = (
+SERIES_COUNT = (
+    "SELECT se.instance_count FROM series se JOIN study st ON st.study_key = se.study_key "
+    "WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ?"
+)
+_LAST_CHANGE = (
     "SELECT max(timestamp) AS latest, max(coalesce(sequence, 4611686018427387904)) AS last "
     "FROM changefeed WHERE partition_name = ? AND study_uid = ? AND action <> ?"
 )
+STUDY_LAST_CHANGE = _LAST_CHANGE
+SERIES_LAST_CHANGE = _LAST_CHANGE + " AND series_uid = ?"
 
 # The change feed after a cursor, with what filters match on (the instance's current version;
 # nothing once it is gone). Numbered entries only, as every reader of the feed.
@@ -238,16 +244,16 @@ def delivered(
     sequence: int,
     count: int,
     lease_until: datetime,
-    marks: list[tuple[str, str, int, datetime]] = (),
+    marks: list[tuple[Place, int, datetime]] = (),
 ) -> Op:
-    """Move the cursor (``count`` events delivered) and mark the studies passed for their
-    StudyStable event (partition, study, last change, due), together; False without the
-    lease (nothing done)."""
+    """Move the cursor (``count`` events delivered) and mark the places passed for their
+    stable event (place, last change, due), together; False without the lease (nothing
+    done)."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
-    for partition, study, last, due_at in marks:
-        yield run(MARK_STABLE, id, partition, study, last, to_micros(due_at))
+    for place, last, due_at in marks:
+        yield run(MARK_STABLE, id, *place, last, to_micros(due_at))
     row = yield one(DELIVERED, sequence, count, to_micros(lease_until), id, owner)
     return row is not None
 
@@ -268,10 +274,10 @@ def dead_letter(
     owner: str,
     letter: DeadLetter,
     lease_until: datetime,
-    stable: tuple[str, str] | None = None,
+    stable: Place | None = None,
 ) -> Op:
     """Give up on an event: keep it as a dead letter and move the cursor past it (or, for the
-    StudyStable of ``stable`` (partition, study), forget the study), together."""
+    stable event of place ``stable``, forget the place), together."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
@@ -289,7 +295,7 @@ def dead_letter(
     )
     dead_at, error, until = to_micros(letter.dead), letter.error[:2000], to_micros(lease_until)
     if stable is not None:
-        yield run(DROP_STABLE, id, stable[0], stable[1], letter.sequence)
+        yield run(DROP_STABLE, id, *stable, letter.sequence)
         row = yield one(KEPT, dead_at, error, until, id, owner)
     else:
         row = yield one(PASSED, letter.sequence, dead_at, error, until, id, owner)
@@ -299,38 +305,47 @@ def dead_letter(
 def due_stable(id: str, now: datetime, limit: int) -> Op:
     found = yield rows(DUE_STABLE, id, to_micros(now), limit)
     return [
-        (r["partition_name"], r["study_uid"], r["sequence"], from_micros(r["due"])) for r in found
+        (
+            (r["partition_name"], r["study_uid"], r["series_uid"]),
+            r["sequence"],
+            from_micros(r["due"]),
+        )
+        for r in found
     ]
 
 
-def study_state(partition: str, study: str) -> Op:
+def place_state(place: Place) -> Op:
     """(instances now, time of its last change adding one, that change's sequence)."""
-    count = yield one(STUDY_COUNT, partition, study)
-    last = yield one(STUDY_LAST_CHANGE, partition, study, int(Action.DELETE))
+    partition, study, series = place
+    if series:
+        count = yield one(SERIES_COUNT, partition, study, series)
+        last = yield one(SERIES_LAST_CHANGE, partition, study, int(Action.DELETE), series)
+    else:
+        count = yield one(STUDY_COUNT, partition, study)
+        last = yield one(STUDY_LAST_CHANGE, partition, study, int(Action.DELETE))
     if last is None or last["latest"] is None:
         return (count[0] if count else 0), None, None
     return (count[0] if count else 0), from_micros(last["latest"]), last["last"]
 
 
-def postpone_stable(id: str, partition: str, study: str, sequence: int, due_at: datetime) -> Op:
-    yield run(POSTPONE_STABLE, to_micros(due_at), id, partition, study, sequence)
+def postpone_stable(id: str, place: Place, sequence: int, due_at: datetime) -> Op:
+    yield run(POSTPONE_STABLE, to_micros(due_at), id, *place, sequence)
 
 
 def stable_done(
     id: str,
     owner: str,
-    partition: str,
-    study: str,
+    place: Place,
     sequence: int,
     count: int,
     lease_until: datetime,
 ) -> Op:
-    """A study's StudyStable was delivered (``count`` 1) or is not to be (0: the study is
-    gone): forget the study, and with a delivery clear the failures; False without the lease."""
+    """A place's stable event was delivered (``count`` 1) or is not to be (0: it is gone):
+    forget the place, and with a delivery clear the failures; False without the lease."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
-    yield run(DROP_STABLE, id, partition, study, sequence)
+    yield run(DROP_STABLE, id, *place, sequence)
     if count:
         row = yield one(DELIVERED_KEPT, count, to_micros(lease_until), id, owner)
         return row is not None

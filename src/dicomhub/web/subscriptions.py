@@ -15,7 +15,7 @@ from dicomhub.errors import InvalidRequest
 from dicomhub.model import DeadLetter, Subscription
 from dicomhub.web.common import MAX_OFFSET, archive, base_url, json_body, page
 
-EVENT_ID = re.compile(r"([0-9]{1,16})(\.stable)?", re.ASCII)  # webhooks.events: ids
+EVENT_ID = re.compile(r"([0-9]{1,16})(\.stable|\.series-stable)?", re.ASCII)  # webhooks.events: ids
 
 
 async def create(request: Request) -> JSONResponse:
@@ -62,7 +62,7 @@ async def replay(request: Request) -> Response:
     if named is None or int(named[1]) > MAX_OFFSET:
         raise InvalidRequest(
             f"a dead letter is named by its event id (a sequence number, or one followed by "
-            f".stable), not {event[:40]!r}"
+            f".stable or .series-stable), not {event[:40]!r}"
         )
     await archive(request).webhooks.replay(request.path_params["id"], event)
     return Response(status_code=202)
