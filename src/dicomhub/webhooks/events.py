@@ -35,7 +35,8 @@ MEDIA_TYPES = {
     "cloudevents": "application/cloudevents+json; charset=utf-8",
     "eventgrid": "application/json; charset=utf-8",
 }
-# filter field -> what of an event it matches (any of its values; case-insensitive)
+# filter field -> what of an event it matches (any of its values; case-insensitive, but the
+# partition's name)
 FILTERS = ("partition", "modality", "sopClassUid")
 
 
@@ -160,6 +161,11 @@ def passes(change: EventSource, filter: dict) -> bool:
     }
     for field, wanted in filter.items():
         value = values[field]
-        if wanted and value is not None and value.upper() not in {w.upper() for w in wanted}:
+        if not wanted or value is None:
+            continue
+        if field == "partition":  # names, exactly (a partition's roles are by name)
+            if value not in wanted:
+                return False
+        elif value.upper() not in {w.upper() for w in wanted}:
             return False
     return True
