@@ -407,6 +407,13 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
         second = subprocess.Popen(command, env=env, cwd=ROOT)
         try:
             events = receiver.wait_for(3)
+            # the receiver has the last event before B records it: wait for the record
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+                if state["delivered"] >= 3:
+                    break
+                time.sleep(0.1)
         finally:
             second.terminate()
             second.wait(10)
@@ -418,7 +425,6 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
             uid(234, 1, n) for n in range(3)
         ]
         assert ids == sorted(ids, key=int)
-        state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
         assert state["delivered"] == 3
 
 
@@ -659,10 +665,24 @@ def test_the_cli_manages_subscriptions(tmp_path, receiver):
         )
 
     with server(tmp_path, {}) as (url, _):
-        made = cli("create", receiver.url, "--filter", "modality=CT,MR", "--schema", "eventgrid")
+        made = cli(
+            "create",
+            receiver.url,
+            "--filter",
+            "modality=CT,MR",
+            "--study",
+            "StudyDescription=*CHEST*",
+            "--study",
+            "StudyDate=20240101-",
+            "--schema",
+            "eventgrid",
+        )
         assert made.returncode == 0, made.stderr
         sub = json.loads(made.stdout)
-        assert sub["secret"].startswith("whsec_") and sub["filter"] == {"modality": ["CT", "MR"]}
+        assert sub["secret"].startswith("whsec_") and sub["filter"] == {
+            "modality": ["CT", "MR"],
+            "study": {"StudyDescription": "*CHEST*", "StudyDate": "20240101-"},
+        }
         listed = cli("list")
         assert listed.returncode == 0 and listed.stdout.split() == [
             sub["id"],
@@ -677,6 +697,8 @@ def test_the_cli_manages_subscriptions(tmp_path, receiver):
         assert refused.returncode == 2 and "http" in refused.stderr
         assert cli("replay", sub["id"], "7").returncode == 2  # no such dead letter
         assert cli("create", receiver.url, "--filter", "modality").returncode == 2
+        bad = cli("create", receiver.url, "--study", "StudyDate=2024-99")
+        assert bad.returncode == 2 and "StudyDate" in bad.stderr
         assert cli("delete", sub["id"]).returncode == 0
         assert cli("list").stdout == ""
         assert cli("get", sub["id"]).returncode == 2

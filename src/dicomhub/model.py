@@ -195,7 +195,8 @@ class Subscription:
     id: str
     url: str
     event_types: tuple[str, ...]
-    filter: dict[str, tuple[str, ...]]  # partition, modality, sopClassUid -> values any of
+    # partition, modality, sopClassUid -> values any of; study -> {QIDO key: value}
+    filter: dict[str, Any]
     secret: str  # whsec_ + base64 key (Standard Webhooks)
     schema: str  # cloudevents or eventgrid
     paused: bool

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from dicomhub.clock import utcnow
-from dicomhub.model import DeadLetter, EventSource, Subscription
+from dicomhub.model import Action, DeadLetter, EventSource, Subscription
 from dicomhub.storage.webhook_protocol import Place
-from dicomhub.webhooks import events
+from dicomhub.webhooks import events, study_filter
 from dicomhub.webhooks.client import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Delivery:
         self.cursor = subscription.sequence  # recorded in the index
         self.passed = subscription.sequence  # filtered out up to here, not yet recorded
         self.marks: dict[Place, tuple[int, datetime]] = {}  # not yet recorded
+        self.studies: dict[tuple[str, str, bool], bool] = {}  # passing the study filter, this step
         self.failing_since = subscription.failing_since
         self.attempts = subscription.attempts  # failed attempts at the next event
         self.quiet = timedelta(seconds=self.settings.study_stable_after)
@@ -53,9 +54,13 @@ class Delivery:
         changes = await self.index.events_after(self.cursor, batch)
         types, filter = self.subscription.event_types, self.subscription.filter
         for change in changes:
-            for place in events.marks_stable(change, types, filter):
+            places = events.marks_stable(change, types, filter)
+            wanted = events.matches(change, types, filter)
+            if (places or wanted) and not await self._study_passes(change):
+                places, wanted = [], False
+            for place in places:
                 self.marks[place] = (change.sequence, change.timestamp + self.quiet)
-            if not events.matches(change, types, filter):
+            if not wanted:
                 self.passed = change.sequence
                 continue
             if not await self._deliver(change):
@@ -66,6 +71,22 @@ class Delivery:
         return len(changes) == batch
 
     # -- the change feed -----------------------------------------------------------------------
+
+    async def _study_passes(self, change: EventSource) -> bool:
+        """Whether the change's study passes the subscription's study filter (QIDO matching,
+        by the index, on the study as it is now: once per study and step). The deletion of a
+        study's last instances passes: its attributes are gone (see events.matches)."""
+        wanted = self.subscription.filter.get(study_filter.FIELD)
+        if not wanted:
+            return True
+        partition, study = change.id.partition, change.id.study
+        key = (partition, study, change.action is Action.DELETE)
+        if key not in self.studies:
+            found = await self.index.count(study_filter.query(wanted, partition, study)) > 0
+            if not found and change.action is Action.DELETE:
+                found = (await self.index.place_state((partition, study, "")))[0] == 0
+            self.studies[key] = found
+        return self.studies[key]
 
     async def _deliver(self, change: EventSource) -> bool:
         """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""

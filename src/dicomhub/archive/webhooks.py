@@ -28,8 +28,8 @@ from dicomhub.clock import monotonic, utcnow
 from dicomhub.errors import Forbidden, InvalidRequest, NotFound
 from dicomhub.model import DeadLetter, Subscription
 from dicomhub.settings_groups import Webhooks as WebhookSettings
-from dicomhub.storage.protocols import ChangeFeed, Webhooks
-from dicomhub.webhooks import events, signing
+from dicomhub.storage.protocols import ChangeFeed, InstanceSearch, Webhooks
+from dicomhub.webhooks import events, signing, study_filter
 from dicomhub.webhooks.client import DeliveryFailed, WebhookClient
 from dicomhub.webhooks.targets import TargetRefused, check_target
 
@@ -39,8 +39,9 @@ FIELDS = {"url", "eventTypes", "filter", "secret", "schema", "state"}
 STATES = ("active", "paused")  # what an administrator sets ("failing" is the delivery's)
 
 
-class WebhookIndex(Webhooks, ChangeFeed, Protocol):
-    """What the webhooks use of the index: their subscriptions and the change feed."""
+class WebhookIndex(Webhooks, ChangeFeed, InstanceSearch, Protocol):
+    """What the webhooks use of the index: their subscriptions, the change feed, and QIDO
+    matching (a study filter)."""
 
 
 class WebhookService:
@@ -315,13 +316,17 @@ def _event_types(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _filter(value: Any) -> dict[str, tuple[str, ...]]:
+def _filter(value: Any) -> dict[str, Any]:
+    known = ", ".join((*events.FILTERS, study_filter.FIELD))
     if not isinstance(value, dict):
-        raise InvalidRequest(f"filter is an object of {', '.join(events.FILTERS)}")
-    out = {}
+        raise InvalidRequest(f"filter is an object of {known}")
+    out: dict[str, Any] = {}
     for field, wanted in value.items():
+        if field == study_filter.FIELD:
+            out[field] = study_filter.check(wanted)
+            continue
         if field not in events.FILTERS:
-            raise InvalidRequest(f"unknown filter {field!r} (known: {', '.join(events.FILTERS)})")
+            raise InvalidRequest(f"unknown filter {field!r} (known: {known})")
         values = [wanted] if isinstance(wanted, str) else wanted
         if (
             not isinstance(values, list)

@@ -407,7 +407,9 @@ def subscription(r) -> Subscription:
         id=r["subscription_id"],
         url=r["url"],
         event_types=tuple(json.loads(r["event_types"])),
-        filter={k: tuple(v) for k, v in json.loads(r["filter"]).items()},
+        filter={
+            k: v if isinstance(v, dict) else tuple(v) for k, v in json.loads(r["filter"]).items()
+        },
         secret=r["secret"],
         schema=r["payload_schema"],
         paused=bool(r["paused"]),
@@ -437,5 +439,8 @@ def dead(r) -> DeadLetter:
     )
 
 
-def _filter_json(filter: dict[str, tuple[str, ...]]) -> str:
-    return json.dumps({k: list(v) for k, v in filter.items()}, sort_keys=True)
+def _filter_json(filter: dict) -> str:
+    """Value lists, and the study filter (an object) as it is."""
+    return json.dumps(
+        {k: v if isinstance(v, dict) else list(v) for k, v in filter.items()}, sort_keys=True
+    )

@@ -87,7 +87,7 @@ def _subscription(s: Subscription) -> dict:
         "id": s.id,
         "url": s.url,
         "eventTypes": list(s.event_types),
-        "filter": {k: list(v) for k, v in s.filter.items()},
+        "filter": {k: v if isinstance(v, dict) else list(v) for k, v in s.filter.items()},
         "schema": s.schema,
         "state": s.state,
         "createdTime": isoformat(s.created),

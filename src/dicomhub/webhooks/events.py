@@ -38,6 +38,7 @@ MEDIA_TYPES = {
 # filter field -> what of an event it matches (any of its values; case-insensitive, but the
 # partition's name)
 FILTERS = ("partition", "modality", "sopClassUid")
+# and "study": a QIDO-style study filter (webhooks/study_filter.py), matched by the index
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,8 @@ def passes(change: EventSource, filter: dict) -> bool:
         "modality": change.modality,
         "sopClassUid": change.sop_class,
     }
-    for field, wanted in filter.items():
-        value = values[field]
+    for field, value in values.items():
+        wanted = filter.get(field)
         if not wanted or value is None:
             continue
         if field == "partition":  # names, exactly (a partition's roles are by name)
