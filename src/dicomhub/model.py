@@ -123,6 +123,12 @@ class JobType(StrEnum):
     BULK_UPDATE = "update"  # studies' attributes changed (POST /v2/studies/$bulkUpdate)
 
 
+# the operations whose end (completed or failed) is a webhook event, dicomhub.OperationFinished
+# (webhooks/events.py), written with the operation's final state (storage/job_ops.py)
+OPERATION_FINISHED = "dicomhub.OperationFinished"
+EVENTFUL_JOBS = (JobType.EXPORT, JobType.BULK_UPDATE, JobType.REINDEX)
+
+
 class OperationStatus(StrEnum):
     NOT_STARTED = "notStarted"
     RUNNING = "running"

@@ -1,11 +1,11 @@
 """One delivery step of one webhook subscription, under its lease (see archive/webhooks.py).
 
 In order: the dead letters an administrator asked to replay; the StudyStable and SeriesStable
-events of the studies and series whose quiet period has passed; then the change feed after the
-cursor, one batch, each event the subscription wants POSTed and the cursor moved after it.
-Every record of progress is conditional on the lease, so a node that lost it (it stalled past
-the lease, another took over) stops at once instead of delivering out of order beside the new
-holder.
+events of the studies and series whose quiet period has passed; the OperationFinished events
+waiting in the outbox; then the change feed after the cursor, one batch, each event the
+subscription wants POSTed and the cursor moved after it. Every record of progress is
+conditional on the lease, so a node that lost it (it stalled past the lease, another took over)
+stops at once instead of delivering out of order beside the new holder.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Delivery:
 
     async def run(self) -> bool:
         """True when the batch was full and delivered (more may follow at once)."""
-        if not await self._replays() or not await self._stable():
+        if not await self._replays() or not await self._stable() or not await self._outbox():
             return False
         batch = self.settings.batch_size
         changes = await self.index.events_after(self.cursor, batch)
@@ -149,6 +149,34 @@ class Delivery:
             self.failing_since, self.attempts = None, 0
         return True
 
+    # -- OperationFinished: the outbox -----------------------------------------------------------
+
+    async def _outbox(self) -> bool:
+        if events.OPERATION_FINISHED not in self.subscription.event_types:
+            return True
+        waiting = await self.index.outbox_events(self.id, self.settings.batch_size)
+        for event_id, _, partition, time, data in waiting:
+            if not events.operation_passes(partition, self.subscription.filter):
+                held = await self.index.outbox_done(
+                    self.id, self.owner, event_id, 0, self.lease_until()
+                )
+                if not held:
+                    return self._lost()
+                continue
+            event = events.operation_event(event_id, time, data, self.root)
+            body = events.body(event, self.subscription.schema, self.root)
+            try:
+                await self.service.send(self.subscription, event.id, body)
+            except DeliveryFailed as exc:
+                return await self._failed(event, 0, body, str(exc), None, outbox=True)
+            held = await self.index.outbox_done(
+                self.id, self.owner, event_id, 1, self.lease_until()
+            )
+            if not held:
+                return self._lost()
+            self.failing_since, self.attempts = None, 0
+        return True
+
     # -- failures and replays ------------------------------------------------------------------
 
     async def _failed(
@@ -158,6 +186,7 @@ class Delivery:
         body: bytes,
         error: str,
         stable: Place | None,
+        outbox: bool = False,
     ) -> bool:
         """A failed attempt: retry later (False), or past the retry window, dead-letter the
         event and go on (True; the following events get one attempt each until one is taken)."""
@@ -165,8 +194,9 @@ class Delivery:
         since = self.failing_since or now
         window = timedelta(seconds=self.settings.retry_window)
         attempts = self.attempts + 1
+        in_feed = stable is None and not outbox  # a change-feed event: the cursor moves
         if now - since >= window:
-            if stable is None and not await self._record(self.passed, 0, upto=sequence):
+            if in_feed and not await self._record(self.passed, 0, upto=sequence):
                 return False  # the studies marked so far first: the cursor moves past them
             letter = DeadLetter(
                 self.id, event.id, sequence, event.type, body.decode(), error, attempts, now, False
@@ -179,11 +209,11 @@ class Delivery:
                 error,
             )
             if not await self.index.dead_letter(
-                self.id, self.owner, letter, self.lease_until(), stable
+                self.id, self.owner, letter, self.lease_until(), stable, outbox
             ):
                 return self._lost()
             self.service.observe("dead_lettered", None)
-            if stable is None:
+            if in_feed:
                 self.cursor = self.passed = sequence
             self.failing_since, self.attempts = since, 0
             return True

@@ -181,7 +181,7 @@ class WebhookService:
             if event_types is not None
             else events.IMAGE_TYPES
         )
-        stable = [t for t in types if t in events.STABLE_TYPES]
+        stable = [t for t in types if t in (*events.STABLE_TYPES, events.OPERATION_FINISHED)]
         if stable:
             raise InvalidRequest(
                 f"the live stream sends the change feed's events, not {', '.join(stable)}"

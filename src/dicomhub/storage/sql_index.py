@@ -454,8 +454,21 @@ class SqlIndex:
         letter: DeadLetter,
         lease_until: datetime,
         stable: Place | None = None,
+        outbox: bool = False,
     ) -> bool:
-        return await self._write(webhooks.dead_letter, id, owner, letter, lease_until, stable)
+        return await self._write(
+            webhooks.dead_letter, id, owner, letter, lease_until, stable, outbox
+        )
+
+    async def outbox_events(
+        self, id: str, limit: int
+    ) -> list[tuple[str, str, str | None, datetime, dict]]:
+        return await self._read(webhooks.outbox, id, limit)
+
+    async def outbox_done(
+        self, id: str, owner: str, event_id: str, count: int, lease_until: datetime
+    ) -> bool:
+        return await self._write(webhooks.outbox_done, id, owner, event_id, count, lease_until)
 
     async def due_stable(
         self, id: str, now: datetime, limit: int

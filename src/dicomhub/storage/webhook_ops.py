@@ -46,7 +46,8 @@ READY = (
     "OR EXISTS (SELECT 1 FROM webhook_deadletter d "
     "WHERE d.subscription_id = s.subscription_id AND d.replay = ?) "
     "OR EXISTS (SELECT 1 FROM webhook_stable w "
-    "WHERE w.subscription_id = s.subscription_id AND w.due <= ?)) "
+    "WHERE w.subscription_id = s.subscription_id AND w.due <= ?) "
+    "OR EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.subscription_id = s.subscription_id)) "
     "ORDER BY s.next_attempt LIMIT 1{skip_locked}"
 )
 CLAIM = (
@@ -117,6 +118,13 @@ REPLAY_FAILED = (
 HELD = "SELECT 1 FROM webhook_subscription WHERE subscription_id = ? AND lease_owner = ?"
 COUNT_DEADLETTERS = "SELECT count(*) FROM webhook_deadletter WHERE subscription_id = ?"
 DELETE_STABLE = "DELETE FROM webhook_stable WHERE subscription_id = ?"
+DELETE_OUTBOX = "DELETE FROM webhook_outbox WHERE subscription_id = ?"
+# OperationFinished events waiting (written by storage/job_ops.finish), oldest first
+OUTBOX = (
+    "SELECT event_id, event_type, partition_name, time, data FROM webhook_outbox "
+    "WHERE subscription_id = ? ORDER BY time, event_id LIMIT ?"
+)
+DROP_OUTBOX = "DELETE FROM webhook_outbox WHERE subscription_id = ? AND event_id = ?"
 
 # StudyStable and SeriesStable: the studies and series passed (a place: partition, study,
 # series; series '' for the study itself), their last change, and when each is due.
@@ -214,6 +222,7 @@ def delete(id: str) -> Op:
     found = yield one(GET, id)
     yield run(DELETE_DEADLETTERS, id)
     yield run(DELETE_STABLE, id)
+    yield run(DELETE_OUTBOX, id)
     yield run(DELETE, id)
     return found is not None
 
@@ -275,9 +284,11 @@ def dead_letter(
     letter: DeadLetter,
     lease_until: datetime,
     stable: Place | None = None,
+    outbox: bool = False,
 ) -> Op:
     """Give up on an event: keep it as a dead letter and move the cursor past it (or, for the
-    stable event of place ``stable``, forget the place), together."""
+    stable event of place ``stable``, forget the place; for an ``outbox`` event, drop it),
+    together."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
@@ -294,8 +305,11 @@ def dead_letter(
         False,
     )
     dead_at, error, until = to_micros(letter.dead), letter.error[:2000], to_micros(lease_until)
-    if stable is not None:
-        yield run(DROP_STABLE, id, *stable, letter.sequence)
+    if stable is not None or outbox:
+        if stable is not None:
+            yield run(DROP_STABLE, id, *stable, letter.sequence)
+        else:
+            yield run(DROP_OUTBOX, id, letter.event_id)
         row = yield one(KEPT, dead_at, error, until, id, owner)
     else:
         row = yield one(PASSED, letter.sequence, dead_at, error, until, id, owner)
@@ -346,6 +360,34 @@ def stable_done(
     if held is None:
         return False
     yield run(DROP_STABLE, id, *place, sequence)
+    if count:
+        row = yield one(DELIVERED_KEPT, count, to_micros(lease_until), id, owner)
+        return row is not None
+    return True
+
+
+def outbox(id: str, limit: int) -> Op:
+    """(event id, type, partition, time, data) of its waiting outbox events, oldest first."""
+    found = yield rows(OUTBOX, id, limit)
+    return [
+        (
+            r["event_id"],
+            r["event_type"],
+            r["partition_name"],
+            from_micros(r["time"]),
+            json.loads(r["data"]),
+        )
+        for r in found
+    ]
+
+
+def outbox_done(id: str, owner: str, event_id: str, count: int, lease_until: datetime) -> Op:
+    """An outbox event was delivered (``count`` 1, clearing the failures) or is not for this
+    subscription (0): drop it; False without the lease."""
+    held = yield one(HELD, id, owner)
+    if held is None:
+        return False
+    yield run(DROP_OUTBOX, id, event_id)
     if count:
         row = yield one(DELIVERED_KEPT, count, to_micros(lease_until), id, owner)
         return row is not None

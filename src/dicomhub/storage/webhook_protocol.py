@@ -68,10 +68,23 @@ class Webhooks(Protocol):
         letter: DeadLetter,
         lease_until: datetime,
         stable: Place | None = None,
+        outbox: bool = False,
     ) -> bool:
         """Keep ``letter`` and move the cursor past its sequence (a stable event's, of place
-        ``stable``: forget the place instead), in one transaction; False (nothing done) when
-        the lease was lost."""
+        ``stable``: forget the place instead; an ``outbox`` event's: drop it), in one
+        transaction; False (nothing done) when the lease was lost."""
+
+    async def outbox_events(
+        self, id: str, limit: int
+    ) -> list[tuple[str, str, str | None, datetime, dict]]:
+        """(event id, type, partition, time, data) of the subscription's waiting outbox events
+        (dicomhub.OperationFinished, written with the operation's final state), oldest first."""
+
+    async def outbox_done(
+        self, id: str, owner: str, event_id: str, count: int, lease_until: datetime
+    ) -> bool:
+        """Drop a delivered (``count`` 1, clearing the failures) or unwanted (0) outbox event;
+        False without the lease."""
 
     async def due_stable(
         self, id: str, now: datetime, limit: int

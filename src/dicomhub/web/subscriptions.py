@@ -16,7 +16,9 @@ from dicomhub.model import ADMIN, DeadLetter, Subscription
 from dicomhub.web.access import granted_partitions
 from dicomhub.web.common import MAX_OFFSET, archive, base_url, json_body, page
 
-EVENT_ID = re.compile(r"([0-9]{1,16})(\.stable|\.series-stable)?", re.ASCII)  # webhooks.events: ids
+EVENT_ID = re.compile(
+    r"([0-9]{1,16})(\.stable|\.series-stable)?|[0-9A-Za-z-]{1,64}(\.finished)", re.ASCII
+)  # webhooks.events: ids
 
 
 def _within(request: Request) -> frozenset[str] | None:
@@ -73,10 +75,11 @@ async def deadletters(request: Request) -> JSONResponse:
 async def replay(request: Request) -> Response:
     event = request.path_params["event"]
     named = EVENT_ID.fullmatch(event)
-    if named is None or int(named[1]) > MAX_OFFSET:
+    if named is None or (named[1] is not None and int(named[1]) > MAX_OFFSET):
         raise InvalidRequest(
             f"a dead letter is named by its event id (a sequence number, or one followed by "
-            f".stable or .series-stable), not {event[:40]!r}"
+            f".stable or .series-stable, or an operation id followed by .finished), not "
+            f"{event[:40]!r}"
         )
     await archive(request).webhooks.replay(request.path_params["id"], event, _within(request))
     return Response(status_code=202)

@@ -16,7 +16,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from dicomhub.clock import isoformat
-from dicomhub.model import DEFAULT_PARTITION, Action, EventSource
+from dicomhub.model import DEFAULT_PARTITION, OPERATION_FINISHED, Action, EventSource
 
 PREFIX = "Microsoft.HealthcareApis."
 CREATED = PREFIX + "DicomImageCreated"
@@ -28,7 +28,8 @@ IMAGE_TYPES = (CREATED, UPDATED, DELETED)  # a subscription's default
 STUDY_STABLE = "dicomhub.StudyStable"
 SERIES_STABLE = "dicomhub.SeriesStable"  # the same, of a series
 STABLE_TYPES = (STUDY_STABLE, SERIES_STABLE)
-EVENT_TYPES = (*IMAGE_TYPES, *STABLE_TYPES)
+# an export, bulk update or extended-query-tag reindex completed or failed (model.py)
+EVENT_TYPES = (*IMAGE_TYPES, *STABLE_TYPES, OPERATION_FINISHED)
 BY_ACTION = {Action.CREATE: CREATED, Action.UPDATE: UPDATED, Action.DELETE: DELETED}
 SCHEMAS = ("cloudevents", "eventgrid")
 MEDIA_TYPES = {
@@ -95,6 +96,28 @@ def stable_event(place: tuple[str, str, str], sequence: int, time: datetime, roo
         subject=subject,
         data={**data, "serviceHostName": host, "sequenceNumber": sequence},
     )
+
+
+def operation_event(id: str, time: datetime, data: dict, root: str) -> Event:
+    """The OperationFinished event ``id`` (``{operationId}.finished``) of the data written
+    when the operation finished (storage/job_ops.py); ``time``: when it finished."""
+    host = urlsplit(root).netloc or root
+    href = f"{root.rstrip('/')}/v2/operations/{data['operationId']}"
+    return Event(
+        id=id,
+        type=OPERATION_FINISHED,
+        time=time,
+        subject=f"{host}/v2/operations/{data['operationId']}",
+        data={**data, "href": href, "serviceHostName": host},
+    )
+
+
+def operation_passes(partition: str | None, filter: dict) -> bool:
+    """Whether an operation's event passes a subscription's filter: its partition, when the
+    filter names partitions (a server-wide reindex passes none of those); the instance and
+    study filters do not apply to operations."""
+    wanted = filter.get("partition")
+    return not wanted or partition in wanted
 
 
 def body(event: Event, schema: str, root: str) -> bytes:

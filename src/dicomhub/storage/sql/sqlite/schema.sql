@@ -371,6 +371,19 @@ CREATE TABLE webhook_stable (
     due                 INTEGER NOT NULL,
     PRIMARY KEY (subscription_id, partition_name, study_uid, series_uid)
 );
+-- dicomhub.OperationFinished: an outbox of events that are no change-feed entry. A finished
+-- export, bulk update or reindex writes one row per subscription asking for the event, in the
+-- transaction of the operation's final state; the delivery deletes it once taken (or
+-- dead-lettered).
+CREATE TABLE webhook_outbox (
+    subscription_id     TEXT NOT NULL,
+    event_id            TEXT NOT NULL,
+    event_type          TEXT NOT NULL,
+    partition_name      TEXT,
+    time                INTEGER NOT NULL,
+    data                TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, event_id)
+);
 CREATE TABLE data_partition (
     partition_key       INTEGER PRIMARY KEY,
     partition_name      TEXT NOT NULL UNIQUE,

@@ -13,3 +13,16 @@ INSERT INTO webhook_stable_new (subscription_id, partition_name, study_uid, sequ
 SELECT subscription_id, partition_name, study_uid, sequence, due FROM webhook_stable;
 DROP TABLE webhook_stable;
 ALTER TABLE webhook_stable_new RENAME TO webhook_stable;
+-- dicomhub.OperationFinished: an outbox of events that are no change-feed entry. A finished
+-- export, bulk update or reindex writes one row per subscription asking for the event, in the
+-- transaction of the operation's final state; the delivery deletes it once taken (or
+-- dead-lettered).
+CREATE TABLE webhook_outbox (
+    subscription_id     TEXT NOT NULL,
+    event_id            TEXT NOT NULL,
+    event_type          TEXT NOT NULL,
+    partition_name      TEXT,
+    time                INTEGER NOT NULL,
+    data                TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, event_id)
+);
