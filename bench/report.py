@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
+from bench import webhooks
 from dicomhub import __version__
 
 # (result id, what is compared, minimum) -- "advantage" is how many times better dicomhub is than
@@ -182,6 +183,11 @@ def markdown(results: dict) -> str:
             f"| {t['id']} | {t['kind']} | {t['minimum']} | {t['value']} | "
             f"{'yes' if t['met'] else 'NO'} |"
         )
+    for name, server in results["servers"].items():
+        if "webhooks" in server:
+            lines += ["", webhooks.line(name, server["webhooks"])]
+    if results["profile"].get("data_partitions"):
+        lines += ["", "dicomhub ran with data partitions, the workloads in partition 'bench'."]
     skipped = results.get("skipped", {})
     lines += [""] + [f"Not run: {name}: {why}" for name, why in skipped.items()]
     return "\n".join(lines).rstrip() + "\n"

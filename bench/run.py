@@ -12,6 +12,7 @@ targets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import native, report, workloads
+from bench import native, report, webhooks, workloads
 from bench.client import Client, check
 from bench.servers import Dicomhub, Loopback, Orthanc, Server, orthanc_available
 
@@ -63,11 +64,15 @@ def loopback(workdir: Path, data: workloads.Data, profile: workloads.Profile) ->
     return out
 
 
-def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
+def measure(server: Server, data: workloads.Data, chosen: list, subscriptions: int = 0) -> dict:
     client = Client(server.base_url, server.cpu_seconds)
     data.stored = []
     out: list[dict] = []
-    with server:
+    delivered = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(server)
+        if subscriptions and isinstance(server, Dicomhub):
+            subscribers = stack.enter_context(webhooks.Subscribers(server, subscriptions))
         for workload in chosen:
             start = time.perf_counter()
             out += workload(client, data)
@@ -76,7 +81,13 @@ def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
                 file=sys.stderr,
             )
         rss = server.peak_rss_mb()
-    return {"workloads": out, "peak_rss_mb": rss}
+        if subscriptions and isinstance(server, Dicomhub):
+            delivered = subscribers.summary()
+            print("  " + webhooks.line(server.name, delivered), file=sys.stderr)
+    result = {"workloads": out, "peak_rss_mb": rss}
+    if delivered is not None:
+        result["webhooks"] = delivered
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         choices=[w.__name__ for w in workloads.WORKLOADS],
         help="run only these workloads (repeatable; searches and reads load their data first)",
     )
+    parser.add_argument(
+        "--subscriptions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before the workloads, make N webhook subscriptions on dicomhub: N-1 to a live "
+        "receiver in this process, one to a dead endpoint (the report says what was delivered)",
+    )
+    parser.add_argument(
+        "--data-partitions",
+        action="store_true",
+        help="run dicomhub with --data-partitions true, the workloads in partition 'bench' "
+        "(/v2/partitions/bench/...; Orthanc unchanged)",
+    )
     parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
     parser.add_argument("--out", default="bench-results/latest.json")
     args = parser.parse_args(argv)
@@ -114,10 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     reference = data.reference_files
     print(f"data set ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
+    if args.subscriptions < 0:
+        parser.error("--subscriptions: a number of subscriptions, 0 or more")
     extra = [] if args.workers is None else ["--workers", str(args.workers)]
-    servers: list[Server] = [Dicomhub(workdir / "dicomhub", extra=extra)]
+    if args.subscriptions:
+        extra += webhooks.SERVER_FLAGS
+    partition = "bench" if args.data_partitions else None
+    servers: list[Server] = [Dicomhub(workdir / "dicomhub", extra=extra, partition=partition)]
     servers += [
-        Dicomhub(workdir / f"dicomhub-{i}", url, extra) for i, url in enumerate(args.index_url)
+        Dicomhub(workdir / f"dicomhub-{i}", url, extra, partition)
+        for i, url in enumerate(args.index_url)
     ]
     skipped = {}
     why = "--no-orthanc" if args.no_orthanc else orthanc_available()
@@ -130,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "machine": report.machine(),
-        "profile": {"name": args.profile, "workers": args.workers, **dataclasses.asdict(profile)},
+        "profile": {
+            "name": args.profile,
+            "workers": args.workers,
+            "subscriptions": args.subscriptions,
+            "data_partitions": args.data_partitions,
+            **dataclasses.asdict(profile),
+        },
         "ceilings": {
             "page_cache": page_cache(workdir, reference),
             **loopback(workdir, data, profile),
@@ -144,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [w for w in workloads.WORKLOADS if w.__name__ in wanted]
     try:
         for server in servers:
-            results["servers"][server.name] = measure(server, data, chosen)
+            results["servers"][server.name] = measure(server, data, chosen, args.subscriptions)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

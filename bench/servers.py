@@ -115,11 +115,21 @@ class Server:
 class Dicomhub(Server):
     ready_path = "/health/check"
 
-    def __init__(self, workdir: Path, index_url: str | None = None, extra: list[str] = ()):
+    def __init__(
+        self,
+        workdir: Path,
+        index_url: str | None = None,
+        extra: list[str] = (),
+        partition: str | None = None,
+    ):
+        """``partition``: run with data partitions, the workloads in this one."""
         super().__init__(workdir)
         self.index_url, self.extra = index_url, list(extra)
         self.name = "dicomhub" if index_url is None else f"dicomhub ({index_url.split(':')[0]})"
         self.base_url = f"http://127.0.0.1:{self.port}/v2"
+        if partition:
+            self.extra += ["--data-partitions", "true"]
+            self.base_url += f"/partitions/{partition}"
 
     def command(self) -> list[str]:
         cmd = [

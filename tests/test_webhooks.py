@@ -34,6 +34,7 @@ CREATED = "Microsoft.HealthcareApis.DicomImageCreated"
 UPDATED = "Microsoft.HealthcareApis.DicomImageUpdated"
 DELETED = "Microsoft.HealthcareApis.DicomImageDeleted"
 STABLE = "dicomhub.StudyStable"
+SERIES_STABLE = "dicomhub.SeriesStable"
 FAST = dict(
     webhook_allow_private="true",
     webhook_poll_interval="0.1",
@@ -406,6 +407,13 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
         second = subprocess.Popen(command, env=env, cwd=ROOT)
         try:
             events = receiver.wait_for(3)
+            # the receiver has the last event before B records it: wait for the record
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
+                if state["delivered"] >= 3:
+                    break
+                time.sleep(0.1)
         finally:
             second.terminate()
             second.wait(10)
@@ -417,7 +425,6 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
             uid(234, 1, n) for n in range(3)
         ]
         assert ids == sorted(ids, key=int)
-        state = httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()
         assert state["delivered"] == 3
 
 
@@ -458,6 +465,50 @@ def test_study_stable_fires_once_after_the_quiet_period(tmp_path, server_index, 
             assert httpx.get(f"{url}/v2/subscriptions/{plain['id']}").json()["delivered"] == 4
         finally:
             others.stop()
+
+
+def test_series_stable_fires_once_per_series_after_the_quiet_period(
+    tmp_path, server_index, receiver
+):
+    """One wait per series (and one per study, keyed by level): a series stable fires once;
+    new instances in one series fire its SeriesStable again, not the other's."""
+    study, a, b = uid(238), uid(238, 1), uid(238, 2)
+    with server(tmp_path, server_index, webhook_study_stable_after="2") as (url, _):
+        sub = subscribe(url, receiver, eventTypes=[SERIES_STABLE, STABLE])
+        stow(url, instance(study, a, uid(238, 1, 0)), instance(study, a, uid(238, 1, 1)))
+        stow(url, instance(study, b, uid(238, 2, 0)))
+        latest = httpx.get(f"{url}/v2/changefeed/latest").json()["sequence"]
+        events = receiver.wait_for(3)
+        time.sleep(3.5)  # quiet on: nothing more
+        assert len(receiver.received) == 3
+        by_type = sorted((e["type"], e["data"].get("imageSeriesInstanceUid")) for e in events)
+        assert by_type == [(SERIES_STABLE, a), (SERIES_STABLE, b), (STABLE, None)]
+        series_a = next(e for e in events if e["data"].get("imageSeriesInstanceUid") == a)
+        assert series_a["id"] == f"{latest - 1}.series-stable"
+        assert series_a["subject"].endswith(f"/v2/studies/{study}/series/{a}")
+        assert series_a["data"] == {
+            "partitionName": "Microsoft.Default",
+            "imageStudyInstanceUid": study,
+            "imageSeriesInstanceUid": a,
+            "serviceHostName": series_a["data"]["serviceHostName"],
+            "sequenceNumber": latest - 1,
+        }
+        study_event = next(e for e in events if e["type"] == STABLE)
+        assert study_event["id"] == f"{latest}.stable"
+        assert all(verify(sub["secret"], *r) for r in receiver.received)
+        stow(url, instance(study, b, uid(238, 2, 1)))  # series b only
+        events = receiver.wait_for(5)
+        time.sleep(3.5)
+        assert len(receiver.received) == 5
+        assert sorted((e["type"], e["data"].get("imageSeriesInstanceUid")) for e in events[3:]) == [
+            (SERIES_STABLE, b),
+            (STABLE, None),
+        ]
+        # a dead letter of a series' event is named and replayed by its id
+        r = httpx.post(f"{url}/v2/subscriptions/{sub['id']}/deadletters/7.series-stable/replay")
+        assert r.status_code == 404, r.text
+        r = httpx.post(f"{url}/v2/subscriptions/{sub['id']}/deadletters/7.serie-stable/replay")
+        assert r.status_code == 400, r.text
 
 
 def test_pure_parts():
@@ -614,10 +665,24 @@ def test_the_cli_manages_subscriptions(tmp_path, receiver):
         )
 
     with server(tmp_path, {}) as (url, _):
-        made = cli("create", receiver.url, "--filter", "modality=CT,MR", "--schema", "eventgrid")
+        made = cli(
+            "create",
+            receiver.url,
+            "--filter",
+            "modality=CT,MR",
+            "--study",
+            "StudyDescription=*CHEST*",
+            "--study",
+            "StudyDate=20240101-",
+            "--schema",
+            "eventgrid",
+        )
         assert made.returncode == 0, made.stderr
         sub = json.loads(made.stdout)
-        assert sub["secret"].startswith("whsec_") and sub["filter"] == {"modality": ["CT", "MR"]}
+        assert sub["secret"].startswith("whsec_") and sub["filter"] == {
+            "modality": ["CT", "MR"],
+            "study": {"StudyDescription": "*CHEST*", "StudyDate": "20240101-"},
+        }
         listed = cli("list")
         assert listed.returncode == 0 and listed.stdout.split() == [
             sub["id"],
@@ -632,6 +697,8 @@ def test_the_cli_manages_subscriptions(tmp_path, receiver):
         assert refused.returncode == 2 and "http" in refused.stderr
         assert cli("replay", sub["id"], "7").returncode == 2  # no such dead letter
         assert cli("create", receiver.url, "--filter", "modality").returncode == 2
+        bad = cli("create", receiver.url, "--study", "StudyDate=2024-99")
+        assert bad.returncode == 2 and "StudyDate" in bad.stderr
         assert cli("delete", sub["id"]).returncode == 0
         assert cli("list").stdout == ""
         assert cli("get", sub["id"]).returncode == 2

@@ -126,6 +126,12 @@ class JobType(StrEnum):
     BULK_UPDATE = "update"  # studies' attributes changed (POST /v2/studies/$bulkUpdate)
 
 
+# the operations whose end (completed or failed) is a webhook event, dicomhub.OperationFinished
+# (webhooks/events.py), written with the operation's final state (storage/job_ops.py)
+OPERATION_FINISHED = "dicomhub.OperationFinished"
+EVENTFUL_JOBS = (JobType.EXPORT, JobType.BULK_UPDATE, JobType.REINDEX)
+
+
 class OperationStatus(StrEnum):
     NOT_STARTED = "notStarted"
     RUNNING = "running"
@@ -198,7 +204,8 @@ class Subscription:
     id: str
     url: str
     event_types: tuple[str, ...]
-    filter: dict[str, tuple[str, ...]]  # partition, modality, sopClassUid -> values any of
+    # partition, modality, sopClassUid -> values any of; study -> {QIDO key: value}
+    filter: dict[str, Any]
     secret: str  # whsec_ + base64 key (Standard Webhooks)
     schema: str  # cloudevents or eventgrid
     paused: bool

@@ -260,8 +260,9 @@ class Settings:
     )
     webhook_study_stable_after: float = _setting(
         60.0,
-        "Seconds without a new instance (or a new version of one) in a study after which "
-        "subscribers to dicomhub.StudyStable are told it is stable; again only after new ones.",
+        "Seconds without a new instance (or a new version of one) in a study (a series) after "
+        "which subscribers to dicomhub.StudyStable (SeriesStable) are told it is stable; again "
+        "only after new ones.",
     )
     event_stream_seconds: float = _setting(
         30.0,

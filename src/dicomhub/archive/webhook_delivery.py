@@ -1,8 +1,9 @@
 """One delivery step of one webhook subscription, under its lease (see archive/webhooks.py).
 
-In order: the dead letters an administrator asked to replay; the StudyStable events of the
-studies whose quiet period has passed; then the change feed after the cursor, one batch, each
-event the subscription wants POSTed and the cursor moved after it. Every record of progress is
+In order: the dead letters an administrator asked to replay; the StudyStable and SeriesStable
+events of the studies and series whose quiet period has passed; the OperationFinished events
+waiting in the outbox; then the change feed after the cursor, one batch, each event the
+subscription wants POSTed and the cursor moved after it. Every record of progress is
 conditional on the lease, so a node that lost it (it stalled past the lease, another took over)
 stops at once instead of delivering out of order beside the new holder.
 """
@@ -14,8 +15,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from dicomhub.clock import utcnow
-from dicomhub.model import DeadLetter, EventSource, Subscription
-from dicomhub.webhooks import events
+from dicomhub.model import Action, DeadLetter, EventSource, Subscription
+from dicomhub.storage.webhook_protocol import Place
+from dicomhub.webhooks import events, study_filter
 from dicomhub.webhooks.client import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -35,7 +37,8 @@ class Delivery:
         self.owner = owner
         self.cursor = subscription.sequence  # recorded in the index
         self.passed = subscription.sequence  # filtered out up to here, not yet recorded
-        self.marks: dict[tuple[str, str], tuple[int, datetime]] = {}  # not yet recorded
+        self.marks: dict[Place, tuple[int, datetime]] = {}  # not yet recorded
+        self.studies: dict[tuple[str, str, bool], bool] = {}  # passing the study filter, this step
         self.failing_since = subscription.failing_since
         self.attempts = subscription.attempts  # failed attempts at the next event
         self.quiet = timedelta(seconds=self.settings.study_stable_after)
@@ -45,16 +48,19 @@ class Delivery:
 
     async def run(self) -> bool:
         """True when the batch was full and delivered (more may follow at once)."""
-        if not await self._replays() or not await self._stable_studies():
+        if not await self._replays() or not await self._stable() or not await self._outbox():
             return False
         batch = self.settings.batch_size
         changes = await self.index.events_after(self.cursor, batch)
         types, filter = self.subscription.event_types, self.subscription.filter
         for change in changes:
-            if events.marks_stable(change, types, filter):
-                key = (change.id.partition, change.id.study)
-                self.marks[key] = (change.sequence, change.timestamp + self.quiet)
-            if not events.matches(change, types, filter):
+            places = events.marks_stable(change, types, filter)
+            wanted = events.matches(change, types, filter)
+            if (places or wanted) and not await self._study_passes(change):
+                places, wanted = [], False
+            for place in places:
+                self.marks[place] = (change.sequence, change.timestamp + self.quiet)
+            if not wanted:
                 self.passed = change.sequence
                 continue
             if not await self._deliver(change):
@@ -65,6 +71,22 @@ class Delivery:
         return len(changes) == batch
 
     # -- the change feed -----------------------------------------------------------------------
+
+    async def _study_passes(self, change: EventSource) -> bool:
+        """Whether the change's study passes the subscription's study filter (QIDO matching,
+        by the index, on the study as it is now: once per study and step). The deletion of a
+        study's last instances passes: its attributes are gone (see events.matches)."""
+        wanted = self.subscription.filter.get(study_filter.FIELD)
+        if not wanted:
+            return True
+        partition, study = change.id.partition, change.id.study
+        key = (partition, study, change.action is Action.DELETE)
+        if key not in self.studies:
+            found = await self.index.count(study_filter.query(wanted, partition, study)) > 0
+            if not found and change.action is Action.DELETE:
+                found = (await self.index.place_state((partition, study, "")))[0] == 0
+            self.studies[key] = found
+        return self.studies[key]
 
     async def _deliver(self, change: EventSource) -> bool:
         """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""
@@ -77,33 +99,33 @@ class Delivery:
         return await self._record(change.sequence, 1)
 
     async def _record(self, sequence: int, count: int, upto: int = 0) -> bool:
-        """Move the cursor (with the studies marked for StudyStable on the way, up to
-        ``upto`` when that is further)."""
+        """Move the cursor (with the studies and series marked for their stable events on the
+        way, up to ``upto`` when that is further)."""
         upto = max(sequence, upto)
-        marks = [(p, s, seq, due) for (p, s), (seq, due) in self.marks.items() if seq <= upto]
+        marks = [(place, seq, due) for place, (seq, due) in self.marks.items() if seq <= upto]
         held = await self.index.subscription_delivered(
             self.id, self.owner, sequence, count, self.lease_until(), marks
         )
         if not held:
             return self._lost()
-        for partition, study, *_ in marks:
-            del self.marks[(partition, study)]
+        for place, *_ in marks:
+            del self.marks[place]
         self.cursor = self.passed = sequence
         self.failing_since, self.attempts = None, 0
         return True
 
-    # -- StudyStable ---------------------------------------------------------------------------
+    # -- StudyStable and SeriesStable: one wait, keyed by place -----------------------------
 
-    async def _stable_studies(self) -> bool:
-        if events.STUDY_STABLE not in self.subscription.event_types:
+    async def _stable(self) -> bool:
+        if not any(t in self.subscription.event_types for t in events.STABLE_TYPES):
             return True
         now = utcnow()
-        due = await self.index.due_stable_studies(self.id, now, self.settings.batch_size)
-        for partition, study, sequence, _ in due:
-            count, latest, last = await self.index.study_state(partition, study)
-            if count == 0:  # the study is gone: nothing is stable
+        due = await self.index.due_stable(self.id, now, self.settings.batch_size)
+        for place, sequence, _ in due:
+            count, latest, last = await self.index.place_state(place)
+            if count == 0:  # the study (series) is gone: nothing is stable
                 held = await self.index.stable_done(
-                    self.id, self.owner, partition, study, sequence, 0, self.lease_until()
+                    self.id, self.owner, place, sequence, 0, self.lease_until()
                 )
                 if not held:
                     return self._lost()
@@ -111,16 +133,44 @@ class Delivery:
             if latest is not None and (latest + self.quiet > now or last > self.cursor):
                 # new instances since, or changes of it that delivery has not passed yet
                 later = max(latest + self.quiet, now + self.quiet / 2)
-                await self.index.postpone_stable(self.id, partition, study, sequence, later)
+                await self.index.postpone_stable(self.id, place, sequence, later)
                 continue
-            event = events.stable_event(partition, study, sequence, now, self.root)
+            event = events.stable_event(place, sequence, now, self.root)
             body = events.body(event, self.subscription.schema, self.root)
             try:
                 await self.service.send(self.subscription, event.id, body)
             except DeliveryFailed as exc:
-                return await self._failed(event, sequence, body, str(exc), (partition, study))
+                return await self._failed(event, sequence, body, str(exc), place)
             held = await self.index.stable_done(
-                self.id, self.owner, partition, study, sequence, 1, self.lease_until()
+                self.id, self.owner, place, sequence, 1, self.lease_until()
+            )
+            if not held:
+                return self._lost()
+            self.failing_since, self.attempts = None, 0
+        return True
+
+    # -- OperationFinished: the outbox -----------------------------------------------------------
+
+    async def _outbox(self) -> bool:
+        if events.OPERATION_FINISHED not in self.subscription.event_types:
+            return True
+        waiting = await self.index.outbox_events(self.id, self.settings.batch_size)
+        for event_id, _, partition, time, data in waiting:
+            if not events.operation_passes(partition, self.subscription.filter):
+                held = await self.index.outbox_done(
+                    self.id, self.owner, event_id, 0, self.lease_until()
+                )
+                if not held:
+                    return self._lost()
+                continue
+            event = events.operation_event(event_id, time, data, self.root)
+            body = events.body(event, self.subscription.schema, self.root)
+            try:
+                await self.service.send(self.subscription, event.id, body)
+            except DeliveryFailed as exc:
+                return await self._failed(event, 0, body, str(exc), None, outbox=True)
+            held = await self.index.outbox_done(
+                self.id, self.owner, event_id, 1, self.lease_until()
             )
             if not held:
                 return self._lost()
@@ -135,7 +185,8 @@ class Delivery:
         sequence: int,
         body: bytes,
         error: str,
-        stable: tuple[str, str] | None,
+        stable: Place | None,
+        outbox: bool = False,
     ) -> bool:
         """A failed attempt: retry later (False), or past the retry window, dead-letter the
         event and go on (True; the following events get one attempt each until one is taken)."""
@@ -143,8 +194,9 @@ class Delivery:
         since = self.failing_since or now
         window = timedelta(seconds=self.settings.retry_window)
         attempts = self.attempts + 1
+        in_feed = stable is None and not outbox  # a change-feed event: the cursor moves
         if now - since >= window:
-            if stable is None and not await self._record(self.passed, 0, upto=sequence):
+            if in_feed and not await self._record(self.passed, 0, upto=sequence):
                 return False  # the studies marked so far first: the cursor moves past them
             letter = DeadLetter(
                 self.id, event.id, sequence, event.type, body.decode(), error, attempts, now, False
@@ -157,11 +209,11 @@ class Delivery:
                 error,
             )
             if not await self.index.dead_letter(
-                self.id, self.owner, letter, self.lease_until(), stable
+                self.id, self.owner, letter, self.lease_until(), stable, outbox
             ):
                 return self._lost()
             self.service.observe("dead_lettered", None)
-            if stable is None:
+            if in_feed:
                 self.cursor = self.passed = sequence
             self.failing_since, self.attempts = since, 0
             return True

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 from dicomhub.archive.webhook_delivery import Delivery
 from dicomhub.clock import monotonic, utcnow
-from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.errors import Forbidden, InvalidRequest, NotFound
 from dicomhub.model import DeadLetter, Subscription
 from dicomhub.settings_groups import Webhooks as WebhookSettings
-from dicomhub.storage.protocols import ChangeFeed, Webhooks
-from dicomhub.webhooks import events, signing
+from dicomhub.storage.protocols import ChangeFeed, InstanceSearch, Webhooks
+from dicomhub.webhooks import events, signing, study_filter
 from dicomhub.webhooks.client import DeliveryFailed, WebhookClient
 from dicomhub.webhooks.targets import TargetRefused, check_target
 
@@ -39,8 +39,9 @@ FIELDS = {"url", "eventTypes", "filter", "secret", "schema", "state"}
 STATES = ("active", "paused")  # what an administrator sets ("failing" is the delivery's)
 
 
-class WebhookIndex(Webhooks, ChangeFeed, Protocol):
-    """What the webhooks use of the index: their subscriptions and the change feed."""
+class WebhookIndex(Webhooks, ChangeFeed, InstanceSearch, Protocol):
+    """What the webhooks use of the index: their subscriptions, the change feed, and QIDO
+    matching (a study filter)."""
 
 
 class WebhookService:
@@ -55,9 +56,10 @@ class WebhookService:
 
     # -- administration ------------------------------------------------------------------------
 
-    async def create(self, body: Any) -> Subscription:
+    async def create(self, body: Any, within: frozenset[str] | None = None) -> Subscription:
         """A new subscription from a request body; it gets the changes made from now on. Its
-        secret is the body's, else a new one (the caller sees it once, in the answer)."""
+        secret is the body's, else a new one (the caller sees it once, in the answer).
+        ``within``: the partitions of a partition-scoped administrator (None: everywhere)."""
         fields = _fields(body)
         if "url" not in fields:
             raise InvalidRequest("a subscription needs a url")
@@ -82,43 +84,51 @@ class WebhookService:
             holder=None,
         )
         subscription = await self._apply(subscription, fields)
+        _check_within(subscription, within)
         await self.index.create_subscription(subscription)
         return subscription
 
-    async def get(self, id: str) -> Subscription:
+    async def get(self, id: str, within: frozenset[str] | None = None) -> Subscription:
         found = await self.index.subscription(id)
         if found is None:
             raise NotFound(f"no webhook subscription {id}")
+        _check_within(found, within)
         return found
 
-    async def listing(self) -> list[Subscription]:
-        return await self.index.subscriptions()
+    async def listing(self, within: frozenset[str] | None = None) -> list[Subscription]:
+        return [s for s in await self.index.subscriptions() if _inside(s, within)]
 
-    async def update(self, id: str, body: Any) -> Subscription:
+    async def update(
+        self, id: str, body: Any, within: frozenset[str] | None = None
+    ) -> Subscription:
         """Change what the body names (a partial update); ``state`` pauses or resumes."""
         fields = _fields(body)
-        changed = await self._apply(await self.get(id), fields)
+        changed = await self._apply(await self.get(id, within), fields)
+        _check_within(changed, within)
         now = utcnow()
         changed = dataclasses.replace(changed, updated=now, next_attempt=now)
         if not await self.index.update_subscription(changed):
             raise NotFound(f"no webhook subscription {id}")
         return await self.get(id)
 
-    async def delete(self, id: str) -> None:
+    async def delete(self, id: str, within: frozenset[str] | None = None) -> None:
+        await self.get(id, within)
         if not await self.index.delete_subscription(id):
             raise NotFound(f"no webhook subscription {id}")
 
-    async def deadletters(self, id: str, offset: int, limit: int) -> list[DeadLetter]:
-        await self.get(id)
+    async def deadletters(
+        self, id: str, offset: int, limit: int, within: frozenset[str] | None = None
+    ) -> list[DeadLetter]:
+        await self.get(id, within)
         return await self.index.deadletters(id, offset, limit)
 
     async def count_deadletters(self, id: str) -> int:
         return await self.index.count_deadletters(id)
 
-    async def replay(self, id: str, event_id: str) -> None:
+    async def replay(self, id: str, event_id: str, within: frozenset[str] | None = None) -> None:
         """Have a dead letter delivered again by the subscription's next delivery step (once:
         refused again, it stays in the list with the new error)."""
-        await self.get(id)
+        await self.get(id, within)
         if not await self.index.replay_deadletter(id, event_id, utcnow()):
             raise NotFound(f"subscription {id} has no dead letter {event_id}")
 
@@ -157,20 +167,35 @@ class WebhookService:
         return (changes[-1].sequence if changes else after), out
 
     def stream_query(
-        self, event_types: str | None, filters: dict[str, str]
+        self,
+        event_types: str | None,
+        filters: dict[str, str],
+        within: frozenset[str] | None = None,
     ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
         """The event types (comma-separated; default the image events) and filters (each
-        value comma-separated) of a stream request; InvalidRequest when bad."""
+        value comma-separated) of a stream request; InvalidRequest when bad. A reader of
+        partitions ``within`` only (None: everywhere) gets their events only: Forbidden when
+        it asks for another's."""
         types = (
             _event_types([t.strip() for t in event_types.split(",")])
             if event_types is not None
             else events.IMAGE_TYPES
         )
-        if events.STUDY_STABLE in types:
+        stable = [t for t in types if t in (*events.STABLE_TYPES, events.OPERATION_FINISHED)]
+        if stable:
             raise InvalidRequest(
-                f"the live stream sends the change feed's events, not {events.STUDY_STABLE}"
+                f"the live stream sends the change feed's events, not {', '.join(stable)}"
             )
-        return types, _filter({k: v.split(",") for k, v in filters.items()})
+        filter = _filter({k: v.split(",") for k, v in filters.items()})
+        if within is not None:
+            asked = filter.get("partition")
+            outside = sorted(set(asked) - within) if asked else []
+            if outside:
+                raise Forbidden(
+                    f"the caller's roles do not grant reading partition {', '.join(outside)}"
+                )
+            filter["partition"] = asked or tuple(sorted(within))
+        return types, filter
 
     async def _apply(self, subscription: Subscription, fields: dict[str, Any]) -> Subscription:
         """``subscription`` with the fields of a request body, each checked (InvalidRequest)."""
@@ -253,6 +278,24 @@ class WebhookService:
             await self._client.close()
 
 
+def _inside(subscription: Subscription, within: frozenset[str] | None) -> bool:
+    """Whether a subscription lies within partitions ``within`` (None: everywhere): its
+    filter names partitions, all of them among those."""
+    if within is None:
+        return True
+    named = subscription.filter.get("partition", ())
+    return bool(named) and set(named) <= within
+
+
+def _check_within(subscription: Subscription, within: frozenset[str] | None) -> None:
+    if not _inside(subscription, within):
+        raise Forbidden(
+            "the caller administers the subscriptions of partitions "
+            f"{', '.join(sorted(within or ()))} only: those whose filter.partition names "
+            "only these"
+        )
+
+
 def _fields(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("a subscription is a JSON object")
@@ -273,13 +316,17 @@ def _event_types(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _filter(value: Any) -> dict[str, tuple[str, ...]]:
+def _filter(value: Any) -> dict[str, Any]:
+    known = ", ".join((*events.FILTERS, study_filter.FIELD))
     if not isinstance(value, dict):
-        raise InvalidRequest(f"filter is an object of {', '.join(events.FILTERS)}")
-    out = {}
+        raise InvalidRequest(f"filter is an object of {known}")
+    out: dict[str, Any] = {}
     for field, wanted in value.items():
+        if field == study_filter.FIELD:
+            out[field] = study_filter.check(wanted)
+            continue
         if field not in events.FILTERS:
-            raise InvalidRequest(f"unknown filter {field!r} (known: {', '.join(events.FILTERS)})")
+            raise InvalidRequest(f"unknown filter {field!r} (known: {known})")
         values = [wanted] if isinstance(wanted, str) else wanted
         if (
             not isinstance(values, list)

@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE[,VALUE]",
         help="partition, modality or sopClassUid (repeatable)",
     )
+    create.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE=VALUE",
+        help="a QIDO-style study filter term, e.g. StudyDescription=*CHEST* (repeatable)",
+    )
     create.add_argument("--schema", choices=["cloudevents", "eventgrid"])
     create.add_argument(
         "--secret-file", metavar="FILE", help="file holding the whsec_ secret (default: a new one)"
@@ -83,6 +90,11 @@ def request(args: argparse.Namespace) -> tuple[str, str, Any, int]:
                 if not sep:
                     raise ValueError(f"--filter {item!r}: give FIELD=VALUE")
                 body["filter"][field] = values.split(",")
+        for item in args.study:
+            attribute, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--study {item!r}: give ATTRIBUTE=VALUE")
+            body.setdefault("filter", {}).setdefault("study", {})[attribute] = value
         if args.schema:
             body["schema"] = args.schema
         if args.secret_file:

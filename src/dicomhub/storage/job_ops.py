@@ -12,7 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from dicomhub.clock import from_micros, to_micros
-from dicomhub.model import Operation, OperationStatus
+from dicomhub.model import (
+    EVENTFUL_JOBS,
+    OPERATION_FINISHED,
+    JobType,
+    Operation,
+    OperationStatus,
+)
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, one, rows, run
 
@@ -42,7 +48,14 @@ RENEW = (
     "RETURNING operation_id"
 )
 HELD = (
-    "SELECT errors FROM operation WHERE operation_id = ? AND lease_owner = ? AND status = 'running'"
+    "SELECT errors, type, payload FROM operation "
+    "WHERE operation_id = ? AND lease_owner = ? AND status = 'running'"
+)
+# dicomhub.OperationFinished, one row per subscription asking for it (webhook_ops delivers)
+FAN_OUT = (
+    "INSERT INTO webhook_outbox (subscription_id, event_id, event_type, partition_name, time, "
+    "data) SELECT subscription_id, ?, ?, ?, CAST(? AS BIGINT), ? FROM webhook_subscription "
+    "WHERE event_types LIKE ?"
 )
 FINISH = (
     "UPDATE operation SET status = ?, percent_complete = coalesce(?, percent_complete), "
@@ -117,7 +130,9 @@ def finish(
     error: str | None,
     retry_at: datetime | None,
 ) -> Op:
-    """Complete the job (no error), schedule it again (error and ``retry_at``) or fail it."""
+    """Complete the job (no error), schedule it again (error and ``retry_at``) or fail it; a
+    finished export, bulk update or reindex writes its OperationFinished event for the
+    subscriptions asking for it, in the same transaction (no event without the state)."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
@@ -139,6 +154,27 @@ def finish(
         status != OperationStatus.NOT_STARTED,
         id,
     )
+    if status != OperationStatus.NOT_STARTED and held["type"] in EVENTFUL_JOBS:
+        payload = json.loads(held["payload"])
+        partition = payload.get("partition") if held["type"] != JobType.REINDEX else None
+        data = {
+            "operationId": id,
+            "operationType": held["type"],
+            "status": str(status),
+            "partitionName": partition,
+            "percentComplete": 100 if percent == 100 else None,
+            "results": results,
+            "errors": errors,
+        }
+        yield run(
+            FAN_OUT,
+            f"{id}.finished",
+            OPERATION_FINISHED,
+            partition,
+            to_micros(now),
+            json.dumps(data),
+            f'%"{OPERATION_FINISHED}"%',
+        )
     return True
 
 

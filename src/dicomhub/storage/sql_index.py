@@ -48,6 +48,7 @@ from dicomhub.storage import workitem_event_ops as events
 from dicomhub.storage import workitem_ops as workitems
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.search_sql import count_sql, search_sql
+from dicomhub.storage.webhook_protocol import Place
 
 OpFactory = Callable[..., st.Op]
 
@@ -436,7 +437,7 @@ class SqlIndex:
         sequence: int,
         count: int,
         lease_until: datetime,
-        marks: list[tuple[str, str, int, datetime]] = (),
+        marks: list[tuple[Place, int, datetime]] = (),
     ) -> bool:
         return await self._write(
             webhooks.delivered, id, owner, sequence, count, lease_until, list(marks)
@@ -456,37 +457,45 @@ class SqlIndex:
         owner: str,
         letter: DeadLetter,
         lease_until: datetime,
-        stable: tuple[str, str] | None = None,
+        stable: Place | None = None,
+        outbox: bool = False,
     ) -> bool:
-        return await self._write(webhooks.dead_letter, id, owner, letter, lease_until, stable)
+        return await self._write(
+            webhooks.dead_letter, id, owner, letter, lease_until, stable, outbox
+        )
 
-    async def due_stable_studies(
+    async def outbox_events(
+        self, id: str, limit: int
+    ) -> list[tuple[str, str, str | None, datetime, dict]]:
+        return await self._read(webhooks.outbox, id, limit)
+
+    async def outbox_done(
+        self, id: str, owner: str, event_id: str, count: int, lease_until: datetime
+    ) -> bool:
+        return await self._write(webhooks.outbox_done, id, owner, event_id, count, lease_until)
+
+    async def due_stable(
         self, id: str, now: datetime, limit: int
-    ) -> list[tuple[str, str, int, datetime]]:
+    ) -> list[tuple[Place, int, datetime]]:
         return await self._read(webhooks.due_stable, id, now, limit)
 
-    async def study_state(
-        self, partition: str, study: str
-    ) -> tuple[int, datetime | None, int | None]:
-        return await self._read(webhooks.study_state, partition, study, snapshot=True)
+    async def place_state(self, place: Place) -> tuple[int, datetime | None, int | None]:
+        return await self._read(webhooks.place_state, place, snapshot=True)
 
-    async def postpone_stable(
-        self, id: str, partition: str, study: str, sequence: int, due: datetime
-    ) -> None:
-        await self._write(webhooks.postpone_stable, id, partition, study, sequence, due)
+    async def postpone_stable(self, id: str, place: Place, sequence: int, due: datetime) -> None:
+        await self._write(webhooks.postpone_stable, id, place, sequence, due)
 
     async def stable_done(
         self,
         id: str,
         owner: str,
-        partition: str,
-        study: str,
+        place: Place,
         sequence: int,
         count: int,
         lease_until: datetime,
     ) -> bool:
         return await self._write(
-            webhooks.stable_done, id, owner, partition, study, sequence, count, lease_until
+            webhooks.stable_done, id, owner, place, sequence, count, lease_until
         )
 
     async def release_subscription(self, id: str, owner: str, not_before: datetime) -> None:

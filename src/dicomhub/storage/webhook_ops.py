@@ -16,6 +16,7 @@ from dicomhub.model import Action, DeadLetter, EventSource, InstanceId, Subscrip
 from dicomhub.storage import instance_ops
 from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, one, rows, run
+from dicomhub.storage.webhook_protocol import Place
 
 _COLUMNS = (
     "subscription_id, url, event_types, filter, secret, payload_schema, paused, created, "
@@ -45,7 +46,8 @@ READY = (
     "OR EXISTS (SELECT 1 FROM webhook_deadletter d "
     "WHERE d.subscription_id = s.subscription_id AND d.replay = ?) "
     "OR EXISTS (SELECT 1 FROM webhook_stable w "
-    "WHERE w.subscription_id = s.subscription_id AND w.due <= ?)) "
+    "WHERE w.subscription_id = s.subscription_id AND w.due <= ?) "
+    "OR EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.subscription_id = s.subscription_id)) "
     "ORDER BY s.next_attempt LIMIT 1{skip_locked}"
 )
 CLAIM = (
@@ -116,32 +118,44 @@ REPLAY_FAILED = (
 HELD = "SELECT 1 FROM webhook_subscription WHERE subscription_id = ? AND lease_owner = ?"
 COUNT_DEADLETTERS = "SELECT count(*) FROM webhook_deadletter WHERE subscription_id = ?"
 DELETE_STABLE = "DELETE FROM webhook_stable WHERE subscription_id = ?"
+DELETE_OUTBOX = "DELETE FROM webhook_outbox WHERE subscription_id = ?"
+# OperationFinished events waiting (written by storage/job_ops.finish), oldest first
+OUTBOX = (
+    "SELECT event_id, event_type, partition_name, time, data FROM webhook_outbox "
+    "WHERE subscription_id = ? ORDER BY time, event_id LIMIT ?"
+)
+DROP_OUTBOX = "DELETE FROM webhook_outbox WHERE subscription_id = ? AND event_id = ?"
 
-# StudyStable: the studies passed (their last change) and when each is due.
+# StudyStable and SeriesStable: the studies and series passed (a place: partition, study,
+# series; series '' for the study itself), their last change, and when each is due.
 MARK_STABLE = (
-    "INSERT INTO webhook_stable (subscription_id, partition_name, study_uid, sequence, due) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription_id, partition_name, study_uid) "
+    "INSERT INTO webhook_stable (subscription_id, partition_name, study_uid, series_uid, "
+    "sequence, due) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (subscription_id, partition_name, study_uid, series_uid) "
     "DO UPDATE SET sequence = excluded.sequence, due = excluded.due"
 )
 DUE_STABLE = (
-    "SELECT partition_name, study_uid, sequence, due FROM webhook_stable "
-    "WHERE subscription_id = ? AND due <= ? ORDER BY due, sequence LIMIT ?"
+    "SELECT partition_name, study_uid, series_uid, sequence, due FROM webhook_stable "
+    "WHERE subscription_id = ? AND due <= ? ORDER BY due, sequence, series_uid LIMIT ?"
 )
+_PLACE = "partition_name = ? AND study_uid = ? AND series_uid = ?"
 POSTPONE_STABLE = (
-    "UPDATE webhook_stable SET due = ? "
-    "WHERE subscription_id = ? AND partition_name = ? AND study_uid = ? AND sequence = ?"
+    f"UPDATE webhook_stable SET due = ? WHERE subscription_id = ? AND {_PLACE} AND sequence = ?"
 )
-DROP_STABLE = (
-    "DELETE FROM webhook_stable "
-    "WHERE subscription_id = ? AND partition_name = ? AND study_uid = ? AND sequence = ?"
-)
-# A study's instances now, and its last change that adds one (any, numbered or not yet: an
-# unnumbered entry is one no reader has passed).
+DROP_STABLE = f"DELETE FROM webhook_stable WHERE subscription_id = ? AND {_PLACE} AND sequence = ?"
+# A study's (a series') instances now, and its last change that adds one (any, numbered or not
+# yet: an unnumbered entry is one no reader has passed).
 STUDY_COUNT = "SELECT instance_count FROM study WHERE partition_name = ? AND study_uid = ?"
-STUDY_LAST_CHANGE = (
+SERIES_COUNT = (
+    "SELECT se.instance_count FROM series se JOIN study st ON st.study_key = se.study_key "
+    "WHERE st.partition_name = ? AND st.study_uid = ? AND se.series_uid = ?"
+)
+_LAST_CHANGE = (
     "SELECT max(timestamp) AS latest, max(coalesce(sequence, 4611686018427387904)) AS last "
     "FROM changefeed WHERE partition_name = ? AND study_uid = ? AND action <> ?"
 )
+STUDY_LAST_CHANGE = _LAST_CHANGE
+SERIES_LAST_CHANGE = _LAST_CHANGE + " AND series_uid = ?"
 
 # The change feed after a cursor, with what filters match on (the instance's current version;
 # nothing once it is gone). Numbered entries only, as every reader of the feed.
@@ -208,6 +222,7 @@ def delete(id: str) -> Op:
     found = yield one(GET, id)
     yield run(DELETE_DEADLETTERS, id)
     yield run(DELETE_STABLE, id)
+    yield run(DELETE_OUTBOX, id)
     yield run(DELETE, id)
     return found is not None
 
@@ -238,16 +253,16 @@ def delivered(
     sequence: int,
     count: int,
     lease_until: datetime,
-    marks: list[tuple[str, str, int, datetime]] = (),
+    marks: list[tuple[Place, int, datetime]] = (),
 ) -> Op:
-    """Move the cursor (``count`` events delivered) and mark the studies passed for their
-    StudyStable event (partition, study, last change, due), together; False without the
-    lease (nothing done)."""
+    """Move the cursor (``count`` events delivered) and mark the places passed for their
+    stable event (place, last change, due), together; False without the lease (nothing
+    done)."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
-    for partition, study, last, due_at in marks:
-        yield run(MARK_STABLE, id, partition, study, last, to_micros(due_at))
+    for place, last, due_at in marks:
+        yield run(MARK_STABLE, id, *place, last, to_micros(due_at))
     row = yield one(DELIVERED, sequence, count, to_micros(lease_until), id, owner)
     return row is not None
 
@@ -268,10 +283,12 @@ def dead_letter(
     owner: str,
     letter: DeadLetter,
     lease_until: datetime,
-    stable: tuple[str, str] | None = None,
+    stable: Place | None = None,
+    outbox: bool = False,
 ) -> Op:
     """Give up on an event: keep it as a dead letter and move the cursor past it (or, for the
-    StudyStable of ``stable`` (partition, study), forget the study), together."""
+    stable event of place ``stable``, forget the place; for an ``outbox`` event, drop it),
+    together."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
@@ -288,8 +305,11 @@ def dead_letter(
         False,
     )
     dead_at, error, until = to_micros(letter.dead), letter.error[:2000], to_micros(lease_until)
-    if stable is not None:
-        yield run(DROP_STABLE, id, stable[0], stable[1], letter.sequence)
+    if stable is not None or outbox:
+        if stable is not None:
+            yield run(DROP_STABLE, id, *stable, letter.sequence)
+        else:
+            yield run(DROP_OUTBOX, id, letter.event_id)
         row = yield one(KEPT, dead_at, error, until, id, owner)
     else:
         row = yield one(PASSED, letter.sequence, dead_at, error, until, id, owner)
@@ -299,38 +319,75 @@ def dead_letter(
 def due_stable(id: str, now: datetime, limit: int) -> Op:
     found = yield rows(DUE_STABLE, id, to_micros(now), limit)
     return [
-        (r["partition_name"], r["study_uid"], r["sequence"], from_micros(r["due"])) for r in found
+        (
+            (r["partition_name"], r["study_uid"], r["series_uid"]),
+            r["sequence"],
+            from_micros(r["due"]),
+        )
+        for r in found
     ]
 
 
-def study_state(partition: str, study: str) -> Op:
+def place_state(place: Place) -> Op:
     """(instances now, time of its last change adding one, that change's sequence)."""
-    count = yield one(STUDY_COUNT, partition, study)
-    last = yield one(STUDY_LAST_CHANGE, partition, study, int(Action.DELETE))
+    partition, study, series = place
+    if series:
+        count = yield one(SERIES_COUNT, partition, study, series)
+        last = yield one(SERIES_LAST_CHANGE, partition, study, int(Action.DELETE), series)
+    else:
+        count = yield one(STUDY_COUNT, partition, study)
+        last = yield one(STUDY_LAST_CHANGE, partition, study, int(Action.DELETE))
     if last is None or last["latest"] is None:
         return (count[0] if count else 0), None, None
     return (count[0] if count else 0), from_micros(last["latest"]), last["last"]
 
 
-def postpone_stable(id: str, partition: str, study: str, sequence: int, due_at: datetime) -> Op:
-    yield run(POSTPONE_STABLE, to_micros(due_at), id, partition, study, sequence)
+def postpone_stable(id: str, place: Place, sequence: int, due_at: datetime) -> Op:
+    yield run(POSTPONE_STABLE, to_micros(due_at), id, *place, sequence)
 
 
 def stable_done(
     id: str,
     owner: str,
-    partition: str,
-    study: str,
+    place: Place,
     sequence: int,
     count: int,
     lease_until: datetime,
 ) -> Op:
-    """A study's StudyStable was delivered (``count`` 1) or is not to be (0: the study is
-    gone): forget the study, and with a delivery clear the failures; False without the lease."""
+    """A place's stable event was delivered (``count`` 1) or is not to be (0: it is gone):
+    forget the place, and with a delivery clear the failures; False without the lease."""
     held = yield one(HELD, id, owner)
     if held is None:
         return False
-    yield run(DROP_STABLE, id, partition, study, sequence)
+    yield run(DROP_STABLE, id, *place, sequence)
+    if count:
+        row = yield one(DELIVERED_KEPT, count, to_micros(lease_until), id, owner)
+        return row is not None
+    return True
+
+
+def outbox(id: str, limit: int) -> Op:
+    """(event id, type, partition, time, data) of its waiting outbox events, oldest first."""
+    found = yield rows(OUTBOX, id, limit)
+    return [
+        (
+            r["event_id"],
+            r["event_type"],
+            r["partition_name"],
+            from_micros(r["time"]),
+            json.loads(r["data"]),
+        )
+        for r in found
+    ]
+
+
+def outbox_done(id: str, owner: str, event_id: str, count: int, lease_until: datetime) -> Op:
+    """An outbox event was delivered (``count`` 1, clearing the failures) or is not for this
+    subscription (0): drop it; False without the lease."""
+    held = yield one(HELD, id, owner)
+    if held is None:
+        return False
+    yield run(DROP_OUTBOX, id, event_id)
     if count:
         row = yield one(DELIVERED_KEPT, count, to_micros(lease_until), id, owner)
         return row is not None
@@ -392,7 +449,9 @@ def subscription(r) -> Subscription:
         id=r["subscription_id"],
         url=r["url"],
         event_types=tuple(json.loads(r["event_types"])),
-        filter={k: tuple(v) for k, v in json.loads(r["filter"]).items()},
+        filter={
+            k: v if isinstance(v, dict) else tuple(v) for k, v in json.loads(r["filter"]).items()
+        },
         secret=r["secret"],
         schema=r["payload_schema"],
         paused=bool(r["paused"]),
@@ -422,5 +481,8 @@ def dead(r) -> DeadLetter:
     )
 
 
-def _filter_json(filter: dict[str, tuple[str, ...]]) -> str:
-    return json.dumps({k: list(v) for k, v in filter.items()}, sort_keys=True)
+def _filter_json(filter: dict) -> str:
+    """Value lists, and the study filter (an object) as it is."""
+    return json.dumps(
+        {k: v if isinstance(v, dict) else list(v) for k, v in filter.items()}, sort_keys=True
+    )

@@ -8,6 +8,9 @@ from typing import Protocol
 
 from dicomhub.model import DeadLetter, EventSource, Subscription
 
+# where a stable event waits: (partition, study, series), series '' for the study itself
+Place = tuple[str, str, str]
+
 
 class Webhooks(Protocol):
     """Webhook subscriptions (see storage/webhook_ops.py). The change feed is their outbox:
@@ -42,11 +45,11 @@ class Webhooks(Protocol):
         sequence: int,
         count: int,
         lease_until: datetime,
-        marks: list[tuple[str, str, int, datetime]] = (),
+        marks: list[tuple[Place, int, datetime]] = (),
     ) -> bool:
         """Move the cursor to ``sequence`` (``count`` more events delivered), clear the
-        failures, keep the lease and, in the same transaction, mark the studies passed for
-        their StudyStable event (``marks``: partition, study, its last change, when it is due);
+        failures, keep the lease and, in the same transaction, mark the studies and series
+        passed for their stable event (``marks``: place, its last change, when it is due);
         False, nothing done, when the lease was lost."""
 
     async def renew_subscription(self, id: str, owner: str, lease_until: datetime) -> bool:
@@ -64,38 +67,48 @@ class Webhooks(Protocol):
         owner: str,
         letter: DeadLetter,
         lease_until: datetime,
-        stable: tuple[str, str] | None = None,
+        stable: Place | None = None,
+        outbox: bool = False,
     ) -> bool:
-        """Keep ``letter`` and move the cursor past its sequence (a StudyStable's, of
-        ``stable``: forget the study instead), in one transaction; False (nothing done) when
-        the lease was lost."""
+        """Keep ``letter`` and move the cursor past its sequence (a stable event's, of place
+        ``stable``: forget the place instead; an ``outbox`` event's: drop it), in one
+        transaction; False (nothing done) when the lease was lost."""
 
-    async def due_stable_studies(
+    async def outbox_events(
+        self, id: str, limit: int
+    ) -> list[tuple[str, str, str | None, datetime, dict]]:
+        """(event id, type, partition, time, data) of the subscription's waiting outbox events
+        (dicomhub.OperationFinished, written with the operation's final state), oldest first."""
+
+    async def outbox_done(
+        self, id: str, owner: str, event_id: str, count: int, lease_until: datetime
+    ) -> bool:
+        """Drop a delivered (``count`` 1, clearing the failures) or unwanted (0) outbox event;
+        False without the lease."""
+
+    async def due_stable(
         self, id: str, now: datetime, limit: int
-    ) -> list[tuple[str, str, int, datetime]]:
-        """(partition, study, last change passed, due) of the marked studies due by ``now``."""
+    ) -> list[tuple[Place, int, datetime]]:
+        """(place, last change passed, due) of the marked studies and series due by ``now``."""
 
-    async def study_state(
-        self, partition: str, study: str
-    ) -> tuple[int, datetime | None, int | None]:
-        """(instances it holds, time and sequence of its last change adding one: a sequence
-        larger than any when that change is not numbered yet)."""
+    async def place_state(self, place: Place) -> tuple[int, datetime | None, int | None]:
+        """(instances the study or series holds, time and sequence of its last change adding
+        one: a sequence larger than any when that change is not numbered yet)."""
 
     async def postpone_stable(
-        self, id: str, partition: str, study: str, sequence: int, due: datetime
+        self, id: str, place: Place, sequence: int, due: datetime
     ) -> None: ...
 
     async def stable_done(
         self,
         id: str,
         owner: str,
-        partition: str,
-        study: str,
+        place: Place,
         sequence: int,
         count: int,
         lease_until: datetime,
     ) -> bool:
-        """Forget a marked study (its StudyStable delivered: ``count`` 1, clearing the
+        """Forget a marked place (its stable event delivered: ``count`` 1, clearing the
         failures; or not to be: 0); False without the lease."""
 
     async def release_subscription(self, id: str, owner: str, not_before: datetime) -> None:

@@ -120,3 +120,22 @@ def authorize(scope: dict, action: str | None, partition: str | None = None) -> 
     roles = ", ".join(principal.roles) or "none"
     where = f" in partition {partition}" if partition is not None else ""
     raise Forbidden(f"the caller's roles ({roles}) do not grant the {action!r} data action{where}")
+
+
+def granted_partitions(scope: dict, action: str) -> frozenset[str] | None:
+    """Where the request's principal holds ``action``: None everywhere (or authentication is
+    off), else the data partitions its partition-scoped roles grant it in (maybe none)."""
+    principal = scope.get("state", {}).get("principal")
+    if principal is None:
+        return None
+    granted = principal.actions
+    if action in granted.get(EVERYWHERE, ()):
+        return None
+    return frozenset(where for where, actions in granted.items() if action in actions)
+
+
+def authorize_somewhere(scope: dict, action: str) -> None:
+    """Raise Forbidden unless the principal holds ``action`` everywhere or in some partition:
+    a route whose answer is narrowed to the caller's partitions (``granted_partitions``)."""
+    if granted_partitions(scope, action) == frozenset():
+        authorize(scope, action)  # raises, naming the roles

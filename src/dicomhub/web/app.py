@@ -44,7 +44,7 @@ from dicomhub.web import (
     workitem_events,
     workitems,
 )
-from dicomhub.web.access import authorize
+from dicomhub.web.access import authorize, authorize_somewhere
 from dicomhub.web.audit import ACTION, ROUTE
 from dicomhub.web.auth import authentication
 from dicomhub.web.console import console
@@ -74,6 +74,18 @@ WORKITEM = "/workitems/{workitem:uid}"
 SUBSCRIBER = WORKITEM + "/subscribers/{aetitle}"
 WEBHOOK = "/subscriptions/{id}"
 DEIDENTIFYING = {"study", "series", "instance"}  # the routes that take deidentify=true
+# server routes open to partition-scoped roles: their answers are narrowed to the caller's
+# partitions (web/event_stream, web/subscriptions)
+NARROWED = {
+    "event-stream",
+    "subscription-create",
+    "subscriptions",
+    "subscription",
+    "subscription-update",
+    "subscription-delete",
+    "deadletters",
+    "deadletter-replay",
+}
 
 
 class ActionRoute(Route):
@@ -102,6 +114,8 @@ class ActionRoute(Route):
             if in_partitions:  # a route of a data partition's: roles may be that partition's
                 where = request.path_params.get("partition", DEFAULT_PARTITION)
                 authorize(request.scope, action, where)
+            elif base in NARROWED and action is not None:
+                authorize_somewhere(request.scope, action)
             else:
                 authorize(request.scope, action)
             if partitioned:  # a store may create its partition; other requests need it

@@ -21,6 +21,8 @@ from starlette.responses import StreamingResponse
 
 from dicomhub.clock import monotonic
 from dicomhub.errors import InvalidRequest
+from dicomhub.model import READ
+from dicomhub.web.access import granted_partitions
 from dicomhub.web.common import MAX_OFFSET, archive, param
 
 KEEPALIVE = 10.0  # seconds without an event before a comment line is sent
@@ -34,6 +36,7 @@ async def stream(request: Request) -> StreamingResponse:
     types, filter = service.stream_query(
         param(query, "eventTypes"),
         {k: v for k in FILTERS if (v := param(query, k)) is not None},
+        granted_partitions(request.scope, READ),  # a partition-scoped reader: its own only
     )
     after = _after(request)
     if after is None:

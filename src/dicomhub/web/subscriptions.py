@@ -12,14 +12,25 @@ from starlette.responses import JSONResponse, Response
 
 from dicomhub.clock import isoformat
 from dicomhub.errors import InvalidRequest
-from dicomhub.model import DeadLetter, Subscription
+from dicomhub.model import ADMIN, DeadLetter, Subscription
+from dicomhub.web.access import granted_partitions
 from dicomhub.web.common import MAX_OFFSET, archive, base_url, json_body, page
 
-EVENT_ID = re.compile(r"([0-9]{1,16})(\.stable)?", re.ASCII)  # webhooks.events: ids
+EVENT_ID = re.compile(
+    r"([0-9]{1,16})(\.stable|\.series-stable)?|[0-9A-Za-z-]{1,64}(\.finished)", re.ASCII
+)  # webhooks.events: ids
+
+
+def _within(request: Request) -> frozenset[str] | None:
+    """The partitions a partition-scoped administrator has (None: everywhere): it sees and
+    manages only the subscriptions whose filter.partition lies within them."""
+    return granted_partitions(request.scope, ADMIN)
 
 
 async def create(request: Request) -> JSONResponse:
-    subscription = await archive(request).webhooks.create(await json_body(request))
+    subscription = await archive(request).webhooks.create(
+        await json_body(request), _within(request)
+    )
     document = {**_subscription(subscription), "secret": subscription.secret}
     return JSONResponse(
         document,
@@ -29,42 +40,48 @@ async def create(request: Request) -> JSONResponse:
 
 
 async def listing(request: Request) -> JSONResponse:
-    return JSONResponse([_subscription(s) for s in await archive(request).webhooks.listing()])
+    found = await archive(request).webhooks.listing(_within(request))
+    return JSONResponse([_subscription(s) for s in found])
 
 
 async def get(request: Request) -> JSONResponse:
     service = archive(request).webhooks
-    subscription = await service.get(request.path_params["id"])
+    subscription = await service.get(request.path_params["id"], _within(request))
     dead = await service.count_deadletters(subscription.id)
     return JSONResponse({**_subscription(subscription), "deadLetters": dead})
 
 
 async def update(request: Request) -> JSONResponse:
     service = archive(request).webhooks
-    subscription = await service.update(request.path_params["id"], await json_body(request))
+    subscription = await service.update(
+        request.path_params["id"], await json_body(request), _within(request)
+    )
     return JSONResponse(_subscription(subscription))
 
 
 async def delete(request: Request) -> Response:
-    await archive(request).webhooks.delete(request.path_params["id"])
+    await archive(request).webhooks.delete(request.path_params["id"], _within(request))
     return Response(status_code=204)
 
 
 async def deadletters(request: Request) -> JSONResponse:
     offset, limit = page(request, 100, 1000)
-    found = await archive(request).webhooks.deadletters(request.path_params["id"], offset, limit)
+    found = await archive(request).webhooks.deadletters(
+        request.path_params["id"], offset, limit, _within(request)
+    )
     return JSONResponse([_dead(d) for d in found])
 
 
 async def replay(request: Request) -> Response:
     event = request.path_params["event"]
     named = EVENT_ID.fullmatch(event)
-    if named is None or int(named[1]) > MAX_OFFSET:
+    if named is None or (named[1] is not None and int(named[1]) > MAX_OFFSET):
         raise InvalidRequest(
             f"a dead letter is named by its event id (a sequence number, or one followed by "
-            f".stable), not {event[:40]!r}"
+            f".stable or .series-stable, or an operation id followed by .finished), not "
+            f"{event[:40]!r}"
         )
-    await archive(request).webhooks.replay(request.path_params["id"], event)
+    await archive(request).webhooks.replay(request.path_params["id"], event, _within(request))
     return Response(status_code=202)
 
 
@@ -73,7 +90,7 @@ def _subscription(s: Subscription) -> dict:
         "id": s.id,
         "url": s.url,
         "eventTypes": list(s.event_types),
-        "filter": {k: list(v) for k, v in s.filter.items()},
+        "filter": {k: v if isinstance(v, dict) else list(v) for k, v in s.filter.items()},
         "schema": s.schema,
         "state": s.state,
         "createdTime": isoformat(s.created),

@@ -4,7 +4,8 @@ schema. Pure: values in, bytes out.
 
 An event's id is its change-feed sequence: the idempotency key a receiver sees again when a
 delivery is repeated (at-least-once), the same for every subscription. A StudyStable event
-(dicomhub's own) is named after the study's last change: ``{sequence}.stable``.
+(dicomhub's own) is named after the study's last change: ``{sequence}.stable``; a
+SeriesStable after the series': ``{sequence}.series-stable``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from dicomhub.clock import isoformat
-from dicomhub.model import DEFAULT_PARTITION, Action, EventSource
+from dicomhub.model import DEFAULT_PARTITION, OPERATION_FINISHED, Action, EventSource
 
 PREFIX = "Microsoft.HealthcareApis."
 CREATED = PREFIX + "DicomImageCreated"
@@ -25,15 +26,20 @@ IMAGE_TYPES = (CREATED, UPDATED, DELETED)  # a subscription's default
 # no new instance in a study for the quiet period (--webhook-study-stable-after): once, and
 # again only after new instances arrive
 STUDY_STABLE = "dicomhub.StudyStable"
-EVENT_TYPES = (*IMAGE_TYPES, STUDY_STABLE)
+SERIES_STABLE = "dicomhub.SeriesStable"  # the same, of a series
+STABLE_TYPES = (STUDY_STABLE, SERIES_STABLE)
+# an export, bulk update or extended-query-tag reindex completed or failed (model.py)
+EVENT_TYPES = (*IMAGE_TYPES, *STABLE_TYPES, OPERATION_FINISHED)
 BY_ACTION = {Action.CREATE: CREATED, Action.UPDATE: UPDATED, Action.DELETE: DELETED}
 SCHEMAS = ("cloudevents", "eventgrid")
 MEDIA_TYPES = {
     "cloudevents": "application/cloudevents+json; charset=utf-8",
     "eventgrid": "application/json; charset=utf-8",
 }
-# filter field -> what of an event it matches (any of its values; case-insensitive)
+# filter field -> what of an event it matches (any of its values; case-insensitive, but the
+# partition's name)
 FILTERS = ("partition", "modality", "sopClassUid")
+# and "study": a QIDO-style study filter (webhooks/study_filter.py), matched by the index
 
 
 @dataclass(frozen=True)
@@ -72,22 +78,46 @@ def event_of(change: EventSource, root: str) -> Event:
     )
 
 
-def stable_event(partition: str, study: str, sequence: int, time: datetime, root: str) -> Event:
-    """The StudyStable event of a study whose last change is ``sequence``; ``time``: when it
-    became stable."""
+def stable_event(place: tuple[str, str, str], sequence: int, time: datetime, root: str) -> Event:
+    """The StudyStable event of a study (place: partition, study, '') or the SeriesStable
+    event of a series (partition, study, series) whose last change is ``sequence``; ``time``:
+    when it became stable."""
+    partition, study, series = place
     host = urlsplit(root).netloc or root
+    subject = f"{_root(host, partition)}/studies/{study}"
+    data = {"partitionName": partition, "imageStudyInstanceUid": study}
+    if series:
+        subject += f"/series/{series}"
+        data["imageSeriesInstanceUid"] = series
     return Event(
-        id=f"{sequence}.stable",
-        type=STUDY_STABLE,
+        id=f"{sequence}.series-stable" if series else f"{sequence}.stable",
+        type=SERIES_STABLE if series else STUDY_STABLE,
         time=time,
-        subject=f"{_root(host, partition)}/studies/{study}",
-        data={
-            "partitionName": partition,
-            "imageStudyInstanceUid": study,
-            "serviceHostName": host,
-            "sequenceNumber": sequence,
-        },
+        subject=subject,
+        data={**data, "serviceHostName": host, "sequenceNumber": sequence},
     )
+
+
+def operation_event(id: str, time: datetime, data: dict, root: str) -> Event:
+    """The OperationFinished event ``id`` (``{operationId}.finished``) of the data written
+    when the operation finished (storage/job_ops.py); ``time``: when it finished."""
+    host = urlsplit(root).netloc or root
+    href = f"{root.rstrip('/')}/v2/operations/{data['operationId']}"
+    return Event(
+        id=id,
+        type=OPERATION_FINISHED,
+        time=time,
+        subject=f"{host}/v2/operations/{data['operationId']}",
+        data={**data, "href": href, "serviceHostName": host},
+    )
+
+
+def operation_passes(partition: str | None, filter: dict) -> bool:
+    """Whether an operation's event passes a subscription's filter: its partition, when the
+    filter names partitions (a server-wide reindex passes none of those); the instance and
+    study filters do not apply to operations."""
+    wanted = filter.get("partition")
+    return not wanted or partition in wanted
 
 
 def body(event: Event, schema: str, root: str) -> bytes:
@@ -120,15 +150,23 @@ def body(event: Event, schema: str, root: str) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def marks_stable(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
-    """Whether the change (a new instance, or a new version of one) starts a subscription's
-    wait for its study to be stable: the study's StudyStable is asked for and the instance
-    passes the filter."""
-    return (
-        STUDY_STABLE in event_types
-        and change.action is not Action.DELETE
-        and passes(change, filter)
-    )
+def marks_stable(
+    change: EventSource, event_types: tuple[str, ...], filter: dict
+) -> list[tuple[str, str, str]]:
+    """The places (partition, study, series: '' for the study) whose wait to be stable the
+    change (a new instance, or a new version of one) starts for a subscription: those of the
+    stable events it asks for, when the instance passes the filter."""
+    if change.action is Action.DELETE or not any(t in event_types for t in STABLE_TYPES):
+        return []
+    if not passes(change, filter):
+        return []
+    i = change.id
+    out = []
+    if STUDY_STABLE in event_types:
+        out.append((i.partition, i.study, ""))
+    if SERIES_STABLE in event_types:
+        out.append((i.partition, i.study, i.series))
+    return out
 
 
 def matches(change: EventSource, event_types: tuple[str, ...], filter: dict) -> bool:
@@ -145,8 +183,13 @@ def passes(change: EventSource, filter: dict) -> bool:
         "modality": change.modality,
         "sopClassUid": change.sop_class,
     }
-    for field, wanted in filter.items():
-        value = values[field]
-        if wanted and value is not None and value.upper() not in {w.upper() for w in wanted}:
+    for field, value in values.items():
+        wanted = filter.get(field)
+        if not wanted or value is None:
+            continue
+        if field == "partition":  # names, exactly (a partition's roles are by name)
+            if value not in wanted:
+                return False
+        elif value.upper() not in {w.upper() for w in wanted}:
             return False
     return True

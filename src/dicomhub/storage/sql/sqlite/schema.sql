@@ -359,15 +359,30 @@ CREATE TABLE webhook_deadletter (
     replay              INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (subscription_id, event_id)
 );
--- Studies a subscription to dicomhub.StudyStable has seen change (the last change passed) and
+-- Studies (series_uid '') and series a subscription to dicomhub.StudyStable or SeriesStable has
+-- seen change (the last change passed) and
 -- when they are stable if nothing else arrives: the event fires once then, and the row goes.
 CREATE TABLE webhook_stable (
     subscription_id     TEXT NOT NULL,
     partition_name      TEXT NOT NULL,
     study_uid           TEXT NOT NULL,
+    series_uid          TEXT NOT NULL DEFAULT '',
     sequence            INTEGER NOT NULL,
     due                 INTEGER NOT NULL,
-    PRIMARY KEY (subscription_id, partition_name, study_uid)
+    PRIMARY KEY (subscription_id, partition_name, study_uid, series_uid)
+);
+-- dicomhub.OperationFinished: an outbox of events that are no change-feed entry. A finished
+-- export, bulk update or reindex writes one row per subscription asking for the event, in the
+-- transaction of the operation's final state; the delivery deletes it once taken (or
+-- dead-lettered).
+CREATE TABLE webhook_outbox (
+    subscription_id     TEXT NOT NULL,
+    event_id            TEXT NOT NULL,
+    event_type          TEXT NOT NULL,
+    partition_name      TEXT,
+    time                INTEGER NOT NULL,
+    data                TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, event_id)
 );
 CREATE TABLE data_partition (
     partition_key       INTEGER PRIMARY KEY,
