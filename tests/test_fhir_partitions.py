@@ -178,3 +178,28 @@ def test_a_refusal_names_the_partition(tmp_path, fhir_server):
         [failure] = c.get("/v2/fhir/failures").json()
         assert failure["error"].startswith(f"data partition {A}: ")
         assert "PatientID" in failure["error"]
+
+
+def test_a_partitions_patient_is_never_the_default_partitions(tmp_path, fhir_server, index_url):
+    """The partition's study synced first: the default partition's study of the same
+    PatientID (no patient system: found by the PatientID alone, as DICOMcast) gets a Patient
+    of its own, not the partition's, and keeps it when synced again."""
+    with archive_client(tmp_path, fhir_server.url, index_url=index_url, data_partitions=True) as c:
+        patient_id = f"PAT-Q-{uuid.uuid4().hex[:8]}"
+        files = study(patient_id, "ACC-Q")
+        uid = read(files[0]).StudyInstanceUID
+        root = c.get("/v2/fhir/status").json()["endpoint"]
+        stow_to(c, A, *in_partition(files, "ACC-QA", "Alpha^Ann"))
+        assert sync(c) == 3
+        stow_to(c, DEFAULT_PARTITION, *files)
+        assert sync(c) == 3
+        c.portal.call(c.app.state.archive.fhir.sync_study, DEFAULT_PARTITION, uid)
+        [mine] = studies_of(fhir_server, uid, f"{root}/partitions/{A}")
+        [default] = studies_of(fhir_server, uid, projection.DICOM_UID)
+        assert mine["subject"] != default["subject"]
+        patients = fhir_get(fhir_server, f"Patient?identifier={patient_id}")
+        assert len(patients) == 2
+        by_ref = {f"Patient/{p['id']}": p for p in patients}
+        assert by_ref[mine["subject"]["reference"]]["name"][0]["family"] == "Alpha"
+        assert by_ref[default["subject"]["reference"]]["name"][0]["family"] == "Doe"
+        assert by_ref[default["subject"]["reference"]]["identifier"] == [{"value": patient_id}]

@@ -102,10 +102,10 @@ class FhirSync:
             return
         instances = [json.loads(item) for item in items]
         search = projection.patient_search(instances[-1], options)
-        found = await self.client.search(search)
+        found = projection.linkable(await self.client.search(search), instances[-1], options)
         studies = await self.client.search(projection.study_search(study, options.uid_system))
         stale = await self._stale_observations(studies, projection.observation_keys(instances))
-        bundle = projection.study_bundle(instances, options, found[0] if found else None, stale)
+        bundle = projection.study_bundle(instances, options, found, stale)
         await self.client.transaction(bundle)
 
     async def _stale_observations(self, studies: list[dict], keep: set[str]) -> tuple[str, ...]:

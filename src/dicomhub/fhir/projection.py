@@ -14,6 +14,7 @@ system qualified by that base URL): a PatientID names a person only within its p
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +24,7 @@ from dicomhub.fhir.common import DCM, DICOM_UID, value
 from dicomhub.fhir.observations import dose_observations
 from dicomhub.model import DEFAULT_PARTITION
 
+PARTITION_PATIENTS = re.compile(r"/partitions/[A-Za-z0-9_.-]{1,64}/patients(/|$)")  # systems
 ENDPOINT_ID = "urn:dicomhub:endpoint"  # identifies a deployment's Endpoint by its address
 CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -237,8 +239,8 @@ def study_bundle(
         request = {"method": "PUT", "url": f"Patient/{existing_patient['id']}"}
         patient_ref = f"Patient/{existing_patient['id']}"
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
-    else:
-        match = patient_search(first, options).removeprefix("Patient?")
+    else:  # exactly this identifier: never a data partition's patient of the same PatientID
+        match = "identifier=" + _token(system, patient_id, exact=True)
         request = {"method": "POST", "url": "Patient", "ifNoneExist": match}
         patient_ref = patient_url
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
@@ -275,12 +277,31 @@ def study_search(study_uid: str, system: str = DICOM_UID) -> str:
 
 
 def patient_search(first: dict, options: Options) -> str:
+    """The search for the study's patient: by its identifier; without a system, by the
+    PatientID under any system (as DICOMcast), see ``linkable``."""
     system, patient_id = patient_identifier(first, options)
     return "Patient?identifier=" + _token(system, patient_id)
 
 
-def _token(system: str, code: str) -> str:
-    token = f"{system}|{code}" if system else code
+def linkable(found: list[dict], first: dict, options: Options) -> dict | None:
+    """The first of the Patients ``patient_search`` found that the study's patient is: not a
+    data partition's own patient (found by its PatientID alone, under the partition's
+    system), unless the study is that partition's."""
+    system, patient_id = patient_identifier(first, options)
+    for resource in found:
+        systems = [
+            i.get("system", "")
+            for i in resource.get("identifier", [])
+            if i.get("value") == patient_id
+        ]
+        if system or any(not PARTITION_PATIENTS.search(s) for s in systems):
+            return resource
+    return None
+
+
+def _token(system: str, code: str, exact: bool = False) -> str:
+    """A token search value; without a system, any system's, or (``exact``) none."""
+    token = f"{system}|{code}" if system or exact else code
     return quote(token, safe="|")
 
 
