@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from dicomhub.cli import build_archive
 from dicomhub.settings import Settings
@@ -199,8 +199,6 @@ def test_routes_a_partition_has_not_are_404(partitioned):
     assert stow(partitioned, "clinic-a", file("clinic-a")).status_code == 200
     for path in ("/changefeed", "/extendedquerytags", "/operations/x", "/partitions"):
         assert partitioned.get(f"/v2/partitions/clinic-a{path}").status_code == 404, path
-    subscribe = f"/v2/partitions/clinic-a/workitems/{SOP}/subscribers/AE1"
-    assert partitioned.post(subscribe).status_code in (404, 405)
 
 
 def test_workitems_of_each_partition(partitioned):
@@ -251,6 +249,11 @@ def test_off_by_default_every_partition_route_is_400(client):
         r = client.request(method, path)
         assert r.status_code == 400, (path, r.text)
         assert "Data partitions feature is disabled" in r.json()["detail"]
+    with pytest.raises(WebSocketDenialResponse) as refused:  # the UPS event channel
+        with client.websocket_connect("/v2/partitions/clinic-a/subscribers/AE1"):
+            pass
+    assert refused.value.status_code == 400
+    assert "Data partitions feature is disabled" in refused.value.json()["detail"]
     assert client.get("/v2/studies").json() == []
 
 
@@ -319,6 +322,14 @@ def test_roles_limited_to_a_partition(tmp_path, issuer):
         assert "in partition clinic.b_2" in client.get(f"{prefix('clinic.b_2')}/studies").text
         assert stow(client, "clinic-c", file("clinic-a")).status_code == 403
         assert client.delete(f"{prefix('clinic-a')}/studies/{STUDY}").status_code == 403
+        # the UPS event channel: the partition's opens, another's handshake is refused (403)
+        with client.websocket_connect(f"{prefix('clinic-a')}/subscribers/AE1") as ws:
+            ws.close()
+        for other in ("Microsoft.Default", "clinic.b_2"):
+            with pytest.raises(WebSocketDenialResponse) as refused:
+                with client.websocket_connect(f"{prefix(other)}/subscribers/AE1"):
+                    pass
+            assert refused.value.status_code == 403, other
         client.headers.update(as_admin)
         assert [p["partitionName"] for p in client.get("/v2/partitions").json()] == list(NAMES)
 

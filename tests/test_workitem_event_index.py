@@ -101,3 +101,51 @@ def test_a_status_change_reaches_every_subscriber_once(engine, tmp_path):
 
 
 AES = ("AE1", "AE2", "AE3")
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_subscribers_are_each_partitions(engine, tmp_path):
+    """One workitem UID in two partitions, one AE title subscribed globally in both: each
+    partition's reports go to its own queue, numbered apart; acknowledging, suspending and
+    unsubscribing in one leave the other; the status change reaches both."""
+    with index_database(engine) as url:
+
+        async def run():
+            index = open_index(engine, url, tmp_path)
+            await index.start()
+            try:
+                now, all_ = utcnow(), "1.2.840.10008.5.1.4.34.5"
+                for p in ("Microsoft.Default", "p2"):
+                    await index.add_workitem("1.2.7", "SCHEDULED", DATASET, [], now, [], p)
+                assert await index.subscribe_all("AE", all_, False, None, now, "p2") == 1
+                await index.add_workitem("1.2.8", "SCHEDULED", DATASET, [], now, ["new"])
+                await index.add_workitem("1.2.8", "SCHEDULED", DATASET, [], now, ["new"], "p2")
+                assert await index.workitem_subscribers("1.2.8") == 0
+                assert await index.workitem_subscribers("1.2.8", "p2") == 1
+                p2 = await index.pending_workitem_events("AE", 0, 10, "p2")
+                default = await index.pending_workitem_events("AE", 0, 10)
+                assert not await index.suspend_global_subscription("AE")
+                assert not await index.unsubscribe_all("AE")
+                assert await index.subscribe_workitem("AE", "1.2.7", False, now)
+                await index.acknowledge_workitem_events("AE", 1)
+                kept = await index.pending_workitem_events("AE", 0, 10, "p2")
+                assert await index.report_to_every_subscriber("restart", now) == 2
+                both = (
+                    await index.pending_workitem_events("AE", 0, 10),
+                    await index.pending_workitem_events("AE", 0, 10, "p2"),
+                )
+                assert await index.suspend_global_subscription("AE", "p2")
+                assert await index.unsubscribe_all("AE", "p2")
+                gone = await index.pending_workitem_events("AE", 0, 10, "p2")
+                left = await index.pending_workitem_events("AE", 0, 10)
+                return p2, default, kept, both, gone, left
+            finally:
+                await index.close()
+
+        p2, default, kept, both, gone, left = asyncio.run(run())
+    assert [(n, text) for n, text in p2][1:] == [(2, "new")]  # after 1.2.7's initial report
+    assert p2[0][0] == 1 and default == []
+    assert [n for n, _ in kept] == [1, 2]  # the default partition's acknowledgement: not p2's
+    assert [text for _, text in both[0]] == ["restart"]
+    assert [text for _, text in both[1]][-1] == "restart" and len(both[1]) == 3
+    assert gone == [] and [text for _, text in left] == ["restart"]

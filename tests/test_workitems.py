@@ -779,13 +779,16 @@ def test_data_actions_of_the_routes():
         "v2-workitem-subscribe": "write",
         "v2-workitem-unsubscribe": "write",
         "v2-workitem-suspend": "write",
-        # Push and Pull in each data partition too (subscriptions: the default partition's)
+        # Push, Pull, Watch and Event in each data partition too
         "v2-partition-workitems-search": "read",
         "v2-partition-workitem": "read",
         "v2-partition-workitem-create": "write",
         "v2-partition-workitem-update": "write",
         "v2-partition-workitem-state": "write",
         "v2-partition-workitem-cancel": "write",
+        "v2-partition-workitem-subscribe": "write",
+        "v2-partition-workitem-unsubscribe": "write",
+        "v2-partition-workitem-suspend": "write",
     }
 
 

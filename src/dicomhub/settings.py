@@ -154,9 +154,10 @@ class Settings:
     data_partitions: bool = _setting(
         False,
         "Data partitions: the routes of studies (STOW, upsert, QIDO, WADO, rendered, delete, "
-        "bulk update), export and workitems also under /v{n}/partitions/{name}/, each name its "
-        "own UID namespace, created by its first store. Once a partition other than the default "
-        "holds data, they cannot be switched off (the server refuses to start).",
+        "bulk update), export and workitems (with their subscriptions and event channel) also "
+        "under /v{n}/partitions/{name}/, each name its own UID namespace, created by its first "
+        "store; the FHIR sync projects each partition's studies apart. Once a partition other "
+        "than the default holds data, they cannot be switched off (the server refuses to start).",
     )
     delete_delay: int = _setting(
         3 * 24 * 3600,
@@ -333,8 +334,9 @@ class Settings:
     dimse_partitions: str = _setting(
         "",
         "The data partition of calling AE titles: AET=partition, comma-separated (needs "
-        "data_partitions). Their stores, queries, retrievals and storage commitment address "
-        "that partition (a store creates it); other callers the default partition.",
+        "data_partitions). Their stores, queries, retrievals, storage commitment and worklist "
+        "(MWL, UPS) address that partition (a store creates it); other callers the default "
+        "partition.",
     )
     dimse_peers: str = _setting(
         "",

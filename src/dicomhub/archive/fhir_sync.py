@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from dicomhub.clock import utcnow
 from dicomhub.fhir import projection
 from dicomhub.fhir.client import FhirClient, FhirError
-from dicomhub.model import Scope, SyncFailure, SyncState
+from dicomhub.model import DEFAULT_PARTITION, Scope, SyncFailure, SyncState
 from dicomhub.storage.protocols import ChangeFeed, FhirCheckpoints, Instances
 
 log = logging.getLogger(__name__)
@@ -84,28 +84,28 @@ class FhirSync:
             try:
                 await self.sync_study(partition, study)
             except projection.Unmappable as exc:
-                await self._failed(sequence, study, str(exc), None)
+                await self._failed(sequence, study, _in(partition, str(exc)), None)
             except FhirError as exc:
                 if exc.transient:
                     raise
-                await self._failed(sequence, study, str(exc), exc.outcome)
+                await self._failed(sequence, study, _in(partition, str(exc)), exc.outcome)
         await self._advance(owner, entries[-1].sequence, len(entries))
         return Step(True, len(entries))
 
     async def sync_study(self, partition: str, study: str) -> None:
-        """Make the FHIR server hold the study as the index holds it now."""
+        """Make the FHIR server hold data ``partition``'s study as the index holds it now
+        (another partition's copy of the study is another ImagingStudy, left as it is)."""
+        options = self.options.of(partition)
         items, _ = await self.index.metadata(Scope(study, partition=partition))
         if not items:
-            await self._delete(study)
+            await self._delete(study, options)
             return
         instances = [json.loads(item) for item in items]
-        search = projection.patient_search(instances[-1], self.options)
-        found = await self.client.search(search)
-        studies = await self.client.search(projection.study_search(study))
+        search = projection.patient_search(instances[-1], options)
+        found = projection.linkable(await self.client.search(search), instances[-1], options)
+        studies = await self.client.search(projection.study_search(study, options.uid_system))
         stale = await self._stale_observations(studies, projection.observation_keys(instances))
-        bundle = projection.study_bundle(
-            instances, self.options, found[0] if found else None, stale
-        )
+        bundle = projection.study_bundle(instances, options, found, stale)
         await self.client.transaction(bundle)
 
     async def _stale_observations(self, studies: list[dict], keep: set[str]) -> tuple[str, ...]:
@@ -121,10 +121,11 @@ class FhirSync:
                     stale.append(f"Observation/{observation['id']}")
         return tuple(stale)
 
-    async def _delete(self, study: str) -> None:
-        """An emptied study leaves FHIR, if this deployment wrote it (``meta.source``)."""
-        found = await self.client.search(projection.study_search(study))
-        mine = [r for r in found if r.get("meta", {}).get("source") == self.options.endpoint]
+    async def _delete(self, study: str, options: projection.Options) -> None:
+        """An emptied study leaves FHIR, if this deployment (and partition) wrote it
+        (``meta.source``)."""
+        found = await self.client.search(projection.study_search(study, options.uid_system))
+        mine = [r for r in found if r.get("meta", {}).get("source") == options.endpoint]
         if not mine:
             return
         stale = await self._stale_observations(mine, set())
@@ -158,3 +159,8 @@ class FhirSync:
     ) -> None:
         log.warning("FHIR sync: change %d (study %s) refused: %s", sequence, study, error)
         await self.index.record_fhir_failure(self.target, sequence, study, error, outcome, utcnow())
+
+
+def _in(partition: str, error: str) -> str:
+    """A refusal's error, naming the data partition unless it is the default one."""
+    return error if partition == DEFAULT_PARTITION else f"data partition {partition}: {error}"

@@ -248,13 +248,14 @@ class DimseService:
             self._audit(event, "C-FIND", None, status, 0, clock, detail)
 
     def _finder(self, sop_class: str, identifier, partition: str):
-        """The responses of a C-FIND by its SOP class (of instances: in ``partition``), and
-        their pending status (0xFF01 when keys of the identifier do not filter)."""
+        """The responses of a C-FIND by its SOP class (instances or workitems of data
+        ``partition``), and their pending status (0xFF01 when keys of the identifier do not
+        filter)."""
         if sop_class == worklist.MWL_FIND:
-            results = modality_worklist(self.archive, identifier)
+            results = modality_worklist(self.archive, identifier, partition)
             unsupported = worklist.query(identifier).unsupported
         elif sop_class == worklist.UPS_PULL:
-            results = ups_find(self.archive, identifier)
+            results = ups_find(self.archive, identifier, partition)
             unsupported = worklist.ups_query(identifier)[1]
         else:
             results = find(self.archive, identifier, self.settings.max_results, partition)

@@ -1,8 +1,9 @@
 """The UPS DIMSE services as SCP (PS3.4 Annex CC): N-CREATE, N-GET, N-SET and N-ACTION (Change
 UPS State, Request UPS Cancel) on the UPS Push and UPS Pull SOP classes, over the same
-workitems and the same rules as UPS-RS (``archive.workitems``: one state machine, one
-conditional write per change). The Annex CC status codes the archive refuses with (``C301``,
-``0120``, ...) are the DIMSE ones; C-FIND on UPS Pull is ``worklist.py``'s.
+workitems (the caller's data partition's, ``--dimse-partitions``) and the same rules as
+UPS-RS (``archive.workitems``: one state machine, one conditional write per change). The
+Annex CC status codes the archive refuses with (``C301``, ``0120``, ...) are the DIMSE ones;
+C-FIND on UPS Pull is ``worklist.py``'s.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class WorkitemHandlers:
         def run():
             body = _json(event.attribute_list)
             given = str(asked) if asked else None
-            uid = self._call(self.service.archive.workitems.create(given, body))
+            uid = self._call(self._workitems(event).create(given, body))
             detail.update(workitem=uid, state=ups.SCHEDULED)
             if asked:
                 return SUCCESS, None
@@ -67,7 +68,7 @@ class WorkitemHandlers:
         detail: dict[str, Any] = {"workitem": uid}
 
         def run():
-            found = self._call(self.service.archive.workitems.retrieve(uid))
+            found = self._call(self._workitems(event).retrieve(uid))
             dataset = Dataset.from_json(found)
             detail["state"] = str(dataset.get("ProcedureStepState", ""))
             wanted = event.request.AttributeIdentifierList or []
@@ -100,8 +101,8 @@ class WorkitemHandlers:
             if TRANSACTION in changes:
                 transaction = str(changes[TRANSACTION].value or "").strip() or None
                 del changes[TRANSACTION]
-            archive = self.service.archive
-            outcome = self._call(archive.workitems.update(uid, transaction, _json(changes)))
+            workitems = self._workitems(event)
+            outcome = self._call(workitems.update(uid, transaction, _json(changes)))
             detail["state"] = outcome.state
             return SUCCESS, None
 
@@ -114,7 +115,7 @@ class WorkitemHandlers:
         detail: dict[str, Any] = {"workitem": uid, "actionTypeId": kind}
 
         def run():
-            workitems = self.service.archive.workitems
+            workitems = self._workitems(event)
             if kind not in (CHANGE_STATE, REQUEST_CANCEL):
                 detail["message"] = "Action Type ID must be 1 (change state) or 2 (cancel)"
                 return NO_SUCH_ACTION, None
@@ -159,6 +160,11 @@ class WorkitemHandlers:
         detail = {k: v for k, v in detail.items() if v is not None}
         self.service.record((caller, address), command, answer[0], clock, detail)
         return answer
+
+    def _workitems(self, event):
+        """The workitems of the caller's data partition (--dimse-partitions)."""
+        caller, _ = caller_of(event)
+        return self.service.archive.workitems.of(self.service.partition_of(caller))
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.service.loop).result()

@@ -29,8 +29,11 @@ SUMMARY = {  # numeric items of the summary
 EVENT_VALUES = {"113830", "113838", "113734", "113738", "113824"}  # CTDIvol, DLP, ...
 
 
-def dose_observations(sr: dict, patient_ref: str, study_ref: str) -> list[dict]:
-    """The Observations of one SR instance's DICOM JSON; none when it is not a dose report."""
+def dose_observations(
+    sr: dict, patient_ref: str, study_ref: str, system: str = DICOM_UID
+) -> list[dict]:
+    """The Observations of one SR instance's DICOM JSON; none when it is not a dose report.
+    Their UIDs are identifiers of ``system`` (the study's, projection.Options.uid_system)."""
     root = _concept(sr)
     if root is None or root[0] not in REPORTS:
         return []
@@ -53,7 +56,7 @@ def dose_observations(sr: dict, patient_ref: str, study_ref: str) -> list[dict]:
         {
             "resourceType": "Observation",
             **common,
-            "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{sop}"}],
+            "identifier": [{"system": system, "value": f"urn:oid:{sop}"}],
             "code": {
                 "coding": [
                     {
@@ -67,13 +70,13 @@ def dose_observations(sr: dict, patient_ref: str, study_ref: str) -> list[dict]:
         }
     ]
     for event in events:
-        observation = _event(event, common)
+        observation = _event(event, common, system)
         if observation:
             out.append(observation)
     return [o for o in out if o.get("component") or o.get("bodySite")]
 
 
-def _event(event: dict, common: dict) -> dict | None:
+def _event(event: dict, common: dict, system: str) -> dict | None:
     uid = None
     components, body_site = [], None
     for item, _ in _walk(event.get("0040A730", {}).get("Value", []), False):
@@ -95,7 +98,7 @@ def _event(event: dict, common: dict) -> dict | None:
     out: dict[str, Any] = {
         "resourceType": "Observation",
         **common,
-        "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{uid}"}],
+        "identifier": [{"system": system, "value": f"urn:oid:{uid}"}],
         "code": {"coding": [{"system": DCM, "code": "113852", "display": "Irradiation Event"}]},
     }
     if body_site:

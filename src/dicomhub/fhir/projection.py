@@ -3,18 +3,28 @@ ImagingStudy resources, in one transaction bundle. Pure: values in, values out.
 
 Every write is conditional on an identifier (the study UID, the patient identifier, the
 endpoint address), so replaying a change creates nothing twice.
+
+Data partitions: each partition's studies are resources of their own. The default partition's
+are identified as Microsoft's DICOMcast identifies them (the study UID as ``urn:dicom:uid``
+``urn:oid:{uid}``); another partition's carry the same ``urn:oid:{uid}`` value under the
+partition's DICOMweb base URL as the system (its Endpoint's address), so two partitions' copies
+of one study never match one search. Patients are the partition's own too (their identifier
+system qualified by that base URL): a PatientID names a person only within its partition.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
 from dicomhub.fhir.common import DCM, DICOM_UID, value
 from dicomhub.fhir.observations import dose_observations
+from dicomhub.model import DEFAULT_PARTITION
 
+PARTITION_PATIENTS = re.compile(r"/partitions/[A-Za-z0-9_.-]{1,64}/patients(/|$)")  # systems
 ENDPOINT_ID = "urn:dicomhub:endpoint"  # identifies a deployment's Endpoint by its address
 CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -29,9 +39,25 @@ class Unmappable(ValueError):
 
 @dataclass(frozen=True)
 class Options:
-    endpoint: str  # the deployment's public DICOMweb base URL
+    endpoint: str  # the public DICOMweb base URL of the deployment (of the partition's, below)
     patient_system: str = ""  # identifier system of PatientID ("" : none)
     use_issuer: bool = False  # IssuerOfPatientID (0010,0021) as the system when present
+    partition: str = DEFAULT_PARTITION  # the data partition whose studies these are
+
+    def of(self, partition: str) -> Options:
+        """The options of data ``partition``'s studies (``self``: the default partition's):
+        its DICOMweb base is the Endpoint address, the resources' source and namespace."""
+        if partition == self.partition:
+            return self
+        return replace(
+            self, endpoint=f"{self.endpoint}/partitions/{partition}", partition=partition
+        )
+
+    @property
+    def uid_system(self) -> str:
+        """The identifier system of the study's (and dose reports') UIDs: ``urn:dicom:uid`` in
+        the default partition (as DICOMcast), the partition's DICOMweb base in another."""
+        return DICOM_UID if self.partition == DEFAULT_PARTITION else self.endpoint
 
 
 def patient_identifier(first: dict, options: Options) -> tuple[str, str]:
@@ -42,6 +68,8 @@ def patient_identifier(first: dict, options: Options) -> tuple[str, str]:
     system = options.patient_system
     if options.use_issuer and value(first, "00100021"):
         system = str(value(first, "00100021")).strip()
+    if options.partition != DEFAULT_PARTITION:  # the partition's own patients
+        system = f"{options.endpoint}/patients" + (f"/{quote(system, safe=':')}" if system else "")
     return system, patient_id
 
 
@@ -67,21 +95,31 @@ def patient(first: dict, options: Options, existing: dict | None = None) -> dict
 
 
 def endpoint(options: Options) -> dict:
+    """The Endpoint of the deployment's (or a data partition's) DICOMweb service."""
+    name = "dicomhub DICOMweb"
+    if options.partition != DEFAULT_PARTITION:
+        name += f" (data partition {options.partition})"
     return {
         "resourceType": "Endpoint",
         "identifier": [{"system": ENDPOINT_ID, "value": options.endpoint}],
         "status": "active",
         "connectionType": {"system": CONNECTION, "code": "dicom-wado-rs"},
-        "name": "dicomhub DICOMweb",
+        "name": name,
         "payloadType": [{"text": "DICOM"}],
         "payloadMimeType": ["application/dicom"],
         "address": options.endpoint,
     }
 
 
-def imaging_study(instances: list[dict], patient_ref: str, endpoint_ref: str, source: str) -> dict:
+def imaging_study(
+    instances: list[dict],
+    patient_ref: str,
+    endpoint_ref: str,
+    source: str,
+    uid_system: str = DICOM_UID,
+) -> dict:
     """The ImagingStudy of a study's current instances (at least one, oldest first); study
-    attributes come from the newest instance."""
+    attributes come from the newest instance. Its UID is an identifier of ``uid_system``."""
     first = instances[-1]
     series: dict[str, list[dict]] = {}
     for item in instances:
@@ -95,7 +133,7 @@ def imaging_study(instances: list[dict], patient_ref: str, endpoint_ref: str, so
     out: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "meta": {"source": source},
-        "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{study_uid}"}],
+        "identifier": [{"system": uid_system, "value": f"urn:oid:{study_uid}"}],
         "status": "available",
         "modality": [{"system": DCM, "code": m} for m in modalities],
         "subject": {"reference": patient_ref},
@@ -201,26 +239,25 @@ def study_bundle(
         request = {"method": "PUT", "url": f"Patient/{existing_patient['id']}"}
         patient_ref = f"Patient/{existing_patient['id']}"
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
-    else:
-        match = patient_search(first, options).removeprefix("Patient?")
+    else:  # exactly this identifier: never a data partition's patient of the same PatientID
+        match = "identifier=" + _token(system, patient_id, exact=True)
         request = {"method": "POST", "url": "Patient", "ifNoneExist": match}
         patient_ref = patient_url
         entries.append({"fullUrl": patient_url, "resource": resource, "request": request})
-    study = imaging_study(instances, patient_ref, endpoint_url, options.endpoint)
+    system = options.uid_system
+    study = imaging_study(instances, patient_ref, endpoint_url, options.endpoint, system)
     study_uid = str(value(first, "0020000D"))
     study_url = _urn(f"{options.endpoint}|study|{study_uid}")
     entries.append(
         {
             "fullUrl": study_url,
             "resource": study,
-            "request": {"method": "PUT", "url": study_search(study_uid)},
+            "request": {"method": "PUT", "url": study_search(study_uid, system)},
         }
     )
     for item in instances:  # dose reports, as DICOMcast wrote them
-        for observation in dose_observations(item, patient_ref, study_url):
-            url = "Observation?identifier=" + _token(
-                DICOM_UID, observation["identifier"][0]["value"]
-            )
+        for observation in dose_observations(item, patient_ref, study_url, system):
+            url = "Observation?identifier=" + _token(system, observation["identifier"][0]["value"])
             entries.append({"resource": observation, "request": {"method": "PUT", "url": url}})
     for reference in stale:  # observations of dose reports no longer in the study
         entries.append({"request": {"method": "DELETE", "url": reference}})
@@ -228,23 +265,43 @@ def study_bundle(
 
 
 def observation_keys(instances: list[dict]) -> set[str]:
-    """The identifiers of the Observations the study's dose reports give."""
+    """The identifiers (values) of the Observations the study's dose reports give."""
     return {
         o["identifier"][0]["value"] for item in instances for o in dose_observations(item, "", "")
     }
 
 
-def study_search(study_uid: str) -> str:
-    return "ImagingStudy?identifier=" + _token(DICOM_UID, f"urn:oid:{study_uid}")
+def study_search(study_uid: str, system: str = DICOM_UID) -> str:
+    """The search for a study's ImagingStudy (``system``: ``Options.uid_system``)."""
+    return "ImagingStudy?identifier=" + _token(system, f"urn:oid:{study_uid}")
 
 
 def patient_search(first: dict, options: Options) -> str:
+    """The search for the study's patient: by its identifier; without a system, by the
+    PatientID under any system (as DICOMcast), see ``linkable``."""
     system, patient_id = patient_identifier(first, options)
     return "Patient?identifier=" + _token(system, patient_id)
 
 
-def _token(system: str, code: str) -> str:
-    token = f"{system}|{code}" if system else code
+def linkable(found: list[dict], first: dict, options: Options) -> dict | None:
+    """The first of the Patients ``patient_search`` found that the study's patient is: not a
+    data partition's own patient (found by its PatientID alone, under the partition's
+    system), unless the study is that partition's."""
+    system, patient_id = patient_identifier(first, options)
+    for resource in found:
+        systems = [
+            i.get("system", "")
+            for i in resource.get("identifier", [])
+            if i.get("value") == patient_id
+        ]
+        if system or any(not PARTITION_PATIENTS.search(s) for s in systems):
+            return resource
+    return None
+
+
+def _token(system: str, code: str, exact: bool = False) -> str:
+    """A token search value; without a system, any system's, or (``exact``) none."""
+    token = f"{system}|{code}" if system or exact else code
     return quote(token, safe="|")
 
 

@@ -391,9 +391,8 @@ class Workitems(Protocol):
     ) -> None:
         """Add a workitem (revision 1, no lock) to data ``partition``. Raises WorkitemConflict
         (0111) when one there has this UID (of concurrent creations of one UID, exactly one
-        succeeds). The global subscribers (of the default partition: subscriptions are its)
-        join its subscription list and are sent ``reports`` (DICOM JSON event reports), in the
-        same transaction."""
+        succeeds). The partition's global subscribers join its subscription list and
+        are sent ``reports`` (DICOM JSON event reports), in the same transaction."""
 
     async def workitem(
         self, uid: str, partition: str = DEFAULT_PARTITION
@@ -424,14 +423,21 @@ class Workitems(Protocol):
 
 class WorkitemEvents(Protocol):
     """UPS subscriptions and the queues of event reports (see storage/workitem_event_ops.py,
-    PS3.4 CC.2.3). A subscriber is an AE title; each report queued for it has its next
-    sequence number (from 1, in commit order); reports are DICOM JSON text."""
+    PS3.4 CC.2.3). A subscriber is an AE title in a data partition (``partition``: the same AE
+    title in another partition is another subscriber, with its own subscriptions and queue);
+    each report queued for it has its next sequence number (from 1, in commit order); reports
+    are DICOM JSON text."""
 
     async def subscribe_workitem(
-        self, subscriber: str, uid: str, deletion_lock: bool, now: datetime
+        self,
+        subscriber: str,
+        uid: str,
+        deletion_lock: bool,
+        now: datetime,
+        partition: str = DEFAULT_PARTITION,
     ) -> bool:
-        """Add ``subscriber`` to workitem ``uid``'s subscription list and queue its initial
-        State Report; False when there is no such workitem."""
+        """Add ``subscriber`` to the subscription list of the partition's workitem ``uid`` and
+        queue its initial State Report; False when there is no such workitem."""
 
     async def subscribe_all(
         self,
@@ -440,39 +446,50 @@ class WorkitemEvents(Protocol):
         deletion_lock: bool,
         filter_params: list[tuple[str, str]] | None,
         now: datetime,
+        partition: str = DEFAULT_PARTITION,
     ) -> int:
-        """Make (or renew, unsuspended) the global subscription of ``subscriber`` (``kind``:
-        the Global or Filtered Global Subscription UID; ``filter_params``: the query keys of
-        the filtered one): it joins every SCHEDULED or IN PROGRESS workitem (matching) and
-        gets each one's State Report; how many it joined."""
+        """Make (or renew, unsuspended) the global subscription of ``subscriber`` in the
+        partition (``kind``: the Global or Filtered Global Subscription UID;
+        ``filter_params``: the query keys of the filtered one): it joins every SCHEDULED or IN
+        PROGRESS workitem of the partition (matching) and gets each one's State Report; how
+        many it joined."""
 
-    async def unsubscribe_workitem(self, subscriber: str, uid: str) -> bool | None:
-        """Remove ``subscriber`` from workitem ``uid``'s list (its undelivered reports of it
-        dropped); None when there is no such workitem, else whether it was on the list."""
+    async def unsubscribe_workitem(
+        self, subscriber: str, uid: str, partition: str = DEFAULT_PARTITION
+    ) -> bool | None:
+        """Remove ``subscriber`` from the list of the partition's workitem ``uid`` (its
+        undelivered reports of it dropped); None when there is no such workitem, else whether
+        it was on the list."""
 
-    async def unsubscribe_all(self, subscriber: str) -> bool:
-        """Remove every subscription of ``subscriber`` and its queue; whether it had any."""
+    async def unsubscribe_all(self, subscriber: str, partition: str = DEFAULT_PARTITION) -> bool:
+        """Remove every subscription of ``subscriber`` in the partition and its queue there;
+        whether it had any."""
 
-    async def suspend_global_subscription(self, subscriber: str) -> bool:
-        """New workitems no longer get ``subscriber``; False when it has no global
-        subscription."""
+    async def suspend_global_subscription(
+        self, subscriber: str, partition: str = DEFAULT_PARTITION
+    ) -> bool:
+        """New workitems of the partition no longer get ``subscriber``; False when it has no
+        global subscription there."""
 
     async def workitem_subscribers(self, uid: str, partition: str = DEFAULT_PARTITION) -> int:
         """How many subscribers workitem ``uid`` (of ``partition``) has."""
 
     async def pending_workitem_events(
-        self, subscriber: str, after: int, limit: int
+        self, subscriber: str, after: int, limit: int, partition: str = DEFAULT_PARTITION
     ) -> list[tuple[int, str]]:
         """(sequence, report) of the queued reports numbered after ``after``, in order."""
 
-    async def acknowledge_workitem_events(self, subscriber: str, sequence: int) -> None:
+    async def acknowledge_workitem_events(
+        self, subscriber: str, sequence: int, partition: str = DEFAULT_PARTITION
+    ) -> None:
         """The reports up to ``sequence`` were delivered: they leave the queue."""
 
     async def purge_workitem_events(self, before: datetime) -> None:
         """Drop the reports queued before then and never delivered."""
 
     async def report_to_every_subscriber(self, report: str, now: datetime) -> int:
-        """Queue ``report`` to every AE title with a subscription; how many."""
+        """Queue ``report`` to every subscriber (of every partition) with a subscription; how
+        many."""
 
 
 class IndexStore(

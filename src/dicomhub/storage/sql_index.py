@@ -364,9 +364,14 @@ class SqlIndex:
     # -- UPS subscriptions and event reports ---------------------------------------------------
 
     async def subscribe_workitem(
-        self, subscriber: str, uid: str, deletion_lock: bool, now: datetime
+        self,
+        subscriber: str,
+        uid: str,
+        deletion_lock: bool,
+        now: datetime,
+        partition: str = DEFAULT_PARTITION,
     ) -> bool:
-        return await self._write(events.subscribe, subscriber, uid, deletion_lock, now)
+        return await self._write(events.subscribe, subscriber, uid, deletion_lock, now, partition)
 
     async def subscribe_all(
         self,
@@ -375,30 +380,44 @@ class SqlIndex:
         deletion_lock: bool,
         filter_params: list[tuple[str, str]] | None,
         now: datetime,
+        partition: str = DEFAULT_PARTITION,
     ) -> int:
         return await self._write(
-            events.subscribe_all, self.dialect, subscriber, kind, deletion_lock, filter_params, now
+            events.subscribe_all,
+            self.dialect,
+            subscriber,
+            kind,
+            deletion_lock,
+            filter_params,
+            now,
+            partition,
         )
 
-    async def unsubscribe_workitem(self, subscriber: str, uid: str) -> bool | None:
-        return await self._write(events.unsubscribe, subscriber, uid)
+    async def unsubscribe_workitem(
+        self, subscriber: str, uid: str, partition: str = DEFAULT_PARTITION
+    ) -> bool | None:
+        return await self._write(events.unsubscribe, subscriber, uid, partition)
 
-    async def unsubscribe_all(self, subscriber: str) -> bool:
-        return await self._write(events.unsubscribe_all, subscriber)
+    async def unsubscribe_all(self, subscriber: str, partition: str = DEFAULT_PARTITION) -> bool:
+        return await self._write(events.unsubscribe_all, subscriber, partition)
 
-    async def suspend_global_subscription(self, subscriber: str) -> bool:
-        return await self._write(events.suspend, subscriber)
+    async def suspend_global_subscription(
+        self, subscriber: str, partition: str = DEFAULT_PARTITION
+    ) -> bool:
+        return await self._write(events.suspend, subscriber, partition)
 
     async def workitem_subscribers(self, uid: str, partition: str = DEFAULT_PARTITION) -> int:
         return await self._read(events.count, uid, partition)
 
     async def pending_workitem_events(
-        self, subscriber: str, after: int, limit: int
+        self, subscriber: str, after: int, limit: int, partition: str = DEFAULT_PARTITION
     ) -> list[tuple[int, str]]:
-        return await self._read(events.pending, subscriber, after, limit)
+        return await self._read(events.pending, subscriber, after, limit, partition)
 
-    async def acknowledge_workitem_events(self, subscriber: str, sequence: int) -> None:
-        await self._write(events.acknowledge, subscriber, sequence)
+    async def acknowledge_workitem_events(
+        self, subscriber: str, sequence: int, partition: str = DEFAULT_PARTITION
+    ) -> None:
+        await self._write(events.acknowledge, subscriber, sequence, partition)
 
     async def purge_workitem_events(self, before: datetime) -> None:
         await self._write(events.purge, before)

@@ -1,15 +1,18 @@
 """UPS subscriptions and event reports in the index (PS3.18 11.10-11.14, PS3.4 CC.2.3):
 operations of ``instance_ops``'s kind, SQL kept as data.
 
-Each workitem has a subscription list (``ups_subscription``); a Global Subscription
-(``ups_global_subscription``) adds its subscriber to the lists of the workitems existing when
-it is made and of every workitem created later until it is suspended (a Filtered Global
-Subscription: those matching its filter). A change writes its reports to the queue
-(``ups_event``) of each subscriber on the workitem's list in the change's own transaction. A
-report takes its subscriber's next sequence number by an UPDATE of the subscriber's row, so
-on PostgreSQL transactions reporting to one subscriber take turns on that row (in subscriber
-order: no deadlock) and numbers follow commit order: a reader that has seen number n never
-later finds a smaller one committed. Reports leave the queue once delivered (``acknowledge``).
+A subscriber is an AE title in a data partition: its subscriptions, global subscription, queue
+and sequence numbers are that partition's, apart from the same AE title's in another. Each
+workitem has a subscription list (``ups_subscription``) of subscribers of its partition; a
+Global Subscription (``ups_global_subscription``) adds its subscriber to the lists of the
+partition's workitems existing when it is made and of every workitem created in the partition
+later until it is suspended (a Filtered Global Subscription: those matching its filter). A
+change writes its reports to the queue (``ups_event``) of each subscriber on the workitem's
+list in the change's own transaction. A report takes its subscriber's next sequence number by
+an UPDATE of the subscriber's row, so on PostgreSQL transactions reporting to one subscriber
+take turns on that row (in subscriber order: no deadlock) and numbers follow commit order: a
+reader that has seen number n never later finds a smaller one committed. Reports leave the
+queue once delivered (``acknowledge``).
 """
 
 from __future__ import annotations
@@ -27,41 +30,45 @@ from dicomhub.storage.dialect import Dialect
 from dicomhub.storage.statements import Op, many, one, rows, run
 
 ADD_SUBSCRIBER = (
-    "INSERT INTO ups_subscriber (subscriber, last_sequence) VALUES (?, 0) ON CONFLICT DO NOTHING"
+    "INSERT INTO ups_subscriber (partition_name, subscriber, last_sequence) VALUES (?, ?, 0) "
+    "ON CONFLICT DO NOTHING"
 )
 NEXT = (
-    "UPDATE ups_subscriber SET last_sequence = last_sequence + 1 WHERE subscriber = ? "
-    "RETURNING last_sequence"
+    "UPDATE ups_subscriber SET last_sequence = last_sequence + 1 "
+    "WHERE partition_name = ? AND subscriber = ? RETURNING last_sequence"
 )
 ADD_EVENT = (
-    "INSERT INTO ups_event (subscriber, sequence, workitem_uid, created, report) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO ups_event (partition_name, subscriber, sequence, workitem_uid, created, report) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 SUBSCRIBE = (
-    "INSERT INTO ups_subscription (workitem_key, subscriber, deletion_lock, created) "
-    "VALUES (?, ?, ?, ?) ON CONFLICT (workitem_key, subscriber) "
+    "INSERT INTO ups_subscription (workitem_key, partition_name, subscriber, deletion_lock, "
+    "created) VALUES (?, ?, ?, ?, ?) ON CONFLICT (workitem_key, subscriber) "
     "DO UPDATE SET deletion_lock = excluded.deletion_lock"
 )
-SUBSCRIBERS = "SELECT subscriber FROM ups_subscription WHERE workitem_key = ? ORDER BY subscriber"
+SUBSCRIBERS = (
+    "SELECT partition_name, subscriber FROM ups_subscription WHERE workitem_key = ? "
+    "ORDER BY subscriber"
+)
 WORKITEM = (
     "SELECT workitem_key, dataset FROM workitem WHERE partition_name = ? AND workitem_uid = ?"
 )
 GLOBALS = (
     "SELECT subscriber, deletion_lock, filter FROM ups_global_subscription "
-    "WHERE suspended = ? ORDER BY subscriber"
+    "WHERE partition_name = ? AND suspended = ? ORDER BY subscriber"
 )
 SUBSCRIBE_GLOBAL = (
-    "INSERT INTO ups_global_subscription "
-    "(subscriber, kind, deletion_lock, filter, suspended, created) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (subscriber) DO UPDATE SET kind = excluded.kind, "
+    "INSERT INTO ups_global_subscription (partition_name, subscriber, kind, deletion_lock, "
+    "filter, suspended, created) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (partition_name, subscriber) DO UPDATE SET kind = excluded.kind, "
     "deletion_lock = excluded.deletion_lock, filter = excluded.filter, "
     "suspended = excluded.suspended"
 )
 PENDING = (
-    "SELECT sequence, report FROM ups_event WHERE subscriber = ? AND sequence > ? "
-    "ORDER BY sequence LIMIT ?"
+    "SELECT sequence, report FROM ups_event WHERE partition_name = ? AND subscriber = ? "
+    "AND sequence > ? ORDER BY sequence LIMIT ?"
 )
-ACKNOWLEDGE = "DELETE FROM ups_event WHERE subscriber = ? AND sequence <= ?"
+ACKNOWLEDGE = "DELETE FROM ups_event WHERE partition_name = ? AND subscriber = ? AND sequence <= ?"
 PURGE = "DELETE FROM ups_event WHERE created < ?"
 COUNT = (
     "SELECT count(*) FROM ups_subscription s JOIN workitem w ON w.workitem_key = s.workitem_key "
@@ -72,25 +79,25 @@ COUNT = (
 def queue(key: int, uid: str, reports: list[str], now: datetime) -> Op:
     """``reports`` to every subscriber of workitem ``key``; how many subscribers it has."""
     found = yield rows(SUBSCRIBERS, key)
-    for row in found:
-        yield from queue_to(row[0], uid, reports, now)
+    for partition, subscriber in found:
+        yield from queue_to(partition, subscriber, uid, reports, now)
     return len(found)
 
 
-def queue_to(subscriber: str, uid: str, reports: list[str], now: datetime) -> Op:
+def queue_to(partition: str, subscriber: str, uid: str, reports: list[str], now: datetime) -> Op:
     for text in reports:
-        row = yield one(NEXT, subscriber)
-        yield run(ADD_EVENT, subscriber, row[0], uid, to_micros(now), text)
+        row = yield one(NEXT, partition, subscriber)
+        yield run(ADD_EVENT, partition, subscriber, row[0], uid, to_micros(now), text)
 
 
-def join_global(d: Dialect, key: int, now: datetime) -> Op:
-    """Workitem ``key``, just created, on the list of every global subscriber not suspended
-    whose filter (if any) it matches."""
-    found = yield rows(GLOBALS, False)
+def join_global(d: Dialect, key: int, now: datetime, partition: str = DEFAULT_PARTITION) -> Op:
+    """Workitem ``key`` of data ``partition``, just created, on the list of every global
+    subscriber of the partition not suspended whose filter (if any) it matches."""
+    found = yield rows(GLOBALS, partition, False)
     for subscriber, lock, text in found:
         if text is not None and not (yield from _matches(d, key, text)):
             continue
-        yield run(SUBSCRIBE, key, subscriber, bool(lock), to_micros(now))
+        yield run(SUBSCRIBE, key, partition, subscriber, bool(lock), to_micros(now))
 
 
 def _matches(d: Dialect, key: int, text: str) -> Op:
@@ -102,30 +109,36 @@ def _matches(d: Dialect, key: int, text: str) -> Op:
 
 
 EVERY_SUBSCRIBER = (
-    "SELECT subscriber FROM ups_global_subscription UNION "
-    "SELECT subscriber FROM ups_subscription ORDER BY 1"
+    "SELECT partition_name, subscriber FROM ups_global_subscription UNION "
+    "SELECT partition_name, subscriber FROM ups_subscription ORDER BY 1, 2"
 )
 
 
 def status_change(report: str, now: datetime) -> Op:
-    """``report`` (an SCP Status Change) to every AE title with a subscription (global or to
-    a workitem); how many."""
+    """``report`` (an SCP Status Change) to every subscriber (of every partition) with a
+    subscription (global or to a workitem); how many."""
     found = yield rows(EVERY_SUBSCRIBER)
-    for row in found:
-        yield from queue_to(row[0], wev.GLOBAL, [report], now)
+    for partition, subscriber in found:
+        yield from queue_to(partition, subscriber, wev.GLOBAL, [report], now)
     return len(found)
 
 
-def subscribe(subscriber: str, uid: str, deletion_lock: bool, now: datetime) -> Op:
-    """``subscriber`` on workitem ``uid``'s list, sent its initial State Report; False when
-    there is no such workitem."""
-    row = yield one(WORKITEM, DEFAULT_PARTITION, uid)
+def subscribe(
+    subscriber: str,
+    uid: str,
+    deletion_lock: bool,
+    now: datetime,
+    partition: str = DEFAULT_PARTITION,
+) -> Op:
+    """``subscriber`` (of data ``partition``) on the list of the partition's workitem ``uid``,
+    sent its initial State Report; False when there is no such workitem."""
+    row = yield one(WORKITEM, partition, uid)
     if row is None:
         return False
-    yield run(ADD_SUBSCRIBER, subscriber)
-    yield run(SUBSCRIBE, row[0], subscriber, deletion_lock, to_micros(now))
+    yield run(ADD_SUBSCRIBER, partition, subscriber)
+    yield run(SUBSCRIBE, row[0], partition, subscriber, deletion_lock, to_micros(now))
     report = _compact(wev.state_report(json.loads(row[1])))
-    yield from queue_to(subscriber, uid, [report], now)
+    yield from queue_to(partition, subscriber, uid, [report], now)
     return True
 
 
@@ -136,15 +149,18 @@ def subscribe_all(
     deletion_lock: bool,
     filter_params: list[tuple[str, str]] | None,
     now: datetime,
+    partition: str = DEFAULT_PARTITION,
 ) -> Op:
-    """A Global (or Filtered Global) Subscription, made or renewed (no longer suspended):
-    ``subscriber`` on the list of every SCHEDULED or IN PROGRESS workitem (matching the
-    filter) not on it yet, and sent its initial State Report; how many it joined."""
+    """A Global (or Filtered Global) Subscription of data ``partition``, made or renewed (no
+    longer suspended): ``subscriber`` on the list of every SCHEDULED or IN PROGRESS workitem of
+    the partition (matching the filter) not on it yet, and sent its initial State Report; how
+    many it joined."""
     text = json.dumps(filter_params) if filter_params is not None else None
-    yield run(ADD_SUBSCRIBER, subscriber)
-    yield run(SUBSCRIBE_GLOBAL, subscriber, kind, deletion_lock, text, False, to_micros(now))
+    micros = to_micros(now)
+    yield run(ADD_SUBSCRIBER, partition, subscriber)
+    yield run(SUBSCRIBE_GLOBAL, partition, subscriber, kind, deletion_lock, text, False, micros)
     clauses = ["w.partition_name = ?", "w.state IN (?, ?)"]
-    params = [DEFAULT_PARTITION, ups.SCHEDULED, ups.IN_PROGRESS]  # subscriptions: the default's
+    params = [partition, ups.SCHEDULED, ups.IN_PROGRESS]
     if filter_params is not None:
         more, values = _where(d, filter_params)
         clauses += more
@@ -157,11 +173,11 @@ def subscribe_all(
         subscriber,
     )
     if found:
-        micros = to_micros(now)
-        yield many(SUBSCRIBE, [(r[0], subscriber, deletion_lock, micros) for r in found])
+        values = [(r[0], partition, subscriber, deletion_lock, micros) for r in found]
+        yield many(SUBSCRIBE, values)
     for row in found:
         report = _compact(wev.state_report(json.loads(row[2])))
-        yield from queue_to(subscriber, row[1], [report], now)
+        yield from queue_to(partition, subscriber, row[1], [report], now)
     return len(found)
 
 
@@ -171,10 +187,11 @@ def _where(d: Dialect, filter_params: list[tuple[str, str]]) -> tuple[list[str],
     return where(parse(filter_params), d)
 
 
-def unsubscribe(subscriber: str, uid: str) -> Op:
-    """``subscriber`` off workitem ``uid``'s list, its reports of it not yet delivered
-    dropped; None when there is no such workitem, else whether it was on the list."""
-    row = yield one(WORKITEM, DEFAULT_PARTITION, uid)
+def unsubscribe(subscriber: str, uid: str, partition: str = DEFAULT_PARTITION) -> Op:
+    """``subscriber`` (of data ``partition``) off the list of the partition's workitem
+    ``uid``, its reports of it not yet delivered dropped; None when there is no such
+    workitem, else whether it was on the list."""
+    row = yield one(WORKITEM, partition, uid)
     if row is None:
         return None
     gone = yield one(
@@ -183,42 +200,57 @@ def unsubscribe(subscriber: str, uid: str) -> Op:
         row[0],
         subscriber,
     )
-    yield run("DELETE FROM ups_event WHERE subscriber = ? AND workitem_uid = ?", subscriber, uid)
+    yield run(
+        "DELETE FROM ups_event WHERE partition_name = ? AND subscriber = ? AND workitem_uid = ?",
+        partition,
+        subscriber,
+        uid,
+    )
     return gone is not None
 
 
-def unsubscribe_all(subscriber: str) -> Op:
-    """The global subscription and every workitem subscription of ``subscriber`` removed, its
-    queue emptied; whether it had any."""
+def unsubscribe_all(subscriber: str, partition: str = DEFAULT_PARTITION) -> Op:
+    """The global subscription and every workitem subscription of ``subscriber`` in data
+    ``partition`` removed, its queue there emptied; whether it had any."""
     had = yield one(
-        "DELETE FROM ups_global_subscription WHERE subscriber = ? RETURNING subscriber", subscriber
+        "DELETE FROM ups_global_subscription WHERE partition_name = ? AND subscriber = ? "
+        "RETURNING subscriber",
+        partition,
+        subscriber,
     )
     lists = yield rows(
-        "DELETE FROM ups_subscription WHERE subscriber = ? RETURNING workitem_key", subscriber
+        "DELETE FROM ups_subscription WHERE partition_name = ? AND subscriber = ? "
+        "RETURNING workitem_key",
+        partition,
+        subscriber,
     )
-    yield run("DELETE FROM ups_event WHERE subscriber = ?", subscriber)
+    yield run(
+        "DELETE FROM ups_event WHERE partition_name = ? AND subscriber = ?", partition, subscriber
+    )
     return had is not None or bool(lists)
 
 
-def suspend(subscriber: str) -> Op:
-    """Stop adding ``subscriber`` to new workitems (its global subscription suspended; the
-    workitems it is subscribed to already keep it); whether it had a global subscription."""
+def suspend(subscriber: str, partition: str = DEFAULT_PARTITION) -> Op:
+    """Stop adding ``subscriber`` to new workitems of data ``partition`` (its global
+    subscription there suspended; the workitems it is subscribed to already keep it); whether
+    it had a global subscription there."""
     row = yield one(
-        "UPDATE ups_global_subscription SET suspended = ? WHERE subscriber = ? "
-        "RETURNING subscriber",
+        "UPDATE ups_global_subscription SET suspended = ? WHERE partition_name = ? "
+        "AND subscriber = ? RETURNING subscriber",
         True,
+        partition,
         subscriber,
     )
     return row is not None
 
 
-def pending(subscriber: str, after: int, limit: int) -> Op:
-    found = yield rows(PENDING, subscriber, after, limit)
+def pending(subscriber: str, after: int, limit: int, partition: str = DEFAULT_PARTITION) -> Op:
+    found = yield rows(PENDING, partition, subscriber, after, limit)
     return [(r[0], r[1]) for r in found]
 
 
-def acknowledge(subscriber: str, sequence: int) -> Op:
-    yield run(ACKNOWLEDGE, subscriber, sequence)
+def acknowledge(subscriber: str, sequence: int, partition: str = DEFAULT_PARTITION) -> Op:
+    yield run(ACKNOWLEDGE, partition, subscriber, sequence)
 
 
 def purge(before: datetime) -> Op:

@@ -50,17 +50,16 @@ def add(
     reports: list[str],
     partition: str = DEFAULT_PARTITION,
 ) -> Op:
-    """A new workitem of data ``partition``; the global subscribers (not suspended, their
-    filter matching; subscriptions are the default partition's) join its subscription list and
-    are sent ``reports``, in the same transaction."""
+    """A new workitem of data ``partition``; the partition's global subscribers (not
+    suspended, their filter matching) join its subscription list and are sent ``reports``, in
+    the same transaction."""
     micros = to_micros(now)
     row = yield one(INSERT, partition, uid, state, micros, micros, dataset)
     if row is None:
         raise WorkitemConflict("0111", f"workitem {uid} exists already")
     if values:
         yield many(INSERT_VALUES, [(row[0], *v) for v in values])
-    if partition == DEFAULT_PARTITION:
-        yield from events.join_global(d, row[0], now)
+    yield from events.join_global(d, row[0], now, partition)
     yield from events.queue(row[0], uid, reports, now)
 
 

@@ -268,13 +268,22 @@ def routes() -> list[BaseRoute]:
     ]
     for path, endpoint, methods, name, action in table:
         out += _versioned(path, endpoint, methods, name, action)
-    # the UPS event channel (PS3.18 11.13); it checks the read data action itself
+    # the UPS event channel (PS3.18 11.13), in each data partition too (web/partitions); it
+    # checks the read data action and the partition itself
+    channel = "/subscribers/{aetitle}"
     out += [
-        WebSocketRoute(
-            f"/v{n}/subscribers/{{aetitle}}", workitem_events.channel, name=f"v{n}-events"
-        )
+        WebSocketRoute(f"/v{n}{channel}", workitem_events.channel, name=f"v{n}-events")
         for n in VERSIONS
     ]
+    if partitions.has_partitions(channel):
+        out += [
+            WebSocketRoute(
+                f"/v{n}/partitions/{{partition}}{channel}",
+                workitem_events.channel,
+                name=f"v{n}-partition-events",
+            )
+            for n in VERSIONS
+        ]
     return out
 
 

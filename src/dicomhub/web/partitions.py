@@ -3,13 +3,13 @@ true``, the routes ``has_partitions`` names also exist under ``/v{n}/partitions/
 name its own UID namespace; the routes without it are the default partition's
 (``Microsoft.Default``). A store of instances to a new name creates the partition; ``GET
 /v{n}/partitions`` lists them. Off (the default), every partition route answers 400, as
-Microsoft's does. Roles may be limited to partitions (web/access), DIMSE callers given one
-(dimse/callers).
+Microsoft's does (a partition's UPS event channel, a WebSocket, refuses the handshake so).
+Roles may be limited to partitions (web/access), DIMSE callers given one (dimse/callers).
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from dicomhub.errors import InvalidRequest
@@ -17,18 +17,18 @@ from dicomhub.model import DEFAULT_PARTITION, PARTITION_NAME
 from dicomhub.web.common import PARTITION, archive
 
 # The routes a data partition has (by path, after /v{n}): studies' STOW, upsert, QIDO, WADO,
-# rendered images, delete and bulk update, export, and workitems' Push and Pull. Change feed,
-# extended query tags and operations are the server's (as in Microsoft's), and so are workitem
-# subscriptions (Watch and Event) for now.
-PREFIXES = ("/studies", "/series", "/instances", "/export", "/workitems")
+# rendered images, delete and bulk update, export, and workitems' Push, Pull, Watch and Event
+# (subscriptions and the event channel at /subscribers/{AETitle}). Change feed, extended query
+# tags and operations are the server's (as in Microsoft's).
+PREFIXES = ("/studies", "/series", "/instances", "/export", "/workitems", "/subscribers/")
 
 
 def has_partitions(path: str) -> bool:
     """Whether the route at ``path`` (after /v{n}) also exists in each data partition."""
-    return path.startswith(PREFIXES) and "/subscribers/" not in path
+    return path.startswith(PREFIXES)
 
 
-async def resolve(request: Request, create: bool) -> None:
+async def resolve(request: HTTPConnection, create: bool) -> None:
     """Check the request's partition (its path's ``{partition}``) and keep it in the scope
     for the route: a valid name of an existing partition, or of one a store may create."""
     name = request.path_params["partition"]
@@ -73,14 +73,14 @@ async def refuse_when_off(index, enabled: bool) -> None:
         )
 
 
-def _enabled(request: Request) -> None:
+def _enabled(request: HTTPConnection) -> None:
     if not request.app.state.data_partitions:
         raise InvalidRequest(
             "Data partitions feature is disabled: start the server with --data-partitions true"
         )
 
 
-async def _known(request: Request, name: str) -> set[str]:
+async def _known(request: HTTPConnection, name: str) -> set[str]:
     """The partitions' names, from a copy this process keeps (read again on a name it lacks:
     partitions are created, never removed)."""
     state = request.app.state

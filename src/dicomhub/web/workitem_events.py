@@ -1,7 +1,9 @@
 """UPS-RS Watch and Event routes (PS3.18 11.10-11.14): subscribe to a workitem, to all of them
 (``/workitems/1.2.840.10008.5.1.4.34.5/...``) or to a filtered set (``.../34.5.1/...?filter=``),
 unsubscribe, suspend a global subscription, and the event channel: a WebSocket at
-``/subscribers/{AETitle}`` that sends the subscriber's event reports as DICOM JSON.
+``/subscribers/{AETitle}`` that sends the subscriber's event reports as DICOM JSON. With data
+partitions, each of them also under ``/partitions/{name}``: that partition's subscriptions and
+channel, apart from the same AE title's in another partition.
 
 The channel reads the subscriber's queue in the index every ``POLL`` seconds (the reports of a
 change made through any node or server process are there once it commits), sends each report
@@ -22,10 +24,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dicomhub.clock import utcnow
 from dicomhub.errors import DicomhubError, InvalidRequest, WorkitemError
-from dicomhub.model import READ, AuditEntry
+from dicomhub.model import DEFAULT_PARTITION, READ, AuditEntry
+from dicomhub.web import partitions
 from dicomhub.web.access import authorize
 from dicomhub.web.audit import note
-from dicomhub.web.common import REQUEST_ID, archive, base_url, param
+from dicomhub.web.common import REQUEST_ID, archive, base_url, param, partition_of
 from dicomhub.web.errors import STATUS, problem
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,11 @@ def _names(request: Request) -> tuple[str, str]:
     return uid, title
 
 
+def _service(request: Request):
+    """The subscriptions of the request's data partition."""
+    return archive(request).workitem_events.of(partition_of(request))
+
+
 async def subscribe(request: Request) -> Response:
     """POST /workitems/{uid}/subscribers/{AETitle}[?deletionlock=true][&filter=...]: 201."""
     uid, title = _names(request)
@@ -56,7 +64,7 @@ async def subscribe(request: Request) -> Response:
     unknown = {k for k, _ in request.query_params.multi_items()} - {"deletionlock", "filter"}
     if unknown:
         raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
-    await archive(request).workitem_events.subscribe(uid, title, lock, filters)
+    await _service(request).subscribe(uid, title, lock, filters)
     url = f"{base_url(request)}workitems/{uid}/subscribers/{title.strip()}"
     return Response(status_code=201, headers={"Content-Location": url})
 
@@ -64,34 +72,38 @@ async def subscribe(request: Request) -> Response:
 async def unsubscribe(request: Request) -> Response:
     """DELETE /workitems/{uid}/subscribers/{AETitle}: 200."""
     uid, title = _names(request)
-    await archive(request).workitem_events.unsubscribe(uid, title)
+    await _service(request).unsubscribe(uid, title)
     return Response(status_code=200)
 
 
 async def suspend(request: Request) -> Response:
     """POST /workitems/1.2.840.10008.5.1.4.34.5/subscribers/{AETitle}/suspend: 200."""
     uid, title = _names(request)
-    await archive(request).workitem_events.suspend(uid, title)
+    await _service(request).suspend(uid, title)
     return Response(status_code=200)
 
 
 async def upgrade_required(request: Request) -> Response:
     """GET /subscribers/{AETitle} without a WebSocket upgrade: 426 (RFC 9110 15.5.22); 400
     first for a malformed AE title, as the channel answers it."""
-    await archive(request).workitem_events.opened(request.path_params["aetitle"])
+    await _service(request).opened(request.path_params["aetitle"])
     detail = "the event channel is a WebSocket: send the request with Upgrade: websocket"
     return problem(426, "Upgrade Required", detail, {"Upgrade": "websocket"})
 
 
 async def channel(websocket: WebSocket) -> None:
-    """GET /subscribers/{AETitle} (WebSocket): the subscriber's event reports, in order,
-    those queued while it was away first. Refused (close 1008, an HTTP 403 to the handshake)
-    without the read data action or for a malformed AE title."""
-    service = websocket.app.state.archive.workitem_events
+    """GET [/partitions/{name}]/subscribers/{AETitle} (WebSocket): the subscriber's event
+    reports (of the data partition's workitems), in order, those queued while it was away
+    first. Refused (close 1008, an HTTP 403 to the handshake) without the read data action (in
+    the partition), for a malformed AE title, or an unknown or malformed partition (400)."""
     started, clock = utcnow(), time.perf_counter()
     sent = {"reports": 0, "bytes": 0, "last": None}
     try:
-        authorize(websocket.scope, READ)
+        partition = websocket.path_params.get("partition")
+        authorize(websocket.scope, READ, partition or DEFAULT_PARTITION)
+        if partition is not None:
+            await partitions.resolve(websocket, create=False)
+        service = websocket.app.state.archive.workitem_events.of(partition or DEFAULT_PARTITION)
         title = await service.opened(websocket.path_params["aetitle"])
     except DicomhubError as exc:  # audited by the audit middleware, as every refusal
         log.info("event channel refused: %s", exc)
@@ -159,6 +171,8 @@ def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict)
     detail = {"subscriber": websocket.path_params.get("aetitle", "")[:64]}
     if sent["reports"]:
         detail.update(reports=sent["reports"], last_sequence=sent["last"])
+    if "partition" in websocket.path_params:
+        detail["partition"] = websocket.path_params["partition"][:64]
     audit_log.record(
         AuditEntry(
             time=started,
@@ -169,7 +183,7 @@ def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict)
             principal=principal.subject if principal else None,
             client=principal.client if principal else None,
             address=client[0] if client else None,
-            route=websocket.scope["path"].split("/")[1] + "-events",  # v1-events, v2-events
+            route=_route(websocket),
             action=READ,
             bytes_out=sent["bytes"],
             duration_ms=round((time.perf_counter() - clock) * 1000, 3),
@@ -177,3 +191,10 @@ def _audit(websocket: WebSocket, started, clock: float, status: int, sent: dict)
             request_id=websocket.scope.get(REQUEST_ID),
         )
     )
+
+
+def _route(websocket: WebSocket) -> str:
+    """The channel's route name: v1-events, v2-events, v2-partition-events."""
+    version = websocket.scope["path"].split("/")[1]
+    within = "-partition" if "partition" in websocket.path_params else ""
+    return f"{version}{within}-events"

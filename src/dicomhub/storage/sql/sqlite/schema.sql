@@ -286,38 +286,48 @@ CREATE TABLE workitem_value (
 CREATE INDEX workitem_value_match ON workitem_value (path, value, workitem_key);
 CREATE INDEX workitem_value_owner ON workitem_value (workitem_key);
 
--- UPS Watch and Event (PS3.18 11.10-11.14). ups_subscriber numbers the event reports queued
--- for each subscriber (AE title); ups_global_subscription holds the Global and Filtered Global
--- Subscriptions (filter: the query keys as JSON; suspended: no longer added to new
--- workitems); ups_subscription is each workitem's subscription list; ups_event is the queue
--- of reports not yet delivered, written in the transaction of the change they report.
+-- UPS Watch and Event (PS3.18 11.10-11.14). A subscriber is an AE title in a data partition
+-- (each partition's subscriptions and event channel apart). ups_subscriber numbers the event
+-- reports queued for each subscriber; ups_global_subscription holds the Global and Filtered
+-- Global Subscriptions (filter: the query keys as JSON; suspended: no longer added to new
+-- workitems of its partition); ups_subscription is each workitem's subscription list;
+-- ups_event is the queue of reports not yet delivered, written in the transaction of the
+-- change they report.
 CREATE TABLE ups_subscriber (
-    subscriber          TEXT PRIMARY KEY,
-    last_sequence       INTEGER NOT NULL
+    partition_name      TEXT NOT NULL,
+    subscriber          TEXT NOT NULL,
+    last_sequence       INTEGER NOT NULL,
+    PRIMARY KEY (partition_name, subscriber)
 );
 CREATE TABLE ups_global_subscription (
-    subscriber          TEXT PRIMARY KEY REFERENCES ups_subscriber (subscriber),
+    partition_name      TEXT NOT NULL,
+    subscriber          TEXT NOT NULL,
     kind                TEXT NOT NULL,
     deletion_lock       INTEGER NOT NULL,
     filter              TEXT,
     suspended           INTEGER NOT NULL,
-    created             INTEGER NOT NULL
+    created             INTEGER NOT NULL,
+    PRIMARY KEY (partition_name, subscriber),
+    FOREIGN KEY (partition_name, subscriber) REFERENCES ups_subscriber (partition_name, subscriber)
 );
 CREATE TABLE ups_subscription (
     workitem_key        INTEGER NOT NULL REFERENCES workitem (workitem_key),
-    subscriber          TEXT NOT NULL REFERENCES ups_subscriber (subscriber),
+    partition_name      TEXT NOT NULL,
+    subscriber          TEXT NOT NULL,
     deletion_lock       INTEGER NOT NULL,
     created             INTEGER NOT NULL,
-    PRIMARY KEY (workitem_key, subscriber)
+    PRIMARY KEY (workitem_key, subscriber),
+    FOREIGN KEY (partition_name, subscriber) REFERENCES ups_subscriber (partition_name, subscriber)
 );
-CREATE INDEX ups_subscription_subscriber ON ups_subscription (subscriber);
+CREATE INDEX ups_subscription_subscriber ON ups_subscription (partition_name, subscriber);
 CREATE TABLE ups_event (
+    partition_name      TEXT NOT NULL,
     subscriber          TEXT NOT NULL,
     sequence            INTEGER NOT NULL,
     workitem_uid        TEXT NOT NULL,
     created             INTEGER NOT NULL,
     report              TEXT NOT NULL,
-    PRIMARY KEY (subscriber, sequence)
+    PRIMARY KEY (partition_name, subscriber, sequence)
 );
 CREATE INDEX ups_event_created ON ups_event (created);
 
