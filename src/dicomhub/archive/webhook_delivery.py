@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from dicomhub.clock import utcnow
 from dicomhub.model import Action, DeadLetter, EventSource, Subscription
-from dicomhub.storage.webhook_protocol import Place
+from dicomhub.storage.protocols import Place
 from dicomhub.webhooks import events, study_filter
 from dicomhub.webhooks.client import DeliveryFailed
 

@@ -25,7 +25,7 @@ from dicomhub.model import (
     SyncFailure,
     SyncState,
 )
-from dicomhub.storage.webhook_protocol import Webhooks
+from dicomhub.storage.webhook_protocol import Place, Webhooks  # noqa: F401 - Place: re-exported
 
 
 class AuditSink(Protocol):
