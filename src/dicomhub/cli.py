@@ -23,7 +23,8 @@ from dicomhub.errors import DicomhubError
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.lifetime import end_with_parent
-from dicomhub.settings import Settings, convert
+from dicomhub.settings import Settings
+from dicomhub.settings_fields import convert
 from dicomhub.storage import sqlite_writer
 from dicomhub.storage.export_sinks import Sink
 from dicomhub.storage.kept_blobs import KeptBlobStore

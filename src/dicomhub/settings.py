@@ -11,29 +11,12 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dicomhub import settings_groups as groups
-
-
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-def _secret(help: str) -> Any:
-    """A secret: from its ``DICOMHUB_*`` variable or the file its ``<name>_file`` setting
-    names, never from a flag (``ps`` shows flags to every user of the machine)."""
-    return field(default="", metadata={"help": help, "secret": True})
-
-
-def _secret_file(name: str) -> Any:
-    return _setting(
-        "",
-        f"File holding {name} (trailing white space ignored), the alternative to "
-        f"DICOMHUB_{name.upper()}.",
-    )
+from dicomhub.settings_fields import _secret, _secret_file, _setting, convert
 
 
 @dataclass(frozen=True)
@@ -592,16 +575,3 @@ class Settings:
             if value is not None:
                 values[name] = value
         return cls(**values)
-
-
-def convert(f: dataclasses.Field, raw: str) -> Any:
-    """A setting's value from text (environment variable or flag)."""
-    kind = type(f.default)
-    try:
-        if kind is bool:
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        return kind(raw)
-    except ValueError as exc:
-        raise SystemExit(
-            f"DICOMHUB_{f.name.upper()}: {raw!r} is not a valid {kind.__name__}"
-        ) from exc
