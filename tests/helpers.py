@@ -65,8 +65,14 @@ def store_files(url: str, *files: bytes) -> None:
 
 def stored_blobs(data_dir: Path) -> list[bytes]:
     """The stored blobs of an archive in ``data_dir``: its blob folder's instance files, and the
-    small instances its SQLite index keeps itself (``kept_blob``)."""
-    found = [p.read_bytes() for p in sorted((data_dir / "blobs").rglob("*.dcm"))]
+    small instances its SQLite index keeps itself (``kept_blob``). A file deleted
+    while it is listed is not counted."""
+    found = []
+    for path in sorted((data_dir / "blobs").rglob("*.dcm")):
+        try:  # a cleanup job running beside the caller may delete a file once listed
+            found.append(path.read_bytes())
+        except FileNotFoundError:
+            continue
     index = data_dir / "index.sqlite"
     if index.exists():
         with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
