@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 BOUNDARY = "test-boundary-1234"
@@ -63,18 +65,35 @@ def store_files(url: str, *files: bytes) -> None:
         assert r.status_code in (200, 202, 409), r.text
 
 
-def stored_blobs(data_dir: Path) -> list[bytes]:
+def stored_blobs(data_dir: Path, index_url: str | None = None) -> list[bytes]:
     """The stored blobs of an archive in ``data_dir``: its blob folder's instance files, and the
-    small instances its SQLite index keeps itself (``kept_blob``). A file deleted
-    while it is listed is not counted."""
+    small instances its index keeps itself (``kept_blobs``). A file deleted while it is listed
+    is not counted."""
     found = []
     for path in sorted((data_dir / "blobs").rglob("*.dcm")):
         try:  # a cleanup job running beside the caller may delete a file once listed
             found.append(path.read_bytes())
         except FileNotFoundError:
             continue
+    return found + list(kept_blobs(data_dir, index_url).values())
+
+
+def kept_blobs(data_dir: Path, index_url: str | None = None) -> dict[int, bytes]:
+    """{version: file} of the small instances an archive's index keeps itself (``kept_blob``):
+    its SQLite file in ``data_dir``, or ``index_url``'s PostgreSQL."""
+    sql = "SELECT version, data FROM kept_blob"
+    if index_url:
+
+        async def read() -> dict[int, bytes]:
+            conn = await asyncpg.connect(index_url)
+            try:
+                return {row[0]: bytes(row[1]) for row in await conn.fetch(sql)}
+            finally:
+                await conn.close()
+
+        return asyncio.run(read())
     index = data_dir / "index.sqlite"
-    if index.exists():
-        with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
-            found += [bytes(row[0]) for row in db.execute("SELECT data FROM kept_blob")]
-    return found
+    if not index.exists():
+        return {}
+    with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+        return {row[0]: bytes(row[1]) for row in db.execute(sql)}

@@ -174,6 +174,7 @@ def test_worker_process_runs_the_blob_cleanup(tmp_path):
             delete_delay="0",
             cleanup_interval="0.2",
             job_poll_interval="0.1",
+            index_blob_max="0",  # a file of its own, to remove
         )
         (tmp_path / "node").mkdir()
         with running_server(tmp_path / "node", background_jobs="false", **settings) as (base, _):

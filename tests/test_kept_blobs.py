@@ -1,15 +1,15 @@
-"""Small instances kept by the SQLite index (--index-blob-max): committed with their rows, no
-file of their own, served by every read path as files are, removed by the cleanup job, and
-files again for larger instances, with the setting at 0, and on PostgreSQL."""
+"""Small instances kept by the index (--index-blob-max), on SQLite and on PostgreSQL:
+committed with their rows, no file of their own, served by every read path as files are,
+removed by the cleanup job, and files again for larger instances and with the setting at 0."""
 
 from __future__ import annotations
 
 import io
-import sqlite3
 import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 from dicomweb_client import DICOMwebClient
 from starlette.testclient import TestClient
 
@@ -18,7 +18,7 @@ from dicomhub.settings import Settings
 from dicomhub.web.app import create_app
 from tests.conftest import index_database, running_server
 from tests.dicomfiles import load, read, with_new_uids
-from tests.helpers import stow
+from tests.helpers import kept_blobs, stow
 from tests.test_bulk_update import run_jobs
 from tests.test_wado import parts
 
@@ -45,9 +45,35 @@ def files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "blobs").rglob("*.dcm"))
 
 
+class Engine:
+    """The real app on a blob folder, its index the embedded SQLite file or PostgreSQL."""
+
+    def __init__(self, data: Path, index_url: str | None):
+        self.data, self.index_url = data, index_url
+
+    def client(self, **overrides) -> TestClient:
+        if self.index_url:
+            overrides["index_url"] = self.index_url
+        s = Settings(data_dir=str(self.data), **overrides)
+        return TestClient(create_app(s, build_archive(s)))
+
+    def kept(self) -> dict[int, bytes]:
+        """{version: file} of the files the index keeps."""
+        return kept_blobs(self.data, self.index_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    data = tmp_path / "data"
+    if request.param == "sqlite":
+        yield Engine(data, None)
+        return
+    with index_database("postgresql") as url:
+        yield Engine(data, url)
+
+
 def kept(data_dir: Path) -> dict[int, bytes]:
-    with sqlite3.connect(data_dir / "index.sqlite") as db:
-        return dict(db.execute("SELECT version, data FROM kept_blob"))
+    return kept_blobs(data_dir)
 
 
 def bodies(response) -> list[bytes]:
@@ -59,14 +85,14 @@ def instance_url(data: bytes) -> str:
     return f"/v2/studies/{study}/series/{series}/instances/{sop}"
 
 
-def test_a_small_instance_is_kept_by_the_index_and_served_as_stored(file_client, tmp_path):
-    data = tmp_path / "data"
+def test_a_small_instance_is_kept_by_the_index_and_served_as_stored(engine):
+    data = engine.data
     small, big = CT, large(CT)
     assert len(small) <= Settings().index_blob_max < len(big)
-    with file_client() as http:
+    with engine.client() as http:
         assert stow(http, small, big).status_code == 200
         assert [p.stat().st_size for p in files(data)] == [len(big)]  # the large one only
-        assert list(kept(data).values()) == [small]
+        assert list(engine.kept().values()) == [small]
         url = instance_url(small)
         got = http.get(url, headers=DICOM)
         assert got.status_code == 200 and bodies(got) == [small]
@@ -79,7 +105,7 @@ def test_a_small_instance_is_kept_by_the_index_and_served_as_stored(file_client,
         assert thumbnail.status_code == 200
 
 
-def test_a_study_of_kept_and_filed_instances_is_served_whole(file_client, tmp_path):
+def test_a_study_of_kept_and_filed_instances_is_served_whole(engine):
     small = CT
     study, series, _ = ids(small)
     big = large(small)
@@ -88,9 +114,9 @@ def test_a_study_of_kept_and_filed_instances_is_served_whole(file_client, tmp_pa
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     big = out.getvalue()
-    with file_client() as http:
+    with engine.client() as http:
         assert stow(http, small, big).status_code == 200
-        assert len(files(tmp_path / "data")) == 1 and len(kept(tmp_path / "data")) == 1
+        assert len(files(engine.data)) == 1 and len(engine.kept()) == 1
         for accept in (DICOM, {"Accept": "multipart/related; type=application/dicom"}):
             whole = http.get(f"/v2/studies/{study}", headers=accept)
             assert whole.status_code == 200 and bodies(whole) == [small, big]
@@ -101,28 +127,42 @@ def test_a_study_of_kept_and_filed_instances_is_served_whole(file_client, tmp_pa
             assert sorted(stored) == sorted([small, big])
 
 
-def test_a_duplicate_keeps_nothing_more_and_delete_removes_the_kept_file(file_client, tmp_path):
-    data = tmp_path / "data"
-    with file_client(delete_delay=0) as http:
+def test_a_duplicate_keeps_nothing_more_and_delete_removes_the_kept_file(engine):
+    data, kept = engine.data, engine.kept
+    with engine.client(delete_delay=0) as http:
         assert stow(http, CT).status_code == 200
         again = stow(http, CT)
         assert again.status_code == 409  # refused: its row and its kept file undone
-        assert len(kept(data)) == 1 and files(data) == []
+        assert len(kept()) == 1 and files(data) == []
         study, _, _ = ids(CT)
         assert http.delete(f"/v2/studies/{study}").status_code == 204
-        assert len(kept(data)) == 1  # readers that chose it may still read it, until cleanup
+        assert len(kept()) == 1  # readers that chose it may still read it, until cleanup
         archive = http.app.state.archive
         # the study's, and the refused duplicate's blob (none was written for either)
         assert http.portal.call(archive.cleanup.delete_due_blobs) == 2
-        assert kept(data) == {} and files(data) == []
+        assert kept() == {} and files(data) == []
         assert http.get(instance_url(CT), headers=DICOM).status_code == 404
 
 
-def test_upsert_and_bulk_update_of_a_kept_instance(file_client, tmp_path):
-    data = tmp_path / "data"
+def test_the_stores_of_one_request_commit_with_their_files(engine):
+    """Parts ready together commit in one index write (on PostgreSQL one statement), each
+    with its file; a duplicate among them keeps nothing and leaves the others stored."""
+    sent = [with_new_uids(CT) for _ in range(8)]
+    with engine.client() as http:
+        assert stow(http, sent[0]).status_code == 200
+        answer = stow(http, *sent)
+        assert answer.status_code == 202  # the first one refused as a duplicate
+        assert sorted(engine.kept().values()) == sorted(sent)
+        for body in sent:
+            assert bodies(http.get(instance_url(body), headers=DICOM)) == [body]
+    assert files(engine.data) == []
+
+
+def test_upsert_and_bulk_update_of_a_kept_instance(engine):
+    data, kept = engine.data, engine.kept
     url = instance_url(CT)
     study, _, _ = ids(CT)
-    with file_client(delete_delay=0) as http:
+    with engine.client(delete_delay=0) as http:
         assert stow(http, CT).status_code == 200
         changed = read(CT)
         changed.PatientName = "Upserted^Name"
@@ -131,7 +171,7 @@ def test_upsert_and_bulk_update_of_a_kept_instance(file_client, tmp_path):
         body = out.getvalue()
         put = http.put("/v2/studies", content=body, headers={"Content-Type": "application/dicom"})
         assert put.status_code == 200, put.text
-        assert sorted(kept(data).values()) == sorted([CT, body])  # the original is kept
+        assert sorted(kept().values()) == sorted([CT, body])  # the original is kept
         assert bodies(http.get(url, headers=DICOM)) == [body]
         original = {**DICOM, "msdicom-request-original": "true"}
         assert bodies(http.get(url, headers=original)) == [CT]
@@ -149,7 +189,7 @@ def test_upsert_and_bulk_update_of_a_kept_instance(file_client, tmp_path):
         assert read(latest).PixelData == read(CT).PixelData
         assert bodies(http.get(url, headers=original)) == [CT]
         assert http.portal.call(http.app.state.archive.cleanup.delete_due_blobs) >= 1
-        assert list(kept(data).values()) == [CT]  # the upserted version replaced and gone
+        assert list(kept().values()) == [CT]  # the upserted version replaced and gone
 
 
 def test_with_the_setting_at_zero_every_instance_is_a_file(file_client, tmp_path):
@@ -183,25 +223,13 @@ def test_several_server_processes_keep_through_the_one_writer(tmp_path):
     assert files(data) == [] and len(kept(data)) == len(sent)
 
 
-def test_postgresql_keeps_no_files(tmp_path):
-    """On PostgreSQL every instance is a blob of its own (the setting is ignored)."""
-    with index_database("postgresql") as index_url:
-        s = Settings(data_dir=str(tmp_path / "data"), index_url=index_url)
-        with TestClient(create_app(s, build_archive(s))) as http:
-            assert stow(http, CT).status_code == 200
-            assert [p.read_bytes() for p in files(tmp_path / "data")] == [CT]
-            assert bodies(http.get(instance_url(CT), headers=DICOM)) == [CT]
-
-
-def test_an_object_store_beside_the_sqlite_index(azurite, tmp_path):
-    """Azure Blob storage (Azurite) with the embedded index: small instances are kept by the
-    index (no object written, asked of the index first), larger ones are objects."""
-    data = tmp_path / "data"
+def test_an_object_store_beside_the_index(azurite, engine):
+    """Azure Blob storage (Azurite) with either index: small instances are kept by the index
+    (no object written, asked of the index first), larger ones are objects."""
     small, big = CT, large(CT)
-    s = Settings(data_dir=str(data), blob_url=azurite.blob_url())
-    with TestClient(create_app(s, build_archive(s))) as http:
+    with engine.client(blob_url=azurite.blob_url()) as http:
         assert stow(http, small, big).status_code == 200
-        assert list(kept(data).values()) == [small]
+        assert list(engine.kept().values()) == [small]
         for body in (small, big):
             assert bodies(http.get(instance_url(body), headers=DICOM)) == [body]
         frame = http.get(

@@ -32,6 +32,7 @@ def relayed(tmp_path, azurite):
             data_dir=str(tmp_path / "data"),
             index_url=index_url.replace(f":{pg.port}/", f":{index_relay.port}/"),
             blob_url=blob_url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{blob_relay.port}"),
+            index_blob_max=0,  # every instance an object (else small ones live in the index)
         )
         app = create_app(settings, build_archive(settings))
         try:

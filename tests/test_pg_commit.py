@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ TABLES = [
     "extended_query_tag_series",
     "extended_query_tag_instance",
     "extended_query_tag_error",
+    "kept_blob",
 ]
 
 
@@ -113,7 +115,9 @@ def items() -> list[NewInstance]:
         ids = uid(90, study), uid(90, study, series), uid(90, study, series, sop)
         data = instance(*ids, **attrs)
         data = with_private(data, "ACME 1.0", f"SCANNER-{sop % 2}")
-        out.append(new_instance(data))
+        record = new_instance(data)
+        # every other one's file kept by the index: in the commit's statement on PostgreSQL
+        out.append(dataclasses.replace(record, blob=data) if sop % 2 else record)
     return out
 
 
@@ -196,6 +200,7 @@ def test_the_commit_leaves_the_index_as_on_sqlite(tmp_path, together):
         found = asyncio.run(postgres_tables(url))
     assert expected["extended_query_tag_error"] and expected["person_name_word"]
     assert expected["series_request"] and expected["extended_query_tag_study"]
+    assert expected["kept_blob"] and len(expected["kept_blob"]) < len(expected["instance"])
     for table in TABLES:
         assert found[table] == expected[table], table
 

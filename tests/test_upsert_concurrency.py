@@ -44,7 +44,7 @@ def server(request, tmp_path):
         # (storage/sqlite_writer), the upsert operation pickled to it
         url, _ = stack.enter_context(running_server(data, **settings))
         with httpx.Client(base_url=url, timeout=60) as client:
-            yield client, data
+            yield client, data, settings.get("index_url")
 
 
 def put(client: httpx.Client, *parts: bytes) -> httpx.Response:
@@ -93,7 +93,7 @@ def eventually(check, what: str, limit: float = 60) -> None:
 
 
 def test_concurrent_upserts_never_show_a_mix(server):
-    client, data = server
+    client, data, index = server
     assert put(client, named(X, "Orig^X"), named(Y, "Still^Y")).status_code == 200
     names = {f"W{w}^{n}" for w in range(2) for n in range(ROUNDS)}
     done = threading.Event()
@@ -131,15 +131,15 @@ def test_concurrent_upserts_never_show_a_mix(server):
     assert actions[-1] == ("update", X, "current")
     assert feed[-1]["metadata"]["00100010"]["Value"][0]["Alphabetic"] == final[X]
     # the versions in between go with the cleanup job: X's original and latest, and Y
-    eventually(lambda: len(stored_blobs(data)) == 3, "versions in between removed")
+    eventually(lambda: len(stored_blobs(data, index)) == 3, "versions in between removed")
     assert client.delete(f"/v2/studies/{STUDY}").status_code == 204
-    eventually(lambda: stored_blobs(data) == [], "every version removed after the delete")
+    eventually(lambda: stored_blobs(data, index) == [], "every version removed after the delete")
 
 
 def test_upserts_against_deletes(server):
     """PUT and DELETE of one instance at once: each wins wholly; whatever is left is whole
     (latest and original retrievable), and nothing is orphaned."""
-    client, data = server
+    client, data, index = server
     assert put(client, named(Y, "Still^Y")).status_code == 200
     path = f"/v2/studies/{STUDY}/series/{SERIES}/instances/{X}"
 
@@ -165,9 +165,9 @@ def test_upserts_against_deletes(server):
     else:
         assert latest.status_code == 404
         expected = 1
-    eventually(lambda: len(stored_blobs(data)) == expected, f"{expected} blobs kept")
+    eventually(lambda: len(stored_blobs(data, index)) == expected, f"{expected} blobs kept")
     assert client.delete(f"/v2/studies/{STUDY}").status_code == 204
-    eventually(lambda: stored_blobs(data) == [], "every version removed after the delete")
+    eventually(lambda: stored_blobs(data, index) == [], "every version removed after the delete")
     feed = client.get("/v1/changefeed", params={"limit": 100}).json()
     assert {e["state"] for e in feed} <= {"replaced", "deleted"}
 
@@ -176,7 +176,7 @@ def test_a_whole_study_replaced_at_once(server):
     """PUTs that each replace every instance of a 500-instance study, two at a time, while
     clients read it: each request commits wholly (one transaction), so every metadata and
     search answer holds one request's name for all 500 instances, never a mix."""
-    client, _ = server
+    client, *_ = server
     study, series, count = uid(83), uid(83, 1), 500
 
     def whole(name: str) -> list[bytes]:

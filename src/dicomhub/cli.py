@@ -58,8 +58,7 @@ def build_archive(settings: Settings) -> Archive:
     )
     blobs = measured(blobs, "blob")
     index = measured(build_index(settings), "index")
-    if index.keeps_blobs:  # small instances' files kept by the index: found there too
-        blobs = KeptBlobStore(blobs, index)
+    blobs = KeptBlobStore(blobs, index)  # small instances' files kept by the index
     audit = open_audit(settings.audit_log, index)
     config = settings.archive
     converter = ProcessConverter(config.pixels.conversion_workers)

@@ -50,7 +50,7 @@ class NewInstance:
     parse_on_read: bool  # offsets unusable (deflated data set): parse the file instead
     search: SearchRecord
     invalid: dict[str, str] = field(default_factory=dict)  # tag path -> why it was left out
-    # The file itself when the index keeps it (a small instance on SQLite: written and synced
+    # The file itself when the index keeps it (a small instance: written and synced
     # with its rows, see storage/kept_blobs); None when it is in the blob store.
     blob: bytes | None = None
 

@@ -130,9 +130,9 @@ class Settings:
     )
     index_blob_max: int = _setting(
         64 * 1024,
-        "Instances up to this many bytes are kept in the SQLite index itself, written and synced "
-        "with their index rows (one disk sync per store instead of two), not as blobs of their "
-        "own; 0: every instance goes to the blob store. Ignored on PostgreSQL.",
+        "Instances up to this many bytes are kept in the index itself (SQLite or PostgreSQL), "
+        "written and synced with their index rows (one disk sync per store instead of two, no "
+        "object PUT), not as blobs of their own; 0: every instance goes to the blob store.",
     )
     data_partitions: bool = _setting(
         False,

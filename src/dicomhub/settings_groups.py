@@ -20,7 +20,7 @@ class Ingest:
     max_inflated_size: int
     max_elements: int
     bulkdata_threshold: int
-    index_blob_max: int  # stored in the index with its rows, where the index keeps files
+    index_blob_max: int  # stored in the index with its rows
     upload_timeout: float  # a store unfinished after this long is abandoned
     spool_dir: Path
 

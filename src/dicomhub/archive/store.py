@@ -206,8 +206,8 @@ class StoreService:
         self.blobs = blobs
         self.extended = extended
         self.versions = Versions(index, settings.upload_timeout / 4)
-        # parts up to this size are committed with their rows, where the index keeps files
-        self.keep_max = settings.index_blob_max if index.keeps_blobs else 0
+        # parts up to this size are committed with their rows (the index keeps their files)
+        self.keep_max = settings.index_blob_max
         self.replaced_delay = timedelta(seconds=replaced_delay)
 
     async def store_parts(

@@ -1,14 +1,14 @@
 """A blob store that also finds the files the index keeps itself.
 
-On an SQLite index, an instance up to ``--index-blob-max`` bytes is committed with its index
-rows (``NewInstance.blob``, the ``kept_blob`` table): one sync of the index makes the store
-durable, where a file of its own would cost a second sync (and, on many file systems, a sync of
-its folder). Everything else lives in the wrapped store. Reads of a blob folder look there
-first (nearly every byte is there, and a miss costs one failed open), then in the index; reads
-of an object store ask the index first (a miss there costs a local query, not a request over
-the network). A kept file goes when the
-index takes its deletion off the queue (``finish_blob_deletions``), so ``delete`` here is the
-wrapped store's alone.
+An instance up to ``--index-blob-max`` bytes is committed with its index rows
+(``NewInstance.blob``, the ``kept_blob`` table, SQLite or PostgreSQL): one sync of the index
+makes the store durable, where a file of its own would cost a second sync (and, on many file
+systems, a sync of its folder), and an object one a PUT. Everything else lives in the wrapped
+store. Reads of a blob folder look there first (nearly every byte is there, and a miss costs
+one failed open), then in the index; reads of an object store ask the index first (a miss
+there costs a query, not a request to the object store). A kept file goes when the index
+takes its deletion off the queue (``finish_blob_deletions``), so ``delete`` here is the wrapped
+store's alone.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ document, three when the tags changed (they are read again).
 The stores of a request that are ready together commit in one statement too
 (``dicomhub_store_each``, migration 0008: one transaction, each store in a subtransaction of its
 own), each merged into the documents the one before it leaves.
+
+The files of small instances the index keeps (``NewInstance.blob``, see storage/kept_blobs) go
+into ``kept_blob`` in the same statement, for the stores that commit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ from dicomhub.storage.instance_ops import instance_values, level_fields
 
 STORE = "SELECT dicomhub_store(" + ", ".join(f"${n}" for n in range(1, 36)) + ")"
 STORE_EACH = "SELECT dicomhub_store_each($1::dicomhub_store_args[])"
+# With the files the index keeps (NewInstance.blob), in the same statement: written only when
+# the store (each store) raised nothing, so undone with it.
+STORE_KEPT = (
+    f"WITH s AS MATERIALIZED ({STORE}) INSERT INTO kept_blob (version, data) SELECT $1, $36 FROM s"
+)
+STORE_EACH_KEPT = (
+    f"WITH s AS MATERIALIZED ({STORE_EACH} AS codes), k AS ("
+    "INSERT INTO kept_blob (version, data) SELECT b.v, b.d FROM s,"
+    " unnest($2::integer[], $3::bigint[], $4::bytea[]) AS b(at, v, d) WHERE s.codes[b.at] IS NULL"
+    ") SELECT codes FROM s"
+)
 ABANDONED, STORED, DOCUMENTS_CHANGED, TAGS_CHANGED = "DH001", "DH002", "DH003", "DH004"
 # Each attempt after the first follows a concurrent store that changed a document the attempt
 # merged into, or a change of the tags: more than this many means something is wrong.
@@ -79,8 +93,12 @@ async def commit(
     for _ in range(ATTEMPTS):
         indexing, fresh = await tags(fresh), False
         docs = merged(instance, bases)
+        args = arguments(version, instance, indexing, bases, docs)
         try:
-            await execute(STORE, *arguments(version, instance, indexing, bases, docs))
+            if instance.blob is None:
+                await execute(STORE, *args)
+            else:
+                await execute(STORE_KEPT, *args, instance.blob)
             documents.remember(instance.id, docs)  # what the study and series hold now
             return
         except Exception as exc:
@@ -117,8 +135,13 @@ async def commit_each(
         docs = merged(instance, bases)
         rows.append(arguments(version, instance, indexing, bases, docs))
         documents.remember(instance.id, docs)  # what the next store into them merges into
+    kept = [(at, v, i.blob) for at, (v, i) in enumerate(stores, 1) if i.blob is not None]
+    if kept:
+        codes = await fetch(STORE_EACH_KEPT, rows, *(list(c) for c in zip(*kept, strict=True)))
+    else:
+        codes = await fetch(STORE_EACH, rows)
     outcomes: list[Exception | None] = []
-    for (version, instance), code in zip(stores, await fetch(STORE_EACH, rows), strict=True):
+    for (version, instance), code in zip(stores, codes, strict=True):
         if code is None:
             outcomes.append(None)
         elif code == ABANDONED:

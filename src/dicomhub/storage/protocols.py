@@ -164,10 +164,8 @@ class Uploads(Protocol):
 
 
 class KeptBlobs(Protocol):
-    """The files of small instances the index keeps itself (SQLite: ``NewInstance.blob``,
-    committed with the instance's rows, so one sync makes both durable)."""
-
-    keeps_blobs: bool  # the index can keep them (else a store's blob is never given to it)
+    """The files of small instances the index keeps itself (``NewInstance.blob``, committed
+    with the instance's rows, so one sync makes both durable)."""
 
     async def kept_blobs(self, versions: list[int]) -> dict[int, bytes]:
         """{version: file} of those of ``versions`` whose file the index keeps."""

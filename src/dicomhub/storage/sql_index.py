@@ -55,7 +55,6 @@ OpFactory = Callable[..., st.Op]
 
 class SqlIndex:
     dialect: Dialect
-    keeps_blobs = False  # see KeptBlobs: SQLite's do
 
     async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
         """Run the reading operation ``op(*args)`` (in one snapshot when it reads more than

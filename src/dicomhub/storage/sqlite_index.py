@@ -49,7 +49,6 @@ RESERVE = 256 * 1024
 
 class SqliteIndex(SqlIndex):
     dialect = SQLITE
-    keeps_blobs = True  # small files committed with their rows: one sync, not two
     shared = False  # one serve per data folder (a lock file); its workers start after recovery
 
     def __init__(self, path: str, writer: str | None = None, fsync: bool = True):
