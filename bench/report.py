@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
-from bench import webhooks
+from bench import rounds, webhooks
 from dicomhub import __version__
 
 # (result id, what is compared, minimum) -- "advantage" is how many times better dicomhub is than
@@ -137,7 +137,7 @@ def _fmt(result: dict | None) -> str:
     elif cpu is not None:
         notes.append(f"{cpu:g} ms CPU each")
     tail = f" ({'; '.join(notes)})" if notes else ""
-    return f"{result[result['metric']]:g} {unit}{tail}"
+    return f"{result[result['metric']]:g}{rounds.spread(result)} {unit}{tail}"
 
 
 def markdown(results: dict) -> str:
@@ -166,6 +166,13 @@ def markdown(results: dict) -> str:
     native = f", {native['mb_per_s']:g} MB/s read by curl" if native else ""
     workers = results["profile"].get("workers")
     workers = "its default number of" if workers is None else workers
+    n = results["profile"].get("rounds", 1)
+    if n > 1:
+        lines += [
+            "",
+            f"Medians of {n} rounds (each server measured fresh in every round), "
+            "[the rounds' range].",
+        ]
     lines += [
         "",
         f"Ceilings: page-cache read {c['page_cache']['mb_per_s']:g} MB/s, "

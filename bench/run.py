@@ -1,12 +1,14 @@
 """dicomhub against Orthanc, in one run, on the same data and the same client.
 
-    ./run bench [--profile default|smoke] [--search-instances N] [--out FILE.json]
+    ./run bench [--profile default|smoke] [--search-instances N] [--rounds N]
+                [--baseline TREE] [--out FILE.json]
 
-Generates the data set, then for each server in turn (dicomhub on the embedded default, dicomhub
-on another index when ``--index-url`` names one, Orthanc with DICOMweb) starts it on a free
-loopback port, runs every workload, verifies every answer and stops it. Prints a Markdown table
-(also written next to the JSON) with dicomhub/Orthanc ratios, the machine's ceilings and the
-targets.
+Generates the data set, then for each server in turn (dicomhub on the embedded default, the
+dicomhub of a ``--baseline`` source tree, dicomhub on another index when ``--index-url`` names
+one, Orthanc with DICOMweb) starts it on a free loopback port, runs every workload, verifies
+every answer and stops it; ``--rounds N`` does it all N times (see bench/rounds.py). Prints a
+Markdown table (also written next to the JSON) with dicomhub/Orthanc ratios, the machine's
+ceilings and the targets.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import native, report, webhooks, workloads
+from bench import native, report, rounds, webhooks, workloads
 from bench.client import Client, check
-from bench.servers import Dicomhub, Loopback, Orthanc, Server, orthanc_available
+from bench.servers import Dicomhub, Loopback, Orthanc, Server, fresh_database, orthanc_available
 
 
 def page_cache(workdir: Path, files: dict[str, bytes], repeat: int = 3) -> dict:
@@ -126,6 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run dicomhub with --data-partitions true, the workloads in partition 'bench' "
         "(/v2/partitions/bench/...; Orthanc unchanged)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure every server N times, in turn, each time fresh; each result is the median "
+        "(with the rounds' range)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also measure the dicomhub of this source tree (e.g. a git worktree of the commit "
+        "before a change), on the embedded default, in the same rounds",
+    )
     parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
     parser.add_argument("--out", default="bench-results/latest.json")
     args = parser.parse_args(argv)
@@ -141,21 +158,30 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.subscriptions < 0:
         parser.error("--subscriptions: a number of subscriptions, 0 or more")
+    if args.rounds < 1:
+        parser.error("--rounds: 1 or more")
+    if args.baseline is not None and not (args.baseline / "src" / "dicomhub").is_dir():
+        parser.error(f"--baseline: {args.baseline} is not a dicomhub source tree")
     extra = [] if args.workers is None else ["--workers", str(args.workers)]
     if args.subscriptions:
         extra += webhooks.SERVER_FLAGS
     partition = "bench" if args.data_partitions else None
-    servers: list[Server] = [Dicomhub(workdir / "dicomhub", extra=extra, partition=partition)]
-    servers += [
-        Dicomhub(workdir / f"dicomhub-{i}", url, extra, partition)
-        for i, url in enumerate(args.index_url)
-    ]
     skipped = {}
     why = "--no-orthanc" if args.no_orthanc else orthanc_available()
     if why:
         skipped["Orthanc"] = why
-    else:
-        servers.append(Orthanc(workdir / "orthanc"))
+
+    def servers(round: int, stack: contextlib.ExitStack) -> list[Server]:
+        """The servers of one round, each with data of its own."""
+        at = workdir / f"round-{round}"
+        out: list[Server] = [Dicomhub(at / "dicomhub", extra=extra, partition=partition)]
+        if args.baseline is not None:
+            out.append(Dicomhub(at / "baseline", None, extra, partition, args.baseline))
+        for i, url in enumerate(args.index_url):
+            fresh = stack.enter_context(fresh_database(url))
+            out.append(Dicomhub(at / f"dicomhub-{i}", fresh, extra, partition))
+        return out + ([] if why else [Orthanc(at / "orthanc")])
+
     if native.curl_available():
         skipped["curl"] = f"{native.curl_available()}: no native-client measurements"
 
@@ -166,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "subscriptions": args.subscriptions,
             "data_partitions": args.data_partitions,
+            "rounds": args.rounds,
+            "baseline": None if args.baseline is None else str(args.baseline),
             **dataclasses.asdict(profile),
         },
         "ceilings": {
@@ -179,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only) | ({"load"} if set(args.only) - {"stow"} else set())
         chosen = [w for w in workloads.WORKLOADS if w.__name__ in wanted]
+    measured: dict[str, list[dict]] = {}
     try:
-        for server in servers:
-            results["servers"][server.name] = measure(server, data, chosen, args.subscriptions)
+        for round in range(args.rounds):
+            with contextlib.ExitStack() as stack:
+                for server in servers(round, stack):
+                    result = measure(server, data, chosen, args.subscriptions)
+                    measured.setdefault(server.name, []).append(result)
+                    if not args.workdir:  # the disk, for the next
+                        shutil.rmtree(server.workdir, ignore_errors=True)
+        results["servers"] = {name: rounds.median_result(m) for name, m in measured.items()}
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

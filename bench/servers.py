@@ -4,16 +4,23 @@ Orthanc with its DICOMweb plugin, configured comparably (no compression, full me
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -48,6 +55,10 @@ class Server:
 
     ready_path = "/"
 
+    def environment(self) -> dict[str, str] | None:
+        """The server process's environment (None: this process's)."""
+        return None
+
     def __enter__(self) -> Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed in __exit__
@@ -57,6 +68,7 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=REPOSITORY,
+            env=self.environment(),
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -121,15 +133,25 @@ class Dicomhub(Server):
         index_url: str | None = None,
         extra: list[str] = (),
         partition: str | None = None,
+        source: Path | None = None,
     ):
-        """``partition``: run with data partitions, the workloads in this one."""
+        """``partition``: run with data partitions, the workloads in this one. ``source``:
+        the dicomhub of another source tree (its ``src``), e.g. a worktree of the commit before
+        a change, named "dicomhub (baseline)"."""
         super().__init__(workdir)
-        self.index_url, self.extra = index_url, list(extra)
+        self.index_url, self.extra, self.source = index_url, list(extra), source
         self.name = "dicomhub" if index_url is None else f"dicomhub ({index_url.split(':')[0]})"
+        if source is not None:
+            self.name += " (baseline)"
         self.base_url = f"http://127.0.0.1:{self.port}/v2"
         if partition:
             self.extra += ["--data-partitions", "true"]
             self.base_url += f"/partitions/{partition}"
+
+    def environment(self) -> dict[str, str] | None:
+        if self.source is None:
+            return None
+        return {**os.environ, "PYTHONPATH": str(self.source / "src")}
 
     def command(self) -> list[str]:
         cmd = [
@@ -148,6 +170,27 @@ class Dicomhub(Server):
         if self.index_url:
             cmd += ["--index-url", self.index_url]
         return cmd
+
+
+@contextlib.contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of ``url`` (made through it), dropped
+    afterwards: each measurement of dicomhub on PostgreSQL starts from nothing, and the
+    database the URL names is never touched."""
+    name = f"dicomhub_bench_{secrets.token_hex(4)}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path="/" + name))
+    finally:
+        asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 class Orthanc(Server):

@@ -4,17 +4,19 @@ asserted: the benchmark measures, this checks that it can."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 from bench.native import curl_available
 from bench.report import NATIVE, TARGETS
 from bench.servers import orthanc_available
 
 from tests.components import Unavailable
-from tests.conftest import ran, unavailable
+from tests.conftest import index_database, ran, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +64,39 @@ def test_smoke_run_against_orthanc(tmp_path):
     assert ("loopback_http_native" in results["ceilings"]) == native
     assert results["profile"]["workers"] is None  # dicomhub as `serve` starts by default
     assert "| workload |" in out.with_suffix(".md").read_text()
+
+
+def test_rounds_with_a_baseline_and_postgresql(tmp_path):
+    """``--rounds 2 --baseline TREE --index-url``: every dicomhub measured twice, each time
+    fresh (a database of its own on PostgreSQL, dropped afterwards), medians with the rounds'
+    values beside them."""
+    out = tmp_path / "results.json"
+    with index_database("postgresql") as url:
+        args = ["--profile", "smoke", "--only", "stow", "--no-orthanc", "--rounds", "2"]
+        results = bench(out, *args, "--baseline", str(ROOT), "--index-url", url)
+        left = asyncio.run(_bench_databases(url))
+    servers = results["servers"]
+    assert set(servers) == {"dicomhub", "dicomhub (baseline)", "dicomhub (postgresql)"}
+    for server in servers.values():
+        assert server["rounds"] == 2
+        for r in server["workloads"]:
+            values = r[f"{r['metric']}_rounds"]
+            assert len(values) == 2 and min(values) <= r[r["metric"]] <= max(values)
+            assert len(r["server_cpu_ms_per_unit_rounds"]) == 2
+    assert results["profile"]["rounds"] == 2 and results["profile"]["baseline"] == str(ROOT)
+    assert "Medians of 2 rounds" in out.with_suffix(".md").read_text()
+    assert left == []  # the fresh databases are gone
+
+
+async def _bench_databases(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dicomhub_bench_%'"
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
 
 
 def test_scale_mode_smoke(tmp_path):
