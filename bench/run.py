@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="TREE",
         help="also measure the dicomhub of this source tree (e.g. a git worktree of the commit "
-        "before a change), on the embedded default, in the same rounds",
+        "before a change), beside each dicomhub (on the same kind of index), in the same rounds",
     )
     parser.add_argument("--workdir", help="where servers keep their data (default: a temp dir)")
     parser.add_argument("--out", default="bench-results/latest.json")
@@ -172,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         skipped["Orthanc"] = why
 
     def servers(round: int, stack: contextlib.ExitStack) -> list[Server]:
-        """The servers of one round, each with data of its own."""
+        """The servers of one round, each with data (a database) of its own: dicomhub on each
+        index, beside it the baseline's on the same kind of index, then Orthanc."""
         at = workdir / f"round-{round}"
-        out: list[Server] = [Dicomhub(at / "dicomhub", extra=extra, partition=partition)]
-        if args.baseline is not None:
-            out.append(Dicomhub(at / "baseline", None, extra, partition, args.baseline))
-        for i, url in enumerate(args.index_url):
-            fresh = stack.enter_context(fresh_database(url))
-            out.append(Dicomhub(at / f"dicomhub-{i}", fresh, extra, partition))
+        out: list[Server] = []
+        for i, url in enumerate([None, *args.index_url]):
+            for source in [None] if args.baseline is None else [None, args.baseline]:
+                fresh = url and stack.enter_context(fresh_database(url))
+                name = f"{i}-{'baseline' if source else 'dicomhub'}"
+                out.append(Dicomhub(at / name, fresh, extra, partition, source))
         return out + ([] if why else [Orthanc(at / "orthanc")])
 
     if native.curl_available():

@@ -76,7 +76,12 @@ def test_rounds_with_a_baseline_and_postgresql(tmp_path):
         results = bench(out, *args, "--baseline", str(ROOT), "--index-url", url)
         left = asyncio.run(_bench_databases(url))
     servers = results["servers"]
-    assert set(servers) == {"dicomhub", "dicomhub (baseline)", "dicomhub (postgresql)"}
+    assert set(servers) == {
+        "dicomhub",
+        "dicomhub (baseline)",
+        "dicomhub (postgresql)",
+        "dicomhub (postgresql) (baseline)",
+    }
     for server in servers.values():
         assert server["rounds"] == 2
         for r in server["workloads"]:
