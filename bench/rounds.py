@@ -1,5 +1,7 @@
 """``--rounds N``: every server measured N times, in turn (round 1: each server once, fresh;
-round 2: each again ...), so that a machine's swings between runs fall on every server alike.
+round 2: each again, in the opposite order; ...), so that a machine's swings between runs, and
+what a server leaves to the next (memory the host has already backed), fall on every server
+alike.
 Each result is the median of its rounds, with the rounds' own values of its metric and its
 server CPU kept beside it (``<field>_rounds``)."""
 
