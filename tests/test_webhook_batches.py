@@ -2,7 +2,8 @@
 of delivered events costs a bounded number of index writes (counted on the real SQLite index),
 not one per event; the lease is renewed within a long batch, so another node does not take the
 subscription over mid-way; a node killed after sending part of a batch, before recording it,
-has those events sent again by the next node, with the same ids, in order."""
+has those events sent again by the next node, with the same ids, in order; a receiver's
+connection carries event after event."""
 
 from __future__ import annotations
 
@@ -113,6 +114,23 @@ def test_a_long_batch_renews_its_lease_so_no_other_node_takes_over(node, receive
         assert client.portal.call(two_nodes) == 0
         ids = [e["id"] for e in receiver.wait_for(25)]
         assert ids == sorted(set(ids), key=int) and len(ids) == 25
+
+
+def test_connections_to_a_receiver_are_kept(node):
+    """A receiver answering over HTTP/1.1 with a short body gets every event of a batch on one
+    connection (the answer is read, so the connection can carry the next)."""
+    keeping = Receiver()
+    keeping.keep_alive, keeping.answer = True, b'{"ok": true}'
+    keeping.start()
+    try:
+        with node() as client:
+            make_subscription(client, keeping)
+            store(client, 263, 10)
+            client.portal.call(client.archive.webhooks.step, "node-a")
+            keeping.wait_for(10)
+            assert len(set(keeping.peers)) == 1, keeping.peers
+    finally:
+        keeping.stop()
 
 
 def test_a_node_killed_mid_batch_has_its_unrecorded_events_sent_again(

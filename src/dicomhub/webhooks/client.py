@@ -1,5 +1,7 @@
-"""Delivering one event: a signed POST with a timeout; any 2xx answer is success (its body
-unread), anything else (a redirect too: not followed) a failure."""
+"""Delivering one event: a signed POST with a timeout; any 2xx answer is success, anything else
+(a redirect too: not followed) a failure. Connections to a receiver are kept open between
+events: an answer's body is read (and dropped) when its length says it is small, since a
+connection whose answer was left unread cannot carry the next request."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dicomhub import __version__
 from dicomhub.clock import utcnow
 from dicomhub.webhooks import signing
 from dicomhub.webhooks.events import MEDIA_TYPES
+
+ANSWER_READ = 16 * 1024  # the longest answer read to keep its connection (others: closed)
 
 
 class DeliveryFailed(Exception):
@@ -31,9 +35,14 @@ class WebhookClient:
         headers = signing.headers(secret, id, int(utcnow().timestamp()), body)
         headers["content-type"] = MEDIA_TYPES[schema]
         try:
-            # the answer's body is never read: a receiver cannot make this process hold one
+            # an answer's body is read only when it says it is short, and never kept: a
+            # receiver cannot make this process hold one
             async with self._client.stream("POST", url, content=body, headers=headers) as answer:
                 status = answer.status_code
+                length = answer.headers.get("content-length", "")
+                if length.isdigit() and 0 < int(length) <= ANSWER_READ:
+                    async for _ in answer.aiter_raw():
+                        pass
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         finally:
