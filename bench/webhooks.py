@@ -1,51 +1,87 @@
 """``--subscriptions N``: dicomhub delivering webhooks while it is measured. Before the
-workloads, N subscriptions are made on the server: N-1 to a live receiver in this process (a
-tiny HTTP server answering 200 to every event) and one to a dead endpoint (a loopback port
+workloads, N subscriptions are made on the server: N-1 to a live receiver (a tiny HTTP server
+in a process of its own, answering 200 to every event) and one to a dead endpoint (a loopback port
 nothing listens on: refused connections, retried with backoff), so that the ingest numbers
 show what live and failing subscribers cost. After the workloads the report says how many
 events were delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
-import threading
+import subprocess
+import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from bench.servers import Dicomhub, free_port
+from bench.servers import REPOSITORY, Dicomhub, free_port
 
 SERVER_FLAGS = ["--webhook-allow-private", "true"]  # the receivers are on loopback
 
 
 class Receiver:
-    """Counts the events POSTed to it, answering 200."""
+    """Counts the events POSTed to it, answering 200 over kept-alive HTTP/1.1 connections, as
+    receivers do. It runs in a process of its own, on asyncio: threads in this process would
+    take the interpreter from the clients being timed (and a thread per request, with a
+    connection each, costs more CPU than the server spends sending the event)."""
 
     def __init__(self):
-        self.count = 0
-        self.lock = threading.Lock()
-        receiver = self
+        port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.webhooks", str(port)], cwd=REPOSITORY
+        )
+        self.url = f"http://127.0.0.1:{port}/events"
+        self._port = port
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.count  # noqa: B018 - up once it answers
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the webhook receiver did not start") from None
+                time.sleep(0.05)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.lock:
-                    receiver.count += 1
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def count(self) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=10)
+        try:
+            conn.request("GET", "/count")
+            return int(conn.getresponse().read())
+        finally:
+            conn.close()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+async def _receive(port: int) -> None:
+    """The receiver's process: 200 to every POST (counted), the count to a GET."""
+    count = 0
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                at = head.find(b"content-length:")
+                if at >= 0:
+                    await reader.readexactly(int(head[at + 15 : head.index(b"\r\n", at)]))
+                if head.startswith(b"post"):
+                    count += 1
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                else:
+                    body = str(count).encode()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
 
 
 def _call(server: Dicomhub, method: str, path: str, body: dict | None = None) -> object:
@@ -115,3 +151,7 @@ def line(name: str, w: dict) -> str:
         f"{'' if w['live_caught_up'] else ', not caught up'}), {w['delivered_dead']} to the "
         "dead one."
     )
+
+
+if __name__ == "__main__":
+    asyncio.run(_receive(int(sys.argv[1])))

@@ -44,16 +44,25 @@ FAST = dict(
 
 
 class Receiver:
-    """A webhook receiver on a loopback port: records what it is sent; answers ``status``,
-    or holds each request while ``hold`` is set, or is down (its port closed) after
-    ``stop``."""
+    """A webhook receiver on a loopback port: records what it is sent; answers ``status``
+    (503 once it has taken ``refuse_after``; after ``delay`` seconds, with body ``answer``),
+    or holds each request while ``hold`` is
+    set (once it has taken ``hold_after``), or is down (its port closed) after ``stop``. HTTP/1.0
+    (a connection per request) unless ``keep_alive``; ``peers``: the client port of each
+    request."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.received: list[tuple[dict, bytes]] = []
         self.status = 200
+        self.delay = 0.0
+        self.refuse_after: int | None = None
         self.hold: threading.Event | None = None
+        self.hold_after = 0
+        self.answer = b""
+        self.keep_alive = False
+        self.peers: list[int] = []
         self.held: list[tuple[dict, bytes]] = []  # requests received while holding
         self.arrived = threading.Event()
         self.server: ThreadingHTTPServer | None = None
@@ -62,21 +71,29 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.peers.append(self.client_address[1])
                 receiver.arrived.set()
-                if receiver.hold is not None:
+                if receiver.hold is not None and len(receiver.received) >= receiver.hold_after:
                     receiver.held.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     receiver.hold.wait(60)
+                    self.close_connection = True
                     return  # no answer: the connection just closes
                 status = receiver.status
+                if receiver.refuse_after is not None:
+                    status = 503 if len(receiver.received) >= receiver.refuse_after else status
+                time.sleep(receiver.delay)
                 if status == 200:
                     receiver.received.append(
                         ({k.lower(): v for k, v in self.headers.items()}, body)
                     )
                 self.send_response(status)
-                self.send_header("content-length", "0")
+                self.send_header("content-length", str(len(receiver.answer)))
                 self.end_headers()
+                self.wfile.write(receiver.answer)
 
             def log_message(self, *args):
                 pass

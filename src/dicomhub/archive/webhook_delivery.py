@@ -3,7 +3,12 @@
 In order: the dead letters an administrator asked to replay; the StudyStable and SeriesStable
 events of the studies and series whose quiet period has passed; the OperationFinished events
 waiting in the outbox; then the change feed after the cursor, one batch, each event the
-subscription wants POSTed and the cursor moved after it. Every record of progress is
+subscription wants POSTed in turn. Progress through the feed is recorded once per batch (the
+cursor, the events delivered, the studies and series passed for their stable events: one index
+write), not per event: after the batch, before stopping at a refused event, and whenever a
+third of the lease has passed since the last record (a record renews the lease). A step that
+dies before recording leaves the cursor where it was, so the events it sent since are sent
+again, with the same ids, in the same order (at least once). Every record of progress is
 conditional on the lease, so a node that lost it (it stalled past the lease, another took over)
 stops at once instead of delivering out of order beside the new holder.
 """
@@ -14,7 +19,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from dicomhub.clock import utcnow
+from dicomhub.clock import monotonic, utcnow
 from dicomhub.model import Action, DeadLetter, EventSource, Subscription
 from dicomhub.storage.protocols import Place
 from dicomhub.webhooks import events, study_filter
@@ -36,14 +41,19 @@ class Delivery:
         self.id = subscription.id
         self.owner = owner
         self.cursor = subscription.sequence  # recorded in the index
-        self.passed = subscription.sequence  # filtered out up to here, not yet recorded
+        self.passed = subscription.sequence  # delivered or filtered out up to here
+        self.pending = 0  # events delivered since the last record
         self.marks: dict[Place, tuple[int, datetime]] = {}  # not yet recorded
         self.studies: dict[tuple[str, str, bool], bool] = {}  # passing the study filter, this step
         self.failing_since = subscription.failing_since
         self.attempts = subscription.attempts  # failed attempts at the next event
         self.quiet = timedelta(seconds=self.settings.study_stable_after)
+        self.renewed = monotonic()  # when the lease was last renewed (or taken)
+        self.checked = False  # the target, once a step
 
     def lease_until(self) -> datetime:
+        """The lease's end, for a write that renews it."""
+        self.renewed = monotonic()
         return utcnow() + self.service.lease
 
     async def run(self) -> bool:
@@ -53,6 +63,7 @@ class Delivery:
         batch = self.settings.batch_size
         changes = await self.index.events_after(self.cursor, batch)
         types, filter = self.subscription.event_types, self.subscription.filter
+        renew = self.service.lease.total_seconds() / 3
         for change in changes:
             places = events.marks_stable(change, types, filter)
             wanted = events.matches(change, types, filter)
@@ -60,14 +71,13 @@ class Delivery:
                 places, wanted = [], False
             for place in places:
                 self.marks[place] = (change.sequence, change.timestamp + self.quiet)
-            if not wanted:
-                self.passed = change.sequence
-                continue
-            if not await self._deliver(change):
+            if wanted and not await self._deliver(change):
                 return False
-        if self.passed > self.cursor or self.marks:
-            if not await self._record(self.passed, 0):
+            self.passed = change.sequence
+            if monotonic() - self.renewed >= renew and not await self._record(self.passed):
                 return False
+        if (self.passed > self.cursor or self.marks) and not await self._record(self.passed):
+            return False
         return len(changes) == batch
 
     # -- the change feed -----------------------------------------------------------------------
@@ -89,28 +99,35 @@ class Delivery:
         return self.studies[key]
 
     async def _deliver(self, change: EventSource) -> bool:
-        """Deliver one event, dead-letter it, or schedule its retry (False: stop here)."""
+        """Deliver one event (its record waits for the batch's), dead-letter it, or schedule
+        its retry (False: stop here, the progress before it recorded)."""
         event = events.event_of(change, self.root)
         body = events.body(event, self.subscription.schema, self.root)
         try:
-            await self.service.send(self.subscription, event.id, body)
+            await self._send(event.id, body)
         except DeliveryFailed as exc:
+            if self.pending and not await self._record(self.passed):
+                return False  # the events the receiver took are recorded first
             return await self._failed(event, change.sequence, body, str(exc), None)
-        return await self._record(change.sequence, 1)
+        self.pending += 1
+        self.failing_since, self.attempts = None, 0
+        return True
 
-    async def _record(self, sequence: int, count: int, upto: int = 0) -> bool:
-        """Move the cursor (with the studies and series marked for their stable events on the
-        way, up to ``upto`` when that is further)."""
+    async def _record(self, sequence: int, upto: int = 0) -> bool:
+        """Move the cursor to ``sequence`` with the events delivered since the last record
+        (and the studies and series marked for their stable events on the way, up to
+        ``upto`` when that is further), renewing the lease."""
         upto = max(sequence, upto)
         marks = [(place, seq, due) for place, (seq, due) in self.marks.items() if seq <= upto]
         held = await self.index.subscription_delivered(
-            self.id, self.owner, sequence, count, self.lease_until(), marks
+            self.id, self.owner, sequence, self.pending, self.lease_until(), marks
         )
         if not held:
             return self._lost()
         for place, *_ in marks:
             del self.marks[place]
         self.cursor = self.passed = sequence
+        self.pending = 0
         self.failing_since, self.attempts = None, 0
         return True
 
@@ -138,7 +155,7 @@ class Delivery:
             event = events.stable_event(place, sequence, now, self.root)
             body = events.body(event, self.subscription.schema, self.root)
             try:
-                await self.service.send(self.subscription, event.id, body)
+                await self._send(event.id, body)
             except DeliveryFailed as exc:
                 return await self._failed(event, sequence, body, str(exc), place)
             held = await self.index.stable_done(
@@ -166,7 +183,7 @@ class Delivery:
             event = events.operation_event(event_id, time, data, self.root)
             body = events.body(event, self.subscription.schema, self.root)
             try:
-                await self.service.send(self.subscription, event.id, body)
+                await self._send(event.id, body)
             except DeliveryFailed as exc:
                 return await self._failed(event, 0, body, str(exc), None, outbox=True)
             held = await self.index.outbox_done(
@@ -196,7 +213,7 @@ class Delivery:
         attempts = self.attempts + 1
         in_feed = stable is None and not outbox  # a change-feed event: the cursor moves
         if now - since >= window:
-            if in_feed and not await self._record(self.passed, 0, upto=sequence):
+            if in_feed and not await self._record(self.passed, upto=sequence):
                 return False  # the studies marked so far first: the cursor moves past them
             letter = DeadLetter(
                 self.id, event.id, sequence, event.type, body.decode(), error, attempts, now, False
@@ -232,7 +249,7 @@ class Delivery:
     async def _replays(self) -> bool:
         for letter in await self.index.pending_replays(self.id, self.settings.batch_size):
             try:
-                await self.service.send(self.subscription, letter.event_id, letter.body.encode())
+                await self._send(letter.event_id, letter.body.encode())
             except DeliveryFailed as exc:
                 log.info("webhook %s: replay of %s failed: %s", self.id, letter.event_id, exc)
                 await self.index.replay_failed(self.id, letter.event_id, str(exc), utcnow())
@@ -243,6 +260,15 @@ class Delivery:
             if not await self.index.renew_subscription(self.id, self.owner, self.lease_until()):
                 return self._lost()
         return True
+
+    async def _send(self, id: str, body: bytes) -> None:
+        """POST one event (raises DeliveryFailed). The target is checked again once a step,
+        not for each event: a host may resolve to another address than when the subscription
+        was made, but within a step the events go on the connection already open."""
+        if not self.checked:
+            await self.service.check(self.subscription)
+            self.checked = True
+        await self.service.send(self.subscription, id, body)
 
     def _lost(self) -> bool:
         log.warning("webhook %s: the lease was lost to another node", self.id)

@@ -4,13 +4,13 @@ The change feed is the outbox. A change-feed entry is written in the transaction
 so there is no event without its change and no change without its event, and a store writes
 nothing more. Each subscription keeps the sequence it has delivered up to; a delivery step
 (``step``, run by any node's workers) takes the lease of a subscription that is due, reads the
-feed after its cursor and POSTs the events it wants, one at a time, in order, moving the cursor
-after each. A receiver that fails gets the same event again after a backoff (exponential, with
-jitter) until the retry window has passed since its first failure; the event is then kept as a
-dead letter (replayable) and delivery moves on, each following event getting one attempt until
-one is taken again. Delivery is at least once: the event id (the change-feed sequence) is the
-idempotency key a receiver sees again if a step dies between sending and recording. The
-delivery step itself is ``webhook_delivery.Delivery``.
+feed after its cursor and POSTs the events it wants, one at a time, in order, recording the
+cursor once per batch (docs/events.md). A receiver that fails gets the same event again after
+a backoff (exponential, with jitter) until the retry window has passed since its first failure;
+the event is then kept as a dead letter (replayable) and delivery moves on, each following
+event getting one attempt until one is taken again. Delivery is at least once: the event id
+(the change-feed sequence) is the idempotency key a receiver sees again if a step dies between
+sending and recording. The delivery step itself is ``webhook_delivery.Delivery``.
 """
 
 from __future__ import annotations
@@ -249,13 +249,16 @@ class WebhookService:
             )
         return True
 
-    async def send(self, subscription: Subscription, id: str, body: bytes) -> None:
-        """POST one event; raises DeliveryFailed (a refused target too: a host may resolve to
-        another address than when the subscription was made)."""
+    async def check(self, subscription: Subscription) -> None:
+        """Raise DeliveryFailed when the subscription's target is refused now (see
+        ``check_target``)."""
         try:
             await check_target(subscription.url, self.settings.allow_private)
         except TargetRefused as exc:
             raise DeliveryFailed(str(exc)) from None
+
+    async def send(self, subscription: Subscription, id: str, body: bytes) -> None:
+        """POST one event (to a target checked by the caller); raises DeliveryFailed."""
         if self._client is None:
             self._client = WebhookClient(self.settings.timeout)
         schema = "eventgrid" if body[:1] == b"[" else "cloudevents"  # as it was built
