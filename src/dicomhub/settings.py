@@ -254,7 +254,10 @@ class Settings:
         "resume with Last-Event-ID (browsers' EventSource does it by itself).",
     )
     webhook_batch_size: int = _setting(
-        100, "Change-feed entries read at a time for one webhook subscription."
+        100,
+        "Change-feed entries read at a time for one webhook subscription; its progress is "
+        "recorded once per batch, so a node that dies mid-batch leaves at most this many "
+        "events to be delivered again.",
     )
     auth_issuer: str = _setting(
         "",
