@@ -8,11 +8,7 @@ connection carries event after event."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 
 import httpx
@@ -25,7 +21,15 @@ from dicomhub.web.app import create_app
 from tests.conftest import ROOT, running_server
 from tests.helpers import MULTIPART, multipart
 from tests.synthetic import instance, uid
-from tests.test_webhooks import FAST, Receiver, receiver, server_index, stow, subscribe  # noqa: F401
+from tests.test_webhooks import (  # noqa: F401
+    FAST,
+    Receiver,
+    kill_worker_mid_delivery,
+    receiver,
+    server_index,
+    stow,
+    subscribe,
+)
 
 
 @pytest.fixture
@@ -145,26 +149,7 @@ def test_a_node_killed_mid_batch_has_its_unrecorded_events_sent_again(
     with running_server(tmp_path, **settings) as (url, _):
         sub = subscribe(url, receiver)
         stow(url, *(instance(uid(264), uid(264, 1), uid(264, 1, n)) for n in range(5)))
-        env = dict(
-            os.environ,
-            **{f"DICOMHUB_{k.upper()}": v for k, v in settings.items()},
-            DICOMHUB_DATA_DIR=str(tmp_path),
-        )
-        command = [sys.executable, "-m", "dicomhub", "worker"]
-        receiver.hold, receiver.hold_after = threading.Event(), 3
-        first = subprocess.Popen(command, env=env, cwd=ROOT)
-        try:
-            deadline = time.monotonic() + 60
-            while not receiver.held:
-                assert time.monotonic() < deadline, "worker A never sent the fourth event"
-                time.sleep(0.02)
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-        held, receiver.hold = receiver.hold, None
-        held.set()
+        command, env = kill_worker_mid_delivery(tmp_path, settings, receiver, hold_after=3)
         assert httpx.get(f"{url}/v2/subscriptions/{sub['id']}").json()["delivered"] == 0
         second = subprocess.Popen(command, env=env, cwd=ROOT)
         try:

@@ -394,6 +394,36 @@ def test_paused_subscriptions_get_the_events_of_their_pause_on_resume(
         assert event["data"]["imageSopInstanceUid"] == uid(233, 1, 1)
 
 
+def kill_worker_mid_delivery(
+    data: Path, settings: dict, receiver: Receiver, hold_after: int = 0
+) -> tuple[list[str], dict]:
+    """Run `dicomhub worker` on the server's ``settings`` (the receiver holding each request
+    once it has taken ``hold_after``), kill it while a request is held (its lease is left to
+    run out), then let the receiver answer again; the command and environment to start the
+    next worker with."""
+    env = dict(
+        os.environ,
+        **{f"DICOMHUB_{k.upper()}": v for k, v in settings.items()},
+        DICOMHUB_DATA_DIR=str(data),
+    )
+    command = [sys.executable, "-m", "dicomhub", "worker"]
+    receiver.hold, receiver.hold_after = threading.Event(), hold_after
+    first = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not receiver.held:
+            assert time.monotonic() < deadline, "the worker never sent a request to hold"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    held, receiver.hold = receiver.hold, None
+    held.set()
+    return command, env
+
+
 def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiver):
     """serve stores (no deliveries of its own); `dicomhub worker` A holds a delivery when it is
     killed; worker B delivers everything once A's lease has run out; a duplicate, if any, has
@@ -403,23 +433,7 @@ def test_a_node_killed_mid_delivery_is_taken_over(tmp_path, server_index, receiv
         sub = subscribe(url, receiver)
         for n in range(3):
             stow(url, instance(uid(234), uid(234, 1), uid(234, 1, n)))
-        env = dict(
-            os.environ,
-            **{f"DICOMHUB_{k.upper()}": v for k, v in settings.items()},
-            DICOMHUB_DATA_DIR=str(tmp_path),
-        )
-        command = [sys.executable, "-m", "dicomhub", "worker"]
-        receiver.hold = threading.Event()
-        first = subprocess.Popen(command, env=env, cwd=ROOT)
-        try:
-            assert receiver.arrived.wait(60), "worker A never delivered"
-            first.send_signal(signal.SIGKILL)  # mid-request: its lease is left to run out
-            first.wait(10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-        held, receiver.hold = receiver.hold, None
-        held.set()
+        command, env = kill_worker_mid_delivery(tmp_path, settings, receiver)
         assert not receiver.received
         second = subprocess.Popen(command, env=env, cwd=ROOT)
         try:
