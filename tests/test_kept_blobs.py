@@ -72,10 +72,6 @@ def engine(request, tmp_path):
         yield Engine(data, url)
 
 
-def kept(data_dir: Path) -> dict[int, bytes]:
-    return kept_blobs(data_dir)
-
-
 def bodies(response) -> list[bytes]:
     return [body for _, body in parts(response)]
 
@@ -196,7 +192,7 @@ def test_with_the_setting_at_zero_every_instance_is_a_file(file_client, tmp_path
     data = tmp_path / "data"
     with file_client(index_blob_max=0) as http:
         assert stow(http, CT).status_code == 200
-        assert kept(data) == {} and [p.read_bytes() for p in files(data)] == [CT]
+        assert kept_blobs(data) == {} and [p.read_bytes() for p in files(data)] == [CT]
     # kept ones stay readable whatever the setting says later
     with file_client() as http:
         other = with_new_uids(CT)
@@ -220,7 +216,7 @@ def test_several_server_processes_keep_through_the_one_writer(tmp_path):
             assert got.SOPInstanceUID == sop and got.PixelData == read(body).PixelData
         r = httpx.get(url + "/v2" + instance_url(sent[0])[3:], headers=DICOM)
         assert r.status_code == 200 and bodies(r) == [sent[0]]
-    assert files(data) == [] and len(kept(data)) == len(sent)
+    assert files(data) == [] and len(kept_blobs(data)) == len(sent)
 
 
 def test_an_object_store_beside_the_index(azurite, engine):
