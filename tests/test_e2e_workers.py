@@ -63,9 +63,78 @@ def test_workers_share_one_archive(tmp_path):
         assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(sops)
 
 
-def _workers(proc) -> list[str]:
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+def _children(proc, marker: bytes) -> list[int]:
+    """The living child processes of ``proc`` whose command line holds ``marker`` (started by
+    any thread of it: each thread's children are listed apart)."""
+    found = []
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread, or a child, that ended meanwhile
+            for child in (task / "children").read_text().split():
+                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def _workers(proc) -> list[int]:
+    return _children(proc, b"spawn_main")  # uvicorn's server processes
+
+
+def _background(proc) -> list[int]:
+    return _children(proc, b"dicomhub\x00worker\x00")
+
+
+SCHED_OTHER, SCHED_IDLE = 0, 5
+
+
+def _priority(pid: int) -> set[tuple[int, int]]:
+    """(scheduling policy, nice) of each thread of a process (on Linux each has its own)."""
+    fields = [
+        (task / "stat").read_text().rsplit(")", 1)[1].split()
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    ]
+    return {(int(f[38]), int(f[16])) for f in fields}
+
+
+@pytest.mark.parametrize("priority", [None, "low"])
+def test_background_work_runs_in_a_lower_priority_process(tmp_path, priority):
+    """Several server processes: the background work (jobs, webhook delivery, FHIR sync) is
+    one process of serve's own at a lower CPU priority, every thread of it (by default Linux's
+    SCHED_IDLE; nice 10 when "low"); started again when it dies; the server processes run no
+    job."""
+    settings = {"background_priority": priority} if priority else {}
+    with running_server(tmp_path, workers="2", **settings) as (url, proc):
+        (background,) = _background(proc)
+        (own,) = _priority(proc.pid)
+        wanted = {(SCHED_OTHER, min(19, own[1] + 10)) if priority else (SCHED_IDLE, own[1])}
+        deadline = time.monotonic() + 30
+        while (lowered := _priority(background)) != wanted and time.monotonic() < deadline:
+            time.sleep(0.1)  # it lowers itself once started (its imports run first)
+        assert lowered == wanted
+        assert all(_priority(w) == {own} for w in _workers(proc))
+        assert _stow(url, instance(uid(93), uid(93, 1), uid(93, 1, 1))).status_code == 200
+        os.kill(background, signal.SIGSTOP)  # the server processes take no job meanwhile
+        try:
+            tag = [{"path": "PatientWeight", "level": "Study"}]
+            r = httpx.post(url + "/v2/extendedquerytags", json=tag)
+            assert r.status_code == 202, r.text
+            operation = url + "/v2/operations/" + r.json()["id"]
+            time.sleep(2)
+            assert httpx.get(operation).json()["status"] == "notStarted"
+        finally:
+            os.kill(background, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _background(proc) in ([], [background]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (again,) = _background(proc)
+        assert again != background
+        while _priority(again) != lowered and time.monotonic() < deadline:
+            time.sleep(0.1)  # it lowers itself once started (its imports run first)
+        assert _priority(again) == lowered
+        deadline = time.monotonic() + 30  # the new process runs the job left waiting
+        while (state := httpx.get(operation)).status_code == 202 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state.json()["status"] == "completed", state.text
+        assert state.json()["results"] == {"indexedInstances": 1}
 
 
 def test_one_process_per_core_by_default(tmp_path):
@@ -160,7 +229,7 @@ def test_connections_spread_over_the_workers(tmp_path):
         port = int(url.rsplit(":", 1)[1])
         first, second = _workers(proc)
         clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
-        os.kill(int(second), signal.SIGSTOP)
+        os.kill(second, signal.SIGSTOP)
         try:
             for client in clients:  # four connections, all accepted by the first process
                 client.connect()
@@ -169,7 +238,7 @@ def test_connections_spread_over_the_workers(tmp_path):
                 time.sleep(0.05)
             assert _established(first, port) == 4
         finally:
-            os.kill(int(second), signal.SIGCONT)
+            os.kill(second, signal.SIGCONT)
         closes = 0
         for _ in range(100):
             for client in clients:  # http.client reconnects after a "Connection: close"

@@ -185,6 +185,7 @@ def test_workers_sum_their_metrics(tmp_path):
             assert value(found, "dicomhub_dimse_associations_total", outcome="accepted") == 1
             assert value(found, "dicomhub_processes", kind="http") == 2
             assert value(found, "dicomhub_processes", kind="dimse") == 1
+            assert value(found, "dicomhub_processes", kind="worker") == 1  # the background
             assert value(found, "process_cpu_seconds_total") > 0
             assert value(found, "process_resident_memory_bytes") > 0
         assert any(folder.iterdir())

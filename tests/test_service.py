@@ -135,23 +135,22 @@ def test_fsync_setting(tmp_path, monkeypatch, fsync):
     assert len(blobs) == 1 if fsync == "instance" else synced_by_store == 0
 
 
-def test_a_bad_fsync_value_stops_the_start(tmp_path):
+@pytest.mark.parametrize(
+    "flag, value, error",
+    [
+        ("--fsync", "sometimes", "--fsync takes instance or off"),
+        ("--background-priority", "high", "takes idle or low or normal, not 'high'"),
+    ],
+)
+def test_a_bad_value_stops_the_start(tmp_path, flag, value, error):
     import subprocess
     import sys
 
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomhub",
-            "serve",
-            "--fsync",
-            "sometimes",
-            "--data-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "dicomhub", "serve", flag, value, "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0 and "--fsync takes instance or off" in done.stderr
+    assert done.returncode != 0 and error in done.stderr
+    assert not (tmp_path / "index.sqlite").exists()  # stopped before it opened anything

@@ -187,8 +187,8 @@ def sops(events: list[dict]) -> list[tuple[str, str]]:
 
 
 def test_stow_upsert_delete_deliver_exactly_their_events(tmp_path, server_index, receiver):
-    """Two server processes deliver (on SQLite through the one writer process): the leases
-    keep each subscription's events in order all the same."""
+    """serve with two server processes: its background process delivers, its writes on SQLite
+    going through the one writer process with the stores'."""
     study, series = uid(230), uid(230, 1)
     first, second = uid(230, 1, 1), uid(230, 1, 2)
     with server(tmp_path, server_index, workers="2") as (url, _):

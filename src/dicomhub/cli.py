@@ -11,7 +11,6 @@ import os
 import resource
 import secrets
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from dicomhub.archive.fhir_sync import FhirSync, FhirSyncIndex
 from dicomhub.errors import DicomhubError
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
-from dicomhub.lifetime import end_with_parent
+from dicomhub.lifetime import PRIORITIES, Child, end_with_parent, lower_priority
 from dicomhub.settings import Settings
 from dicomhub.settings_fields import convert
 from dicomhub.storage import sqlite_writer
@@ -232,12 +231,16 @@ def main(argv: list[str] | None = None) -> None:
             settings.secret(name)
         except ValueError as exc:
             sys.exit(f"dicomhub: {exc}")
-    os.environ.pop(PROCESS_KEY, None)  # only serve sets it, for its own server processes
+    if SUPERVISOR not in os.environ:  # only serve sets it, for its own processes
+        os.environ.pop(PROCESS_KEY, None)
     if settings.deidentify_key_file:
         try:
             load_key(settings.deidentify_key_file)
         except ValueError as exc:
             sys.exit(f"dicomhub: --deidentify-key-file: {exc}")
+    if settings.background_priority not in PRIORITIES:
+        choices, given = " or ".join(PRIORITIES), settings.background_priority
+        sys.exit(f"dicomhub: --background-priority takes {choices}, not {given!r}")
     if settings.fsync not in FSYNC:
         sys.exit(f"dicomhub: --fsync takes {' or '.join(FSYNC)}, not {settings.fsync!r}")
     try:
@@ -266,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
             if not settings.dimse_port:
                 sys.exit("dicomhub dimse: set --dimse-port (or DICOMHUB_DIMSE_PORT)")
             _check_exposure(settings)
+        if SUPERVISOR in os.environ:  # one of serve's processes (see serve below)
+            if command == "worker":  # before the threads it starts: they inherit it
+                lower_priority(settings.background_priority)
+            _stop_with_parent()
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_work(settings, command))
     elif command == "serve":
@@ -296,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         if workers > 1:
             # Recovery runs once, here, before any worker stores; the workers read these
             # settings back from the environment. The DIMSE port is served by one process of
-            # its own beside them.
+            # its own beside them, and the background work (jobs, webhook deliveries, the FHIR
+            # sync) by another, at --background-priority: ingest and reads come first.
             asyncio.run(_recover(settings))
             os.environ.update(settings.environ(), **{SUPERVISOR: str(os.getpid())})
             if not settings.deidentify_key_file:
@@ -308,13 +316,19 @@ def main(argv: list[str] | None = None) -> None:
             # the table of the connections each holds (web/balance)
             with exposition.shared_folder() as shared:
                 os.environ[balance.ENVIRONMENT] = balance.create(shared, workers)
-                dimse = _dimse_process() if settings.dimse_port else None
+                children = [
+                    Child([sys.executable, "-m", "dicomhub", command])
+                    for command, wanted in (
+                        ("dimse", settings.dimse_port),
+                        ("worker", settings.background_jobs),
+                    )
+                    if wanted
+                ]
                 try:
                     uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
                 finally:
-                    if dimse is not None:
-                        dimse.terminate()
-                        dimse.wait(30)
+                    for child in children:
+                        child.stop()
                     if writer is not None:
                         writer.stop()
         else:
@@ -360,10 +374,6 @@ def _index_writer(settings: Settings) -> sqlite_writer.WriterService | None:
         sys.exit(f"dicomhub serve: {exc}")
     os.environ[sqlite_writer.ENVIRONMENT] = service.address
     return service
-
-
-def _dimse_process() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dicomhub", "dimse"])
 
 
 def _check_exposure(settings: Settings) -> None:
@@ -437,7 +447,7 @@ def worker_app():
 
     if os.environ.get(balance.ENVIRONMENT):
         HttpToolsProtocol.balance = balance.Balance(os.environ[balance.ENVIRONMENT])
-    return _app(settings, recover=False, dimse=False)
+    return _app(settings, recover=False, dimse=False, background=False)
 
 
 def _stop_with_parent() -> None:
@@ -446,7 +456,7 @@ def _stop_with_parent() -> None:
     end_with_parent(int(os.environ.get(SUPERVISOR, os.getppid())))
 
 
-def _app(settings: Settings, recover: bool, dimse: bool = True):
+def _app(settings: Settings, recover: bool, dimse: bool = True, background: bool = True):
     from dicomhub.web.app import create_app
     from dicomhub.web.zerocopy import HttpToolsProtocol
     from dicomhub.workers.background import run_background
@@ -455,7 +465,7 @@ def _app(settings: Settings, recover: bool, dimse: bool = True):
 
     archive = build_archive(settings)
     jobs = []
-    if settings.background_jobs:
+    if background and settings.background_jobs:
         jobs.append(lambda: run_background(archive, archive.index, settings.jobs, settings.dimse))
     if dimse and settings.dimse_port:
         from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves

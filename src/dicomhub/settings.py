@@ -150,8 +150,16 @@ class Settings:
     cleanup_interval: float = _setting(180.0, "Seconds between runs of the background cleanup job.")
     background_jobs: bool = _setting(
         True,
-        "serve also runs background job runners (blob cleanup, ...). Off: only `dicomhub worker` "
-        "processes run them.",
+        "serve also runs the background work (job runners: blob cleanup, exports, ...; webhook "
+        "delivery; the FHIR sync), in a process of its own when it runs several server "
+        "processes. Off: only `dicomhub worker` processes run it.",
+    )
+    background_priority: str = _setting(
+        "idle",
+        "CPU priority of serve's background process beside its server processes: idle (Linux "
+        "SCHED_IDLE: it runs on the CPU they leave and gives it up the moment they want it, so "
+        "ingest and reads never wait for webhook delivery or a job; nice 19 elsewhere), low "
+        "(nice 10) or normal.",
     )
     job_concurrency: int = _setting(2, "Jobs one process runs at once.")
     job_lease: float = _setting(
