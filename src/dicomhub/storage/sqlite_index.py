@@ -244,7 +244,7 @@ class SqliteIndex(SqlIndex):
         if self._remote is not None:
             return await self._remote.write(op, args)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op(*args), future))
+        self._queue.put_nowait((op(*args), future, getattr(op, "unsynced", False)))
         return await future
 
     async def _write_loop(self) -> None:
@@ -256,7 +256,7 @@ class SqliteIndex(SqlIndex):
                 results = await self._writing(self._run_batch, batch)
             except sqlite3.Error as exc:
                 results = [_unavailable(exc)] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
@@ -296,9 +296,12 @@ class SqliteIndex(SqlIndex):
             conn.execute("PRAGMA temp_store = MEMORY")
             self._local.writes = True
         results: list[Any] = []
+        relaxed = self._synchronous == "FULL" and all(unsynced for *_, unsynced in batch)
+        if relaxed:  # only writes a power cut may undo (statements.unsynced)
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, _ in batch:
+            for op, *_ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append(st.drive(lambda stmt: _execute(conn, stmt), op))
@@ -314,6 +317,9 @@ class SqliteIndex(SqlIndex):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if relaxed:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         return results
 
 

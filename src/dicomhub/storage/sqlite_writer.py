@@ -122,12 +122,12 @@ class WriterService:
         sending = asyncio.Lock()
 
         async def answer(number: int, op, args) -> None:
-            try:
-                reply = (number, True, await index._write(op, *args))
+            try:  # a result that cannot cross the socket is an error, not a caller left waiting
+                reply = _frame((number, True, await index._write(op, *args)))
             except Exception as exc:  # noqa: BLE001 - handed back to the caller
-                reply = (number, False, _portable(exc))
+                reply = _frame((number, False, _portable(exc)))
             async with sending:
-                writer.write(_frame(reply))
+                writer.write(reply)
                 await writer.drain()
 
         tasks = set()

@@ -34,6 +34,16 @@ def many(sql: str, params: list[Sequence[Any]]) -> Stmt:
     return Stmt(sql, params, "many")
 
 
+def unsynced(factory):
+    """Marks an operation factory whose write a power cut may undo at no cost but repeated work
+    (webhook delivery's progress: events are delivered at least once anyway). On SQLite a
+    transaction of such writes alone commits without waiting for the disk (synchronous NORMAL:
+    the next synced commit makes it durable too), so that delivery adds no disk flush to the
+    one writer ingest waits on; beside other writes, it is synced with them."""
+    factory.unsynced = True
+    return factory
+
+
 def single(stmt: Stmt) -> Op:
     """An operation of one statement."""
     return (yield stmt)

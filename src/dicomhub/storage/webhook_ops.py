@@ -15,7 +15,7 @@ from dicomhub.clock import from_micros, to_micros
 from dicomhub.model import Action, DeadLetter, EventSource, InstanceId, Subscription
 from dicomhub.storage import instance_ops
 from dicomhub.storage.dialect import Dialect
-from dicomhub.storage.statements import Op, one, rows, run
+from dicomhub.storage.statements import Op, one, rows, run, unsynced
 from dicomhub.storage.webhook_protocol import Place
 
 _COLUMNS = (
@@ -237,6 +237,7 @@ def due(d: Dialect, now: datetime) -> Op:
     return row is not None
 
 
+@unsynced
 def claim(d: Dialect, owner: str, now: datetime, lease_until: datetime) -> Op:
     """Take the lease of the subscription whose delivery is due first; None when none is."""
     micros = to_micros(now)
@@ -247,6 +248,7 @@ def claim(d: Dialect, owner: str, now: datetime, lease_until: datetime) -> Op:
     return subscription(row)
 
 
+@unsynced
 def delivered(
     id: str,
     owner: str,
@@ -267,17 +269,20 @@ def delivered(
     return row is not None
 
 
+@unsynced
 def renew(id: str, owner: str, lease_until: datetime) -> Op:
     row = yield one(RENEW, to_micros(lease_until), id, owner)
     return row is not None
 
 
+@unsynced
 def failed(id: str, owner: str, now: datetime, error: str, retry_at: datetime) -> Op:
     """A failed attempt at the next event; the attempts so far (None: the lease was lost)."""
     row = yield one(FAILED, to_micros(now), error[:2000], to_micros(retry_at), id, owner)
     return None if row is None else row[0]
 
 
+@unsynced
 def dead_letter(
     id: str,
     owner: str,
@@ -342,10 +347,12 @@ def place_state(place: Place) -> Op:
     return (count[0] if count else 0), from_micros(last["latest"]), last["last"]
 
 
+@unsynced
 def postpone_stable(id: str, place: Place, sequence: int, due_at: datetime) -> Op:
     yield run(POSTPONE_STABLE, to_micros(due_at), id, *place, sequence)
 
 
+@unsynced
 def stable_done(
     id: str,
     owner: str,
@@ -381,6 +388,7 @@ def outbox(id: str, limit: int) -> Op:
     ]
 
 
+@unsynced
 def outbox_done(id: str, owner: str, event_id: str, count: int, lease_until: datetime) -> Op:
     """An outbox event was delivered (``count`` 1, clearing the failures) or is not for this
     subscription (0): drop it; False without the lease."""
@@ -394,6 +402,7 @@ def outbox_done(id: str, owner: str, event_id: str, count: int, lease_until: dat
     return True
 
 
+@unsynced
 def release(id: str, owner: str, not_before: datetime) -> Op:
     """Let go of the lease; the next delivery not before ``not_before`` (or a retry's time)."""
     micros = to_micros(not_before)
