@@ -66,14 +66,15 @@ def loopback(workdir: Path, data: workloads.Data, profile: workloads.Profile) ->
     return out
 
 
-def measure(server: Server, data: workloads.Data, chosen: list, subscriptions: int = 0) -> dict:
+def measure(server: Server, data: workloads.Data, chosen: list) -> dict:
     client = Client(server.base_url, server.cpu_seconds)
     data.stored = []
     out: list[dict] = []
     delivered = None
+    subscriptions = getattr(server, "subscriptions", 0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(server)
-        if subscriptions and isinstance(server, Dicomhub):
+        if subscriptions:
             subscribers = stack.enter_context(webhooks.Subscribers(server, subscriptions))
         for workload in chosen:
             start = time.perf_counter()
@@ -83,7 +84,7 @@ def measure(server: Server, data: workloads.Data, chosen: list, subscriptions: i
                 file=sys.stderr,
             )
         rss = server.peak_rss_mb()
-        if subscriptions and isinstance(server, Dicomhub):
+        if subscriptions:
             delivered = subscribers.summary()
             print("  " + webhooks.line(server.name, delivered), file=sys.stderr)
     result = {"workloads": out, "peak_rss_mb": rss}
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="N",
-        help="before the workloads, make N webhook subscriptions on dicomhub: N-1 to a live "
-        "receiver in this process, one to a dead endpoint (the report says what was delivered)",
+        help="also measure each dicomhub with N webhook subscriptions made before the workloads, "
+        "beside it without: N-1 to a live receiver, one to a dead endpoint (the report says what "
+        "was delivered)",
     )
     parser.add_argument(
         "--data-partitions",
@@ -163,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None and not (args.baseline / "src" / "dicomhub").is_dir():
         parser.error(f"--baseline: {args.baseline} is not a dicomhub source tree")
     extra = [] if args.workers is None else ["--workers", str(args.workers)]
-    if args.subscriptions:
-        extra += webhooks.SERVER_FLAGS
     partition = "bench" if args.data_partitions else None
     skipped = {}
     why = "--no-orthanc" if args.no_orthanc else orthanc_available()
@@ -173,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def servers(round: int, stack: contextlib.ExitStack) -> list[Server]:
         """The servers of one round, each with data (a database) of its own: dicomhub on each
-        index, beside it the baseline's on the same kind of index, then Orthanc."""
+        index, beside it the baseline's on the same kind of index, each also with
+        subscriptions when asked, then Orthanc."""
         at = workdir / f"round-{round}"
         out: list[Server] = []
         for i, url in enumerate([None, *args.index_url]):
             for source in [None] if args.baseline is None else [None, args.baseline]:
-                fresh = url and stack.enter_context(fresh_database(url))
-                name = f"{i}-{'baseline' if source else 'dicomhub'}"
-                out.append(Dicomhub(at / name, fresh, extra, partition, source))
+                for n in sorted({0, args.subscriptions}):
+                    fresh = url and stack.enter_context(fresh_database(url))
+                    name = f"{i}-{'baseline' if source else 'dicomhub'}-{n}"
+                    out.append(Dicomhub(at / name, fresh, extra, partition, source, n))
         out += [] if why else [Orthanc(at / "orthanc")]
         # every other round in the opposite order: a server measured after another finds the
         # memory the other used (and freed) already backed by the host, cheaper to write into
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         for round in range(args.rounds):
             with contextlib.ExitStack() as stack:
                 for server in servers(round, stack):
-                    result = measure(server, data, chosen, args.subscriptions)
+                    result = measure(server, data, chosen)
                     measured.setdefault(server.name, []).append(result)
                     if not args.workdir:  # the disk, for the next
                         shutil.rmtree(server.workdir, ignore_errors=True)

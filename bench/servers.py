@@ -134,15 +134,21 @@ class Dicomhub(Server):
         extra: list[str] = (),
         partition: str | None = None,
         source: Path | None = None,
+        subscriptions: int = 0,
     ):
         """``partition``: run with data partitions, the workloads in this one. ``source``:
         the dicomhub of another source tree (its ``src``), e.g. a worktree of the commit before
-        a change, named "dicomhub (baseline)"."""
+        a change, named "dicomhub (baseline)". ``subscriptions``: webhook subscriptions made
+        before the workloads (bench/webhooks.py), named "dicomhub (N subscriptions)"."""
         super().__init__(workdir)
         self.index_url, self.extra, self.source = index_url, list(extra), source
+        self.subscriptions = subscriptions
         self.name = "dicomhub" if index_url is None else f"dicomhub ({index_url.split(':')[0]})"
         if source is not None:
             self.name += " (baseline)"
+        if subscriptions:
+            self.name += f" ({subscriptions} subscriptions)"
+            self.extra += ["--webhook-allow-private", "true"]  # the receivers are on loopback
         self.base_url = f"http://127.0.0.1:{self.port}/v2"
         if partition:
             self.extra += ["--data-partitions", "true"]

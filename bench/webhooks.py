@@ -1,5 +1,5 @@
-"""``--subscriptions N``: dicomhub delivering webhooks while it is measured. Before the
-workloads, N subscriptions are made on the server: N-1 to a live receiver (a tiny HTTP server
+"""``--subscriptions N``: dicomhub delivering webhooks while it is measured (beside the same
+dicomhub without subscriptions, in the same rounds). Before the workloads, N subscriptions are made on the server: N-1 to a live receiver (a tiny HTTP server
 in a process of its own, answering 200 to every event) and one to a dead endpoint (a loopback port
 nothing listens on: refused connections, retried with backoff), so that the ingest numbers
 show what live and failing subscribers cost. After the workloads the report says how many
@@ -15,8 +15,8 @@ import sys
 import time
 
 from bench.servers import REPOSITORY, Dicomhub, free_port
+from dicomhub.lifetime import lower_priority
 
-SERVER_FLAGS = ["--webhook-allow-private", "true"]  # the receivers are on loopback
 
 
 class Receiver:
@@ -154,4 +154,7 @@ def line(name: str, w: dict) -> str:
 
 
 if __name__ == "__main__":
+    # The receiver stands for a machine of its own: here it takes only the CPU the server leaves
+    # (no receiver elsewhere competes with the server for its cores).
+    lower_priority("idle")
     asyncio.run(_receive(int(sys.argv[1])))

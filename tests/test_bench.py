@@ -93,6 +93,24 @@ def test_rounds_with_a_baseline_and_postgresql(tmp_path):
     assert left == []  # the fresh databases are gone
 
 
+def test_subscriptions_measured_beside_none(tmp_path):
+    """``--subscriptions 2``: dicomhub measured with two webhook subscriptions (one live
+    receiver, one dead endpoint) beside the same dicomhub without; every event reaches the live
+    receiver."""
+    out = tmp_path / "results.json"
+    args = ["--profile", "smoke", "--only", "stow", "--no-orthanc", "--subscriptions", "2"]
+    servers = bench(out, *args)["servers"]
+    assert set(servers) == {"dicomhub", "dicomhub (2 subscriptions)"}
+    ids = {name: [r["id"] for r in s["workloads"]] for name, s in servers.items()}
+    assert ids["dicomhub"] == ids["dicomhub (2 subscriptions)"]
+    assert "webhooks" not in servers["dicomhub"]
+    delivered = servers["dicomhub (2 subscriptions)"]["webhooks"]
+    assert (delivered["live"], delivered["dead"]) == (1, 1) and delivered["live_caught_up"]
+    assert delivered["changes"] > 0 and delivered["delivered_dead"] == 0
+    assert delivered["delivered_live"] == delivered["received"] == delivered["changes"]
+    assert "Webhooks (dicomhub (2 subscriptions))" in out.with_suffix(".md").read_text()
+
+
 async def _bench_databases(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     try:
