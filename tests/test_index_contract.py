@@ -15,6 +15,8 @@ from dicomhub.dicom.instance import ingest
 from dicomhub.dicom.parse import read_part10
 from dicomhub.errors import AlreadyExists
 from dicomhub.model import InstanceId, NewInstance, Scope
+from dicomhub.storage import statements as st
+from dicomhub.storage import webhook_ops
 from dicomhub.storage.sqlite_writer import WriterService
 from dicomhub.storage.urls import open_index
 from tests.conftest import index_database
@@ -51,6 +53,48 @@ def nodes(request, tmp_path):
         finally:
             if service is not None:
                 service.stop()
+
+
+# how a transaction commits: SQLite's synchronous (2 FULL, 1 NORMAL), PostgreSQL's
+# synchronous_commit ("on", "off")
+COMMIT_MODE = {"sqlite": "PRAGMA synchronous", "postgresql": "SHOW synchronous_commit"}
+
+
+def _commit_mode(sql: str):
+    return (yield st.one(sql))[0]
+
+
+@st.unsynced  # as webhook delivery's records are
+def _unsynced_commit_mode(sql: str):
+    return (yield st.one(sql))[0]
+
+
+def test_unsynced_writes_alone_do_not_wait_for_the_disk(nodes):
+    """A transaction of statements.unsynced writes alone commits without waiting for the disk
+    (SQLite synchronous NORMAL, PostgreSQL synchronous_commit off): webhook delivery adds no
+    flush to the writes ingest waits on. Beside another write (SQLite's group commit) it is
+    synced; every other transaction is, before and after."""
+    url, open_both = nodes
+    sql = COMMIT_MODE[url.split(":")[0]]
+
+    async def run():
+        a, b = await open_both()
+        try:
+            alone = await a._write(_unsynced_commit_mode, sql)
+            together = await asyncio.gather(
+                a._write(_unsynced_commit_mode, sql), a._write(_commit_mode, sql)
+            )
+            return alone, together, await a._write(_commit_mode, sql)
+        finally:
+            await a.close()
+            await b.close()
+
+    alone, together, after = asyncio.run(run())
+    if url.startswith("sqlite"):
+        assert alone == 1 and together == [2, 2] and after == 2  # NORMAL, FULL
+    else:  # one transaction each
+        assert alone == "off" and together == ["off", "on"] and after == "on"
+    assert all(getattr(webhook_ops, op).unsynced for op in ("claim", "delivered", "release"))
 
 
 async def store(index, item: NewInstance) -> int:

@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from dicomhub.errors import AlreadyExists, Unavailable
-from dicomhub.storage import instance_ops, webhook_ops
+from dicomhub.storage import instance_ops
 from dicomhub.storage import statements as st
 from dicomhub.storage.sqlite_writer import WriterService, _frame
 from dicomhub.storage.urls import open_index
@@ -109,35 +109,6 @@ def test_another_user_is_refused(writer):
 def _synchronous():
     """An operation that reads the mode its own transaction commits in."""
     return (yield st.one("PRAGMA synchronous"))[0]
-
-
-@st.unsynced  # as webhook delivery's progress is
-def _relaxed():
-    return (yield st.one("PRAGMA synchronous"))[0]
-
-
-@pytest.mark.parametrize("through", ["own", "writer"])
-def test_unsynced_writes_alone_do_not_wait_for_the_disk(writer, through):
-    """A transaction of statements.unsynced writes alone commits with synchronous NORMAL (no
-    flush: webhook delivery adds none to the writer ingest waits on); beside any other write,
-    FULL, as every other transaction; the mode is back to FULL after it."""
-    url, service = writer
-    FULL, NORMAL = 2, 1
-
-    async def run():
-        index = open_index(url, sqlite_writer=service.address if through == "writer" else None)
-        await index.start()
-        try:
-            alone = await index._write(_relaxed)
-            together = await asyncio.gather(index._write(_relaxed), index._write(_synchronous))
-            after = await index._write(_synchronous)
-            return alone, together, after
-        finally:
-            await index.close()
-
-    alone, together, after = asyncio.run(run())
-    assert alone == NORMAL and together == [FULL, FULL] and after == FULL
-    assert all(getattr(webhook_ops, name).unsynced for name in ("delivered", "claim", "release"))
 
 
 def _a_row():

@@ -173,8 +173,12 @@ class PostgresIndex(SqlIndex):
                 return await _drive(conn, op(*args))
 
     async def _write(self, op: OpFactory, *args: Any) -> Any:
+        unsynced = getattr(op, "unsynced", False)
+
         async def run() -> Any:
             async with self._connection() as conn, conn.transaction():
+                if unsynced:  # statements.unsynced: a crash may undo it, at no cost
+                    await conn.execute("SET LOCAL synchronous_commit = off")
                 return await _drive(conn, op(*args))
 
         return await _retrying(run)

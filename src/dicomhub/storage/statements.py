@@ -36,10 +36,10 @@ def many(sql: str, params: list[Sequence[Any]]) -> Stmt:
 
 def unsynced(factory):
     """Marks an operation factory whose write a power cut may undo at no cost but repeated work
-    (webhook delivery's progress: events are delivered at least once anyway). On SQLite a
-    transaction of such writes alone commits without waiting for the disk (synchronous NORMAL:
-    the next synced commit makes it durable too), so that delivery adds no disk flush to the
-    one writer ingest waits on; beside other writes, it is synced with them."""
+    (webhook delivery's progress: events are delivered at least once anyway). Its transaction
+    commits without waiting for the disk, so that delivery adds no flush to the writes ingest
+    waits on: on SQLite when it holds such writes alone (synchronous NORMAL; beside other writes
+    in a group commit it is synced with them), on PostgreSQL with synchronous_commit off."""
     factory.unsynced = True
     return factory
 
