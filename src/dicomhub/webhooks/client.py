@@ -38,8 +38,7 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class WebhookClient:
     def __init__(self, timeout: float, tls: ssl.SSLContext | None = None):
-        """``tls``: the certificates trusted (default: the CA bundle of ``certifi`` where it is
-        installed, else the system's)."""
+        """``tls``: the certificates trusted (default: the CA bundle of ``certifi``)."""
         self.timeout = timeout
         self._idle: dict[Origin, list[Connection]] = defaultdict(list)
         self._tls = tls
@@ -103,13 +102,10 @@ class WebhookClient:
                 writer.close()
 
     def _context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            try:  # the CA bundle general clients use, where it is installed
-                import certifi
+        if self._tls is None:  # the CA bundle general clients use (httpx's too)
+            import certifi
 
-                self._tls = ssl.create_default_context(cafile=certifi.where())
-            except ImportError:
-                self._tls = ssl.create_default_context()
+            self._tls = ssl.create_default_context(cafile=certifi.where())
         return self._tls
 
     async def close(self) -> None:
