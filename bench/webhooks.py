@@ -1,8 +1,9 @@
 """``--subscriptions N``: dicomhub delivering webhooks while it is measured (beside the same
-dicomhub without subscriptions, in the same rounds). Before the workloads, N subscriptions are made on the server: N-1 to a live receiver (a tiny HTTP server
-in a process of its own, answering 200 to every event) and one to a dead endpoint (a loopback port
-nothing listens on: refused connections, retried with backoff), so that the ingest numbers
-show what live and failing subscribers cost. After the workloads the report says how many
+dicomhub without subscriptions, in the same rounds). Before the workloads, N subscriptions are
+made on the server: N-1 to a live receiver (a tiny HTTP server in a process of its own,
+answering 200 to every event) and one to a dead endpoint (a loopback port nothing listens on:
+refused connections, retried with backoff), so that the ingest numbers show what live and
+failing subscribers cost. After the workloads the report says how many
 events were delivered."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 
 from bench.servers import REPOSITORY, Dicomhub, free_port
 from dicomhub.lifetime import lower_priority
-
 
 
 class Receiver:
