@@ -66,7 +66,7 @@ def _commit_mode(sql: str):
 
 @st.unsynced  # as webhook delivery's records are
 def _unsynced_commit_mode(sql: str):
-    return (yield st.one(sql))[0]
+    return (yield from _commit_mode(sql))
 
 
 def test_unsynced_writes_alone_do_not_wait_for_the_disk(nodes):

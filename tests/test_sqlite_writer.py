@@ -17,7 +17,7 @@ from dicomhub.storage import statements as st
 from dicomhub.storage.sqlite_writer import WriterService, _frame
 from dicomhub.storage.urls import open_index
 from tests.synthetic import instance, uid
-from tests.test_index_contract import new_instance
+from tests.test_index_contract import _commit_mode, new_instance
 
 
 @pytest.fixture
@@ -106,11 +106,6 @@ def test_another_user_is_refused(writer):
     assert asyncio.run(still_serving()) == [1, 2, 3]
 
 
-def _synchronous():
-    """An operation that reads the mode its own transaction commits in."""
-    return (yield st.one("PRAGMA synchronous"))[0]
-
-
 def _a_row():
     return (yield st.one("SELECT 1"))  # a sqlite3.Row, which does not pickle
 
@@ -126,7 +121,7 @@ def test_a_result_that_cannot_cross_is_an_error(writer):
         try:
             with pytest.raises(TypeError, match="pickle"):
                 await asyncio.wait_for(index._write(_a_row), 30)
-            return await index._write(_synchronous)
+            return await index._write(_commit_mode, "PRAGMA synchronous")
         finally:
             await index.close()
 

@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                     if writer is not None:
                         writer.stop()
         else:
-            uvicorn.run(_app(settings, recover=True), **options)
+            uvicorn.run(_app(settings, alone=True), **options)
         lock.close()
 
 
@@ -447,7 +447,7 @@ def worker_app():
 
     if os.environ.get(balance.ENVIRONMENT):
         HttpToolsProtocol.balance = balance.Balance(os.environ[balance.ENVIRONMENT])
-    return _app(settings, recover=False, dimse=False, background=False)
+    return _app(settings, alone=False)
 
 
 def _stop_with_parent() -> None:
@@ -456,7 +456,10 @@ def _stop_with_parent() -> None:
     end_with_parent(int(os.environ.get(SUPERVISOR, os.getppid())))
 
 
-def _app(settings: Settings, recover: bool, dimse: bool = True, background: bool = True):
+def _app(settings: Settings, alone: bool):
+    """``alone``: serve's one process, which recovers at start, serves the DIMSE port and runs
+    the background work; else one of several server processes, beside serve's own children
+    that do those."""
     from dicomhub.web.app import create_app
     from dicomhub.web.zerocopy import HttpToolsProtocol
     from dicomhub.workers.background import run_background
@@ -465,9 +468,9 @@ def _app(settings: Settings, recover: bool, dimse: bool = True, background: bool
 
     archive = build_archive(settings)
     jobs = []
-    if background and settings.background_jobs:
+    if alone and settings.background_jobs:
         jobs.append(lambda: run_background(archive, archive.index, settings.jobs, settings.dimse))
-    if dimse and settings.dimse_port:
+    if alone and settings.dimse_port:
         from dicomhub.dimse.service import run_dimse  # pynetdicom: only loaded when it serves
 
         jobs.append(lambda: run_dimse(archive, settings.dimse))
@@ -475,7 +478,7 @@ def _app(settings: Settings, recover: bool, dimse: bool = True, background: bool
     async def background() -> None:
         await asyncio.gather(*(job() for job in jobs))
 
-    return create_app(settings, archive, background if jobs else None, recover)
+    return create_app(settings, archive, background if jobs else None, alone)
 
 
 async def _work(settings: Settings, command: str) -> None:
