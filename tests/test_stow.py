@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import io
 
-from dicomhub.archive.store import PIPELINE
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+
+from dicomhub.archive.spool import PartBody
+from dicomhub.archive.store import PIPELINE, _short_header
 from tests.dicomfiles import load, read, with_new_uids
 from tests.helpers import BOUNDARY, failures, multipart, stored_uids, stow
 from tests.synthetic import instance, uid
@@ -381,3 +385,36 @@ def test_deflate_bomb_is_refused_and_stores_nothing(file_client):
         assert "expands past 1048576 bytes" in r.text
         assert stored_uids(r) == [read(honest).SOPInstanceUID]
         assert client.get(f"/v2/instances?SOPInstanceUID={ds.SOPInstanceUID}").json() == []
+
+
+def _image(pixels: int, header: int = 0, implicit: bool = False) -> bytes:
+    ds = read(instance(uid(9), uid(9, 1), uid(9, 1, pixels + header + implicit)))
+    ds.Rows, ds.Columns = pixels // 1000, 500  # 16-bit pixels
+    if header:
+        ds.add_new(0x00091010, "OB", b"\0" * header)  # a private element before the pixels
+    ds.PixelData = b"\x01\x02" * (pixels // 2)
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=implicit)
+    return out.getvalue()
+
+
+def test_images_with_a_short_header_are_described_on_the_event_loop(client):
+    """A part is parsed on the event loop (no thread hop) when its header is short: small
+    parts, and images held in memory whose Pixel Data starts within the first 64 KB. A long
+    header, or one whose Pixel Data cannot be told apart (implicit VR), goes to a thread."""
+    short = _image(600_000)
+    assert _short_header(PartBody.of(CT))
+    assert _short_header(PartBody.of(short))
+    assert not _short_header(PartBody.of(_image(600_000, header=70_000)))
+    assert not _short_header(PartBody.of(_image(600_000, implicit=True)))
+    for data in (short, _image(600_000, header=70_000)):
+        r = stow(client, data)
+        assert r.status_code == 200 and stored_uids(r) == [uids(data)[2]], r.text
+        study, series, sop = uids(data)
+        got = client.get(
+            f"/v2/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert got.status_code == 200 and data in got.content

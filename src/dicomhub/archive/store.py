@@ -53,9 +53,12 @@ log = logging.getLogger(__name__)
 DICOM = "application/dicom"
 PIPELINE = 8  # parts of one STOW request in flight at once
 VERSION_BLOCK = 64  # versions reserved in the index at once
-# Parts up to this size are parsed on the event loop (a few hundred microseconds; a header has
-# at most this many bytes); larger ones in a thread, so that a huge header cannot stall it.
+# Parts whose header is at most this size are parsed on the event loop (a few hundred
+# microseconds): a part up to this size, or one held in memory whose Pixel Data element (explicit
+# VR, OB or OW) starts within it (an image of any size); any other in a thread, so that a huge
+# header cannot stall the loop.
 INLINE_DESCRIBE = 64 * 1024
+PIXEL_DATA = (b"\xe0\x7f\x10\x00OB", b"\xe0\x7f\x10\x00OW")
 
 
 class Versions:
@@ -305,7 +308,7 @@ class StoreService:
         if body.size == 0:
             return stow.PartOutcome(failure=stow.PROCESSING_FAILURE, message="the part is empty")
         try:
-            if body.size <= INLINE_DESCRIBE:  # parsing holds the GIL: a thread hop buys nothing
+            if _short_header(body):  # parsing holds the GIL: a thread hop buys nothing
                 described = self._describe(body, study, strict)
             else:
                 described = await asyncio.to_thread(self._describe, body, study, strict)
@@ -401,6 +404,13 @@ class StoreService:
             await self.index.abandon(version)
         except Exception:  # the cleanup job abandons it after the upload timeout
             log.exception("could not abandon store %s", version)
+
+
+def _short_header(body: PartBody) -> bool:
+    if body.size <= INLINE_DESCRIBE:
+        return True
+    data = body.data
+    return data is not None and any(data.find(tag, 0, INLINE_DESCRIBE) >= 0 for tag in PIXEL_DATA)
 
 
 def _out_of_space(outcome: stow.PartOutcome, exc: InsufficientStorage) -> stow.PartOutcome:
