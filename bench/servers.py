@@ -87,16 +87,7 @@ class Server:
 
     def _tree(self):
         """(pid, /proc/pid/status text, /proc/pid/stat fields) of the server and its workers."""
-        pending = [str(self.process.pid)]
-        while pending:
-            pid = pending.pop()
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                pending += Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            yield pid, status, stat
+        return _process_tree(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server and its worker processes, summed."""
@@ -154,6 +145,27 @@ class Dicomhub(Server):
             self.extra += ["--data-partitions", "true"]
             self.base_url += f"/partitions/{partition}"
 
+    def __enter__(self) -> Dicomhub:
+        self._postmaster = self.index_url and _postmaster(self.index_url)
+        return super().__enter__()
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU and, on a PostgreSQL on this machine, PostgreSQL's: every process
+        of its cluster, those that ended included (a backend per connection, the WAL writer,
+        the checkpointer), as Orthanc's CPU includes its SQLite's. Nothing else may use that
+        PostgreSQL during a run."""
+        return super().cpu_seconds() + self.database_cpu_seconds()
+
+    def database_cpu_seconds(self) -> float:
+        if not self._postmaster:
+            return 0.0
+        ticks = 0
+        for pid, _, stat in _process_tree(self._postmaster):
+            ticks += int(stat[11]) + int(stat[12])
+            if pid == self._postmaster:  # its children that ended (waited for): their CPU
+                ticks += int(stat[13]) + int(stat[14])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def environment(self) -> dict[str, str] | None:
         if self.source is None:
             return None
@@ -176,6 +188,41 @@ class Dicomhub(Server):
         if self.index_url:
             cmd += ["--index-url", self.index_url]
         return cmd
+
+
+def _process_tree(root: int):
+    """(pid, /proc/pid/status text, /proc/pid/stat fields after the name) of ``root`` and its
+    descendants."""
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pending += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:
+            continue
+        yield pid, status, stat
+
+
+def _postmaster(url: str) -> int | None:
+    """The pid of the PostgreSQL server of ``url`` when it runs on this machine (the parent of
+    the backend that answers), else None."""
+
+    async def backend() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval("SELECT pg_backend_pid()")
+        finally:
+            await conn.close()
+
+    if urlsplit(url).hostname not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return None
+    try:
+        stat = Path(f"/proc/{asyncio.run(backend())}/stat").read_text()
+    except OSError:  # another machine's, or in a container of its own
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 @contextlib.contextmanager

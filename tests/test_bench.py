@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import asyncpg
+from bench import dataset as ds
+from bench.client import Client
 from bench.native import curl_available
 from bench.report import NATIVE, TARGETS
-from bench.servers import orthanc_available
+from bench.servers import Dicomhub, fresh_database, orthanc_available
+from bench.workloads import send_instances
 
 from tests.components import Unavailable
 from tests.conftest import index_database, ran, unavailable
@@ -152,3 +155,19 @@ def test_search_plans_smoke(tmp_path):
     # rightly prefer that, so only a crash fails here
     assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "| study list, no filter (OHIF first page) | 20 |" in run.stdout
+
+
+def test_server_cpu_includes_a_local_postgresql(tmp_path):
+    """On a PostgreSQL of this machine, dicomhub's server CPU counts PostgreSQL's processes
+    too (its backends answer the index's queries, as Orthanc's SQLite runs in Orthanc): what
+    the stores cost PostgreSQL shows in the column; the embedded index adds nothing."""
+    with index_database("postgresql") as url, fresh_database(url) as fresh:
+        with Dicomhub(tmp_path / "pg", fresh) as server:
+            before = server.database_cpu_seconds()
+            client = Client(server.base_url, server.cpu_seconds)
+            studies = [ds.study(ds.GROUPS["stow"], i, (10,)) for i in range(20)]
+            send_instances(client, [f for st in studies for f in ds.instances(st, 16)], 2, 5)
+            database = server.database_cpu_seconds() - before
+    assert database > 0
+    with Dicomhub(tmp_path / "sqlite") as server:
+        assert server.database_cpu_seconds() == 0
