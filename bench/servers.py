@@ -207,22 +207,22 @@ def _process_tree(root: int):
 
 def _postmaster(url: str) -> int | None:
     """The pid of the PostgreSQL server of ``url`` when it runs on this machine (the parent of
-    the backend that answers), else None."""
+    the backend that answers, read while it does), else None."""
 
-    async def backend() -> int:
+    async def parent() -> int | None:
         conn = await asyncpg.connect(url)
         try:
-            return await conn.fetchval("SELECT pg_backend_pid()")
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            stat = Path(f"/proc/{backend}/stat").read_text()
+        except OSError:  # another machine's, or in a container of its own
+            return None
         finally:
             await conn.close()
+        return int(stat.rsplit(")", 1)[1].split()[1])
 
     if urlsplit(url).hostname not in (None, "", "localhost", "127.0.0.1", "::1"):
         return None
-    try:
-        stat = Path(f"/proc/{asyncio.run(backend())}/stat").read_text()
-    except OSError:  # another machine's, or in a container of its own
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    return asyncio.run(parent())
 
 
 @contextlib.contextmanager
