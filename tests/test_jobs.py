@@ -151,6 +151,61 @@ def test_concurrent_runners_never_share_a_job(kind, tmp_path):
     assert {s.status for s in states} == {OperationStatus.COMPLETED}
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_finished_operations_by_finish_time(kind, tmp_path):
+    """What the live event stream reads for OperationFinished: the exports, bulk updates and
+    reindexes finished (completed or failed) since a time, oldest first, with the data a
+    subscriber's event has; other jobs and unfinished ones are not."""
+    with index_database(kind) as url:
+        if kind == "sqlite":
+            url = f"sqlite://{tmp_path / 'index.sqlite'}"
+
+        async def run():
+            index = open_index(url)
+            await index.start()
+            try:
+                t0 = utcnow()
+                jobs = [
+                    ("e", "export", {"partition": "p"}),
+                    ("u", "update", {"partition": "q"}),
+                    ("r", "reindex", {"partition": "ignored"}),
+                    ("x", "blob-cleanup", {}),
+                    ("w", "export", {}),  # never finished
+                ]
+                for n, (id, job, payload) in enumerate(jobs):
+                    await index.enqueue_job(id, job, payload, 1, t0 + timedelta(seconds=n), False)
+                end = t0 + timedelta(minutes=1)
+                for n in range(4):  # in created order: e, u, r, x
+                    op = await index.claim_job("node", t0 + timedelta(seconds=5), end)
+                    error = "broken" if op.id == "u" else None
+                    done = t0 + timedelta(seconds=10 + n)
+                    assert await index.finish_job(op.id, "node", done, {"n": n}, error, None)
+                return (
+                    t0,
+                    await index.finished_operations(t0 + timedelta(seconds=11), 10),
+                    await index.finished_operations(t0, 1),
+                )
+            finally:
+                await index.close()
+
+        t0, found, first = asyncio.run(run())
+    assert [(i, p, t - t0) for i, p, t, _ in found] == [
+        ("u.finished", "q", timedelta(seconds=11)),
+        ("r.finished", None, timedelta(seconds=12)),
+    ]
+    assert found[0][3] == {
+        "operationId": "u",
+        "operationType": "update",
+        "status": "failed",
+        "partitionName": "q",
+        "percentComplete": None,
+        "results": {"n": 1},
+        "errors": ["broken"],
+    }
+    assert found[1][3]["status"] == "completed" and found[1][3]["percentComplete"] == 100
+    assert [(i, d["partitionName"]) for i, _, _, d in first] == [("e.finished", "p")]
+
+
 def test_singleton_jobs(client):
     archive = client.app.state.archive
     first = client.portal.call(archive.operations.start, "only-one", None, True)

@@ -10,7 +10,8 @@ a backoff (exponential, with jitter) until the retry window has passed since its
 the event is then kept as a dead letter (replayable) and delivery moves on, each following
 event getting one attempt until one is taken again. Delivery is at least once: the event id
 (the change-feed sequence) is the idempotency key a receiver sees again if a step dies between
-sending and recording. The delivery step itself is ``webhook_delivery.Delivery``.
+sending and recording. The delivery step itself is ``webhook_delivery.Delivery``; the live
+event stream, which has no subscription, is ``webhook_stream.LiveStream``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from dicomhub.archive.webhook_delivery import Delivery
+from dicomhub.archive.webhook_stream import LiveStream
 from dicomhub.clock import monotonic, utcnow
 from dicomhub.errors import Forbidden, InvalidRequest, NotFound
 from dicomhub.model import DeadLetter, Subscription
@@ -153,18 +155,16 @@ class WebhookService:
         return latest.sequence if latest else 0
 
     async def stream(
-        self, after: int, event_types: tuple[str, ...], filter: dict[str, tuple[str, ...]]
-    ) -> tuple[int, list[tuple[str, str, bytes]]]:
-        """The next events after sequence ``after`` that pass, as the live stream sends them:
-        the sequence read up to, and (id, type, CloudEvent JSON) of each."""
-        changes = await self.index.events_after(after, self.settings.batch_size)
-        root = self.settings.service_root
-        out = []
-        for change in changes:
-            if events.matches(change, event_types, filter):
-                event = events.event_of(change, root)
-                out.append((event.id, event.type, events.body(event, "cloudevents", root)))
-        return (changes[-1].sequence if changes else after), out
+        self,
+        after: int | None,
+        event_types: tuple[str, ...],
+        filter: dict[str, tuple[str, ...]],
+    ) -> LiveStream:
+        """A live stream of the events after change ``after`` (None: from now on) that pass
+        (archive/webhook_stream.py)."""
+        live = LiveStream(self, event_types, filter)
+        await live.start(after)
+        return live
 
     def stream_query(
         self,
@@ -181,11 +181,6 @@ class WebhookService:
             if event_types is not None
             else events.IMAGE_TYPES
         )
-        stable = [t for t in types if t in (*events.STABLE_TYPES, events.OPERATION_FINISHED)]
-        if stable:
-            raise InvalidRequest(
-                f"the live stream sends the change feed's events, not {', '.join(stable)}"
-            )
         filter = _filter({k: v.split(",") for k, v in filters.items()})
         if within is not None:
             asked = filter.get("partition")

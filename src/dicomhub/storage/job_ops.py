@@ -73,6 +73,13 @@ QUEUE = (  # ready: what READY would claim; held: running under a lease not run 
     "sum(CASE WHEN status = 'running' AND lease_expires >= ? THEN 1 ELSE 0 END) AS held "
     "FROM operation WHERE status IN ('notStarted', 'running') GROUP BY type ORDER BY type"
 )
+# The eventful jobs finished since a time, for the live event stream (web/event_stream.py): a
+# finished job's not_before is its finish time (FINISH), so the ready index serves this.
+FINISHED = (
+    "SELECT operation_id, type, status, payload, results, errors, last_updated FROM operation "
+    "WHERE status IN ('completed', 'failed') AND not_before >= ? AND type IN ({types}) "
+    "ORDER BY not_before, operation_id LIMIT ?"
+).format(types=", ".join(f"'{t}'" for t in EVENTFUL_JOBS))
 PURGE = (
     "DELETE FROM operation "
     "WHERE type = ? AND status IN ('completed', 'failed') AND last_updated < ?"
@@ -155,17 +162,9 @@ def finish(
         id,
     )
     if status != OperationStatus.NOT_STARTED and held["type"] in EVENTFUL_JOBS:
-        payload = json.loads(held["payload"])
-        partition = payload.get("partition") if held["type"] != JobType.REINDEX else None
-        data = {
-            "operationId": id,
-            "operationType": held["type"],
-            "status": str(status),
-            "partitionName": partition,
-            "percentComplete": 100 if percent == 100 else None,
-            "results": results,
-            "errors": errors,
-        }
+        partition, data = _finished(
+            id, held["type"], status, json.loads(held["payload"]), results, errors
+        )
         yield run(
             FAN_OUT,
             f"{id}.finished",
@@ -176,6 +175,44 @@ def finish(
             f'%"{OPERATION_FINISHED}"%',
         )
     return True
+
+
+def _finished(
+    id: str, kind: str, status: OperationStatus, payload: dict, results: Any, errors: list
+) -> tuple[str | None, dict]:
+    """The partition (None: a server-wide reindex) and the data of a finished operation's
+    OperationFinished event."""
+    partition = payload.get("partition") if kind != JobType.REINDEX else None
+    return partition, {
+        "operationId": id,
+        "operationType": kind,
+        "status": str(status),
+        "partitionName": partition,
+        "percentComplete": 100 if status == OperationStatus.COMPLETED else None,
+        "results": results,
+        "errors": errors,
+    }
+
+
+def finished_since(since: datetime, limit: int) -> Op:
+    """(event id, partition, finish time, data) of the exports, bulk updates and reindexes
+    that finished (completed or failed) at ``since`` or later, oldest first, at most
+    ``limit``: their OperationFinished events, as ``finish`` writes them for subscriptions."""
+    found = yield rows(FINISHED, to_micros(since), limit)
+    out = []
+    for r in found:
+        partition, data = _finished(
+            r["operation_id"],
+            r["type"],
+            OperationStatus(r["status"]),
+            json.loads(r["payload"]),
+            json.loads(r["results"]) if r["results"] else None,
+            json.loads(r["errors"]),
+        )
+        out.append(
+            (f"{r['operation_id']}.finished", partition, from_micros(r["last_updated"]), data)
+        )
+    return out
 
 
 def get(id: str) -> Op:

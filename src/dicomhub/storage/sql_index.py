@@ -492,6 +492,11 @@ class SqlIndex:
     ) -> bool:
         return await self._write(webhooks.outbox_done, id, owner, event_id, count, lease_until)
 
+    async def finished_operations(
+        self, since: datetime, limit: int
+    ) -> list[tuple[str, str | None, datetime, dict]]:
+        return await self._read(jobs.finished_since, since, limit)
+
     async def due_stable(
         self, id: str, now: datetime, limit: int
     ) -> list[tuple[Place, int, datetime]]:

@@ -86,6 +86,13 @@ class Webhooks(Protocol):
         """Drop a delivered (``count`` 1, clearing the failures) or unwanted (0) outbox event;
         False without the lease."""
 
+    async def finished_operations(
+        self, since: datetime, limit: int
+    ) -> list[tuple[str, str | None, datetime, dict]]:
+        """(event id, partition, time, data) of the OperationFinished events of the operations
+        that finished at ``since`` or later, oldest first, read from the operations themselves
+        (the live event stream's, which has no outbox)."""
+
     async def due_stable(
         self, id: str, now: datetime, limit: int
     ) -> list[tuple[Place, int, datetime]]:

@@ -1,13 +1,17 @@
-"""The live event stream (non-standard; issue 23 point 4): the webhooks' image events as
-Server-Sent Events, for dashboards and scripts, with the read data action.
+"""The live event stream (non-standard; issue 23 point 4): the webhooks' events as Server-Sent
+Events, for dashboards and scripts, with the read data action.
 
-``GET /v{n}/events`` streams the events of the changes after a sequence (``after``, or the
+``GET /v{n}/events`` streams the events after a change-feed sequence (``after``, or the
 ``Last-Event-ID`` header a reconnecting EventSource sends; default: from now on), each as one
-SSE message (``id``: the change-feed sequence, ``event``: its type, ``data``: the CloudEvent
-JSON). Optional ``eventTypes``, ``partition``, ``modality`` and ``sopClassUid`` (comma-separated
-values) filter as a subscription's do. A stream ends after ``--event-stream-seconds``: the
-client resumes from the last id it got, missing nothing (so a server shutting down is not held
-by open streams); a comment line every few seconds keeps proxies from closing a quiet one.
+SSE message (``event``: its type, ``data``: the CloudEvent JSON). An image event's ``id`` is its
+change-feed sequence; StudyStable, SeriesStable and OperationFinished messages have no ``id``
+(their CloudEvent id is what a client de-duplicates by), so the id a client resumes from stays
+a sequence. How the stream works those out without a subscription: archive/webhook_stream.py.
+Optional ``eventTypes`` (default: the image events), ``partition``, ``modality`` and
+``sopClassUid`` (comma-separated values) filter as a subscription's do. A stream ends after
+``--event-stream-seconds``: the client resumes from the last id it got, missing no image event
+(so a server shutting down is not held by open streams); a comment line every few seconds keeps
+proxies from closing a quiet one.
 """
 
 from __future__ import annotations
@@ -38,20 +42,20 @@ async def stream(request: Request) -> StreamingResponse:
         {k: v for k in FILTERS if (v := param(query, k)) is not None},
         granted_partitions(request.scope, READ),  # a partition-scoped reader: its own only
     )
-    after = _after(request)
-    if after is None:
-        after = await service.latest_sequence()
+    live = await service.stream(_after(request), types, filter)
     settings = service.settings
 
-    async def messages(after: int) -> AsyncIterator[bytes]:
+    async def messages() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"  # reconnect after a second when the stream ends
         started = last_sent = monotonic()
         while monotonic() - started < settings.stream_seconds:
-            after, found = await service.stream(after, types, filter)
+            found, more = await live.next()
             for id, type, body in found:
-                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (id.encode(), type.encode(), body)
+                # no id for stable and operation events: Last-Event-ID stays a sequence
+                head = b"id: %s\n" % id.encode() if id is not None else b""
+                yield head + b"event: %s\ndata: %s\n\n" % (type.encode(), body)
                 last_sent = monotonic()
-            if found:
+            if more:
                 continue
             if monotonic() - last_sent >= KEEPALIVE:
                 yield b": keepalive\n\n"
@@ -59,7 +63,7 @@ async def stream(request: Request) -> StreamingResponse:
             await asyncio.sleep(settings.poll_interval)
 
     return StreamingResponse(
-        messages(after),
+        messages(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
