@@ -38,6 +38,19 @@ def finished(url: str, r: httpx.Response) -> dict:
         time.sleep(0.1)
 
 
+def bulk_update(url: str, study: str) -> dict:
+    """A bulk update of the study's PatientName, finished: its operation's state."""
+    change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "New^Name"}]}}
+    body = {"studyInstanceUids": [study], "changeDataset": change}
+    return finished(url, httpx.post(f"{url}/v2/studies/$bulkUpdate", json=body))
+
+
+def add_tag(url: str) -> dict:
+    """An extended query tag added (PatientWeight), its reindex finished: its state."""
+    body = [{"path": "PatientWeight", "level": "Study"}]
+    return finished(url, httpx.post(f"{url}/v2/extendedquerytags", json=body))
+
+
 def test_finished_operations_are_told(tmp_path, server_index, receiver):  # noqa: F811
     study, series = uid(250), uid(250, 1)
     settings = dict(job_poll_interval="0.1", export_allow=(tmp_path / "out").as_uri())
@@ -48,14 +61,7 @@ def test_finished_operations_are_told(tmp_path, server_index, receiver):  # noqa
         scoped.start()
         try:
             subscribe(url, scoped, eventTypes=[FINISHED], filter={"partition": "Microsoft.Default"})
-            change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "New^Name"}]}}
-            update = finished(
-                url,
-                httpx.post(
-                    f"{url}/v2/studies/$bulkUpdate",
-                    json={"studyInstanceUids": [study], "changeDataset": change},
-                ),
-            )
+            update = bulk_update(url, study)
             export = finished(
                 url,
                 httpx.post(
@@ -69,13 +75,7 @@ def test_finished_operations_are_told(tmp_path, server_index, receiver):  # noqa
                     },
                 ),
             )
-            reindex = finished(
-                url,
-                httpx.post(
-                    f"{url}/v2/extendedquerytags",
-                    json=[{"path": "PatientWeight", "level": "Study"}],
-                ),
-            )
+            reindex = add_tag(url)
             events = receiver.wait_for(3)
             time.sleep(1)
             got = {e["data"]["operationType"]: e for e in receiver.events()}

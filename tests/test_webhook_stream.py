@@ -14,7 +14,7 @@ import httpx
 
 from tests.helpers import MULTIPART, multipart
 from tests.synthetic import instance, uid
-from tests.test_webhook_operations import FINISHED, finished
+from tests.test_webhook_operations import FINISHED, add_tag, bulk_update
 from tests.test_webhooks import (  # noqa: F401
     CREATED,
     SERIES_STABLE,
@@ -148,21 +148,7 @@ def test_the_live_stream_tells_finished_operations(tmp_path, server_index):  # n
             default={"eventTypes": f"{FINISHED},{CREATED}", "partition": DEFAULT},
         )
         time.sleep(1)  # the streams are open
-        change = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "New^Name"}]}}
-        update = finished(
-            url,
-            httpx.post(
-                f"{url}/v2/studies/$bulkUpdate",
-                json={"studyInstanceUids": [study], "changeDataset": change},
-            ),
-        )
-        reindex = finished(
-            url,
-            httpx.post(
-                f"{url}/v2/extendedquerytags",
-                json=[{"path": "PatientWeight", "level": "Study"}],
-            ),
-        )
+        update, reindex = bulk_update(url, study), add_tag(url)
         join(threads)
         by_type = {d["data"]["operationType"]: (i, e, d) for i, e, d in got["all"]}
         assert len(got["all"]) == 2 and set(by_type) == {"update", "reindex"}
