@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from dicomhub.clock import utcnow
 from dicomhub.model import OPERATION_FINISHED
-from dicomhub.storage.webhook_protocol import Place
+from dicomhub.storage.protocols import Place
 from dicomhub.webhooks import events
 
 if TYPE_CHECKING:
