@@ -147,9 +147,8 @@ class Delivery:
                 if not held:
                     return self._lost()
                 continue
-            if latest is not None and (latest + self.quiet > now or last > self.cursor):
-                # new instances since, or changes of it that delivery has not passed yet
-                later = max(latest + self.quiet, now + self.quiet / 2)
+            later = events.stable_later(latest, last, self.cursor, now, self.quiet)
+            if later is not None:
                 await self.index.postpone_stable(self.id, place, sequence, later)
                 continue
             event = events.stable_event(place, sequence, now, self.root)

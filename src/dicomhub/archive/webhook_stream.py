@@ -48,7 +48,7 @@ class LiveStream:
         event_types: tuple[str, ...],
         filter: dict[str, tuple[str, ...]],
     ):
-        self.index = service.index
+        self.service, self.index = service, service.index
         self.settings = service.settings
         self.root = service.settings.service_root
         self.types, self.filter = event_types, filter
@@ -65,7 +65,7 @@ class LiveStream:
         """Stream the events after change ``after`` (None: from now on)."""
         now = utcnow()
         if after is None:
-            after, since = await self._latest(), now
+            after, since = await self.service.latest_sequence(), now
         elif after == 0:
             since = EPOCH  # the whole feed: every operation kept too
         else:
@@ -80,10 +80,6 @@ class LiveStream:
             )
             if window and window[0].sequence <= after:
                 self.cursor = window[0].sequence - 1
-
-    async def _latest(self) -> int:
-        latest = await self.index.latest_change(include_metadata=False)
-        return latest.sequence if latest else 0
 
     async def next(self) -> tuple[list[Message], bool]:
         """The messages of one read: the stable events due, the operations finished, then
@@ -115,9 +111,8 @@ class LiveStream:
             if count == 0:  # the study (series) is gone: nothing is stable
                 del self.places[place]
                 continue
-            if latest is not None and (latest + self.quiet > now or last > self.cursor):
-                # new instances since, or changes of it the stream has not read yet
-                later = max(latest + self.quiet, now + self.quiet / 2)
+            later = events.stable_later(latest, last, self.cursor, now, self.quiet)
+            if later is not None:
                 self.places[place] = (sequence, later)
                 continue
             del self.places[place]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from dicomhub.clock import isoformat
@@ -76,6 +76,18 @@ def event_of(change: EventSource, root: str) -> Event:
             "sequenceNumber": change.sequence,
         },
     )
+
+
+def stable_later(
+    latest: datetime | None, last: int | None, read_to: int, now: datetime, quiet: timedelta
+) -> datetime | None:
+    """When to check a study (series) for its stable event again: its last new instance at
+    ``latest``, its last change ``last``; None when it is stable now. Not before the quiet
+    period has passed since ``latest``, nor while it has changes beyond ``read_to`` (the
+    feed read so far)."""
+    if latest is not None and (latest + quiet > now or last > read_to):
+        return max(latest + quiet, now + quiet / 2)
+    return None
 
 
 def stable_event(place: tuple[str, str, str], sequence: int, time: datetime, root: str) -> Event:
