@@ -51,6 +51,7 @@ from dicomhub.web.console import console
 from dicomhub.web.cors import cors
 from dicomhub.web.forwarded import forwarded
 from dicomhub.web.limits import limits
+from dicomhub.web.routing import IndexedRouter
 from dicomhub.web.versions import VERSIONS, api_versions
 from dicomhub.web.viewer import viewer
 
@@ -337,6 +338,7 @@ def create_app(
             Exception: errors.on_unexpected,
         },
     )
+    app.router = IndexedRouter(table, lifespan=lifespan)  # Starlette's, with fewer tries
     app.state.archive = archive
     app.state.public_url = settings.public_url  # what web/common.base_url names
     app.state.search = settings.archive.search  # QIDO's limits
