@@ -147,7 +147,15 @@ def test_an_interrupted_import_resumes_without_sending_anything_twice(server, tm
     command = [sys.executable, "-m", "dicomhub", "import", "--url", server]
     command += ["--parallel", "1", "--batch", "1", str(root)]
     first = subprocess.Popen(
-        command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C reaches it even when this run ignores SIGINT (a job started in the
+        # background by a shell without job control), which the child would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in first.stderr:  # some progress, then Ctrl-C
         if line.startswith("import: "):
