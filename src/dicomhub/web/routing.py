@@ -24,34 +24,23 @@ def literal_prefix(path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _compatible(prefix: tuple[str, ...], segments: tuple[str, ...]) -> bool:
-    """Whether a route whose literal prefix is ``prefix`` may match a path whose first
-    segments (up to DEPTH) are ``segments``: the path starts with every literal segment."""
-    return segments[: len(prefix)] == prefix
-
-
 class IndexedRouter(Router):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._index: dict[tuple[str, ...], list[BaseRoute]] = {}
-        self._filed = -1  # len(self.routes) when the index was made
+        # each route's literal prefix -> the routes, in order, whose literal prefix it starts
+        # with (a bounded set of keys: a request's own segments never become one). Routes
+        # added later come after all of these, so a full match found here is still the one
+        # the whole scan would find first, and the scan finds them otherwise.
+        prefixes = [literal_prefix(getattr(r, "path", "")) for r in self.routes]
+        self._index = {
+            key: [r for r, p in zip(self.routes, prefixes, strict=True) if key[: len(p)] == p]
+            for key in set(prefixes)
+        }
 
     def candidates(self, path: str) -> list[BaseRoute]:
         """The routes, in order, that may match ``path``: those filed under its first
         segments, or every route when no route names them."""
-        if self._filed != len(self.routes):
-            self._file()
         return self._index.get(tuple(path.split("/")[1 : DEPTH + 1]), self.routes)
-
-    def _file(self) -> None:
-        """File the routes under each route's literal prefix (a bounded set of keys: a
-        request's own segments never become one)."""
-        prefixes = [literal_prefix(getattr(r, "path", "")) for r in self.routes]
-        self._index = {
-            key: [r for r, p in zip(self.routes, prefixes, strict=True) if _compatible(p, key)]
-            for key in set(prefixes)
-        }
-        self._filed = len(self.routes)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
