@@ -97,6 +97,39 @@ def test_multipart_round_trip_in_any_chunking(boundary, parts, preamble, cuts):
 
 
 @BOUNDED
+@given(
+    boundary=boundaries,
+    bodies=st.lists(
+        st.lists(st.one_of(fragments, st.binary(min_size=50, max_size=400)), max_size=12).map(
+            b"".join
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    step=st.integers(min_value=-2, max_value=8),
+)
+def test_multipart_round_trip_in_chunks_about_a_delimiter_long(boundary, bodies, step):
+    """Chunks of one size, from a byte shorter than the delimiter to several times it: a
+    chunk inside a body goes out as it came (not joined to the held tail), and a delimiter
+    that starts in the held tail, in the chunk or across both is still found."""
+    delimiter = f"\r\n--{boundary}".encode()
+    assume(all(delimiter not in b"\r\n" + body for body in bodies))
+    size = len(delimiter) + step if step <= 2 else len(delimiter) * step
+    data = encode(boundary, [({}, body) for body in bodies], b"")
+    parser = MultipartParser(boundary)
+    events = [e for at in range(0, len(data), size) for e in parser.feed(data[at : at + size])]
+    parser.close()
+    decoded, current = [], bytearray()
+    for event in events:
+        if isinstance(event, PartData):
+            current.extend(event.data)
+        elif isinstance(event, PartEnd):
+            decoded.append(bytes(current))
+            current = bytearray()
+    assert decoded == bodies
+
+
+@BOUNDED
 @given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=8))
 def test_multipart_parser_rejects_junk_cleanly(data, cuts):
     """Any bytes at all: events or InvalidRequest, never another exception."""

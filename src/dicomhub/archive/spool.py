@@ -24,7 +24,7 @@ class PartBody:
         self.size = 0
         self.too_large = False
         self.path: Path | None = None  # set once spooled
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []
         self._file: BinaryIO | None = None
 
     @classmethod
@@ -35,7 +35,7 @@ class PartBody:
         body._chunks.append(data)
         return body
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
             self.too_large = True
@@ -66,9 +66,10 @@ class PartBody:
         """The bytes, when kept in memory (else None: read ``path``)."""
         if self.path is not None:
             return None
-        if len(self._chunks) > 1:
-            self._chunks[:] = [b"".join(self._chunks)]
-        return self._chunks[0] if self._chunks else b""
+        chunks = self._chunks
+        if len(chunks) > 1 or (chunks and not isinstance(chunks[0], bytes)):  # or one view
+            chunks[:] = [b"".join(chunks)]
+        return chunks[0] if chunks else b""
 
     def open(self) -> BinaryIO:
         """A file object over the bytes (closed by the caller)."""

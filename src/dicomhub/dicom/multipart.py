@@ -25,7 +25,7 @@ class PartStart:
 
 @dataclass
 class PartData:
-    data: bytes
+    data: bytes | memoryview  # a view of the chunk fed, valid as long as the chunk is
 
 
 @dataclass
@@ -48,11 +48,29 @@ class MultipartParser:
         return self._state == "epilogue"
 
     def feed(self, chunk: bytes) -> Iterator[PartStart | PartData | PartEnd]:
+        if self._state == "body" and self._inside(chunk):
+            # The middle of a part (most of a large one): its bytes go out as they came, the
+            # chunk as a view, not joined to the held tail and sliced again; only the chunk's
+            # own tail is held, since it may begin a delimiter.
+            if self._buffer:
+                yield PartData(self._buffer)
+            keep = len(self._delimiter) - 1
+            yield PartData(memoryview(chunk)[:-keep])
+            self._buffer = chunk[-keep:]
+            return
         self._buffer += chunk
-        while True:
-            progressed = yield from self._step()
-            if not progressed:
-                return
+        while (yield from self._step()):
+            pass
+
+    def _inside(self, chunk: bytes) -> bool:
+        """No delimiter starts in the held tail or in ``chunk`` (itself at least as long as a
+        delimiter)."""
+        size = len(self._delimiter)
+        return (
+            len(chunk) >= size
+            and self._delimiter not in self._buffer + chunk[: size - 1]
+            and self._delimiter not in chunk
+        )
 
     def close(self) -> None:
         if self._state != "epilogue":
