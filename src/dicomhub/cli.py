@@ -22,6 +22,7 @@ from dicomhub.errors import DicomhubError
 from dicomhub.fhir.client import Auth, FhirClient
 from dicomhub.fhir.projection import Options
 from dicomhub.lifetime import PRIORITIES, Child, end_with_parent, lower_priority
+from dicomhub.loops import loop_factory
 from dicomhub.settings import Settings
 from dicomhub.settings_fields import convert
 from dicomhub.storage import sqlite_writer
@@ -273,8 +274,11 @@ def main(argv: list[str] | None = None) -> None:
             if command == "worker":  # before the threads it starts: they inherit it
                 lower_priority(settings.background_priority)
             _stop_with_parent()
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work(settings, command))
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=loop_factory()) as r,
+        ):
+            r.run(_work(settings, command))
     elif command == "serve":
         import uvicorn
 

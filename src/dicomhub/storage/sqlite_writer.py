@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from dicomhub.errors import Unavailable
+from dicomhub.loops import loop_factory
 
 log = logging.getLogger(__name__)
 ENVIRONMENT = "DICOMHUB_INDEX_WRITER"  # the socket's path, handed to the server processes
@@ -40,16 +41,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 def _frame(message: Any) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(data)) + data
-
-
-def _loop_factory():
-    """uvloop where it is installed (not on Windows), as the server processes use: its sockets
-    and hand-offs cost less CPU than asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -88,7 +79,7 @@ class WriterService:
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _run(self) -> None:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(self._serve())
 
     async def _serve(self) -> None:

@@ -10,10 +10,11 @@ SeriesStable after the series': ``{sequence}.series-stable``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
+
+import orjson
 
 from dicomhub.clock import isoformat
 from dicomhub.model import DEFAULT_PARTITION, OPERATION_FINISHED, Action, EventSource
@@ -159,7 +160,7 @@ def body(event: Event, schema: str, root: str) -> bytes:
             "datacontenttype": "application/json",
             "data": event.data,
         }
-    return json.dumps(document, separators=(",", ":")).encode()
+    return orjson.dumps(document)
 
 
 def marks_stable(
