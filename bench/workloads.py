@@ -24,6 +24,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DICOM_JSON = {"Accept": "application/dicom+json"}
 STOW_CASES = [(1, 1), (1, 20), (4, 1), (4, 20)]  # (clients, instances per request)
 LOAD = (4, 20)  # how setup data is sent: 4 clients, 20 instances per request
+NATIVE_CASES = 10  # the STOW cases sent with curl store studies of groups 10 further on
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,6 @@ class Data:
             for i in range(max(1, (instances or self.p.stow_instances) // per_study))
         ]
 
-    def stow_files(self, case: int) -> list[tuple[str, bytes]]:
-        return [f for st in self.stow_studies(case) for f in ds.instances(st, self.p.image_size)]
-
     @cached_property
     def search_studies(self) -> list[ds.Study]:
         return [
@@ -133,14 +131,24 @@ def _values(items: list, tag: str) -> list[str]:
     return [item[tag]["Value"][0] for item in items]
 
 
-def send_instances(client: Client, files: list[tuple[str, bytes]], clients: int, per_request: int):
+def send_instances(
+    client: Client,
+    files: list[tuple[str, bytes]],
+    clients: int,
+    per_request: int,
+    curl: bool = False,
+):
     """STOW ``files`` ((SOP Instance UID, bytes)) in requests of ``per_request`` from ``clients``
-    connections; every answer must list exactly the sent instances."""
+    connections, with the Python client or with curl; every answer must list exactly the sent
+    instances."""
     requests = [
         multipart([body for _, body in files[i : i + per_request]])
         for i in range(0, len(files), per_request)
     ]
-    timing, responses = client.run(requests, clients)
+    if curl:
+        timing, responses = native.send(client, requests, clients, client.cpu)
+    else:
+        timing, responses = client.run(requests, clients)
     for i, response in enumerate(responses):
         answer = _json(response, "STOW")
         answer = answer if isinstance(answer, dict) else {}
@@ -177,36 +185,42 @@ def load(client: Client, data: Data) -> list[dict]:
 
 
 def stow(client: Client, data: Data) -> list[dict]:
-    out = []
-    for case, (clients, per_request) in enumerate(STOW_CASES):
-        files = data.stow_files(case)
-        size_kb = round(sum(len(b) for _, b in files) / len(files) / 1024)
-        timing = send_instances(client, files, clients, per_request)
-        data.stored += data.stow_studies(case)
-        out.append(
-            _result(
-                f"stow-{clients}x{per_request}",
-                f"STOW {len(files)} x {size_kb} KB, {clients} client(s), {per_request} per request",
-                "instances_per_s",
-                "higher",
-                timing.summary("instances"),
-            )
-        )
-    case = len(STOW_CASES)  # small images, one per request, as a modality sends them
-    studies = data.stow_studies(case, data.p.stow_small_instances)
-    files = [f for st in studies for f in ds.instances(st, data.p.stow_small_size)]
-    timing = send_instances(client, files, 4, 1)
-    data.stored += studies
-    size = data.p.stow_small_size
-    out.append(
-        _result(
+    """Each STOW case sent with the Python client, then (when curl is installed) with curl, each
+    time as instances of their own studies."""
+    senders = [False] + ([True] if native.curl_available() is None else [])
+    small = data.p.stow_small_size
+    cases = [  # (id, label, clients, instances per request, image size, instances)
+        *(
+            (f"stow-{c}x{n}", f"{c} client(s), {n} per request", c, n, data.p.image_size, None)
+            for c, n in STOW_CASES
+        ),
+        (  # small images, one per request, as a modality sends them
             "stow-small-4x1",
-            f"STOW {len(files):,} small instances ({size}x{size}), 4 clients, 1 per request",
-            "instances_per_s",
-            "higher",
-            timing.summary("instances"),
-        )
-    )
+            f"small instances ({small}x{small}), 4 clients, 1 per request",
+            4,
+            1,
+            small,
+            data.p.stow_small_instances,
+        ),
+    ]
+    out = []
+    for case, (id_, label, clients, per_request, size, count) in enumerate(cases):
+        for curl in senders:
+            studies = data.stow_studies(case + NATIVE_CASES * curl, count)
+            files = [f for st in studies for f in ds.instances(st, size)]
+            timing = send_instances(client, files, clients, per_request, curl)
+            data.stored += studies
+            size_kb = sum(len(b) for _, b in files) / len(files) / 1024
+            what = f"{len(files):,} x {size_kb:.0f} KB, " if count is None else f"{len(files):,} "
+            out.append(
+                _result(
+                    id_ + ("-native" if curl else ""),
+                    f"STOW {what}{label}" + (", curl" if curl else ""),
+                    "instances_per_s",
+                    "higher",
+                    timing.summary("instances"),
+                )
+            )
     return out
 
 

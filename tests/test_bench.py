@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 from bench import dataset as ds
-from bench.client import Client
+from bench.client import Client, Request
 from bench.native import curl_available
 from bench.report import NATIVE, TARGETS
 from bench.servers import Dicomhub, fresh_database, orthanc_available
-from bench.workloads import send_instances
+from bench.workloads import DICOM_JSON, send_instances
 
 from tests.components import Unavailable
 from tests.conftest import index_database, ran, unavailable
@@ -54,8 +55,9 @@ def test_smoke_run_against_orthanc(tmp_path):
         "convert-jpegls",
         "render-frame",
     } <= set(ids["dicomhub"])
-    native = curl_available() is None  # curl measures retrieval beside the Python client
-    assert ("retrieve-study-native" in ids["dicomhub"]) == native
+    native = curl_available() is None  # curl measures STOW and retrieval beside Python
+    for id_ in ("retrieve-study-native", "stow-1x1-native", "stow-small-4x1-native"):
+        assert (id_ in ids["dicomhub"]) == native
     for server in servers.values():
         for r in server["workloads"]:
             assert r[r["metric"]] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
@@ -155,6 +157,25 @@ def test_search_plans_smoke(tmp_path):
     # rightly prefer that, so only a crash fails here
     assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "| study list, no filter (OHIF first page) | 20 |" in run.stdout
+
+
+def test_curl_stow_answers_are_verified(tmp_path):
+    """STOW sent by curl is checked as the Python client's is: every answer must list exactly
+    the sent instances, so an answer for other instances fails the run."""
+    if curl_available() is not None:
+        unavailable(Unavailable("curl", str(curl_available())))
+    with Dicomhub(tmp_path / "data") as server:
+        client = Client(server.base_url, server.cpu_seconds)
+        study = ds.study(ds.GROUPS["stow"], 0, (12,))
+        files = list(ds.instances(study, 16))
+        timing = send_instances(client, files, 3, 2, curl=True)
+        assert timing.units == 12 and len(timing.latencies) == 6 and timing.server_cpu > 0
+        stored = client.run([Request("GET", f"/studies/{study.uid}/metadata", DICOM_JSON)])[1]
+        assert len(json.loads(stored[0].body)) == 12
+        other = list(ds.instances(ds.study(ds.GROUPS["stow"], 1, (1,)), 16))
+        mislabelled = [(files[0][0], other[0][1])]  # stored fine, but not the instance sent
+        with pytest.raises(AssertionError, match="does not list the sent instances"):
+            send_instances(client, mislabelled, 1, 1, curl=True)
 
 
 def test_server_cpu_includes_a_local_postgresql(tmp_path):
