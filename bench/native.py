@@ -10,15 +10,19 @@ transfer's status, size and time (``--write-out``); the server's CPU is read bef
 The timed transfers are checked by status and size; one untimed transfer before them is kept
 whole so the caller can verify its content (the SHA-1 of every part), outside the clock.
 
-STOW (``send``): the request bodies are written to files first, then one curl process sends them
-all over ``concurrency`` connections (``--parallel``), streaming each file, and writes each answer
-to its own file; the clock is that process's life. The answers come back whole, in request
+STOW (``send``): the request bodies are written to files first, then one curl process per
+concurrent client sends its share of them over one connection, one after another, streaming
+each file, and writes the answers to one file, each followed by a line with its status and
+time; the clock runs from the processes' start to
+the last one's end. (curl's own ``--parallel`` spends about a millisecond of CPU per transfer
+when given thousands, more than the Python client.) The answers come back whole, in request
 order, for the caller to verify.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import subprocess
 import tempfile
@@ -78,40 +82,45 @@ def fetch(
 def send(
     client: Client, requests: list[Request], concurrency: int, cpu: Callable[[], float] | None
 ) -> tuple[Timing, list[Response]]:
-    """``requests`` (each with a body) sent by one curl process over ``concurrency``
-    connections; their answers, in request order."""
+    """``requests`` (each with a body) sent by ``concurrency`` curl processes at once, each over
+    one connection, one request after another (request i by process i mod ``concurrency``);
+    their answers, in request order."""
     url = f"http://{client.host}:{client.port}{client.prefix}"
+    concurrency = min(concurrency, len(requests))  # as many clients as have work
     with tempfile.TemporaryDirectory(prefix="bench-curl-") as tmp:
-        config = []
+        configs = [[] for _ in range(concurrency)]
         for i, request in enumerate(requests):
             check(request.body is not None, "the native client sends bodies from files")
             body = Path(tmp) / f"request-{i}"
             body.write_bytes(request.body)
             headers = [*(f"{n}: {v}" for n, v in request.headers.items()), "Expect:"]
-            config += [
+            configs[i % concurrency] += [
                 f"url = {_quoted(url + request.path)}",
                 f"request = {request.method}",
                 f"upload-file = {_quoted(str(body))}",
                 *(f"header = {_quoted(h)}" for h in headers),
-                f"output = {_quoted(f'{tmp}/answer-{i}')}",
                 f"write-out = {_quoted(_SENT)}",
                 "next",
             ]
-        (Path(tmp) / "config").write_text("\n".join(config[:-1]) + "\n")
-        args = ["--parallel", "--parallel-max", str(concurrency), "-K", f"{tmp}/config"]
+        for n, config in enumerate(configs):
+            (Path(tmp) / f"config-{n}").write_text("\n".join(config[:-1]) + "\n")
+        outputs = [Path(tmp) / f"answers-{n}" for n in range(concurrency)]
         before = cpu() if cpu else None
         start = time.perf_counter()
-        lines = _curl(args).splitlines()
+        processes = [_start(["-K", f"{tmp}/config-{n}"], out) for n, out in enumerate(outputs)]
+        for process in processes:
+            _finish(process)
         wall = time.perf_counter() - start
         used = cpu() - before if cpu else None
-        check(len(lines) == len(requests), lambda: f"curl: {len(lines)} answers, not {len(requests)}")
-        latencies, responses = [0.0] * len(requests), [None] * len(requests)
-        for line in lines:
-            status, seconds, name = line.split()
-            i = int(name.rsplit("-", 1)[1])
+        outputs = [out.read_bytes() for out in outputs]
+    latencies, responses = [0.0] * len(requests), [None] * len(requests)
+    for n, output in enumerate(outputs):
+        fields = _ANSWER.split(output)  # body, status, seconds, body, ..., ""
+        mine = range(n, len(requests), concurrency)
+        check(len(fields) == 3 * len(mine) + 1, f"curl {n}: {len(fields) // 3} answers")
+        for k, i in enumerate(mine):
+            body, status, seconds = fields[3 * k : 3 * k + 3]
             latencies[i] = float(seconds)
-            answer = Path(name)  # curl writes no file for an empty answer
-            body = answer.read_bytes() if answer.exists() else b""
             responses[i] = Response(int(status), http.client.HTTPMessage(), body)
     timing = Timing(
         latencies=latencies,
@@ -124,7 +133,9 @@ def send(
     return timing, responses
 
 
-_SENT = "%{http_code} %{time_total} %{filename_effective}\\n"
+# each answer on curl's output is followed by a line of its own with its status and time
+_SENT = "\\n--bench-curl-answer %{http_code} %{time_total}\\n"
+_ANSWER = re.compile(rb"\n--bench-curl-answer (\d+) ([0-9.]+)\n")
 
 
 def _quoted(value: str) -> str:
@@ -133,14 +144,25 @@ def _quoted(value: str) -> str:
 
 
 def _curl(args: list[str]) -> str:
-    run = subprocess.run(
-        [CURL, "--silent", "--show-error", "--no-progress-meter", "--http1.1", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    check(run.returncode == 0, lambda: f"curl failed ({run.returncode}): {run.stderr[-500:]}")
-    return run.stdout
+    return _finish(_start(args, subprocess.PIPE)).decode()
+
+
+def _start(args: list[str], stdout) -> subprocess.Popen:
+    """curl, its output to ``stdout`` (a path, or PIPE)."""
+    out = stdout if stdout == subprocess.PIPE else open(stdout, "wb")  # noqa: SIM115
+    command = [CURL, "--silent", "--show-error", "--http1.1", *args]
+    try:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE)
+    finally:
+        if out != subprocess.PIPE:
+            out.close()
+
+
+def _finish(process: subprocess.Popen) -> bytes:
+    out, err = process.communicate(timeout=600)
+    code = process.returncode
+    check(code == 0, lambda: f"curl failed ({code}): {err[-500:].decode(errors='replace')}")
+    return out
 
 
 def _status(head: Path) -> int:
