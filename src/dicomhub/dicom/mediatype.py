@@ -65,6 +65,8 @@ def parse_accept(header: str | None) -> list[MediaType]:
 
 def _split(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside double quotes."""
+    if '"' not in text:
+        return text.split(sep)
     out, current, quoted = [], [], False
     for ch in text:
         if ch == '"':

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?\Z")
 _SCHEMES = {"http", "https"}
+_SAYING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
 class TrustedProxies:
@@ -44,7 +45,12 @@ class ForwardedHeaders:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        if scope["type"] == "http" and client and client[0] in self.trusted:
+        if (
+            scope["type"] == "http"
+            and client
+            and any(name.lower() in _SAYING for name, _ in scope["headers"])
+            and client[0] in self.trusted
+        ):
             scope = self._applied(scope)
         await self.app(scope, receive, send)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from dicomhub.archive.spool import PartBody
 from dicomhub.archive.store import Part
 from dicomhub.dicom import stow
+from dicomhub.dicom.json_model import dumps
 from dicomhub.dicom.mediatype import parse_media_type
 from dicomhub.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart
 from dicomhub.dicom.uids import require_uid
@@ -78,7 +79,7 @@ async def _store(request: Request, upsert: bool) -> Response:
         headers["Warning"] = f'299 {request.url.netloc} "{stow.MULTI_VALUED_WARNING}"'
     if body is None:
         return Response(status_code=status, headers=headers)
-    return JSONResponse(body, status_code=status, media_type=media_type, headers=headers)
+    return Response(dumps(body), status_code=status, media_type=media_type, headers=headers)
 
 
 async def received_parts(
