@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -14,7 +13,6 @@ from email.utils import format_datetime
 from typing import Any, BinaryIO
 
 import anyio
-from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
@@ -58,39 +56,13 @@ def partition_of(request: Request) -> str:
 
 
 def _request_root(request: Request) -> str:
-    scope, headers = request.scope, request.headers
+    url = request.base_url
+    server = request.scope.get("server")
+    host = request.headers.get("host", "")
     # Some clients (dicomweb-client) send a Host header without the port; when nothing says
     # a proxy is in between, the port the connection came in on is the one to give back.
-    proxied = "x-forwarded-host" in headers or "x-forwarded-proto" in headers
-    root_path, server = scope.get("root_path", ""), scope.get("server")
-    return _root(
-        scope.get("scheme", "http"),
-        tuple(server) if server else None,  # a list from some servers: not a cache key
-        scope.get("app_root_path", root_path),
-        headers.get("host"),
-        proxied,
-    )
-
-
-@functools.lru_cache(maxsize=256)  # a server is reached under a few names: one URL each
-def _root(
-    scheme: str, server: tuple[str, int] | None, root_path: str, host: str | None, proxied: bool
-) -> str:
-    """Starlette's ``Request.base_url`` for these parts of a request, with the port of the
-    connection when the Host header has none and no proxy is in between."""
-    headers = [] if host is None else [(b"host", host.encode("latin-1"))]
-    path = root_path if root_path.endswith("/") else root_path + "/"
-    url = URL(
-        scope={
-            "scheme": scheme,
-            "server": server,
-            "path": path,
-            "root_path": root_path,
-            "query_string": b"",
-            "headers": headers,
-        }
-    )
-    if server and ":" not in (host or "") and url.port is None and not proxied:
+    proxied = "x-forwarded-host" in request.headers or "x-forwarded-proto" in request.headers
+    if server and ":" not in host and url.port is None and not proxied:
         default = 443 if url.scheme == "https" else 80
         if server[1] != default:
             url = url.replace(port=server[1])
