@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,18 @@ def test_scale_mode_smoke(tmp_path):
     results = bench(out, "scale", "--instances", "300")
     assert [r["stored"] for r in results["ingest"]][-1] == 300
     assert {r["id"] for r in results["searches"]} >= {"qido-patient-id", "qido-instances"}
+
+
+def test_instructions_per_request_smoke(tmp_path):
+    """``bench instructions``: each tree counted twice under callgrind (its answers verified
+    in the run); the count per request is their difference, a positive number."""
+    if shutil.which("valgrind") is None:
+        unavailable(Unavailable("valgrind", "valgrind is not installed (Debian package valgrind)"))
+    out = tmp_path / "instructions.json"
+    results = bench(out, "instructions", "--requests", "3")
+    counts = results["instructions_per_request"]
+    assert list(counts) == ["dicomhub"] and counts["dicomhub"] > 0
+    assert "| dicomhub (" in out.with_suffix(".md").read_text()
 
 
 def test_search_plans_smoke(tmp_path):

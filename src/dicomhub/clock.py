@@ -11,7 +11,8 @@ _offset = 0.0  # seconds this process's clock runs ahead (tests only; 0 in the s
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=_offset)
+    now = datetime.now(UTC)
+    return now + timedelta(seconds=_offset) if _offset else now
 
 
 def monotonic() -> float:

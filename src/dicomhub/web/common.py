@@ -55,7 +55,30 @@ def partition_of(request: Request) -> str:
     return request.scope.get(PARTITION, DEFAULT_PARTITION)
 
 
+_roots: dict[tuple, str] = {}  # a few entries: the names this server is reached under
+
+
 def _request_root(request: Request) -> str:
+    """``_root`` of the request, worked out once per scheme, server, root path and Host."""
+    scope, headers = request.scope, request.headers
+    server = scope.get("server")
+    key = (
+        scope.get("scheme"),
+        tuple(server) if server else None,
+        scope.get("root_path"),
+        scope.get("app_root_path"),
+        headers.get("host"),
+        "x-forwarded-host" in headers or "x-forwarded-proto" in headers,
+    )
+    root = _roots.get(key)
+    if root is None:
+        if len(_roots) >= 256:
+            _roots.clear()
+        root = _roots[key] = _root(request)
+    return root
+
+
+def _root(request: Request) -> str:
     url = request.base_url
     server = request.scope.get("server")
     host = request.headers.get("host", "")

@@ -1,0 +1,193 @@
+"""Instructions per request: a measure of dicomhub's own work that this machine's swings do not
+move. Throughput and CPU time here swing by 20-50% between runs of one commit, more than most
+changes to a request's path; valgrind's callgrind counts the instructions executed instead, the
+same for the same code and input whatever else the machine is doing.
+
+    ./run bench instructions [--requests 200] [--size 64] [--baseline TREE] [--out FILE.json]
+
+What runs is the real app in-process on the embedded default (SQLite file + blob folder, its
+writer thread), driven by direct ASGI calls: no HTTP server, no sockets, so the count is the
+app's work on a request (middlewares, parsing, describing, indexing, the answer), not uvicorn's
+or the kernel's; the comparison run measures those. The requests are STOW-RS of one small
+instance each (``--size`` x ``--size``, as the stow-small-4x1 row sends them), four at a time;
+every answer must list the instance sent.
+
+The instances are made first, outside the count, and read from one file. Each source tree (this
+one, and ``--baseline TREE`` beside it) is run twice under callgrind, once storing
+``--requests`` instances after a warm-up and once three times as many; the difference of the two
+counts over the difference in requests is the count per request, every thread of the process
+included, start-up and imports cancelled out. Runs take about a minute each (valgrind
+runs Python about 50 times slower), two at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uvloop
+
+from bench import dataset as ds
+from bench.client import Request, check, multipart
+
+ROOT = Path(__file__).resolve().parents[1]
+WARM = 40  # requests before the measured ones, in both runs: caches, the first pages of SQLite
+AT_ONCE = 4
+_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64, help="rows = columns of the images")
+    parser.add_argument("--baseline", help="another source tree, measured beside this one")
+    parser.add_argument("--out", default="bench-results/instructions.json")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one run, under valgrind
+    parser.add_argument("--instances", help=argparse.SUPPRESS)  # the child's instances
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        files = _read_instances(Path(args.instances), WARM + args.child)
+        uvloop.run(_requests(files))  # the loop serve runs its processes on
+        return 0
+    trees = {"dicomhub": ROOT} | (
+        {"dicomhub (baseline)": Path(args.baseline)} if args.baseline else {}
+    )
+    runs = [(name, n) for name in trees for n in (args.requests, 3 * args.requests)]
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        files = Path(tmp) / "instances"  # made here, so that the count is the server's work only
+        _write_instances(files, WARM + 3 * args.requests, args.size)
+        with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+            counts = list(pool.map(lambda run: _count(trees[run[0]], run[1], files), runs))
+    per = {
+        name: (counts[2 * i + 1] - counts[2 * i]) / (2 * args.requests)
+        for i, name in enumerate(trees)
+    }
+    workload = f"STOW-RS, one {args.size}x{args.size} instance per request, {AT_ONCE} at a time"
+    results = {
+        "workload": workload,
+        "requests": args.requests,
+        "trees": {name: str(tree) for name, tree in trees.items()},
+        "instructions_per_request": {name: round(v) for name, v in per.items()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    lines = [f"Instructions per request: {results['workload']} (callgrind, the app in-process)", ""]
+    lines += ["| tree | instructions per request |", "|---|---|"]
+    lines += [f"| {name} ({trees[name]}) | {v:,.0f} |" for name, v in per.items()]
+    if args.baseline:
+        ratio = per["dicomhub"] / per["dicomhub (baseline)"]
+        lines += ["", f"dicomhub / baseline: {ratio:.3f}"]
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+def _count(tree: Path, requests: int, instances: Path) -> int:
+    """Instructions callgrind counted in one run of ``requests`` requests on ``tree``'s code."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), str(ROOT)])}
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    command += ["-m", "bench.instructions", "--child", str(requests), "--instances", str(instances)]
+    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    check(run.returncode == 0, lambda: f"{tree}: the run failed: {run.stderr[-2000:]}")
+    found = _REFS.search(run.stderr)
+    check(found is not None, lambda: f"{tree}: no instruction count: {run.stderr[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def _write_instances(path: Path, count: int, size: int) -> None:
+    """``count`` instances (SOP Instance UID, file) in one file: UID line, size line, bytes."""
+    studies = [ds.study(ds.GROUPS["stow"], i, (20, 20)) for i in range(count // 40 + 1)]
+    with path.open("wb") as out:
+        for uid, body in [f for st in studies for f in ds.instances(st, size)][:count]:
+            out.write(b"%s\n%d\n" % (uid.encode(), len(body)) + body)
+
+
+def _read_instances(path: Path, count: int) -> list[tuple[str, bytes]]:
+    files = []
+    with path.open("rb") as f:
+        for _ in range(count):
+            uid, size = f.readline().decode().strip(), int(f.readline())
+            files.append((uid, f.read(size)))
+    return files
+
+
+async def _requests(files: list[tuple[str, bytes]]) -> None:
+    """STOW requests of one instance each to the app, ``AT_ONCE`` at a time."""
+    from dicomhub.cli import build_archive  # the tree's own code, from PYTHONPATH
+    from dicomhub.settings import Settings
+    from dicomhub.web.app import create_app
+
+    requests = [(uid, multipart([body])) for uid, body in files]
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        settings = Settings(data_dir=str(Path(tmp) / "data"))
+        app = create_app(settings, build_archive(settings))
+        async with _lifespan(app):
+            for i in range(0, len(requests), AT_ONCE):
+                batch = requests[i : i + AT_ONCE]
+                await asyncio.gather(*(_store(app, uid, request) for uid, request in batch))
+
+
+class _lifespan:
+    """The app's ASGI lifespan: started on entry, shut down on exit."""
+
+    def __init__(self, app):
+        self.app, self.inbox, self.outbox = app, asyncio.Queue(), asyncio.Queue()
+
+    async def __aenter__(self):
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        self.task = asyncio.create_task(self.app(scope, self.inbox.get, self.outbox.put))
+        await self.inbox.put({"type": "lifespan.startup"})
+        started = await self.outbox.get()
+        check(started["type"] == "lifespan.startup.complete", f"start-up: {started}")
+
+    async def __aexit__(self, *exc):
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await self.outbox.get()
+        await self.task
+
+
+async def _store(app, uid: str, request: Request) -> None:
+    messages = [{"type": "http.request", "body": request.body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]
+    headers += [(b"host", b"127.0.0.1:8080"), (b"content-length", b"%d" % len(request.body))]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v2/studies",
+        "raw_path": b"/v2/studies",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    check(sent[0]["status"] == 200, lambda: f"STOW: HTTP {sent[0]['status']}")
+    answer = b"".join(m.get("body", b"") for m in sent[1:])
+    check(uid.encode() in answer, "STOW answer does not list the sent instance")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
