@@ -39,12 +39,15 @@ INLINE_BINARY_VRS = BULK_VRS - {"UN"}  # inline when short: base64 (UN: pydicom 
 KNOWN_VRS = (LONG_LENGTH_VRS - {"UN"}) | frozenset(  # UN: pydicom looks the VR up
     "AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
 )
+# an explicit VR as it is written -> (the VR, whether a 32-bit length follows)
+_EXPLICIT_VRS = {vr.encode("ascii"): (vr, vr in LONG_LENGTH_VRS) for vr in KNOWN_VRS}
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 CHARSET = 0x00080005
 # The instances of a study repeat most values (patient, study, series, image attributes): short
 # ones are encoded once. Encoded values are shared, so the JSON ``scan`` returns is read-only.
 MEMO_VALUE, MEMO_SIZE = 64, 4096
 _memo: dict[tuple[str, bytes], dict[str, Any]] = {}
+_keys: dict[int, str] = {}  # tag -> its DICOM JSON key, as tags repeat from file to file
 _HEADER = struct.Struct("<HH2sH")  # group, element, explicit VR, short length
 _LONG = struct.Struct("<L")
 _TAG_LENGTH = struct.Struct("<HHL")  # group, element, 32-bit length (implicit VR, items)
@@ -136,11 +139,12 @@ class _Scan:
                 if tag == ITEM_END and end is None:
                     self.pos = self._delimiter(pos)
                     return js
-                vr = vr_bytes.decode("ascii")
-                if vr not in KNOWN_VRS:
+                known = _EXPLICIT_VRS.get(vr_bytes)
+                if known is None:
                     raise Unusual
+                vr, long_length = known
                 pos += 8
-                if vr in LONG_LENGTH_VRS:
+                if long_length:
                     (length,) = _LONG.unpack_from(data, pos)
                     pos += 4
                 certain = True
@@ -158,7 +162,11 @@ class _Scan:
             self.budget -= 1
             if self.budget < 0:
                 raise Unusual
-            key = tag_key(tag)
+            key = _keys.get(tag)
+            if key is None:
+                if len(_keys) >= MEMO_SIZE:
+                    _keys.clear()
+                key = _keys[tag] = tag_key(tag)
             if vr == "SQ":
                 if element == 0:
                     raise Unusual
@@ -187,7 +195,9 @@ class _Scan:
                 self.uris.append((entry, prefix + key))
                 js[key] = entry
             elif certain:
-                js[key] = self._value(tag, vr, data[pos:value_end])
+                value = data[pos:value_end]
+                known = _memo.get((vr, value)) if length <= MEMO_VALUE and tag != CHARSET else None
+                js[key] = self._value(tag, vr, value) if known is None else known
             else:
                 raise Unusual  # pydicom settles the VR
             pos = value_end
