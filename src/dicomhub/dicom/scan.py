@@ -196,8 +196,8 @@ class _Scan:
                 js[key] = entry
             elif certain:
                 value = data[pos:value_end]
-                known = _memo.get((vr, value)) if length <= MEMO_VALUE and tag != CHARSET else None
-                js[key] = self._value(tag, vr, value) if known is None else known
+                seen = _memo.get((vr, value)) if length <= MEMO_VALUE and tag != CHARSET else None
+                js[key] = self._value(tag, vr, value) if seen is None else seen
             else:
                 raise Unusual  # pydicom settles the VR
             pos = value_end
