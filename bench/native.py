@@ -1,8 +1,8 @@
 """A native client beside the Python one: curl, for whole-study retrieval and its loopback
-ceiling, and for STOW. The Python client spends a core of its own on every byte (about 1 GB/s
-here) and tens of microseconds of interpreter on every request, on a machine whose other core
-runs the server, so it caps what a fast server can show; curl is what users download studies
-with, and costs a fraction of that.
+ceiling, and for STOW. For retrieval the Python client spends a core of its own on every byte
+(about 1 GB/s here), so it caps what a fast server can show; curl is what users download
+studies with. For STOW, curl is a second, independent client: it sends headers and body as a
+file upload does, and its CPU per small request (0.24 ms here) is about the Python client's.
 
 Retrieval (``fetch``): one curl process fetches the URL ``repeat`` times into /dev/null (over one
 connection when the server keeps it open; Orthanc closes it after a study) and reports each
@@ -13,10 +13,9 @@ whole so the caller can verify its content (the SHA-1 of every part), outside th
 STOW (``send``): the request bodies are written to files first, then one curl process per
 concurrent client sends its share of them over one connection, one after another, streaming
 each file, and writes the answers to one file, each followed by a line with its status and
-time; the clock runs from the processes' start to
-the last one's end. (curl's own ``--parallel`` spends about a millisecond of CPU per transfer
-when given thousands, more than the Python client.) The answers come back whole, in request
-order, for the caller to verify.
+time; the clock runs from the processes' start to the last one's end. (curl's own
+``--parallel`` spends about a millisecond of CPU per transfer when given thousands.) The
+answers come back whole, in request order, for the caller to verify.
 """
 
 from __future__ import annotations

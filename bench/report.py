@@ -28,8 +28,7 @@ TARGETS = [
     ("stow-4x1", "cpu", 1.0),
     ("stow-4x20", "advantage", 1.5),
     ("stow-4x20", "cpu", 1.0),
-    # the same STOW targets measured with curl, whose own CPU leaves the server more of the
-    # machine than the Python client does
+    # the same STOW targets measured with curl, a second client beside the Python one
     ("stow-small-4x1-native", "advantage", 1.5),
     ("stow-small-4x1-native", "cpu", 1.0),
     ("stow-1x1-native", "advantage", 1.2),
