@@ -12,7 +12,7 @@ or the kernel's; the comparison run measures those. The requests are STOW-RS of 
 instance each (``--size`` x ``--size``, as the stow-small-4x1 row sends them), four at a time;
 every answer must list the instance sent.
 
-The instances are made first, outside the count, and read from one file. Each source tree (this
+The requests are made first, outside the count, and read from one file. Each source tree (this
 one, and ``--baseline TREE`` beside it) is run twice under callgrind, once storing
 ``--requests`` instances after a warm-up and once three times as many; the difference of the two
 counts over the difference in requests is the count per request, every thread of the process
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -54,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", help=argparse.SUPPRESS)  # the child's instances
     args = parser.parse_args(argv)
     if args.child is not None:
-        files = _read_instances(Path(args.instances), WARM + args.child)
-        uvloop.run(_requests(files))  # the loop serve runs its processes on
+        with open(args.instances, "rb") as f:
+            requests = pickle.load(f)  # all of them in both runs: the same work, cancelled out
+        uvloop.run(_send(requests[: WARM + args.child]))  # the loop serve runs its processes on
         return 0
     trees = {"dicomhub": ROOT} | (
         {"dicomhub (baseline)": Path(args.baseline)} if args.baseline else {}
     )
     runs = [(name, n) for name in trees for n in (args.requests, 3 * args.requests)]
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        files = Path(tmp) / "instances"  # made here, so that the count is the server's work only
-        _write_instances(files, WARM + 3 * args.requests, args.size)
+        files = Path(tmp) / "requests"  # made here, so that the count is the server's work only
+        files.write_bytes(pickle.dumps(_requests(WARM + 3 * args.requests, args.size)))
         with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
             counts = list(pool.map(lambda run: _count(trees[run[0]], run[1], files), runs))
     per = {
@@ -104,56 +106,26 @@ def _count(tree: Path, requests: int, instances: Path) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def _write_instances(path: Path, count: int, size: int) -> None:
-    """``count`` instances (SOP Instance UID, file) in one file: UID line, size line, bytes."""
+def _requests(count: int, size: int) -> list[tuple[str, Request]]:
+    """``count`` STOW requests of one instance each, with the SOP Instance UID each holds."""
     studies = [ds.study(ds.GROUPS["stow"], i, (20, 20)) for i in range(count // 40 + 1)]
-    with path.open("wb") as out:
-        for uid, body in [f for st in studies for f in ds.instances(st, size)][:count]:
-            out.write(b"%s\n%d\n" % (uid.encode(), len(body)) + body)
+    files = [f for st in studies for f in ds.instances(st, size)][:count]
+    return [(uid, multipart([body])) for uid, body in files]
 
 
-def _read_instances(path: Path, count: int) -> list[tuple[str, bytes]]:
-    files = []
-    with path.open("rb") as f:
-        for _ in range(count):
-            uid, size = f.readline().decode().strip(), int(f.readline())
-            files.append((uid, f.read(size)))
-    return files
-
-
-async def _requests(files: list[tuple[str, bytes]]) -> None:
-    """STOW requests of one instance each to the app, ``AT_ONCE`` at a time."""
+async def _send(requests: list[tuple[str, Request]]) -> None:
+    """The requests to the app, ``AT_ONCE`` at a time."""
     from dicomhub.cli import build_archive  # the tree's own code, from PYTHONPATH
     from dicomhub.settings import Settings
     from dicomhub.web.app import create_app
 
-    requests = [(uid, multipart([body])) for uid, body in files]
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         settings = Settings(data_dir=str(Path(tmp) / "data"))
         app = create_app(settings, build_archive(settings))
-        async with _lifespan(app):
+        async with app.router.lifespan_context(app):  # start-up and shutdown, as a server runs
             for i in range(0, len(requests), AT_ONCE):
                 batch = requests[i : i + AT_ONCE]
                 await asyncio.gather(*(_store(app, uid, request) for uid, request in batch))
-
-
-class _lifespan:
-    """The app's ASGI lifespan: started on entry, shut down on exit."""
-
-    def __init__(self, app):
-        self.app, self.inbox, self.outbox = app, asyncio.Queue(), asyncio.Queue()
-
-    async def __aenter__(self):
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        self.task = asyncio.create_task(self.app(scope, self.inbox.get, self.outbox.put))
-        await self.inbox.put({"type": "lifespan.startup"})
-        started = await self.outbox.get()
-        check(started["type"] == "lifespan.startup.complete", f"start-up: {started}")
-
-    async def __aexit__(self, *exc):
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self.outbox.get()
-        await self.task
 
 
 async def _store(app, uid: str, request: Request) -> None:

@@ -106,7 +106,10 @@ def send(
         outputs = [Path(tmp) / f"answers-{n}" for n in range(concurrency)]
         before = cpu() if cpu else None
         start = time.perf_counter()
-        processes = [_start(["-K", f"{tmp}/config-{n}"], out) for n, out in enumerate(outputs)]
+        processes = []
+        for n, out in enumerate(outputs):
+            with out.open("wb") as f:  # curl holds its own copy of the descriptor
+                processes.append(_start(["-K", f"{tmp}/config-{n}"], f))
         for process in processes:
             _finish(process)
         wall = time.perf_counter() - start
@@ -147,14 +150,9 @@ def _curl(args: list[str]) -> str:
 
 
 def _start(args: list[str], stdout) -> subprocess.Popen:
-    """curl, its output to ``stdout`` (a path, or PIPE)."""
-    out = stdout if stdout == subprocess.PIPE else open(stdout, "wb")  # noqa: SIM115
+    """curl, its output to ``stdout`` (an open file, or PIPE)."""
     command = [CURL, "--silent", "--show-error", "--http1.1", *args]
-    try:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE)
-    finally:
-        if out != subprocess.PIPE:
-            out.close()
+    return subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE)
 
 
 def _finish(process: subprocess.Popen) -> bytes:
