@@ -126,3 +126,28 @@ def test_a_result_that_cannot_cross_is_an_error(writer):
             await index.close()
 
     assert asyncio.run(run()) == 2  # FULL
+
+
+def test_a_bad_frame_ends_its_connection_only(writer):
+    """Bytes that are not a call end the connection that sent them; the writer goes on
+    serving the others, and calls sent together on two connections are all answered."""
+    url, service = writer
+    with socket.socket(socket.AF_UNIX) as bad:
+        bad.settimeout(10)
+        bad.connect(service.address)
+        bad.sendall(len(b"not a pickle").to_bytes(4, "big") + b"not a pickle")
+        assert bad.recv(1) == b""  # hung up
+
+    async def run():
+        indexes = [open_index(url, sqlite_writer=service.address) for _ in range(2)]
+        for index in indexes:
+            await index.start()
+        try:
+            calls = [i.reserve_versions("Microsoft.Default", 2) for i in indexes for _ in range(3)]
+            return await asyncio.gather(*calls)
+        finally:
+            for index in indexes:
+                await index.close()
+
+    versions = [v for block in asyncio.run(run()) for v in block]
+    assert sorted(versions) == list(range(1, 13))  # each reserved once, none lost

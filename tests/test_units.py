@@ -66,6 +66,31 @@ def test_multipart_padding_after_a_boundary_is_bounded(chunk):
     assert fed <= 16 * 1024 + chunk
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_multipart_tells_when_the_last_part_ends(chunk):
+    """At each part's end the parser tells whether the closing delimiter was received
+    already (STOW stores a request's only part without the pipeline); in doubt (the close
+    not received yet) it says no."""
+    body = multipart(b"first", b"second", b"third")
+    parser = MultipartParser(BOUNDARY)
+    closing = []
+    for i in range(0, len(body), chunk):
+        for event in parser.feed(body[i : i + chunk]):
+            if isinstance(event, PartEnd):
+                closing.append(parser.closing)
+    parser.close()
+    assert closing[:2] == [False, False]
+    # the last part is known as the last when the "--" that closes the body came in the
+    # chunk that completed its delimiter
+    dash = b"--" + BOUNDARY.encode()
+    end = body.rindex(dash + b"--") + len(dash) - 1  # the delimiter's last byte
+    assert closing[2] is (end // chunk == (end + 2) // chunk)
+    if chunk == 1:  # byte by byte: the close is not there yet
+        assert closing[2] is False
+    if chunk > len(body):  # the whole body at once, as small requests come
+        assert closing[2] is True
+
+
 @pytest.mark.parametrize(
     "vr, value, ok",
     [

@@ -104,6 +104,7 @@ class Part:
 
     media_type: str
     body: PartBody
+    last: bool = False  # known to be the request's last part (False: it may still be)
 
 
 class PartOrder:
@@ -246,6 +247,11 @@ class StoreService:
         unread: list[stow.PartOutcome] = []
         try:
             async for part in parts:
+                if part.last and not stores and not commits.whole:
+                    # the request's only part: no order to keep, no commits to share
+                    store = self._check_part(part, study, paths, None, partition)
+                    stores.append(asyncio.create_task(store))
+                    continue
                 await slots.acquire()
                 order = PartOrder(order, commits, slots)
                 stores.append(

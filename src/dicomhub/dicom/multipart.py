@@ -47,6 +47,14 @@ class MultipartParser:
     def finished(self) -> bool:
         return self._state == "epilogue"
 
+    @property
+    def closing(self) -> bool:
+        """The closing delimiter has been received (it may not have been parsed yet): no part
+        starts after the one that ended."""
+        if self._state == "after_boundary":
+            return self._buffer.lstrip(b" \t").startswith(b"--")
+        return self._state == "epilogue"
+
     def feed(self, chunk: bytes) -> Iterator[PartStart | PartData | PartEnd]:
         if self._state == "body" and self._inside(chunk):
             # The middle of a part (most of a large one): its bytes go out as they came, the
@@ -140,9 +148,9 @@ class MultipartParser:
                 return False
             if at:
                 yield PartData(buf[:at])
-            yield PartEnd()
             self._buffer = buf[at + len(self._delimiter) :]
             self._state = "after_boundary"
+            yield PartEnd()
             return True
         self._buffer = b""  # epilogue is ignored
         return False

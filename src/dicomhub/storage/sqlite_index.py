@@ -30,11 +30,10 @@ from dicomhub.storage import statements as st
 from dicomhub.storage.dialect import SQLITE
 from dicomhub.storage.disk import LOW_SPACE, check_space
 from dicomhub.storage.sql_index import OpFactory, SqlIndex
-from dicomhub.storage.sqlite_writer import RemoteWriter
+from dicomhub.storage.sqlite_writer import MAX_BATCH, RemoteWriter
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 256
 # Planner statistics (ANALYZE, sampling this many rows per index) are refreshed at start-up and
 # as the index grows: after 1,000 writes, then each time the writes since start-up double, and at
 # least every 100,000 writes. Search plans depend on them once tables are large.
@@ -71,9 +70,6 @@ class SqliteIndex(SqlIndex):
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._keepalive: sqlite3.Connection | None = None
-        # True: write batches run on the event loop's own thread (a loop that does nothing
-        # else: the writer of ``serve --workers``), not handed to a writer thread and back
-        self.inline_writes = False
         self._stats = 0  # generation of the planner statistics
         self._writes = 0
         self._next_analyze = 1000
@@ -110,8 +106,7 @@ class SqliteIndex(SqlIndex):
         for pool in {self._writer, self._readers} - {None}:
             pool.submit(self._close_local).result()
             pool.shutdown(wait=True)
-        if self.inline_writes:
-            self._close_local()
+        self._close_local()  # the writer service's thread (write_batch), if it wrote
         if self._keepalive:
             self._keepalive.close()
         if self._turn is not None:
@@ -244,37 +239,42 @@ class SqliteIndex(SqlIndex):
         if self._remote is not None:
             return await self._remote.write(op, args)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op(*args), future, getattr(op, "unsynced", False)))
+        self._queue.put_nowait((op, args, future))
         return await future
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < MAX_BATCH:
                 batch.append(self._queue.get_nowait())
-            try:
-                results = await self._writing(self._run_batch, batch)
-            except sqlite3.Error as exc:
-                results = [_unavailable(exc)] * len(batch)
-            for (_, future, _), result in zip(batch, results, strict=True):
+            calls = [(op, args) for op, args, _ in batch]
+            results = await loop.run_in_executor(self._writer, self.write_batch, calls)
+            for (*_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-            self._writes += len(batch)
-            if self._writes >= self._next_analyze:
-                self._next_analyze = self._writes + min(self._writes, 100_000)
-                try:
-                    await self._writing(self._analyze)
-                except sqlite3.Error:
-                    log.exception("could not refresh the index statistics")
 
-    async def _writing(self, fn, *args) -> Any:
-        if self.inline_writes:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+    def write_batch(self, calls: list[tuple[OpFactory, tuple]]) -> list[Any]:
+        """Run write operations ``op(*args)`` in one transaction (group commit), each in a
+        savepoint of its own; the result or the error of each. Always on one thread: this
+        index's writer thread, or the writer service's (``serve --workers``)."""
+        batch = [(op(*args), getattr(op, "unsynced", False)) for op, args in calls]
+        try:
+            results = self._run_batch(batch)
+        except sqlite3.Error as exc:
+            results = [_unavailable(exc)] * len(batch)
+        self._writes += len(batch)
+        if self._writes >= self._next_analyze:
+            self._next_analyze = self._writes + min(self._writes, 100_000)
+            try:
+                self._analyze()
+            except sqlite3.Error:
+                log.exception("could not refresh the index statistics")
+        return results
 
     def _run_batch(self, batch) -> list[Any]:
         """One transaction for the batch. Writers of other processes on the same file take
@@ -296,12 +296,12 @@ class SqliteIndex(SqlIndex):
             conn.execute("PRAGMA temp_store = MEMORY")
             self._local.writes = True
         results: list[Any] = []
-        relaxed = self._synchronous == "FULL" and all(unsynced for *_, unsynced in batch)
+        relaxed = self._synchronous == "FULL" and all(unsynced for _, unsynced in batch)
         if relaxed:  # only writes a power cut may undo (statements.unsynced)
             conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, *_ in batch:
+            for op, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append(st.drive(lambda stmt: _execute(conn, stmt), op))

@@ -14,10 +14,12 @@ as the same user (SO_PEERCRED): the frames are pickles, so nobody else may conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import pickle
+import selectors
 import shutil
 import socket
 import struct
@@ -31,6 +33,8 @@ from dicomhub.loops import loop_factory
 log = logging.getLogger(__name__)
 ENVIRONMENT = "DICOMHUB_INDEX_WRITER"  # the socket's path, handed to the server processes
 _LENGTH = struct.Struct("!I")
+RECEIVE = 1024 * 1024  # bytes read from a connection at a time
+MAX_BATCH = 256  # calls in one transaction at most
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -53,17 +57,18 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class WriterService:
-    """The writer, run by the supervisor on a thread with its own event loop around ``index``
-    (a started-on-that-loop SqliteIndex)."""
+    """The writer, run by the supervisor on a thread of its own around ``index`` (an
+    SqliteIndex, started on that thread). The thread waits on the sockets alone, with no event
+    loop: what every connection has sent since the last transaction runs in the next one (group
+    commit across the server processes), then the answers go back."""
 
     def __init__(self, make_index):
-        self._make_index = make_index  # called on the service's loop
+        self._make_index = make_index  # called on the service's thread
         self._folder = tempfile.mkdtemp(prefix="dicomhub-index-")  # mode 0700
         self.address = os.path.join(self._folder, "writer.sock")
         self._ready = threading.Event()
         self._failure: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._wake, self._woken = socket.socketpair()  # stop() writes to it
         self._thread = threading.Thread(target=self._run, name="index-writer-service", daemon=True)
 
     def start(self) -> None:
@@ -73,67 +78,159 @@ class WriterService:
             raise self._failure
 
     def stop(self) -> None:
-        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        with contextlib.suppress(OSError):
+            self._wake.send(b"x")
         self._thread.join(30)
+        self._wake.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _run(self) -> None:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            index = self._make_index()
-            index.inline_writes = True  # this loop serves the writer alone
-            await index.start()
-            server = await asyncio.start_unix_server(
-                lambda r, w: self._connection(index, r, w), path=self.address
-            )
-        except BaseException as exc:
-            self._failure = exc
+            try:
+                index = self._make_index()
+                runner.run(index.start())
+                listener = socket.socket(socket.AF_UNIX)
+                listener.bind(self.address)
+                listener.listen(64)
+            except BaseException as exc:
+                self._failure = exc
+                self._ready.set()
+                raise
             self._ready.set()
-            raise
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            await index.close()
+            try:
+                _Serving(index, listener, self._woken).run()
+            finally:
+                listener.close()
+                self._woken.close()
+                runner.run(index.close())
 
-    async def _connection(self, index, reader, writer) -> None:
-        peer = writer.get_extra_info("socket")
-        creds = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+
+class _Peer:
+    """One server process's connection: the bytes received and not yet read as frames, the
+    answers not yet sent."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.received = bytearray()
+        self.unsent = bytearray()
+
+
+class _Serving:
+    def __init__(self, index, listener: socket.socket, woken: socket.socket):
+        self.index = index
+        self.listener = listener
+        self.woken = woken
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.selector.register(woken, selectors.EVENT_READ)
+
+    def run(self) -> None:
+        stopping = False
+        try:
+            while not stopping:
+                calls: list[tuple[_Peer, int, Any, tuple]] = []
+                for key, events in self.selector.select():
+                    if key.fileobj is self.woken:
+                        stopping = True  # after the calls received with it
+                        continue
+                    if key.fileobj is self.listener:
+                        self._accept()
+                        continue
+                    peer = key.data
+                    if events & selectors.EVENT_WRITE:
+                        self._send(peer)
+                    if events & selectors.EVENT_READ:
+                        calls += self._receive(peer)
+                for i in range(0, len(calls), MAX_BATCH):
+                    self._answer(calls[i : i + MAX_BATCH])
+        finally:
+            for key in list(self.selector.get_map().values()):
+                if isinstance(key.data, _Peer):
+                    key.data.sock.close()
+            self.selector.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         if struct.unpack("3i", creds)[1] != os.getuid():
             log.warning("index writer: refused a connection from another user")
-            writer.close()
+            sock.close()
             return
-        sending = asyncio.Lock()
+        sock.setblocking(False)
+        peer = _Peer(sock)
+        self.selector.register(sock, selectors.EVENT_READ, peer)
 
-        async def answer(number: int, op, args) -> None:
+    def _receive(self, peer: _Peer) -> list[tuple[_Peer, int, Any, tuple]]:
+        """The calls ``peer`` has sent in full; a peer gone (or sending what is not a frame)
+        is closed, and what it sent in full is still written."""
+        try:
+            data = peer.sock.recv(RECEIVE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        peer.received += data
+        calls, done = [], 0
+        received = peer.received
+        while len(received) - done >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(received, done)
+            end = done + _LENGTH.size + size
+            if len(received) < end:
+                break
+            try:
+                number, op, args = pickle.loads(received[done + _LENGTH.size : end])
+            except Exception:  # noqa: BLE001 - not one of ours: the connection ends
+                log.exception("index writer: a frame that is not a call")
+                data = b""
+                break
+            calls.append((peer, number, op, args))
+            done = end
+        del received[:done]
+        if not data:
+            self._close(peer)
+        return calls
+
+    def _answer(self, calls: list[tuple[_Peer, int, Any, tuple]]) -> None:
+        try:
+            results = self.index.write_batch([(op, args) for _, _, op, args in calls])
+        except Exception as exc:  # noqa: BLE001 - a bug: each caller gets it, the writer lives
+            log.exception("index writer: a batch failed")
+            results = [exc] * len(calls)
+        answered: set[_Peer] = set()
+        for (peer, number, *_), result in zip(calls, results, strict=True):
+            if peer.sock.fileno() < 0:  # gone: nobody to answer
+                continue
+            ok = not isinstance(result, BaseException)
             try:  # a result that cannot cross the socket is an error, not a caller left waiting
-                reply = _frame((number, True, await index._write(op, *args)))
+                reply = _frame((number, ok, result if ok else _portable(result)))
             except Exception as exc:  # noqa: BLE001 - handed back to the caller
                 reply = _frame((number, False, _portable(exc)))
-            async with sending:
-                writer.write(reply)
-                await writer.drain()
+            peer.unsent += reply
+            answered.add(peer)
+        for peer in answered:
+            self._send(peer)
 
-        tasks = set()
+    def _send(self, peer: _Peer) -> None:
+        """As much of ``peer``'s answers as its socket takes now; the rest when it is
+        writable again."""
         try:
-            while True:
-                number, op, args = await _read_frame(reader)
-                task = asyncio.create_task(answer(number, op, args))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the server process went away; what it sent is still written
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
+            sent = peer.sock.send(peer.unsent)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(peer)
+            return
+        del peer.unsent[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.unsent else 0)
+        self.selector.modify(peer.sock, events, peer)
+
+    def _close(self, peer: _Peer) -> None:
+        if peer.sock.fileno() >= 0:
+            self.selector.unregister(peer.sock)
+            peer.sock.close()
 
 
 class RemoteWriter:

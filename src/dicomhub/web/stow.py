@@ -111,7 +111,7 @@ async def received_parts(
                 f"the DICOM file exceeds the limit of {settings.max_part_size} bytes"
             )
         sizes.append(body.size)
-        yield Part(DICOM, body)
+        yield Part(DICOM, body, last=True)
         return
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
@@ -149,7 +149,7 @@ async def received_parts(
                 elif isinstance(event, PartEnd):
                     body.close()
                     sizes.append(body.size)
-                    part, body = Part(part_type, body), None
+                    part, body = Part(part_type, body, last=parser.closing), None
                     yield part
             if parser.finished:
                 break
