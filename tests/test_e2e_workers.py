@@ -156,6 +156,22 @@ def test_one_process_per_core_by_default(tmp_path):
         assert not any(Path(f"/proc/{w}").exists() for w in workers)
 
 
+def test_a_slow_process_is_given_the_healthcheck_timeout(tmp_path):
+    """--worker-healthcheck-timeout reaches serve's liveness check: a server process that
+    cannot answer for 7 s (stopped) is not killed when the timeout is 60 s (uvicorn's own
+    default, 5 s, would kill it and start another)."""
+    with running_server(tmp_path, workers="2", worker_healthcheck_timeout="60") as (url, proc):
+        workers = _workers(proc)
+        os.kill(workers[0], signal.SIGSTOP)
+        try:
+            time.sleep(7)
+        finally:
+            os.kill(workers[0], signal.SIGCONT)
+        time.sleep(1)
+        assert sorted(_workers(proc)) == sorted(workers)
+        assert httpx.get(url + "/health/check").status_code == 200
+
+
 def _descendants(pid: int) -> set[int]:
     """Every living process under ``pid`` (zombies count as gone)."""
     parents: dict[int, int] = {}

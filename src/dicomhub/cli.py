@@ -329,7 +329,13 @@ def main(argv: list[str] | None = None) -> None:
                     if wanted
                 ]
                 try:
-                    uvicorn.run("dicomhub.cli:worker_app", factory=True, workers=workers, **options)
+                    uvicorn.run(
+                        "dicomhub.cli:worker_app",
+                        factory=True,
+                        workers=workers,
+                        timeout_worker_healthcheck=settings.worker_healthcheck_timeout,
+                        **options,
+                    )
                 finally:
                     for child in children:
                         child.stop()

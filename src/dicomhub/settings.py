@@ -431,6 +431,12 @@ class Settings:
         "HTTP server processes (0: one per core): all share the index, the blob store and the "
         "port. Crash recovery runs once, before they start.",
     )
+    worker_healthcheck_timeout: int = _setting(
+        5,
+        "Seconds a server process (of several) may take to answer serve's liveness check "
+        "(every half second) before it is killed and started again; raise it where a process "
+        "can be slow to answer, e.g. a loaded or instrumented machine.",
+    )
 
     @property
     def server_processes(self) -> int:
