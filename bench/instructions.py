@@ -3,7 +3,8 @@ move. Throughput and CPU time here swing by 20-50% between runs of one commit, m
 changes to a request's path; valgrind's callgrind counts the instructions executed instead, the
 same for the same code and input whatever else the machine is doing.
 
-    ./run bench instructions [--requests 200] [--size 64] [--baseline TREE] [--out FILE.json]
+    ./run bench instructions [--serve] [--requests 200] [--size 64] [--baseline TREE]
+                             [--out FILE.json]
 
 What runs is the real app in-process on the embedded default (SQLite file + blob folder, its
 writer thread), driven by direct ASGI calls: no HTTP server, no sockets, so the count is the
@@ -11,6 +12,16 @@ app's work on a request (middlewares, parsing, describing, indexing, the answer)
 or the kernel's; the comparison run measures those. The requests are STOW-RS of one small
 instance each (``--size`` x ``--size``, as the stow-small-4x1 row sends them), four at a time;
 every answer must list the instance sent.
+
+With ``--serve`` what is counted is ``dicomhub serve`` itself, at its default settings, every
+process of it (the supervisor with its SQLite writer, the server processes with uvicorn),
+sent the same requests over loopback by the bench's Python client (not counted), four at a
+time: what the in-process count leaves out (HTTP parsing, the hand-off of each write to the
+supervisor's writer) is in. Not counted: the kernel's work (callgrind sees user space only),
+the process of background jobs, multiprocessing's resource tracker. Under valgrind the
+timing differs from a real run's (how many stores share a commit), and serve's liveness
+checks (every half second) add a little per second of the run, so two runs of one tree differ
+more than in-process: a few percent. Its runs take two to three minutes each.
 
 The requests are made first, outside the count, and read from one file. Each source tree (this
 one, and ``--baseline TREE`` beside it) is run twice under callgrind, once storing
@@ -28,21 +39,25 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
 
 from bench import dataset as ds
-from bench.client import Request, check, multipart
+from bench.client import Client, Request, check, multipart
+from bench.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM = 40  # requests before the measured ones, in both runs: caches, the first pages of SQLite
 AT_ONCE = 4
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+_REFS_FILE = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)  # a callgrind.out file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--size", type=int, default=64, help="rows = columns of the images")
     parser.add_argument("--baseline", help="another source tree, measured beside this one")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="count `dicomhub serve` at its defaults (every process of it) over loopback, "
+        "not the app in-process",
+    )
     parser.add_argument("--out", default="bench-results/instructions.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one run, under valgrind
     parser.add_argument("--instances", help=argparse.SUPPRESS)  # the child's instances
@@ -66,25 +87,44 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         files = Path(tmp) / "requests"  # made here, so that the count is the server's work only
         files.write_bytes(pickle.dumps(_requests(WARM + 3 * args.requests, args.size)))
+        count = _count_served if args.serve else _count
         with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-            counts = list(pool.map(lambda run: _count(trees[run[0]], run[1], files), runs))
-    per = {
-        name: (counts[2 * i + 1] - counts[2 * i]) / (2 * args.requests)
+            counts = list(pool.map(lambda run: count(trees[run[0]], run[1], files), runs))
+    # tree -> process -> instructions per request
+    parts = {
+        name: {
+            process: (counts[2 * i + 1][process] - counts[2 * i][process]) / (2 * args.requests)
+            for process in counts[2 * i]
+        }
         for i, name in enumerate(trees)
     }
+    per = {name: sum(by_process.values()) for name, by_process in parts.items()}
     workload = f"STOW-RS, one {args.size}x{args.size} instance per request, {AT_ONCE} at a time"
+    where = "`dicomhub serve`, every process" if args.serve else "the app in-process"
     results = {
         "workload": workload,
+        "counted": where,
         "requests": args.requests,
         "trees": {name: str(tree) for name, tree in trees.items()},
         "instructions_per_request": {name: round(v) for name, v in per.items()},
+        "by_process": {
+            name: {process: round(v) for process, v in by_process.items()}
+            for name, by_process in parts.items()
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
-    lines = [f"Instructions per request: {results['workload']} (callgrind, the app in-process)", ""]
-    lines += ["| tree | instructions per request |", "|---|---|"]
-    lines += [f"| {name} ({trees[name]}) | {v:,.0f} |" for name, v in per.items()]
+    lines = [f"Instructions per request: {workload} (callgrind, {where})", ""]
+    processes = list(parts["dicomhub"])
+    lines += ["| tree | instructions per request | " + " | ".join(processes) + " |"]
+    lines += ["|---" * (2 + len(processes)) + "|"]
+    lines += [
+        f"| {name} ({trees[name]}) | {v:,.0f} | "
+        + " | ".join(f"{parts[name][p]:,.0f}" for p in processes)
+        + " |"
+        for name, v in per.items()
+    ]
     if args.baseline:
         ratio = per["dicomhub"] / per["dicomhub (baseline)"]
         lines += ["", f"dicomhub / baseline: {ratio:.3f}"]
@@ -94,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _count(tree: Path, requests: int, instances: Path) -> int:
+def _count(tree: Path, requests: int, instances: Path) -> dict[str, int]:
     """Instructions callgrind counted in one run of ``requests`` requests on ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), str(ROOT)])}
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
@@ -103,7 +143,74 @@ def _count(tree: Path, requests: int, instances: Path) -> int:
     check(run.returncode == 0, lambda: f"{tree}: the run failed: {run.stderr[-2000:]}")
     found = _REFS.search(run.stderr)
     check(found is not None, lambda: f"{tree}: no instruction count: {run.stderr[-500:]}")
-    return int(found.group(1).replace(",", ""))
+    return {"app": int(found.group(1).replace(",", ""))}
+
+
+def _count_served(tree: Path, requests: int, instances: Path) -> dict[str, int]:
+    """Instructions callgrind counted in every process of one ``dicomhub serve`` (``tree``'s
+    code, its default settings, a fresh data folder) from start to stop, sent ``requests``
+    requests over loopback by the bench's client after the warm-up. Not counted: the process
+    of background jobs (no request reaches it) and multiprocessing's resource tracker. The
+    liveness check's timeout is raised (valgrind is slow); its checks, every half second, are
+    counted, so a run's length adds a little to it."""
+    with open(instances, "rb") as f:
+        sent = pickle.load(f)[: WARM + requests]
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    # valgrind runs Python about 50 times slower: the liveness check's 5 s would kill the
+    # server processes (the check is not on a request's path)
+    env["DICOMHUB_WORKER_HEALTHCHECK_TIMEOUT"] = "600"
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        port = free_port()
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={tmp}/callgrind.%p",
+            "--trace-children=yes",
+            "--trace-children-skip-by-arg=worker,*resource_tracker*",
+            sys.executable,
+            *("-m", "dicomhub", "serve", "--port", str(port), "--data-dir", f"{tmp}/data"),
+            *("--log-level", "warning"),
+        ]
+        with open(f"{tmp}/server.log", "wb") as log:
+            server = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/v2")
+            _wait_ready(client, server, Path(tmp) / "server.log")
+            _, answers = client.run([request for _, request in sent], AT_ONCE)
+            for (uid, _), answer in zip(sent, answers, strict=True):
+                check(answer.status == 200, lambda a=answer: f"STOW: HTTP {a.status}")
+                check(uid.encode() in answer.body, "STOW answer does not list the sent instance")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(600)
+        counts = {"supervisor": 0, "server processes": 0}
+        for output in Path(tmp).glob("callgrind.*"):
+            text = output.read_text()
+            found = _REFS_FILE.search(text)
+            check(found is not None, f"{tree}: a process left no count ({output.name})")
+            supervisor = re.search(r"^cmd:.* serve ", text, re.MULTILINE) is not None
+            counts["supervisor" if supervisor else "server processes"] += int(found.group(1))
+        check(all(counts.values()), f"{tree}: no count of some processes: {counts}")
+        return counts
+
+
+def _wait_ready(client: Client, server: subprocess.Popen, log: Path) -> None:
+    """Until the server answers its health check (valgrind starts it in about a minute)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        check(server.poll() is None, lambda: f"the server exited: {log.read_text()[-2000:]}")
+        try:
+            conn = client.connect()
+            try:
+                conn.request("GET", "/health/check")
+                if conn.getresponse().status == 200:
+                    return
+            finally:
+                conn.close()
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the server under valgrind did not start in 10 minutes")
 
 
 def _requests(count: int, size: int) -> list[tuple[str, Request]]:

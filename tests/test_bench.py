@@ -26,14 +26,14 @@ from tests.conftest import index_database, ran, unavailable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(out: Path, *args: str) -> dict:
+def bench(out: Path, *args: str, timeout: float = 300) -> dict:
     """Run ``python -m bench ARGS --out OUT``; the results it wrote."""
     run = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(out.read_text())
@@ -146,6 +146,18 @@ def test_instructions_per_request_smoke(tmp_path):
     counts = results["instructions_per_request"]
     assert list(counts) == ["dicomhub"] and counts["dicomhub"] > 0
     assert "| dicomhub (" in out.with_suffix(".md").read_text()
+
+
+def test_instructions_of_serve_smoke(tmp_path):
+    """``bench instructions --serve``: ``dicomhub serve`` at its defaults under callgrind, every
+    process of it counted (its answers verified over loopback), twice; a positive difference."""
+    if shutil.which("valgrind") is None:
+        unavailable(Unavailable("valgrind", "valgrind is not installed (Debian package valgrind)"))
+    out = tmp_path / "instructions.json"
+    # valgrind starts each server in about a minute and a half, two at a time
+    results = bench(out, "instructions", "--serve", "--requests", "3", timeout=1200)
+    assert results["counted"] == "`dicomhub serve`, every process"
+    assert results["instructions_per_request"]["dicomhub"] > 0
 
 
 def test_search_plans_smoke(tmp_path):
