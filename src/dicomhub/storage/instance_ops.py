@@ -390,8 +390,13 @@ def abandon(version: int) -> Op:
 
 
 def _key(insert: str, select: str, *params: Any) -> Op:
-    yield run(insert, *params)
-    return (yield one(select, *params))[0]
+    """The key of a study or series, which is made when new: looked up first, since most
+    stores find it (one statement, not an insert that does nothing and then the look-up)."""
+    found = yield one(select, *params)
+    if found is None:
+        yield run(insert, *params)
+        found = yield one(select, *params)
+    return found[0]
 
 
 def merge_attributes(level: Level, key: int, old: str | None, new: str) -> Op:

@@ -33,7 +33,7 @@ from dicomhub.loops import loop_factory
 log = logging.getLogger(__name__)
 ENVIRONMENT = "DICOMHUB_INDEX_WRITER"  # the socket's path, handed to the server processes
 _LENGTH = struct.Struct("!I")
-RECEIVE = 1024 * 1024  # bytes read from a connection at a time
+RECEIVE = 256 * 1024  # bytes read from a connection at a time
 MAX_BATCH = 256  # calls in one transaction at most
 
 
