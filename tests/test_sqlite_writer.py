@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import socket
+import time
 
 import pytest
 
@@ -151,3 +153,32 @@ def test_a_bad_frame_ends_its_connection_only(writer):
 
     versions = [v for block in asyncio.run(run()) for v in block]
     assert sorted(versions) == list(range(1, 13))  # each reserved once, none lost
+
+
+def test_answers_larger_than_the_socket_takes_all_arrive(writer):
+    """A peer that sends many calls before reading gets every answer once it reads, even when
+    they are more than its socket holds (the writer keeps the rest until it can send)."""
+    _, service = writer
+    calls, block = 60, 5000  # each answer about 15 KB: about 900 KB in all
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.settimeout(60)
+        peer.connect(service.address)
+        for number in range(calls):
+            args = ("Microsoft.Default", block)
+            peer.sendall(_frame((number, instance_ops.reserve_versions, args)))
+        time.sleep(1)  # the writer has run them and filled the socket before anything is read
+        received, answers = bytearray(), {}
+        while len(answers) < calls:
+            chunk = peer.recv(65536)
+            assert chunk, "the writer hung up"
+            received += chunk
+            while len(received) >= 4:
+                size = int.from_bytes(received[:4], "big")
+                if len(received) < 4 + size:
+                    break
+                number, ok, value = pickle.loads(received[4 : 4 + size])
+                del received[: 4 + size]
+                assert ok, value
+                answers[number] = value
+    versions = [v for number in range(calls) for v in answers[number]]
+    assert sorted(versions) == list(range(1, calls * block + 1))

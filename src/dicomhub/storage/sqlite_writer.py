@@ -113,6 +113,7 @@ class _Peer:
         self.sock = sock
         self.received = bytearray()
         self.unsent = bytearray()
+        self.waiting = False  # for the socket to take the rest of ``unsent``
 
 
 class _Serving:
@@ -224,8 +225,10 @@ class _Serving:
             self._close(peer)
             return
         del peer.unsent[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.unsent else 0)
-        self.selector.modify(peer.sock, events, peer)
+        if peer.waiting != bool(peer.unsent):
+            peer.waiting = bool(peer.unsent)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.waiting else 0)
+            self.selector.modify(peer.sock, events, peer)
 
     def _close(self, peer: _Peer) -> None:
         if peer.sock.fileno() >= 0:
