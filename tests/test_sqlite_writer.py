@@ -182,3 +182,28 @@ def test_answers_larger_than_the_socket_takes_all_arrive(writer):
                 answers[number] = value
     versions = [v for number in range(calls) for v in answers[number]]
     assert sorted(versions) == list(range(1, calls * block + 1))
+
+
+@pytest.mark.parametrize("through_service", [False, True], ids=["in-process", "service"])
+def test_a_call_that_does_not_fit_fails_alone(writer, through_service):
+    """A write operation called with the wrong arguments fails its caller with the error;
+    the writer (the index's own thread, or the service) goes on serving the others."""
+    url, service = writer
+
+    async def run():
+        index = open_index(url, sqlite_writer=service.address if through_service else None)
+        await index.start()
+        partition = "Microsoft.Default"
+        try:
+            wrong = index._write(instance_ops.reserve_versions, partition)
+            right = index.reserve_versions(partition, 2)
+            outcomes = await asyncio.wait_for(  # a writer that died would leave them waiting
+                asyncio.gather(wrong, right, return_exceptions=True), 60
+            )
+            return outcomes, await asyncio.wait_for(index.reserve_versions(partition, 1), 60)
+        finally:
+            await index.close()
+
+    (wrong, right), after = asyncio.run(run())
+    assert isinstance(wrong, TypeError) and "count" in str(wrong)
+    assert len(right) == 2 and len(after) == 1

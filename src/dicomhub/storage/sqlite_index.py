@@ -262,7 +262,7 @@ class SqliteIndex(SqlIndex):
         """Run write operations ``op(*args)`` in one transaction (group commit), each in a
         savepoint of its own; the result or the error of each. Always on one thread: this
         index's writer thread, or the writer service's (``serve --workers``)."""
-        batch = [(op(*args), getattr(op, "unsynced", False)) for op, args in calls]
+        batch = [(op, args, getattr(op, "unsynced", False)) for op, args in calls]
         try:
             results = self._run_batch(batch)
         except sqlite3.Error as exc:
@@ -296,15 +296,15 @@ class SqliteIndex(SqlIndex):
             conn.execute("PRAGMA temp_store = MEMORY")
             self._local.writes = True
         results: list[Any] = []
-        relaxed = self._synchronous == "FULL" and all(unsynced for _, unsynced in batch)
+        relaxed = self._synchronous == "FULL" and all(unsynced for *_, unsynced in batch)
         if relaxed:  # only writes a power cut may undo (statements.unsynced)
             conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, _ in batch:
+            for op, args, _ in batch:
                 conn.execute("SAVEPOINT op")
-                try:
-                    results.append(st.drive(lambda stmt: _execute(conn, stmt), op))
+                try:  # a call that does not fit its operation is that call's error, too
+                    results.append(st.drive(lambda stmt: _execute(conn, stmt), op(*args)))
                     conn.execute("RELEASE op")
                 except Exception as exc:  # noqa: BLE001 - handed to the caller's future
                     conn.execute("ROLLBACK TO op")
