@@ -39,11 +39,9 @@ import json
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,7 +49,7 @@ import uvloop
 
 from bench import dataset as ds
 from bench.client import Client, Request, check, multipart
-from bench.servers import free_port
+from bench.servers import Dicomhub
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM = 40  # requests before the measured ones, in both runs: caches, the first pages of SQLite
@@ -155,34 +153,12 @@ def _count_served(tree: Path, requests: int, instances: Path) -> dict[str, int]:
     counted, so a run's length adds a little to it."""
     with open(instances, "rb") as f:
         sent = pickle.load(f)[: WARM + requests]
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    # valgrind runs Python about 50 times slower: the liveness check's 5 s would kill the
-    # server processes (the check is not on a request's path)
-    env["DICOMHUB_WORKER_HEALTHCHECK_TIMEOUT"] = "600"
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        port = free_port()
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={tmp}/callgrind.%p",
-            "--trace-children=yes",
-            "--trace-children-skip-by-arg=worker,*resource_tracker*",
-            sys.executable,
-            *("-m", "dicomhub", "serve", "--port", str(port), "--data-dir", f"{tmp}/data"),
-            *("--log-level", "warning"),
-        ]
-        with open(f"{tmp}/server.log", "wb") as log:
-            server = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        try:
-            client = Client(f"http://127.0.0.1:{port}/v2")
-            _wait_ready(client, server, Path(tmp) / "server.log")
-            _, answers = client.run([request for _, request in sent], AT_ONCE)
-            for (uid, _), answer in zip(sent, answers, strict=True):
-                check(answer.status == 200, lambda a=answer: f"STOW: HTTP {a.status}")
-                check(uid.encode() in answer.body, "STOW answer does not list the sent instance")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(600)
+        with _Valgrind(Path(tmp), tree) as server:
+            _, answers = Client(server.base_url).run([r for _, r in sent], AT_ONCE)
+        for (uid, _), answer in zip(sent, answers, strict=True):
+            check(answer.status == 200, lambda a=answer: f"STOW: HTTP {a.status}")
+            check(uid.encode() in answer.body, "STOW answer does not list the sent instance")
         counts = {"supervisor": 0, "server processes": 0}
         for output in Path(tmp).glob("callgrind.*"):
             text = output.read_text()
@@ -194,23 +170,30 @@ def _count_served(tree: Path, requests: int, instances: Path) -> dict[str, int]:
         return counts
 
 
-def _wait_ready(client: Client, server: subprocess.Popen, log: Path) -> None:
-    """Until the server answers its health check (valgrind starts it in about a minute)."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        check(server.poll() is None, lambda: f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            conn = client.connect()
-            try:
-                conn.request("GET", "/health/check")
-                if conn.getresponse().status == 200:
-                    return
-            finally:
-                conn.close()
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError("the server under valgrind did not start in 10 minutes")
+class _Valgrind(Dicomhub):
+    """``dicomhub serve`` of ``tree`` under callgrind, every process of it traced but the
+    background jobs' and multiprocessing's resource tracker; each writes its count into the
+    work folder when it ends."""
+
+    start_timeout = stop_timeout = 600  # valgrind runs Python about 50 times slower
+
+    def __init__(self, workdir: Path, tree: Path):
+        super().__init__(workdir, source=tree)
+
+    def environment(self) -> dict[str, str]:
+        # uvicorn's liveness check (5 s) would kill the slowed server processes; the check is
+        # not on a request's path
+        return {**super().environment(), "DICOMHUB_WORKER_HEALTHCHECK_TIMEOUT": "600"}
+
+    def command(self) -> list[str]:
+        return [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={self.workdir}/callgrind.%p",
+            "--trace-children=yes",
+            "--trace-children-skip-by-arg=worker,*resource_tracker*",
+            *super().command(),
+        ]
 
 
 def _requests(count: int, size: int) -> list[tuple[str, Request]]:

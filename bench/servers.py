@@ -54,6 +54,8 @@ class Server:
         raise NotImplementedError
 
     ready_path = "/"
+    start_timeout = 60  # seconds to answer ready_path
+    stop_timeout = 30  # seconds to end after SIGTERM, before SIGKILL
 
     def environment(self) -> dict[str, str] | None:
         """The server process's environment (None: this process's)."""
@@ -70,7 +72,7 @@ class Server:
             cwd=REPOSITORY,
             env=self.environment(),
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; see {self.workdir / 'server.log'}")
@@ -108,7 +110,7 @@ class Server:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
