@@ -9,11 +9,13 @@ import asyncio
 import os
 import pickle
 import socket
+import sqlite3
 import time
 
 import pytest
 
 from dicomhub.errors import AlreadyExists, Unavailable
+from dicomhub.model import Scope
 from dicomhub.storage import instance_ops
 from dicomhub.storage import statements as st
 from dicomhub.storage.sqlite_writer import WriterService, _frame
@@ -207,3 +209,34 @@ def test_a_call_that_does_not_fit_fails_alone(writer, through_service):
     (wrong, right), after = asyncio.run(run())
     assert isinstance(wrong, TypeError) and "count" in str(wrong)
     assert len(right) == 2 and len(after) == 1
+
+
+@pytest.mark.parametrize("through_service", [False, True], ids=["in-process", "service"])
+def test_reads_never_take_the_write_lock(writer, through_service):
+    """A process that reads, as every server process and the background one do, never takes
+    the file's write lock, not even to load the writer's new planner statistics: the
+    background process runs at idle priority and may be starved or stopped at any moment,
+    and the writer must never wait for it. Here another connection holds the write lock for
+    the whole of the reads (a read that wanted it would fail, Unavailable, after the busy
+    timeout)."""
+    url, service = writer
+    item = new_instance(instance(uid(94), uid(94, 1), uid(94, 1, 1)))
+
+    async def run():
+        index = open_index(url, sqlite_writer=service.address if through_service else None)
+        await index.start()
+        try:
+            (version,) = await index.reserve_versions(item.id.partition, 1)
+            await index.commit(version, item)
+            holder = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                return await index.instances(Scope(item.id.study))
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+        finally:
+            await index.close()
+
+    (found,) = asyncio.run(run())
+    assert found.id == item.id

@@ -167,6 +167,7 @@ class SqliteIndex(SqlIndex):
         if conn is not None:
             conn.close()
             self._local.conn = None
+            self._local.writes = False
 
     def _migrate(self) -> None:
         if self._memory:  # keeps the shared in-memory database alive between connections
@@ -210,14 +211,16 @@ class SqliteIndex(SqlIndex):
         self._local.stats = self._stats
 
     def _reader(self) -> sqlite3.Connection:
-        conn = self._conn()
-        # Load the planner statistics the writer made: at once when it is this process, else
-        # (the writer is another process's) at most STATS_RELOAD seconds late.
+        # The planner statistics the writer made, at once when it is this process, else (the
+        # writer is another process's) at most STATS_RELOAD seconds late: a new connection
+        # loads them. Not ANALYZE sqlite_schema, which takes the file's write lock: a reading
+        # process stopped or starved while holding it (the background one runs at idle
+        # priority) would stall every write.
         stats = self._stats if self._remote is None else int(time.monotonic() // STATS_RELOAD)
-        if getattr(self._local, "stats", 0) != stats:
-            conn.execute("ANALYZE sqlite_schema")
+        if getattr(self._local, "stats", None) != stats:
+            self._close_local()
             self._local.stats = stats
-        return conn
+        return self._conn()
 
     async def _read(self, op: OpFactory, *args: Any, snapshot: bool = False) -> Any:
         def run() -> Any:
